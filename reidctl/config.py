@@ -1,0 +1,157 @@
+"""The configuration file (`configs/config.yaml`): schema, defaults, validation and CLI overrides.
+
+The schema follows the reference deployment guide (`detection.backend`, `model_path`, `tensorrt:`, `triton:` ...).
+Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from reidctl.errors import ReidctlError
+
+DEFAULT_CONFIG_PATH = Path("configs/config.yaml")
+
+
+@dataclass
+class TensorRTConfig:
+    engine_path: str = "models/bytetrack_x_mot17_fp16.trt"
+    onnx_path: str | None = None  # default: the engine path with .onnx
+    fp16: bool = True
+    workspace: int = 4096  # MiB
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 16
+    cuda_graph: bool = True
+
+
+@dataclass
+class TritonConfig:
+    url: str = "localhost:8101"  # gRPC endpoint
+    model_name: str = "bytetrack_pytorch"
+    model_version: str = ""  # empty = latest
+    timeout: float = 10.0  # seconds per request
+    verbose: bool = False
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 0.5
+    preferred_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    http_port: int = 8100
+    grpc_port: int = 8101
+    metrics_port: int = 8102
+    repository: str = "model_repository"
+    shared_memory: bool = True  # system shared memory for inputs when the server is on this host
+    max_in_flight: int = 4  # requests one client keeps in flight
+
+
+@dataclass
+class DetectionConfig:
+    backend: str = "pytorch"
+    model_path: str | None = None  # ByteTrack checkpoint, e.g. models/bytetrack_x_mot17.pth.tar
+    model_type: str = "mot17"
+    num_classes: int | None = None
+    conf_threshold: float = 0.01
+    nms_threshold: float = 0.7
+    test_size: list[int] = field(default_factory=lambda: [640, 640])
+    fp16: bool = True
+    fuse: bool = True
+    device: str = "auto"
+    cuda_graph: bool = True
+    compile: bool = False
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    triton: TritonConfig = field(default_factory=TritonConfig)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.test_size[0]), int(self.test_size[1])
+
+
+@dataclass
+class Config:
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ReidctlError:
+                continue
+        raise ReidctlError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ReidctlError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ReidctlError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data, prefix: str):
+    if not isinstance(data, dict):
+        raise ReidctlError(f"config key '{prefix or 'top level'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ReidctlError(f"unknown config key '{prefix + '.' if prefix else ''}{unknown[0]}'")
+    values = {k: _coerce(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def validate(config: Config) -> Config:
+    d = config.detection
+    if len(d.test_size) != 2 or any(s <= 0 or s % 32 for s in d.test_size):
+        raise ReidctlError(f"config key 'detection.test_size': expected [height, width], multiples of 32, got {d.test_size}")
+    for key in ("conf_threshold", "nms_threshold"):
+        if not 0.0 <= getattr(d, key) <= 1.0:
+            raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
+    return config
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read a config file; without one, the built-in defaults (or configs/config.yaml if present)."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.is_file():
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    path = Path(path)
+    if not path.is_file():
+        raise ReidctlError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ReidctlError(f"config file {path} is not valid YAML{where}") from None
+    return validate(_build(Config, data, ""))
+
+
+def override(config: Config, **detection_values) -> Config:
+    """Apply CLI options (None means 'not given') on top of the file's detection section."""
+    given = {k: v for k, v in detection_values.items() if v is not None}
+    return validate(dataclasses.replace(config, detection=dataclasses.replace(config.detection, **given)))
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)

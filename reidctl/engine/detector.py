@@ -1,0 +1,170 @@
+"""One Detector for every backend.
+
+A backend contributes a *runner* (Polygraphy's split: a loader opens or builds the artifact, a runner executes it).
+The Detector owns everything around it, shared by all backends: letterbox, normalisation (where the runner
+wants float input), decoding of raw head outputs, NMS and rescaling.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from reidctl.engine.postprocess import postprocess
+from reidctl.engine.preprocess import letterbox, normalize
+from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.models.yolox import decode_predictions
+
+
+class Runner(ABC):
+    """Executes one model artifact. Input and output stay on ``device``.
+
+    ``input_format`` says what ``infer`` takes:
+      "canvas": uint8 (B, H, W, 3) BGR letterboxed frames (the runner normalises, e.g. inside a CUDA graph or server)
+      "tensor": normalised float (B, 3, H, W) in ``input_dtype``
+    ``infer`` returns (B, anchors, 5 + classes); ``decoded`` says whether boxes are already in input pixels.
+    """
+
+    name: str = "runner"
+    input_format: str = "tensor"
+    input_dtype: torch.dtype = torch.float32
+    decoded: bool = True
+    device: torch.device = torch.device("cpu")
+
+    @abstractmethod
+    def infer(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> dict:
+        """What runs, for tables and JSON (precision, device, artifact...)."""
+        return {"backend": self.name, "device": str(self.device)}
+
+    def peak_memory_bytes(self) -> int | None:
+        """Peak accelerator memory of the process running the model, if measurable."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return None
+
+    def close(self) -> None:
+        """Free what the runner holds; safe to call twice."""
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over calls (synchronised only when ``synchronize`` is set)."""
+
+    preprocess: list[float] = field(default_factory=list)
+    inference: list[float] = field(default_factory=list)
+    postprocess: list[float] = field(default_factory=list)
+
+
+class Detector:
+    """``detect(frame) -> (N, 7)`` and ``detect_batch(frames)`` over any runner; a context manager."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        test_size: tuple[int, int],
+        conf_threshold: float = 0.01,
+        nms_threshold: float = 0.7,
+    ):
+        self.runner = runner
+        self.test_size = tuple(test_size)
+        self.conf_threshold = conf_threshold
+        self.nms_threshold = nms_threshold
+        self.stage_times: StageTimes | None = None  # set to StageTimes() to record per-stage timings
+
+    @property
+    def name(self) -> str:
+        return self.runner.name
+
+    def _sync(self) -> None:
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)
+
+    def _mark(self, stage: str, start: float) -> float:
+        if self.stage_times is None:
+            return start
+        self._sync()
+        now = time.perf_counter()
+        getattr(self.stage_times, stage).append(now - start)
+        return now
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        return self.detect_batch([frame])[0]
+
+    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for frame in frames:
+            if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
+                raise ReidctlError("frames must be uint8 HxWx3 BGR arrays")
+        start = time.perf_counter()
+        canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
+        batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
+        start = self._mark("preprocess", start)
+        predictions = self.runner.infer(batch)
+        start = self._mark("inference", start)
+        if not self.runner.decoded:
+            predictions = decode_predictions(predictions.float(), self.test_size)
+        detections = postprocess(predictions, ratios, self.conf_threshold, self.nms_threshold)
+        self._mark("postprocess", start)
+        return detections
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend: how to check it can run here and how to build its runner from the config."""
+
+    name: str
+    description: str
+    availability: Callable[[], str | None]  # None when usable, else why not
+    make_runner: Callable[..., Runner]
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    _load_builtin_backends()
+    if name not in BACKENDS:
+        raise ReidctlError(f"unknown backend '{name}' (known: {', '.join(BACKENDS)})")
+    return BACKENDS[name]
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every backend name -> None if it can run here, else the reason it cannot."""
+    _load_builtin_backends()
+    return {name: backend.availability() for name, backend in BACKENDS.items()}
+
+
+def create_detector(config, backend: str | None = None) -> Detector:
+    """The Detector for ``config.detection`` on ``backend`` (default: the config's backend)."""
+    det = config.detection
+    chosen = get_backend(backend or det.backend)
+    reason = chosen.availability()
+    if reason:
+        raise BackendUnavailable(f"backend '{chosen.name}' is unavailable: {reason}")
+    runner = chosen.make_runner(config)
+    return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
+
+
+def _load_builtin_backends() -> None:
+    # Imported lazily so that `reidctl --help` does not pay for every backend's imports.
+    import reidctl.backends  # noqa: F401
