@@ -1,0 +1,101 @@
+"""The Typer application and what every command shares: config options and one-line errors."""
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from reidctl.config import Config, load_config, override
+from reidctl.errors import ReidctlError
+
+app = typer.Typer(
+    name="reidctl",
+    help="Person detection (ByteTrack YOLOX) for multi-camera ReID: convert, deploy, measure and choose a backend.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> None:
+    """One line on stderr, non-zero exit: how every user-facing failure ends."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def command(name: str, help_text: str):
+    """Register a CLI command whose ReidctlError becomes a one-line error instead of a traceback."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ReidctlError as exc:
+                fail(str(exc))
+            except KeyboardInterrupt:
+                err_console.print("interrupted")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+
+        return app.command(name, help=help_text)(wrapper)
+
+    return register
+
+
+# Options shared by the commands that build a detector. None means "take the config's value".
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/config.yaml if present, else built-in defaults).")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="ByteTrack/YOLOX checkpoint (.pth.tar); overrides detection.model_path. Without one the weights are untrained.")]
+ModelTypeOpt = Annotated[Optional[str], typer.Option("--model-type", help="nano, tiny, s, m, l, x, mot17 (= x, 1 class) or auto (infer from the checkpoint).")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Class count the checkpoint must have (default: from model type or checkpoint).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+TestSizeOpt = Annotated[Optional[str], typer.Option("--test-size", help="Network input HEIGHTxWIDTH, multiples of 32 (e.g. 640x640).")]
+ConfOpt = Annotated[Optional[float], typer.Option("--conf", help="Score threshold (objectness x class confidence).")]
+NmsOpt = Annotated[Optional[float], typer.Option("--nms", help="IoU threshold of class-aware NMS.")]
+Fp16Opt = Annotated[Optional[bool], typer.Option("--fp16/--fp32", help="Half precision on the GPU (the CPU always runs fp32).")]
+
+
+def parse_size(text: str) -> list[int]:
+    try:
+        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise ReidctlError(f"size must look like 640x640, got '{text}'")
+    return parts
+
+
+def build_config(
+    config: Optional[Path] = None,
+    model: Optional[Path] = None,
+    model_type: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    device: Optional[str] = None,
+    test_size: Optional[str] = None,
+    conf: Optional[float] = None,
+    nms: Optional[float] = None,
+    fp16: Optional[bool] = None,
+    **extra,
+) -> Config:
+    """The config file with the command line's overrides applied (validated)."""
+    return override(
+        load_config(config),
+        model_path=str(model) if model else None,
+        model_type=model_type,
+        num_classes=num_classes,
+        device=device,
+        test_size=parse_size(test_size) if test_size else None,
+        conf_threshold=conf,
+        nms_threshold=nms,
+        fp16=fp16,
+        **extra,
+    )
