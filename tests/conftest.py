@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 import yaml
 
+from reidctl.io.synthetic import write_synthetic_video
 from reidctl.models.checkpoint import save_checkpoint
 from reidctl.models.yolox import build_yolox
 
@@ -32,20 +31,8 @@ def make_checkpoint(path: Path, size: str = "nano", num_classes: int = 1, seed: 
 
 
 def write_video(path: Path, frames: int = 12, size: tuple[int, int] = (240, 320), fps: float = 10.0) -> Path:
-    """A real MJPG/AVI clip with moving boxes, written by OpenCV."""
-    h, w = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert writer.isOpened(), "OpenCV cannot write MJPG video here"
-    rng = np.random.default_rng(0)
-    for i in range(frames):
-        frame = np.full((h, w, 3), 90, np.uint8)
-        frame[:] += rng.integers(0, 20, size=(h, w, 3), dtype=np.uint8)
-        x = 10 + 8 * i
-        cv2.rectangle(frame, (x, 40), (x + 40, 160), (30, 60, 200), -1)
-        cv2.circle(frame, (w - 60, 60 + 5 * i), 25, (220, 220, 50), -1)
-        writer.write(frame)
-    writer.release()
-    return path
+    """A real MJPG/AVI clip with moving shapes, written by OpenCV."""
+    return write_synthetic_video(path, frames, size, fps)
 
 
 def write_config(path: Path, checkpoint: Path | None, **detection) -> Path:

@@ -21,6 +21,23 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from reidctl import __version__
+
+        console.print(f"reidctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Person detection (ByteTrack YOLOX) for multi-camera ReID: convert, deploy, measure and choose a backend."""
+
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 

@@ -20,22 +20,41 @@ def ensure_writable_dir(directory: Path) -> None:
         raise ReidctlError(f"output directory is not writable: {directory}")
 
 
+class AtomicFile:
+    """A temporary file beside ``path`` that becomes ``path`` on ``commit()``, or vanishes on ``discard()``."""
+
+    def __init__(self, path: Path, suffix: str | None = None):
+        self.path = Path(path)
+        ensure_writable_dir(self.path.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=suffix or self.path.suffix or ".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self.tmp = Path(tmp_name)
+        # mkstemp creates 0600; outputs get the permissions a plain open() would give them.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block completes.
 
     Any exception, Ctrl-C included, removes the temporary file, so no half-written output is left.
     """
-    path = Path(path)
-    ensure_writable_dir(path.parent if str(path.parent) else Path("."))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    target = AtomicFile(path, suffix)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield target.tmp
+        target.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        target.discard()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
