@@ -12,6 +12,9 @@ import numpy as np
 
 from reidctl.errors import ReidctlError
 
+# OpenCV's own warnings would repeat, unformatted, what the one-line errors below say.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://")
 
@@ -69,8 +72,8 @@ class VideoSource(FrameSource):
     def __init__(self, target: str | int, description: str, live: bool):
         capture = cv2.VideoCapture(target)
         if not capture.isOpened():
-            kind = "camera" if isinstance(target, int) else ("stream" if live else "video")
-            raise ReidctlError(f"cannot open {kind} {description}")
+            kind = "" if isinstance(target, int) else ("stream " if live else "video ")
+            raise ReidctlError(f"cannot open {kind}{description}")
         ok, first = capture.read()
         if not ok or first is None:
             capture.release()

@@ -1,0 +1,94 @@
+"""Shared pre/post-processing against independent NumPy implementations of ByteTrack's formulas."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reidctl.engine.postprocess import postprocess
+from reidctl.engine.preprocess import letterbox, normalize
+
+
+def numpy_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Half-pixel-centre bilinear resize (what cv2.INTER_LINEAR computes), in float64."""
+    in_h, in_w = image.shape[:2]
+
+    def axis(out_n, in_n):
+        src = np.maximum((np.arange(out_n) + 0.5) * (in_n / out_n) - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), in_n - 1)
+        hi = np.minimum(lo + 1, in_n - 1)
+        return lo, hi, src - lo
+
+    y0, y1, wy = axis(out_h, in_h)
+    x0, x1, wx = axis(out_w, in_w)
+    img = image.astype(np.float64)
+    top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
+    bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
+    return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
+
+
+def bytetrack_preproc(image: np.ndarray, test_size) -> np.ndarray:
+    """ByteTrack's formula: letterbox with 114, BGR->RGB, /255, -mean, /std, CHW."""
+    ratio = min(test_size[0] / image.shape[0], test_size[1] / image.shape[1])
+    new_h, new_w = int(image.shape[0] * ratio), int(image.shape[1] * ratio)
+    padded = np.full((*test_size, 3), 114.0)
+    padded[:new_h, :new_w] = np.clip(np.round(numpy_bilinear(image, new_h, new_w)), 0, 255)
+    rgb = padded[:, :, ::-1] / 255.0
+    return ((rgb - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (101, 67), (480, 853), (96, 128), (17, 300)])
+def test_preprocessing_matches_bytetrack_formula(shape):
+    rng = np.random.default_rng(shape[0])
+    frame = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    test_size = (96, 128)
+    canvas, ratios = letterbox([frame], test_size)
+    assert canvas.dtype == torch.uint8 and canvas.shape == (1, 96, 128, 3)
+    assert ratios[0] == pytest.approx(min(96 / shape[0], 128 / shape[1]))
+    ours = normalize(canvas)[0].numpy()
+    expected = bytetrack_preproc(frame, test_size)
+    # One uint8 rounding step is 1/255/std ~ 0.018 after normalisation.
+    assert np.abs(ours - expected).max() <= 0.0176
+    new_h, new_w = int(shape[0] * ratios[0]), int(shape[1] * ratios[0])
+    assert (canvas[0, new_h:].numpy() == 114).all() and (canvas[0, :, new_w:].numpy() == 114).all()
+
+
+def test_letterbox_close_to_opencv():
+    frame = np.random.default_rng(1).integers(0, 256, size=(333, 517, 3), dtype=np.uint8)
+    canvas, (ratio,) = letterbox([frame], (128, 160))
+    new_h, new_w = int(333 * ratio), int(517 * ratio)
+    reference = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    diff = np.abs(canvas[0, :new_h, :new_w].numpy().astype(int) - reference.astype(int))
+    assert diff.max() <= 1
+
+
+def prediction(cx, cy, w, h, obj, classes):
+    return [cx, cy, w, h, obj, *classes]
+
+
+def test_postprocess_threshold_nms_classes_and_rescale():
+    preds = torch.tensor(
+        [
+            [
+                prediction(50, 50, 20, 40, 0.9, [0.9, 0.1]),  # best box, class 0
+                prediction(51, 50, 20, 40, 0.8, [0.9, 0.1]),  # overlaps the best, same class: suppressed
+                prediction(51, 51, 20, 40, 0.8, [0.1, 0.95]),  # same place, other class: kept
+                prediction(150, 80, 10, 10, 0.5, [0.5, 0.1]),  # elsewhere: kept
+                prediction(10, 10, 10, 10, 0.05, [0.1, 0.1]),  # score 0.005 < 0.01: dropped
+            ]
+        ]
+    )
+    (dets,) = postprocess(preds, [0.5], conf_threshold=0.01, nms_threshold=0.7)
+    assert dets.dtype == np.float32 and dets.shape == (3, 7)
+    np.testing.assert_allclose(dets[0], [80, 60, 120, 140, 0.9, 0.9, 0], rtol=1e-6)  # back in frame pixels (/0.5)
+    assert sorted(dets[:, 6].tolist()) == [0, 0, 1]
+    np.testing.assert_allclose(dets[:, 4] * dets[:, 5], sorted(dets[:, 4] * dets[:, 5], reverse=True))
+
+
+def test_postprocess_keeps_frames_apart():
+    box = prediction(50, 50, 20, 40, 0.9, [0.9])
+    preds = torch.tensor([[box], [box], [prediction(5, 5, 2, 2, 0.001, [0.5])]])
+    dets = postprocess(preds, [1.0, 2.0, 1.0], 0.01, 0.7)
+    assert [len(d) for d in dets] == [1, 1, 0]
+    np.testing.assert_allclose(dets[1][0, :4], dets[0][0, :4] / 2)
+    assert dets[2].shape == (0, 7)
