@@ -12,7 +12,7 @@ from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
 from reidctl.engine.preprocess import normalize
 from reidctl.models.checkpoint import ModelSpec, load_model
-from reidctl.models.yolox import YOLOX, BaseConv
+from reidctl.models.yolox import YOLOX, BaseConv, decode_predictions
 
 UNTRAINED_WARNING = "warning: no checkpoint given (detection.model_path): the model's weights are untrained"
 
@@ -35,16 +35,18 @@ def load_detection_model(detection, warn=print) -> tuple[YOLOX, ModelSpec]:
 
 
 class _CanvasModel(nn.Module):
-    """Normalisation + YOLOX as one module, so a CUDA graph or compiled graph covers both."""
+    """Normalisation + YOLOX + decoding as one module, so a CUDA graph or compiled graph covers all three."""
 
     def __init__(self, model: YOLOX, dtype: torch.dtype):
         super().__init__()
+        model.head.decode = False
         self.model = model
         self.dtype = dtype
 
     def forward(self, canvas: torch.Tensor) -> torch.Tensor:
         x = normalize(canvas, self.dtype).contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        # Decode in fp32: fp16 spacing is 0.5 px for coordinates above 512.
+        return decode_predictions(self.model(x).float(), tuple(canvas.shape[1:3]))
 
 
 class PyTorchRunner(Runner):

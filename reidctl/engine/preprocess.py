@@ -37,9 +37,7 @@ def letterbox(
         h, w = frame.shape[:2]
         ratio = letterbox_ratio((h, w), test_size)
         new_h, new_w = int(h * ratio), int(w * ratio)
-        source = torch.from_numpy(np.ascontiguousarray(frame))
-        if device.type == "cuda":
-            source = source.pin_memory().to(device, non_blocking=True)
+        source = torch.from_numpy(np.ascontiguousarray(frame)).to(device)
         if (new_h, new_w) != (h, w):
             chw = source.permute(2, 0, 1).unsqueeze(0).float()
             resized = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", align_corners=False)
