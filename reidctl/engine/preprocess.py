@@ -7,6 +7,7 @@ Two stages so that a server can take the compact uint8 form:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,9 +48,16 @@ def letterbox(
     return canvas, ratios
 
 
+@functools.lru_cache(maxsize=8)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached on the device: a host-to-device copy inside normalize() would break CUDA-graph capture.
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    return mean, std
+
+
 def normalize(canvas: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B, H, W, 3) BGR -> normalised RGB (B, 3, H, W) in ``dtype``, on the canvas's device."""
-    mean = torch.tensor(MEAN, device=canvas.device, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=canvas.device, dtype=torch.float32).view(1, 3, 1, 1)
+    mean, std = _mean_std(canvas.device)
     rgb = canvas.flip(-1).permute(0, 3, 1, 2).float()
     return ((rgb / 255.0 - mean) / std).to(dtype)
