@@ -29,6 +29,7 @@ class TensorRTConfig:
     opt_batch: int = 8
     max_batch: int = 16
     cuda_graph: bool = True
+    decoded: bool | None = None  # output decoded? None: from the ONNX/engine metadata, raw (ByteTrack export) without
 
 
 @dataclass

@@ -35,6 +35,7 @@ class Runner(ABC):
     input_dtype: torch.dtype = torch.float32
     decoded: bool = True
     device: torch.device = torch.device("cpu")
+    batches_remotely: bool = False  # True: thread-safe client of a server that forms batches (Triton)
 
     @abstractmethod
     def infer(self, batch: torch.Tensor) -> torch.Tensor: ...
