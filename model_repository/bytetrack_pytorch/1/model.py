@@ -1,0 +1,72 @@
+"""bytetrack_pytorch: a Triton python-backend model that runs reidctl's PyTorch runner.
+
+Input  "frames":      uint8 (B, H, W, 3) letterboxed BGR frames (the runner normalises them on its device).
+Output "predictions": decoded (B, anchors, 5 + classes): cx, cy, w, h in input pixels, objectness, class scores.
+
+Triton's dynamic batcher hands over several requests at once; they run as one batch (one CUDA graph per batch
+size on the GPU, fp16 there; fp32 on the CPU). `reidctl setup-triton` copies this file into the repository and
+writes config.pbtxt, whose parameters name the checkpoint, model type, test size, device and precision.
+"""
+
+import json
+import os
+import site
+import sys
+
+
+def _use_launching_environment() -> None:
+    """The backend stub embeds Python in isolated mode, so PYTHONPATH is ignored: take the paths of the
+    interpreter that started the server (reidctl, torch) from REIDCTL_SYS_PATH, ahead of the stub's own."""
+    entries = [entry for entry in os.environ.get("REIDCTL_SYS_PATH", "").split(os.pathsep) if entry]
+    before = list(sys.path)
+    for entry in entries:
+        site.addsitedir(entry)  # also runs site-packages' .pth files (editable installs)
+    added = [entry for entry in sys.path if entry not in before]
+    sys.path[:] = added + before
+
+
+_use_launching_environment()
+
+import torch  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+from torch.utils.dlpack import to_dlpack  # noqa: E402
+
+from reidctl.backends.pytorch import make_runner  # noqa: E402
+from reidctl.config import override  # noqa: E402
+from reidctl.triton.repository import PYTHON_INPUT, PYTHON_OUTPUT, config_from_parameters  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+        config = config_from_parameters(parameters)
+        if args["model_instance_kind"] == "GPU" and config.detection.device != "cpu":
+            config = override(config, device=f"cuda:{args['model_instance_device_id']}")
+        self.runner = make_runner(config, warn=pb_utils.Logger.log_warn)
+        output = pb_utils.get_output_config_by_name(model_config, PYTHON_OUTPUT)
+        self.output_dtype = torch.float16 if output["data_type"] == "TYPE_FP16" else torch.float32
+        if self.runner.use_cuda_graph:
+            # Capture the preferred batch sizes' graphs now rather than inside the first requests.
+            height, width, _ = pb_utils.get_input_config_by_name(model_config, PYTHON_INPUT)["dims"]
+            for size in model_config["dynamic_batching"].get("preferred_batch_size", []):
+                self.runner.infer(torch.zeros((size, height, width, 3), dtype=torch.uint8, device=self.runner.device))
+
+    def execute(self, requests):
+        try:
+            # DLPack in and out: with numpy >= 2 the stub returns empty tensors built from ndarrays.
+            frames = [torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, PYTHON_INPUT).to_dlpack()) for r in requests]
+            sizes = [len(f) for f in frames]
+            batch = torch.cat(frames).to(self.runner.device, non_blocking=True)
+            with torch.inference_mode():
+                predictions = self.runner.infer(batch).to("cpu", self.output_dtype)
+        except Exception as exc:  # every request of the batch gets the failure instead of the server seeing a crash
+            error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        return [
+            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor.from_dlpack(PYTHON_OUTPUT, to_dlpack(part.contiguous()))])
+            for part in predictions.split(sizes)
+        ]
+
+    def finalize(self):
+        self.runner.close()

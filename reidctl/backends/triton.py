@@ -1,0 +1,284 @@
+"""Triton backend: the Detector's runner sends batches to a Triton Inference Server over gRPC.
+
+Several streams reach the server's dynamic batcher at once when they call one Detector from several threads
+(each call is its own request; the gRPC client is thread safe) or use one Detector each. Frames travel as
+uint8 canvases to a model that normalises on the server (the python model), or as normalised tensors to one
+that takes float input (a TensorRT engine). On the server's host, inputs can go through system shared memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import subprocess
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+import torch
+
+from reidctl.engine.detector import Backend, Runner, register
+from reidctl.engine.device import resolve_device
+from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+TORCH_DTYPES = {"UINT8": torch.uint8, "FP32": torch.float32, "FP16": torch.float16}
+_region_ids = itertools.count()
+
+
+def availability() -> str | None:
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.utils.shared_memory  # noqa: F401
+    except Exception as exc:  # protobuf version clashes raise more than ImportError
+        return f"tritonclient[grpc] cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return (str(message or exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+class _SharedInput:
+    """One thread's system shared memory region for input batches, grown on demand."""
+
+    def __init__(self, client, shm):
+        self.client, self.shm = client, shm
+        self.handle = None
+        self.name = ""
+        self.size = 0
+
+    def ensure(self, byte_size: int) -> None:
+        if byte_size <= self.size:
+            return
+        self.release()
+        self.name = f"reidctl_{os.getpid()}_{next(_region_ids)}"
+        self.handle = self.shm.create_shared_memory_region(self.name, f"/{self.name}", byte_size)
+        self.size = byte_size
+        self.client.register_system_shared_memory(self.name, f"/{self.name}", byte_size)
+
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        with contextlib.suppress(Exception):  # the server may be gone; the local region goes regardless
+            self.client.unregister_system_shared_memory(self.name)
+        self.shm.destroy_shared_memory_region(self.handle)
+        self.handle, self.size = None, 0
+
+
+class TritonRunner(Runner):
+    name = "triton"
+
+    def __init__(self, triton, device: torch.device, warn=print):
+        import tritonclient.grpc as grpcclient
+        import tritonclient.utils.shared_memory as shm
+        from tritonclient.utils import InferenceServerException
+
+        self._grpc, self._shm, self._server_error = grpcclient, shm, InferenceServerException
+        self.url = triton.url
+        self.model_name = triton.model_name
+        self.model_version = triton.model_version
+        self.timeout = triton.timeout
+        self.max_in_flight = max(1, triton.max_in_flight)
+        self.device = device
+        self._warn = warn
+        self.client = grpcclient.InferenceServerClient(self.url, verbose=triton.verbose)
+        try:
+            self._check_model()
+        except ReidctlError:
+            self.client.close()
+            raise
+        self.use_shared_memory = triton.shared_memory and self.url.rsplit(":", 1)[0] in LOCAL_HOSTS
+        self._regions: list[_SharedInput] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _unreachable(self, reason: str) -> BackendUnavailable:
+        return BackendUnavailable(f"Triton server at {self.url} is not reachable ({reason}): start it with `{START_COMMAND}`")
+
+    def _check_model(self) -> None:
+        try:
+            live = self.client.is_server_live(client_timeout=self.timeout)
+        except self._server_error as exc:
+            raise self._unreachable(_first_line(exc)) from None
+        if not live:
+            raise self._unreachable("the server is not live")
+        try:
+            ready = self.client.is_model_ready(self.model_name, self.model_version, client_timeout=self.timeout)
+            if not ready:
+                raise ReidctlError(self._not_ready_reason())
+            metadata = self.client.get_model_metadata(self.model_name, self.model_version, as_json=True, client_timeout=self.timeout)
+            config = self.client.get_model_config(self.model_name, self.model_version, as_json=True, client_timeout=self.timeout)["config"]
+            self.server_version = self.client.get_server_metadata(as_json=True, client_timeout=self.timeout).get("version", "")
+        except self._server_error as exc:
+            raise ReidctlError(f"Triton server at {self.url}: {_first_line(exc)}") from None
+        if not metadata.get("inputs") or not metadata.get("outputs"):
+            raise ReidctlError(f"model '{self.model_name}' on Triton at {self.url} declares no input or output")
+        model_input, model_output = metadata["inputs"][0], metadata["outputs"][0]
+        self.input_name, self.input_datatype = model_input["name"], model_input["datatype"]
+        if self.input_datatype not in TORCH_DTYPES:
+            raise ReidctlError(f"model '{self.model_name}' takes {self.input_datatype} input; reidctl sends UINT8, FP16 or FP32")
+        self.output_name, self.output_datatype = model_output["name"], model_output["datatype"]
+        self.input_format = "canvas" if self.input_datatype == "UINT8" else "tensor"
+        self.input_dtype = TORCH_DTYPES[self.input_datatype]
+        self.decoded = True
+        self.input_shape = [int(d) for d in model_input["shape"]]
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+
+    def _not_ready_reason(self) -> str:
+        where = f"Triton at {self.url}"
+        index = self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout).get("models", [])
+        entries = [m for m in index if m.get("name") == self.model_name]
+        if not entries:
+            known = ", ".join(sorted({m["name"] for m in index})) or "none"
+            return f"model '{self.model_name}' is not in the repository of {where} (models: {known})"
+        status = entries[0]
+        reason = reason_line(status["reason"]) if status.get("reason") else "not loaded"
+        return f"model '{self.model_name}' on {where} is not ready ({status.get('state', 'UNAVAILABLE')}: {reason})"
+
+    def check_input_size(self, test_size: tuple[int, int]) -> None:
+        """The model's fixed input size must be the Detector's letterbox size."""
+        dims = self.input_shape[1:] if self.max_batch_size > 0 else self.input_shape
+        height_width = dims[:2] if self.input_format == "canvas" else dims[1:3]
+        if all(d > 0 for d in height_width) and tuple(height_width) != tuple(test_size):
+            raise ReidctlError(
+                f"model '{self.model_name}' takes {height_width[0]}x{height_width[1]} input but detection.test_size "
+                f"is {test_size[0]}x{test_size[1]}"
+            )
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "device": str(self.device),
+            "url": self.url,
+            "model": self.model_name,
+            "server": f"Triton {self.server_version}",
+            "input": f"{self.input_name} {self.input_datatype}",
+            "precision": self.output_datatype.lower(),
+            "shared_memory": self.use_shared_memory,
+        }
+
+    # -- inference ------------------------------------------------------------------------------------------
+    def _region(self) -> _SharedInput:
+        region = getattr(self._local, "region", None)
+        if region is None:
+            region = self._local.region = _SharedInput(self.client, self._shm)
+            with self._lock:
+                self._regions.append(region)
+        return region
+
+    def _inputs_for(self, array: np.ndarray) -> list:
+        """One InferInput per request in the batch's chunks; through this thread's shared memory if enabled."""
+        chunk = self.max_batch_size if self.max_batch_size > 0 else len(array)
+        parts = [array[i : i + chunk] for i in range(0, len(array), chunk)]
+        inputs = [self._grpc.InferInput(self.input_name, list(part.shape), self.input_datatype) for part in parts]
+        if self.use_shared_memory:
+            try:
+                region = self._region()
+                region.ensure(array.nbytes)
+                self._shm.set_shared_memory_region(region.handle, [array])
+                offset = 0
+                for item, part in zip(inputs, parts):
+                    item.set_shared_memory(region.name, part.nbytes, offset)
+                    offset += part.nbytes
+                return inputs
+            except (self._server_error, self._shm.SharedMemoryException) as exc:
+                # e.g. a server in a container without the host's IPC namespace: send the bytes instead
+                self.use_shared_memory = False
+                self._warn(f"warning: Triton shared memory unavailable ({_first_line(exc)}); sending inputs over gRPC")
+        for item, part in zip(inputs, parts):
+            item.set_data_from_numpy(part)
+        return inputs
+
+    def _fail(self, exc: Exception) -> ReidctlError:
+        status = str(exc.status()) if hasattr(exc, "status") else ""
+        if "DEADLINE_EXCEEDED" in status:
+            return ReidctlError(
+                f"Triton request to '{self.model_name}' at {self.url} timed out after {self.timeout:g} s (detection.triton.timeout)"
+            )
+        if "UNAVAILABLE" in status:
+            return ReidctlError(f"Triton server at {self.url} stopped responding ({_first_line(exc)}): check it with `reidctl setup-triton --status`")
+        return ReidctlError(f"Triton inference on '{self.model_name}' failed: {_first_line(exc)}")
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._closed:
+            raise ReidctlError("the Triton runner is closed")
+        array = np.ascontiguousarray(batch.detach().to("cpu").numpy())
+        inputs = self._inputs_for(array)
+        outputs = [self._grpc.InferRequestedOutput(self.output_name)]
+        futures: list[Future] = []
+        # Chunks of a large batch go out together, at most max_in_flight at a time, so the batcher sees them at once.
+        window = threading.BoundedSemaphore(self.max_in_flight)
+        for item in inputs:
+            window.acquire()
+            future: Future = Future()
+
+            def done(result, error, future=future):
+                window.release()
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+            try:
+                self.client.async_infer(
+                    self.model_name, [item], done, self.model_version, outputs=outputs, client_timeout=self.timeout
+                )
+            except self._server_error as exc:
+                window.release()
+                future.set_exception(exc)
+            futures.append(future)
+        parts = []
+        for future in futures:
+            try:
+                result = future.result()
+            except self._server_error as exc:
+                raise self._fail(exc) from None
+            parts.append(result.as_numpy(self.output_name))
+        return torch.from_numpy(np.concatenate(parts)).to(self.device)
+
+    # -- resources ------------------------------------------------------------------------------------------
+    def peak_memory_bytes(self) -> int | None:
+        """GPU memory of the local server (and its python stubs) from nvidia-smi, when both are here."""
+        port = int(self.url.rsplit(":", 1)[1]) if ":" in self.url else None
+        servers = [s for s in all_running_servers() if s.grpc_port == port]
+        if not servers or shutil.which("nvidia-smi") is None:
+            return None
+        query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+        try:
+            lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        pids = set(process_tree(servers[0].pid))
+        used = [int(mib) * 2**20 for pid, mib in (line.split(", ") for line in lines if ", " in line) if int(pid) in pids]
+        return sum(used) if used else None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            for region in self._regions:
+                region.release()
+            self._regions.clear()
+        self.client.close()
+
+
+def make_runner(config, warn=print) -> TritonRunner:
+    det = config.detection
+    runner = TritonRunner(det.triton, resolve_device(det.device), warn)
+    try:
+        runner.check_input_size(det.input_size)
+    except ReidctlError:
+        runner.close()
+        raise
+    return runner
+
+
+register(Backend("triton", "Triton Inference Server over gRPC (dynamic batching)", availability=availability, make_runner=make_runner))

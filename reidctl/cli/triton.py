@@ -1,0 +1,117 @@
+"""`reidctl setup-triton`: write the Triton model repository; start, stop or check the bundled server."""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from reidctl.cli.app import (
+    ConfigOpt,
+    DeviceOpt,
+    Fp16Opt,
+    ModelOpt,
+    ModelTypeOpt,
+    NumClassesOpt,
+    TestSizeOpt,
+    build_config,
+    command,
+    console,
+    err_console,
+)
+from reidctl.errors import ReidctlError
+from reidctl.triton.repository import DEFAULT_IMAGE, write_repository
+from reidctl.triton.server import Ports, ServerState, reason_line, running_server, server_status, start_server, stop_server
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+
+
+def _endpoints(state) -> str:
+    return f"gRPC localhost:{state.grpc_port}, HTTP localhost:{state.http_port}, metrics localhost:{state.metrics_port}"
+
+
+def _print_status(status: dict, as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(status))
+        return
+    if not status["running"]:
+        console.print(f"no Triton server is running for {status['repository']} (start one with `reidctl setup-triton --start`)")
+        return
+    state = ServerState(**{field.name: status[field.name] for field in dataclasses.fields(ServerState)})
+    console.print(f"Triton server (pid {state.pid}) {'ready' if status['ready'] else 'NOT ready'}: {_endpoints(state)}; log {state.log}")
+    table = Table(title=f"Models in {status['repository']}")
+    for column in ("Model", "Version", "State", "Reason"):
+        table.add_column(column)
+    for model in status["model_states"]:
+        table.add_row(model.get("name", ""), model.get("version", "-"), model.get("state", "not loaded"), reason_line(model["reason"]) if model.get("reason") else "")
+    console.print(table)
+
+
+@command("setup-triton", "Write the Triton model repository (TensorRT and PyTorch models, docker-compose.yml); start, stop or check the bundled server.")
+def setup_triton(
+    repository: Annotated[Optional[Path], typer.Option("--repository", "-r", help="Model repository directory (default: detection.triton.repository).")] = None,
+    engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine copied to bytetrack_tensorrt/1/model.plan (default: detection.tensorrt.engine_path if it exists).")] = None,
+    start: Annotated[bool, typer.Option("--start", help="After writing, start the bundled Triton server in the background (its files are installed into the cache on first use).")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the bundled server started for this repository (writes nothing).")] = False,
+    status: Annotated[bool, typer.Option("--status", help="Show whether the bundled server runs, its ports and its models (writes nothing).")] = False,
+    max_batch_size: Annotated[Optional[int], typer.Option("--max-batch-size", min=1, help="Largest batch the dynamic batcher forms (default: detection.triton.max_batch_size).")] = None,
+    http_port: Annotated[Optional[int], typer.Option("--http-port", min=1, max=65535, help="HTTP port (default: detection.triton.http_port, 8100).")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", min=1, max=65535, help="gRPC port (default: detection.triton.grpc_port, 8101).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics port (default: detection.triton.metrics_port, 8102).")] = None,
+    image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
+    startup_timeout: Annotated[float, typer.Option("--startup-timeout", min=1, help="Seconds to wait for the server to become ready.")] = 180.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print --status as JSON.")] = False,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    model_type: ModelTypeOpt = None,
+    num_classes: NumClassesOpt = None,
+    device: DeviceOpt = None,
+    test_size: TestSizeOpt = None,
+    fp16: Fp16Opt = None,
+) -> None:
+    if sum((start, stop, status)) > 1:
+        raise ReidctlError("choose one of --start, --stop and --status")
+    cfg = build_config(config, model, model_type, num_classes, device, test_size, fp16=fp16)
+    given = {"max_batch_size": max_batch_size, "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+    triton = dataclasses.replace(cfg.detection.triton, **{k: v for k, v in given.items() if v is not None})
+    cfg = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, triton=triton))
+    repo = Path(repository or triton.repository)
+
+    if status:
+        _print_status(server_status(repo), json_output)
+        return
+    if stop:
+        stopped = stop_server(repo)
+        console.print(f"stopped Triton server (pid {stopped.pid})" if stopped else f"no Triton server is running for {repo.resolve()}")
+        return
+    running = running_server(repo) if start else None
+    if running:
+        console.print(f"Triton server already running (pid {running.pid}) for {running.repository}: {_endpoints(running)}")
+        return
+
+    written = write_repository(cfg, repo, engine, image, warn=_warn)
+    table = Table(title=f"Triton model repository {repo}")
+    table.add_column("File")
+    table.add_column("What")
+    for item in written:
+        table.add_row(str(item.path), item.what)
+    console.print(table)
+    if not start:
+        console.print("start the bundled server with `reidctl setup-triton --start`, or NVIDIA's container: "
+                      f"cd {repo} && docker compose up -d triton")  # fmt: skip
+        return
+
+    with console.status("starting Triton server") as spinner:
+        state = start_server(
+            repo,
+            Ports(triton.http_port, triton.grpc_port, triton.metrics_port),
+            timeout=startup_timeout,
+            on_progress=lambda message: spinner.update(f"starting Triton server: {message}"),
+            warn=_warn,
+        )
+    console.print(f"Triton server ready (pid {state.pid}) serving {', '.join(state.models)}: {_endpoints(state)}")
+    console.print(f"log: {state.log}; stop it with `reidctl setup-triton --stop`")

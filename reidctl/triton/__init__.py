@@ -1,0 +1,1 @@
+"""Triton Inference Server: the model repository reidctl writes and the bundled server it runs."""

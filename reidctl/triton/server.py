@@ -1,0 +1,458 @@
+"""The bundled Triton server: install its files, start it in the background, report on it and stop it.
+
+The server comes from the nvidia-pytriton wheel (a real tritonserver with the python backend), unpacked into a
+cache directory, never installed into the project's environment: its pins (numpy<2, tritonclient~=2.50) would
+downgrade the project's packages. Machines without network take the wheel from REIDCTL_TRITON_WHEEL_DIR or the
+repository's .whl/ folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import reidctl
+from reidctl.errors import ReidctlError
+from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
+from reidctl.triton.repository import served_models
+
+PYTRITON_VERSION = "0.7.0"
+CACHE_ENV = "REIDCTL_CACHE"
+WHEEL_DIR_ENV = "REIDCTL_TRITON_WHEEL_DIR"
+SYS_PATH_ENV = "REIDCTL_SYS_PATH"  # read by the python model: the stub ignores PYTHONPATH
+PROJECT_ROOT = Path(reidctl.__file__).resolve().parents[1]
+STUB_NAME = "triton_python_backend_stub"
+START_COMMAND = "reidctl setup-triton --start"
+
+
+def cache_dir() -> Path:
+    """$REIDCTL_CACHE/triton, else ~/.cache/reidctl/triton (XDG_CACHE_HOME respected)."""
+    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reidctl"
+    return Path(base) / "triton"
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """The unpacked wheel: pytriton/tritonserver/ (binary, python backend, stubs) and nvidia_pytriton.libs/."""
+
+    root: Path
+
+    @property
+    def tritonserver(self) -> Path:
+        return self.root / "pytriton" / "tritonserver"
+
+    @property
+    def binary(self) -> Path:
+        return self.tritonserver / "bin" / "tritonserver"
+
+    @property
+    def libs(self) -> Path:
+        return self.root / "nvidia_pytriton.libs"
+
+    def stub(self, version: tuple[int, int]) -> Path:
+        return self.tritonserver / "python_backend_stubs" / f"{version[0]}.{version[1]}" / STUB_NAME
+
+    def stub_versions(self) -> list[str]:
+        found = (p.parent.name for p in (self.tritonserver / "python_backend_stubs").glob(f"*/{STUB_NAME}"))
+        return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One installer per cache directory at a time (parallel test sessions, two shells)."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wheel_dirs() -> list[Path]:
+    dirs = [Path(os.environ[WHEEL_DIR_ENV])] if os.environ.get(WHEEL_DIR_ENV) else []
+    return [*dirs, PROJECT_ROOT / ".whl"]
+
+
+def find_wheel() -> Path | None:
+    for directory in _wheel_dirs():
+        wheels = sorted(directory.rglob(f"nvidia_pytriton-{PYTRITON_VERSION}-*.whl"))  # e.g. .whl/triton-server/
+        if wheels:
+            return wheels[-1]
+    return None
+
+
+def _download_wheel(into: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+               "--quiet", f"nvidia-pytriton=={PYTRITON_VERSION}", "--dest", str(into)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(into.glob("nvidia_pytriton-*.whl"))
+    if result.returncode != 0 or not wheels:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        reason = lines[-1] if lines else f"pip exited with {result.returncode}"
+        raise ReidctlError(
+            f"cannot download nvidia-pytriton {PYTRITON_VERSION} ({reason}): put its wheel in ${WHEEL_DIR_ENV} "
+            f"or {PROJECT_ROOT / '.whl'}"
+        )
+    return wheels[-1]
+
+
+def _unpack(wheel: Path, target: Path) -> None:
+    """Extract only the server (not the pytriton Python package), keeping executable bits, then rename into place."""
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.infolist():
+                if not member.filename.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/")):
+                    continue
+                extracted = Path(archive.extract(member, staging))
+                mode = member.external_attr >> 16
+                if mode and not member.is_dir():
+                    extracted.chmod(mode & 0o777)
+        os.replace(staging, target)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ReidctlError(f"cannot unpack {wheel}: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def install_server_files(cache: Path | None = None, on_progress: Callable[[str], None] | None = None) -> ServerFiles:
+    """The server files in ``cache``, downloaded (or taken from a local wheel) and unpacked once."""
+    cache = Path(cache or cache_dir())
+    files = ServerFiles(cache / f"nvidia-pytriton-{PYTRITON_VERSION}")
+    if files.binary.is_file():
+        return files
+    ensure_writable_dir(cache)
+    with _locked(cache / ".install.lock"):
+        if files.binary.is_file():
+            return files
+        wheel = find_wheel()
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as download_dir:
+            if wheel is None:
+                if on_progress:
+                    on_progress(f"downloading nvidia-pytriton {PYTRITON_VERSION} (55 MB) into {cache}")
+                wheel = _download_wheel(Path(download_dir))
+            if on_progress:
+                on_progress(f"unpacking {wheel.name}")
+            _unpack(wheel, files.root)
+    return files
+
+
+def python_backend_dir(files: ServerFiles, version: tuple[int, int] | None = None) -> Path:
+    """A --backend-directory whose python/ holds the python backend and the stub for this Python version."""
+    version = version or sys.version_info[:2]
+    stub = files.stub(version)
+    if not stub.is_file():
+        raise ReidctlError(
+            f"the bundled Triton server has no python backend stub for Python {version[0]}.{version[1]} "
+            f"(nvidia-pytriton {PYTRITON_VERSION} has {', '.join(files.stub_versions())}): run reidctl on one of those"
+        )
+    backends = files.root / f"backends-py{version[0]}.{version[1]}"
+    python_dir = backends / "python"
+    if not (python_dir / STUB_NAME).is_file():
+        staging = Path(tempfile.mkdtemp(prefix=".python-", dir=files.root))
+        source = files.tritonserver / "backends" / "python"
+        for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+            shutil.copy2(source / name, staging / name)
+        shutil.copy2(stub, staging / STUB_NAME)
+        backends.mkdir(exist_ok=True)
+        try:
+            os.replace(staging, python_dir)
+        except OSError:  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
+    return backends
+
+
+def server_environment(files: ServerFiles) -> dict[str, str]:
+    """The stub must load *this* interpreter's libpython (not an older system one) and find the project's paths."""
+    env = dict(os.environ)
+    library_path = [sysconfig.get_config_var("LIBDIR") or "", str(files.libs), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in library_path if p)
+    paths = [str(PROJECT_ROOT), *(p for p in sys.path if p and Path(p).is_dir())]
+    env[SYS_PATH_ENV] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+    def items(self) -> list[tuple[str, int]]:
+        return [("HTTP", self.http), ("gRPC", self.grpc), ("metrics", self.metrics)]
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What a started server leaves in its state file, so that --status and --stop find it."""
+
+    pid: int
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    repository: str
+    log: str
+    models: list[str]
+
+    @property
+    def ports(self) -> Ports:
+        return Ports(self.http_port, self.grpc_port, self.metrics_port)
+
+
+def state_dir(repository: Path, cache: Path | None = None) -> Path:
+    """Per repository, so that servers of different repositories do not meet."""
+    key = hashlib.sha1(str(Path(repository).resolve()).encode()).hexdigest()[:12]
+    return Path(cache or cache_dir()) / "servers" / key
+
+
+def _state_file(repository: Path, cache: Path | None) -> Path:
+    return state_dir(repository, cache) / "server.json"
+
+
+def is_tritonserver(pid: int) -> bool:
+    """Alive and still a tritonserver (not a zombie, not a recycled pid)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if this process started it and it has exited
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and command.endswith(b"tritonserver")
+
+
+def read_state(repository: Path, cache: Path | None = None) -> ServerState | None:
+    path = _state_file(repository, cache)
+    try:
+        return ServerState(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def running_server(repository: Path, cache: Path | None = None) -> ServerState | None:
+    """The server started for ``repository`` if it still runs; a stale state file is removed."""
+    state = read_state(repository, cache)
+    if state is None:
+        return None
+    if is_tritonserver(state.pid):
+        return state
+    _state_file(repository, cache).unlink(missing_ok=True)
+    return None
+
+
+def all_running_servers(cache: Path | None = None) -> list[ServerState]:
+    states = []
+    for path in sorted((Path(cache or cache_dir()) / "servers").glob("*/server.json")):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            state = ServerState(**json.loads(path.read_text()))
+            if is_tritonserver(state.pid):
+                states.append(state)
+    return states
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: sockets in TIME_WAIT from a server just stopped do not count, listeners do.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(ports: Ports) -> None:
+    numbers = [port for _, port in ports.items()]
+    if len(set(numbers)) != len(numbers):
+        raise ReidctlError(f"the HTTP, gRPC and metrics ports must differ, got {numbers}")
+    for label, port in ports.items():
+        if port_in_use(port):
+            raise ReidctlError(f"port {port} ({label}) is already in use: stop what listens there or choose another port")
+
+
+def _http_json(port: int, path: str, method: str = "GET", timeout: float = 2.0):
+    request = urllib.request.Request(f"http://localhost:{port}{path}", method=method, data=b"{}" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def server_answers(port: int, path: str = "/v2/health/ready") -> bool:
+    try:
+        _http_json(port, path)
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def model_states(port: int) -> list[dict]:
+    """The repository index: name, version, state (READY, UNAVAILABLE...) and reason per model."""
+    try:
+        return _http_json(port, "/v2/repository/index", method="POST") or []
+    except (urllib.error.URLError, OSError, ValueError):
+        return []
+
+
+def reason_line(reason: str) -> str:
+    """A model's load failure in one line: Triton appends the Python traceback after the message."""
+    lines = (reason or "").strip().splitlines()
+    return (lines[0] if lines else "no reason given").removeprefix("Internal: ")[:300]
+
+
+def _log_error(log: Path) -> str:
+    """The most telling line of a failed server's log."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if re.match(r"E\d{4} ", line)]  # glog's error lines
+    return (errors or lines or ["empty log"])[-1][:300]
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL of the whole process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while is_tritonserver(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # leftover stubs, or a server that ignored SIGTERM
+    while is_tritonserver(pid):
+        time.sleep(0.05)
+
+
+def start_server(
+    repository: Path,
+    ports: Ports,
+    cache: Path | None = None,
+    timeout: float = 180.0,
+    on_progress: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] = print,
+) -> ServerState:
+    """Start tritonserver on ``repository``'s python-backend models in the background and wait until it is ready.
+
+    Models that fail to load are reported (one warning each); if none loads, the server is stopped and the
+    first model's reason is the error.
+    """
+    repository = Path(repository).resolve()
+    cache = Path(cache or cache_dir())
+    running = running_server(repository, cache)
+    if running:
+        raise ReidctlError(f"a Triton server (pid {running.pid}) already serves {repository} on gRPC port {running.grpc_port}")
+    if not repository.is_dir():
+        raise ReidctlError(f"model repository {repository} does not exist: run `reidctl setup-triton` first")
+    models = served_models(repository, "python")
+    if not models:
+        raise ReidctlError(f"{repository} has no python-backend model for the bundled server: run `reidctl setup-triton` first")
+    check_ports(ports)
+    files = install_server_files(cache, on_progress)
+    backends = python_backend_dir(files)
+
+    directory = state_dir(repository, cache)
+    ensure_writable_dir(directory)
+    log = directory / "tritonserver.log"
+    command = [
+        str(files.binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",  # the bundled server has no TensorRT backend: load only what it can run
+        *(f"--load-model={name}" for name in models),
+        f"--http-port={ports.http}",
+        f"--grpc-port={ports.grpc}",
+        f"--metrics-port={ports.metrics}",
+        "--exit-on-error=false",  # a model that fails to load is reported, the others still serve
+        "--exit-timeout-secs=10",
+    ]
+    if on_progress:
+        on_progress(f"starting tritonserver (log: {log})")
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=server_environment(files), cwd=directory, start_new_session=True,
+        )  # fmt: skip
+    state = ServerState(process.pid, ports.http, ports.grpc, ports.metrics, str(repository), str(log), models)
+    write_text_atomic(_state_file(repository, cache), json.dumps(asdict(state), indent=2))
+    try:
+        _wait_until_ready(state, timeout, on_progress, warn)
+    except BaseException:  # Ctrl-C or failure: leave no half-started server behind
+        _terminate(process.pid, timeout=10)
+        _state_file(repository, cache).unlink(missing_ok=True)
+        raise
+    return state
+
+
+def _wait_until_ready(state: ServerState, timeout: float, on_progress, warn) -> None:
+    """Triton opens its endpoints once the startup loads are over (ready or failed): then judge each model."""
+    log = Path(state.log)
+    start = time.monotonic()
+    while not server_answers(state.http_port, "/v2/health/live"):
+        if not is_tritonserver(state.pid):
+            raise ReidctlError(f"tritonserver exited during startup: {_log_error(log)} (log: {log})")
+        elapsed = time.monotonic() - start
+        if elapsed > timeout:
+            raise ReidctlError(f"tritonserver was not ready after {timeout:.0f} s (log: {log})")
+        if on_progress:
+            on_progress(f"loading {', '.join(state.models)} ({elapsed:.0f} s)")
+        time.sleep(0.25)
+    by_name = {m.get("name"): m for m in model_states(state.http_port)}
+    failed = [(name, by_name.get(name, {})) for name in state.models if by_name.get(name, {}).get("state") != "READY"]
+    if len(failed) == len(state.models):
+        name, status = failed[0]
+        raise ReidctlError(f"model '{name}' failed to load: {reason_line(status.get('reason', ''))} (log: {log})")
+    for name, status in failed:
+        warn(f"warning: model '{name}' failed to load: {reason_line(status.get('reason', ''))} (log: {log})")
+
+
+def stop_server(repository: Path, cache: Path | None = None, timeout: float = 30.0) -> ServerState | None:
+    """Stop the server started for ``repository``; None when none runs."""
+    state = running_server(repository, cache)
+    if state is None:
+        return None
+    _terminate(state.pid, timeout)
+    _state_file(repository, cache).unlink(missing_ok=True)
+    return state
+
+
+def server_status(repository: Path, cache: Path | None = None) -> dict:
+    """Running or not, pid, ports, readiness and each model's state, for --status."""
+    state = running_server(repository, cache)
+    if state is None:
+        return {"running": False, "repository": str(Path(repository).resolve())}
+    return {
+        "running": True,
+        **asdict(state),
+        "ready": server_answers(state.http_port),
+        "model_states": model_states(state.http_port),
+    }
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the server and its python backend stubs)."""
+    tree, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                children = [int(c) for c in (task / "children").read_text().split()]
+                tree.extend(children)
+                frontier.extend(children)
+    return tree

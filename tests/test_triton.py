@@ -1,0 +1,430 @@
+"""Triton: the repository setup-triton writes, a real bundled server, and the triton backend against it (CPU)."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import yaml
+from typer.testing import CliRunner
+
+from conftest import SMALL_TEST_SIZE, make_checkpoint, write_config
+from reidctl.cli import app
+from reidctl.config import load_config, override
+from reidctl.engine.detector import create_detector
+from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.triton.repository import (
+    PYTHON_MODEL,
+    TENSORRT_MODEL,
+    config_from_parameters,
+    read_model_config,
+    render,
+    write_repository,
+)
+from reidctl.triton.server import (
+    Ports,
+    install_server_files,
+    python_backend_dir,
+    running_server,
+    start_server,
+    stop_server,
+)
+
+BROKEN_MODEL = "bytetrack_broken"
+ANCHORS = (128 // 8) * (160 // 8) + (128 // 16) * (160 // 16) + (128 // 32) * (160 // 32)
+
+
+def free_ports(count: int = 3) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def free_server_ports() -> Ports:
+    return Ports(*free_ports())
+
+
+def triton_config(config_path: Path, grpc_port: int, **triton):
+    config = load_config(config_path)
+    settings = dataclasses.replace(config.detection.triton, url=f"localhost:{grpc_port}", **triton)
+    return override(config, triton=settings)
+
+
+def video_frames(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert frames
+    return frames
+
+
+def assert_same_detections(got: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to float noise; rows of equal score may come in any order."""
+    assert got.shape == expected.shape
+
+    def ordered(rows):
+        return rows[np.lexsort(np.round(rows, 2).T[::-1])]
+
+    np.testing.assert_allclose(ordered(got), ordered(expected), atol=1e-3, rtol=1e-4)
+
+
+def one_line(exc: BaseException) -> str:
+    message = str(exc)
+    assert "\n" not in message and message, message
+    return message
+
+
+@pytest.fixture(scope="session")
+def triton_cache(tmp_path_factory):
+    """One cache per test session: the server files are downloaded (or taken from .whl/) and unpacked once."""
+    cache = tmp_path_factory.mktemp("reidctl-cache")
+    previous = os.environ.get("REIDCTL_CACHE")
+    os.environ["REIDCTL_CACHE"] = str(cache)
+    yield cache / "triton"
+    if previous is None:
+        os.environ.pop("REIDCTL_CACHE", None)
+    else:
+        os.environ["REIDCTL_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def nano_config(tmp_path_factory, nano_checkpoint) -> Path:
+    return write_config(tmp_path_factory.mktemp("triton-config") / "config.yaml", nano_checkpoint)
+
+
+def add_broken_model(repository: Path, tmp_dir: Path) -> None:
+    """A second python model whose checkpoint vanished after setup: it fails to load on the server."""
+    checkpoint = make_checkpoint(tmp_dir / "moved.pth.tar")
+    model_dir = repository / BROKEN_MODEL
+    shutil.copytree(repository / PYTHON_MODEL, model_dir)
+    config = read_model_config(model_dir / "config.pbtxt")
+    config.name = BROKEN_MODEL
+    config.parameters["model_path"].string_value = str(checkpoint)
+    (model_dir / "config.pbtxt").write_text(render(config))
+    checkpoint.unlink()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory, triton_cache, nano_config):
+    """The bundled server on free ports with the YOLOX-nano python model (CPU) and one model that fails to load."""
+    base = tmp_path_factory.mktemp("triton-server")
+    repository = base / "model_repository"
+    write_repository(load_config(nano_config), repository, warn=lambda message: None)
+    add_broken_model(repository, base)
+    ports = free_server_ports()
+    warnings = []
+    state = start_server(repository, ports, cache=triton_cache, warn=warnings.append)
+    yield types.SimpleNamespace(**dataclasses.asdict(state), warnings=warnings)
+    stop_server(repository, cache=triton_cache)
+
+
+# -- the repository ----------------------------------------------------------------------------------------------
+def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_checkpoint):
+    engine = tmp_path / "yolox_nano.trt"
+    engine.write_bytes(b"serialized engine bytes")
+    sidecar = {
+        "inputs": [{"name": "images", "shape": [-1, 3, 128, 160], "dtype": "float16"}],
+        "outputs": [{"name": "output", "shape": [-1, ANCHORS, 6], "dtype": "float16"}],
+        "tensorrt_version": "10.9",
+    }
+    Path(f"{engine}.json").write_text(json.dumps(sidecar))
+    triton = {"max_batch_size": 4, "preferred_batch_sizes": [2, 4], "max_queue_delay_ms": 0.25, "http_port": 9100}
+    config = load_config(write_config(tmp_path / "config.yaml", nano_checkpoint, triton=triton))
+    repository = tmp_path / "repo"
+    written = write_repository(config, repository, engine=engine, image="nvcr.io/nvidia/tritonserver:24.10-py3")
+    assert {item.path.relative_to(repository).as_posix() for item in written} == {
+        f"{TENSORRT_MODEL}/config.pbtxt", f"{TENSORRT_MODEL}/1/model.plan", f"{PYTHON_MODEL}/config.pbtxt",
+        f"{PYTHON_MODEL}/1/model.py", "docker-compose.yml",
+    }  # fmt: skip
+    assert (repository / TENSORRT_MODEL / "1" / "model.plan").read_bytes() == engine.read_bytes()
+
+    trt = read_model_config(repository / TENSORRT_MODEL / "config.pbtxt")
+    assert trt.platform == "tensorrt_plan" and trt.max_batch_size == 4
+    assert list(trt.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert trt.dynamic_batching.max_queue_delay_microseconds == 250
+    assert trt.instance_group[0].kind == trt.instance_group[0].KIND_GPU
+    assert trt.optimization.cuda.graphs
+    assert [(t.name, list(t.dims), t.data_type) for t in trt.input] == [("images", [3, 128, 160], grpcclient.model_config_pb2.TYPE_FP16)]
+    assert [(t.name, list(t.dims)) for t in trt.output] == [("output", [ANCHORS, 6])]
+
+    python = read_model_config(repository / PYTHON_MODEL / "config.pbtxt")
+    assert python.backend == "python" and python.max_batch_size == 4
+    assert list(python.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert python.instance_group[0].kind == python.instance_group[0].KIND_CPU
+    assert [(t.name, list(t.dims), t.data_type) for t in python.input] == [("frames", [128, 160, 3], grpcclient.model_config_pb2.TYPE_UINT8)]
+    assert [(t.name, list(t.dims), t.data_type) for t in python.output] == [("predictions", [ANCHORS, 6], grpcclient.model_config_pb2.TYPE_FP32)]
+    rebuilt = config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection
+    assert rebuilt.model_path == str(nano_checkpoint.resolve())
+    assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == ("nano", SMALL_TEST_SIZE, "cpu", True)
+    assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (Path(__file__).parents[1] / "model_repository" / PYTHON_MODEL / "1" / "model.py").read_text()
+
+    compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
+    assert compose["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert compose["ports"] == ["9100:8000", "8101:8001", "8102:8002"]
+    assert compose["volumes"] == [f"{repository.resolve()}:/models:ro"]
+    assert compose["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert f"--load-model={TENSORRT_MODEL}" in compose["command"]
+
+
+def test_defaults_without_sidecar_follow_fp16(tmp_path, nano_checkpoint):
+    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"fp16": False, "engine_path": str(tmp_path / "none.trt")}))
+    warnings = []
+    write_repository(config, tmp_path / "repo", warn=warnings.append)
+    trt = read_model_config(tmp_path / "repo" / TENSORRT_MODEL / "config.pbtxt")
+    assert [(t.name, list(t.dims), t.data_type) for t in trt.input] == [("images", [3, 128, 160], grpcclient.model_config_pb2.TYPE_FP32)]
+    assert [(t.name, list(t.dims)) for t in trt.output] == [("output", [ANCHORS, 6])]
+    assert len(warnings) == 1 and "none.trt not found" in warnings[0]
+    assert not (tmp_path / "repo" / TENSORRT_MODEL / "1" / "model.plan").exists()
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "expected"),
+    [
+        ({"inputs": [{"name": "images", "shape": [1, 3, 128, 160], "dtype": "complex64"}], "outputs": []}, "unknown data type"),
+        ({"inputs": [{"name": "images", "shape": [128, 160], "dtype": "float32"}], "outputs": [{"name": "o", "shape": [1, 2], "dtype": "float32"}]}, "shape"),
+        ({"outputs": []}, "'inputs'"),
+    ],
+)
+def test_bad_engine_sidecar_is_one_line_error(tmp_path, nano_checkpoint, sidecar, expected):
+    engine = tmp_path / "e.trt"
+    Path(f"{engine}.json").write_text(json.dumps(sidecar))
+    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint))
+    with pytest.raises(ReidctlError) as info:
+        write_repository(config, tmp_path / "repo", engine=engine)
+    assert expected in one_line(info.value)
+
+
+def test_preferred_batch_sizes_beyond_max_are_rejected(tmp_path, nano_checkpoint):
+    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"max_batch_size": 4, "preferred_batch_sizes": [2, 8]}))
+    with pytest.raises(ReidctlError, match="preferred_batch_sizes"):
+        write_repository(config, tmp_path / "repo")
+
+
+# -- the server's files ------------------------------------------------------------------------------------------
+def test_server_files_install_once_and_missing_stub_is_explained(triton_cache):
+    files = install_server_files(triton_cache)
+    assert files.binary.is_file() and os.access(files.binary, os.X_OK)
+    started = time.monotonic()
+    assert install_server_files(triton_cache) == files
+    assert time.monotonic() - started < 0.5  # already unpacked: nothing downloaded or extracted again
+    backends = python_backend_dir(files)
+    assert os.access(backends / "python" / "triton_python_backend_stub", os.X_OK)
+    with pytest.raises(ReidctlError) as info:
+        python_backend_dir(files, (3, 7))
+    assert "no python backend stub for Python 3.7" in one_line(info.value) and "3.12" in str(info.value)
+
+
+def test_taken_port_is_named(tmp_path, triton_cache, nano_config):
+    write_repository(load_config(nano_config), tmp_path / "repo", warn=lambda message: None)
+    http, grpc, metrics = free_ports()
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", grpc))
+        listener.listen()
+        with pytest.raises(ReidctlError) as info:
+            start_server(tmp_path / "repo", Ports(http, grpc, metrics), cache=triton_cache)
+    assert f"port {grpc} (gRPC) is already in use" in one_line(info.value)
+    assert running_server(tmp_path / "repo", triton_cache) is None
+
+
+# -- the backend against the real server ------------------------------------------------------------------------
+def test_failed_model_is_reported_at_start(triton_server):
+    assert triton_server.models == sorted([PYTHON_MODEL, BROKEN_MODEL])
+    assert len(triton_server.warnings) == 1
+    assert BROKEN_MODEL in triton_server.warnings[0] and "checkpoint not found" in triton_server.warnings[0]
+
+
+def test_triton_detector_matches_pytorch(triton_server, nano_config, video_file):
+    config = triton_config(nano_config, triton_server.grpc_port)
+    frames = video_frames(video_file)
+    with create_detector(config, "pytorch") as reference, create_detector(config, "triton") as remote:
+        assert remote.runner.input_format == "canvas" and remote.runner.decoded
+        assert remote.runner.describe()["server"].startswith("Triton 2.")
+        assert remote.runner.peak_memory_bytes() is None  # no GPU here
+        singles = [remote.detect(frame) for frame in frames]
+        batched = remote.detect_batch(frames)  # 12 frames > max_batch_size 8: two requests in flight
+        for frame, single, together in zip(frames, singles, batched):
+            expected = reference.detect(frame)
+            assert len(expected) > 0
+            assert_same_detections(single, expected)
+            assert_same_detections(together, expected)
+
+
+def batch_counts(client) -> dict[int, int]:
+    stats = client.get_inference_statistics(PYTHON_MODEL, as_json=True)["model_stats"][0]
+    return {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in stats.get("batch_stats", [])}
+
+
+def test_concurrent_clients_reach_the_dynamic_batcher(triton_server, nano_config, video_file):
+    config = triton_config(nano_config, triton_server.grpc_port)
+    frames = video_frames(video_file)[:6]
+    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
+    before = batch_counts(client)
+    with create_detector(config, "triton") as shared:
+        expected = [shared.detect(frame) for frame in frames]
+        results, errors = {}, []
+
+        def stream(index: int, detector) -> None:
+            try:
+                for round_ in range(3):
+                    for i, frame in enumerate(frames):
+                        results[(index, round_, i)] = detector.detect(frame)
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        own = [create_detector(config, "triton") for _ in range(3)]
+        threads = [threading.Thread(target=stream, args=(n, shared)) for n in range(6)]  # one Detector, many threads
+        threads += [threading.Thread(target=stream, args=(6 + n, d)) for n, d in enumerate(own)]  # one Detector each
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        for detector in own:
+            detector.close()
+        assert not errors, errors
+    assert len(results) == 9 * 3 * len(frames)
+    for (_, _, i), got in results.items():
+        assert_same_detections(got, expected[i])
+    after = batch_counts(client)
+    grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert any(count > 0 for size, count in grown.items() if size > 1), grown
+    # shared memory: per-thread regions of this process while running, all gone once the detectors closed
+    assert sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions) >= 9
+    left = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+    assert not [name for name in left if name.startswith(f"reidctl_{os.getpid()}_")]
+
+
+def test_unreachable_server_says_how_to_start_it(nano_config):
+    config = triton_config(nano_config, free_ports(1)[0])
+    with pytest.raises(BackendUnavailable) as info:
+        create_detector(config, "triton")
+    message = one_line(info.value)
+    assert "is not reachable" in message and "reidctl setup-triton --start" in message
+
+
+@pytest.mark.parametrize(
+    ("triton", "expected"),
+    [
+        ({"model_name": "yolox_nowhere"}, "is not in the repository"),
+        ({"model_name": BROKEN_MODEL}, "is not ready (UNAVAILABLE: ReidctlError: checkpoint not found"),
+    ],
+)
+def test_missing_or_unready_model_is_one_line_error(triton_server, nano_config, triton, expected):
+    with pytest.raises(ReidctlError) as info:
+        create_detector(triton_config(nano_config, triton_server.grpc_port, **triton), "triton")
+    assert expected in one_line(info.value)
+
+
+def test_input_size_mismatch_is_one_line_error(triton_server, tmp_path, nano_checkpoint):
+    config_path = write_config(tmp_path / "c.yaml", nano_checkpoint, test_size=[160, 160])
+    with pytest.raises(ReidctlError) as info:
+        create_detector(triton_config(config_path, triton_server.grpc_port), "triton")
+    assert "takes 128x160 input but detection.test_size is 160x160" in one_line(info.value)
+
+
+def test_request_timeout_is_one_line_error(triton_server, nano_config, video_file):
+    frame = video_frames(video_file)[0]
+    with create_detector(triton_config(nano_config, triton_server.grpc_port), "triton") as detector:
+        detector.runner.timeout = 1e-4  # the server's answer cannot arrive within 0.1 ms
+        with pytest.raises(ReidctlError) as info:
+            detector.detect(frame)
+    assert "timed out" in one_line(info.value) and "detection.triton.timeout" in str(info.value)
+
+
+def test_server_killed_during_a_run_fails_promptly(tmp_path, triton_cache, nano_config, video_file):
+    repository = tmp_path / "repo"
+    write_repository(load_config(nano_config), repository, warn=lambda message: None)
+    state = start_server(repository, free_server_ports(), cache=triton_cache)
+    try:
+        frame = video_frames(video_file)[0]
+        errors, first_done = [], threading.Event()
+        with create_detector(triton_config(nano_config, state.grpc_port), "triton") as detector:
+
+            def stream() -> None:
+                try:
+                    while True:
+                        detector.detect(frame)
+                        first_done.set()
+                except ReidctlError as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=stream, daemon=True) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            assert first_done.wait(60)
+            os.killpg(state.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            for thread in threads:
+                thread.join(timeout=15)
+            assert not any(thread.is_alive() for thread in threads), "a client hung after the server died"
+            assert time.monotonic() - killed < 15
+        assert len(errors) == 4
+        assert all("stopped responding" in one_line(exc) for exc in errors)
+        assert running_server(repository, triton_cache) is None
+    finally:
+        stop_server(repository, cache=triton_cache)
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+def reidctl(*args):
+    """The command in this process: the server it starts runs in its own process group regardless."""
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    result.returncode = result.exit_code
+    return result
+
+
+def test_setup_triton_cli_start_twice_status_stop(tmp_path, triton_cache, nano_config):
+    repository = tmp_path / "repo"
+    http, grpc, metrics = free_ports()
+    common = ["-c", nano_config, "-r", repository, "--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics]
+    try:
+        started = reidctl("setup-triton", *common, "--start")
+        assert started.returncode == 0, started.stderr
+        assert "Triton server ready" in started.stdout and f"localhost:{grpc}" in started.stdout
+        assert started.stderr.count("warning:") == 1 and "model.plan not written" in started.stderr  # no engine here
+        state = running_server(repository, triton_cache)
+        assert state is not None
+
+        again = reidctl("setup-triton", *common, "--start")
+        assert again.returncode == 0 and "already running" in again.stdout and str(state.pid) in again.stdout
+
+        status = reidctl("setup-triton", *common, "--status", "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["running"] and report["ready"] and report["pid"] == state.pid
+        assert {m["name"]: m.get("state") for m in report["model_states"]}[PYTHON_MODEL] == "READY"
+
+        stopped = reidctl("setup-triton", *common, "--stop")
+        assert stopped.returncode == 0 and f"stopped Triton server (pid {state.pid})" in stopped.stdout
+        assert running_server(repository, triton_cache) is None
+        assert not Path(f"/proc/{state.pid}").exists() or b"tritonserver" not in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+
+        after = reidctl("setup-triton", *common, "--status")
+        assert after.returncode == 0 and "no Triton server is running" in after.stdout
+    finally:
+        stop_server(repository, cache=triton_cache)
+
+
+def test_setup_triton_cli_rejects_conflicting_actions(nano_config, tmp_path):
+    result = reidctl("setup-triton", "-c", nano_config, "-r", tmp_path / "repo", "--start", "--stop")
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "choose one of --start, --stop and --status" in result.stderr
