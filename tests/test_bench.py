@@ -1,0 +1,258 @@
+"""`reidctl bench` end to end on real backends, the micro-batcher with real camera threads, and bad input."""
+
+import contextlib
+import dataclasses
+import json
+import socket
+import threading
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_config
+from reidctl.cli import app
+from reidctl.config import load_config
+from reidctl.engine.batcher import MicroBatcher
+from reidctl.engine.bench import BENCH_SCHEMA_VERSION, BenchSettings, closed_loop, load_report, measure_concurrent, run_bench, stream_modes
+from reidctl.engine.detector import available_backends, create_detector
+from reidctl.errors import ReidctlError
+from reidctl.io.synthetic import synthetic_frame
+
+runner = CliRunner()
+SUMMARY_KEYS = {"count", "avg_ms", "min_ms", "max_ms", "std_ms", "p50_ms", "p95_ms", "p99_ms", "fps"}
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_bench_cli_writes_json_plot_and_tables(tmp_path, small_config, video_file):
+    output = tmp_path / "out" / "bench.json"
+    result = invoke("bench", "--backends", "pytorch", "--iters", 6, "--warmup", 1, "--cameras", "3,1",
+                    "--source", video_file, "-c", small_config, "-o", output, "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for title in ("Single Stream Results", "Stage Breakdown", "Multi-Stream Results", "Peak GPU Memory"):
+        assert title in result.output
+
+    data = json.loads(output.read_text())
+    assert data["schema_version"] == BENCH_SCHEMA_VERSION
+    assert data["environment"]["gpu"]["name"] == "cpu"
+    assert set(data["environment"]["versions"]) == {"torch", "onnxruntime", "tensorrt", "tritonclient"}
+    assert data["environment"]["versions"]["torch"]
+    assert data["config"]["detection"]["test_size"] == [128, 160]
+    assert data["settings"]["cameras"] == [1, 3] and data["settings"]["frames"] == str(video_file)
+    assert data["settings"]["frame_count"] == 12  # every frame of the clip, held in memory
+
+    (backend,) = data["backends"]
+    assert backend["status"] == "ok" and backend["reason"] is None
+    assert backend["runner"]["device"] == "cpu" and backend["peak_memory_bytes"] is None
+    assert set(backend["single_stream"]) == SUMMARY_KEYS and backend["single_stream"]["count"] == 6
+    s = backend["single_stream"]
+    assert 0 < s["min_ms"] <= s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert set(backend["stages"]) == {"preprocess", "inference", "postprocess"}
+    assert all(stage["count"] == 6 for stage in backend["stages"].values())
+    runs = {(m["mode"], m["cameras"]): m for m in backend["multi_stream"]}
+    assert set(runs) == {("sequential", 1), ("batched", 1), ("sequential", 3), ("batched", 3)}
+    for run in runs.values():
+        assert run["requests"] == 6 and run["latency"]["count"] == 6
+        assert run["throughput_fps"] == pytest.approx(6 / run["wall_s"])
+    batched = runs[("batched", 3)]
+    assert sum(int(size) * count for size, count in batched["batch_sizes"].items()) == 6
+    assert max(int(size) for size in batched["batch_sizes"]) <= 3  # a batch never exceeds the camera count
+
+    plot = output.with_suffix(".png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["bench.json", "bench.png"]  # no temporary files
+    assert load_report(output).backends[0].single_stream.count == 6
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _with_detection(config, **values):
+    return dataclasses.replace(config, detection=dataclasses.replace(config.detection, **values))
+
+
+@contextlib.contextmanager
+def _onnxruntime(config, tmp_path):
+    from reidctl.backends.pytorch import load_detection_model
+    from reidctl.export.onnx import export_onnx
+
+    onnx_path = tmp_path / "nano.onnx"
+    model, spec = load_detection_model(config.detection)
+    export_onnx(model, spec, onnx_path, config.detection.input_size, show_progress=False)
+    yield _with_detection(config, tensorrt=dataclasses.replace(config.detection.tensorrt, onnx_path=str(onnx_path)))
+
+
+@contextlib.contextmanager
+def _triton(config, tmp_path):
+    from reidctl.triton.repository import write_repository
+    from reidctl.triton.server import Ports, start_server, stop_server
+
+    repository = tmp_path / "repository"
+    write_repository(config, repository, warn=lambda message: None)
+    ports = Ports(_free_port(), _free_port(), _free_port())
+    start_server(repository, ports, warn=lambda message: None)
+    try:
+        yield _with_detection(config, triton=dataclasses.replace(config.detection.triton, url=f"localhost:{ports.grpc}"))
+    finally:
+        stop_server(repository)
+
+
+@contextlib.contextmanager
+def _as_configured(config, tmp_path):
+    yield config
+
+
+# What each backend needs before it can be measured here (an exported model, a running server).
+PREPARE = {"pytorch": _as_configured, "onnxruntime": _onnxruntime, "triton": _triton}
+
+
+@pytest.mark.parametrize("name", list(available_backends()))
+def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
+    reason = available_backends()[name]
+    if reason:
+        assert name == "tensorrt", f"only TensorRT may be missing here, but {name} is: {reason}"
+        pytest.skip(f"TensorRT cannot be installed on this machine: {reason}")
+    assert name in PREPARE, f"backend '{name}' is registered but this test does not know how to prepare it"
+    with PREPARE[name](load_config(small_config), tmp_path) as config:
+        settings = BenchSettings([name], iters=4, warmup=1, cameras=[2], max_delay_ms=5.0)
+        report = run_bench(config, settings, show_progress=False)
+        with create_detector(config, name) as detector:
+            modes = set(stream_modes(detector))
+    (result,) = report.backends
+    assert result.status == "ok", result.reason
+    assert result.single_stream.count == 4 and set(result.stages) == {"preprocess", "inference", "postprocess"}
+    assert {s.mode for s in result.multi_stream} == modes
+    assert all(s.cameras == 2 and s.latency.count == 4 and s.throughput_fps > 0 for s in result.multi_stream)
+
+
+def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_checkpoint):
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "missing.onnx")})
+    output = tmp_path / "bench.json"
+    args = ("--iters", 2, "--warmup", 1, "--cameras", 1, "-c", config, "-o", output, "--no-progress")
+    result = invoke("bench", "--backends", "onnxruntime,pytorch", *args)
+    assert result.exit_code == 0, result.output
+    statuses = {b["name"]: (b["status"], b["reason"]) for b in json.loads(output.read_text())["backends"]}
+    assert statuses["pytorch"] == ("ok", None)
+    assert statuses["onnxruntime"][0] == "failed" and "missing.onnx" in statuses["onnxruntime"][1]
+    # Nothing measured and something failed: the JSON is written, the exit status says so.
+    output.unlink()
+    error = one_line_error(invoke("bench", "--backends", "onnxruntime", *args))
+    assert "no backend could be measured" in error and output.is_file()
+
+
+def test_unavailable_backend_is_listed_not_an_error(tmp_path, small_config):
+    reason = available_backends().get("tensorrt")
+    if not reason:
+        pytest.skip("TensorRT is installed here: there is no unavailable backend to list")
+    output = tmp_path / "bench.json"
+    result = invoke("bench", "--backends", "tensorrt", "--iters", 2, "--warmup", 1, "-c", small_config, "-o", output, "--no-progress")
+    assert result.exit_code == 0, result.output
+    (backend,) = json.loads(output.read_text())["backends"]
+    assert backend["status"] == "unavailable" and backend["reason"] == reason
+    assert "unavailable" in result.output and output.with_suffix(".png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--backends", "pytorch,nosuch"), "unknown backend 'nosuch'"),
+        (("--iters", 0), "--iters must be a positive integer"),
+        (("--warmup", -1), "--warmup must be a positive integer"),
+        (("--cameras", "1,0"), "--cameras must be comma-separated positive integers"),
+        (("--cameras", "four"), "--cameras must be comma-separated positive integers"),
+        (("--source", "no/such/video.avi"), "source not found"),
+        (("--frame-size", "64x"), "size must look like 640x640"),
+        (("--frame-size", "64x64", "--source", "clip.avi"), "--frame-size sets the size of synthetic frames"),
+    ],
+)
+def test_bad_input_is_one_line_error(args, message, tmp_path, small_config):
+    output = tmp_path / "bench.json"
+    error = one_line_error(invoke("bench", *args, "-c", small_config, "-o", output, "--no-progress"))
+    assert message in error
+    assert not output.exists()
+
+
+def test_unreadable_source_is_one_line_error(tmp_path, small_config):
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"not a video at all")
+    error = one_line_error(invoke("bench", "--source", broken, "-c", small_config, "-o", tmp_path / "b.json", "--no-progress"))
+    assert "broken.avi" in error
+
+
+def _frames_of_distinct_scale(count: int) -> list[np.ndarray]:
+    # Different widths give different letterbox ratios, so each frame's boxes are its own.
+    return [synthetic_frame(i, (240, 320 + 48 * i)) for i in range(count)]
+
+
+def _canonical(detections: np.ndarray) -> np.ndarray:
+    return detections[np.lexsort(detections.T[::-1])]  # row order among equal scores is not defined
+
+
+def test_micro_batcher_forms_batches_and_returns_each_caller_its_result(small_config):
+    cameras, per_camera = 4, 3
+    frames = _frames_of_distinct_scale(cameras)
+    with create_detector(load_config(small_config)) as detector:
+        expected = [_canonical(detector.detect(frame)) for frame in frames]
+        results: dict[int, list[np.ndarray]] = {}
+        start = threading.Barrier(cameras)
+
+        def camera(index: int) -> None:
+            start.wait()
+            results[index] = [batcher.submit(frames[index]).result(timeout=60) for _ in range(per_camera)]
+
+        with MicroBatcher(detector.detect_batch, max_batch=8, max_delay_ms=50.0) as batcher:
+            threads = [threading.Thread(target=camera, args=(i,)) for i in range(cameras)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert sum(batcher.batch_sizes) == cameras * per_camera
+        assert max(batcher.batch_sizes) > 1, batcher.batch_sizes
+        for index in range(cameras):
+            for result in results[index]:
+                assert np.allclose(_canonical(result), expected[index], atol=1e-3)
+        assert not np.allclose(expected[0][:, :4].max(), expected[1][:, :4].max())  # the check can tell frames apart
+
+
+def test_micro_batcher_passes_failures_to_callers_and_keeps_serving(small_config):
+    with create_detector(load_config(small_config)) as detector, MicroBatcher(detector.detect_batch, max_delay_ms=0) as batcher:
+        with pytest.raises(ReidctlError, match="uint8"):
+            batcher.submit(np.zeros((64, 64, 3), np.float32)).result(timeout=60)
+        assert batcher.submit(synthetic_frame(0, (64, 64))).result(timeout=60).shape[1] == 7
+    with pytest.raises(ReidctlError, match="closed"):
+        batcher.submit(synthetic_frame(0, (64, 64)))
+
+
+def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(small_config):
+    frames = _frames_of_distinct_scale(3)
+    ticks = []
+    with create_detector(load_config(small_config)) as detector:
+        stream = measure_concurrent(detector, frames, 3, BenchSettings(["pytorch"], iters=6, warmup=2), lambda: ticks.append(1))
+    assert (stream.mode, stream.cameras, stream.requests, stream.latency.count) == ("concurrent", 3, 6, 6)
+    assert len(ticks) == 8 and stream.throughput_fps == pytest.approx(6 / stream.wall_s)
+
+    served, lock = [], threading.Lock()
+
+    def serve(frame):
+        with lock:
+            if len(served) == 2:
+                raise RuntimeError("server went away")
+            served.append(frame)
+
+    with pytest.raises(RuntimeError, match="server went away"):
+        closed_loop(serve, frames, 3, 1000, lambda: None)
+    assert len(served) == 2  # the other cameras stopped instead of serving the remaining requests
