@@ -72,6 +72,7 @@ class _SharedInput:
 
 class TritonRunner(Runner):
     name = "triton"
+    batches_remotely = True  # thread-safe: concurrent callers reach the server's dynamic batcher
 
     def __init__(self, triton, device: torch.device, warn=print):
         import tritonclient.grpc as grpcclient
