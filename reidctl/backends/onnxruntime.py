@@ -1,0 +1,83 @@
+"""ONNX Runtime backend: the exported ONNX file on ONNX Runtime (CUDA provider first where onnxruntime-gpu is
+installed, else the CPU). A compiled, deployable path without TensorRT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from reidctl.engine.detector import Backend, Runner, register
+from reidctl.engine.device import resolve_device
+from reidctl.errors import ReidctlError
+from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx
+from reidctl.export.runtime import artifact_decoded, check_input_size, infer_in_batches
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def session_providers(device_name: str) -> list:
+    """CPU for 'cpu'; the CUDA provider first for 'auto' or 'cuda[:N]' where onnxruntime-gpu provides it."""
+    device = resolve_device(device_name) if device_name != "auto" else None
+    has_cuda = CUDA_PROVIDER in ort.get_available_providers()
+    if device is not None and device.type == "cuda" and not has_cuda:
+        raise ReidctlError(f"device '{device_name}' needs ONNX Runtime's CUDA provider: pip install onnxruntime-gpu")
+    if has_cuda and (device is None or device.type == "cuda"):
+        device_id = device.index if device is not None else 0
+        return [(CUDA_PROVIDER, {"device_id": device_id}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeRunner(Runner):
+    """Takes normalised NCHW batches in the graph's input type; ONNX Runtime copies to and from its device."""
+
+    name = "onnxruntime"
+    input_format = "tensor"
+
+    def __init__(self, info: OnnxInfo, session: ort.InferenceSession, decoded: bool):
+        self.info = info
+        self.session = session
+        self.input_dtype = info.input_dtype
+        self.decoded = decoded
+        self.device = torch.device("cpu")
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "device": "cpu",
+            "providers": self.session.get_providers(),
+            "model": str(self.info.path),
+            "precision": self.info.precision,
+            "batch": "dynamic" if self.info.batch is None else self.info.batch,
+        }
+
+    def _run(self, chunk: torch.Tensor) -> torch.Tensor:
+        feed = {self.info.input_name: np.ascontiguousarray(chunk.numpy())}
+        return torch.from_numpy(self.session.run([self.info.output_name], feed)[0])
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        return infer_in_batches(batch, self._run, self.info.batch or 1, self.info.batch)
+
+    def close(self) -> None:
+        self.session = None
+
+
+def make_runner(config, warn=print) -> OnnxRuntimeRunner:
+    det = config.detection
+    path = default_onnx_path(det.tensorrt)
+    info = read_onnx(path)
+    check_input_size(info.input_size, det, path)
+    decoded = artifact_decoded(info.metadata, det, path, warn)
+    return OnnxRuntimeRunner(info, create_session(path, session_providers(det.device)), decoded)
+
+
+register(
+    Backend(
+        "onnxruntime",
+        "ONNX Runtime on the exported ONNX (detection.tensorrt.onnx_path)",
+        availability=lambda: None,
+        make_runner=make_runner,
+    )
+)

@@ -1,0 +1,134 @@
+"""`reidctl export-onnx` and `reidctl build-engine`: the checkpoint -> ONNX -> TensorRT engine chain."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from reidctl.backends.pytorch import load_detection_model
+from reidctl.cli.app import (
+    ConfigOpt,
+    ModelOpt,
+    ModelTypeOpt,
+    NumClassesOpt,
+    TestSizeOpt,
+    build_config,
+    command,
+    console,
+    err_console,
+)
+from reidctl.errors import ReidctlError
+from reidctl.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, default_onnx_path, export_onnx
+from reidctl.export.tensorrt import build_engine, sidecar_path
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")]
+
+
+def _warn(message: str) -> None:
+    err_console.print(message, style="yellow", highlight=False, soft_wrap=True)
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / 2**20:.1f} MiB"
+
+
+def _print_table(title: str, rows: dict) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", overflow="fold")  # paths wrap instead of being cut
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@command("export-onnx", "Export the YOLOX checkpoint to ONNX (input 'images', output 'output') with reidctl metadata, "
+                        "verified with ONNX Runtime against PyTorch.")
+def export_onnx_command(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="ONNX file to write (default: detection.tensorrt.onnx_path, else the engine path with .onnx).")] = None,
+    opset: Annotated[int, typer.Option("--opset", help=f"ONNX opset, {MIN_OPSET} (ByteTrack's) to {MAX_OPSET}.")] = DEFAULT_OPSET,
+    fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="Export the graph in half precision (fp16 input and weights, fp32 output); TensorRT 11 needs this for fp16 engines.")] = False,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Leave the batch dimension dynamic, or fix it to --batch.")] = True,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of a --static-batch graph.")] = 1,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph with onnxslim.")] = True,
+    decode: Annotated[bool, typer.Option("--decode/--no-decode", help="Decode boxes inside the graph (output (B, anchors, 5+C) in input pixels); --no-decode keeps the raw head output as ByteTrack's export does.")] = True,
+    as_json: JsonOpt = False,
+    progress: ProgressOpt = True,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    model_type: ModelTypeOpt = None,
+    num_classes: NumClassesOpt = None,
+    test_size: TestSizeOpt = None,
+) -> None:
+    if dynamic_batch and batch != 1:
+        raise ReidctlError("--batch fixes the batch size of a --static-batch graph; add --static-batch")
+    cfg = build_config(config, model, model_type, num_classes, test_size=test_size)
+    det = cfg.detection
+    target = output or default_onnx_path(det.tensorrt)
+    yolox, spec = load_detection_model(det, _warn)
+    result = export_onnx(yolox, spec, target, det.input_size, opset=opset, fp16=fp16, dynamic_batch=dynamic_batch,
+                         batch=batch, simplify=simplify, decode=decode, show_progress=progress)
+    if as_json:
+        console.print_json(json.dumps(result.as_dict()))
+        return
+    meta = result.metadata
+    _print_table("ONNX export", {
+        "Path": result.path,
+        "Model": f"{spec.label}, {meta.input_size[0]}x{meta.input_size[1]}",
+        "Size": _mib(result.size_bytes),
+        "Opset": result.opset,
+        "Precision": meta.precision,
+        "Batch": "dynamic" if meta.batch is None else meta.batch,
+        "Output": "decoded" if meta.decoded else "raw head output",
+        "Max abs diff (ORT vs PyTorch)": f"{result.comparison.max_abs_diff:.2e} "
+                                         f"(box rel. {result.comparison.box_rel_diff:.1e}, "
+                                         f"score {result.comparison.score_abs_diff:.1e})",
+        "Export time": f"{result.seconds:.1f} s",
+    })
+
+
+@command("build-engine", "Build a TensorRT engine from the ONNX export (TensorRT 10 or 11, on the GPU it will run on).")
+def build_engine_command(
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX file from `reidctl export-onnx` (default: detection.tensorrt.onnx_path, else the engine path with .onnx).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Engine file to write (default: detection.tensorrt.engine_path); its sidecar <engine>.json is written beside it.")] = None,
+    fp16: Annotated[Optional[bool], typer.Option("--fp16/--fp32", help="fp16 engine (default: detection.tensorrt.fp16). TensorRT 11 needs an fp16 ONNX for it (export-onnx --fp16).")] = None,
+    workspace: Annotated[Optional[int], typer.Option("--workspace", min=1, help="Builder workspace in MiB (default: detection.tensorrt.workspace).")] = None,
+    min_batch: Annotated[Optional[int], typer.Option("--min-batch", min=1, help="Smallest batch of the dynamic-batch profile (default: detection.tensorrt.min_batch).")] = None,
+    opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", min=1, help="Batch the profile is tuned for (default: detection.tensorrt.opt_batch).")] = None,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", min=1, help="Largest batch of the profile (default: detection.tensorrt.max_batch).")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="TensorRT timing cache to read (if present) and update; speeds up rebuilds.")] = None,
+    as_json: JsonOpt = False,
+    progress: ProgressOpt = True,
+    config: ConfigOpt = None,
+) -> None:
+    trt_cfg = build_config(config).detection.tensorrt
+    engine_path = output or Path(trt_cfg.engine_path)
+    result = build_engine(
+        onnx or default_onnx_path(trt_cfg),
+        engine_path,
+        fp16=trt_cfg.fp16 if fp16 is None else fp16,
+        workspace_mib=workspace or trt_cfg.workspace,
+        min_batch=min_batch or trt_cfg.min_batch,
+        opt_batch=opt_batch or trt_cfg.opt_batch,
+        max_batch=max_batch or trt_cfg.max_batch,
+        timing_cache=timing_cache,
+        show_progress=progress,
+        warn=_warn,
+    )
+    if as_json:
+        console.print_json(json.dumps(result.as_dict()))
+        return
+    sidecar = result.sidecar
+    profile = sidecar["profile"]
+    _print_table("TensorRT engine", {
+        "Engine": result.engine_path,
+        "Sidecar": sidecar_path(result.engine_path),
+        "Size": _mib(result.size_bytes),
+        "Precision": sidecar["precision"],
+        "TensorRT": sidecar["tensorrt_version"],
+        "GPU": f"{sidecar['gpu']['name']} (compute capability {sidecar['gpu']['compute_capability']})",
+        "Batch profile": f"{profile['min_batch']} / {profile['opt_batch']} / {profile['max_batch']} (min / opt / max)",
+        "Build time": f"{result.seconds:.1f} s",
+    })

@@ -1,0 +1,1 @@
+"""Deployable artifacts: ONNX export (with reidctl metadata) and TensorRT engines."""

@@ -1,0 +1,341 @@
+"""TensorRT engines: version detection, ONNX -> serialized engine, the JSON sidecar and the compatibility check.
+
+Written to NVIDIA's documented APIs of TensorRT 10 (``BuilderFlag.FP16`` for fp16 from an fp32 graph) and
+TensorRT 11 (strongly typed only: an fp16 engine needs an fp16 ONNX graph). An engine only runs on the GPU
+architecture and TensorRT version that built it, so both are recorded beside it in ``<engine>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from reidctl import __version__
+from reidctl.engine.device import gpu_description
+from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.export.onnx import OnnxInfo, file_sha256, read_onnx
+from reidctl.io.atomic import atomic_path, ensure_writable_dir
+
+TENSORRT_INSTALL_HINT = (
+    "TensorRT is not installed (pip install 'reidctl[tensorrt]' on a machine with an NVIDIA GPU; see docs)"
+)
+NO_GPU_REASON = "no CUDA GPU is visible here (TensorRT builds and runs engines on an NVIDIA GPU)"
+REBUILD_HINT = "rebuild the engine on this GPU (reidctl build-engine)"
+SIDECAR_FORMAT = 1
+TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def import_tensorrt():
+    """The tensorrt module, or BackendUnavailable saying what to install."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise BackendUnavailable(TENSORRT_INSTALL_HINT) from None
+    except OSError as exc:  # the wheel is there but its CUDA libraries are not
+        raise BackendUnavailable(f"TensorRT is installed but cannot load: {str(exc).splitlines()[0]}") from None
+    return tensorrt
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT imports and a CUDA GPU is present, else why not (one line)."""
+    try:
+        import_tensorrt()
+    except BackendUnavailable as exc:
+        return str(exc)
+    if not torch.cuda.is_available():
+        return NO_GPU_REASON
+    return None
+
+
+def major_version(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def torch_dtype(trt_dtype) -> torch.dtype:
+    """tensorrt.DataType -> torch dtype (by enum name, which is stable across TensorRT 10 and 11)."""
+    try:
+        return TORCH_DTYPES[trt_dtype.name]
+    except KeyError:
+        raise ReidctlError(f"TensorRT tensor type {trt_dtype.name} is not supported") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    precision: str  # fp32 | fp16
+    fp16_flag: bool  # TensorRT 10's weakly typed BuilderFlag.FP16
+    strongly_typed: bool
+
+
+def plan_precision(tensorrt_major: int, want_fp16: bool, onnx_precision: str) -> BuildPlan:
+    """How to get the asked precision from this ONNX on this TensorRT."""
+    if onnx_precision == "fp16":
+        # The graph's types decide: build strongly typed so TensorRT keeps them.
+        return BuildPlan("fp16", fp16_flag=False, strongly_typed=True)
+    if not want_fp16:
+        return BuildPlan("fp32", fp16_flag=False, strongly_typed=tensorrt_major >= 11)
+    if tensorrt_major >= 11:
+        raise ReidctlError(
+            "TensorRT 11 builds fp16 engines only from fp16 graphs and this ONNX is fp32: "
+            "export with `reidctl export-onnx --fp16` (or build an fp32 engine with --fp32)"
+        )
+    return BuildPlan("fp16", fp16_flag=True, strongly_typed=False)
+
+
+def batch_profile(onnx_batch: int | None, min_batch: int, opt_batch: int, max_batch: int) -> tuple[int, int, int]:
+    """The optimization profile's batch sizes: fixed for a fixed-batch graph, else the asked range."""
+    if onnx_batch is not None:
+        return onnx_batch, onnx_batch, onnx_batch
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise ReidctlError(
+            f"batch profile must satisfy 1 <= min ({min_batch}) <= opt ({opt_batch}) <= max ({max_batch})"
+        )
+    return min_batch, opt_batch, max_batch
+
+
+def sidecar_path(engine_path: Path) -> Path:
+    return Path(f"{engine_path}.json")
+
+
+def make_sidecar(
+    *,
+    tensorrt_version: str,
+    gpu: dict,
+    inputs: list[dict],
+    outputs: list[dict],
+    profile: tuple[int, int, int],
+    precision: str,
+    onnx: OnnxInfo,
+    onnx_sha256: str,
+    workspace_mib: int,
+) -> dict:
+    """The JSON written beside an engine. ``inputs``/``outputs``: [{name, shape, dtype}], -1 for dynamic dims."""
+    return {
+        "format": SIDECAR_FORMAT,
+        "reidctl_version": __version__,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tensorrt_version": tensorrt_version,
+        "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
+        "inputs": inputs,
+        "outputs": outputs,
+        "profile": {"min_batch": profile[0], "opt_batch": profile[1], "max_batch": profile[2]},
+        "precision": precision,
+        "workspace_mib": workspace_mib,
+        "onnx": {"path": str(onnx.path), "sha256": onnx_sha256, "opset": onnx.opset},
+        "metadata": onnx.metadata.as_dict() if onnx.metadata else None,
+    }
+
+
+def read_sidecar(engine_path: Path) -> dict | None:
+    """The engine's sidecar, or None if there is none."""
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ReidctlError(f"{path} is not valid JSON: rebuild the engine (reidctl build-engine)") from None
+    if not isinstance(data, dict):
+        raise ReidctlError(f"{path} is not an engine sidecar: rebuild the engine (reidctl build-engine)")
+    return data
+
+
+def current_platform(tensorrt_version: str, device: torch.device) -> dict:
+    """What an engine must match here: TensorRT version and the GPU (name, compute capability)."""
+    return {"tensorrt_version": tensorrt_version, "gpu": gpu_description(device)}
+
+
+def check_engine_compatibility(sidecar: dict, current: dict, engine_path: Path | str) -> list[str]:
+    """Raise if the engine cannot run here; return warnings for what only costs speed (another GPU model of the
+    same architecture). ``current`` is ``current_platform(...)``."""
+    try:
+        built_version = sidecar["tensorrt_version"]
+        built_gpu = sidecar["gpu"]["name"]
+        built_cc = sidecar["gpu"]["compute_capability"]
+    except (KeyError, TypeError):
+        sidecar_file = sidecar_path(Path(engine_path))
+        raise ReidctlError(f"{sidecar_file} lacks the TensorRT version or GPU: {REBUILD_HINT}") from None
+    gpu = current["gpu"]
+    if built_version != current["tensorrt_version"]:
+        raise ReidctlError(
+            f"{engine_path} was built with TensorRT {built_version}, this machine has TensorRT "
+            f"{current['tensorrt_version']}: {REBUILD_HINT}"
+        )
+    if built_cc != gpu["compute_capability"]:
+        raise ReidctlError(
+            f"{engine_path} was built for {built_gpu} (compute capability {built_cc}), this GPU is {gpu['name']} "
+            f"(compute capability {gpu['compute_capability']}): {REBUILD_HINT}"
+        )
+    if built_gpu != gpu["name"]:
+        return [f"warning: {engine_path} was built on {built_gpu}, this GPU is {gpu['name']} (same compute capability "
+                f"{built_cc}): it runs, but its kernels were tuned for the other GPU; {REBUILD_HINT} for full speed"]
+    return []
+
+
+def collecting_logger(trt):
+    """A tensorrt.ILogger that keeps errors, so a failure surfaces as one line instead of a log dump."""
+
+    class CollectingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(str(msg).strip().splitlines()[0] if str(msg).strip() else "unknown error")
+
+        def last_error(self) -> str:
+            return self.errors[-1] if self.errors else "no error message from TensorRT"
+
+    return CollectingLogger()
+
+
+def _progress_monitor(trt, progress: Progress):
+    """Rich tasks for TensorRT's build phases (TensorRT calls these from its own threads; Rich is thread-safe)."""
+
+    class RichProgressMonitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.tasks: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            indent = "  " if parent_phase else ""
+            self.tasks[phase_name] = progress.add_task(f"{indent}{phase_name}", total=num_steps)
+
+        def step_complete(self, phase_name, step):
+            if phase_name in self.tasks:
+                progress.update(self.tasks[phase_name], completed=step + 1)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            task = self.tasks.pop(phase_name, None)
+            if task is not None:
+                progress.remove_task(task)
+
+    return RichProgressMonitor()
+
+
+def _io_tensors(count: int, get) -> list[dict]:
+    return [
+        {"name": t.name, "shape": [int(d) for d in t.shape], "dtype": dtype_name(torch_dtype(t.dtype))}
+        for t in (get(i) for i in range(count))
+    ]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    engine_path: Path
+    size_bytes: int
+    sidecar: dict
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {"engine": str(self.engine_path), "size_bytes": self.size_bytes, "seconds": self.seconds,
+                "sidecar": self.sidecar}
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    fp16: bool,
+    workspace_mib: int,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    timing_cache: Path | None = None,
+    show_progress: bool = True,
+    warn: Callable[[str], None] = print,
+) -> BuildResult:
+    """Build ``engine_path`` (and its sidecar) from ``onnx_path``; nothing is written if any step fails."""
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    info = read_onnx(onnx_path)
+    if info.metadata is None:
+        warn(f"warning: {onnx_path} has no reidctl metadata: the engine's sidecar will lack model type, classes and "
+             "decode mode (the TensorRT backend then uses detection.tensorrt.decoded)")
+    if workspace_mib < 1:
+        raise ReidctlError(f"workspace must be at least 1 MiB, got {workspace_mib}")
+    profile = batch_profile(info.batch, min_batch, opt_batch, max_batch)
+    ensure_writable_dir(engine_path.parent)  # fail before a build that can take minutes
+    trt = import_tensorrt()
+    if not torch.cuda.is_available():
+        raise BackendUnavailable(NO_GPU_REASON)
+    plan = plan_precision(major_version(trt.__version__), fp16, info.precision)
+    device = torch.device("cuda", torch.cuda.current_device())
+    started = time.perf_counter()
+
+    logger = collecting_logger(trt)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if plan.strongly_typed and strongly_typed_flag is not None:  # TensorRT 11 is strongly typed without the flag
+        flags |= 1 << int(strongly_typed_flag)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        raise ReidctlError(f"TensorRT cannot parse {onnx_path}: {errors[0] if errors else logger.last_error()}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if plan.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if info.batch is None:
+        optimization_profile = builder.create_optimization_profile()
+        height, width = info.input_size
+        optimization_profile.set_shape(info.input_name, *[(b, 3, height, width) for b in profile])
+        config.add_optimization_profile(optimization_profile)
+    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    if timing_cache:
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+
+    columns = [SpinnerColumn(), TextColumn("[bold]build-engine"), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+        if hasattr(trt, "IProgressMonitor"):
+            config.progress_monitor = _progress_monitor(trt, progress)
+        task = progress.add_task(f"TensorRT {trt.__version__}, {plan.precision}", total=None)
+        serialized = builder.build_serialized_network(network, config)
+        progress.update(task, total=1, completed=1)
+    if serialized is None:
+        raise ReidctlError(f"TensorRT could not build the engine: {logger.last_error()} "
+                           f"(workspace {workspace_mib} MiB; a larger --workspace may help)")
+
+    sidecar = make_sidecar(
+        tensorrt_version=trt.__version__,
+        gpu=gpu_description(device),
+        inputs=_io_tensors(network.num_inputs, network.get_input),
+        outputs=_io_tensors(network.num_outputs, network.get_output),
+        profile=profile,
+        precision=plan.precision,
+        onnx=info,
+        onnx_sha256=file_sha256(onnx_path),
+        workspace_mib=workspace_mib,
+    )
+    with atomic_path(engine_path) as engine_tmp, atomic_path(sidecar_path(engine_path)) as sidecar_tmp:
+        with open(engine_tmp, "wb") as f:
+            f.write(serialized)
+        sidecar_tmp.write_text(json.dumps(sidecar, indent=2))
+    if timing_cache:
+        with atomic_path(timing_cache) as cache_tmp, open(cache_tmp, "wb") as f:
+            f.write(config.get_timing_cache().serialize())
+    return BuildResult(engine_path, engine_path.stat().st_size, sidecar, time.perf_counter() - started)

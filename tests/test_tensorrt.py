@@ -1,0 +1,224 @@
+"""TensorRT: the pure parts (precision plan, profile, sidecar, compatibility check) everywhere, the CLI's errors
+without TensorRT, and real engine builds and runs where TensorRT and a GPU exist."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import write_config
+from export_helpers import conditioned_checkpoint, export, frames, onnx_config, onnx_fp32  # noqa: F401
+from reidctl.backends import tensorrt as trt_backend
+from reidctl.cli import app
+from reidctl.engine.detector import available_backends
+from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.export.onnx import read_onnx
+from reidctl.export.tensorrt import (
+    NO_GPU_REASON,
+    TENSORRT_INSTALL_HINT,
+    batch_profile,
+    check_engine_compatibility,
+    make_sidecar,
+    plan_precision,
+    read_sidecar,
+    sidecar_path,
+    tensorrt_unavailable_reason,
+)
+from reidctl.io.atomic import write_text_atomic
+
+runner = CliRunner()
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="checks the behaviour where TensorRT is not installed")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def error_line(result) -> str:
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    return result.output.strip().splitlines()[-1]
+
+
+def platform(version="10.8.0", name="NVIDIA H100 80GB HBM3", cc="9.0"):
+    return {"tensorrt_version": version, "gpu": {"name": name, "compute_capability": cc}}
+
+
+def test_compatibility_check():
+    built = platform()
+    assert check_engine_compatibility(built, platform(), "e.trt") == []
+    other_gpu = r"e.trt was built for NVIDIA H100 80GB HBM3 \(compute capability 9.0\), this GPU is NVIDIA A10 " \
+                r"\(compute capability 8.6\): rebuild the engine on this GPU"
+    with pytest.raises(ReidctlError, match=other_gpu):
+        check_engine_compatibility(built, platform(name="NVIDIA A10", cc="8.6"), "e.trt")
+    with pytest.raises(ReidctlError, match=r"TensorRT 10.8.0, this machine has TensorRT 11.4.0: rebuild the engine"):
+        check_engine_compatibility(built, platform(version="11.4.0"), "e.trt")
+    (warning,) = check_engine_compatibility(built, platform(name="NVIDIA H100 PCIe"), "e.trt")
+    assert "same compute capability 9.0" in warning and "rebuild the engine on this GPU" in warning
+    with pytest.raises(ReidctlError, match="lacks the TensorRT version or GPU"):
+        check_engine_compatibility({"tensorrt_version": "10.8.0"}, platform(), "e.trt")
+
+
+def test_precision_plan_for_tensorrt_10_and_11():
+    weakly_typed = plan_precision(10, True, "fp32")
+    assert weakly_typed.precision == "fp16" and weakly_typed.fp16_flag and not weakly_typed.strongly_typed
+    assert plan_precision(10, False, "fp32").precision == "fp32"
+    for major in (10, 11):
+        from_fp16_graph = plan_precision(major, True, "fp16")
+        assert from_fp16_graph.precision == "fp16" and from_fp16_graph.strongly_typed and not from_fp16_graph.fp16_flag
+        assert plan_precision(major, False, "fp16").precision == "fp16"  # the graph's types decide
+    assert plan_precision(11, False, "fp32").strongly_typed
+    with pytest.raises(ReidctlError, match=r"export with `reidctl export-onnx --fp16`"):
+        plan_precision(11, True, "fp32")
+
+
+def test_batch_profile():
+    assert batch_profile(None, 1, 8, 16) == (1, 8, 16)
+    assert batch_profile(4, 1, 8, 16) == (4, 4, 4)  # a fixed-batch graph fixes the profile
+    for bad in [(0, 1, 2), (2, 1, 4), (1, 8, 4)]:
+        with pytest.raises(ReidctlError, match="batch profile must satisfy"):
+            batch_profile(None, *bad)
+
+
+def test_sidecar_round_trip(tmp_path, onnx_fp32):
+    info = read_onnx(onnx_fp32)
+    sidecar = make_sidecar(
+        tensorrt_version="10.8.0",
+        gpu={"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+        inputs=[{"name": "images", "shape": [-1, 3, 128, 160], "dtype": "float32"}],
+        outputs=[{"name": "output", "shape": [-1, 420, 6], "dtype": "float32"}],
+        profile=(1, 4, 8),
+        precision="fp32",
+        onnx=info,
+        onnx_sha256="ab" * 32,
+        workspace_mib=1024,
+    )
+    engine = tmp_path / "det.trt"
+    assert sidecar_path(engine).name == "det.trt.json"
+    assert read_sidecar(engine) is None
+    write_text_atomic(sidecar_path(engine), json.dumps(sidecar))
+    loaded = read_sidecar(engine)
+    assert loaded == json.loads(json.dumps(sidecar))
+    assert loaded["inputs"][0]["name"] == "images" and loaded["outputs"][0]["shape"] == [-1, 420, 6]
+    assert loaded["profile"] == {"min_batch": 1, "opt_batch": 4, "max_batch": 8}
+    assert loaded["metadata"]["decoded"] is True and loaded["metadata"]["input_size"] == [128, 160]
+    assert loaded["onnx"]["sha256"] == "ab" * 32 and loaded["onnx"]["opset"] == 11
+    assert check_engine_compatibility(loaded, platform(version="10.8.0"), engine) == []
+
+    sidecar_path(engine).write_text("{not json")
+    with pytest.raises(ReidctlError, match="det.trt.json is not valid JSON: rebuild the engine"):
+        read_sidecar(engine)
+
+
+@needs_no_tensorrt
+def test_unavailable_without_tensorrt(tmp_path, onnx_fp32, video_file):
+    assert tensorrt_unavailable_reason() == TENSORRT_INSTALL_HINT
+    assert "pip install 'reidctl[tensorrt]'" in TENSORRT_INSTALL_HINT
+    assert available_backends()["tensorrt"] == TENSORRT_INSTALL_HINT
+    config = write_config(tmp_path / "config.yaml", None, tensorrt={"engine_path": str(tmp_path / "e.trt")})
+    result = invoke("detect", video_file, "-c", config, "-b", "tensorrt", "--no-progress", "--mot", tmp_path / "d.txt")
+    assert "backend 'tensorrt' is unavailable: TensorRT is not installed" in error_line(result)
+
+    engine = tmp_path / "engine.trt"
+    result = invoke("build-engine", "--onnx", onnx_fp32, "-o", engine, "--no-progress", "-c", config)
+    assert error_line(result).startswith("error: TensorRT is not installed (pip install 'reidctl")
+    assert not engine.exists() and not sidecar_path(engine).exists()
+
+
+def test_build_engine_bad_input(tmp_path, onnx_fp32):
+    config = write_config(tmp_path / "config.yaml", None, tensorrt={"engine_path": str(tmp_path / "e.trt")})
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 10)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases = [
+        ([], "ONNX model not found: " + str(tmp_path / "e.onnx")),  # follows the config: the engine path with .onnx
+        (["--onnx", tmp_path / "missing.onnx"], "(create it with `reidctl export-onnx`)"),
+        (["--onnx", corrupt], "is not"),
+        (["--onnx", onnx_fp32, "--min-batch", "8", "--max-batch", "4"], "batch profile must satisfy"),
+        (["--onnx", onnx_fp32, "-o", blocker / "e.trt"], "cannot create output directory"),
+    ]
+    for extra, message in cases:
+        result = invoke("build-engine", "-c", config, "--no-progress", *extra)
+        assert message in error_line(result), (extra, result.output)
+    result = invoke("build-engine", "-c", config, "--workspace", "0", "--onnx", onnx_fp32)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert not any(tmp_path.glob("*.trt*"))
+
+
+def test_backend_errors_before_tensorrt_is_needed(tmp_path, onnx_fp32):
+    config = onnx_config(onnx_fp32)
+    config.detection.tensorrt.engine_path = str(tmp_path / "missing.trt")
+    with pytest.raises(ReidctlError, match=r"engine not found: .*missing.trt \(build it with `reidctl build-engine`\)"):
+        trt_backend.make_runner(config)
+    engine = tmp_path / "e.trt"
+    engine.write_bytes(b"engine")
+    config.detection.tensorrt.engine_path = str(engine)
+    with pytest.raises(BackendUnavailable, match="TensorRT runs only on a CUDA GPU, but detection.device is 'cpu'"):
+        trt_backend.make_runner(config)
+
+
+# --- Real TensorRT: these run only where TensorRT is installed and a GPU is present. ---
+
+
+@pytest.fixture()
+def tensorrt_gpu():
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installable on this machine (no NVIDIA index)")
+    if not torch.cuda.is_available():
+        pytest.skip(NO_GPU_REASON)
+    return trt
+
+
+def gpu_config(onnx_path, engine_path, checkpoint=None, **tensorrt):
+    config = onnx_config(onnx_path, checkpoint, engine_path=str(engine_path), **tensorrt)
+    config.detection.device = "cuda"
+    return config
+
+
+def assert_close_detections(got, expected, box_atol):
+    assert got.shape == expected.shape
+    if len(expected):
+        distance = np.abs(got[:, None, :4] - expected[None, :, :4]).max(axis=2)
+        assert distance.min(axis=1).max() <= box_atol
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_engine_build_and_detect(tmp_path, tensorrt_gpu, conditioned_checkpoint, frames, fp16):
+    from reidctl.engine.detector import create_detector
+    from reidctl.export.tensorrt import build_engine
+
+    onnx_path = export(conditioned_checkpoint, tmp_path / "m.onnx", fp16=fp16).path
+    engine = tmp_path / "m.trt"
+    cache = tmp_path / "timing.cache"
+    result = build_engine(onnx_path, engine, fp16=fp16, workspace_mib=1024, min_batch=1, opt_batch=2, max_batch=4,
+                          timing_cache=cache, show_progress=False)
+    sidecar = read_sidecar(engine)
+    assert sidecar == result.sidecar and cache.is_file()
+    assert sidecar["tensorrt_version"] == tensorrt_gpu.__version__
+    assert sidecar["precision"] == ("fp16" if fp16 else "fp32") and sidecar["metadata"]["decoded"] is True
+    assert sidecar["inputs"][0]["name"] == "images" and sidecar["profile"]["max_batch"] == 4
+
+    config = gpu_config(onnx_path, engine, conditioned_checkpoint)
+    with create_detector(config, "tensorrt") as trt_detector, create_detector(config, "onnxruntime") as reference:
+        assert trt_detector.runner.input_dtype == (torch.float16 if fp16 else torch.float32)
+        for count in (1, 3, 6):  # 6 > max batch 4: split
+            for got, expected in zip(trt_detector.detect_batch(frames[:count]), reference.detect_batch(frames[:count])):
+                assert_close_detections(got, expected, box_atol=2.0 if fp16 else 0.1)
+
+    sidecar["gpu"]["compute_capability"] = "1.0"
+    write_text_atomic(sidecar_path(engine), json.dumps(sidecar))
+    with pytest.raises(ReidctlError, match="rebuild the engine on this GPU"):
+        create_detector(config, "tensorrt")
+
+
+def test_workspace_too_small_is_one_line(tmp_path, tensorrt_gpu, onnx_fp32):
+    engine = tmp_path / "m.trt"
+    config = write_config(tmp_path / "config.yaml", None)
+    result = invoke("build-engine", "-c", config, "--onnx", onnx_fp32, "-o", engine, "--workspace", "1", "--fp32",
+                    "--no-progress")
+    if result.exit_code != 0:  # TensorRT may still find kernels that fit in 1 MiB
+        assert "TensorRT could not build the engine" in error_line(result)
+        assert not engine.exists()
