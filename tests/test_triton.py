@@ -174,7 +174,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert [(t.name, list(t.dims), t.data_type) for t in python.output] == [("predictions", [ANCHORS, 6], grpcclient.model_config_pb2.TYPE_FP32)]
     rebuilt = config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection
     assert rebuilt.model_path == str(nano_checkpoint.resolve())
-    assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == ("nano", SMALL_TEST_SIZE, "cpu", True)
+    assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == ("nano", list(SMALL_TEST_SIZE), "cpu", True)
     assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (Path(__file__).parents[1] / "model_repository" / PYTHON_MODEL / "1" / "model.py").read_text()
 
     compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]

@@ -3,7 +3,6 @@ installed, else the CPU). A compiled, deployable path without TensorRT."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort

@@ -1,12 +1,12 @@
 """The Typer application and what every command shares: config options and one-line errors."""
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from reidctl.config import Config, load_config, override
 from reidctl.errors import ReidctlError
@@ -44,7 +44,8 @@ EXIT_INTERRUPTED = 130
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
     """One line on stderr, non-zero exit: how every user-facing failure ends."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages hold paths and hints such as 'reidctl[tensorrt]' that are not Rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
