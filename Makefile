@@ -14,10 +14,9 @@ $(BIN)/reidctl: pyproject.toml
 
 install: $(BIN)/reidctl
 
-# The main job on built-in defaults: a generated clip through the default model (YOLOX-X, mot17 layout).
+# The main job on built-in defaults: bench the available backends with the default model, recommend for 4 cameras.
 demo: install
-	$(BIN)/python scripts/make_clip.py $(DEMO_DIR)/clip.avi --frames 8
-	$(BIN)/reidctl detect $(DEMO_DIR)/clip.avi --mot $(DEMO_DIR)/clip.txt --jsonl $(DEMO_DIR)/clip.jsonl --summary-json $(DEMO_DIR)/detect.json
+	PATH="$(abspath $(BIN)):$$PATH" DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
 
 test: install
 	$(BIN)/pytest -q

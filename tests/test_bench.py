@@ -140,14 +140,15 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
 
 
 def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_checkpoint):
-    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "missing.onnx")})
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07 not a protobuf")
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "corrupt.onnx")})
     output = tmp_path / "bench.json"
     args = ("--iters", 2, "--warmup", 1, "--cameras", 1, "-c", config, "-o", output, "--no-progress")
     result = invoke("bench", "--backends", "onnxruntime,pytorch", *args)
     assert result.exit_code == 0, result.output
     statuses = {b["name"]: (b["status"], b["reason"]) for b in json.loads(output.read_text())["backends"]}
     assert statuses["pytorch"] == ("ok", None)
-    assert statuses["onnxruntime"][0] == "failed" and "missing.onnx" in statuses["onnxruntime"][1]
+    assert statuses["onnxruntime"][0] == "failed" and "corrupt.onnx" in statuses["onnxruntime"][1]
     # Nothing measured and something failed: the JSON is written, the exit status says so.
     output.unlink()
     error = one_line_error(invoke("bench", "--backends", "onnxruntime", *args))

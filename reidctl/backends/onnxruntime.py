@@ -10,7 +10,7 @@ import torch
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
-from reidctl.errors import ReidctlError
+from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx
 from reidctl.export.runtime import artifact_decoded, check_input_size, infer_in_batches
 
@@ -66,6 +66,8 @@ class OnnxRuntimeRunner(Runner):
 def make_runner(config, warn=print) -> OnnxRuntimeRunner:
     det = config.detection
     path = default_onnx_path(det.tensorrt)
+    if not path.is_file():  # a missing export makes the backend unavailable, not broken
+        raise BackendUnavailable(f"ONNX model not found: {path} (create it with `reidctl export-onnx`)")
     info = read_onnx(path)
     check_input_size(info.input_size, det, path)
     decoded = artifact_decoded(info.metadata, det, path, warn)

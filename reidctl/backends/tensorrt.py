@@ -151,7 +151,7 @@ def make_runner(config, warn=print) -> TensorRTRunner:
     det = config.detection
     engine_path = Path(det.tensorrt.engine_path)
     if not engine_path.is_file():
-        raise ReidctlError(f"TensorRT engine not found: {engine_path} (build it with `reidctl build-engine`)")
+        raise BackendUnavailable(f"TensorRT engine not found: {engine_path} (build it with `reidctl build-engine`)")
     device = resolve_device(det.device)
     if device.type != "cuda":
         raise BackendUnavailable(f"TensorRT runs only on a CUDA GPU, but detection.device is '{det.device}'")
