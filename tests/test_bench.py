@@ -137,6 +137,11 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     assert result.single_stream.count == 4 and set(result.stages) == {"preprocess", "inference", "postprocess"}
     assert {s.mode for s in result.multi_stream} == modes
     assert all(s.cameras == 2 and s.latency.count == 4 and s.throughput_fps > 0 for s in result.multi_stream)
+    for stream in result.multi_stream:
+        if stream.mode == "sequential":
+            assert stream.batch_sizes is None
+        else:  # the batches formed (by the micro-batcher or the server) account for every frame
+            assert sum(size * count for size, count in stream.batch_sizes.items()) == 4
 
 
 def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_checkpoint):

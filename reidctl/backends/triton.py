@@ -244,6 +244,21 @@ class TritonRunner(Runner):
             parts.append(result.as_numpy(self.output_name))
         return torch.from_numpy(np.concatenate(parts)).to(self.device)
 
+    def batch_counts(self) -> dict[int, int] | None:
+        """Executions per batch size from the server's statistics (what the dynamic batcher formed)."""
+        try:
+            stats = self.client.get_inference_statistics(
+                self.model_name, self.model_version, as_json=True, client_timeout=self.timeout
+            )
+        except self._server_error as exc:
+            raise self._fail(exc) from None
+        counts: dict[int, int] = {}
+        for model in stats.get("model_stats", []):
+            for entry in model.get("batch_stats", []):
+                size = int(entry["batch_size"])
+                counts[size] = counts.get(size, 0) + int(entry.get("compute_infer", {}).get("count", 0))
+        return counts
+
     # -- resources ------------------------------------------------------------------------------------------
     def peak_memory_bytes(self) -> int | None:
         """GPU memory of the local server (and its python stubs) from nvidia-smi, when both are here."""

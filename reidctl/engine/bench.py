@@ -122,7 +122,7 @@ class StreamResult:
     wall_s: float
     throughput_fps: float  # all cameras together
     latency: LatencySummary  # per request: submit -> result
-    batch_sizes: dict[int, int] | None = None  # batch size -> batches run (micro-batcher only)
+    batch_sizes: dict[int, int] | None = None  # batch size -> batches run (micro-batcher, or the server's batcher)
 
     @property
     def mean_batch(self) -> float | None:
@@ -378,13 +378,33 @@ def measure_batched(
     return StreamResult("batched", cameras, len(latencies), wall, len(latencies) / wall, LatencySummary.from_samples(latencies), sizes)
 
 
+def _settled_batch_counts(detector: Detector) -> dict[int, int] | None:
+    """The server's batch counts once they stop changing: its statistics are updated just after the responses
+    go out, so a read right after the last response can miss the last batches."""
+    deadline = time.monotonic() + 2.0
+    counts = detector.runner.batch_counts()
+    while counts is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        again = detector.runner.batch_counts()
+        if again == counts:
+            break
+        counts = again
+    return counts
+
+
 def measure_concurrent(
     detector: Detector, frames: Sequence[np.ndarray], cameras: int, settings: BenchSettings, tick: Tick
 ) -> StreamResult:
-    """Client threads call the (thread-safe) runner at once; the server forms the batches."""
+    """Client threads call the (thread-safe) runner at once; the server forms the batches (read from its statistics)."""
     closed_loop(detector.detect, frames, cameras, settings.warmup, tick)
+    before = _settled_batch_counts(detector)
     latencies, wall = closed_loop(detector.detect, frames, cameras, settings.iters, tick)
-    return StreamResult("concurrent", cameras, len(latencies), wall, len(latencies) / wall, LatencySummary.from_samples(latencies))
+    after = _settled_batch_counts(detector)
+    sizes = None
+    if before is not None and after is not None:
+        sizes = {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
+    summary = LatencySummary.from_samples(latencies)
+    return StreamResult("concurrent", cameras, len(latencies), wall, len(latencies) / wall, summary, sizes)
 
 
 MODES = {"sequential": measure_sequential, "batched": measure_batched, "concurrent": measure_concurrent}

@@ -50,6 +50,10 @@ class Runner(ABC):
             return torch.cuda.max_memory_allocated(self.device)
         return None
 
+    def batch_counts(self) -> dict[int, int] | None:
+        """Batches the serving side has executed so far, by batch size (None where no server batches)."""
+        return None
+
     def close(self) -> None:
         """Free what the runner holds; safe to call twice."""
 
