@@ -3,6 +3,6 @@
 # install the remaining wheels from .whl/ (see scripts/fetch_wheels.sh) and run reidctl from this tree.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-pip install --quiet --no-index --no-deps --find-links .whl .whl/*.whl 2>&1 | grep -v -i "warning" || true
+python3 -m pip install --quiet --no-index --no-deps .whl/*.whl 2>&1 | grep -v -i "warning" || true  # the interpreter's own pip
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"

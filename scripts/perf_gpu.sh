@@ -9,11 +9,9 @@ work=${WORK_DIR:-/tmp/reidctl-perf}
 mkdir -p "$out" "$work"
 reidctl() { python3 -m reidctl "$@"; }
 
-for precision in fp16 fp32; do
-  start=$(date +%s.%N)
+for precision in fp16 fp32; do  # the JSON holds the export time and the ONNX Runtime-vs-PyTorch difference
   reidctl export-onnx --model-type mot17 --"$precision" --output "$work/x_$precision.onnx" --no-progress --json \
     > "$out/export_$precision.json"
-  echo "export $precision: $(echo "$(date +%s.%N) - $start" | bc) s wall"
 done
 
 repo="$work/model_repository"
