@@ -12,7 +12,7 @@ TARGET=(--only-binary=:all: --no-deps --python-version 3.12
         --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 "$PYTHON" -m pip download --quiet --disable-pip-version-check "${TARGET[@]}" --dest .whl \
-    "tritonclient[grpc]>=2.50,<3" "protobuf>=6.30,<7" python-rapidjson packaging pyyaml pytest pluggy iniconfig
+    "tritonclient[grpc]>=2.50,<3" "protobuf>=6.30,<7" python-rapidjson packaging pyyaml pytest pluggy iniconfig onnxslim colorama
 "$PYTHON" -m pip download --quiet --disable-pip-version-check "${TARGET[@]}" --dest .whl/triton-server \
     "nvidia-pytriton==0.7.0"
 du -sh .whl

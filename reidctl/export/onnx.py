@@ -263,6 +263,15 @@ class _ExportModule(nn.Module):
         return decode_predictions(raw, self.test_size) if self.decode else raw
 
 
+def _onnxslim():
+    """onnxslim, imported only here: it is slow to import and only --simplify needs it."""
+    try:
+        import onnxslim
+    except ImportError:
+        raise ReidctlError("--simplify needs onnxslim: pip install onnxslim (or export with --no-simplify)") from None
+    return onnxslim
+
+
 def sample_input(batch: int, test_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """A normalised fp32 batch made from random uint8 pixels: realistic value ranges, reproducible."""
     generator = torch.Generator().manual_seed(seed)
@@ -355,9 +364,7 @@ def export_onnx(
         proto = onnx.load(str(tmp))
         if simplify:
             step("simplifying (onnxslim)")
-            import onnxslim  # imported here: it is slow to import and only export needs it
-
-            proto = onnxslim.slim(proto)
+            proto = _onnxslim().slim(proto)
         step("checking the graph")
         with torch.no_grad():
             reference = reference_module(sample).numpy()
