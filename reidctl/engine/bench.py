@@ -446,6 +446,7 @@ def bench_backend(
         return BackendResult(name, "unavailable", reason)
     result = BackendResult(name, "ok")
     if device.type == "cuda":
+        torch.cuda.init()  # the allocator's statistics exist only once CUDA is initialised
         torch.cuda.reset_peak_memory_stats(device)  # each backend's peak, not the process's so far
     try:
         with create_detector(config, name) as detector:
