@@ -40,6 +40,7 @@ class TritonConfig:
     timeout: float = 10.0  # seconds per request
     verbose: bool = False
     max_batch_size: int = 8
+    instances: int = 1  # model instances per GPU; more time-slice the GPU between processes (slower, measured)
     max_queue_delay_ms: float = 0.5
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     http_port: int = 8100

@@ -161,7 +161,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert trt.platform == "tensorrt_plan" and trt.max_batch_size == 4
     assert list(trt.dynamic_batching.preferred_batch_size) == [2, 4]
     assert trt.dynamic_batching.max_queue_delay_microseconds == 250
-    assert trt.instance_group[0].kind == trt.instance_group[0].KIND_GPU
+    assert trt.instance_group[0].kind == trt.instance_group[0].KIND_GPU and trt.instance_group[0].count == 1
     assert trt.optimization.cuda.graphs
     assert [(t.name, list(t.dims), t.data_type) for t in trt.input] == [("images", [3, 128, 160], grpcclient.model_config_pb2.TYPE_FP16)]
     assert [(t.name, list(t.dims)) for t in trt.output] == [("output", [ANCHORS, 6])]

@@ -95,7 +95,7 @@ def bench(
     source: Annotated[Optional[str], typer.Option("--source", "-s", help="Video file, image or image folder to take frames from (up to 64, cycled). Default: synthetic frames.")] = None,
     frame_size: Annotated[Optional[str], typer.Option("--frame-size", help="Synthetic frame size HEIGHTxWIDTH (default: the test size).")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the in-process micro-batcher forms.")] = 8,
-    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", help="How long the micro-batcher waits for more frames after the first, in ms.")] = 2.0,
+    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", help="How long the micro-batcher waits for more frames after the first, in ms (0: take what is waiting; under load frames queue while the GPU works, so batches form by themselves).")] = 0.0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Result JSON; the plot is written beside it as .png.")] = DEFAULT_BENCH_PATH,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")] = True,
     config: ConfigOpt = None,

@@ -66,7 +66,7 @@ class BenchSettings:
     source: str | None = None  # video, image or image folder; None: synthetic frames
     frame_size: tuple[int, int] | None = None  # synthetic frame (height, width); None: the test size
     max_batch: int = 8  # in-process micro-batcher
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0  # greedy: batch what is waiting, never wait for more
 
     def validate(self) -> BenchSettings:
         for name in ("iters", "warmup", "max_batch"):

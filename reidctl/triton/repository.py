@@ -133,7 +133,7 @@ def _new_config(name: str, triton, kind: str):
     config.dynamic_batching.preferred_batch_size.extend(triton.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = round(triton.max_queue_delay_ms * 1000)
     group = config.instance_group.add()
-    group.count = 1
+    group.count = triton.instances
     group.kind = pb.ModelInstanceGroup.Kind.Value(f"KIND_{kind}")
     return config
 
@@ -148,6 +148,8 @@ def _add_tensors(field, tensors: list[TensorSpec]) -> None:
 
 
 def check_batching(triton) -> None:
+    if triton.instances < 1:
+        raise ReidctlError(f"config key 'detection.triton.instances': expected >= 1, got {triton.instances}")
     if triton.max_batch_size < 1:
         raise ReidctlError(f"config key 'detection.triton.max_batch_size': expected >= 1, got {triton.max_batch_size}")
     too_large = [b for b in triton.preferred_batch_sizes if not 1 <= b <= triton.max_batch_size]

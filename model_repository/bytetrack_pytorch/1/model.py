@@ -46,20 +46,31 @@ class TritonPythonModel:
         self.runner = make_runner(config, warn=pb_utils.Logger.log_warn)
         output = pb_utils.get_output_config_by_name(model_config, PYTHON_OUTPUT)
         self.output_dtype = torch.float16 if output["data_type"] == "TYPE_FP16" else torch.float32
+        height, width, _ = pb_utils.get_input_config_by_name(model_config, PYTHON_INPUT)["dims"]
+        max_batch = model_config["max_batch_size"]
+        on_gpu = self.runner.device.type == "cuda"
+        self.staging = torch.empty((max_batch, height, width, 3), dtype=torch.uint8, pin_memory=True) if on_gpu else None
         if self.runner.use_cuda_graph:
-            # Capture the preferred batch sizes' graphs now rather than inside the first requests.
-            height, width, _ = pb_utils.get_input_config_by_name(model_config, PYTHON_INPUT)["dims"]
-            for size in model_config["dynamic_batching"].get("preferred_batch_size", []):
+            # Capture every batch size's graph now: the dynamic batcher forms any size up to the maximum, and a
+            # capture inside a request would stall the whole batch.
+            for size in range(1, max_batch + 1):
                 self.runner.infer(torch.zeros((size, height, width, 3), dtype=torch.uint8, device=self.runner.device))
+
+    def _to_device(self, frames):
+        """One batch on the runner's device; on a GPU through a pinned staging buffer (one copy, asynchronous)."""
+        if self.staging is None:
+            return torch.cat(frames)
+        staged = torch.cat(frames, out=self.staging[: sum(len(f) for f in frames)])
+        return staged.to(self.runner.device, non_blocking=True)
 
     def execute(self, requests):
         try:
             # DLPack in and out: with numpy >= 2 the stub returns empty tensors built from ndarrays.
             frames = [torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, PYTHON_INPUT).to_dlpack()) for r in requests]
             sizes = [len(f) for f in frames]
-            batch = torch.cat(frames).to(self.runner.device, non_blocking=True)
+            batch = self._to_device(frames)
             with torch.inference_mode():
-                predictions = self.runner.infer(batch).to("cpu", self.output_dtype)
+                predictions = self.runner.infer(batch).to(self.output_dtype).cpu()
         except Exception as exc:  # every request of the batch gets the failure instead of the server seeing a crash
             error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
