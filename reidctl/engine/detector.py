@@ -7,8 +7,6 @@ wants float input), decoding of raw head outputs, NMS and rescaling.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -62,7 +60,7 @@ class Runner(ABC):
 
 @dataclass
 class StageTimes:
-    """Seconds spent in each stage, one entry per call (the GPU is synchronised between stages)."""
+    """Seconds spent per stage, summed over calls (synchronised only when ``synchronize`` is set)."""
 
     preprocess: list[float] = field(default_factory=list)
     inference: list[float] = field(default_factory=list)
@@ -84,7 +82,6 @@ class Detector:
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
         self.stage_times: StageTimes | None = None  # set to StageTimes() to record per-stage timings
-        self._local = threading.local()
 
     @property
     def name(self) -> str:
@@ -105,24 +102,10 @@ class Detector:
     def detect(self, frame: np.ndarray) -> np.ndarray:
         return self.detect_batch([frame])[0]
 
-    def _thread_stream(self):
-        """For thread-safe runners on a GPU, each calling thread gets its own CUDA stream: on the shared default
-        stream every thread's host synchronisation would wait for every other thread's work."""
-        if not (self.runner.batches_remotely and self.runner.device.type == "cuda"):
-            return contextlib.nullcontext()
-        stream = getattr(self._local, "stream", None)
-        if stream is None:
-            stream = self._local.stream = torch.cuda.Stream(self.runner.device)
-        return torch.cuda.stream(stream)
-
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         for frame in frames:
             if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
                 raise ReidctlError("frames must be uint8 HxWx3 BGR arrays")
-        with self._thread_stream():
-            return self._detect_batch(frames)
-
-    def _detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         start = time.perf_counter()
         canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
         batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
