@@ -60,7 +60,7 @@ class Runner(ABC):
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, summed over calls (synchronised only when ``synchronize`` is set)."""
+    """Seconds spent in each stage, one entry per call (the GPU is synchronised between stages)."""
 
     preprocess: list[float] = field(default_factory=list)
     inference: list[float] = field(default_factory=list)
