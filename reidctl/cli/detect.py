@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -26,21 +25,22 @@ from reidctl.cli.app import (
 )
 from reidctl.engine.detector import create_detector
 from reidctl.engine.pipeline import run_detection
+from reidctl.engine.stats import LatencySummary
 from reidctl.io.atomic import write_text_atomic
 from reidctl.io.sources import open_source
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
 
 def _summary(run, detector) -> dict:
-    latencies_ms = np.asarray(run.latencies) * 1000.0
-    p50, p95, p99 = (float(np.percentile(latencies_ms, q)) if len(latencies_ms) else None for q in (50, 95, 99))
+    stats = LatencySummary.from_samples(run.latencies) if run.latencies else None
+    latency = {"p50": stats.p50_ms, "p95": stats.p95_ms, "p99": stats.p99_ms, "mean": stats.avg_ms} if stats else dict.fromkeys(("p50", "p95", "p99", "mean"))
     peak = detector.runner.peak_memory_bytes()
     return {
         **detector.runner.describe(),
         "frames": run.frames,
         "detections": run.detections,
-        "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "mean": float(latencies_ms.mean()) if run.frames else None},
-        "fps": run.frames / sum(run.latencies) if run.latencies else None,
+        "latency_ms": latency,
+        "fps": stats.fps if stats else None,
         "wall_fps": run.frames / run.wall_seconds if run.wall_seconds else None,
         "gpu_memory_peak_mib": peak / 2**20 if peak is not None else None,
         "interrupted": run.interrupted,
