@@ -49,6 +49,11 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """A warning line on stderr, printed as written (no Rich markup: messages hold paths and 'pkg[extra]')."""
+    err_console.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
 def command(name: str, help_text: str):
     """Register a CLI command whose ReidctlError becomes a one-line error instead of a traceback."""
 

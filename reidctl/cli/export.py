@@ -17,7 +17,7 @@ from reidctl.cli.app import (
     build_config,
     command,
     console,
-    err_console,
+    warn,
 )
 from reidctl.errors import ReidctlError
 from reidctl.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, default_onnx_path, export_onnx
@@ -25,10 +25,6 @@ from reidctl.export.tensorrt import build_engine, sidecar_path
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")]
-
-
-def _warn(message: str) -> None:
-    err_console.print(message, style="yellow", highlight=False, soft_wrap=True)
 
 
 def _mib(size_bytes: int) -> str:
@@ -67,7 +63,7 @@ def export_onnx_command(
     cfg = build_config(config, model, model_type, num_classes, test_size=test_size)
     det = cfg.detection
     target = output or default_onnx_path(det.tensorrt)
-    yolox, spec = load_detection_model(det, _warn)
+    yolox, spec = load_detection_model(det, warn)
     result = export_onnx(yolox, spec, target, det.input_size, opset=opset, fp16=fp16, dynamic_batch=dynamic_batch,
                          batch=batch, simplify=simplify, decode=decode, show_progress=progress)
     if as_json:
@@ -115,7 +111,7 @@ def build_engine_command(
         max_batch=max_batch or trt_cfg.max_batch,
         timing_cache=timing_cache,
         show_progress=progress,
-        warn=_warn,
+        warn=warn,
     )
     if as_json:
         console.print_json(json.dumps(result.as_dict()))

@@ -19,15 +19,11 @@ from reidctl.cli.app import (
     build_config,
     command,
     console,
-    err_console,
+    warn,
 )
 from reidctl.errors import ReidctlError
 from reidctl.triton.repository import DEFAULT_IMAGE, write_repository
 from reidctl.triton.server import Ports, ServerState, reason_line, running_server, server_status, start_server, stop_server
-
-
-def _warn(message: str) -> None:
-    err_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
 
 
 def _endpoints(state) -> str:
@@ -93,7 +89,7 @@ def setup_triton(
         console.print(f"Triton server already running (pid {running.pid}) for {running.repository}: {_endpoints(running)}")
         return
 
-    written = write_repository(cfg, repo, engine, image, warn=_warn)
+    written = write_repository(cfg, repo, engine, image, warn=warn)
     table = Table(title=f"Triton model repository {repo}")
     table.add_column("File")
     table.add_column("What")
@@ -111,7 +107,7 @@ def setup_triton(
             Ports(triton.http_port, triton.grpc_port, triton.metrics_port),
             timeout=startup_timeout,
             on_progress=lambda message: spinner.update(f"starting Triton server: {message}"),
-            warn=_warn,
+            warn=warn,
         )
     console.print(f"Triton server ready (pid {state.pid}) serving {', '.join(state.models)}: {_endpoints(state)}")
     console.print(f"log: {state.log}; stop it with `reidctl setup-triton --stop`")
