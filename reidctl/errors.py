@@ -7,3 +7,14 @@ class ReidctlError(Exception):
 
 class BackendUnavailable(ReidctlError):
     """A backend cannot run here (missing package, GPU or server); the message says what to do."""
+
+
+def first_line(error: BaseException | str, limit: int = 200) -> str:
+    """The first line of a foreign error's message, cut to ``limit``: how it becomes part of a one-line error.
+
+    An exception without a message gives its type name; an empty text stays empty.
+    """
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    return text.splitlines()[0][:limit]

@@ -14,7 +14,7 @@ import torch
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
-from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.export.onnx import OnnxMetadata
 from reidctl.export.runtime import artifact_decoded, check_input_size, infer_in_batches
 from reidctl.export.tensorrt import (
@@ -114,7 +114,7 @@ class TensorRTRunner(Runner):
                 self._enqueue()
         except RuntimeError as exc:
             self.use_cuda_graph = False
-            self.warn(f"warning: CUDA graph capture of the TensorRT engine failed ({str(exc).splitlines()[0]}); "
+            self.warn(f"warning: CUDA graph capture of the TensorRT engine failed ({first_line(exc)}); "
                       "running without CUDA graphs")
             return None
         self._graphs[rows] = graph

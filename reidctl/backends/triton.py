@@ -21,7 +21,7 @@ import torch
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
-from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -34,13 +34,13 @@ def availability() -> str | None:
         import tritonclient.grpc  # noqa: F401
         import tritonclient.utils.shared_memory  # noqa: F401
     except Exception as exc:  # protobuf version clashes raise more than ImportError
-        return f"tritonclient[grpc] cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        return f"tritonclient[grpc] cannot be imported ({type(exc).__name__}: {first_line(exc, 120)})"
     return None
 
 
 def _first_line(exc: Exception) -> str:
-    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    return (str(message or exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    message = exc.message() if callable(getattr(exc, "message", None)) else None  # tritonclient's own text
+    return first_line(message or exc)
 
 
 class _SharedInput:

@@ -36,7 +36,7 @@ from reidctl.engine.batcher import MicroBatcher
 from reidctl.engine.detector import Detector, StageTimes, available_backends, create_detector, get_backend
 from reidctl.engine.device import gpu_description, resolve_device
 from reidctl.engine.stats import LatencySummary
-from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import open_source
 from reidctl.io.synthetic import synthetic_frame
@@ -454,7 +454,7 @@ def bench_backend(
     except BackendUnavailable as exc:  # e.g. the server is not reachable
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = first_line(str(exc))
         result.status = "failed"
         result.reason = message if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {message}"
     return result

@@ -27,7 +27,7 @@ from torch import nn
 
 from reidctl import __version__
 from reidctl.engine.preprocess import normalize
-from reidctl.errors import ReidctlError
+from reidctl.errors import ReidctlError, first_line
 from reidctl.io.atomic import atomic_path
 from reidctl.models.checkpoint import ModelSpec
 from reidctl.models.yolox import YOLOX, decode_predictions
@@ -196,8 +196,7 @@ def create_session(path: Path, providers: Sequence = ("CPUExecutionProvider",)) 
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers))
     except ORT_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReidctlError(f"ONNX Runtime cannot load {path}: {reason[:200]}") from None
+        raise ReidctlError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -309,7 +308,7 @@ def _trace(module: nn.Module, sample: torch.Tensor, path: Path, opset: int, dyna
             torch.onnx.export(module, (sample,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
-            raise ReidctlError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise ReidctlError(f"ONNX export failed: {first_line(exc)}") from None
 
 
 def _fix_output_dims(model: onnx.ModelProto, shape: Sequence[int], dynamic_batch: bool) -> None:
@@ -373,7 +372,7 @@ def export_onnx(
         try:
             onnx.checker.check_model(proto, full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise ReidctlError(f"exported graph is invalid: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise ReidctlError(f"exported graph is invalid: {first_line(exc)}") from None
         onnx.save(proto, str(tmp))
         step("verifying with ONNX Runtime")
         session = create_session(tmp)

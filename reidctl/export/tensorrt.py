@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from reidctl import __version__
 from reidctl.engine.device import gpu_description
-from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.export.onnx import OnnxInfo, file_sha256, read_onnx
 from reidctl.io.atomic import atomic_path, ensure_writable_dir
 
@@ -48,7 +48,7 @@ def import_tensorrt():
     except ImportError:
         raise BackendUnavailable(TENSORRT_INSTALL_HINT) from None
     except OSError as exc:  # the wheel is there but its CUDA libraries are not
-        raise BackendUnavailable(f"TensorRT is installed but cannot load: {str(exc).splitlines()[0]}") from None
+        raise BackendUnavailable(f"TensorRT is installed but cannot load: {first_line(exc)}") from None
     return tensorrt
 
 
@@ -201,7 +201,7 @@ def collecting_logger(trt):
 
         def log(self, severity, msg):
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(str(msg).strip().splitlines()[0] if str(msg).strip() else "unknown error")
+                self.errors.append(first_line(str(msg)) or "unknown error")
 
         def last_error(self) -> str:
             return self.errors[-1] if self.errors else "no error message from TensorRT"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from reidctl.errors import ReidctlError
+from reidctl.errors import ReidctlError, first_line
 from reidctl.models.yolox import MODEL_SIZES, MODEL_TYPE_ALIASES, YOLOX, build_yolox
 
 STEM_KEY = "backbone.backbone.stem.conv.conv.weight"
@@ -51,8 +51,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except PermissionError:
         raise ReidctlError(f"checkpoint not readable: {path}") from None
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReidctlError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})") from None
+        raise ReidctlError(f"{path} is not a readable PyTorch checkpoint ({first_line(exc, 160)})") from None
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ReidctlError(f"{path} holds no model state dict (expected {{'model': state_dict}} or a state dict)")
