@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reidctl.engine.postprocess import postprocess
-from reidctl.engine.preprocess import letterbox, normalize
+from reidctl.engine.preprocess import bilinear_resize, letterbox, normalize
 
 
 def numpy_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -53,13 +53,16 @@ def test_preprocessing_matches_bytetrack_formula(shape):
     assert (canvas[0, new_h:].numpy() == 114).all() and (canvas[0, :, new_w:].numpy() == 114).all()
 
 
-def test_letterbox_close_to_opencv():
-    frame = np.random.default_rng(1).integers(0, 256, size=(333, 517, 3), dtype=np.uint8)
-    canvas, (ratio,) = letterbox([frame], (128, 160))
-    new_h, new_w = int(333 * ratio), int(517 * ratio)
+@pytest.mark.parametrize("shape", [(333, 517), (60, 70)])
+def test_device_resize_matches_opencv(shape):
+    """The GPU path's resize (run here on CPU tensors) against cv2.resize, which the host path calls."""
+    frame = np.random.default_rng(1).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    ratio = min(128 / shape[0], 160 / shape[1])
+    new_h, new_w = int(shape[0] * ratio), int(shape[1] * ratio)
+    ours = bilinear_resize(torch.from_numpy(frame), (new_h, new_w)).numpy()
     reference = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    diff = np.abs(canvas[0, :new_h, :new_w].numpy().astype(int) - reference.astype(int))
-    assert diff.max() <= 1
+    assert ours.shape == reference.shape
+    assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1
 
 
 def prediction(cx, cy, w, h, obj, classes):

@@ -26,6 +26,7 @@ from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.triton.repository import (
     PYTHON_MODEL,
     TENSORRT_MODEL,
+    batch_input_bytes,
     config_from_parameters,
     read_model_config,
     render,
@@ -171,10 +172,15 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert list(python.dynamic_batching.preferred_batch_size) == [2, 4]
     assert python.instance_group[0].kind == python.instance_group[0].KIND_CPU
     assert [(t.name, list(t.dims), t.data_type) for t in python.input] == [("frames", [128, 160, 3], grpcclient.model_config_pb2.TYPE_UINT8)]
-    assert [(t.name, list(t.dims), t.data_type) for t in python.output] == [("predictions", [ANCHORS, 6], grpcclient.model_config_pb2.TYPE_FP32)]
+    assert [(t.name, list(t.dims), t.data_type) for t in python.output] == [
+        ("detections", [-1, 7], grpcclient.model_config_pb2.TYPE_FP32),
+        ("num_detections", [1], grpcclient.model_config_pb2.TYPE_INT32),
+    ]
     rebuilt = config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection
     assert rebuilt.model_path == str(nano_checkpoint.resolve())
     assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == ("nano", list(SMALL_TEST_SIZE), "cpu", True)
+    assert (rebuilt.conf_threshold, rebuilt.nms_threshold, rebuilt.compile) == (config.detection.conf_threshold, 0.7, False)
+    assert batch_input_bytes(repository, PYTHON_MODEL) == 4 * 128 * 160 * 3  # what the server sizes its shared memory by
     assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (Path(__file__).parents[1] / "model_repository" / PYTHON_MODEL / "1" / "model.py").read_text()
 
     compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
@@ -256,7 +262,8 @@ def test_triton_detector_matches_pytorch(triton_server, nano_config, video_file)
     config = triton_config(nano_config, triton_server.grpc_port)
     frames = video_frames(video_file)
     with create_detector(config, "pytorch") as reference, create_detector(config, "triton") as remote:
-        assert remote.runner.input_format == "canvas" and remote.runner.decoded
+        assert remote.runner.input_format == "canvas" and remote.runner.returns_detections
+        assert str(remote.runner.device) == "cpu"  # the client leaves the GPU to the server
         assert remote.runner.describe()["server"].startswith("Triton 2.")
         assert remote.runner.peak_memory_bytes() is None  # no GPU here
         singles = [remote.detect(frame) for frame in frames]
@@ -331,6 +338,32 @@ def test_unreachable_server_says_how_to_start_it(nano_config):
 def test_missing_or_unready_model_is_one_line_error(triton_server, nano_config, triton, expected):
     with pytest.raises(ReidctlError) as info:
         create_detector(triton_config(nano_config, triton_server.grpc_port, **triton), "triton")
+    assert expected in one_line(info.value)
+
+
+def test_client_may_be_stricter_than_the_servers_score_threshold(triton_server, nano_config, video_file):
+    """Rows below the client's threshold are dropped after the server's NMS: the same as thresholding first."""
+    base = triton_config(nano_config, triton_server.grpc_port)
+    strict = override(base, conf_threshold=0.3)
+    frames = video_frames(video_file)[:4]
+    with create_detector(strict, "pytorch") as reference, create_detector(strict, "triton") as remote, \
+            create_detector(base, "pytorch") as loose:  # fmt: skip
+        expected = [reference.detect(frame) for frame in frames]
+        for frame, rows in zip(frames, expected):
+            assert_same_detections(remote.detect(frame), rows)
+        assert sum(map(len, expected)) < sum(len(loose.detect(frame)) for frame in frames)  # 0.3 does drop rows
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "expected"),
+    [
+        ({"nms_threshold": 0.5}, "applies NMS at IoU 0.7 but detection.nms_threshold is 0.5: rewrite it with `reidctl setup-triton --nms 0.5`"),
+        ({"conf_threshold": 0.0}, "but detection.conf_threshold is 0: rewrite it with `reidctl setup-triton --conf 0`"),
+    ],
+)
+def test_thresholds_the_server_cannot_honour_are_one_line_errors(triton_server, nano_config, thresholds, expected):
+    with pytest.raises(ReidctlError) as info:
+        create_detector(override(triton_config(nano_config, triton_server.grpc_port), **thresholds), "triton")
     assert expected in one_line(info.value)
 
 

@@ -9,9 +9,9 @@ from torch import nn
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
-from reidctl.engine.preprocess import normalize
+from reidctl.engine.preprocess import mean_std, normalize
 from reidctl.models.checkpoint import ModelSpec, load_model
-from reidctl.models.yolox import YOLOX, BaseConv, decode_predictions
+from reidctl.models.yolox import YOLOX, BaseConv, anchor_grids, decode_predictions
 
 UNTRAINED_WARNING = "warning: no checkpoint given (detection.model_path): the model's weights are untrained"
 
@@ -34,18 +34,27 @@ def load_detection_model(detection, warn=print) -> tuple[YOLOX, ModelSpec]:
 
 
 class _CanvasModel(nn.Module):
-    """Normalisation + YOLOX + decoding as one module, so a CUDA graph or compiled graph covers all three."""
+    """Normalisation + YOLOX + decoding as one module, so a CUDA graph or compiled graph covers all three.
 
-    def __init__(self, model: YOLOX, dtype: torch.dtype):
+    Its constants (mean/std, anchor grids for ``test_size``) are buffers on the model's device: torch.compile
+    then sees device tensors instead of tracing their host-side construction.
+    """
+
+    def __init__(self, model: YOLOX, dtype: torch.dtype, test_size: tuple[int, int], device: torch.device):
         super().__init__()
         model.head.decode = False
         self.model = model
         self.dtype = dtype
+        self.test_size = tuple(test_size)
+        for name, value in zip(("mean", "std"), mean_std(device)):
+            self.register_buffer(name, value.clone(), persistent=False)
+        # Decode in fp32: fp16 spacing is 0.5 px for coordinates above 512.
+        for name, value in zip(("grids", "strides"), anchor_grids(self.test_size, torch.float32, device)):
+            self.register_buffer(name, value.clone(), persistent=False)
 
     def forward(self, canvas: torch.Tensor) -> torch.Tensor:
-        x = normalize(canvas, self.dtype).contiguous(memory_format=torch.channels_last)
-        # Decode in fp32: fp16 spacing is 0.5 px for coordinates above 512.
-        return decode_predictions(self.model(x).float(), tuple(canvas.shape[1:3]))
+        x = normalize(canvas, self.dtype, (self.mean, self.std)).contiguous(memory_format=torch.channels_last)
+        return decode_predictions(self.model(x).float(), self.test_size, (self.grids, self.strides))
 
 
 class PyTorchRunner(Runner):
@@ -57,6 +66,7 @@ class PyTorchRunner(Runner):
         model: YOLOX,
         spec: ModelSpec,
         device: torch.device,
+        test_size: tuple[int, int],
         fp16: bool = True,
         fuse: bool = True,
         cuda_graph: bool = True,
@@ -71,10 +81,12 @@ class PyTorchRunner(Runner):
         if fuse:
             fuse_conv_bn(model)
         model = model.to(device=device, dtype=self.dtype).to(memory_format=torch.channels_last).eval()
-        self.module: nn.Module = _CanvasModel(model, self.dtype)
+        self.module: nn.Module = _CanvasModel(model, self.dtype, test_size, device)
         self.compiled = compile
         if compile:
-            self.module = torch.compile(self.module, dynamic=False)
+            # Default (automatic) dynamic shapes: the first batch size compiles static, the second recompiles with
+            # a symbolic batch that every later size reuses: two compiles instead of one per batch size.
+            self.module = torch.compile(self.module)
         self.use_cuda_graph = cuda_graph and on_gpu
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._pool = None
@@ -124,7 +136,7 @@ def make_runner(config, warn=print) -> PyTorchRunner:
     det = config.detection
     device = resolve_device(det.device)
     model, spec = load_detection_model(det, warn)
-    return PyTorchRunner(model, spec, device, det.fp16, det.fuse, det.cuda_graph, det.compile)
+    return PyTorchRunner(model, spec, device, det.input_size, det.fp16, det.fuse, det.cuda_graph, det.compile)
 
 
 register(Backend("pytorch", "PyTorch eager (CUDA graphs on GPU)", availability=lambda: None, make_runner=make_runner))

@@ -4,6 +4,11 @@ Several streams reach the server's dynamic batcher at once when they call one De
 (each call is its own request; the gRPC client is thread safe) or use one Detector each. Frames travel as
 uint8 canvases to a model that normalises on the server (the python model), or as normalised tensors to one
 that takes float input (a TensorRT engine). On the server's host, inputs can go through system shared memory.
+
+The client works on the host only (OpenCV letterbox, rescale): a second process with GPU work would time-slice
+the GPU with the server's (measured on the H100: slower). The python model returns finished detections (its NMS
+runs on the server), so a response is a few rows; a TensorRT model returns every anchor, which the client's
+shared postprocessing turns into detections.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import numpy as np
 import torch
 
 from reidctl.engine.detector import Backend, Runner, register
-from reidctl.engine.device import resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -74,7 +79,9 @@ class TritonRunner(Runner):
     name = "triton"
     batches_remotely = True  # thread-safe: concurrent callers reach the server's dynamic batcher
 
-    def __init__(self, triton, device: torch.device, warn=print):
+    device = torch.device("cpu")
+
+    def __init__(self, triton, warn=print):
         import tritonclient.grpc as grpcclient
         import tritonclient.utils.shared_memory as shm
         from tritonclient.utils import InferenceServerException
@@ -85,7 +92,6 @@ class TritonRunner(Runner):
         self.model_version = triton.model_version
         self.timeout = triton.timeout
         self.max_in_flight = max(1, triton.max_in_flight)
-        self.device = device
         self._warn = warn
         self.client = grpcclient.InferenceServerClient(self.url, verbose=triton.verbose)
         try:
@@ -121,16 +127,20 @@ class TritonRunner(Runner):
             raise ReidctlError(f"Triton server at {self.url}: {_first_line(exc)}") from None
         if not metadata.get("inputs") or not metadata.get("outputs"):
             raise ReidctlError(f"model '{self.model_name}' on Triton at {self.url} declares no input or output")
-        model_input, model_output = metadata["inputs"][0], metadata["outputs"][0]
+        model_input = metadata["inputs"][0]
         self.input_name, self.input_datatype = model_input["name"], model_input["datatype"]
         if self.input_datatype not in TORCH_DTYPES:
             raise ReidctlError(f"model '{self.model_name}' takes {self.input_datatype} input; reidctl sends UINT8, FP16 or FP32")
-        self.output_name, self.output_datatype = model_output["name"], model_output["datatype"]
         self.input_format = "canvas" if self.input_datatype == "UINT8" else "tensor"
         self.input_dtype = TORCH_DTYPES[self.input_datatype]
         self.decoded = True
         self.input_shape = [int(d) for d in model_input["shape"]]
         self.max_batch_size = int(config.get("max_batch_size", 0))
+        output_names = [output["name"] for output in metadata["outputs"]]
+        self.returns_detections = {PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT} <= set(output_names)
+        self.output_names = [PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT] if self.returns_detections else output_names[:1]
+        self.output_datatype = metadata["outputs"][0]["datatype"]
+        self.parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
 
     def _not_ready_reason(self) -> str:
         where = f"Triton at {self.url}"
@@ -153,7 +163,27 @@ class TritonRunner(Runner):
                 f"is {test_size[0]}x{test_size[1]}"
             )
 
+    def check_thresholds(self, conf_threshold: float, nms_threshold: float) -> None:
+        """A model that applies NMS on the server must use the client's IoU threshold and a score threshold no
+        stricter than the client's (the client drops rows below its own)."""
+        if not self.returns_detections:
+            return
+        server_conf = float(self.parameters.get("conf_threshold", 0.0))
+        server_nms = float(self.parameters.get("nms_threshold", nms_threshold))
+        where = f"model '{self.model_name}' on Triton at {self.url}"
+        if abs(server_nms - nms_threshold) > 1e-9:
+            raise ReidctlError(
+                f"{where} applies NMS at IoU {server_nms:g} but detection.nms_threshold is {nms_threshold:g}: "
+                f"rewrite it with `reidctl setup-triton --nms {nms_threshold:g}` and restart the server"
+            )
+        if conf_threshold < server_conf - 1e-9:
+            raise ReidctlError(
+                f"{where} keeps scores >= {server_conf:g} but detection.conf_threshold is {conf_threshold:g}: "
+                f"rewrite it with `reidctl setup-triton --conf {conf_threshold:g}` and restart the server"
+            )
+
     def describe(self) -> dict:
+        server_model = {key: self.parameters[key] for key in ("fp16", "compile", "device") if key in self.parameters}
         return {
             "backend": self.name,
             "device": str(self.device),
@@ -161,7 +191,8 @@ class TritonRunner(Runner):
             "model": self.model_name,
             "server": f"Triton {self.server_version}",
             "input": f"{self.input_name} {self.input_datatype}",
-            "precision": self.output_datatype.lower(),
+            "output": "detections (NMS on the server)" if self.returns_detections else f"predictions {self.output_datatype}",
+            "server_model": server_model,
             "shared_memory": self.use_shared_memory,
         }
 
@@ -207,12 +238,12 @@ class TritonRunner(Runner):
             return ReidctlError(f"Triton server at {self.url} stopped responding ({_first_line(exc)}): check it with `reidctl setup-triton --status`")
         return ReidctlError(f"Triton inference on '{self.model_name}' failed: {_first_line(exc)}")
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+    def infer(self, batch: torch.Tensor) -> torch.Tensor | list[np.ndarray]:
         if self._closed:
             raise ReidctlError("the Triton runner is closed")
-        array = np.ascontiguousarray(batch.detach().to("cpu").numpy())
+        array = np.ascontiguousarray(batch.detach().numpy())
         inputs = self._inputs_for(array)
-        outputs = [self._grpc.InferRequestedOutput(self.output_name)]
+        outputs = [self._grpc.InferRequestedOutput(name) for name in self.output_names]
         futures: list[Future] = []
         # Chunks of a large batch go out together, at most max_in_flight at a time, so the batcher sees them at once.
         window = threading.BoundedSemaphore(self.max_in_flight)
@@ -235,14 +266,19 @@ class TritonRunner(Runner):
                 window.release()
                 future.set_exception(exc)
             futures.append(future)
-        parts = []
+        results = []
         for future in futures:
             try:
-                result = future.result()
+                results.append(future.result())
             except self._server_error as exc:
                 raise self._fail(exc) from None
-            parts.append(result.as_numpy(self.output_name))
-        return torch.from_numpy(np.concatenate(parts)).to(self.device)
+        if self.returns_detections:  # zero-padded rows per frame and each frame's count
+            return [
+                rows[:count]
+                for result in results
+                for rows, (count,) in zip(result.as_numpy(PYTHON_OUTPUT), result.as_numpy(PYTHON_COUNT_OUTPUT))
+            ]
+        return torch.from_numpy(np.concatenate([result.as_numpy(self.output_names[0]) for result in results]))
 
     def batch_counts(self) -> dict[int, int] | None:
         """Executions per batch size from the server's statistics (what the dynamic batcher formed)."""
@@ -288,9 +324,10 @@ class TritonRunner(Runner):
 
 def make_runner(config, warn=print) -> TritonRunner:
     det = config.detection
-    runner = TritonRunner(det.triton, resolve_device(det.device), warn)
+    runner = TritonRunner(det.triton, warn)
     try:
         runner.check_input_size(det.input_size)
+        runner.check_thresholds(det.conf_threshold, det.nms_threshold)
     except ReidctlError:
         runner.close()
         raise

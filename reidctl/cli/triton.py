@@ -10,10 +10,12 @@ from rich.table import Table
 
 from reidctl.cli.app import (
     ConfigOpt,
+    ConfOpt,
     DeviceOpt,
     Fp16Opt,
     ModelOpt,
     ModelTypeOpt,
+    NmsOpt,
     NumClassesOpt,
     TestSizeOpt,
     build_config,
@@ -22,7 +24,8 @@ from reidctl.cli.app import (
     warn,
 )
 from reidctl.errors import ReidctlError
-from reidctl.triton.repository import DEFAULT_IMAGE, write_repository
+from reidctl.config import override
+from reidctl.triton.repository import DEFAULT_IMAGE, server_compiles, write_repository
 from reidctl.triton.server import Ports, ServerState, reason_line, running_server, server_status, start_server, stop_server
 
 
@@ -59,7 +62,8 @@ def setup_triton(
     grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", min=1, max=65535, help="gRPC port (default: detection.triton.grpc_port, 8101).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics port (default: detection.triton.metrics_port, 8102).")] = None,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
-    startup_timeout: Annotated[float, typer.Option("--startup-timeout", min=1, help="Seconds to wait for the server to become ready.")] = 180.0,
+    compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the python model: on an H100 a batch of 8 runs in 9.3 instead of 12.8 ms, for about a minute more at server start (default: on for a GPU instance, else detection.compile).")] = None,
+    startup_timeout: Annotated[float, typer.Option("--startup-timeout", min=1, help="Seconds to wait for the server to become ready (model loading and compilation included).")] = 300.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print --status as JSON.")] = False,
     config: ConfigOpt = None,
     model: ModelOpt = None,
@@ -68,10 +72,13 @@ def setup_triton(
     device: DeviceOpt = None,
     test_size: TestSizeOpt = None,
     fp16: Fp16Opt = None,
+    conf: ConfOpt = None,
+    nms: NmsOpt = None,
 ) -> None:
     if sum((start, stop, status)) > 1:
         raise ReidctlError("choose one of --start, --stop and --status")
-    cfg = build_config(config, model, model_type, num_classes, device, test_size, fp16=fp16)
+    cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16=fp16)
+    cfg = override(cfg, compile=server_compiles(cfg.detection) if compile_model is None else compile_model)
     given = {"max_batch_size": max_batch_size, "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
     triton = dataclasses.replace(cfg.detection.triton, **{k: v for k, v in given.items() if v is not None})
     cfg = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, triton=triton))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reidctl.engine.postprocess import postprocess
+from reidctl.engine.postprocess import postprocess, rescale
 from reidctl.engine.preprocess import letterbox, normalize
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.models.yolox import decode_predictions
@@ -28,17 +28,20 @@ class Runner(ABC):
       "canvas": uint8 (B, H, W, 3) BGR letterboxed frames (the runner normalises, e.g. inside a CUDA graph or server)
       "tensor": normalised float (B, 3, H, W) in ``input_dtype``
     ``infer`` returns (B, anchors, 5 + classes); ``decoded`` says whether boxes are already in input pixels.
+    A runner whose model applies the thresholds and NMS itself (a server) sets ``returns_detections``: its
+    ``infer`` returns each frame's ``select_detections`` rows, and the Detector only rescales them.
     """
 
     name: str = "runner"
     input_format: str = "tensor"
     input_dtype: torch.dtype = torch.float32
     decoded: bool = True
+    returns_detections: bool = False
     device: torch.device = torch.device("cpu")
     batches_remotely: bool = False  # True: thread-safe client of a server that forms batches (Triton)
 
     @abstractmethod
-    def infer(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def infer(self, batch: torch.Tensor) -> torch.Tensor | list[np.ndarray]: ...
 
     def describe(self) -> dict:
         """What runs, for tables and JSON (precision, device, artifact...)."""
@@ -112,9 +115,12 @@ class Detector:
         start = self._mark("preprocess", start)
         predictions = self.runner.infer(batch)
         start = self._mark("inference", start)
-        if not self.runner.decoded:
-            predictions = decode_predictions(predictions.float(), self.test_size)
-        detections = postprocess(predictions, ratios, self.conf_threshold, self.nms_threshold)
+        if self.runner.returns_detections:
+            detections = rescale(predictions, ratios, self.conf_threshold)
+        else:
+            if not self.runner.decoded:
+                predictions = decode_predictions(predictions.float(), self.test_size)
+            detections = postprocess(predictions, ratios, self.conf_threshold, self.nms_threshold)
         self._mark("postprocess", start)
         return detections
 

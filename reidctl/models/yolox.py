@@ -232,9 +232,16 @@ def anchor_grids(test_size: tuple[int, int], dtype: torch.dtype, device: torch.d
     )
 
 
-def decode_predictions(raw: torch.Tensor, test_size: tuple[int, int]) -> torch.Tensor:
-    """Raw head output (B, anchors, 5 + classes) -> centre/size in input pixels, scores untouched."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+def decode_predictions(
+    raw: torch.Tensor, test_size: tuple[int, int], grids: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Raw head output (B, anchors, 5 + classes) -> centre/size in input pixels, scores untouched.
+
+    ``grids``: ``anchor_grids()`` held by the caller, e.g. as buffers of a module that torch.compile traces.
+    """
+    if grids is not None:
+        grids, strides = grids
+    elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         grids, strides = anchor_grids.__wrapped__(test_size, raw.dtype, raw.device)  # constants in the graph
     else:
         grids, strides = anchor_grids(test_size, raw.dtype, raw.device)
