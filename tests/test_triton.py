@@ -461,3 +461,16 @@ def test_setup_triton_cli_rejects_conflicting_actions(nano_config, tmp_path):
     result = reidctl("setup-triton", "-c", nano_config, "-r", tmp_path / "repo", "--start", "--stop")
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "choose one of --start, --stop and --status" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "compiled"),
+    [((), False), (("--device", "cuda"), True), (("--device", "cuda", "--no-compile"), False), (("--compile",), True)],
+)
+def test_setup_triton_compiles_the_server_model_on_a_gpu_by_default(tmp_path, nano_config, options, compiled):
+    """A long-lived GPU server repays torch.compile's start-up minute; a CPU server (this machine) does not."""
+    result = reidctl("setup-triton", "-c", nano_config, "-r", tmp_path / "repo", *options)
+    assert result.returncode == 0, result.stderr
+    python = read_model_config(tmp_path / "repo" / PYTHON_MODEL / "config.pbtxt")
+    assert config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection.compile is compiled
+    assert (python.instance_group[0].kind == python.instance_group[0].KIND_GPU) == ("cuda" in options)
