@@ -1,8 +1,9 @@
 """`reidctl recommend`: the backend for N cameras at F FPS within a latency budget.
 
 With a bench result, the answer comes from its multi-stream measurements: a backend qualifies when its total
-throughput covers cameras x fps and its per-request P99 fits the budget; the simplest qualifying backend wins
-(pytorch < onnxruntime < tensorrt < triton), then the one with the most headroom. Without one, the reference
+throughput covers cameras x fps and its per-request P99 fits the budget; the simplest qualifying backend with
+HEADROOM wins (pytorch < onnxruntime < tensorrt < triton), then the one with the most headroom; when none has
+HEADROOM, the simplest that qualifies at all, said to run near saturation. Without one, the reference
 guide's decision tree answers, marked as not measured. Either way a backend that cannot run here is not chosen.
 """
 
@@ -19,6 +20,9 @@ from reidctl.engine.detector import available_backends
 from reidctl.errors import ReidctlError
 
 SIMPLICITY = ("pytorch", "onnxruntime", "tensorrt", "triton")  # simplest to set up and run first
+# Throughput over the need a choice should keep: bench measures a closed loop, i.e. the saturated throughput, and
+# cameras at their fixed rate on a backend at 99% load queue without bound (the queue grows as load / (1 - load)).
+HEADROOM = 1.2
 LOW_LATENCY_MS = 30.0  # the reference's "Need low latency (< 30ms)? -> Triton"
 NOT_REGISTERED = "not registered in this reidctl"
 
@@ -192,11 +196,23 @@ def recommend_measured(report: BenchReport, need: Need, availability: dict[str, 
     verdicts = judge_measured(report, need, availability)
     lines = [f"Need {need.cameras} camera(s) x {need.fps:g} FPS = {need.total_fps:.1f} FPS total, P99 <= {need.latency_ms:g} ms."]
     meeting = sorted((v for v in verdicts if v.meets), key=lambda v: (simplicity_rank(v.backend), -v.margin))
-    chosen = meeting[0] if meeting else None
+    roomy = [v for v in meeting if v.estimate.throughput_fps >= HEADROOM * need.total_fps]
+    chosen = (roomy or meeting)[0] if meeting else None
     if chosen:
+        order = f"simplicity: {' < '.join(SIMPLICITY)}"
         lines.append(f"Chosen: {_describe(chosen, need)}.")
-        lines.append(f"It is the simplest backend that meets the need (simplicity: {' < '.join(SIMPLICITY)}).")
-        lines += [f"Also meets: {_describe(v, need)}." for v in meeting[1:]]
+        if roomy:
+            lines.append(f"It is the simplest backend that meets the need with {HEADROOM:g}x throughput headroom ({order}).")
+        else:
+            lines.append(
+                f"It is the simplest backend that meets the need ({order}), but none has {HEADROOM:g}x throughput "
+                "headroom: it would run near saturation, where frames queue and latency grows."
+            )
+        for v in meeting:
+            if v is chosen:
+                continue
+            tight = roomy and v not in roomy
+            lines.append(f"{'Passed over' if tight else 'Also meets'}: {_describe(v, need)}" + (f", under {HEADROOM:g}x headroom." if tight else "."))
         if chosen.estimate.extrapolated:
             lines.append(f"Not measured at {need.cameras} cameras: rerun `reidctl bench --cameras {need.cameras}` to confirm.")
     else:
