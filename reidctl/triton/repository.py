@@ -312,7 +312,7 @@ def write_repository(
     write_text_atomic(py_dir / "config.pbtxt", render(python_model_config(detection)))
     written.append(WrittenFile(py_dir / "config.pbtxt", "python-backend model config"))
     _copy_atomic(PYTHON_MODEL_SOURCE, py_dir / "1" / "model.py")
-    written.append(WrittenFile(py_dir / "1" / "model.py", "python-backend model (reidctl PyTorch runner)"))
+    written.append(WrittenFile(py_dir / "1" / "model.py", "python-backend model (reidctl PyTorch runner and NMS)"))
 
     write_text_atomic(repository / "docker-compose.yml", compose_file(detection.triton, repository, image))
     written.append(WrittenFile(repository / "docker-compose.yml", f"NGC container {image}"))
