@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,14 @@ def video_file(tmp_path_factory) -> Path:
 @pytest.fixture()
 def small_config(tmp_path, nano_checkpoint) -> Path:
     return write_config(tmp_path / "config.yaml", nano_checkpoint)
+
+
+def free_ports(count: int = 3) -> list[int]:
+    """``count`` distinct ports free on this host (all held open together while chosen, so never the same twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports

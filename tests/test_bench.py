@@ -3,14 +3,13 @@
 import contextlib
 import dataclasses
 import json
-import socket
 import threading
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_config
+from conftest import free_ports, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.engine.batcher import MicroBatcher
@@ -75,12 +74,6 @@ def test_bench_cli_writes_json_plot_and_tables(tmp_path, small_config, video_fil
     assert load_report(output).backends[0].single_stream.count == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _with_detection(config, **values):
     return dataclasses.replace(config, detection=dataclasses.replace(config.detection, **values))
 
@@ -103,7 +96,7 @@ def _triton(config, tmp_path):
 
     repository = tmp_path / "repository"
     write_repository(config, repository, warn=lambda message: None)
-    ports = Ports(_free_port(), _free_port(), _free_port())
+    ports = Ports(*free_ports(3))
     start_server(repository, ports, warn=lambda message: None)
     try:
         yield _with_detection(config, triton=dataclasses.replace(config.detection.triton, url=f"localhost:{ports.grpc}"))

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 from typer.testing import CliRunner
 
-from conftest import SMALL_TEST_SIZE, make_checkpoint, write_config
+from conftest import SMALL_TEST_SIZE, free_ports, make_checkpoint, write_config
 from reidctl.cli import app
 from reidctl.config import load_config, override
 from reidctl.engine.detector import create_detector
@@ -43,16 +43,6 @@ from reidctl.triton.server import (
 
 BROKEN_MODEL = "bytetrack_broken"
 ANCHORS = (128 // 8) * (160 // 8) + (128 // 16) * (160 // 16) + (128 // 32) * (160 // 32)
-
-
-def free_ports(count: int = 3) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def free_server_ports() -> Ports:
