@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 import reidctl
 
-from conftest import write_config
-from export_helpers import TEST_SIZE, conditioned_checkpoint, export, frames, onnx_config, onnx_fp32  # noqa: F401
+from helpers import TEST_SIZE, export, onnx_config, write_config
 from reidctl.cli import app
 from reidctl.engine.detector import create_detector
 from reidctl.engine.preprocess import letterbox, normalize
@@ -50,8 +49,8 @@ def one_line_error(result) -> str:
     [(False, True, 1, True), (False, False, 2, False), (True, True, 1, False), (True, False, 1, True)],
     ids=["fp32-dynamic", "fp32-static2", "fp16-dynamic", "fp16-static1"],
 )
-def test_export_is_valid_and_matches_pytorch(tmp_path, conditioned_checkpoint, frames, fp16, dynamic, batch, simplify):
-    result = export(conditioned_checkpoint, tmp_path / "m.onnx", fp16=fp16, dynamic_batch=dynamic, batch=batch,
+def test_export_is_valid_and_matches_pytorch(tmp_path, nano_checkpoint, frames, fp16, dynamic, batch, simplify):
+    result = export(nano_checkpoint, tmp_path / "m.onnx", fp16=fp16, dynamic_batch=dynamic, batch=batch,
                     simplify=simplify)
     precision = "fp16" if fp16 else "fp32"
     assert result.comparison.within(TOLERANCES[precision])
@@ -66,7 +65,7 @@ def test_export_is_valid_and_matches_pytorch(tmp_path, conditioned_checkpoint, f
     # Independently of the export's own check (random pixels): real frames, another batch size where allowed.
     rows = 3 if dynamic else batch
     images = normalize(letterbox(frames[:rows], TEST_SIZE)[0])
-    model, _ = load_model(conditioned_checkpoint, "nano")
+    model, _ = load_model(nano_checkpoint, "nano")
     with torch.no_grad():
         reference = model(images).numpy()
         other_frames = model(normalize(letterbox(frames[-rows:], TEST_SIZE)[0])).numpy()
@@ -104,8 +103,8 @@ def test_metadata_round_trip(onnx_fp32):
         OnnxMetadata.from_props({k: v for k, v in props.items() if k != "num_classes"}, "x.onnx")
 
 
-def test_raw_output_detects_the_same_as_decoded(tmp_path, conditioned_checkpoint, onnx_fp32, frames):
-    raw_path = export(conditioned_checkpoint, tmp_path / "raw.onnx", decode=False).path
+def test_raw_output_detects_the_same_as_decoded(tmp_path, nano_checkpoint, onnx_fp32, frames):
+    raw_path = export(nano_checkpoint, tmp_path / "raw.onnx", decode=False).path
     assert read_onnx(raw_path).metadata.decoded is False
     with create_detector(onnx_config(onnx_fp32), "onnxruntime") as decoded, \
             create_detector(onnx_config(raw_path), "onnxruntime") as raw:
@@ -116,16 +115,16 @@ def test_raw_output_detects_the_same_as_decoded(tmp_path, conditioned_checkpoint
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
-def test_failed_verification_writes_nothing(tmp_path, conditioned_checkpoint):
+def test_failed_verification_writes_nothing(tmp_path, nano_checkpoint):
     with pytest.raises(ReidctlError, match="ONNX Runtime disagrees with PyTorch: .*nothing written"):
-        export(conditioned_checkpoint, tmp_path / "m.onnx", fp16=True, tolerance=Tolerance(1e-7, 1e-7))
+        export(nano_checkpoint, tmp_path / "m.onnx", fp16=True, tolerance=Tolerance(1e-7, 1e-7))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_export_follows_config_and_prints_table(tmp_path, monkeypatch, conditioned_checkpoint):
+def test_cli_export_follows_config_and_prints_table(tmp_path, monkeypatch, nano_checkpoint):
     monkeypatch.chdir(tmp_path)
     onnx_path = Path("models/nano.onnx")
-    config = write_config(tmp_path / "config.yaml", conditioned_checkpoint, tensorrt={"onnx_path": str(onnx_path)})
+    config = write_config(tmp_path / "config.yaml", nano_checkpoint, tensorrt={"onnx_path": str(onnx_path)})
     result = invoke("export-onnx", "-c", config, "--no-progress")
     assert result.exit_code == 0, result.output
     for text in ("ONNX export", "models/nano.onnx", "fp32", "dynamic", "decoded", "Max abs diff", "Export time"):
@@ -133,7 +132,7 @@ def test_cli_export_follows_config_and_prints_table(tmp_path, monkeypatch, condi
     assert read_onnx(onnx_path).metadata.model_type == "nano"
 
     engine_named = tmp_path / "engines" / "det.trt"
-    config = write_config(tmp_path / "c2.yaml", conditioned_checkpoint, tensorrt={"engine_path": str(engine_named)})
+    config = write_config(tmp_path / "c2.yaml", nano_checkpoint, tensorrt={"engine_path": str(engine_named)})
     result = invoke("export-onnx", "-c", config, "--no-progress", "--json", "--fp16", "--static-batch", "--batch", "2",
                     "--no-decode", "--opset", "17")
     assert result.exit_code == 0, result.output

@@ -9,8 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import write_config
-from export_helpers import conditioned_checkpoint, export, frames, onnx_config, onnx_fp32  # noqa: F401
+from helpers import export, onnx_config, write_config
 from reidctl.backends import tensorrt as trt_backend
 from reidctl.cli import app
 from reidctl.engine.detector import available_backends
@@ -186,11 +185,11 @@ def assert_close_detections(got, expected, box_atol):
 
 
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
-def test_engine_build_and_detect(tmp_path, tensorrt_gpu, conditioned_checkpoint, frames, fp16):
+def test_engine_build_and_detect(tmp_path, tensorrt_gpu, nano_checkpoint, frames, fp16):
     from reidctl.engine.detector import create_detector
     from reidctl.export.tensorrt import build_engine
 
-    onnx_path = export(conditioned_checkpoint, tmp_path / "m.onnx", fp16=fp16).path
+    onnx_path = export(nano_checkpoint, tmp_path / "m.onnx", fp16=fp16).path
     engine = tmp_path / "m.trt"
     cache = tmp_path / "timing.cache"
     result = build_engine(onnx_path, engine, fp16=fp16, workspace_mib=1024, min_batch=1, opt_batch=2, max_batch=4,
@@ -201,7 +200,7 @@ def test_engine_build_and_detect(tmp_path, tensorrt_gpu, conditioned_checkpoint,
     assert sidecar["precision"] == ("fp16" if fp16 else "fp32") and sidecar["metadata"]["decoded"] is True
     assert sidecar["inputs"][0]["name"] == "images" and sidecar["profile"]["max_batch"] == 4
 
-    config = gpu_config(onnx_path, engine, conditioned_checkpoint)
+    config = gpu_config(onnx_path, engine, nano_checkpoint)
     with create_detector(config, "tensorrt") as trt_detector, create_detector(config, "onnxruntime") as reference:
         assert trt_detector.runner.input_dtype == (torch.float16 if fp16 else torch.float32)
         for count in (1, 3, 6):  # 6 > max batch 4: split

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import free_ports, write_config
+from helpers import free_ports, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.engine.batcher import MicroBatcher

@@ -9,14 +9,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from export_helpers import (  # noqa: F401
-    conditioned_checkpoint,
-    export,
-    frames,
-    onnx_config,
-    onnx_config_file,
-    onnx_fp32,
-)
+from helpers import export, onnx_config, onnx_config_file
 from reidctl.backends.onnxruntime import make_runner, session_providers
 from reidctl.cli import app
 from reidctl.engine.detector import available_backends, create_detector
@@ -40,8 +33,8 @@ def assert_same_detections(got, expected, atol=1e-3):
         assert distance.min(axis=0).max() <= atol and distance.min(axis=1).max() <= atol
 
 
-def test_matches_pytorch_backend(conditioned_checkpoint, onnx_fp32, frames):
-    config = onnx_config(onnx_fp32, conditioned_checkpoint)
+def test_matches_pytorch_backend(nano_checkpoint, onnx_fp32, frames):
+    config = onnx_config(onnx_fp32, nano_checkpoint)
     assert available_backends()["onnxruntime"] is None
     with create_detector(config, "onnxruntime") as ort_detector, create_detector(config, "pytorch") as torch_detector:
         info = ort_detector.runner.describe()
@@ -58,9 +51,9 @@ def test_matches_pytorch_backend(conditioned_checkpoint, onnx_fp32, frames):
             assert_same_detections(got, torch_detector.detect(frame))
 
 
-def test_fp16_graph_finds_the_same_confident_people(tmp_path, conditioned_checkpoint, frames):
-    path = export(conditioned_checkpoint, tmp_path / "fp16.onnx", fp16=True).path
-    config = onnx_config(path, conditioned_checkpoint)
+def test_fp16_graph_finds_the_same_confident_people(tmp_path, nano_checkpoint, frames):
+    path = export(nano_checkpoint, tmp_path / "fp16.onnx", fp16=True).path
+    config = onnx_config(path, nano_checkpoint)
     with create_detector(config, "onnxruntime") as half, create_detector(config, "pytorch") as full:
         assert half.runner.input_dtype == torch.float16
         for frame in frames[:4]:
@@ -71,8 +64,8 @@ def test_fp16_graph_finds_the_same_confident_people(tmp_path, conditioned_checkp
             assert (iou.max(dim=1).values > 0.9).all()
 
 
-def test_fixed_batch_graph_takes_any_number_of_frames(tmp_path, conditioned_checkpoint, onnx_fp32, frames):
-    fixed = export(conditioned_checkpoint, tmp_path / "b2.onnx", dynamic_batch=False, batch=2).path
+def test_fixed_batch_graph_takes_any_number_of_frames(tmp_path, nano_checkpoint, onnx_fp32, frames):
+    fixed = export(nano_checkpoint, tmp_path / "b2.onnx", dynamic_batch=False, batch=2).path
     with create_detector(onnx_config(fixed), "onnxruntime") as detector, \
             create_detector(onnx_config(onnx_fp32), "onnxruntime") as reference:
         assert detector.runner.describe()["batch"] == 2
@@ -82,9 +75,9 @@ def test_fixed_batch_graph_takes_any_number_of_frames(tmp_path, conditioned_chec
                 assert_same_detections(got, expected)
 
 
-def test_file_without_metadata_falls_back_with_one_warning(tmp_path, conditioned_checkpoint, onnx_fp32, frames):
+def test_file_without_metadata_falls_back_with_one_warning(tmp_path, nano_checkpoint, onnx_fp32, frames):
     # ByteTrack's own export: raw head output, no reidctl metadata.
-    raw = strip_metadata(export(conditioned_checkpoint, tmp_path / "raw.onnx", decode=False).path, tmp_path / "bt.onnx")
+    raw = strip_metadata(export(nano_checkpoint, tmp_path / "raw.onnx", decode=False).path, tmp_path / "bt.onnx")
     warnings = []
     detector_runner = make_runner(onnx_config(raw), warn=warnings.append)
     assert len(warnings) == 1 and "has no reidctl metadata" in warnings[0] and "raw" in warnings[0]

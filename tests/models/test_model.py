@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 from reidctl.errors import ReidctlError
 from reidctl.models.checkpoint import infer_spec, load_model, read_state_dict
 from reidctl.models.yolox import build_yolox

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 from typer.testing import CliRunner
 
-from conftest import SMALL_TEST_SIZE, free_ports, make_checkpoint, write_config
+from helpers import SMALL_TEST_SIZE, free_ports, make_checkpoint, write_config
 from reidctl.cli import app
 from reidctl.config import load_config, override
 from reidctl.engine.detector import create_detector

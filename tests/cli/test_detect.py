@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_checkpoint, write_config, write_video
+from helpers import make_checkpoint, write_config, write_video
 from reidctl.cli import app
 from reidctl.io.synthetic import synthetic_frame
 
