@@ -150,8 +150,15 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def override(config: Config, **detection_values) -> Config:
-    """Apply CLI options (None means 'not given') on top of the file's detection section."""
+    """Apply CLI options on top of the file's detection section, validated: the one way options reach a config.
+
+    None means 'not given'. A section (``tensorrt``, ``triton``) takes a dict of its own keys, likewise.
+    """
     given = {k: v for k, v in detection_values.items() if v is not None}
+    for section in ("tensorrt", "triton"):
+        if isinstance(given.get(section), dict):
+            values = {k: v for k, v in given[section].items() if v is not None}
+            given[section] = dataclasses.replace(getattr(config.detection, section), **values)
     return validate(dataclasses.replace(config, detection=dataclasses.replace(config.detection, **given)))
 
 

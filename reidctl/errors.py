@@ -1,5 +1,6 @@
 """Errors a user can act on: the CLI prints the message as one line and exits non-zero."""
 
+import sys
 
 class ReidctlError(Exception):
     """A failure caused by input, environment or configuration, explained in one line."""
@@ -18,3 +19,8 @@ def first_line(error: BaseException | str, limit: int = 200) -> str:
     if not text:
         return type(error).__name__ if isinstance(error, BaseException) else ""
     return text.splitlines()[0][:limit]
+
+
+def print_warning(message: str) -> None:
+    """The default warning channel of the engine layer: one line on stderr (the CLI passes its own, styled)."""
+    print(message, file=sys.stderr)

@@ -10,9 +10,9 @@ import torch
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
-from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.errors import BackendUnavailable, ReidctlError, print_warning
 from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx
-from reidctl.export.runtime import artifact_decoded, check_input_size, infer_in_batches
+from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
@@ -63,7 +63,7 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
-def make_runner(config, warn=print) -> OnnxRuntimeRunner:
+def make_runner(config, warn=print_warning) -> OnnxRuntimeRunner:
     det = config.detection
     path = default_onnx_path(det.tensorrt)
     if not path.is_file():  # a missing export makes the backend unavailable, not broken

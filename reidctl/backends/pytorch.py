@@ -1,8 +1,6 @@
-"""PyTorch backend: the checkpoint loader and a runner with fp16, Conv+BN fusion, channels_last and CUDA graphs."""
+"""PyTorch backend: a runner with fp16, Conv+BN fusion, channels_last and CUDA graphs."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,27 +8,10 @@ from torch import nn
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
 from reidctl.engine.preprocess import mean_std, normalize
-from reidctl.models.checkpoint import ModelSpec, load_model
-from reidctl.models.yolox import YOLOX, BaseConv, anchor_grids, decode_predictions
-
-UNTRAINED_WARNING = "warning: no checkpoint given (detection.model_path): the model's weights are untrained"
-
-
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """Fold each BatchNorm into the preceding conv (inference only): one kernel instead of two."""
-    for module in model.modules():
-        if isinstance(module, BaseConv) and isinstance(module.bn, nn.BatchNorm2d):
-            module.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(module.conv, module.bn)
-            module.bn = nn.Identity()
-    return model
-
-
-def load_detection_model(detection, warn=print) -> tuple[YOLOX, ModelSpec]:
-    """The loader: the configured checkpoint (or untrained weights, with one warning line)."""
-    path = Path(detection.model_path) if detection.model_path else None
-    if path is None:
-        warn(UNTRAINED_WARNING)
-    return load_model(path, detection.model_type, detection.num_classes)
+from reidctl.errors import print_warning
+from reidctl.models.checkpoint import ModelSpec
+from reidctl.models.loader import fuse_conv_bn, load_detection_model
+from reidctl.models.yolox import YOLOX, anchor_grids, decode_predictions
 
 
 class _CanvasModel(nn.Module):
@@ -132,7 +113,7 @@ class PyTorchRunner(Runner):
         self._graphs.clear()
 
 
-def make_runner(config, warn=print) -> PyTorchRunner:
+def make_runner(config, warn=print_warning) -> PyTorchRunner:
     det = config.detection
     device = resolve_device(det.device)
     model, spec = load_detection_model(det, warn)

@@ -14,9 +14,9 @@ import torch
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.engine.device import resolve_device
-from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
 from reidctl.export.onnx import OnnxMetadata
-from reidctl.export.runtime import artifact_decoded, check_input_size, infer_in_batches
+from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches
 from reidctl.export.tensorrt import (
     REBUILD_HINT,
     check_engine_compatibility,
@@ -147,7 +147,7 @@ class TensorRTRunner(Runner):
                 delattr(self, name)
 
 
-def make_runner(config, warn=print) -> TensorRTRunner:
+def make_runner(config, warn=print_warning) -> TensorRTRunner:
     det = config.detection
     engine_path = Path(det.tensorrt.engine_path)
     if not engine_path.is_file():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from reidctl.engine.detector import Backend, Runner, register
-from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
 from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
 
@@ -81,7 +81,7 @@ class TritonRunner(Runner):
 
     device = torch.device("cpu")
 
-    def __init__(self, triton, warn=print):
+    def __init__(self, triton, warn=print_warning):
         import tritonclient.grpc as grpcclient
         import tritonclient.utils.shared_memory as shm
         from tritonclient.utils import InferenceServerException
@@ -322,7 +322,7 @@ class TritonRunner(Runner):
         self.client.close()
 
 
-def make_runner(config, warn=print) -> TritonRunner:
+def make_runner(config, warn=print_warning) -> TritonRunner:
     det = config.detection
     runner = TritonRunner(det.triton, warn)
     try:

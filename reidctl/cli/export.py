@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from reidctl.backends.pytorch import load_detection_model
 from reidctl.cli.app import (
     ConfigOpt,
     ModelOpt,
@@ -20,8 +19,7 @@ from reidctl.cli.app import (
     warn,
 )
 from reidctl.errors import ReidctlError
-from reidctl.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, default_onnx_path, export_onnx
-from reidctl.export.tensorrt import build_engine, sidecar_path
+from reidctl.export.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")]
@@ -58,6 +56,9 @@ def export_onnx_command(
     num_classes: NumClassesOpt = None,
     test_size: TestSizeOpt = None,
 ) -> None:
+    from reidctl.export.onnx import default_onnx_path, export_onnx
+    from reidctl.models.loader import load_detection_model
+
     if dynamic_batch and batch != 1:
         raise ReidctlError("--batch fixes the batch size of a --static-batch graph; add --static-batch")
     cfg = build_config(config, model, model_type, num_classes, test_size=test_size)
@@ -99,16 +100,20 @@ def build_engine_command(
     progress: ProgressOpt = True,
     config: ConfigOpt = None,
 ) -> None:
-    trt_cfg = build_config(config).detection.tensorrt
+    from reidctl.export.onnx import default_onnx_path
+    from reidctl.export.tensorrt import build_engine, sidecar_path
+
+    given = {"fp16": fp16, "workspace": workspace, "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
+    trt_cfg = build_config(config, tensorrt=given).detection.tensorrt
     engine_path = output or Path(trt_cfg.engine_path)
     result = build_engine(
         onnx or default_onnx_path(trt_cfg),
         engine_path,
-        fp16=trt_cfg.fp16 if fp16 is None else fp16,
-        workspace_mib=workspace or trt_cfg.workspace,
-        min_batch=min_batch or trt_cfg.min_batch,
-        opt_batch=opt_batch or trt_cfg.opt_batch,
-        max_batch=max_batch or trt_cfg.max_batch,
+        fp16=trt_cfg.fp16,
+        workspace_mib=trt_cfg.workspace,
+        min_batch=trt_cfg.min_batch,
+        opt_batch=trt_cfg.opt_batch,
+        max_batch=trt_cfg.max_batch,
         timing_cache=timing_cache,
         show_progress=progress,
         warn=warn,

@@ -23,10 +23,9 @@ from reidctl.cli.app import (
     console,
     warn,
 )
-from reidctl.errors import ReidctlError
 from reidctl.config import override
-from reidctl.triton.repository import DEFAULT_IMAGE, server_compiles, write_repository
-from reidctl.triton.server import Ports, ServerState, reason_line, running_server, server_status, start_server, stop_server
+from reidctl.errors import ReidctlError
+from reidctl.triton.repository import DEFAULT_IMAGE
 
 
 def _endpoints(state) -> str:
@@ -40,6 +39,8 @@ def _print_status(status: dict, as_json: bool) -> None:
     if not status["running"]:
         console.print(f"no Triton server is running for {status['repository']} (start one with `reidctl setup-triton --start`)")
         return
+    from reidctl.triton.server import ServerState, reason_line
+
     state = ServerState(**{field.name: status[field.name] for field in dataclasses.fields(ServerState)})
     console.print(f"Triton server (pid {state.pid}) {'ready' if status['ready'] else 'NOT ready'}: {_endpoints(state)}; log {state.log}")
     table = Table(title=f"Models in {status['repository']}")
@@ -75,13 +76,18 @@ def setup_triton(
     conf: ConfOpt = None,
     nms: NmsOpt = None,
 ) -> None:
+    from reidctl.triton.repository import server_compiles, write_repository
+    from reidctl.triton.server import Ports, running_server, server_status, start_server, stop_server
+
     if sum((start, stop, status)) > 1:
         raise ReidctlError("choose one of --start, --stop and --status")
-    cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16=fp16)
-    cfg = override(cfg, compile=server_compiles(cfg.detection) if compile_model is None else compile_model)
-    given = {"max_batch_size": max_batch_size, "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
-    triton = dataclasses.replace(cfg.detection.triton, **{k: v for k, v in given.items() if v is not None})
-    cfg = dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, triton=triton))
+    ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+    cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16,
+                       triton={"max_batch_size": max_batch_size, **ports})
+    if compile_model is None:  # the default depends on where the server model runs
+        compile_model = server_compiles(cfg.detection)
+    cfg = override(cfg, compile=compile_model)
+    triton = cfg.detection.triton
     repo = Path(repository or triton.repository)
 
     if status:

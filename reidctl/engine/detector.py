@@ -7,6 +7,7 @@ wants float input), decoding of raw head outputs, NMS and rescaling.
 
 from __future__ import annotations
 
+import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -144,6 +145,14 @@ class Backend:
     make_runner: Callable[..., Runner]
 
 
+# Built-in backends by name: a backend's module is imported when it is asked for (it registers itself), so using
+# one backend never pays for the others' imports, and this module imports no backend.
+BUILTIN_BACKENDS = {
+    "pytorch": "reidctl.backends.pytorch",
+    "onnxruntime": "reidctl.backends.onnxruntime",
+    "tensorrt": "reidctl.backends.tensorrt",
+    "triton": "reidctl.backends.triton",
+}
 BACKENDS: dict[str, Backend] = {}
 
 
@@ -153,16 +162,17 @@ def register(backend: Backend) -> Backend:
 
 
 def get_backend(name: str) -> Backend:
-    _load_builtin_backends()
+    if name not in BACKENDS and name in BUILTIN_BACKENDS:
+        importlib.import_module(BUILTIN_BACKENDS[name])
     if name not in BACKENDS:
-        raise ReidctlError(f"unknown backend '{name}' (known: {', '.join(BACKENDS)})")
+        raise ReidctlError(f"unknown backend '{name}' (known: {', '.join(dict.fromkeys([*BUILTIN_BACKENDS, *BACKENDS]))})")
     return BACKENDS[name]
 
 
 def available_backends() -> dict[str, str | None]:
     """Every backend name -> None if it can run here, else the reason it cannot."""
-    _load_builtin_backends()
-    return {name: backend.availability() for name, backend in BACKENDS.items()}
+    names = dict.fromkeys([*BUILTIN_BACKENDS, *BACKENDS])
+    return {name: get_backend(name).availability() for name in names}
 
 
 def create_detector(config, backend: str | None = None) -> Detector:
@@ -174,8 +184,3 @@ def create_detector(config, backend: str | None = None) -> Detector:
         raise BackendUnavailable(f"backend '{chosen.name}' is unavailable: {reason}")
     runner = chosen.make_runner(config)
     return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
-
-
-def _load_builtin_backends() -> None:
-    # Imported lazily so that `reidctl --help` does not pay for every backend's imports.
-    import reidctl.backends  # noqa: F401

@@ -28,15 +28,14 @@ from torch import nn
 from reidctl import __version__
 from reidctl.engine.preprocess import normalize
 from reidctl.errors import ReidctlError, first_line
+from reidctl.export.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from reidctl.io.atomic import atomic_path
 from reidctl.models.checkpoint import ModelSpec
+from reidctl.models.loader import fuse_conv_bn
 from reidctl.models.yolox import YOLOX, decode_predictions
 
 INPUT_NAME = "images"  # as in ByteTrack's ONNX
 OUTPUT_NAME = "output"
-DEFAULT_OPSET = 11  # ByteTrack's export
-MIN_OPSET = 11
-MAX_OPSET = 20  # newest opset of torch's TorchScript exporter (the dynamo exporter needs onnxscript, not a dependency)
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float16}
 PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16"}
 ORT_ERRORS = (
@@ -346,7 +345,6 @@ def export_onnx(
         raise ReidctlError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET}")
     if batch < 1:
         raise ReidctlError(f"batch must be at least 1, got {batch}")
-    from reidctl.backends.pytorch import fuse_conv_bn  # here: the backends package imports this module
 
     precision = "fp16" if fp16 else "fp32"
     tolerance = tolerance or TOLERANCES[precision]

@@ -23,11 +23,8 @@ import yaml
 
 import reidctl
 from reidctl.config import Config, DetectionConfig, override
-from reidctl.engine.postprocess import DETECTION_COLUMNS
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
-from reidctl.models.checkpoint import read_state_dict, resolve_spec
-from reidctl.models.yolox import STRIDES
 
 PYTHON_MODEL = "bytetrack_pytorch"
 TENSORRT_MODEL = "bytetrack_tensorrt"
@@ -79,11 +76,15 @@ class WrittenFile:
 
 
 def anchor_count(test_size: tuple[int, int]) -> int:
+    from reidctl.models.yolox import STRIDES  # torch: imported where used, so `reidctl --help` stays light
+
     return sum((test_size[0] // s) * (test_size[1] // s) for s in STRIDES)
 
 
 def model_num_classes(detection: DetectionConfig) -> int:
     """Class count of the configured model: from the checkpoint when there is one, else from model_type."""
+    from reidctl.models.checkpoint import read_state_dict, resolve_spec
+
     path = Path(detection.model_path) if detection.model_path else None
     state = read_state_dict(path) if path is not None else None
     return resolve_spec(detection.model_type, detection.num_classes, state, path or "checkpoint").num_classes
@@ -193,6 +194,8 @@ def server_compiles(detection: DetectionConfig) -> bool:
 
 
 def python_model_config(detection: DetectionConfig):
+    from reidctl.engine.postprocess import DETECTION_COLUMNS
+
     config = _new_config(PYTHON_MODEL, detection.triton, python_instance_kind(detection.device))
     config.backend = "python"
     height, width = detection.input_size
