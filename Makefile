@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
+# Test workers: two pay on a 2-core machine (the Triton tests mostly wait on their server).
+TEST_WORKERS ?= 2
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint ffmpeg clean
 
 $(BIN)/reidctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +20,15 @@ install: $(BIN)/reidctl
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
 
-test: install
-	$(BIN)/pytest -q
+# The multi-camera tests serve real streams with FFmpeg's command-line tool (Debian's package).
+ffmpeg:
+	@command -v ffmpeg >/dev/null || { apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; }
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint ffmpeg
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) runs
