@@ -189,7 +189,8 @@ def image_tensorrt_warning(engine_version: str, image: str) -> str | None:
     if image_version is None or same_tensorrt_release(engine_version, image_version):
         return None
     return (f"warning: the engine was built with TensorRT {engine_version}, but {image} has TensorRT {image_version}: "
-            "its Triton cannot load the engine; build it inside that image or pick the image with its TensorRT (--image)")
+            "its Triton cannot load the engine; build it inside that image or pick the image with its TensorRT "
+            "(--image)")
 
 
 def _new_config(name: str, triton, kind: str, batching: bool = True):
