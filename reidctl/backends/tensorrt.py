@@ -1,8 +1,11 @@
 """TensorRT backend: a serialized engine run through named I/O tensors on its own CUDA stream.
 
-Device buffers are torch tensors allocated once for the largest batch of the engine's profile and bound once;
-a smaller batch uses their leading rows. With detection.tensorrt.cuda_graph each batch size is captured once
-as a CUDA graph and replayed. Memory and streams come from torch, so no CUDA Python bindings are needed.
+Device buffers are torch tensors allocated once for the largest batch of the engine's profile; a smaller batch uses
+their leading rows. With detection.tensorrt.cuda_graph each batch size gets its own execution context, set to that
+shape once and captured once as a CUDA graph (a graph replays its context's kernels, so a captured context is never
+re-shaped); the contexts share one block of activation memory, as they run one after another on one stream. Without
+CUDA graphs one context is re-shaped as batch sizes change. Memory and streams come from torch, so no CUDA Python
+bindings are needed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,47 @@ from reidctl.export.tensorrt import (
     torch_dtype,
 )
 
+SHARED_CONTEXT = 0  # the key of the one context that serves every batch size without CUDA graphs
+
+
+class ExecutionPlan:
+    """Which execution context runs a batch and when to capture it: pure bookkeeping, tested without TensorRT.
+
+    With CUDA graphs, context ``rows`` serves batches of ``rows`` frames only and is captured on its first run.
+    When a capture fails, graphs are off for good and one shared context serves every batch size.
+    """
+
+    def __init__(self, cuda_graphs: bool):
+        self.cuda_graphs = cuda_graphs
+        self.captured: set[int] = set()
+
+    def context_key(self, rows: int) -> int:
+        return rows if self.cuda_graphs else SHARED_CONTEXT
+
+    def needs_capture(self, rows: int) -> bool:
+        return self.cuda_graphs and rows not in self.captured
+
+    def mark_captured(self, rows: int) -> None:
+        self.captured.add(rows)
+
+    def disable_graphs(self, reason: str) -> str | None:
+        """Turn CUDA graphs off; the warning to show, only the first time."""
+        if not self.cuda_graphs:
+            return None
+        self.cuda_graphs = False
+        self.captured.clear()
+        return f"warning: CUDA graph capture of the TensorRT engine failed ({reason}); running without CUDA graphs"
+
+
+def capture_failure(enqueued: bool, capture_error: str | None, tensorrt_error: str) -> str | None:
+    """Why a captured graph is unusable, or None when it is good. TensorRT returns False from ``execute_async_v3``
+    while capturing an engine with operations a CUDA graph cannot hold; the capture itself may also fail."""
+    if capture_error:
+        return capture_error
+    if not enqueued:
+        return tensorrt_error
+    return None
+
 
 class TensorRTRunner(Runner):
     name = "tensorrt"
@@ -42,7 +86,11 @@ class TensorRTRunner(Runner):
         self.decoded = decoded
         self.warn = warn
         self.tensorrt_version = trt.__version__
-        self.logger = collecting_logger(trt)
+        self.logger = collecting_logger(trt, warn)
+        self.plan = ExecutionPlan(cuda_graph)
+        self._contexts: dict[int, object] = {}
+        self._context_rows: dict[int, int] = {}
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         with torch.cuda.device(device):
             self.runtime = trt.Runtime(self.logger)  # kept: the runtime must outlive its engines
             self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
@@ -66,22 +114,66 @@ class TensorRTRunner(Runner):
             self.input_dtype = torch_dtype(self.engine.get_tensor_dtype(self.input_name))
             # An fp16 engine built from an fp32 graph (TensorRT 10) still takes fp32 input: the sidecar knows.
             self.precision = precision or ("fp16" if self.input_dtype == torch.float16 else "fp32")
-            self.context = self.engine.create_execution_context()
+            # TensorRT's activation memory is its own allocation, outside torch's counters unless shared from torch.
+            memory = getattr(self.engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
+            self._engine_memory = int(memory if memory is not None else self.engine.device_memory_size)
+            self._user_managed = self._user_managed_strategy(trt)
+            self._activations = (torch.empty(self._engine_memory, dtype=torch.uint8, device=device)
+                                 if self._user_managed is not None else None)
             full_shape = (self.max_batch, *shape[1:])
-            self.context.set_input_shape(self.input_name, full_shape)
-            self._shape_batch = self.max_batch
-            output_shape = tuple(self.context.get_tensor_shape(self.output_name))
-            output_dtype = torch_dtype(self.engine.get_tensor_dtype(self.output_name))
             self.input_buffer = torch.empty(full_shape, dtype=self.input_dtype, device=device)
+            first = self._new_context()  # sized for the largest batch: its output shape sizes the output buffer
+            self._set_rows(first, self.max_batch)
+            output_shape = tuple(first.get_tensor_shape(self.output_name))
+            output_dtype = torch_dtype(self.engine.get_tensor_dtype(self.output_name))
             self.output_buffer = torch.empty(output_shape, dtype=output_dtype, device=device)
-            self.context.set_tensor_address(self.input_name, self.input_buffer.data_ptr())
-            self.context.set_tensor_address(self.output_name, self.output_buffer.data_ptr())
+            self._bind(first)
+            key = self.plan.context_key(self.max_batch)
+            self._contexts[key], self._context_rows[key] = first, self.max_batch
             self.stream = torch.cuda.Stream(device)
-        self.use_cuda_graph = cuda_graph
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        # TensorRT's activation memory is its own allocation, outside torch's counters.
-        memory = getattr(self.engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
-        self._engine_memory = int(memory if memory is not None else self.engine.device_memory_size)
+
+    def _user_managed_strategy(self, trt):
+        """TensorRT's USER_MANAGED allocation strategy when this version has it (10.1+: contexts then share one
+        activation block), else None (each context allocates its own)."""
+        strategies = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        if strategies is None or not hasattr(trt.IExecutionContext, "set_device_memory") or self._engine_memory == 0:
+            return None
+        return strategies.USER_MANAGED
+
+    def _new_context(self):
+        if self._user_managed is not None:
+            context = self.engine.create_execution_context(self._user_managed)
+            if context is not None:
+                context.set_device_memory(self._activations.data_ptr(), self._activations.numel())
+        else:
+            context = self.engine.create_execution_context()
+        if context is None:
+            raise ReidctlError(f"TensorRT cannot create an execution context for {self.engine_path}: "
+                               f"{self.logger.last_error()} (is the GPU out of memory?)")
+        return context
+
+    def _bind(self, context) -> None:
+        context.set_tensor_address(self.input_name, self.input_buffer.data_ptr())
+        context.set_tensor_address(self.output_name, self.output_buffer.data_ptr())
+
+    def _set_rows(self, context, rows: int) -> None:
+        shape = (rows, *self.input_buffer.shape[1:])
+        if not context.set_input_shape(self.input_name, shape):
+            raise ReidctlError(f"TensorRT refused input shape {list(shape)} for {self.engine_path}: "
+                               f"{self.logger.last_error()}")
+
+    def _context(self, rows: int):
+        """The context for a batch of ``rows``, created and shaped on first use, re-shaped only when shared."""
+        key = self.plan.context_key(rows)
+        context = self._contexts.get(key)
+        if context is None:
+            context = self._new_context()
+            self._bind(context)
+            self._contexts[key] = context
+        if self._context_rows.get(key) != rows:
+            self._set_rows(context, rows)
+            self._context_rows[key] = rows
+        return context
 
     def describe(self) -> dict:
         return {
@@ -91,34 +183,55 @@ class TensorRTRunner(Runner):
             "precision": self.precision,
             "tensorrt": self.tensorrt_version,
             "batch": f"{self.min_batch}-{self.max_batch}",
-            "cuda_graph": self.use_cuda_graph,
+            "cuda_graph": self.plan.cuda_graphs,
         }
 
     def peak_memory_bytes(self) -> int | None:
-        return torch.cuda.max_memory_allocated(self.device) + self._engine_memory
+        own_blocks = 0 if self._activations is not None else len(self._contexts)  # shared: torch counts it
+        return torch.cuda.max_memory_allocated(self.device) + own_blocks * self._engine_memory
 
-    def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+    def _enqueue(self, context) -> None:
+        if not context.execute_async_v3(self.stream.cuda_stream):
             raise ReidctlError(f"TensorRT inference failed: {self.logger.last_error()}")
 
-    def _graph_for(self, rows: int) -> torch.cuda.CUDAGraph | None:
-        """The CUDA graph for ``rows``, captured on first use; None if capture is impossible (then run plainly)."""
-        if rows in self._graphs:
-            return self._graphs[rows]
+    def _capture(self, rows: int, context) -> torch.cuda.CUDAGraph | None:
+        """Capture ``context`` as the graph for ``rows``; None (graphs turned off, said once) if that fails."""
         # One plain run first: TensorRT does its shape-dependent setup on the first enqueue, outside any capture.
-        self._enqueue()
+        self._enqueue(context)
         self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
+        enqueued, capture_error = False, None
         try:
             with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-                self._enqueue()
-        except RuntimeError as exc:
-            self.use_cuda_graph = False
-            self.warn(f"warning: CUDA graph capture of the TensorRT engine failed ({first_line(exc)}); "
-                      "running without CUDA graphs")
-            return None
-        self._graphs[rows] = graph
-        return graph
+                enqueued = context.execute_async_v3(self.stream.cuda_stream)
+        except RuntimeError as exc:  # the capture itself failed (CUDA left it invalidated)
+            capture_error = first_line(exc)
+        reason = capture_failure(enqueued, capture_error, self.logger.last_error())
+        if reason is None:
+            self.plan.mark_captured(rows)
+            self._graphs[rows] = graph
+            return graph
+        warning = self.plan.disable_graphs(reason)
+        if warning:
+            self.warn(warning)
+        self._drop_graph_contexts()
+        return None
+
+    def _drop_graph_contexts(self) -> None:
+        """After graphs are turned off: free the graphs and the per-size contexts; one shared context remains."""
+        self.stream.synchronize()
+        self._graphs.clear()
+        for key in [k for k in self._contexts if k != SHARED_CONTEXT]:
+            del self._contexts[key], self._context_rows[key]
+
+    def _run(self, rows: int) -> None:
+        if self.plan.cuda_graphs:
+            context = self._context(rows)
+            graph = self._capture(rows, context) if self.plan.needs_capture(rows) else self._graphs[rows]
+            if graph is not None:
+                graph.replay()
+                return
+        self._enqueue(self._context(rows))
 
     def _execute(self, chunk: torch.Tensor) -> torch.Tensor:
         rows = len(chunk)
@@ -126,14 +239,7 @@ class TensorRTRunner(Runner):
         self.stream.wait_stream(caller_stream)  # the chunk was produced on the caller's stream
         with torch.cuda.stream(self.stream):
             self.input_buffer[:rows].copy_(chunk, non_blocking=True)
-            if rows != self._shape_batch:
-                self.context.set_input_shape(self.input_name, (rows, *self.input_buffer.shape[1:]))
-                self._shape_batch = rows
-            graph = self._graph_for(rows) if self.use_cuda_graph else None
-            if graph is not None:
-                graph.replay()
-            else:
-                self._enqueue()
+            self._run(rows)
         caller_stream.wait_stream(self.stream)
         return self.output_buffer[:rows].clone()  # on the caller's stream; the buffer is reused by the next call
 
@@ -142,7 +248,8 @@ class TensorRTRunner(Runner):
 
     def close(self) -> None:
         self._graphs.clear()
-        for name in ("context", "engine", "runtime", "input_buffer", "output_buffer"):
+        self._contexts.clear()
+        for name in ("engine", "runtime", "input_buffer", "output_buffer", "_activations"):
             if hasattr(self, name):
                 delattr(self, name)
 
@@ -161,8 +268,7 @@ def make_runner(config, warn=print_warning) -> TensorRTRunner:
         warn(f"warning: {sidecar_path(engine_path)} is missing: cannot check that the engine was built for this GPU "
              "and TensorRT version")
     else:
-        for warning in check_engine_compatibility(sidecar, current_platform(trt.__version__, device), engine_path):
-            warn(warning)
+        check_engine_compatibility(sidecar, current_platform(trt.__version__, device), engine_path)
     metadata = None
     if sidecar and sidecar.get("metadata"):
         metadata = OnnxMetadata.from_dict(sidecar["metadata"], sidecar_path(engine_path))

@@ -164,9 +164,10 @@ def current_platform(tensorrt_version: str, device: torch.device) -> dict:
     return {"tensorrt_version": tensorrt_version, "gpu": gpu_description(device)}
 
 
-def check_engine_compatibility(sidecar: dict, current: dict, engine_path: Path | str) -> list[str]:
-    """Raise if the engine cannot run here; return warnings for what only costs speed (another GPU model of the
-    same architecture). ``current`` is ``current_platform(...)``."""
+def check_engine_compatibility(sidecar: dict, current: dict, engine_path: Path | str) -> None:
+    """Raise unless the engine was built by this TensorRT version on this GPU model. ``current`` is
+    ``current_platform(...)``. NVIDIA ties an engine to the exact GPU model it was built on (TensorRT itself only
+    warns for another model of the same compute capability), so another model is refused like another architecture."""
     try:
         built_version = sidecar["tensorrt_version"]
         built_gpu = sidecar["gpu"]["name"]
@@ -180,33 +181,110 @@ def check_engine_compatibility(sidecar: dict, current: dict, engine_path: Path |
             f"{engine_path} was built with TensorRT {built_version}, this machine has TensorRT "
             f"{current['tensorrt_version']}: {REBUILD_HINT}"
         )
-    if built_cc != gpu["compute_capability"]:
+    if built_cc != gpu["compute_capability"] or built_gpu != gpu["name"]:
         raise ReidctlError(
             f"{engine_path} was built for {built_gpu} (compute capability {built_cc}), this GPU is {gpu['name']} "
             f"(compute capability {gpu['compute_capability']}): {REBUILD_HINT}"
         )
-    if built_gpu != gpu["name"]:
-        return [f"warning: {engine_path} was built on {built_gpu}, this GPU is {gpu['name']} (same compute capability "
-                f"{built_cc}): it runs, but its kernels were tuned for the other GPU; {REBUILD_HINT} for full speed"]
-    return []
 
 
-def collecting_logger(trt):
-    """A tensorrt.ILogger that keeps errors, so a failure surfaces as one line instead of a log dump."""
+class TensorRTLog:
+    """What reidctl keeps of TensorRT's log: errors, for the one-line message of a failed call; each distinct warning,
+    passed once to ``warn``; VERBOSE and INFO are dropped first thing (TensorRT calls the logger for every message)."""
+
+    DROPPED = frozenset({"VERBOSE", "INFO"})
+
+    def __init__(self, warn: Callable[[str], None]):
+        self.warn = warn
+        self.errors: list[str] = []
+        self._warned: set[str] = set()
+
+    def add(self, severity: str, message: str) -> None:
+        """``severity``: the name of TensorRT's ``ILogger.Severity`` (INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE)."""
+        if severity in self.DROPPED:
+            return
+        line = first_line(str(message))
+        if severity == "WARNING":
+            if line and line not in self._warned:
+                self._warned.add(line)
+                self.warn(f"warning: TensorRT: {line}")
+            return
+        self.errors.append(line or "unknown error")
+
+    def last_error(self) -> str:
+        return self.errors[-1] if self.errors else "no error message from TensorRT"
+
+
+def collecting_logger(trt, warn: Callable[[str], None]):
+    """A tensorrt.ILogger that feeds a TensorRTLog (``.last_error()`` for one-line failures)."""
 
     class CollectingLogger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
-            self.errors: list[str] = []
+            self.record = TensorRTLog(warn)
 
         def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(first_line(str(msg)) or "unknown error")
+            self.record.add(severity.name, msg)
 
         def last_error(self) -> str:
-            return self.errors[-1] if self.errors else "no error message from TensorRT"
+            return self.record.last_error()
 
     return CollectingLogger()
+
+
+def read_timing_cache(path: Path) -> tuple[bytes, str | None]:
+    """The bytes to seed the builder's timing cache with (empty: start a fresh one), and a warning when ``path``
+    exists but cannot be read."""
+    if not path.exists():
+        return b"", None
+    try:
+        return path.read_bytes(), None
+    except OSError as exc:
+        return b"", fresh_timing_cache_warning(path, exc.strerror or first_line(exc))
+
+
+def fresh_timing_cache_warning(path: Path, reason: str) -> str:
+    return (f"warning: timing cache {path} cannot be used ({reason}); building with a fresh cache, "
+            "which replaces it afterwards")
+
+
+def attach_timing_cache(config, path: Path, warn: Callable[[str], None]) -> None:
+    """Give the builder ``path``'s timing cache, or a fresh one when it cannot be read or TensorRT will not take it
+    (another TensorRT version or GPU: TensorRT refuses a mismatched cache unless told to ignore the mismatch, and
+    NVIDIA warns that mixing devices' timings can give wrong or slow engines)."""
+    data, warning = read_timing_cache(path)
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return
+        warning = fresh_timing_cache_warning(path, "written by another TensorRT version or GPU, or damaged")
+    if warning:
+        warn(warning)
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        warn("warning: TensorRT did not accept an empty timing cache; building without one")
+
+
+def save_timing_cache(config, path: Path, warn: Callable[[str], None]) -> None:
+    """Write the builder's timing cache to ``path``, merged with what ``path`` holds now (another build may have
+    added to it meanwhile; TensorRT merges only timings of this version and GPU). A failure here is a warning: the
+    engine is already written."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        warn(f"warning: TensorRT returned no timing cache: {path} not updated")
+        return
+    data, _ = read_timing_cache(path)
+    previous = config.create_timing_cache(data) if data else None
+    if previous is not None:
+        cache.combine(previous, False)
+    serialized = cache.serialize()
+    if serialized is None:
+        warn(f"warning: TensorRT could not serialize the timing cache: {path} not updated")
+        return
+    try:
+        with atomic_path(path) as cache_tmp:
+            cache_tmp.write_bytes(bytes(serialized))
+    except (OSError, ReidctlError) as exc:
+        warn(f"warning: timing cache {path} not updated: {first_line(exc)}")
 
 
 def _progress_monitor(trt, progress: Progress):
@@ -276,6 +354,8 @@ def build_engine(
         raise ReidctlError(f"workspace must be at least 1 MiB, got {workspace_mib}")
     profile = batch_profile(info.batch, min_batch, opt_batch, max_batch)
     ensure_writable_dir(engine_path.parent)  # fail before a build that can take minutes
+    if timing_cache:
+        ensure_writable_dir(timing_cache.parent)
     trt = import_tensorrt()
     if not torch.cuda.is_available():
         raise BackendUnavailable(NO_GPU_REASON)
@@ -283,7 +363,7 @@ def build_engine(
     device = torch.device("cuda", torch.cuda.current_device())
     started = time.perf_counter()
 
-    logger = collecting_logger(trt)
+    logger = collecting_logger(trt, warn)
     builder = trt.Builder(logger)
     flags = 0
     strongly_typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -304,9 +384,8 @@ def build_engine(
         height, width = info.input_size
         optimization_profile.set_shape(info.input_name, *[(b, 3, height, width) for b in profile])
         config.add_optimization_profile(optimization_profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
     if timing_cache:
-        config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+        attach_timing_cache(config, timing_cache, warn)
 
     columns = [SpinnerColumn(), TextColumn("[bold]build-engine"), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn()]
@@ -336,6 +415,5 @@ def build_engine(
             f.write(serialized)
         sidecar_tmp.write_text(json.dumps(sidecar, indent=2))
     if timing_cache:
-        with atomic_path(timing_cache) as cache_tmp, open(cache_tmp, "wb") as f:
-            f.write(config.get_timing_cache().serialize())
+        save_timing_cache(config, timing_cache, warn)
     return BuildResult(engine_path, engine_path.stat().st_size, sidecar, time.perf_counter() - started)

@@ -31,10 +31,28 @@ TENSORRT_MODEL = "bytetrack_tensorrt"
 PYTHON_INPUT = "frames"
 PYTHON_OUTPUT = "detections"
 PYTHON_COUNT_OUTPUT = "num_detections"
-TENSORRT_INPUT = "images"
-TENSORRT_OUTPUT = "output"
 # Triton 2.51 is the release that nvidia-pytriton 0.7.0 bundles: the container serves the same server version.
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+NGC_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:"
+# The TensorRT inside NGC Triton images, by tag, as NVIDIA's release compatibility matrix lists it
+# (triton-inference-server/server, docs/introduction/compatibility.md). That table covers the trtllm-python-py3
+# images only; the plain py3 images' TensorRT is not listed there, so no claim is made about them.
+NGC_IMAGE_TENSORRT = {
+    "26.07-trtllm-python-py3": "10.14.1.48", "26.06-trtllm-python-py3": "10.14.1.48",
+    "26.05-trtllm-python-py3": "10.14.1.48", "26.04-trtllm-python-py3": "10.14.1.48",
+    "26.03-trtllm-python-py3": "10.14.1.48", "26.02-trtllm-python-py3": "10.13.3.9",
+    "26.01-trtllm-python-py3": "10.13.3.9", "25.12-trtllm-python-py3": "10.13.3.9",
+    "25.11-trtllm-python-py3": "10.13.3.9", "25.10-trtllm-python-py3": "10.11.0.33",
+    "25.09-trtllm-python-py3": "10.11.0.33", "25.08-trtllm-python-py3": "10.11.0.33",
+    "25.07-trtllm-python-py3": "10.10.0.31", "25.06-trtllm-python-py3": "10.10.0.31",
+    "25.05-trtllm-python-py3": "10.9.0.34", "25.04-trtllm-python-py3": "10.9.0.34",
+    "25.03-trtllm-python-py3": "10.9.0.34", "25.02-trtllm-python-py3": "10.8.0.43",
+    "25.01-trtllm-python-py3": "10.8.0.43", "24.12-trtllm-python-py3": "10.7.0",
+    "24.11-trtllm-python-py3": "10.6.0", "24.10-trtllm-python-py3": "10.4.0",
+    "24.09-trtllm-python-py3": "10.4.0", "24.08-trtllm-python-py3": "10.3.0",
+    "24.07-trtllm-python-py3": "10.1.0", "24.06-trtllm-python-py3": "10.0.1",
+    "24.05-trtllm-python-py3": "10.0.1.6",
+}  # fmt: skip
 CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 TEMPLATE_DIR = Path(reidctl.__file__).resolve().parents[1] / "model_repository"
@@ -62,7 +80,7 @@ def _model_config_pb2():
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One model input or output as Triton declares it: dims without the batch dimension."""
+    """One model input or output as Triton declares it: dims without the batch dimension when Triton batches."""
 
     name: str
     dims: tuple[int, ...]
@@ -75,21 +93,6 @@ class WrittenFile:
     what: str
 
 
-def anchor_count(test_size: tuple[int, int]) -> int:
-    from reidctl.models.yolox import STRIDES  # torch: imported where used, so `reidctl --help` stays light
-
-    return sum((test_size[0] // s) * (test_size[1] // s) for s in STRIDES)
-
-
-def model_num_classes(detection: DetectionConfig) -> int:
-    """Class count of the configured model: from the checkpoint when there is one, else from model_type."""
-    from reidctl.models.checkpoint import read_state_dict, resolve_spec
-
-    path = Path(detection.model_path) if detection.model_path else None
-    state = read_state_dict(path) if path is not None else None
-    return resolve_spec(detection.model_type, detection.num_classes, state, path or "checkpoint").num_classes
-
-
 def triton_dtype(value, where: str) -> str:
     name = str(value).lower().removeprefix("type_").removeprefix("datatype.").removeprefix("torch.")
     if name not in _DTYPE_ALIASES:
@@ -98,7 +101,7 @@ def triton_dtype(value, where: str) -> str:
 
 
 def _sidecar_tensors(sidecar: Path, data: dict, key: str, rank: int) -> list[TensorSpec]:
-    """Tensors of an engine's JSON sidecar; shapes may carry TensorRT's batch dimension first (dropped)."""
+    """Tensors of an engine's JSON sidecar with TensorRT's full shapes, batch dimension first (-1: dynamic)."""
     entries = data.get(key)
     if not isinstance(entries, list) or not entries:
         raise ReidctlError(f"{sidecar}: key '{key}' must be a non-empty list of {{name, shape, dtype}}")
@@ -107,38 +110,96 @@ def _sidecar_tensors(sidecar: Path, data: dict, key: str, rank: int) -> list[Ten
         where = f"{sidecar}: {key}[{i}]"
         if not isinstance(entry, dict) or not {"name", "shape", "dtype"} <= entry.keys():
             raise ReidctlError(f"{where} must have name, shape and dtype")
-        shape = [d if isinstance(d, int) else -1 for d in entry["shape"]]
-        if len(shape) == rank + 1:
-            shape = shape[1:]
-        elif len(shape) != rank:
-            raise ReidctlError(f"{where}: shape {entry['shape']} has neither {rank} dims nor a batch dim plus {rank}")
-        tensors.append(TensorSpec(str(entry["name"]), tuple(shape), triton_dtype(entry["dtype"], where)))
+        if not isinstance(entry["shape"], list) or len(entry["shape"]) != rank + 1:
+            raise ReidctlError(f"{where}: shape {entry['shape']} must have {rank + 1} dims, the batch first")
+        shape = tuple(d if isinstance(d, int) else -1 for d in entry["shape"])
+        tensors.append(TensorSpec(str(entry["name"]), shape, triton_dtype(entry["dtype"], where)))
     return tensors
 
 
-def engine_io(engine: Path, detection: DetectionConfig, num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec], str]:
-    """The TensorRT model's inputs and outputs: from ``<engine>.json`` when present, else reidctl's export defaults."""
-    sidecar = Path(f"{engine}.json")
-    if sidecar.is_file():
-        try:
-            data = json.loads(sidecar.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ReidctlError(f"{sidecar} is not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ReidctlError(f"{sidecar} must hold a JSON object")
-        return _sidecar_tensors(sidecar, data, "inputs", 3), _sidecar_tensors(sidecar, data, "outputs", 2), str(sidecar)
-    dtype = "FP16" if detection.tensorrt.fp16 else "FP32"
-    height, width = detection.input_size
-    inputs = [TensorSpec(TENSORRT_INPUT, (3, height, width), dtype)]
-    outputs = [TensorSpec(TENSORRT_OUTPUT, (anchor_count((height, width)), 5 + num_classes), dtype)]
-    return inputs, outputs, "defaults (no engine sidecar)"
+@dataclass(frozen=True)
+class TensorRTModelIO:
+    """What config.pbtxt says about the TensorRT model. No tensors: Triton completes them from the engine."""
+
+    max_batch_size: int  # 0: a fixed-batch engine, served without Triton's batching
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    source: str
 
 
-def _new_config(name: str, triton, kind: str):
+def _profile_batches(sidecar: Path, data: dict) -> tuple[int, int]:
+    profile = data.get("profile")
+    batches = (profile.get("min_batch"), profile.get("max_batch")) if isinstance(profile, dict) else (None, None)
+    if not all(isinstance(b, int) and b >= 1 for b in batches):
+        raise ReidctlError(f"{sidecar}: key 'profile' must hold min_batch and max_batch: "
+                           "rebuild the engine (reidctl build-engine)")
+    return batches
+
+
+def check_profile_fits(triton, profile: tuple[int, int], sidecar: Path) -> None:
+    """Refuse a Triton batch setting the engine's optimization profile cannot serve (Triton would refuse the model:
+    its max_batch_size may not exceed the profile's, and it sends batches of any size from 1)."""
+    min_batch, max_batch = profile
+    if min_batch > 1:
+        raise ReidctlError(
+            f"the engine's profile starts at batch {min_batch} ({sidecar}), but Triton sends batches from 1: "
+            f"rebuild it with `reidctl build-engine --min-batch 1 --max-batch {max(max_batch, triton.max_batch_size)}`"
+        )
+    if triton.max_batch_size <= max_batch:
+        return
+    fits = all(size <= max_batch for size in triton.preferred_batch_sizes)
+    lower = (f"`reidctl setup-triton --max-batch-size {max_batch}`" if fits else
+             f"detection.triton.max_batch_size and preferred_batch_sizes at most {max_batch}")
+    raise ReidctlError(
+        f"Triton max_batch_size {triton.max_batch_size} exceeds the engine's largest batch {max_batch} ({sidecar}): "
+        f"rebuild it with `reidctl build-engine --max-batch {triton.max_batch_size}` or use {lower}"
+    )
+
+
+def tensorrt_model_io(sidecar_data: dict | None, sidecar: Path, triton) -> TensorRTModelIO:
+    """The TensorRT model's batch size and tensors for config.pbtxt, from the engine's sidecar. Without one,
+    dims and types are left to Triton, which reads them from the engine (an engine built with --fp16 by TensorRT 10
+    keeps fp32 I/O, so guessing from the config would be wrong)."""
+    if sidecar_data is None:
+        return TensorRTModelIO(triton.max_batch_size, [], [], "completed by Triton from the engine (no sidecar)")
+    inputs = _sidecar_tensors(sidecar, sidecar_data, "inputs", 3)
+    outputs = _sidecar_tensors(sidecar, sidecar_data, "outputs", 2)
+    if inputs[0].dims[0] != -1:  # a fixed-batch engine: Triton passes each request through whole
+        return TensorRTModelIO(0, inputs, outputs, f"{sidecar} (fixed batch {inputs[0].dims[0]})")
+    check_profile_fits(triton, _profile_batches(sidecar, sidecar_data), sidecar)
+    return TensorRTModelIO(triton.max_batch_size, _without_batch(inputs), _without_batch(outputs), str(sidecar))
+
+
+def _without_batch(tensors: list[TensorSpec]) -> list[TensorSpec]:
+    return [TensorSpec(t.name, t.dims[1:], t.data_type) for t in tensors]
+
+
+def same_tensorrt_release(a: str, b: str) -> bool:
+    """Whether two TensorRT versions are one release (a table's "10.4.0" matches an engine's "10.4.0.26")."""
+    a_parts, b_parts = a.split("."), b.split(".")
+    common = min(len(a_parts), len(b_parts), 3)
+    return a_parts[:common] == b_parts[:common]
+
+
+def image_tensorrt_warning(engine_version: str, image: str) -> str | None:
+    """A warning when the NGC image's TensorRT is known and differs from the engine's (the image cannot load it)."""
+    tag = image.removeprefix(NGC_TRITON_IMAGE) if image.startswith(NGC_TRITON_IMAGE) else None
+    image_version = NGC_IMAGE_TENSORRT.get(tag) if tag else None
+    if image_version is None or same_tensorrt_release(engine_version, image_version):
+        return None
+    return (f"warning: the engine was built with TensorRT {engine_version}, but {image} has TensorRT {image_version}: "
+            "its Triton cannot load the engine; build it inside that image or pick the image with its TensorRT "
+            "(--image)")
+
+
+def _new_config(name: str, triton, kind: str, batching: bool = True):
+    """A model config with the instance group and, if ``batching``, Triton's dynamic batcher (else max_batch_size 0:
+    Triton allows no preferred batch size above max_batch_size)."""
     pb = _model_config_pb2()
-    config = pb.ModelConfig(name=name, max_batch_size=triton.max_batch_size)
-    config.dynamic_batching.preferred_batch_size.extend(triton.preferred_batch_sizes)
-    config.dynamic_batching.max_queue_delay_microseconds = round(triton.max_queue_delay_ms * 1000)
+    config = pb.ModelConfig(name=name, max_batch_size=triton.max_batch_size if batching else 0)
+    if batching:
+        config.dynamic_batching.preferred_batch_size.extend(triton.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = round(triton.max_queue_delay_ms * 1000)
     group = config.instance_group.add()
     group.count = triton.instances
     group.kind = pb.ModelInstanceGroup.Kind.Value(f"KIND_{kind}")
@@ -167,11 +228,11 @@ def check_batching(triton) -> None:
         )
 
 
-def tensorrt_model_config(detection: DetectionConfig, inputs: list[TensorSpec], outputs: list[TensorSpec]):
-    config = _new_config(TENSORRT_MODEL, detection.triton, "GPU")
+def tensorrt_model_config(detection: DetectionConfig, io: TensorRTModelIO):
+    config = _new_config(TENSORRT_MODEL, detection.triton, "GPU", batching=io.max_batch_size > 0)
     config.platform = "tensorrt_plan"
-    _add_tensors(config.input, inputs)
-    _add_tensors(config.output, outputs)
+    _add_tensors(config.input, io.inputs)
+    _add_tensors(config.output, io.outputs)
     config.optimization.cuda.graphs = detection.tensorrt.cuda_graph
     return config
 
@@ -296,14 +357,20 @@ def write_repository(
         raise ReidctlError(f"the python model source is missing: {PYTHON_MODEL_SOURCE} (reinstall reidctl from its repository)")
     repository = Path(repository)
     ensure_writable_dir(repository)
-    num_classes = model_num_classes(detection)
+    from reidctl.export.tensorrt import read_sidecar, sidecar_path
+
     engine = Path(engine or detection.tensorrt.engine_path)
-    inputs, outputs, io_source = engine_io(engine, detection, num_classes)
+    sidecar = read_sidecar(engine)
+    io = tensorrt_model_io(sidecar, sidecar_path(engine), detection.triton)
+    if sidecar is not None and isinstance(sidecar.get("tensorrt_version"), str):
+        mismatch = image_tensorrt_warning(sidecar["tensorrt_version"], image)
+        if mismatch:
+            warn(mismatch)
     written = []
 
     trt_dir = repository / TENSORRT_MODEL
-    write_text_atomic(trt_dir / "config.pbtxt", render(tensorrt_model_config(detection, inputs, outputs)))
-    written.append(WrittenFile(trt_dir / "config.pbtxt", f"TensorRT model config (I/O: {io_source})"))
+    write_text_atomic(trt_dir / "config.pbtxt", render(tensorrt_model_config(detection, io)))
+    written.append(WrittenFile(trt_dir / "config.pbtxt", f"TensorRT model config (I/O: {io.source})"))
     if engine.is_file():
         _copy_atomic(engine, trt_dir / "1" / "model.plan")
         written.append(WrittenFile(trt_dir / "1" / "model.plan", f"engine copied from {engine}"))

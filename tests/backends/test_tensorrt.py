@@ -1,5 +1,6 @@
-"""TensorRT: the pure parts (precision plan, profile, sidecar, compatibility check) everywhere, the CLI's errors
-without TensorRT, and real engine builds and runs where TensorRT and a GPU exist."""
+"""TensorRT: the pure parts (precision plan, profile, sidecar, compatibility check, log triage, timing-cache
+reading, which context runs a batch, capture failures) everywhere, the CLI's errors without TensorRT, and real
+engine builds and runs where TensorRT and a GPU exist."""
 
 import importlib.util
 import json
@@ -18,11 +19,14 @@ from reidctl.export.onnx import read_onnx
 from reidctl.export.tensorrt import (
     NO_GPU_REASON,
     TENSORRT_INSTALL_HINT,
+    TensorRTLog,
     batch_profile,
     check_engine_compatibility,
+    import_tensorrt,
     make_sidecar,
     plan_precision,
     read_sidecar,
+    read_timing_cache,
     sidecar_path,
     tensorrt_unavailable_reason,
 )
@@ -48,15 +52,18 @@ def platform(version="10.8.0", name="NVIDIA H100 80GB HBM3", cc="9.0"):
 
 def test_compatibility_check():
     built = platform()
-    assert check_engine_compatibility(built, platform(), "e.trt") == []
+    check_engine_compatibility(built, platform(), "e.trt")  # same TensorRT, same GPU model: runs
     other_gpu = r"e.trt was built for NVIDIA H100 80GB HBM3 \(compute capability 9.0\), this GPU is NVIDIA A10 " \
                 r"\(compute capability 8.6\): rebuild the engine on this GPU"
     with pytest.raises(ReidctlError, match=other_gpu):
         check_engine_compatibility(built, platform(name="NVIDIA A10", cc="8.6"), "e.trt")
     with pytest.raises(ReidctlError, match=r"TensorRT 10.8.0, this machine has TensorRT 11.4.0: rebuild the engine"):
         check_engine_compatibility(built, platform(version="11.4.0"), "e.trt")
-    (warning,) = check_engine_compatibility(built, platform(name="NVIDIA H100 PCIe"), "e.trt")
-    assert "same compute capability 9.0" in warning and "rebuild the engine on this GPU" in warning
+    # Another GPU model of the same architecture is refused too, as the README says: engines are tuned per model.
+    same_architecture = r"built for NVIDIA H100 80GB HBM3 \(compute capability 9.0\), this GPU is NVIDIA H100 PCIe " \
+                        r"\(compute capability 9.0\): rebuild the engine on this GPU"
+    with pytest.raises(ReidctlError, match=same_architecture):
+        check_engine_compatibility(built, platform(name="NVIDIA H100 PCIe"), "e.trt")
     with pytest.raises(ReidctlError, match="lacks the TensorRT version or GPU"):
         check_engine_compatibility({"tensorrt_version": "10.8.0"}, platform(), "e.trt")
 
@@ -105,11 +112,75 @@ def test_sidecar_round_trip(tmp_path, onnx_fp32):
     assert loaded["profile"] == {"min_batch": 1, "opt_batch": 4, "max_batch": 8}
     assert loaded["metadata"]["decoded"] is True and loaded["metadata"]["input_size"] == [128, 160]
     assert loaded["onnx"]["sha256"] == "ab" * 32 and loaded["onnx"]["opset"] == 11
-    assert check_engine_compatibility(loaded, platform(version="10.8.0"), engine) == []
+    check_engine_compatibility(loaded, platform(version="10.8.0"), engine)
 
     sidecar_path(engine).write_text("{not json")
     with pytest.raises(ReidctlError, match="det.trt.json is not valid JSON: rebuild the engine"):
         read_sidecar(engine)
+
+
+def test_tensorrt_log_keeps_errors_passes_warnings_once_and_drops_chatter():
+    warnings = []
+    log = TensorRTLog(warnings.append)
+    assert log.last_error() == "no error message from TensorRT"
+    log.add("VERBOSE", "Tactic 0x1 took 0.1 ms")
+    log.add("INFO", "Detected 1 inputs and 1 output network tensors.")
+    assert warnings == [] and log.errors == []
+    for _ in range(3):
+        log.add("WARNING", "Using an engine plan file across different models of devices is not recommended.\nmore")
+    log.add("WARNING", "another warning")
+    assert warnings == [
+        "warning: TensorRT: Using an engine plan file across different models of devices is not recommended.",
+        "warning: TensorRT: another warning",
+    ]
+    log.add("ERROR", "IExecutionContext::enqueueV3: Error Code 1: Cask (invalid)\nstack")
+    log.add("INTERNAL_ERROR", "")
+    assert log.errors == ["IExecutionContext::enqueueV3: Error Code 1: Cask (invalid)", "unknown error"]
+    assert log.last_error() == "unknown error"
+
+
+def test_timing_cache_reading(tmp_path):
+    missing = tmp_path / "missing.cache"
+    assert read_timing_cache(missing) == (b"", None)  # no file yet: a fresh cache, no warning
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"\x01\x02cache")
+    assert read_timing_cache(cache) == (b"\x01\x02cache", None)
+    unreadable = tmp_path / "a_directory.cache"
+    unreadable.mkdir()
+    data, warning = read_timing_cache(unreadable)
+    assert data == b""
+    assert warning.startswith(f"warning: timing cache {unreadable} cannot be used (")
+    assert "building with a fresh cache" in warning
+
+
+def test_each_captured_batch_size_gets_its_own_context():
+    plan = trt_backend.ExecutionPlan(cuda_graphs=True)
+    # bench's batched mode alternates batch sizes: never re-shape a context whose graph was captured
+    keys = []
+    for rows in (1, 4, 1, 4, 3):
+        keys.append(plan.context_key(rows))
+        if plan.needs_capture(rows):
+            plan.mark_captured(rows)
+    assert keys == [1, 4, 1, 4, 3] and plan.captured == {1, 3, 4}
+    assert not plan.needs_capture(4)
+
+    warning = plan.disable_graphs("operation not permitted when stream is capturing")
+    assert warning == ("warning: CUDA graph capture of the TensorRT engine failed (operation not permitted when "
+                       "stream is capturing); running without CUDA graphs")
+    assert plan.disable_graphs("again") is None  # said once
+    assert not plan.cuda_graphs and not plan.needs_capture(1)
+    assert {plan.context_key(rows) for rows in (1, 4, 8)} == {trt_backend.SHARED_CONTEXT}
+
+    plain = trt_backend.ExecutionPlan(cuda_graphs=False)
+    assert {plain.context_key(rows) for rows in (1, 2, 16)} == {trt_backend.SHARED_CONTEXT}
+    assert not plain.needs_capture(1) and plain.disable_graphs("x") is None
+
+
+def test_capture_failure_reasons():
+    assert trt_backend.capture_failure(True, None, "no error message from TensorRT") is None
+    # execute_async_v3 returned False while capturing (what trtexec and Triton's backend fall back on)
+    assert trt_backend.capture_failure(False, None, "Cask (not permitted)") == "Cask (not permitted)"
+    assert trt_backend.capture_failure(True, "capture invalidated", "x") == "capture invalidated"
 
 
 @needs_no_tensorrt
@@ -165,7 +236,10 @@ def test_backend_errors_before_tensorrt_is_needed(tmp_path, onnx_fp32):
 
 @pytest.fixture()
 def tensorrt_gpu():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installable on this machine (no NVIDIA index)")
+    try:  # reidctl's own import: a missing wheel (ImportError) and a broken libnvinfer (OSError) both skip
+        trt = import_tensorrt()
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
     if not torch.cuda.is_available():
         pytest.skip(NO_GPU_REASON)
     return trt
@@ -213,11 +287,48 @@ def test_engine_build_and_detect(tmp_path, tensorrt_gpu, nano_checkpoint, frames
         create_detector(config, "tensorrt")
 
 
-def test_workspace_too_small_is_one_line(tmp_path, tensorrt_gpu, onnx_fp32):
+def test_workspace_too_small_is_one_line_or_a_complete_engine(tmp_path, tensorrt_gpu, onnx_fp32):
     engine = tmp_path / "m.trt"
     config = write_config(tmp_path / "config.yaml", None)
     result = invoke("build-engine", "-c", config, "--onnx", onnx_fp32, "-o", engine, "--workspace", "1", "--fp32",
                     "--no-progress")
-    if result.exit_code != 0:  # TensorRT may still find kernels that fit in 1 MiB
+    if result.exit_code == 0:  # TensorRT may find kernels that fit in 1 MiB: then the engine and sidecar are whole
+        assert engine.stat().st_size > 0 and read_sidecar(engine)["workspace_mib"] == 1
+    else:
         assert "TensorRT could not build the engine" in error_line(result)
-        assert not engine.exists()
+        assert not engine.exists() and not sidecar_path(engine).exists()
+
+
+def test_foreign_timing_cache_is_a_warning_and_replaced(tmp_path, tensorrt_gpu, onnx_fp32):
+    from reidctl.export.tensorrt import build_engine
+
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"not a timing cache of this TensorRT and GPU")
+    warnings = []
+    build_engine(onnx_fp32, tmp_path / "m.trt", fp16=False, workspace_mib=1024, min_batch=1, opt_batch=1,
+                 max_batch=2, timing_cache=cache, show_progress=False, warn=warnings.append)
+    assert any(w.startswith(f"warning: timing cache {cache} cannot be used") for w in warnings)
+    assert read_sidecar(tmp_path / "m.trt") is not None
+    assert cache.read_bytes() != b"not a timing cache of this TensorRT and GPU"  # replaced by this GPU's timings
+    warnings.clear()
+    build_engine(onnx_fp32, tmp_path / "m2.trt", fp16=False, workspace_mib=1024, min_batch=1, opt_batch=1,
+                 max_batch=2, timing_cache=cache, show_progress=False, warn=warnings.append)
+    assert not any("timing cache" in w for w in warnings)  # its own cache is taken back without complaint
+
+
+def test_alternating_batch_sizes_replay_their_own_graphs(tmp_path, tensorrt_gpu, nano_checkpoint, frames):
+    from reidctl.engine.detector import create_detector
+    from reidctl.export.tensorrt import build_engine
+
+    onnx_path = export(nano_checkpoint, tmp_path / "m.onnx").path
+    engine = tmp_path / "m.trt"
+    build_engine(onnx_path, engine, fp16=False, workspace_mib=1024, min_batch=1, opt_batch=2, max_batch=4,
+                 show_progress=False)
+    config = gpu_config(onnx_path, engine, nano_checkpoint, cuda_graph=True)
+    with create_detector(config, "tensorrt") as trt_detector, create_detector(config, "onnxruntime") as reference:
+        for count in (1, 4, 1, 4, 2):
+            for got, expected in zip(trt_detector.detect_batch(frames[:count]), reference.detect_batch(frames[:count])):
+                assert_close_detections(got, expected, box_atol=0.1)
+        runner = trt_detector.runner
+        if runner.plan.cuda_graphs:  # captured: one context per batch size seen
+            assert runner.plan.captured == {1, 2, 4} and set(runner._contexts) == {1, 2, 4}

@@ -136,6 +136,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
         "inputs": [{"name": "images", "shape": [-1, 3, 128, 160], "dtype": "float16"}],
         "outputs": [{"name": "output", "shape": [-1, ANCHORS, 6], "dtype": "float16"}],
         "tensorrt_version": "10.9",
+        "profile": {"min_batch": 1, "opt_batch": 4, "max_batch": 4},
     }
     Path(f"{engine}.json").write_text(json.dumps(sidecar))
     triton = {"max_batch_size": 4, "preferred_batch_sizes": [2, 4], "max_queue_delay_ms": 0.25, "http_port": 9100}
@@ -171,7 +172,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == ("nano", list(SMALL_TEST_SIZE), "cpu", True)
     assert (rebuilt.conf_threshold, rebuilt.nms_threshold, rebuilt.compile) == (config.detection.conf_threshold, 0.7, False)
     assert batch_input_bytes(repository, PYTHON_MODEL) == 4 * 128 * 160 * 3  # what the server sizes its shared memory by
-    assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (Path(__file__).parents[1] / "model_repository" / PYTHON_MODEL / "1" / "model.py").read_text()
+    assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (Path(__file__).parents[2] / "model_repository" / PYTHON_MODEL / "1" / "model.py").read_text()
 
     compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
     assert compose["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
@@ -181,13 +182,15 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert f"--load-model={TENSORRT_MODEL}" in compose["command"]
 
 
-def test_defaults_without_sidecar_follow_fp16(tmp_path, nano_checkpoint):
-    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"fp16": False, "engine_path": str(tmp_path / "none.trt")}))
+def test_without_sidecar_triton_completes_the_tensorrt_io(tmp_path, nano_checkpoint):
+    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"fp16": True, "engine_path": str(tmp_path / "none.trt")}))
     warnings = []
     write_repository(config, tmp_path / "repo", warn=warnings.append)
     trt = read_model_config(tmp_path / "repo" / TENSORRT_MODEL / "config.pbtxt")
-    assert [(t.name, list(t.dims), t.data_type) for t in trt.input] == [("images", [3, 128, 160], grpcclient.model_config_pb2.TYPE_FP32)]
-    assert [(t.name, list(t.dims)) for t in trt.output] == [("output", [ANCHORS, 6])]
+    # No dims or types: an fp16 engine built by TensorRT 10 from an fp32 graph keeps fp32 I/O, so guessing from
+    # the config's fp16 would make Triton refuse the model; Triton reads them from the engine instead.
+    assert list(trt.input) == [] and list(trt.output) == []
+    assert trt.max_batch_size == 8 and list(trt.dynamic_batching.preferred_batch_size) == [1, 2, 4, 8]
     assert len(warnings) == 1 and "none.trt not found" in warnings[0]
     assert not (tmp_path / "repo" / TENSORRT_MODEL / "1" / "model.plan").exists()
 
