@@ -29,8 +29,12 @@ from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 TORCH_DTYPES = {"UINT8": torch.uint8, "FP32": torch.float32, "FP16": torch.float16}
-# A request may take this many times the latency a caller measured (allow_latency) before it counts as hung.
-LATENCY_MARGIN = 3.0
+# A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
+# because a closed loop on a busy CPU (client threads and server sharing cores) queues far longer than N x one
+# request (seen here: 8 cameras of 25 ms frames waiting over 0.5 s).
+LATENCY_MARGIN = 10.0
+# The first request may carry the server's one-off costs (first run at this input size, CUDA graph capture).
+FIRST_REQUEST_TIMEOUT = 300.0
 _region_ids = itertools.count()
 
 
@@ -109,6 +113,7 @@ class TritonRunner(Runner):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._closed = False
+        self._answered = False  # until a first request succeeds, requests get FIRST_REQUEST_TIMEOUT
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def check_input_size(self, test_size: tuple[int, int]) -> None:
@@ -204,6 +209,7 @@ class TritonRunner(Runner):
         inputs = self._inputs_for(array)
         outputs = [self._grpc.InferRequestedOutput(name) for name in self.output_names]
         futures: list[Future] = []
+        timeout = self.timeout if self._answered else max(self.timeout, FIRST_REQUEST_TIMEOUT)
         # Chunks of a large batch go out together, at most max_in_flight at a time, so the batcher sees them at once.
         window = threading.BoundedSemaphore(self.max_in_flight)
         for item in inputs:
@@ -219,7 +225,7 @@ class TritonRunner(Runner):
 
             try:
                 self.client.async_infer(
-                    self.model_name, [item], done, self.model_version, outputs=outputs, client_timeout=self.timeout
+                    self.model_name, [item], done, self.model_version, outputs=outputs, client_timeout=timeout
                 )
             except self._server_error as exc:
                 window.release()
@@ -231,6 +237,7 @@ class TritonRunner(Runner):
                 results.append(future.result())
             except self._server_error as exc:
                 raise self._fail(exc) from None
+        self._answered = True
         if self.returns_detections:  # zero-padded rows per frame and each frame's count
             return [
                 rows[:count]

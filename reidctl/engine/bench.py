@@ -274,8 +274,9 @@ def allow_measured_latency(detector: Detector, frame: np.ndarray, cameras: int) 
 
     A remote runner's timeout (detection.triton.timeout) is there to catch a hung server, but a fixed value also
     fails a slow machine (YOLOX-X on a CPU: ~7 s a frame, and N cameras in a closed loop queue up to N requests at
-    the server). The first request, one-off costs included, is an upper bound of one request's time: the runner
-    keeps its configured timeout unless ``cameras`` x that time, with margin, is longer.
+    the server). The first request (which the runner lets take long: it may carry the server's one-off costs) is
+    an upper bound of one request's time: the runner keeps its configured timeout unless ``cameras`` x that time,
+    with margin, is longer.
     """
     start = time.perf_counter()
     detector.detect(frame)
