@@ -194,7 +194,9 @@ class TritonRunner(Runner):
     def _fail(self, exc: Exception) -> ReidctlError:
         status = str(exc.status()) if hasattr(exc, "status") else ""
         if "DEADLINE_EXCEEDED" in status:
-            basis = "detection.triton.timeout" if self.timeout == self.configured_timeout else "from measured latency"
+            basis = "detection.triton.timeout"
+            if self.timeout > self.configured_timeout:
+                basis = f"{basis} {self.configured_timeout:g} s, raised for the measured latency"
             return ReidctlError(
                 f"Triton request to '{self.model_name}' at {self.url} timed out after {self.timeout:g} s ({basis})"
             )
