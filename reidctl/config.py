@@ -134,7 +134,8 @@ def _coerce(value, tp, key: str):
                 return _coerce(value, arg, key)
             except ReidctlError:
                 continue
-        raise ReidctlError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {_quote(value)}")
+        expected = " or ".join(_type_name(a) for a in args)
+        raise ReidctlError(f"config key '{key}': expected {expected}, got {_quote(value)}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is list:

@@ -59,7 +59,8 @@ def alias_bomb(levels: int, copies: int) -> str:
     [
         (alias_bomb(9, 9).encode(), "uses more than 32 YAML aliases"),  # "billion laughs"
         # 2**16 values from 32 aliases: within the limit, quoted in the error without expanding them
-        (alias_bomb(16, 2).encode(), "config key 'detection.model_path': expected str or null, got [['lol', 'lol'], [[...], [...]]"),
+        (alias_bomb(16, 2).encode(),
+         "config key 'detection.model_path': expected str or null, got [['lol', 'lol'], [[...], [...]]"),
         (("[" * 100_000 + "]" * 100_000).encode(), "nests deeper than 32 levels"),
         ("detection:\n  model_type: nano\n  device: cpu\n".encode("utf-16"), "is not UTF-8 text (byte 0)"),
         (b"detection:\n  model_path: \xff\xfe\n", "is not UTF-8 text (byte 25)"),

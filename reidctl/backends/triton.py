@@ -201,7 +201,10 @@ class TritonRunner(Runner):
                 f"Triton request to '{self.model_name}' at {self.url} timed out after {self.timeout:g} s ({basis})"
             )
         if "UNAVAILABLE" in status:
-            return ReidctlError(f"Triton server at {self.url} stopped responding ({message_of(exc)}): check it with `reidctl setup-triton --status`")
+            return ReidctlError(
+                f"Triton server at {self.url} stopped responding ({message_of(exc)}): "
+                "check it with `reidctl setup-triton --status`"
+            )
         return ReidctlError(f"Triton inference on '{self.model_name}' failed: {message_of(exc)}")
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor | list[np.ndarray]:

@@ -297,7 +297,8 @@ def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(smal
 def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_checkpoint):
     """A timeout below the time 8 queued frames take on this CPU, but above one frame's: requests would time out
     without the timeout derived from the first request (bench rows 'failed' on a slow machine)."""
-    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, test_size=[640, 640], triton={"timeout": 0.5}))
+    path = write_config(tmp_path / "c.yaml", nano_checkpoint, test_size=[640, 640], triton={"timeout": 0.5})
+    config = load_config(path)
     with _triton(config, tmp_path) as config:
         settings = BenchSettings(["triton"], iters=8, warmup=0, cameras=[8])
         (result,) = run_bench(config, settings, show_progress=False).backends
