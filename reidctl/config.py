@@ -7,6 +7,7 @@ Unknown keys and wrong types are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,14 @@ import yaml
 from reidctl.errors import ReidctlError
 
 DEFAULT_CONFIG_PATH = Path("configs/config.yaml")
+# A config is a few dozen lines: these limits refuse hostile or mistaken files fast, before they cost time or memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 32  # the YAML composer recurses once per level: 100,000 levels overflow the stack
+MAX_ALIASES = 32  # aliases share nodes, so a few dozen can stand for billions of values ("billion laughs")
+MAX_TEST_SIDE = 4096
+# Values quoted in errors: a bounded repr (a shared-alias structure's full repr would never finish).
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother = 2, 4, 4, 60, 60
 
 
 @dataclass
@@ -78,6 +87,37 @@ class Config:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
+def _quote(value) -> str:
+    return _QUOTE.repr(value)
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits on nesting depth and alias count."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _ConfigLimit(f"uses more than {MAX_ALIASES} YAML aliases")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise _ConfigLimit(f"nests deeper than {MAX_NESTING} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _ConfigLimit(Exception):
+    """A limit of _LimitedLoader was passed; the message completes 'config file X ...'."""
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
@@ -94,24 +134,25 @@ def _coerce(value, tp, key: str):
                 return _coerce(value, arg, key)
             except ReidctlError:
                 continue
-        raise ReidctlError(f"config key '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        expected = " or ".join(_type_name(a) for a in args)
+        raise ReidctlError(f"config key '{key}': expected {expected}, got {_quote(value)}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is list:
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ReidctlError(f"config key '{key}': expected a list, got {value!r}")
+            raise ReidctlError(f"config key '{key}': expected a list, got {_quote(value)}")
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ReidctlError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+        raise ReidctlError(f"config key '{key}': expected {tp.__name__}, got {_quote(value)}")
     return value
 
 
 def _build(cls, data, prefix: str):
     if not isinstance(data, dict):
-        raise ReidctlError(f"config key '{prefix or 'top level'}': expected a mapping, got {data!r}")
+        raise ReidctlError(f"config key '{prefix or 'top level'}': expected a mapping, got {_quote(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in names]
@@ -123,8 +164,11 @@ def _build(cls, data, prefix: str):
 
 def validate(config: Config) -> Config:
     d = config.detection
-    if len(d.test_size) != 2 or any(s <= 0 or s % 32 for s in d.test_size):
-        raise ReidctlError(f"config key 'detection.test_size': expected [height, width], multiples of 32, got {d.test_size}")
+    if len(d.test_size) != 2 or any(s <= 0 or s % 32 or s > MAX_TEST_SIDE for s in d.test_size):
+        raise ReidctlError(
+            f"config key 'detection.test_size': expected [height, width], multiples of 32 up to {MAX_TEST_SIDE}, "
+            f"got {_quote(d.test_size)}"
+        )
     for key in ("conf_threshold", "nms_threshold"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
@@ -137,16 +181,32 @@ def load_config(path: Path | None = None) -> Config:
         if not DEFAULT_CONFIG_PATH.is_file():
             return Config()
         path = DEFAULT_CONFIG_PATH
-    path = Path(path)
+    return validate(_build(Config, _read_yaml(Path(path)), ""))
+
+
+def _read_yaml(path: Path) -> dict:
+    """The file's YAML mapping (empty file: {}); anything that is not a small YAML text is a one-line error."""
+    if path.is_dir():
+        raise ReidctlError(f"config file {path} is a directory")
     if not path.is_file():
         raise ReidctlError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ReidctlError(f"config file {path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ReidctlError(f"config file {path} is not readable: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ReidctlError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_LimitedLoader) or {}  # noqa: S506  a SafeLoader with limits
+    except _ConfigLimit as exc:
+        raise ReidctlError(f"config file {path} {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ReidctlError(f"config file {path} is not valid YAML{where}") from None
-    return validate(_build(Config, data, ""))
 
 
 def override(config: Config, **detection_values) -> Config:

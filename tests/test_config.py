@@ -1,5 +1,7 @@
 """The configuration schema: the shipped file, defaults, overrides and errors that name the key."""
 
+import time
+
 import pytest
 
 from reidctl.config import Config, load_config, override
@@ -44,3 +46,46 @@ def test_invalid_config_names_the_key(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ReidctlError, match=message.replace("[", r"\[")):
         load_config(path)
+
+
+def alias_bomb(levels: int, copies: int) -> str:
+    """detection.model_path: a list whose level i holds ``copies`` aliases of level i-1: copies**levels values."""
+    items = ["&a0 [lol, lol]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * copies)}]" for i in range(1, levels + 1)]
+    return f"detection:\n  model_type: nano\n  model_path: [{', '.join(items)}]\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (alias_bomb(9, 9).encode(), "uses more than 32 YAML aliases"),  # "billion laughs"
+        # 2**16 values from 32 aliases: within the limit, quoted in the error without expanding them
+        (alias_bomb(16, 2).encode(),
+         "config key 'detection.model_path': expected str or null, got [['lol', 'lol'], [[...], [...]]"),
+        (("[" * 100_000 + "]" * 100_000).encode(), "nests deeper than 32 levels"),
+        ("detection:\n  model_type: nano\n  device: cpu\n".encode("utf-16"), "is not UTF-8 text (byte 0)"),
+        (b"detection:\n  model_path: \xff\xfe\n", "is not UTF-8 text (byte 25)"),
+        (b"# padding\n" * 110_000, "bytes; a config is at most 1048576 bytes"),
+        (b"detection:\n  test_size: [32000, 32000]\n", "multiples of 32 up to 4096, got [32000, 32000]"),
+    ],
+)
+def test_hostile_configs_are_refused_fast_in_one_short_line(tmp_path, content, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    start = time.perf_counter()
+    with pytest.raises(ReidctlError) as error:
+        load_config(path)
+    assert time.perf_counter() - start < 5
+    text = str(error.value)
+    assert message in text and "\n" not in text and len(text) < 300, text
+
+
+def test_a_directory_given_as_config_is_called_a_directory(tmp_path):
+    with pytest.raises(ReidctlError, match=f"config file {tmp_path} is a directory"):
+        load_config(tmp_path)
+
+
+def test_a_few_aliases_still_work(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("detection:\n  test_size: &sizes [320, 320]\n  triton:\n    preferred_batch_sizes: *sizes\n")
+    config = load_config(path)
+    assert config.detection.test_size == [320, 320] and config.detection.triton.preferred_batch_sizes == [320, 320]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
-import subprocess
 import threading
 from concurrent.futures import Future
 
@@ -25,12 +23,18 @@ import numpy as np
 import torch
 
 from reidctl.engine.detector import Backend, Runner, register
-from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
+from reidctl.errors import ReidctlError, first_line, print_warning
+from reidctl.triton.client import batch_counts, local_server_gpu_memory, message_of, served_model
 from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
-from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 TORCH_DTYPES = {"UINT8": torch.uint8, "FP32": torch.float32, "FP16": torch.float16}
+# A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
+# because a closed loop on a busy CPU (client threads and server sharing cores) queues far longer than N x one
+# request (seen here: 8 cameras of 25 ms frames waiting over 0.5 s).
+LATENCY_MARGIN = 10.0
+# The first request may carry the server's one-off costs (first run at this input size, CUDA graph capture).
+FIRST_REQUEST_TIMEOUT = 300.0
 _region_ids = itertools.count()
 
 
@@ -41,11 +45,6 @@ def availability() -> str | None:
     except Exception as exc:  # protobuf version clashes raise more than ImportError
         return f"tritonclient[grpc] cannot be imported ({type(exc).__name__}: {first_line(exc, 120)})"
     return None
-
-
-def _first_line(exc: Exception) -> str:
-    message = exc.message() if callable(getattr(exc, "message", None)) else None  # tritonclient's own text
-    return first_line(message or exc)
 
 
 class _SharedInput:
@@ -90,69 +89,33 @@ class TritonRunner(Runner):
         self.url = triton.url
         self.model_name = triton.model_name
         self.model_version = triton.model_version
-        self.timeout = triton.timeout
+        self.configured_timeout = self.timeout = triton.timeout
         self.max_in_flight = max(1, triton.max_in_flight)
         self._warn = warn
         self.client = grpcclient.InferenceServerClient(self.url, verbose=triton.verbose)
         try:
-            self._check_model()
+            model = served_model(
+                self.client, self.url, self.model_name, self.model_version, self.timeout, InferenceServerException
+            )
         except ReidctlError:
             self.client.close()
             raise
+        self.input_name, self.input_datatype = model.input_name, model.input_datatype
+        self.input_format = "canvas" if self.input_datatype == "UINT8" else "tensor"
+        self.input_dtype = TORCH_DTYPES[self.input_datatype]
+        self.decoded = True
+        self.input_shape, self.max_batch_size = model.input_shape, model.max_batch_size
+        self.returns_detections, self.output_names = model.returns_detections, model.output_names
+        self.output_datatype, self.parameters = model.output_datatype, model.parameters
+        self.server_version = model.server_version
         self.use_shared_memory = triton.shared_memory and self.url.rsplit(":", 1)[0] in LOCAL_HOSTS
         self._regions: list[_SharedInput] = []
         self._local = threading.local()
         self._lock = threading.Lock()
         self._closed = False
+        self._answered = False  # until a first request succeeds, requests get FIRST_REQUEST_TIMEOUT
 
     # -- set-up ---------------------------------------------------------------------------------------------
-    def _unreachable(self, reason: str) -> BackendUnavailable:
-        return BackendUnavailable(f"Triton server at {self.url} is not reachable ({reason}): start it with `{START_COMMAND}`")
-
-    def _check_model(self) -> None:
-        try:
-            live = self.client.is_server_live(client_timeout=self.timeout)
-        except self._server_error as exc:
-            raise self._unreachable(_first_line(exc)) from None
-        if not live:
-            raise self._unreachable("the server is not live")
-        try:
-            ready = self.client.is_model_ready(self.model_name, self.model_version, client_timeout=self.timeout)
-            if not ready:
-                raise ReidctlError(self._not_ready_reason())
-            metadata = self.client.get_model_metadata(self.model_name, self.model_version, as_json=True, client_timeout=self.timeout)
-            config = self.client.get_model_config(self.model_name, self.model_version, as_json=True, client_timeout=self.timeout)["config"]
-            self.server_version = self.client.get_server_metadata(as_json=True, client_timeout=self.timeout).get("version", "")
-        except self._server_error as exc:
-            raise ReidctlError(f"Triton server at {self.url}: {_first_line(exc)}") from None
-        if not metadata.get("inputs") or not metadata.get("outputs"):
-            raise ReidctlError(f"model '{self.model_name}' on Triton at {self.url} declares no input or output")
-        model_input = metadata["inputs"][0]
-        self.input_name, self.input_datatype = model_input["name"], model_input["datatype"]
-        if self.input_datatype not in TORCH_DTYPES:
-            raise ReidctlError(f"model '{self.model_name}' takes {self.input_datatype} input; reidctl sends UINT8, FP16 or FP32")
-        self.input_format = "canvas" if self.input_datatype == "UINT8" else "tensor"
-        self.input_dtype = TORCH_DTYPES[self.input_datatype]
-        self.decoded = True
-        self.input_shape = [int(d) for d in model_input["shape"]]
-        self.max_batch_size = int(config.get("max_batch_size", 0))
-        output_names = [output["name"] for output in metadata["outputs"]]
-        self.returns_detections = {PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT} <= set(output_names)
-        self.output_names = [PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT] if self.returns_detections else output_names[:1]
-        self.output_datatype = metadata["outputs"][0]["datatype"]
-        self.parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-
-    def _not_ready_reason(self) -> str:
-        where = f"Triton at {self.url}"
-        index = self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout).get("models", [])
-        entries = [m for m in index if m.get("name") == self.model_name]
-        if not entries:
-            known = ", ".join(sorted({m["name"] for m in index})) or "none"
-            return f"model '{self.model_name}' is not in the repository of {where} (models: {known})"
-        status = entries[0]
-        reason = reason_line(status["reason"]) if status.get("reason") else "not loaded"
-        return f"model '{self.model_name}' on {where} is not ready ({status.get('state', 'UNAVAILABLE')}: {reason})"
-
     def check_input_size(self, test_size: tuple[int, int]) -> None:
         """The model's fixed input size must be the Detector's letterbox size."""
         dims = self.input_shape[1:] if self.max_batch_size > 0 else self.input_shape
@@ -223,7 +186,7 @@ class TritonRunner(Runner):
             except (self._server_error, self._shm.SharedMemoryException) as exc:
                 # e.g. a server in a container without the host's IPC namespace: send the bytes instead
                 self.use_shared_memory = False
-                self._warn(f"warning: Triton shared memory unavailable ({_first_line(exc)}); sending inputs over gRPC")
+                self._warn(f"warning: Triton shared memory unavailable ({message_of(exc)}); sending inputs over gRPC")
         for item, part in zip(inputs, parts):
             item.set_data_from_numpy(part)
         return inputs
@@ -231,12 +194,18 @@ class TritonRunner(Runner):
     def _fail(self, exc: Exception) -> ReidctlError:
         status = str(exc.status()) if hasattr(exc, "status") else ""
         if "DEADLINE_EXCEEDED" in status:
+            basis = "detection.triton.timeout"
+            if self.timeout > self.configured_timeout:
+                basis = f"{basis} {self.configured_timeout:g} s, raised for the measured latency"
             return ReidctlError(
-                f"Triton request to '{self.model_name}' at {self.url} timed out after {self.timeout:g} s (detection.triton.timeout)"
+                f"Triton request to '{self.model_name}' at {self.url} timed out after {self.timeout:g} s ({basis})"
             )
         if "UNAVAILABLE" in status:
-            return ReidctlError(f"Triton server at {self.url} stopped responding ({_first_line(exc)}): check it with `reidctl setup-triton --status`")
-        return ReidctlError(f"Triton inference on '{self.model_name}' failed: {_first_line(exc)}")
+            return ReidctlError(
+                f"Triton server at {self.url} stopped responding ({message_of(exc)}): "
+                "check it with `reidctl setup-triton --status`"
+            )
+        return ReidctlError(f"Triton inference on '{self.model_name}' failed: {message_of(exc)}")
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor | list[np.ndarray]:
         if self._closed:
@@ -245,6 +214,7 @@ class TritonRunner(Runner):
         inputs = self._inputs_for(array)
         outputs = [self._grpc.InferRequestedOutput(name) for name in self.output_names]
         futures: list[Future] = []
+        timeout = self.timeout if self._answered else max(self.timeout, FIRST_REQUEST_TIMEOUT)
         # Chunks of a large batch go out together, at most max_in_flight at a time, so the batcher sees them at once.
         window = threading.BoundedSemaphore(self.max_in_flight)
         for item in inputs:
@@ -260,7 +230,7 @@ class TritonRunner(Runner):
 
             try:
                 self.client.async_infer(
-                    self.model_name, [item], done, self.model_version, outputs=outputs, client_timeout=self.timeout
+                    self.model_name, [item], done, self.model_version, outputs=outputs, client_timeout=timeout
                 )
             except self._server_error as exc:
                 window.release()
@@ -272,6 +242,7 @@ class TritonRunner(Runner):
                 results.append(future.result())
             except self._server_error as exc:
                 raise self._fail(exc) from None
+        self._answered = True
         if self.returns_detections:  # zero-padded rows per frame and each frame's count
             return [
                 rows[:count]
@@ -283,33 +254,21 @@ class TritonRunner(Runner):
     def batch_counts(self) -> dict[int, int] | None:
         """Executions per batch size from the server's statistics (what the dynamic batcher formed)."""
         try:
-            stats = self.client.get_inference_statistics(
+            statistics = self.client.get_inference_statistics(
                 self.model_name, self.model_version, as_json=True, client_timeout=self.timeout
             )
         except self._server_error as exc:
             raise self._fail(exc) from None
-        counts: dict[int, int] = {}
-        for model in stats.get("model_stats", []):
-            for entry in model.get("batch_stats", []):
-                size = int(entry["batch_size"])
-                counts[size] = counts.get(size, 0) + int(entry.get("compute_infer", {}).get("count", 0))
-        return counts
+        return batch_counts(statistics)
+
+    def allow_latency(self, seconds: float) -> None:
+        """Requests may take LATENCY_MARGIN x ``seconds`` where that is longer than detection.triton.timeout,
+        which is meant to catch a hung server, not to fail a slow one (see bench's allow_measured_latency)."""
+        self.timeout = max(self.configured_timeout, LATENCY_MARGIN * seconds)
 
     # -- resources ------------------------------------------------------------------------------------------
     def peak_memory_bytes(self) -> int | None:
-        """GPU memory of the local server (and its python stubs) from nvidia-smi, when both are here."""
-        port = int(self.url.rsplit(":", 1)[1]) if ":" in self.url else None
-        servers = [s for s in all_running_servers() if s.grpc_port == port]
-        if not servers or shutil.which("nvidia-smi") is None:
-            return None
-        query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
-        try:
-            lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
-        except (OSError, subprocess.SubprocessError):
-            return None
-        pids = set(process_tree(servers[0].pid))
-        used = [int(mib) * 2**20 for pid, mib in (line.split(", ") for line in lines if ", " in line) if int(pid) in pids]
-        return sum(used) if used else None
+        return local_server_gpu_memory(self.url)
 
     def close(self) -> None:
         if self._closed:

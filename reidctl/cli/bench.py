@@ -1,4 +1,8 @@
-"""`reidctl bench` and `reidctl recommend`."""
+"""`reidctl bench` and `reidctl recommend`.
+
+Only light modules at the top (`reidctl --help` must not import torch): the measurement and recommendation code
+is imported inside the commands.
+"""
 
 import json
 from pathlib import Path
@@ -26,8 +30,7 @@ from reidctl.cli.app import (
     parse_size,
 )
 from reidctl.config import load_config, to_dict
-from reidctl.engine.bench import DEFAULT_BENCH_PATH, BenchReport, BenchSettings, benchmark, parse_backends, parse_cameras
-from reidctl.engine.recommend import SUMMARY, Need, Recommendation, find_bench, recommend
+from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, BenchSettings, parse_cameras
 from reidctl.io.atomic import write_text_atomic
 
 STATUS_STYLE = {"ok": "green", "unavailable": "yellow", "failed": "red"}
@@ -108,9 +111,13 @@ def bench(
     nms: NmsOpt = None,
     fp16: Fp16Opt = None,
 ) -> None:
+    from reidctl.engine.bench import benchmark, parse_backends
+
     cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16)
+    names, named = parse_backends(backends)
     settings = BenchSettings(
-        backends=parse_backends(backends),
+        backends=names,
+        named=named,
         iters=iters,
         warmup=warmup,
         cameras=parse_cameras(cameras),
@@ -128,12 +135,17 @@ def bench(
         if table.row_count:
             console.print(table)
     console.print(f"wrote {output} and {plot}", soft_wrap=True)
-    statuses = {b.status for b in report.backends}
-    if "ok" not in statuses and "failed" in statuses:
-        fail("no backend could be measured: " + "; ".join(f"{b.name}: {b.reason}" for b in report.backends))
+    missing = report.not_measured()
+    if missing:
+        kept = [b.name for b in report.backends if b.status == "ok"]
+        kept += [f"{b.name} (partial)" for b in missing if b.single_stream]
+        fail(
+            f"not measured: {'; '.join(f'{b.name} {b.status}: {b.reason}' for b in missing)}; "
+            f"{output} keeps the results of {', '.join(kept) or 'no backend'}"
+        )
 
 
-def _verdict_table(rec: Recommendation) -> Table:
+def _verdict_table(rec) -> Table:
     need = rec.need
     if not rec.measured:
         table = Table(title="Backends here")
@@ -159,6 +171,8 @@ def _verdict_table(rec: Recommendation) -> Table:
 
 
 def _summary_table(scenario: str) -> Table:
+    from reidctl.engine.recommend import SUMMARY
+
     table = Table(title="Reference guide summary (not measured here)")
     for column in ("Scenario", "Recommended Backend", "Reason"):
         table.add_column(column)
@@ -177,6 +191,8 @@ def recommend_command(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the recommendation as JSON.")] = None,
     config: ConfigOpt = None,
 ) -> None:
+    from reidctl.engine.recommend import Need, find_bench, recommend
+
     path = find_bench(bench_file)
     rec = recommend(Need(cameras, fps, latency_ms), path, to_dict(load_config(config)))
     if not rec.measured:

@@ -64,6 +64,9 @@ def export_onnx_command(
     cfg = build_config(config, model, model_type, num_classes, test_size=test_size)
     det = cfg.detection
     target = output or default_onnx_path(det.tensorrt)
+    from reidctl.io.atomic import check_output_path
+
+    check_output_path(target)  # before the model is loaded and traced
     yolox, spec = load_detection_model(det, warn)
     result = export_onnx(yolox, spec, target, det.input_size, opset=opset, fp16=fp16, dynamic_batch=dynamic_batch,
                          batch=batch, simplify=simplify, decode=decode, show_progress=progress)

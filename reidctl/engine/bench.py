@@ -9,6 +9,7 @@ Per backend:
                   "concurrent"  N client threads call the runner at once and the server batches (remote runners);
   memory          the runner's peak accelerator memory.
 A backend that cannot run here is listed with the reason; one that fails is recorded as failed and the rest still run.
+The records and their JSON live in bench_report.py, the plot in bench_plot.py; this module measures.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import threading
@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +32,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from reidctl.config import Config, to_dict
 from reidctl.engine.batcher import MicroBatcher
+from reidctl.engine.bench_report import (
+    DEFAULT_BENCH_PATH,
+    BackendResult,
+    BenchReport,
+    BenchSettings,
+    StreamResult,
+    plot_path_for,
+    write_report,
+)
 from reidctl.engine.detector import Detector, StageTimes, available_backends, create_detector, get_backend
 from reidctl.engine.device import gpu_description, resolve_device
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
-from reidctl.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
+from reidctl.io.atomic import check_output_path
 from reidctl.io.sources import open_source
 from reidctl.io.synthetic import synthetic_frame
 
-BENCH_SCHEMA_VERSION = 1
-DEFAULT_BENCH_PATH = Path("runs/bench/bench.json")
 MAX_SOURCE_FRAMES = 64  # frames held in host memory and cycled; decoding never counts in a latency
 SYNTHETIC_FRAMES = 16
 STAGES = tuple(f.name for f in dataclasses.fields(StageTimes))
@@ -57,49 +63,19 @@ VERSIONED_PACKAGES = {
 Tick = Callable[[], None]
 
 
-@dataclass
-class BenchSettings:
-    backends: list[str]
-    iters: int = 1000
-    warmup: int = 100
-    cameras: list[int] = field(default_factory=lambda: [1, 4])
-    source: str | None = None  # video, image or image folder; None: synthetic frames
-    frame_size: tuple[int, int] | None = None  # synthetic frame (height, width); None: the test size
-    max_batch: int = 8  # in-process micro-batcher
-    max_delay_ms: float = 0.0  # greedy: batch what is waiting, never wait for more
+def parse_backends(text: str) -> tuple[list[str], bool]:
+    """'all' -> every registered backend; else a comma list of known names (unknown -> error).
 
-    def validate(self) -> BenchSettings:
-        for name in ("iters", "warmup", "max_batch"):
-            if getattr(self, name) <= 0:
-                raise ReidctlError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if not self.cameras or any(c <= 0 for c in self.cameras):
-            raise ReidctlError(f"--cameras must be positive camera counts, got {self.cameras}")
-        if self.max_delay_ms < 0:
-            raise ReidctlError(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
-        if self.frame_size is not None and (self.source is not None or min(self.frame_size) <= 0):
-            raise ReidctlError("--frame-size sets the size of synthetic frames: give positive sizes and no --source")
-        return self
-
-
-def parse_backends(text: str) -> list[str]:
-    """'all' -> every registered backend; else a comma list of known names (unknown -> error)."""
+    Also returns whether the backends were named: a named backend that cannot be measured is an error, while
+    'all' merely lists the backends this machine lacks (see BenchReport.not_measured).
+    """
     if text.strip().lower() == "all":
-        return list(available_backends())
+        return list(available_backends()), False
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ReidctlError("--backends needs 'all' or a comma-separated list of backend names")
-    return list(dict.fromkeys(get_backend(n).name for n in names))
+    return list(dict.fromkeys(get_backend(n).name for n in names)), True
 
-
-def parse_cameras(text: str) -> list[int]:
-    """'1,4,16' -> [1, 4, 16] (sorted, no repeats); every count must be a positive integer."""
-    try:
-        counts = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise ReidctlError(f"--cameras must be comma-separated positive integers, got '{text}'") from None
-    if not counts or any(c <= 0 for c in counts):
-        raise ReidctlError(f"--cameras must be comma-separated positive integers, got '{text}'")
-    return sorted(set(counts))
 
 
 def load_frames(settings: BenchSettings, test_size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
@@ -112,132 +88,6 @@ def load_frames(settings: BenchSettings, test_size: tuple[int, int]) -> tuple[li
     if not frames:
         raise ReidctlError(f"no frames could be read from {settings.source}")
     return frames, settings.source
-
-
-@dataclass
-class StreamResult:
-    mode: str  # sequential | batched | concurrent
-    cameras: int
-    requests: int
-    wall_s: float
-    throughput_fps: float  # all cameras together
-    latency: LatencySummary  # per request: submit -> result
-    batch_sizes: dict[int, int] | None = None  # batch size -> batches run (micro-batcher, or the server's batcher)
-
-    @property
-    def mean_batch(self) -> float | None:
-        if not self.batch_sizes:
-            return None
-        return sum(size * count for size, count in self.batch_sizes.items()) / sum(self.batch_sizes.values())
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self) | {"latency": self.latency.to_dict(), "mean_batch": self.mean_batch}
-        if self.batch_sizes is not None:
-            data["batch_sizes"] = {str(size): count for size, count in sorted(self.batch_sizes.items())}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> StreamResult:
-        sizes = data.get("batch_sizes")
-        return cls(
-            mode=data["mode"],
-            cameras=int(data["cameras"]),
-            requests=int(data["requests"]),
-            wall_s=float(data["wall_s"]),
-            throughput_fps=float(data["throughput_fps"]),
-            latency=LatencySummary.from_dict(data["latency"]),
-            batch_sizes={int(k): int(v) for k, v in sizes.items()} if sizes is not None else None,
-        )
-
-
-@dataclass
-class BackendResult:
-    name: str
-    status: str  # ok | unavailable | failed
-    reason: str | None = None
-    runner: dict = field(default_factory=dict)
-    single_stream: LatencySummary | None = None
-    stages: dict[str, LatencySummary] = field(default_factory=dict)
-    multi_stream: list[StreamResult] = field(default_factory=list)
-    peak_memory_bytes: int | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "reason": self.reason,
-            "runner": self.runner,
-            "single_stream": self.single_stream.to_dict() if self.single_stream else None,
-            "stages": {stage: summary.to_dict() for stage, summary in self.stages.items()},
-            "multi_stream": [stream.to_dict() for stream in self.multi_stream],
-            "peak_memory_bytes": self.peak_memory_bytes,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BackendResult:
-        return cls(
-            name=data["name"],
-            status=data["status"],
-            reason=data.get("reason"),
-            runner=data.get("runner") or {},
-            single_stream=LatencySummary.from_dict(data["single_stream"]) if data.get("single_stream") else None,
-            stages={stage: LatencySummary.from_dict(s) for stage, s in (data.get("stages") or {}).items()},
-            multi_stream=[StreamResult.from_dict(s) for s in data.get("multi_stream") or []],
-            peak_memory_bytes=data.get("peak_memory_bytes"),
-        )
-
-
-@dataclass
-class BenchReport:
-    created: str
-    environment: dict
-    settings: dict
-    config: dict
-    backends: list[BackendResult]
-    schema_version: int = BENCH_SCHEMA_VERSION
-
-    def to_dict(self) -> dict:
-        return {
-            "schema_version": self.schema_version,
-            "created": self.created,
-            "environment": self.environment,
-            "settings": self.settings,
-            "config": self.config,
-            "backends": [backend.to_dict() for backend in self.backends],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BenchReport:
-        return cls(
-            created=data["created"],
-            environment=data["environment"],
-            settings=data["settings"],
-            config=data["config"],
-            backends=[BackendResult.from_dict(b) for b in data["backends"]],
-            schema_version=data["schema_version"],
-        )
-
-
-def load_report(path: Path) -> BenchReport:
-    """A bench JSON written by this version's schema; anything else is a one-line error."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReidctlError(f"bench file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReidctlError(f"bench file not readable: {path} ({exc.__class__.__name__})") from None
-    except json.JSONDecodeError as exc:
-        raise ReidctlError(f"bench file {path} is not valid JSON (line {exc.lineno})") from None
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != BENCH_SCHEMA_VERSION:
-        raise ReidctlError(
-            f"bench file {path} has schema_version {version!r}; this reidctl reads {BENCH_SCHEMA_VERSION}: rerun `reidctl bench`"
-        )
-    try:
-        return BenchReport.from_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ReidctlError(f"bench file {path} is malformed ({exc.__class__.__name__}: {exc})") from None
 
 
 def environment(device: torch.device) -> dict:
@@ -415,8 +265,23 @@ def stream_modes(detector: Detector) -> tuple[str, ...]:
 
 
 def planned_requests(settings: BenchSettings, modes: Sequence[str]) -> int:
-    single = settings.warmup + 2 * settings.iters  # end to end (with warm-up) + staged pass
+    single = 1 + settings.warmup + 2 * settings.iters  # probe, end to end (with warm-up) + staged pass
     return single + len(settings.cameras) * len(modes) * (settings.warmup + settings.iters)
+
+
+def allow_measured_latency(detector: Detector, frame: np.ndarray, cameras: int) -> None:
+    """Time one request and let a remote runner's requests take as long as this machine needs.
+
+    A remote runner's timeout (detection.triton.timeout) is there to catch a hung server, but a fixed value also
+    fails a slow machine (YOLOX-X on a CPU: ~7 s a frame, and N cameras in a closed loop queue up to N requests at
+    the server). The first request (which the runner lets take long: it may carry the server's one-off costs) is
+    an upper bound of one request's time: the runner keeps its configured timeout unless ``cameras`` x that time,
+    with margin, is longer.
+    """
+    start = time.perf_counter()
+    detector.detect(frame)
+    if detector.runner.batches_remotely:  # in-process runners have no request timeout
+        detector.runner.allow_latency(cameras * (time.perf_counter() - start))
 
 
 def _measure_backend(
@@ -427,6 +292,8 @@ def _measure_backend(
     task = progress.add_task(result.name, total=planned_requests(settings, modes), phase="single stream")
     tick = lambda: progress.advance(task)  # noqa: E731
     result.runner = detector.runner.describe()
+    allow_measured_latency(detector, frames[0], max(settings.cameras))
+    tick()
     result.single_stream = measure_single(detector, frames, settings.warmup, settings.iters, tick)
     progress.update(task, phase="stages")
     result.stages = measure_stages(detector, frames, settings.iters, tick)
@@ -476,58 +343,11 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
     )
 
 
-# --- outputs ----------------------------------------------------------------------------------------------------
-
-
-def plot_path_for(json_path: Path) -> Path:
-    return Path(json_path).with_suffix(".png")
-
-
-def write_plot(report: BenchReport, path: Path) -> None:
-    """Throughput and latency percentiles versus camera count, one line per backend and mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, (throughput_axis, latency_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
-    for backend in report.backends:
-        for mode in dict.fromkeys(stream.mode for stream in backend.multi_stream):
-            streams = sorted((s for s in backend.multi_stream if s.mode == mode), key=lambda s: s.cameras)
-            cameras = [s.cameras for s in streams]
-            color, label = next(colors), f"{backend.name} {mode}"
-            throughput_axis.plot(cameras, [s.throughput_fps for s in streams], "o-", color=color, label=label)
-            for percentile, style in (("p50", ":"), ("p95", "--"), ("p99", "-")):
-                values = [getattr(s.latency, f"{percentile}_ms") for s in streams]
-                latency_axis.plot(cameras, values, style, marker="o", color=color, label=label if percentile == "p99" else None)
-    throughput_axis.set(title="Total throughput", xlabel="cameras", ylabel="frames / s")
-    latency_axis.set(title="Latency per request (P50 dotted, P95 dashed, P99 solid)", xlabel="cameras", ylabel="ms")
-    counts = sorted({s.cameras for b in report.backends for s in b.multi_stream})
-    for axis in (throughput_axis, latency_axis):
-        axis.grid(alpha=0.3)
-        axis.set_xticks(counts)
-        if axis.lines:
-            axis.legend(fontsize="small")
-        else:
-            axis.text(0.5, 0.5, "no backend measured", ha="center", va="center", transform=axis.transAxes)
-    figure.suptitle(f"reidctl bench on {report.environment['gpu']['name']} ({report.created})")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
-
-
-def write_report(report: BenchReport, path: Path = DEFAULT_BENCH_PATH) -> Path:
-    """The JSON first (the record), then the plot beside it; both atomically. Returns the plot's path."""
-    write_text_atomic(Path(path), json.dumps(report.to_dict(), indent=2))
-    plot = plot_path_for(path)
-    write_plot(report, plot)
-    return plot
-
-
-def benchmark(config: Config, settings: BenchSettings, output: Path = DEFAULT_BENCH_PATH, show_progress: bool = True) -> tuple[BenchReport, Path]:
+def benchmark(
+    config: Config, settings: BenchSettings, output: Path = DEFAULT_BENCH_PATH, show_progress: bool = True
+) -> tuple[BenchReport, Path]:
     """Measure, then write the JSON and the plot: what `reidctl bench` (and `make demo`) runs."""
-    ensure_writable_dir(Path(output).parent)  # fail before the measurements, not after
+    for path in (output, plot_path_for(output)):
+        check_output_path(path)  # fail before the measurements, not after them
     report = run_bench(config, settings, show_progress)
     return report, write_report(report, output)

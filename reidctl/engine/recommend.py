@@ -10,12 +10,13 @@ guide's decision tree answers, marked as not measured. Either way a backend that
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from reidctl.engine.bench import DEFAULT_BENCH_PATH, BenchReport, StreamResult, load_report
+from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, StreamResult, load_report
 from reidctl.engine.detector import available_backends
 from reidctl.errors import ReidctlError
 
@@ -54,10 +55,10 @@ class Need:
     def validate(self) -> Need:
         if self.cameras <= 0:
             raise ReidctlError(f"--cameras must be a positive integer, got {self.cameras}")
-        if self.fps <= 0:
-            raise ReidctlError(f"--fps must be positive, got {self.fps}")
-        if self.latency_ms <= 0:
-            raise ReidctlError(f"--latency-ms must be positive, got {self.latency_ms}")
+        if not math.isfinite(self.fps) or self.fps <= 0:  # nan passes every comparison: check it by name
+            raise ReidctlError(f"--fps must be a positive finite number, got {self.fps}")
+        if not math.isfinite(self.latency_ms) or self.latency_ms <= 0:
+            raise ReidctlError(f"--latency-ms must be a positive finite number, got {self.latency_ms}")
         return self
 
 

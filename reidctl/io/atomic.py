@@ -20,6 +20,27 @@ def ensure_writable_dir(directory: Path) -> None:
         raise ReidctlError(f"output directory is not writable: {directory}")
 
 
+def check_output_path(path: Path) -> Path:
+    """Fail in one line, before any work, where ``path`` could not be written atomically later.
+
+    A file is actually created and removed in its directory: root passes ``os.access`` even where writes fail
+    (``/proc``, a read-only mount).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ReidctlError(f"output {path} is a directory: give a file name")
+    if path.exists() and not path.is_file():
+        raise ReidctlError(f"output {path} is not a regular file")
+    ensure_writable_dir(path.parent)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as exc:
+        raise ReidctlError(f"cannot write to {path.parent}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 class AtomicFile:
     """A temporary file beside ``path`` that becomes ``path`` on ``commit()``, or vanishes on ``discard()``."""
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from reidctl.errors import ReidctlError, first_line
+from reidctl.errors import ReidctlError
 from reidctl.models.yolox import MODEL_SIZES, MODEL_TYPE_ALIASES, YOLOX, build_yolox
 
 STEM_KEY = "backbone.backbone.stem.conv.conv.weight"
@@ -43,15 +44,23 @@ def parse_model_type(model_type: str) -> tuple[str | None, int | None]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ByteTrack's ``{"model": state_dict, ...}`` file or a bare state dict."""
     path = Path(path)
+    if path.is_dir():
+        raise ReidctlError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise ReidctlError(f"checkpoint not found: {path}")
     try:
         # weights_only: a checkpoint is data, never code to execute.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise ReidctlError(f"checkpoint not readable: {path}") from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise ReidctlError(f"{path} is not a readable PyTorch checkpoint ({first_line(exc, 160)})") from None
+        with warnings.catch_warnings():  # its warning about a foreign pickle protocol would precede our error
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ReidctlError(f"checkpoint not readable: {path} ({exc.strerror or type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001  torch.load fails on foreign bytes with many types (KeyError on text)
+        # PyTorch's own text suggests weights_only=False: the wrong advice for a file that is not ours to trust.
+        code = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if code:
+            raise ReidctlError(f"{path} contains code objects ({code[1]}); refused for safety") from None
+        raise ReidctlError(f"{path} is not a PyTorch checkpoint") from None
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ReidctlError(f"{path} holds no model state dict (expected {{'model': state_dict}} or a state dict)")

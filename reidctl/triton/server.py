@@ -32,6 +32,7 @@ from pathlib import Path
 import reidctl
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
+from reidctl.triton import watchdog
 from reidctl.triton.repository import batch_input_bytes, served_models
 
 PYTRITON_VERSION = "0.7.0"
@@ -39,7 +40,7 @@ CACHE_ENV = "REIDCTL_CACHE"
 WHEEL_DIR_ENV = "REIDCTL_TRITON_WHEEL_DIR"
 SYS_PATH_ENV = "REIDCTL_SYS_PATH"  # read by the python model: the stub ignores PYTHONPATH
 PROJECT_ROOT = Path(reidctl.__file__).resolve().parents[1]
-STUB_NAME = "triton_python_backend_stub"
+STUB_NAME = watchdog.STUB_NAME
 START_COMMAND = "reidctl setup-triton --start"
 
 
@@ -340,6 +341,27 @@ def _terminate(pid: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def end_orphaned_stubs(cache: Path | None = None) -> list[int]:
+    """Kill the python backend stubs of this cache's server files whose server is gone (dead, or a zombie that
+    nobody reaped), and remove their shared memory; returns their pids. Normally the watchdog started with each
+    server does this at once; this covers servers started without one or a watchdog that was killed too."""
+    root = Path(cache or cache_dir()).resolve()
+    orphans = [
+        stub for stub in watchdog.python_stubs()
+        if Path(stub.executable).is_relative_to(root) and not is_tritonserver(stub.parent)
+    ]  # fmt: skip
+    watchdog.end_stubs(orphans)
+    return [stub.pid for stub in orphans]
+
+
+def _start_watchdog(server_pid: int) -> None:
+    """The server's stubs die with it (see watchdog.py); its own session, so that Ctrl-C here does not end it."""
+    subprocess.Popen(
+        [sys.executable, "-I", watchdog.__file__, str(server_pid)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+
 def python_shared_memory_options(repository: Path, models: list[str]) -> list[str]:
     """The python backend passes tensors to its stubs through a shared-memory pool that starts at 1 MiB and
     grows by 1 MiB: size it for two full input batches from the start (with a 64 MiB pool the server's input
@@ -372,6 +394,9 @@ def start_server(
     if not models:
         raise ReidctlError(f"{repository} has no python-backend model for the bundled server: run `reidctl setup-triton` first")
     check_ports(ports)
+    orphans = end_orphaned_stubs(cache)
+    if orphans:
+        warn(f"warning: ended {len(orphans)} python backend stub(s) left by a server that is gone (pids {orphans})")
     files = install_server_files(cache, on_progress)
     backends = python_backend_dir(files)
 
@@ -398,6 +423,7 @@ def start_server(
             command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=server_environment(files), cwd=directory, start_new_session=True,
         )  # fmt: skip
+    _start_watchdog(process.pid)
     state = ServerState(process.pid, ports.http, ports.grpc, ports.metrics, str(repository), str(log), models)
     write_text_atomic(_state_file(repository, cache), json.dumps(asdict(state), indent=2))
     try:
@@ -432,12 +458,13 @@ def _wait_until_ready(state: ServerState, timeout: float, on_progress, warn) -> 
 
 
 def stop_server(repository: Path, cache: Path | None = None, timeout: float = 30.0) -> ServerState | None:
-    """Stop the server started for ``repository``; None when none runs."""
+    """Stop the server started for ``repository``; None when none runs. Stubs that a dead server left are ended
+    either way."""
     state = running_server(repository, cache)
-    if state is None:
-        return None
-    _terminate(state.pid, timeout)
-    _state_file(repository, cache).unlink(missing_ok=True)
+    if state is not None:
+        _terminate(state.pid, timeout)
+        _state_file(repository, cache).unlink(missing_ok=True)
+    end_orphaned_stubs(cache)
     return state
 
 

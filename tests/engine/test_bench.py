@@ -3,7 +3,12 @@
 import contextlib
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +18,14 @@ from helpers import free_ports, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.engine.batcher import MicroBatcher
-from reidctl.engine.bench import BENCH_SCHEMA_VERSION, BenchSettings, closed_loop, load_report, measure_concurrent, run_bench, stream_modes
+from reidctl.engine.bench import closed_loop, measure_concurrent, run_bench, stream_modes
+from reidctl.engine.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
 from reidctl.engine.detector import available_backends, create_detector
 from reidctl.errors import ReidctlError
 from reidctl.io.synthetic import synthetic_frame
 
 runner = CliRunner()
+ROOT = str(Path(__file__).resolve().parents[2])
 SUMMARY_KEYS = {"count", "avg_ms", "min_ms", "max_ms", "std_ms", "p50_ms", "p95_ms", "p99_ms", "fps"}
 
 
@@ -143,26 +150,56 @@ def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_chec
     output = tmp_path / "bench.json"
     args = ("--iters", 2, "--warmup", 1, "--cameras", 1, "-c", config, "-o", output, "--no-progress")
     result = invoke("bench", "--backends", "onnxruntime,pytorch", *args)
-    assert result.exit_code == 0, result.output
     statuses = {b["name"]: (b["status"], b["reason"]) for b in json.loads(output.read_text())["backends"]}
     assert statuses["pytorch"] == ("ok", None)
     assert statuses["onnxruntime"][0] == "failed" and "corrupt.onnx" in statuses["onnxruntime"][1]
-    # Nothing measured and something failed: the JSON is written, the exit status says so.
-    output.unlink()
-    error = one_line_error(invoke("bench", "--backends", "onnxruntime", *args))
-    assert "no backend could be measured" in error and output.is_file()
+    assert result.exit_code == 2, result.output  # a named backend failed; the results of the others are kept
+    error = one_line_error(result)
+    assert "not measured: onnxruntime failed: " in error and error.endswith(f"{output} keeps the results of pytorch")
 
 
-def test_unavailable_backend_is_listed_not_an_error(tmp_path, small_config):
-    reason = available_backends().get("tensorrt")
-    if not reason:
-        pytest.skip("TensorRT is installed here: there is no unavailable backend to list")
+def test_all_lists_backends_this_machine_lacks_without_failing(tmp_path, nano_checkpoint):
+    # No ONNX file, no Triton server on this port (and no TensorRT here): 'all' measures what can run here.
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "none.onnx")},
+                          triton={"url": f"localhost:{free_ports(1)[0]}"})  # fmt: skip
     output = tmp_path / "bench.json"
-    result = invoke("bench", "--backends", "tensorrt", "--iters", 2, "--warmup", 1, "-c", small_config, "-o", output, "--no-progress")
+    result = invoke("bench", "--backends", "all", "--iters", 2, "--warmup", 0, "--cameras", 1, "-c", config,
+                    "-o", output, "--no-progress")  # fmt: skip
     assert result.exit_code == 0, result.output
-    (backend,) = json.loads(output.read_text())["backends"]
-    assert backend["status"] == "unavailable" and backend["reason"] == reason
-    assert "unavailable" in result.output and output.with_suffix(".png").is_file()
+    statuses = {b["name"]: (b["status"], b["reason"]) for b in json.loads(output.read_text())["backends"]}
+    assert statuses["pytorch"] == ("ok", None)
+    assert statuses["onnxruntime"] == ("unavailable", f"ONNX model not found: {tmp_path / 'none.onnx'} "
+                                                      "(create it with `reidctl export-onnx`)")  # fmt: skip
+    assert statuses["triton"][0] == "unavailable" and "not reachable" in statuses["triton"][1]
+    assert "onnxruntime unavailable: ONNX model not found" in result.output
+
+
+def test_a_named_backend_that_cannot_be_measured_is_an_error_and_the_others_are_kept(tmp_path, nano_checkpoint):
+    port = free_ports(1)[0]
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{port}"})
+    output = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "reidctl", "bench", "--backends", "pytorch,triton", "--iters", "2",
+               "--warmup", "0", "--cameras", "1", "-c", str(config), "-o", str(output), "--no-progress"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": ROOT})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: not measured: triton unavailable: Triton server at localhost:{port} is "
+                                    "not reachable")  # fmt: skip
+    assert result.stderr.strip().endswith(f"{output} keeps the results of pytorch")
+    statuses = {b["name"]: b["status"] for b in json.loads(output.read_text())["backends"]}
+    assert statuses == {"pytorch": "ok", "triton": "unavailable"}
+
+
+@pytest.mark.parametrize("target", ["directory", "/proc/bench.json", "/proc/none/bench.json"])
+def test_output_path_is_checked_before_measuring(tmp_path, small_config, target):
+    output = tmp_path if target == "directory" else Path(target)
+    # A million iterations: the test only finishes if the check comes before the measurements.
+    error = one_line_error(invoke("bench", "--backends", "pytorch", "--iters", 10**6, "-c", small_config,
+                                  "-o", output, "--no-progress"))  # fmt: skip
+    expected = {"directory": f"output {tmp_path} is a directory: give a file name",
+                "/proc/bench.json": "cannot write to /proc: ",
+                "/proc/none/bench.json": "cannot create output directory /proc/none: "}[target]  # fmt: skip
+    assert expected in error
 
 
 @pytest.mark.parametrize(
@@ -170,7 +207,7 @@ def test_unavailable_backend_is_listed_not_an_error(tmp_path, small_config):
     [
         (("--backends", "pytorch,nosuch"), "unknown backend 'nosuch'"),
         (("--iters", 0), "--iters must be a positive integer"),
-        (("--warmup", -1), "--warmup must be a positive integer"),
+        (("--warmup", -1), "--warmup must be 0 or more"),
         (("--cameras", "1,0"), "--cameras must be comma-separated positive integers"),
         (("--cameras", "four"), "--cameras must be comma-separated positive integers"),
         (("--source", "no/such/video.avi"), "source not found"),
@@ -255,3 +292,22 @@ def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(smal
     with pytest.raises(RuntimeError, match="server went away"):
         closed_loop(serve, frames, 3, 1000, lambda: None)
     assert len(served) == 2  # the other cameras stopped instead of serving the remaining requests
+
+
+def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_checkpoint):
+    """A timeout below the time 8 queued frames take on this CPU, but above one frame's: requests would time out
+    without the timeout derived from the first request (bench rows 'failed' on a slow machine)."""
+    path = write_config(tmp_path / "c.yaml", nano_checkpoint, test_size=[640, 640], triton={"timeout": 0.5})
+    config = load_config(path)
+    with _triton(config, tmp_path) as config:
+        settings = BenchSettings(["triton"], iters=8, warmup=0, cameras=[8])
+        (result,) = run_bench(config, settings, show_progress=False).backends
+        assert result.status == "ok", result.reason
+        assert result.multi_stream[0].latency.max_ms > 500  # slower than the configured timeout, and not failed
+        with create_detector(config, "triton") as detector:  # the same load with the configured timeout only
+            frame = synthetic_frame(0, (640, 640))
+            start = time.perf_counter()
+            detector.detect(frame)
+            assert time.perf_counter() - start < 0.5  # one frame fits the configured timeout
+            with pytest.raises(ReidctlError, match=r"timed out after 0.5 s \(detection.triton.timeout\)"):
+                closed_loop(detector.detect, [frame], 8, 32, lambda: None)

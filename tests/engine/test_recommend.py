@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from reidctl.cli import app
 from reidctl.config import Config, to_dict
-from reidctl.engine.bench import BenchReport, BackendResult, StreamResult
+from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult
 from reidctl.engine.recommend import Need, recommend
 from reidctl.engine.stats import LatencySummary
 
@@ -229,7 +229,15 @@ def test_cli_rejects_bad_bench_files(tmp_path, content, message):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("--bench", "no/such.json"), "bench file not found"), (("--cameras", 0), "--cameras must be"), (("--fps", 0), "--fps must be"), (("--latency-ms", -5), "--latency-ms must be")],
+    [
+        (("--bench", "no/such.json"), "bench file not found"),
+        (("--cameras", 0), "--cameras must be"),
+        (("--fps", 0), "--fps must be"),
+        (("--fps", "nan"), "--fps must be a positive finite number, got nan"),
+        (("--fps", "inf"), "--fps must be a positive finite number, got inf"),
+        (("--latency-ms", "nan"), "--latency-ms must be a positive finite number, got nan"),
+        (("--latency-ms", -5), "--latency-ms must be"),
+    ],
 )
 def test_cli_rejects_bad_needs(tmp_path, args, message):
     result = invoke("recommend", *args)

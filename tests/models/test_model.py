@@ -1,5 +1,10 @@
 """YOLOX layout, ByteTrack checkpoint round trips and the loader's errors."""
 
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -78,7 +83,7 @@ def test_unexpected_and_missing_keys_are_named(tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ReidctlError, match="is not a readable PyTorch checkpoint"):
+    with pytest.raises(ReidctlError, match="junk.pth is not a PyTorch checkpoint$"):
         read_state_dict(tmp_path / "junk.pth")
     torch.save({"model": {"weights": [1, 2]}}, tmp_path / "nodict.pth")
     with pytest.raises(ReidctlError, match="holds no model state dict"):
@@ -96,3 +101,44 @@ def test_standard_initialisation_gives_low_scores():
     with torch.no_grad():
         out = build_yolox("nano", 1).eval()(torch.rand(1, 3, 64, 64))
     assert float((out[..., 4] * out[..., 5]).max()) < 0.01
+
+
+class RunsACommand:
+    """Unpickling this would run a shell command that creates a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (np.random.default_rng(0).bytes(4096), "is not a PyTorch checkpoint$"),
+        (b"", "is not a PyTorch checkpoint$"),
+        (b"model: yolox\n", "is not a PyTorch checkpoint$"),  # torch.load fails with a KeyError here
+        (pickle.dumps({"model": 1}, protocol=4), "is not a PyTorch checkpoint$"),  # a plain pickle
+    ],
+)
+def test_foreign_files_are_not_checkpoints_and_no_advice_to_unpickle(tmp_path, content, message):
+    path = tmp_path / "model.pth.tar"
+    path.write_bytes(content)
+    with pytest.raises(ReidctlError, match=message) as error:
+        read_state_dict(path)
+    assert "weights_only" not in str(error.value)
+
+
+def test_a_checkpoint_with_code_is_refused_for_safety_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"model": RunsACommand(marker)}, tmp_path / "evil.pth.tar")
+    refused = r"evil.pth.tar contains code objects \((posix|os)\.system\); refused for safety$"
+    with pytest.raises(ReidctlError, match=refused):
+        read_state_dict(tmp_path / "evil.pth.tar")
+    assert not marker.exists()
+
+
+def test_a_directory_given_as_checkpoint_is_called_a_directory(tmp_path):
+    with pytest.raises(ReidctlError, match=f"checkpoint {tmp_path} is a directory, not a file"):
+        read_state_dict(tmp_path)

@@ -1,0 +1,119 @@
+"""What a Triton server says about itself, as its client sees it: health and the served model's description,
+per-batch-size statistics, and the GPU memory of a local server.
+
+The runner (reidctl/backends/triton.py) runs requests; these are the questions asked around them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
+from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
+
+SUPPORTED_INPUTS = ("UINT8", "FP16", "FP32")
+
+
+def message_of(exc: Exception) -> str:
+    """tritonclient's own text of an error (its str() adds the status), in one line."""
+    message = exc.message() if callable(getattr(exc, "message", None)) else None
+    return first_line(message or exc)
+
+
+@dataclass
+class ServedModel:
+    """The model's I/O and batching as the server declares them."""
+
+    input_name: str
+    input_datatype: str
+    input_shape: list[int]
+    max_batch_size: int
+    output_names: list[str]  # the outputs the runner requests
+    output_datatype: str
+    returns_detections: bool  # the python model: NMS on the server, rows and counts out
+    server_version: str
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def served_model(client, url: str, name: str, version: str, timeout: float, server_error: type) -> ServedModel:
+    """Check that the server is live and ``name`` is ready, and read what it takes and returns.
+
+    A server that does not answer is BackendUnavailable (bench lists it, detect says how to start one); a model
+    that is missing or failed to load is a ReidctlError with the server's reason.
+    """
+    try:
+        live = client.is_server_live(client_timeout=timeout)
+    except server_error as exc:
+        live, reason = False, message_of(exc)
+    else:
+        reason = "the server is not live"
+    if not live:
+        raise BackendUnavailable(f"Triton server at {url} is not reachable ({reason}): start it with `{START_COMMAND}`")
+    try:
+        if not client.is_model_ready(name, version, client_timeout=timeout):
+            raise ReidctlError(_not_ready_reason(client, url, name, timeout))
+        metadata = client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
+        config = client.get_model_config(name, version, as_json=True, client_timeout=timeout)["config"]
+        server_version = client.get_server_metadata(as_json=True, client_timeout=timeout).get("version", "")
+    except server_error as exc:
+        raise ReidctlError(f"Triton server at {url}: {message_of(exc)}") from None
+    if not metadata.get("inputs") or not metadata.get("outputs"):
+        raise ReidctlError(f"model '{name}' on Triton at {url} declares no input or output")
+    model_input = metadata["inputs"][0]
+    if model_input["datatype"] not in SUPPORTED_INPUTS:
+        raise ReidctlError(f"model '{name}' takes {model_input['datatype']} input; reidctl sends UINT8, FP16 or FP32")
+    output_names = [output["name"] for output in metadata["outputs"]]
+    returns_detections = {PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT} <= set(output_names)
+    return ServedModel(
+        input_name=model_input["name"],
+        input_datatype=model_input["datatype"],
+        input_shape=[int(d) for d in model_input["shape"]],
+        max_batch_size=int(config.get("max_batch_size", 0)),
+        output_names=[PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT] if returns_detections else output_names[:1],
+        output_datatype=metadata["outputs"][0]["datatype"],
+        returns_detections=returns_detections,
+        server_version=server_version,
+        parameters={key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()},
+    )
+
+
+def _not_ready_reason(client, url: str, name: str, timeout: float) -> str:
+    where = f"Triton at {url}"
+    index = client.get_model_repository_index(as_json=True, client_timeout=timeout).get("models", [])
+    entries = [m for m in index if m.get("name") == name]
+    if not entries:
+        known = ", ".join(sorted({m["name"] for m in index})) or "none"
+        return f"model '{name}' is not in the repository of {where} (models: {known})"
+    status = entries[0]
+    reason = reason_line(status["reason"]) if status.get("reason") else "not loaded"
+    return f"model '{name}' on {where} is not ready ({status.get('state', 'UNAVAILABLE')}: {reason})"
+
+
+def batch_counts(statistics: dict) -> dict[int, int]:
+    """Executions per batch size in get_inference_statistics' JSON: what the dynamic batcher formed."""
+    counts: dict[int, int] = {}
+    for model in statistics.get("model_stats", []):
+        for entry in model.get("batch_stats", []):
+            size = int(entry["batch_size"])
+            counts[size] = counts.get(size, 0) + int(entry.get("compute_infer", {}).get("count", 0))
+    return counts
+
+
+def local_server_gpu_memory(url: str) -> int | None:
+    """GPU memory of the bundled server listening on ``url``'s port (and its python stubs), from nvidia-smi;
+    None when that server is not started here or there is no nvidia-smi."""
+    port = int(url.rsplit(":", 1)[1]) if ":" in url else None
+    servers = [s for s in all_running_servers() if s.grpc_port == port]
+    if not servers or shutil.which("nvidia-smi") is None:
+        return None
+    query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+    try:
+        lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pids = set(process_tree(servers[0].pid))
+    used = [int(mib) * 2**20 for pid, mib in (line.split(", ") for line in lines if ", " in line) if int(pid) in pids]
+    return sum(used) if used else None

@@ -1,0 +1,107 @@
+"""The bundled server's python stubs end with it: a real server is killed and no stub, no shared memory is left."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import free_ports
+from reidctl.config import load_config
+from reidctl.triton import watchdog
+from reidctl.triton.repository import write_repository
+from reidctl.triton.server import Ports, cache_dir, start_server, stop_server
+
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture()
+def repository(tmp_path, small_config) -> Path:
+    path = tmp_path / "model_repository"
+    write_repository(load_config(small_config), path, warn=lambda message: None)
+    return path
+
+
+def stubs_of(server_pid: int) -> list[watchdog.Stub]:
+    return [stub for stub in watchdog.python_stubs() if stub.group == server_pid]
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def left_behind(stubs: list[watchdog.Stub]) -> list[str]:
+    alive = [f"stub {stub.pid}" for stub in stubs if Path(f"/proc/{stub.pid}").exists()
+             and Path(f"/proc/{stub.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]  # fmt: skip
+    regions = [region for stub in stubs for region in stub.shm_regions if Path(f"/dev/shm/{region}").exists()]
+    return alive + regions
+
+
+def orphan_a_stub(repository: Path) -> list[watchdog.Stub]:
+    """A started server whose watchdog is killed, whose stub is stopped (its own check of the server cannot run)
+    and which is then killed: the stub stays, as stubs did before the watchdog."""
+    state = start_server(repository, Ports(*free_ports()), warn=lambda message: None)
+    stubs = stubs_of(state.pid)
+    assert stubs and all(stub.shm_regions for stub in stubs)
+    for entry in Path("/proc").iterdir():
+        argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        if any(arg.endswith(b"watchdog.py") for arg in argv) and argv[-2:-1] == [str(state.pid).encode()]:
+            os.kill(int(entry.name), signal.SIGKILL)
+    for stub in stubs:
+        os.kill(stub.pid, signal.SIGSTOP)
+    os.kill(state.pid, signal.SIGKILL)
+    time.sleep(1.0)
+    assert len(left_behind(stubs)) == 2 * len(stubs), "the stub should outlive its server here"
+    return stubs
+
+
+def test_stubs_and_their_shared_memory_end_when_the_server_is_killed(repository):
+    state = start_server(repository, Ports(*free_ports()), warn=lambda message: None)
+    stubs = stubs_of(state.pid)
+    assert stubs and all(stub.shm_regions for stub in stubs)
+    try:
+        os.kill(state.pid, signal.SIGKILL)  # not reaped: this process started it and does not wait for it
+        assert wait_until(lambda: not left_behind(stubs), timeout=5.0), left_behind(stubs)
+    finally:
+        stop_server(repository)
+
+
+def test_stop_ends_the_stubs_a_dead_server_left(repository):
+    stubs = orphan_a_stub(repository)
+    config = repository.parent / "config.yaml"
+    command = [sys.executable, "-m", "reidctl", "setup-triton", "--stop", "-r", str(repository), "-c", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr
+    assert "no Triton server is running" in result.stdout
+    assert not left_behind(stubs)
+
+
+def test_start_ends_the_stubs_a_dead_server_left(repository):
+    stubs = orphan_a_stub(repository)
+    warnings = []
+    state = start_server(repository, Ports(*free_ports()), warn=warnings.append)
+    try:
+        assert not left_behind(stubs)
+        assert any(f"ended {len(stubs)} python backend stub(s)" in warning for warning in warnings), warnings
+        assert stubs_of(state.pid)  # the new server's own stubs are not touched
+    finally:
+        stop_server(repository)
+    assert not stubs_of(state.pid)
+
+
+def test_orphans_of_another_cache_are_not_touched(repository, tmp_path):
+    stubs = orphan_a_stub(repository)
+    try:
+        stop_server(repository, cache=tmp_path / "other-cache")
+        assert len(left_behind(stubs)) == 2 * len(stubs)
+    finally:
+        stop_server(repository, cache=cache_dir())
+    assert not left_behind(stubs)
