@@ -50,6 +50,9 @@ class TritonConfig:
     verbose: bool = False
     max_batch_size: int = 8
     instances: int = 1  # model instances per GPU; more time-slice the GPU between processes (slower, measured)
+    # GPUs the instance groups name: null = Triton's default (each GPU the server sees), "all" = the GPUs
+    # visible where setup-triton runs, or ids such as [0, 1]
+    gpus: list[int] | str | None = None
     max_queue_delay_ms: float = 0.5
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     http_port: int = 8100

@@ -62,6 +62,13 @@ def setup_triton(
     http_port: Annotated[Optional[int], typer.Option("--http-port", min=1, max=65535, help="HTTP port (default: detection.triton.http_port, 8100).")] = None,
     grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", min=1, max=65535, help="gRPC port (default: detection.triton.grpc_port, 8101).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics port (default: detection.triton.metrics_port, 8102).")] = None,
+    gpus: Annotated[Optional[str], typer.Option(
+        "--gpus", help="GPUs the models' instance groups name, each with detection.triton.instances instances: 'all' "
+        "(the GPUs visible here) or ids such as 0,1 (default: detection.triton.gpus; unset, Triton places them on "
+        "every GPU it sees).")] = None,
+    replicas: Annotated[int, typer.Option(
+        "--replicas", min=1, help="Servers in docker-compose.yml, replica i on GPU i and on the configured ports "
+        "+ 10*i (gRPC 8101, 8111, 8121...); the bundled server stays one.")] = 1,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
     compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the python model: on an H100 a frame's model step takes 2.3 instead of 3.5 ms, for up to a minute and a half more at server start (default: on for a GPU instance, else detection.compile).")] = None,
     startup_timeout: Annotated[float, typer.Option("--startup-timeout", min=1, help="Seconds to wait for the server to become ready (model loading and compilation included).")] = 300.0,
@@ -83,7 +90,7 @@ def setup_triton(
         raise ReidctlError("choose one of --start, --stop and --status")
     ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
     cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16,
-                       triton={"max_batch_size": max_batch_size, **ports})
+                       triton={"max_batch_size": max_batch_size, "gpus": gpus, **ports})
     if compile_model is None:  # the default depends on where the server model runs
         compile_model = server_compiles(cfg.detection)
     cfg = override(cfg, compile=compile_model)
@@ -102,7 +109,7 @@ def setup_triton(
         console.print(f"Triton server already running (pid {running.pid}) for {running.repository}: {_endpoints(running)}")
         return
 
-    written = write_repository(cfg, repo, engine, image, warn=warn)
+    written = write_repository(cfg, repo, engine, image, warn=warn, replicas=replicas)
     table = Table(title=f"Triton model repository {repo}")
     table.add_column("File")
     table.add_column("What")
@@ -111,7 +118,7 @@ def setup_triton(
     console.print(table)
     if not start:
         console.print("start the bundled server with `reidctl setup-triton --start`, or NVIDIA's container: "
-                      f"cd {repo} && docker compose up -d triton")  # fmt: skip
+                      f"cd {repo} && docker compose up -d")  # fmt: skip
         return
 
     with console.status("starting Triton server") as spinner:

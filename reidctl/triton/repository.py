@@ -16,7 +16,7 @@ import os
 import shutil
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -54,6 +54,9 @@ NGC_IMAGE_TENSORRT = {
     "24.05-trtllm-python-py3": "10.0.1.6",
 }  # fmt: skip
 CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+# Replica i of docker-compose.yml publishes the configured ports plus i * REPLICA_PORT_STEP (gRPC 8101, 8111, 8121...).
+REPLICA_PORT_STEP = 10
+GPUS_KEY = "detection.triton.gpus"
 
 TEMPLATE_DIR = Path(reidctl.__file__).resolve().parents[1] / "model_repository"
 PYTHON_MODEL_SOURCE = TEMPLATE_DIR / PYTHON_MODEL / "1" / "model.py"
@@ -192,9 +195,77 @@ def image_tensorrt_warning(engine_version: str, image: str) -> str | None:
             "(--image)")
 
 
+def visible_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def resolve_gpus(value: list[int] | str | None, visible: int) -> list[int] | None:
+    """``detection.triton.gpus`` as the GPU ids the instance groups name, checked against the ``visible`` GPUs here.
+
+    None keeps Triton's default (``count`` instances on each GPU the server sees); "all" is every visible GPU;
+    ids come as a list or as text such as "0,1" (the command line's --gpus).
+    """
+    if value is None:
+        return None
+    where = f"--gpus {_gpus_text(value)} ({GPUS_KEY})"
+    ids = None if value == "all" else _gpu_ids(value)
+    if ids is not None and (not ids or len(set(ids)) != len(ids) or min(ids) < 0):
+        raise ReidctlError(f"{where}: expected all or distinct GPU ids such as 0,1")
+    if visible == 0:
+        raise ReidctlError(f"{where}: no CUDA GPU is visible here; run setup-triton on the GPU host or leave "
+                           "--gpus out")
+    if ids is None:
+        return list(range(visible))
+    if max(ids) >= visible:
+        raise ReidctlError(f"{where}: GPU {max(ids)} does not exist here ({visible} visible: 0..{visible - 1})")
+    return ids
+
+
+def _gpus_text(value) -> str:
+    return ",".join(str(i) for i in value) if isinstance(value, list) else str(value)
+
+
+def _gpu_ids(value: list[int] | str) -> list[int]:
+    """Ids from a list or from text such as "0,1"; text that is no such list gives none (refused by the caller)."""
+    if isinstance(value, list):
+        return value
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        return []
+
+
+def placed_on_gpus(detection: DetectionConfig, visible: Callable[[], int]) -> DetectionConfig:
+    """``detection`` with ``triton.gpus`` resolved; ``visible`` counts the GPUs here, asked only when GPUs are named."""
+    if detection.triton.gpus is None:
+        return detection
+    gpus = resolve_gpus(detection.triton.gpus, visible())
+    if detection.device == "cpu":
+        raise ReidctlError("--gpus places the models on GPUs, but detection.device is cpu: "
+                           "use --device auto or leave --gpus out")
+    return replace(detection, triton=replace(detection.triton, gpus=gpus))
+
+
+def gpu_placement(triton) -> str:
+    """Where the instance groups put the models when ``triton.gpus`` (resolved) names GPUs, in words."""
+    plural = "s" if triton.instances > 1 else ""
+    return f"{triton.instances} instance{plural} on each of GPUs {_gpus_text(triton.gpus)}"
+
+
+def instance_device(configured: str, instance_kind: str, device_id: str) -> str:
+    """The device a python-model instance runs on: the GPU Triton placed it on (a KIND_GPU instance gets its id
+    in ``model_instance_device_id``), so each instance of a multi-GPU group uses its own GPU; else the config's."""
+    if instance_kind == "GPU" and configured != "cpu":
+        return f"cuda:{int(device_id)}"
+    return configured
+
+
 def _new_config(name: str, triton, kind: str, batching: bool = True):
     """A model config with the instance group and, if ``batching``, Triton's dynamic batcher (else max_batch_size 0:
-    Triton allows no preferred batch size above max_batch_size)."""
+    Triton allows no preferred batch size above max_batch_size). ``triton.gpus`` is resolved (``resolve_gpus``):
+    a GPU group then holds ``count`` instances on each listed GPU."""
     pb = _model_config_pb2()
     config = pb.ModelConfig(name=name, max_batch_size=triton.max_batch_size if batching else 0)
     if batching:
@@ -203,6 +274,8 @@ def _new_config(name: str, triton, kind: str, batching: bool = True):
     group = config.instance_group.add()
     group.count = triton.instances
     group.kind = pb.ModelInstanceGroup.Kind.Value(f"KIND_{kind}")
+    if kind == "GPU" and triton.gpus is not None:
+        group.gpus.extend(triton.gpus)
     return config
 
 
@@ -237,10 +310,13 @@ def tensorrt_model_config(detection: DetectionConfig, io: TensorRTModelIO):
     return config
 
 
-def python_instance_kind(device: str) -> str:
+def python_instance_kind(detection: DetectionConfig) -> str:
     """Where Triton places the python model's instance: a GPU unless the config pins the CPU or none is here."""
+    device = detection.device
     if device == "cpu":
         return "CPU"
+    if detection.triton.gpus is not None:  # resolve_gpus has seen them
+        return "GPU"
     if device == "auto":
         import torch
 
@@ -251,13 +327,13 @@ def python_instance_kind(device: str) -> str:
 def server_compiles(detection: DetectionConfig) -> bool:
     """The python model's default: torch.compile on a GPU instance, where a long-lived server repays the minute
     it takes at start (H100: a frame's model step 3.5 -> 2.3 ms); elsewhere the config's ``compile``."""
-    return detection.compile or python_instance_kind(detection.device) == "GPU"
+    return detection.compile or python_instance_kind(detection) == "GPU"
 
 
 def python_model_config(detection: DetectionConfig):
     from reidctl.engine.postprocess import DETECTION_COLUMNS
 
-    config = _new_config(PYTHON_MODEL, detection.triton, python_instance_kind(detection.device))
+    config = _new_config(PYTHON_MODEL, detection.triton, python_instance_kind(detection))
     config.backend = "python"
     height, width = detection.input_size
     _add_tensors(config.input, [TensorSpec(PYTHON_INPUT, (height, width, 3), "UINT8")])
@@ -304,9 +380,32 @@ def read_model_config(path: Path):
         raise ReidctlError(f"{path} is not a valid Triton model config ({exc})") from None
 
 
-def compose_file(triton, repository: Path, image: str) -> str:
-    """docker-compose.yml for NVIDIA's container serving the TensorRT model from this repository."""
-    service = {
+def replica_ports(triton, replica: int) -> dict[str, int]:
+    """The host ports replica ``replica`` of docker-compose.yml publishes (replica 0: the configured ones)."""
+    shift = replica * REPLICA_PORT_STEP
+    return {"http": triton.http_port + shift, "grpc": triton.grpc_port + shift, "metrics": triton.metrics_port + shift}
+
+
+def check_replicas(triton, replicas: int) -> None:
+    if replicas < 1:
+        raise ReidctlError(f"--replicas: expected >= 1, got {replicas}")
+    if replicas > 1 and triton.gpus not in (None, [0]):
+        # Docker numbers a container's GPUs from 0: a group naming GPU 1 would not load in a one-GPU replica.
+        raise ReidctlError(f"--replicas {replicas} gives each server one GPU, GPU 0 inside its container, but "
+                           f"{GPUS_KEY} names GPUs {_gpus_text(triton.gpus)}: leave --gpus out")
+    ports = [port for replica in range(replicas) for port in replica_ports(triton, replica).values()]
+    shared = sorted({port for port in ports if ports.count(port) > 1})
+    if shared:
+        raise ReidctlError(f"--replicas {replicas}: replicas would share host port {shared[0]} (replica i adds "
+                           f"i * {REPLICA_PORT_STEP} to each configured port): keep the HTTP, gRPC and metrics "
+                           f"ports within {REPLICA_PORT_STEP} of each other")
+    if max(ports) > 65535:
+        raise ReidctlError(f"--replicas {replicas}: the last replica's port {max(ports)} exceeds 65535: "
+                           "choose lower ports")
+
+
+def _compose_service(repository: Path, image: str, ports: dict[str, int], gpu: dict) -> dict:
+    return {
         "image": image,
         "command": [
             "tritonserver",
@@ -314,14 +413,10 @@ def compose_file(triton, repository: Path, image: str) -> str:
             "--model-control-mode=explicit",
             f"--load-model={TENSORRT_MODEL}",  # the python model needs reidctl, which the container lacks
         ],
-        "ports": [
-            f"{triton.http_port}:{CONTAINER_PORTS['http']}",
-            f"{triton.grpc_port}:{CONTAINER_PORTS['grpc']}",
-            f"{triton.metrics_port}:{CONTAINER_PORTS['metrics']}",
-        ],
+        "ports": [f"{ports[name]}:{CONTAINER_PORTS[name]}" for name in ("http", "grpc", "metrics")],
         "volumes": [f"{repository.resolve()}:/models:ro"],
         "ipc": "host",  # clients on this host pass frames through system shared memory
-        "deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}},
+        "deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", **gpu, "capabilities": ["gpu"]}]}}},
         "healthcheck": {
             "test": ["CMD", "curl", "-sf", f"localhost:{CONTAINER_PORTS['http']}/v2/health/ready"],
             "interval": "10s",
@@ -329,11 +424,33 @@ def compose_file(triton, repository: Path, image: str) -> str:
         },
         "restart": "unless-stopped",
     }
+
+
+def compose_file(triton, repository: Path, image: str, replicas: int = 1) -> str:
+    """docker-compose.yml for NVIDIA's container serving the TensorRT model from this repository.
+
+    One replica: service ``triton`` on one GPU, or on every GPU when ``triton.gpus`` names them (the container then
+    numbers them as the host does, so the instance groups hold). Several: services ``triton-0``, ``triton-1``...,
+    replica i on GPU i alone and on the configured ports + i * REPLICA_PORT_STEP; clients shard cameras among them.
+    ``write_repository`` checks ``replicas`` first (``check_replicas``).
+    """
+    if replicas == 1:
+        gpu = {"count": 1} if triton.gpus is None else {"count": "all"}
+        services = {"triton": _compose_service(repository, image, replica_ports(triton, 0), gpu)}
+        start = "docker compose up -d triton"
+    else:
+        services = {
+            f"triton-{i}": _compose_service(repository, image, replica_ports(triton, i), {"device_ids": [str(i)]})
+            for i in range(replicas)
+        }
+        start = "docker compose up -d"
+    endpoints = ", ".join(f"{name} localhost:{replica_ports(triton, i)['grpc']}" for i, name in enumerate(services))
     header = (
-        "# Written by `reidctl setup-triton`. Start: docker compose up -d triton\n"
+        f"# Written by `reidctl setup-triton`. Start: {start}\n"
+        f"# gRPC: {endpoints}\n"
         f"# Verify: curl localhost:{triton.http_port}/v2/health/ready\n"
     )
-    return header + yaml.safe_dump({"services": {"triton": service}}, sort_keys=False)
+    return header + yaml.safe_dump({"services": services}, sort_keys=False)
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
@@ -349,10 +466,13 @@ def write_repository(
     engine: Path | None = None,
     image: str = DEFAULT_IMAGE,
     warn: Callable[[str], None] = print,
+    replicas: int = 1,
 ) -> list[WrittenFile]:
-    """Write both models and docker-compose.yml; a missing engine leaves model.plan out with one warning."""
-    detection = config.detection
+    """Write both models and docker-compose.yml (``replicas`` servers, one GPU each, when more than one); a missing
+    engine leaves model.plan out with one warning."""
+    detection = placed_on_gpus(config.detection, visible_gpu_count)
     check_batching(detection.triton)
+    check_replicas(detection.triton, replicas)
     if not PYTHON_MODEL_SOURCE.is_file():
         raise ReidctlError(f"the python model source is missing: {PYTHON_MODEL_SOURCE} (reinstall reidctl from its repository)")
     repository = Path(repository)
@@ -380,12 +500,14 @@ def write_repository(
 
     py_dir = repository / PYTHON_MODEL
     write_text_atomic(py_dir / "config.pbtxt", render(python_model_config(detection)))
-    written.append(WrittenFile(py_dir / "config.pbtxt", "python-backend model config"))
+    placement = f", {gpu_placement(detection.triton)}" if detection.triton.gpus is not None else ""
+    written.append(WrittenFile(py_dir / "config.pbtxt", f"python-backend model config{placement}"))
     _copy_atomic(PYTHON_MODEL_SOURCE, py_dir / "1" / "model.py")
     written.append(WrittenFile(py_dir / "1" / "model.py", "python-backend model (reidctl PyTorch runner and NMS)"))
 
-    write_text_atomic(repository / "docker-compose.yml", compose_file(detection.triton, repository, image))
-    written.append(WrittenFile(repository / "docker-compose.yml", f"NGC container {image}"))
+    write_text_atomic(repository / "docker-compose.yml", compose_file(detection.triton, repository, image, replicas))
+    servers = f"{replicas} replicas of " if replicas > 1 else ""
+    written.append(WrittenFile(repository / "docker-compose.yml", f"{servers}NGC container {image}"))
     return written
 
 

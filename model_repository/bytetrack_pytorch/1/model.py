@@ -43,7 +43,13 @@ from torch.utils.dlpack import to_dlpack  # noqa: E402
 from reidctl.backends.pytorch import make_runner  # noqa: E402
 from reidctl.config import override  # noqa: E402
 from reidctl.engine.postprocess import DETECTION_COLUMNS, select_detections  # noqa: E402
-from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_INPUT, PYTHON_OUTPUT, config_from_parameters  # noqa: E402
+from reidctl.triton.repository import (  # noqa: E402
+    PYTHON_COUNT_OUTPUT,
+    PYTHON_INPUT,
+    PYTHON_OUTPUT,
+    config_from_parameters,
+    instance_device,
+)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -73,8 +79,13 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
         config = config_from_parameters(parameters)
-        if args["model_instance_kind"] == "GPU" and config.detection.device != "cpu":
-            config = override(config, device=f"cuda:{args['model_instance_device_id']}")
+        device = instance_device(config.detection.device, args["model_instance_kind"], args["model_instance_device_id"])
+        config = override(config, device=device)
+        # Made current before any CUDA work: pinned buffers, side streams and graph capture otherwise start on
+        # GPU 0 whichever GPU Triton placed this instance on.
+        self.gpu = device if device.startswith("cuda:") else None
+        if self.gpu is not None:
+            torch.cuda.set_device(self.gpu)
         self.runner = make_runner(config, warn=pb_utils.Logger.log_warn)
         self.conf_threshold = config.detection.conf_threshold
         self.nms_threshold = config.detection.nms_threshold
@@ -120,6 +131,8 @@ class TritonPythonModel:
 
     def _finish_batches(self):
         """NMS and responses, batch after batch, in the order the batches started."""
+        if self.gpu is not None:  # the current GPU is per thread
+            torch.cuda.set_device(self.gpu)
         while (started := self.started.get()) is not None:
             senders, sizes, predictions, done = started
             try:
