@@ -39,7 +39,6 @@ from reidctl.engine.bench_report import (
     BenchSettings,
     StreamResult,
     plot_path_for,
-    write_report,
 )
 from reidctl.engine.detector import Detector, StageTimes, available_backends, create_detector, get_backend
 from reidctl.engine.device import gpu_description, resolve_device
@@ -350,4 +349,6 @@ def benchmark(
     for path in (output, plot_path_for(output)):
         check_output_path(path)  # fail before the measurements, not after them
     report = run_bench(config, settings, show_progress)
+    from reidctl.engine.bench_plot import write_report  # matplotlib: only when a report is written
+
     return report, write_report(report, output)

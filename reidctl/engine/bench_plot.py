@@ -1,11 +1,12 @@
-"""The bench plot: throughput and latency percentiles versus camera count."""
+"""The bench files: the JSON record, and the plot of throughput and latency percentiles versus camera count."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from reidctl.engine.bench_report import BenchReport
-from reidctl.io.atomic import atomic_path
+from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, plot_path_for
+from reidctl.io.atomic import atomic_path, write_text_atomic
 
 
 def write_plot(report: BenchReport, path: Path) -> None:
@@ -41,3 +42,11 @@ def write_plot(report: BenchReport, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
+
+
+def write_report(report: BenchReport, path: Path = DEFAULT_BENCH_PATH) -> Path:
+    """The JSON first (the record), then the plot beside it; both atomically. Returns the plot's path."""
+    write_text_atomic(Path(path), json.dumps(report.to_dict(), indent=2))
+    plot = plot_path_for(path)
+    write_plot(report, plot)
+    return plot

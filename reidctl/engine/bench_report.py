@@ -196,13 +196,3 @@ def load_report(path: Path) -> BenchReport:
 
 def plot_path_for(json_path: Path) -> Path:
     return Path(json_path).with_suffix(".png")
-
-
-def write_report(report: BenchReport, path: Path = DEFAULT_BENCH_PATH) -> Path:
-    """The JSON first (the record), then the plot beside it; both atomically. Returns the plot's path."""
-    write_text_atomic(Path(path), json.dumps(report.to_dict(), indent=2))
-    plot = plot_path_for(path)
-    from reidctl.engine.bench_plot import write_plot  # matplotlib: only when a report is written
-
-    write_plot(report, plot)
-    return plot
