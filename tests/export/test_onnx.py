@@ -160,7 +160,7 @@ def test_cli_export_bad_input(tmp_path, nano_checkpoint):
     blocker.write_text("x")
     cases = [
         (["-m", tmp_path / "missing.pth.tar"], "checkpoint not found"),
-        (["-m", corrupt], "is not a readable PyTorch checkpoint"),
+        (["-m", corrupt], "is not a PyTorch checkpoint"),
         (["--opset", "9"], "opset 9 is not supported: use 11 to 20"),
         (["--opset", "21"], "opset 21 is not supported"),
         (["--batch", "4"], "--batch fixes the batch size of a --static-batch graph"),
