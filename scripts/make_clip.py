@@ -1,4 +1,7 @@
-"""Write a short synthetic clip for demos and benchmarks: python scripts/make_clip.py OUT.avi [--frames N] [--size HxW]."""
+"""Write a short synthetic clip for demos and benchmarks.
+
+    python scripts/make_clip.py OUT.avi [--frames N] [--size HxW] [--fps F]
+"""
 
 import argparse
 from pathlib import Path

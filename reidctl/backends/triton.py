@@ -154,7 +154,9 @@ class TritonRunner(Runner):
             "model": self.model_name,
             "server": f"Triton {self.server_version}",
             "input": f"{self.input_name} {self.input_datatype}",
-            "output": "detections (NMS on the server)" if self.returns_detections else f"predictions {self.output_datatype}",
+            "output": "detections (NMS on the server)"
+            if self.returns_detections
+            else f"predictions {self.output_datatype}",
             "server_model": server_model,
             "shared_memory": self.use_shared_memory,
         }
@@ -293,4 +295,11 @@ def make_runner(config, warn=print_warning) -> TritonRunner:
     return runner
 
 
-register(Backend("triton", "Triton Inference Server over gRPC (dynamic batching)", availability=availability, make_runner=make_runner))
+register(
+    Backend(
+        "triton",
+        "Triton Inference Server over gRPC (dynamic batching)",
+        availability=availability,
+        make_runner=make_runner,
+    )
+)

@@ -38,16 +38,47 @@ def _print_table(title: str, rows: dict) -> None:
     console.print(table)
 
 
-@command("export-onnx", "Export the YOLOX checkpoint to ONNX (input 'images', output 'output') with reidctl metadata, "
-                        "verified with ONNX Runtime against PyTorch.")
+@command(
+    "export-onnx",
+    "Export the YOLOX checkpoint to ONNX (input 'images', output 'output') with reidctl metadata, "
+    "verified with ONNX Runtime against PyTorch.",
+)
 def export_onnx_command(
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="ONNX file to write (default: detection.tensorrt.onnx_path, else the engine path with .onnx).")] = None,
-    opset: Annotated[int, typer.Option("--opset", help=f"ONNX opset, {MIN_OPSET} (ByteTrack's) to {MAX_OPSET}.")] = DEFAULT_OPSET,
-    fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="Export the graph in half precision (fp16 input and weights, fp32 output); TensorRT 11 needs this for fp16 engines.")] = False,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Leave the batch dimension dynamic, or fix it to --batch.")] = True,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="ONNX file to write (default: detection.tensorrt.onnx_path, else the engine path with .onnx).",
+        ),
+    ] = None,
+    opset: Annotated[
+        int, typer.Option("--opset", help=f"ONNX opset, {MIN_OPSET} (ByteTrack's) to {MAX_OPSET}.")
+    ] = DEFAULT_OPSET,
+    fp16: Annotated[
+        bool,
+        typer.Option(
+            "--fp16/--fp32",
+            help="Export the graph in half precision (fp16 input and weights, fp32 output); TensorRT 11 needs this "
+                 "for fp16 engines.",
+        ),
+    ] = False,
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option("--dynamic-batch/--static-batch", help="Leave the batch dimension dynamic, or fix it to --batch."),
+    ] = True,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of a --static-batch graph.")] = 1,
-    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph with onnxslim.")] = True,
-    decode: Annotated[bool, typer.Option("--decode/--no-decode", help="Decode boxes inside the graph (output (B, anchors, 5+C) in input pixels); --no-decode keeps the raw head output as ByteTrack's export does.")] = True,
+    simplify: Annotated[
+        bool, typer.Option("--simplify/--no-simplify", help="Simplify the graph with onnxslim.")
+    ] = True,
+    decode: Annotated[
+        bool,
+        typer.Option(
+            "--decode/--no-decode",
+            help="Decode boxes inside the graph (output (B, anchors, 5+C) in input pixels); --no-decode keeps the "
+                 "raw head output as ByteTrack's export does.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
     progress: ProgressOpt = True,
     config: ConfigOpt = None,
@@ -68,37 +99,98 @@ def export_onnx_command(
 
     check_output_path(target)  # before the model is loaded and traced
     yolox, spec = load_detection_model(det, warn)
-    result = export_onnx(yolox, spec, target, det.input_size, opset=opset, fp16=fp16, dynamic_batch=dynamic_batch,
-                         batch=batch, simplify=simplify, decode=decode, show_progress=progress)
+    result = export_onnx(
+        yolox,
+        spec,
+        target,
+        det.input_size,
+        opset=opset,
+        fp16=fp16,
+        dynamic_batch=dynamic_batch,
+        batch=batch,
+        simplify=simplify,
+        decode=decode,
+        show_progress=progress,
+    )
     if as_json:
         console.print_json(json.dumps(result.as_dict()))
         return
     meta = result.metadata
-    _print_table("ONNX export", {
-        "Path": result.path,
-        "Model": f"{spec.label}, {meta.input_size[0]}x{meta.input_size[1]}",
-        "Size": _mib(result.size_bytes),
-        "Opset": result.opset,
-        "Precision": meta.precision,
-        "Batch": "dynamic" if meta.batch is None else meta.batch,
-        "Output": "decoded" if meta.decoded else "raw head output",
-        "Max abs diff (ORT vs PyTorch)": f"{result.comparison.max_abs_diff:.2e} "
-                                         f"(box rel. {result.comparison.box_rel_diff:.1e}, "
-                                         f"score {result.comparison.score_abs_diff:.1e})",
-        "Export time": f"{result.seconds:.1f} s",
-    })
+    _print_table(
+        "ONNX export",
+        {
+            "Path": result.path,
+            "Model": f"{spec.label}, {meta.input_size[0]}x{meta.input_size[1]}",
+            "Size": _mib(result.size_bytes),
+            "Opset": result.opset,
+            "Precision": meta.precision,
+            "Batch": "dynamic" if meta.batch is None else meta.batch,
+            "Output": "decoded" if meta.decoded else "raw head output",
+            "Max abs diff (ORT vs PyTorch)": f"{result.comparison.max_abs_diff:.2e} "
+            f"(box rel. {result.comparison.box_rel_diff:.1e}, "
+            f"score {result.comparison.score_abs_diff:.1e})",
+            "Export time": f"{result.seconds:.1f} s",
+        },
+    )
 
 
 @command("build-engine", "Build a TensorRT engine from the ONNX export (TensorRT 10 or 11, on the GPU it will run on).")
 def build_engine_command(
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX file from `reidctl export-onnx` (default: detection.tensorrt.onnx_path, else the engine path with .onnx).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Engine file to write (default: detection.tensorrt.engine_path); its sidecar <engine>.json is written beside it.")] = None,
-    fp16: Annotated[Optional[bool], typer.Option("--fp16/--fp32", help="fp16 engine (default: detection.tensorrt.fp16). TensorRT 11 needs an fp16 ONNX for it (export-onnx --fp16).")] = None,
-    workspace: Annotated[Optional[int], typer.Option("--workspace", min=1, help="Builder workspace in MiB (default: detection.tensorrt.workspace).")] = None,
-    min_batch: Annotated[Optional[int], typer.Option("--min-batch", min=1, help="Smallest batch of the dynamic-batch profile (default: detection.tensorrt.min_batch).")] = None,
-    opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", min=1, help="Batch the profile is tuned for (default: detection.tensorrt.opt_batch).")] = None,
-    max_batch: Annotated[Optional[int], typer.Option("--max-batch", min=1, help="Largest batch of the profile (default: detection.tensorrt.max_batch).")] = None,
-    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="TensorRT timing cache to read (if present) and update; speeds up rebuilds.")] = None,
+    onnx: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--onnx",
+            help="ONNX file from `reidctl export-onnx` (default: detection.tensorrt.onnx_path, else the engine path "
+                 "with .onnx).",
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Engine file to write (default: detection.tensorrt.engine_path); its sidecar <engine>.json is "
+                 "written beside it.",
+        ),
+    ] = None,
+    fp16: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--fp16/--fp32",
+            help="fp16 engine (default: detection.tensorrt.fp16). TensorRT 11 needs an fp16 ONNX for it "
+                 "(export-onnx --fp16).",
+        ),
+    ] = None,
+    workspace: Annotated[
+        Optional[int],
+        typer.Option("--workspace", min=1, help="Builder workspace in MiB (default: detection.tensorrt.workspace)."),
+    ] = None,
+    min_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            "--min-batch",
+            min=1,
+            help="Smallest batch of the dynamic-batch profile (default: detection.tensorrt.min_batch).",
+        ),
+    ] = None,
+    opt_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            "--opt-batch", min=1, help="Batch the profile is tuned for (default: detection.tensorrt.opt_batch)."
+        ),
+    ] = None,
+    max_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-batch", min=1, help="Largest batch of the profile (default: detection.tensorrt.max_batch)."
+        ),
+    ] = None,
+    timing_cache: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--timing-cache", help="TensorRT timing cache to read (if present) and update; speeds up rebuilds."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     progress: ProgressOpt = True,
     config: ConfigOpt = None,
@@ -106,7 +198,13 @@ def build_engine_command(
     from reidctl.export.onnx import default_onnx_path
     from reidctl.export.tensorrt import build_engine, sidecar_path
 
-    given = {"fp16": fp16, "workspace": workspace, "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
+    given = {
+        "fp16": fp16,
+        "workspace": workspace,
+        "min_batch": min_batch,
+        "opt_batch": opt_batch,
+        "max_batch": max_batch,
+    }
     trt_cfg = build_config(config, tensorrt=given).detection.tensorrt
     engine_path = output or Path(trt_cfg.engine_path)
     result = build_engine(
@@ -126,13 +224,17 @@ def build_engine_command(
         return
     sidecar = result.sidecar
     profile = sidecar["profile"]
-    _print_table("TensorRT engine", {
-        "Engine": result.engine_path,
-        "Sidecar": sidecar_path(result.engine_path),
-        "Size": _mib(result.size_bytes),
-        "Precision": sidecar["precision"],
-        "TensorRT": sidecar["tensorrt_version"],
-        "GPU": f"{sidecar['gpu']['name']} (compute capability {sidecar['gpu']['compute_capability']})",
-        "Batch profile": f"{profile['min_batch']} / {profile['opt_batch']} / {profile['max_batch']} (min / opt / max)",
-        "Build time": f"{result.seconds:.1f} s",
-    })
+    _print_table(
+        "TensorRT engine",
+        {
+            "Engine": result.engine_path,
+            "Sidecar": sidecar_path(result.engine_path),
+            "Size": _mib(result.size_bytes),
+            "Precision": sidecar["precision"],
+            "TensorRT": sidecar["tensorrt_version"],
+            "GPU": f"{sidecar['gpu']['name']} (compute capability {sidecar['gpu']['compute_capability']})",
+            "Batch profile": f"{profile['min_batch']} / {profile['opt_batch']} / {profile['max_batch']} "
+            "(min / opt / max)",
+            "Build time": f"{result.seconds:.1f} s",
+        },
+    )

@@ -37,41 +37,126 @@ def _print_status(status: dict, as_json: bool) -> None:
         console.print_json(json.dumps(status))
         return
     if not status["running"]:
-        console.print(f"no Triton server is running for {status['repository']} (start one with `reidctl setup-triton --start`)")
+        console.print(
+            f"no Triton server is running for {status['repository']} (start one with `reidctl setup-triton --start`)"
+        )
         return
     from reidctl.triton.server import ServerState, reason_line
 
     state = ServerState(**{field.name: status[field.name] for field in dataclasses.fields(ServerState)})
-    console.print(f"Triton server (pid {state.pid}) {'ready' if status['ready'] else 'NOT ready'}: {_endpoints(state)}; log {state.log}")
+    console.print(
+        f"Triton server (pid {state.pid}) {'ready' if status['ready'] else 'NOT ready'}: {_endpoints(state)}; log "
+        f"{state.log}"
+    )
     table = Table(title=f"Models in {status['repository']}")
     for column in ("Model", "Version", "State", "Reason"):
         table.add_column(column)
     for model in status["model_states"]:
-        table.add_row(model.get("name", ""), model.get("version", "-"), model.get("state", "not loaded"), reason_line(model["reason"]) if model.get("reason") else "")
+        table.add_row(
+            model.get("name", ""),
+            model.get("version", "-"),
+            model.get("state", "not loaded"),
+            reason_line(model["reason"]) if model.get("reason") else "",
+        )
     console.print(table)
 
 
-@command("setup-triton", "Write the Triton model repository (TensorRT and PyTorch models, docker-compose.yml); start, stop or check the bundled server.")
+@command(
+    "setup-triton",
+    "Write the Triton model repository (TensorRT and PyTorch models, docker-compose.yml); start, stop or check the "
+    "bundled server.",
+)
 def setup_triton(
-    repository: Annotated[Optional[Path], typer.Option("--repository", "-r", help="Model repository directory (default: detection.triton.repository).")] = None,
-    engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine copied to bytetrack_tensorrt/1/model.plan (default: detection.tensorrt.engine_path if it exists).")] = None,
-    start: Annotated[bool, typer.Option("--start", help="After writing, start the bundled Triton server in the background (its files are installed into the cache on first use).")] = False,
-    stop: Annotated[bool, typer.Option("--stop", help="Stop the bundled server started for this repository (writes nothing).")] = False,
-    status: Annotated[bool, typer.Option("--status", help="Show whether the bundled server runs, its ports and its models (writes nothing).")] = False,
-    max_batch_size: Annotated[Optional[int], typer.Option("--max-batch-size", min=1, help="Largest batch the dynamic batcher forms (default: detection.triton.max_batch_size).")] = None,
-    http_port: Annotated[Optional[int], typer.Option("--http-port", min=1, max=65535, help="HTTP port (default: detection.triton.http_port, 8100).")] = None,
-    grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", min=1, max=65535, help="gRPC port (default: detection.triton.grpc_port, 8101).")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics port (default: detection.triton.metrics_port, 8102).")] = None,
-    gpus: Annotated[Optional[str], typer.Option(
-        "--gpus", help="GPUs the models' instance groups name, each with detection.triton.instances instances: 'all' "
-        "(the GPUs visible here) or ids such as 0,1 (default: detection.triton.gpus; unset, Triton places them on "
-        "every GPU it sees).")] = None,
-    replicas: Annotated[int, typer.Option(
-        "--replicas", min=1, help="Servers in docker-compose.yml, replica i on GPU i and on the configured ports "
-        "+ 10*i (gRPC 8101, 8111, 8121...); the bundled server stays one.")] = 1,
+    repository: Annotated[
+        Optional[Path],
+        typer.Option("--repository", "-r", help="Model repository directory (default: detection.triton.repository)."),
+    ] = None,
+    engine: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--engine",
+            help="TensorRT engine copied to bytetrack_tensorrt/1/model.plan (default: "
+                 "detection.tensorrt.engine_path if it exists).",
+        ),
+    ] = None,
+    start: Annotated[
+        bool,
+        typer.Option(
+            "--start",
+            help="After writing, start the bundled Triton server in the background (its files are installed into "
+                 "the cache on first use).",
+        ),
+    ] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the bundled server started for this repository (writes nothing).")
+    ] = False,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status", help="Show whether the bundled server runs, its ports and its models (writes nothing)."
+        ),
+    ] = False,
+    max_batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-batch-size",
+            min=1,
+            help="Largest batch the dynamic batcher forms (default: detection.triton.max_batch_size).",
+        ),
+    ] = None,
+    http_port: Annotated[
+        Optional[int],
+        typer.Option("--http-port", min=1, max=65535, help="HTTP port (default: detection.triton.http_port, 8100)."),
+    ] = None,
+    grpc_port: Annotated[
+        Optional[int],
+        typer.Option("--grpc-port", min=1, max=65535, help="gRPC port (default: detection.triton.grpc_port, 8101)."),
+    ] = None,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Prometheus metrics port (default: detection.triton.metrics_port, 8102).",
+        ),
+    ] = None,
+    gpus: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gpus",
+            help="GPUs the models' instance groups name, each with detection.triton.instances instances: 'all' "
+            "(the GPUs visible here) or ids such as 0,1 (default: detection.triton.gpus; unset, Triton places them on "
+            "every GPU it sees).",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas",
+            min=1,
+            help="Servers in docker-compose.yml, replica i on GPU i and on the configured ports "
+            "+ 10*i (gRPC 8101, 8111, 8121...); the bundled server stays one.",
+        ),
+    ] = 1,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
-    compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the python model: on an H100 a frame's model step takes 2.3 instead of 3.5 ms, for up to a minute and a half more at server start (default: on for a GPU instance, else detection.compile).")] = None,
-    startup_timeout: Annotated[float, typer.Option("--startup-timeout", min=1, help="Seconds to wait for the server to become ready (model loading and compilation included).")] = 300.0,
+    compile_model: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the python model: on an H100 a frame's model step takes 2.3 instead of 3.5 ms, for "
+                 "up to a minute and a half more at server start (default: on for a GPU instance, else "
+                 "detection.compile).",
+        ),
+    ] = None,
+    startup_timeout: Annotated[
+        float,
+        typer.Option(
+            "--startup-timeout",
+            min=1,
+            help="Seconds to wait for the server to become ready (model loading and compilation included).",
+        ),
+    ] = 300.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print --status as JSON.")] = False,
     config: ConfigOpt = None,
     model: ModelOpt = None,
@@ -89,8 +174,18 @@ def setup_triton(
     if sum((start, stop, status)) > 1:
         raise ReidctlError("choose one of --start, --stop and --status")
     ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
-    cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16,
-                       triton={"max_batch_size": max_batch_size, "gpus": gpus, **ports})
+    cfg = build_config(
+        config,
+        model,
+        model_type,
+        num_classes,
+        device,
+        test_size,
+        conf,
+        nms,
+        fp16,
+        triton={"max_batch_size": max_batch_size, "gpus": gpus, **ports},
+    )
     if compile_model is None:  # the default depends on where the server model runs
         compile_model = server_compiles(cfg.detection)
     cfg = override(cfg, compile=compile_model)
@@ -102,11 +197,17 @@ def setup_triton(
         return
     if stop:
         stopped = stop_server(repo)
-        console.print(f"stopped Triton server (pid {stopped.pid})" if stopped else f"no Triton server is running for {repo.resolve()}")
+        console.print(
+            f"stopped Triton server (pid {stopped.pid})"
+            if stopped
+            else f"no Triton server is running for {repo.resolve()}"
+        )
         return
     running = running_server(repo) if start else None
     if running:
-        console.print(f"Triton server already running (pid {running.pid}) for {running.repository}: {_endpoints(running)}")
+        console.print(
+            f"Triton server already running (pid {running.pid}) for {running.repository}: {_endpoints(running)}"
+        )
         return
 
     written = write_repository(cfg, repo, engine, image, warn=warn, replicas=replicas)

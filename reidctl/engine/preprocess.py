@@ -41,12 +41,16 @@ def letterbox(
         canvas = np.full((len(frames), *test_size, 3), PAD_VALUE, dtype=np.uint8)
         for i, (frame, (new_h, new_w)) in enumerate(zip(frames, sizes)):
             same = (new_h, new_w) == frame.shape[:2]
-            canvas[i, :new_h, :new_w] = frame if same else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            canvas[i, :new_h, :new_w] = (
+                frame if same else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            )
         return torch.from_numpy(canvas), ratios
     canvas = torch.full((len(frames), *test_size, 3), PAD_VALUE, dtype=torch.uint8, device=device)
     for i, (frame, (new_h, new_w)) in enumerate(zip(frames, sizes)):
         source = torch.from_numpy(np.ascontiguousarray(frame)).to(device)
-        canvas[i, :new_h, :new_w] = source if (new_h, new_w) == frame.shape[:2] else bilinear_resize(source, (new_h, new_w))
+        canvas[i, :new_h, :new_w] = (
+            source if (new_h, new_w) == frame.shape[:2] else bilinear_resize(source, (new_h, new_w))
+        )
     return canvas, ratios
 
 

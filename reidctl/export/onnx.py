@@ -111,7 +111,9 @@ class OnnxMetadata:
         try:
             return cls(**{**data, "input_size": tuple(data["input_size"])})
         except (KeyError, TypeError):
-            raise ReidctlError(f"{source}: the model metadata is malformed; rebuild it (reidctl build-engine)") from None
+            raise ReidctlError(
+                f"{source}: the model metadata is malformed; rebuild it (reidctl build-engine)"
+            ) from None
 
 
 def _parse_size(value: str) -> tuple[int, int]:
@@ -174,11 +176,21 @@ def read_onnx(path: Path) -> OnnxInfo:
     if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[3] is None:
         raise ReidctlError(f"{path} is not a YOLOX detector: input '{image.name}' is not (batch, 3, height, width)")
     if elem_type not in ONNX_DTYPES:
-        raise ReidctlError(f"{path}: input '{image.name}' has type {onnx.TensorProto.DataType.Name(elem_type)}, "
-                           "expected FLOAT or FLOAT16")
+        raise ReidctlError(
+            f"{path}: input '{image.name}' has type {onnx.TensorProto.DataType.Name(elem_type)}, "
+            "expected FLOAT or FLOAT16"
+        )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return OnnxInfo(path, image.name, output.name, ONNX_DTYPES[elem_type], (dims[2], dims[3]), dims[0], opset,
-                    read_metadata(model, path))
+    return OnnxInfo(
+        path,
+        image.name,
+        output.name,
+        ONNX_DTYPES[elem_type],
+        (dims[2], dims[3]),
+        dims[0],
+        opset,
+        read_metadata(model, path),
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -201,8 +213,14 @@ def create_session(path: Path, providers: Sequence = ("CPUExecutionProvider",)) 
 @contextlib.contextmanager
 def progress_steps(title: str, total: int, show: bool) -> Iterator[Callable[[str], None]]:
     """A progress bar over named steps: call ``step(description)`` as each one begins."""
-    columns = [SpinnerColumn(), TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.description}"), TimeElapsedColumn()]
+    columns = [
+        SpinnerColumn(),
+        TextColumn(f"[bold]{title}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, disable=not show, transient=False) as progress:
         task = progress.add_task("", total=total)
         started = False
@@ -304,8 +322,17 @@ def _trace(module: nn.Module, sample: torch.Tensor, path: Path, opset: int, dyna
         # The TorchScript exporter's deprecation notice and tracer warnings about the constant anchor grid.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, (sample,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
             raise ReidctlError(f"ONNX export failed: {first_line(exc)}") from None
 
@@ -348,8 +375,9 @@ def export_onnx(
 
     precision = "fp16" if fp16 else "fp32"
     tolerance = tolerance or TOLERANCES[precision]
-    metadata = OnnxMetadata(spec.size, spec.num_classes, tuple(test_size), precision, decode,
-                            None if dynamic_batch else batch)
+    metadata = OnnxMetadata(
+        spec.size, spec.num_classes, tuple(test_size), precision, decode, None if dynamic_batch else batch
+    )
     reference_module = _ExportModule(fuse_conv_bn(model).float().eval(), test_size, decode)
     export_module = copy.deepcopy(reference_module).half() if fp16 else reference_module
     # A dynamic graph is verified at batch 2, which proves the batch axis really is dynamic.
@@ -382,5 +410,6 @@ def export_onnx(
                 f"(tolerance {tolerance.box_rel:.0e}), score diff {comparison.score_abs_diff:.2e} "
                 f"(tolerance {tolerance.score_abs:.0e}); nothing written"
             )
-    return ExportResult(Path(output), Path(output).stat().st_size, opset, metadata, comparison, tolerance,
-                        time.perf_counter() - started)
+    return ExportResult(
+        Path(output), Path(output).stat().st_size, opset, metadata, comparison, tolerance, time.perf_counter() - started
+    )

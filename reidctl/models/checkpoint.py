@@ -76,7 +76,11 @@ def infer_spec(state: dict[str, torch.Tensor], source: Path | str = "checkpoint"
     depth_blocks = len({k.split(".")[5] for k in state if k.startswith("backbone.backbone.dark2.1.m.")})
     depthwise = "backbone.backbone.dark2.0.dconv.conv.weight" in state
     for name, size in MODEL_SIZES.items():
-        if abs(size.width - width) < 1e-6 and max(round(size.depth * 3), 1) == depth_blocks and size.depthwise == depthwise:
+        if (
+            abs(size.width - width) < 1e-6
+            and max(round(size.depth * 3), 1) == depth_blocks
+            and size.depthwise == depthwise
+        ):
             return ModelSpec(name, int(state[CLS_PRED_KEY].shape[0]))
     raise ReidctlError(f"{source} has a YOLOX layout of no known size (width {width}, depth {depth_blocks})")
 

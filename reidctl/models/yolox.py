@@ -121,7 +121,9 @@ class CSPDarknet(nn.Module):
         base = int(width * 64)
         base_depth = max(round(depth * 3), 1)
         self.stem = Focus(3, base, ksize=3)
-        self.dark2 = nn.Sequential(conv(base, base * 2, 3, 2), CSPLayer(base * 2, base * 2, base_depth, depthwise=depthwise))
+        self.dark2 = nn.Sequential(
+            conv(base, base * 2, 3, 2), CSPLayer(base * 2, base * 2, base_depth, depthwise=depthwise)
+        )
         self.dark3 = nn.Sequential(
             conv(base * 2, base * 4, 3, 2), CSPLayer(base * 4, base * 4, base_depth * 3, depthwise=depthwise)
         )
@@ -215,7 +217,9 @@ class YOLOXHead(nn.Module):
 
 
 @functools.lru_cache(maxsize=32)
-def anchor_grids(test_size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def anchor_grids(
+    test_size: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor-point grid (1, anchors, 2) and stride (1, anchors, 1) for an input size, cached on the device.
 
     YOLOX rebuilds these on the CPU in every call, which breaks CUDA-graph capture.

@@ -134,8 +134,9 @@ def _profile_batches(sidecar: Path, data: dict) -> tuple[int, int]:
     profile = data.get("profile")
     batches = (profile.get("min_batch"), profile.get("max_batch")) if isinstance(profile, dict) else (None, None)
     if not all(isinstance(b, int) and b >= 1 for b in batches):
-        raise ReidctlError(f"{sidecar}: key 'profile' must hold min_batch and max_batch: "
-                           "rebuild the engine (reidctl build-engine)")
+        raise ReidctlError(
+            f"{sidecar}: key 'profile' must hold min_batch and max_batch: rebuild the engine (reidctl build-engine)"
+        )
     return batches
 
 
@@ -151,8 +152,11 @@ def check_profile_fits(triton, profile: tuple[int, int], sidecar: Path) -> None:
     if triton.max_batch_size <= max_batch:
         return
     fits = all(size <= max_batch for size in triton.preferred_batch_sizes)
-    lower = (f"`reidctl setup-triton --max-batch-size {max_batch}`" if fits else
-             f"detection.triton.max_batch_size and preferred_batch_sizes at most {max_batch}")
+    lower = (
+        f"`reidctl setup-triton --max-batch-size {max_batch}`"
+        if fits
+        else f"detection.triton.max_batch_size and preferred_batch_sizes at most {max_batch}"
+    )
     raise ReidctlError(
         f"Triton max_batch_size {triton.max_batch_size} exceeds the engine's largest batch {max_batch} ({sidecar}): "
         f"rebuild it with `reidctl build-engine --max-batch {triton.max_batch_size}` or use {lower}"
@@ -190,9 +194,11 @@ def image_tensorrt_warning(engine_version: str, image: str) -> str | None:
     image_version = NGC_IMAGE_TENSORRT.get(tag) if tag else None
     if image_version is None or same_tensorrt_release(engine_version, image_version):
         return None
-    return (f"warning: the engine was built with TensorRT {engine_version}, but {image} has TensorRT {image_version}: "
-            "its Triton cannot load the engine; build it inside that image or pick the image with its TensorRT "
-            "(--image)")
+    return (
+        f"warning: the engine was built with TensorRT {engine_version}, but {image} has TensorRT {image_version}: "
+        "its Triton cannot load the engine; build it inside that image or pick the image with its TensorRT "
+        "(--image)"
+    )
 
 
 def visible_gpu_count() -> int:
@@ -214,8 +220,9 @@ def resolve_gpus(value: list[int] | str | None, visible: int) -> list[int] | Non
     if ids is not None and (not ids or len(set(ids)) != len(ids) or min(ids) < 0):
         raise ReidctlError(f"{where}: expected all or distinct GPU ids such as 0,1")
     if visible == 0:
-        raise ReidctlError(f"{where}: no CUDA GPU is visible here; run setup-triton on the GPU host or leave "
-                           "--gpus out")
+        raise ReidctlError(
+            f"{where}: no CUDA GPU is visible here; run setup-triton on the GPU host or leave --gpus out"
+        )
     if ids is None:
         return list(range(visible))
     if max(ids) >= visible:
@@ -243,8 +250,9 @@ def placed_on_gpus(detection: DetectionConfig, visible: Callable[[], int]) -> De
         return detection
     gpus = resolve_gpus(detection.triton.gpus, visible())
     if detection.device == "cpu":
-        raise ReidctlError("--gpus places the models on GPUs, but detection.device is cpu: "
-                           "use --device auto or leave --gpus out")
+        raise ReidctlError(
+            "--gpus places the models on GPUs, but detection.device is cpu: use --device auto or leave --gpus out"
+        )
     return replace(detection, triton=replace(detection.triton, gpus=gpus))
 
 
@@ -345,7 +353,10 @@ def python_model_config(detection: DetectionConfig):
 
 
 def python_model_parameters(detection: DetectionConfig) -> dict[str, str]:
-    """DetectionConfig fields as config.pbtxt string parameters (the server's working directory differs: absolute paths)."""
+    """DetectionConfig fields as config.pbtxt string parameters.
+
+    Paths become absolute: the server's working directory differs.
+    """
     values = {name: getattr(detection, name) for name in PYTHON_MODEL_FIELDS}
     if values["model_path"]:
         values["model_path"] = str(Path(values["model_path"]).resolve())
@@ -391,17 +402,22 @@ def check_replicas(triton, replicas: int) -> None:
         raise ReidctlError(f"--replicas: expected >= 1, got {replicas}")
     if replicas > 1 and triton.gpus not in (None, [0]):
         # Docker numbers a container's GPUs from 0: a group naming GPU 1 would not load in a one-GPU replica.
-        raise ReidctlError(f"--replicas {replicas} gives each server one GPU, GPU 0 inside its container, but "
-                           f"{GPUS_KEY} names GPUs {_gpus_text(triton.gpus)}: leave --gpus out")
+        raise ReidctlError(
+            f"--replicas {replicas} gives each server one GPU, GPU 0 inside its container, but "
+            f"{GPUS_KEY} names GPUs {_gpus_text(triton.gpus)}: leave --gpus out"
+        )
     ports = [port for replica in range(replicas) for port in replica_ports(triton, replica).values()]
     shared = sorted({port for port in ports if ports.count(port) > 1})
     if shared:
-        raise ReidctlError(f"--replicas {replicas}: replicas would share host port {shared[0]} (replica i adds "
-                           f"i * {REPLICA_PORT_STEP} to each configured port): keep the HTTP, gRPC and metrics "
-                           f"ports within {REPLICA_PORT_STEP} of each other")
+        raise ReidctlError(
+            f"--replicas {replicas}: replicas would share host port {shared[0]} (replica i adds "
+            f"i * {REPLICA_PORT_STEP} to each configured port): keep the HTTP, gRPC and metrics "
+            f"ports within {REPLICA_PORT_STEP} of each other"
+        )
     if max(ports) > 65535:
-        raise ReidctlError(f"--replicas {replicas}: the last replica's port {max(ports)} exceeds 65535: "
-                           "choose lower ports")
+        raise ReidctlError(
+            f"--replicas {replicas}: the last replica's port {max(ports)} exceeds 65535: choose lower ports"
+        )
 
 
 def _compose_service(repository: Path, image: str, ports: dict[str, int], gpu: dict) -> dict:
@@ -474,7 +490,9 @@ def write_repository(
     check_batching(detection.triton)
     check_replicas(detection.triton, replicas)
     if not PYTHON_MODEL_SOURCE.is_file():
-        raise ReidctlError(f"the python model source is missing: {PYTHON_MODEL_SOURCE} (reinstall reidctl from its repository)")
+        raise ReidctlError(
+            f"the python model source is missing: {PYTHON_MODEL_SOURCE} (reinstall reidctl from its repository)"
+        )
     repository = Path(repository)
     ensure_writable_dir(repository)
     from reidctl.export.tensorrt import read_sidecar, sidecar_path
@@ -496,7 +514,10 @@ def write_repository(
         written.append(WrittenFile(trt_dir / "1" / "model.plan", f"engine copied from {engine}"))
     else:
         ensure_writable_dir(trt_dir / "1")
-        warn(f"warning: TensorRT engine {engine} not found: {TENSORRT_MODEL}/1/model.plan not written (rerun with --engine PATH)")
+        warn(
+            f"warning: TensorRT engine {engine} not found: {TENSORRT_MODEL}/1/model.plan not written (rerun with "
+            "--engine PATH)"
+        )
 
     py_dir = repository / PYTHON_MODEL
     write_text_atomic(py_dir / "config.pbtxt", render(python_model_config(detection)))
@@ -533,4 +554,3 @@ def served_models(repository: Path, backend: str) -> list[str]:
         if read_model_config(config_path).backend == backend:
             names.append(config_path.parent.name)
     return names
-

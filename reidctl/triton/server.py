@@ -101,8 +101,19 @@ def find_wheel() -> Path | None:
 
 
 def _download_wheel(into: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--quiet", f"nvidia-pytriton=={PYTRITON_VERSION}", "--dest", str(into)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        f"nvidia-pytriton=={PYTRITON_VERSION}",
+        "--dest",
+        str(into),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(into.glob("nvidia_pytriton-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -286,11 +297,15 @@ def check_ports(ports: Ports) -> None:
         raise ReidctlError(f"the HTTP, gRPC and metrics ports must differ, got {numbers}")
     for label, port in ports.items():
         if port_in_use(port):
-            raise ReidctlError(f"port {port} ({label}) is already in use: stop what listens there or choose another port")
+            raise ReidctlError(
+                f"port {port} ({label}) is already in use: stop what listens there or choose another port"
+            )
 
 
 def _http_json(port: int, path: str, method: str = "GET", timeout: float = 2.0):
-    request = urllib.request.Request(f"http://localhost:{port}{path}", method=method, data=b"{}" if method == "POST" else None)
+    request = urllib.request.Request(
+        f"http://localhost:{port}{path}", method=method, data=b"{}" if method == "POST" else None
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         body = response.read()
     return json.loads(body) if body else None
@@ -367,7 +382,10 @@ def python_shared_memory_options(repository: Path, models: list[str]) -> list[st
     grows by 1 MiB: size it for two full input batches from the start (with a 64 MiB pool the server's input
     copy of a batch of 8 YOLOX-X frames took 1.7 instead of 2.3 ms on the H100 host)."""
     pool = max(2**20, 2 * max(batch_input_bytes(repository, model) for model in models))
-    return [f"--backend-config=python,shm-default-byte-size={pool}", f"--backend-config=python,shm-growth-byte-size={pool}"]
+    return [
+        f"--backend-config=python,shm-default-byte-size={pool}",
+        f"--backend-config=python,shm-growth-byte-size={pool}",
+    ]
 
 
 def start_server(
@@ -387,12 +405,16 @@ def start_server(
     cache = Path(cache or cache_dir())
     running = running_server(repository, cache)
     if running:
-        raise ReidctlError(f"a Triton server (pid {running.pid}) already serves {repository} on gRPC port {running.grpc_port}")
+        raise ReidctlError(
+            f"a Triton server (pid {running.pid}) already serves {repository} on gRPC port {running.grpc_port}"
+        )
     if not repository.is_dir():
         raise ReidctlError(f"model repository {repository} does not exist: run `reidctl setup-triton` first")
     models = served_models(repository, "python")
     if not models:
-        raise ReidctlError(f"{repository} has no python-backend model for the bundled server: run `reidctl setup-triton` first")
+        raise ReidctlError(
+            f"{repository} has no python-backend model for the bundled server: run `reidctl setup-triton` first"
+        )
     check_ports(ports)
     orphans = end_orphaned_stubs(cache)
     if orphans:

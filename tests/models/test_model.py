@@ -64,7 +64,11 @@ def test_mot17_means_x_with_one_class(tmp_path):
 
 @pytest.mark.parametrize(
     ("model_type", "num_classes", "message"),
-    [("mot17", None, "model_type 'mot17' is YOLOX-x"), ("tiny", None, "is YOLOX-tiny"), ("nano", 2, "2 class(es) were expected")],
+    [
+        ("mot17", None, "model_type 'mot17' is YOLOX-x"),
+        ("tiny", None, "is YOLOX-tiny"),
+        ("nano", 2, "2 class(es) were expected"),
+    ],
 )
 def test_layout_mismatch_is_named(tmp_path, model_type, num_classes, message):
     path = make_checkpoint(tmp_path / "nano.pth.tar")

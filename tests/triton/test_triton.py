@@ -155,24 +155,41 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert trt.dynamic_batching.max_queue_delay_microseconds == 250
     assert trt.instance_group[0].kind == trt.instance_group[0].KIND_GPU and trt.instance_group[0].count == 1
     assert trt.optimization.cuda.graphs
-    assert [(t.name, list(t.dims), t.data_type) for t in trt.input] == [("images", [3, 128, 160], grpcclient.model_config_pb2.TYPE_FP16)]
+    assert [(t.name, list(t.dims), t.data_type) for t in trt.input] == [
+        ("images", [3, 128, 160], grpcclient.model_config_pb2.TYPE_FP16)
+    ]
     assert [(t.name, list(t.dims)) for t in trt.output] == [("output", [ANCHORS, 6])]
 
     python = read_model_config(repository / PYTHON_MODEL / "config.pbtxt")
     assert python.backend == "python" and python.max_batch_size == 4
     assert list(python.dynamic_batching.preferred_batch_size) == [2, 4]
     assert python.instance_group[0].kind == python.instance_group[0].KIND_CPU
-    assert [(t.name, list(t.dims), t.data_type) for t in python.input] == [("frames", [128, 160, 3], grpcclient.model_config_pb2.TYPE_UINT8)]
+    assert [(t.name, list(t.dims), t.data_type) for t in python.input] == [
+        ("frames", [128, 160, 3], grpcclient.model_config_pb2.TYPE_UINT8)
+    ]
     assert [(t.name, list(t.dims), t.data_type) for t in python.output] == [
         ("detections", [-1, 7], grpcclient.model_config_pb2.TYPE_FP32),
         ("num_detections", [1], grpcclient.model_config_pb2.TYPE_INT32),
     ]
     rebuilt = config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection
     assert rebuilt.model_path == str(nano_checkpoint.resolve())
-    assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == ("nano", list(SMALL_TEST_SIZE), "cpu", True)
-    assert (rebuilt.conf_threshold, rebuilt.nms_threshold, rebuilt.compile) == (config.detection.conf_threshold, 0.7, False)
-    assert batch_input_bytes(repository, PYTHON_MODEL) == 4 * 128 * 160 * 3  # what the server sizes its shared memory by
-    assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (Path(__file__).parents[2] / "model_repository" / PYTHON_MODEL / "1" / "model.py").read_text()
+    assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == (
+        "nano",
+        list(SMALL_TEST_SIZE),
+        "cpu",
+        True,
+    )
+    assert (rebuilt.conf_threshold, rebuilt.nms_threshold, rebuilt.compile) == (
+        config.detection.conf_threshold,
+        0.7,
+        False,
+    )
+    assert (
+        batch_input_bytes(repository, PYTHON_MODEL) == 4 * 128 * 160 * 3
+    )  # what the server sizes its shared memory by
+    assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (
+        Path(__file__).parents[2] / "model_repository" / PYTHON_MODEL / "1" / "model.py"
+    ).read_text()
 
     compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
     assert compose["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
@@ -183,7 +200,11 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
 
 
 def test_without_sidecar_triton_completes_the_tensorrt_io(tmp_path, nano_checkpoint):
-    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"fp16": True, "engine_path": str(tmp_path / "none.trt")}))
+    config = load_config(
+        write_config(
+            tmp_path / "c.yaml", nano_checkpoint, tensorrt={"fp16": True, "engine_path": str(tmp_path / "none.trt")}
+        )
+    )
     warnings = []
     write_repository(config, tmp_path / "repo", warn=warnings.append)
     trt = read_model_config(tmp_path / "repo" / TENSORRT_MODEL / "config.pbtxt")
@@ -198,8 +219,17 @@ def test_without_sidecar_triton_completes_the_tensorrt_io(tmp_path, nano_checkpo
 @pytest.mark.parametrize(
     ("sidecar", "expected"),
     [
-        ({"inputs": [{"name": "images", "shape": [1, 3, 128, 160], "dtype": "complex64"}], "outputs": []}, "unknown data type"),
-        ({"inputs": [{"name": "images", "shape": [128, 160], "dtype": "float32"}], "outputs": [{"name": "o", "shape": [1, 2], "dtype": "float32"}]}, "shape"),
+        (
+            {"inputs": [{"name": "images", "shape": [1, 3, 128, 160], "dtype": "complex64"}], "outputs": []},
+            "unknown data type",
+        ),
+        (
+            {
+                "inputs": [{"name": "images", "shape": [128, 160], "dtype": "float32"}],
+                "outputs": [{"name": "o", "shape": [1, 2], "dtype": "float32"}],
+            },
+            "shape",
+        ),
         ({"outputs": []}, "'inputs'"),
     ],
 )
@@ -213,7 +243,11 @@ def test_bad_engine_sidecar_is_one_line_error(tmp_path, nano_checkpoint, sidecar
 
 
 def test_preferred_batch_sizes_beyond_max_are_rejected(tmp_path, nano_checkpoint):
-    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"max_batch_size": 4, "preferred_batch_sizes": [2, 8]}))
+    config = load_config(
+        write_config(
+            tmp_path / "c.yaml", nano_checkpoint, triton={"max_batch_size": 4, "preferred_batch_sizes": [2, 8]}
+        )
+    )
     with pytest.raises(ReidctlError, match="preferred_batch_sizes"):
         write_repository(config, tmp_path / "repo")
 
@@ -350,7 +384,11 @@ def test_client_may_be_stricter_than_the_servers_score_threshold(triton_server, 
 @pytest.mark.parametrize(
     ("thresholds", "expected"),
     [
-        ({"nms_threshold": 0.5}, "applies NMS at IoU 0.7 but detection.nms_threshold is 0.5: rewrite it with `reidctl setup-triton --nms 0.5`"),
+        (
+            {"nms_threshold": 0.5},
+            "applies NMS at IoU 0.7 but detection.nms_threshold is 0.5: rewrite it with `reidctl setup-triton --nms "
+            "0.5`",
+        ),
         ({"conf_threshold": 0.0}, "but detection.conf_threshold is 0: rewrite it with `reidctl setup-triton --conf 0`"),
     ],
 )
@@ -443,7 +481,10 @@ def test_setup_triton_cli_start_twice_status_stop(tmp_path, triton_cache, nano_c
         stopped = reidctl("setup-triton", *common, "--stop")
         assert stopped.returncode == 0 and f"stopped Triton server (pid {state.pid})" in stopped.stdout
         assert running_server(repository, triton_cache) is None
-        assert not Path(f"/proc/{state.pid}").exists() or b"tritonserver" not in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+        assert (
+            not Path(f"/proc/{state.pid}").exists()
+            or b"tritonserver" not in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+        )
 
         after = reidctl("setup-triton", *common, "--status")
         assert after.returncode == 0 and "no Triton server is running" in after.stdout
@@ -466,5 +507,7 @@ def test_setup_triton_compiles_the_server_model_on_a_gpu_by_default(tmp_path, na
     result = reidctl("setup-triton", "-c", nano_config, "-r", tmp_path / "repo", *options)
     assert result.returncode == 0, result.stderr
     python = read_model_config(tmp_path / "repo" / PYTHON_MODEL / "config.pbtxt")
-    assert config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection.compile is compiled
+    assert (
+        config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection.compile is compiled
+    )
     assert (python.instance_group[0].kind == python.instance_group[0].KIND_GPU) == ("cuda" in options)
