@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from reidctl.engine.postprocess import postprocess
+from reidctl.engine.postprocess import rescale, select_detections
 from reidctl.engine.preprocess import bilinear_resize, letterbox, normalize
 
 
@@ -69,7 +69,7 @@ def prediction(cx, cy, w, h, obj, classes):
     return [cx, cy, w, h, obj, *classes]
 
 
-def test_postprocess_threshold_nms_classes_and_rescale():
+def test_selection_threshold_nms_classes_and_rescale():
     preds = torch.tensor(
         [
             [
@@ -81,17 +81,21 @@ def test_postprocess_threshold_nms_classes_and_rescale():
             ]
         ]
     )
-    (dets,) = postprocess(preds, [0.5], conf_threshold=0.01, nms_threshold=0.7)
+    selection = select_detections(preds, conf_threshold=0.01, nms_threshold=0.7)
+    assert selection.candidates == [4] and selection.kept == [3]
+    (dets,) = rescale(selection.rows, [0.5])
     assert dets.dtype == np.float32 and dets.shape == (3, 7)
     np.testing.assert_allclose(dets[0], [80, 60, 120, 140, 0.9, 0.9, 0], rtol=1e-6)  # back in frame pixels (/0.5)
     assert sorted(dets[:, 6].tolist()) == [0, 0, 1]
     np.testing.assert_allclose(dets[:, 4] * dets[:, 5], sorted(dets[:, 4] * dets[:, 5], reverse=True))
 
 
-def test_postprocess_keeps_frames_apart():
+def test_selection_keeps_frames_apart():
     box = prediction(50, 50, 20, 40, 0.9, [0.9])
     preds = torch.tensor([[box], [box], [prediction(5, 5, 2, 2, 0.001, [0.5])]])
-    dets = postprocess(preds, [1.0, 2.0, 1.0], 0.01, 0.7)
+    selection = select_detections(preds, 0.01, 0.7)
+    assert selection.candidates == [1, 1, 0]
+    dets = rescale(selection.rows, [1.0, 2.0, 1.0])
     assert [len(d) for d in dets] == [1, 1, 0]
     np.testing.assert_allclose(dets[1][0, :4], dets[0][0, :4] / 2)
     assert dets[2].shape == (0, 7)
