@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reidctl.engine.postprocess import select_detections  # noqa: E402
-from reidctl.engine.preprocess import letterbox, normalize  # noqa: E402
-from reidctl.errors import ReidctlError  # noqa: E402
-from reidctl.io.synthetic import synthetic_frame  # noqa: E402
-from reidctl.models.checkpoint import load_model, resolve_spec, save_checkpoint  # noqa: E402
-from reidctl.models.untrained import lively_yolox  # noqa: E402
-from reidctl.models.yolox import YOLOX, build_yolox  # noqa: E402
+from reidctl.engine.postprocess import select_detections
+from reidctl.engine.preprocess import letterbox, normalize
+from reidctl.errors import ReidctlError
+from reidctl.io.synthetic import synthetic_frame
+from reidctl.models.checkpoint import load_model, resolve_spec, save_checkpoint
+from reidctl.models.untrained import lively_yolox
+from reidctl.models.yolox import YOLOX, build_yolox
 
 LOADS = ("idle", "crowd", "worst")
 WORST_SCORE_BIAS = -1.0
@@ -136,7 +136,8 @@ def main() -> int:
             candidates, kept, anchors = measure(path, args.model_type, batch, args.conf, args.nms)
             print(f"{load:>5}: {path}  candidates/frame {candidates:.1f} of {anchors} anchors, kept/frame {kept:.1f}")
             if load == "worst" and candidates < anchors:
-                raise ReidctlError(f"the worst load left {anchors - candidates:.0f} anchors per frame below {args.conf}")
+                missing = anchors - candidates
+                raise ReidctlError(f"the worst load left {missing:.0f} anchors per frame below {args.conf}")
     except ReidctlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

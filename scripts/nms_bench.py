@@ -5,7 +5,9 @@ Decoded YOLOX predictions for 640x640 frames (8,400 anchors, one class) at three
   crowd  about 1,500 candidates per frame clustered around 60 people (NMS removes most of them);
   worst  every anchor is a candidate and NMS keeps nearly all (tiny boxes at the anchor points).
 Each case is timed with CUDA events (median and p90 of --iters runs after --warmup), and the two methods'
-kept rows must be equal. Usage: python scripts/nms_bench.py [--batches 1,8] [--iters 200] [--json out.json]
+kept rows must be equal. With --model-ms, each run first queues a GPU stand-in for the model of that many ms, as
+the Detector does, and the time it adds beyond the stand-in alone is reported: there the host queues the NMS
+kernels while the model runs. Usage: python scripts/nms_bench.py [--batches 1,8] [--iters 200] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reidctl.engine.postprocess import NMS_METHODS, select_detections  # noqa: E402
-from reidctl.io.atomic import atomic_path  # noqa: E402
-from reidctl.models.yolox import anchor_grids  # noqa: E402
+from reidctl.engine.postprocess import NMS_METHODS, select_detections
+from reidctl.io.atomic import atomic_path
+from reidctl.models.yolox import anchor_grids
 
 TEST_SIZE = (640, 640)
 CONF_THRESHOLD = 0.01
@@ -55,18 +57,30 @@ def synthetic_predictions(load: str, batch: int, device: torch.device, seed: int
     return torch.cat([centres, sizes, obj, cls], dim=-1).to(device)
 
 
-def time_ms(predictions: torch.Tensor, method: str, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        select_detections(predictions, CONF_THRESHOLD, NMS_THRESHOLD, method)
+def time_ms(
+    predictions: torch.Tensor | None, method: str, warmup: int, iters: int, model_cycles: int = 0
+) -> list[float]:
+    """Milliseconds per run of [model stand-in, then] select_detections; None: the stand-in alone."""
     times = []
-    for _ in range(iters):
+    for run in range(warmup + iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        select_detections(predictions, CONF_THRESHOLD, NMS_THRESHOLD, method)  # ends with a host sync
+        if model_cycles:
+            torch.cuda._sleep(model_cycles)
+        if predictions is not None:
+            select_detections(predictions, CONF_THRESHOLD, NMS_THRESHOLD, method)  # ends with a host sync
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        if run >= warmup:
+            times.append(start.elapsed_time(end))
     return times
+
+
+def sleep_cycles(ms: float) -> int:
+    """GPU clock cycles that torch.cuda._sleep spins for about ``ms`` milliseconds."""
+    probe = 10**7
+    elapsed = float(np.median(time_ms(None, "", 3, 10, probe)))
+    return int(probe * ms / elapsed)
 
 
 def same_rows(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -79,6 +93,7 @@ def main() -> int:
     parser.add_argument("--loads", default="idle,crowd,worst", help="comma-separated loads")
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--model-ms", type=float, default=0.0, help="GPU stand-in for the model before each run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -86,7 +101,10 @@ def main() -> int:
         return 1
     device = torch.device("cuda")
     results, mismatches = [], 0
-    print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+    cycles = sleep_cycles(args.model_ms) if args.model_ms else 0
+    model_alone = float(np.median(time_ms(None, "", args.warmup, args.iters, cycles))) if cycles else 0.0
+    print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", end="")
+    print(f", after a {model_alone:.2f} ms model stand-in (times are what NMS adds)" if cycles else "")
     for load in args.loads.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             predictions = synthetic_predictions(load, batch, device)
@@ -103,7 +121,7 @@ def main() -> int:
                 "equal": equal,
             }
             for method in NMS_METHODS:
-                times = time_ms(predictions, method, args.warmup, args.iters)
+                times = np.array(time_ms(predictions, method, args.warmup, args.iters, cycles)) - model_alone
                 row[f"{method}_p50_ms"] = float(np.median(times))
                 row[f"{method}_p90_ms"] = float(np.percentile(times, 90))
             results.append(row)
@@ -115,7 +133,8 @@ def main() -> int:
             )
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps({"gpu": torch.cuda.get_device_name(device), "results": results}, indent=2))
+            summary = {"gpu": torch.cuda.get_device_name(device), "model_ms": model_alone, "results": results}
+            tmp.write_text(json.dumps(summary, indent=2))
     if mismatches:
         print(f"error: {mismatches} case(s) kept different rows", file=sys.stderr)
     return 1 if mismatches else 0

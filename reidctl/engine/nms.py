@@ -6,10 +6,12 @@ above 5,000 boxes. Here the work is split in two Triton kernels over the dense (
 
 1. ``_suppression_mask_kernel``: for each frame, in 64x64 tiles of score-sorted candidates, bit j of word
    ``mask[b, i, j // 64]`` says that candidate i suppresses candidate j (j after i, same class, IoU > threshold).
-   Only the upper triangle of tiles within the frame's candidate count is computed.
+   Only the upper triangle of tiles within the frame's candidate count is computed, and a summary bit records
+   which tiles suppress anything at all.
 2. ``_greedy_scan_kernel``: one program per frame walks the candidates 64 at a time: the block's word of removed
-   bits, a 64-step greedy on the diagonal tile with scalar bit operations, then the kept rows' mask words are
-   OR-ed into the removed words of the later blocks, vectorised. The sequential part is A/64 blocks, not A boxes.
+   bits, the greedy within the block (a fixed point over the diagonal tile, vectorised), then the kept rows' mask
+   words are OR-ed into the removed words of the later blocks, skipping the tiles the summary marks empty.
+   The sequential part is A/64 blocks, not A boxes.
 
 The result equals ``torchvision.ops.batched_nms`` (IoU = inter / (area_a + area_b - inter), no +1, suppression
 when IoU > threshold) with frames as separate groups, up to the order of exactly tied scores (ties are broken by
@@ -175,7 +177,7 @@ def _greedy_scan_kernel(
     offsets = tl.arange(0, BLOCK)
     bit = tl.full((BLOCK,), 1, tl.int64) << offsets.to(tl.int64)
     nonzero_frame = nonzero_ptr + frame.to(tl.int64) * words * summary_words
-    for block in range(0, blocks):
+    for block in range(blocks):
         positions = block * BLOCK + offsets
         rows = mask_frame + positions * words
         nonzero_row = nonzero_frame + block * summary_words

@@ -152,7 +152,7 @@ def interpreted(cases, tmp_path_factory) -> dict[str, dict]:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": python_path}
     run = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", INTERPRETER_RUN, str(folder / "cases.pt"), str(folder / "kept.pt")],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return torch.load(folder / "kept.pt", weights_only=False)

@@ -21,7 +21,7 @@ def test_idle_crowd_and_worst_loads(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "make_load_checkpoints.py"), "--output-dir", str(tmp_path),
          "--model-type", "nano", "--size", *map(str, SIZE), "--frames", "2", "--crowd", "100"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
     )
     assert run.returncode == 0, run.stderr[-2000:]
