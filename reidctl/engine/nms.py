@@ -70,11 +70,10 @@ def batched_greedy_nms(
     summary_words = triton.cdiv(words, WORD_BITS)
     nonzero_tiles = torch.zeros((batch, words, summary_words), dtype=torch.int64, device=device)
     if batch and anchors:
-        midpoint, tie_suppresses = _iou_midpoint(iou_threshold)
         programs = max(1, min(words * (words + 1) // 2, triton.cdiv(_PROGRAMS_PER_BATCH, batch)))
         _suppression_mask_kernel[(programs, batch)](
-            sorted_boxes, sorted_classes, candidates, mask, nonzero_tiles, anchors, words, summary_words, midpoint,
-            TIE_SUPPRESSES=tie_suppresses, BLOCK=WORD_BITS, num_warps=8,
+            sorted_boxes, sorted_classes, candidates, mask, nonzero_tiles, anchors, words, summary_words,
+            float(np.float32(iou_threshold)), BLOCK=WORD_BITS, num_warps=8,
         )
         _greedy_scan_kernel[(batch,)](
             mask, nonzero_tiles, removed, keep, candidates, anchors, words, summary_words,
@@ -87,19 +86,6 @@ def batched_greedy_nms(
 _PROGRAMS_PER_BATCH = 132 * 8
 
 
-def _iou_midpoint(threshold: float) -> tuple[float, bool]:
-    """Exact test of torchvision's CUDA comparison ``float(inter / union) > float(threshold)`` without a division.
-
-    With t = float32(threshold) and t+ the next float32, the correctly rounded quotient exceeds t exactly when
-    inter / union > m = (t + t+) / 2, or equals m and rounds to t+ (ties to even). m has 25 significant bits,
-    so m * union is exact in float64 and the kernel compares inter with it there.
-    """
-    low = np.float32(threshold)
-    high = np.nextafter(low, np.float32(np.inf))
-    midpoint = (float(low) + float(high)) / 2
-    return midpoint, bool(high.view(np.uint32) % 2 == 0)
-
-
 @triton.jit
 def _bit_or(a, b):
     return a | b
@@ -107,8 +93,8 @@ def _bit_or(a, b):
 
 @triton.jit
 def _suppression_mask_kernel(
-    boxes_ptr, classes_ptr, count_ptr, mask_ptr, nonzero_ptr, anchors, words, summary_words, midpoint,
-    TIE_SUPPRESSES: tl.constexpr, BLOCK: tl.constexpr,
+    boxes_ptr, classes_ptr, count_ptr, mask_ptr, nonzero_ptr, anchors, words, summary_words, threshold,
+    BLOCK: tl.constexpr,
 ):
     program = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -150,11 +136,15 @@ def _suppression_mask_kernel(
         row_area = (rx2 - rx1) * (ry2 - ry1)
         col_area = (cx2 - cx1) * (cy2 - cy1)
         union = row_area[:, None] + col_area[None, :] - inter
-        scaled = union.to(tl.float64) * midpoint
-        over = inter.to(tl.float64) > scaled
-        if TIE_SUPPRESSES:
-            over = over | (inter.to(tl.float64) == scaled)
-        suppress = over & (union > 0) & (row_class[:, None] == col_class[None, :])
+        # torchvision's CUDA test is float(inter / union) > float(threshold). Away from the threshold a product
+        # decides it (rounding moves the margin by under union * 2.4e-7); the few pairs near it, and degenerate
+        # boxes, get the correctly rounded division, computed only for tiles that hold such a pair.
+        margin = inter - union * threshold
+        over = margin > 0
+        near = (tl.abs(margin) <= union * 1e-6) | (union <= 0)
+        if tl.max(near.to(tl.int32)) != 0:
+            over = tl.where(near, tl.div_rn(inter, union) > threshold, over)
+        suppress = over & (row_class[:, None] == col_class[None, :])
         suppress = suppress & (cols[None, :] > rows[:, None]) & col_in[None, :]
         row_words = tl.sum(tl.where(suppress, bit[None, :], 0), 1)  # distinct bits: the sum is their OR
         tl.store(mask_frame + rows * words + col_block, row_words)
