@@ -6,53 +6,21 @@ import socket
 from pathlib import Path
 
 import cv2
-import torch
 import yaml
-from torch import nn
 
 from reidctl.config import Config, DetectionConfig, TensorRTConfig
-from reidctl.export.onnx import export_onnx, sample_input
+from reidctl.export.onnx import export_onnx
 from reidctl.io.synthetic import write_synthetic_video
 from reidctl.models.checkpoint import load_model, save_checkpoint
-from reidctl.models.yolox import build_yolox
+from reidctl.engine.untrained import lively_yolox
 
 SMALL_TEST_SIZE = (128, 160)
 
 
 def make_checkpoint(path: Path, size: str = "nano", num_classes: int = 1, seed: int = 0) -> Path:
-    """An untrained YOLOX in ByteTrack's format ({"model": state_dict}) that behaves like a trained one numerically.
-
-    Plain random init lets activations vanish (every frame gives the same output, so backend comparisons
-    prove little); BatchNorm statistics calibrated on real-range inputs with a BN gain of 0.25 keep them alive
-    yet insensitive (input noise 1e-3 moves boxes ~0.4%), so fp16 can be checked against fp32 meaningfully.
-    Head outputs are scaled to logits of std 1.5 (scores spread over (0, 1), so frames give detections) and
-    box log-sizes of std 0.25.
-    """
-    torch.manual_seed(seed)
-    model = build_yolox(size, num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batches
-            nn.init.constant_(module.weight, 0.25)
-    model.train()
-    with torch.no_grad():
-        for i in range(3):
-            model(sample_input(4, SMALL_TEST_SIZE, seed=100 + i))
-        model.eval()
-        head = model.head
-        for level, features in enumerate(model.backbone(sample_input(2, SMALL_TEST_SIZE, seed=7))):
-            stem = head.stems[level](features)
-            cls_features, reg_features = head.cls_convs[level](stem), head.reg_convs[level](stem)
-            targets = (
-                (head.cls_preds[level], cls_features, 1.5),
-                (head.obj_preds[level], reg_features, 1.5),
-                (head.reg_preds[level], reg_features, 0.25),
-            )
-            for pred, feats, std in targets:
-                nn.init.zeros_(pred.bias)
-                pred.weight.mul_(std / pred(feats).std())
-    save_checkpoint(model, path)
+    """An untrained YOLOX in ByteTrack's format ({"model": state_dict}) that behaves like a trained one numerically
+    (reidctl.models.untrained.lively_yolox)."""
+    save_checkpoint(lively_yolox(size, num_classes, seed), path)
     return path
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import write_text_atomic
 
 BENCH_SCHEMA_VERSION = 1
 DEFAULT_BENCH_PATH = Path("runs/bench/bench.json")

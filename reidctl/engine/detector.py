@@ -8,6 +8,7 @@ wants float input), decoding of raw head outputs, NMS and rescaling.
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reidctl.engine.postprocess import postprocess, rescale
+from reidctl.engine.postprocess import rescale, select_detections
 from reidctl.engine.preprocess import letterbox, normalize
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.models.yolox import decode_predictions
@@ -71,8 +72,37 @@ class StageTimes:
     postprocess: list[float] = field(default_factory=list)
 
 
+@dataclass
+class DetectionLoad:
+    """The load NMS has faced so far: frames, candidates (anchors scored at or above conf_threshold, before NMS)
+    and detections kept (those returned). ``candidates`` is None where a server ran NMS: it returns only its rows."""
+
+    frames: int = 0
+    candidates: int | None = 0
+    kept: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, candidates: Sequence[int] | None, kept: Sequence[int]) -> None:
+        with self._lock:  # a Detector serving a server's client threads counts from several threads
+            self.frames += len(kept)
+            self.kept += sum(kept)
+            known = candidates is not None and self.candidates is not None
+            self.candidates = self.candidates + sum(candidates) if known else None
+
+    @property
+    def candidates_per_frame(self) -> float | None:
+        return self.candidates / self.frames if self.frames and self.candidates is not None else None
+
+    @property
+    def kept_per_frame(self) -> float | None:
+        return self.kept / self.frames if self.frames else None
+
+
 class Detector:
-    """``detect(frame) -> (N, 7)`` and ``detect_batch(frames)`` over any runner; a context manager."""
+    """``detect(frame) -> (N, 7)`` and ``detect_batch(frames)`` over any runner; a context manager.
+
+    ``load`` accumulates candidates and kept detections per frame over every call (replace it to start afresh).
+    """
 
     def __init__(
         self,
@@ -86,6 +116,7 @@ class Detector:
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
         self.stage_times: StageTimes | None = None  # set to StageTimes() to record per-stage timings
+        self.load = DetectionLoad()
 
     @property
     def name(self) -> str:
@@ -117,12 +148,14 @@ class Detector:
         predictions = self.runner.infer(batch)
         start = self._mark("inference", start)
         if self.runner.returns_detections:
-            detections = rescale(predictions, ratios, self.conf_threshold)
+            detections, candidates = rescale(predictions, ratios, self.conf_threshold), None
         else:
             if not self.runner.decoded:
                 predictions = decode_predictions(predictions.float(), self.test_size)
-            detections = postprocess(predictions, ratios, self.conf_threshold, self.nms_threshold)
+            selection = select_detections(predictions, self.conf_threshold, self.nms_threshold)
+            detections, candidates = rescale(selection.rows, ratios), selection.candidates
         self._mark("postprocess", start)
+        self.load.add(candidates, [len(rows) for rows in detections])
         return detections
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,41 +12,74 @@ import torchvision
 DETECTION_COLUMNS = ("x1", "y1", "x2", "y2", "obj_conf", "class_conf", "class_id")
 
 
-def postprocess(
-    predictions: torch.Tensor, ratios: Sequence[float], conf_threshold: float, nms_threshold: float
-) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class Selection:
+    """One batch's detections and the load NMS faced, per frame."""
+
+    rows: list[np.ndarray]  # float32 (N, 7) rows in input-canvas pixels, by descending score
+    candidates: list[int]  # anchors scored at or above conf_threshold, before NMS
+
+    @property
+    def kept(self) -> list[int]:
+        return [len(rows) for rows in self.rows]
+
+
+NMS_METHODS = ("triton", "torchvision")
+
+
+def select_detections(
+    predictions: torch.Tensor, conf_threshold: float, nms_threshold: float, method: str | None = None
+) -> Selection:
     """Decoded predictions (B, anchors, 5 + classes: cx, cy, w, h, obj, cls...) -> per frame float32 (N, 7).
 
-    Rows are x1, y1, x2, y2 in original-frame pixels, obj_conf, class_conf, class_id, sorted by score.
-    """
-    return rescale(select_detections(predictions, conf_threshold, nms_threshold), ratios)
-
-
-def select_detections(predictions: torch.Tensor, conf_threshold: float, nms_threshold: float) -> list[np.ndarray]:
-    """Score, threshold and NMS: per frame float32 (N, 7) rows with boxes in input-canvas pixels.
-
-    One NMS call serves the whole batch: boxes of different frames or classes never suppress each other.
+    Rows are x1, y1, x2, y2 in input-canvas pixels, obj_conf, class_conf, class_id, sorted by score. Boxes of
+    different frames or classes never suppress each other. On CUDA the whole batch goes through one greedy NMS in
+    Triton kernels (reidctl.engine.nms) and the host waits once, for the kept rows; the CPU keeps torchvision.
     A server runs this step and returns its rows; the client finishes with ``rescale``.
+    ``method`` forces one NMS ("triton": CUDA only, "torchvision"), e.g. to compare them on a GPU.
     """
+    method = method or ("triton" if predictions.is_cuda else "torchvision")
+    if method not in NMS_METHODS:
+        raise ValueError(f"unknown NMS method '{method}' (known: {', '.join(NMS_METHODS)})")
     predictions = predictions.float()
     batch, _, width = predictions.shape
-    num_classes = width - 5
     class_conf, class_id = predictions[..., 5:].max(dim=-1)
     scores = predictions[..., 4] * class_conf
-    frame_idx, anchor_idx = torch.nonzero(scores >= conf_threshold, as_tuple=True)
-    selected = predictions[frame_idx, anchor_idx]
-    cxcy, wh = selected[:, :2], selected[:, 2:4]
-    boxes = torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=1)
-    kept_class = class_id[frame_idx, anchor_idx]
-    kept_scores = scores[frame_idx, anchor_idx]
-    keep = torchvision.ops.batched_nms(boxes, kept_scores, frame_idx * num_classes + kept_class, nms_threshold)
+    candidate = scores >= conf_threshold
+    # The host waits here once for the model; without candidates (an idle scene) there is nothing to suppress,
+    # and no NMS work is launched at all.
+    candidates = candidate.sum(dim=1).tolist()
+    if not any(candidates):
+        return Selection([np.zeros((0, len(DETECTION_COLUMNS)), np.float32) for _ in range(batch)], candidates)
+    cxcy, wh = predictions[..., :2], predictions[..., 2:4]
+    boxes = torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=-1)
+    if method == "triton":
+        from reidctl.engine.nms import batched_greedy_nms  # imports Triton: only where a GPU runs NMS
+
+        nms = batched_greedy_nms(boxes, scores, class_id, conf_threshold, nms_threshold)
+        frame_idx, position = nms.keep.nonzero(as_tuple=True)
+        anchor_idx = nms.order[frame_idx, position]
+    else:
+        frame_idx, anchor_idx = torch.nonzero(candidate, as_tuple=True)
+        groups = frame_idx * (width - 5) + class_id[frame_idx, anchor_idx]
+        keep = torchvision.ops.batched_nms(
+            boxes[frame_idx, anchor_idx], scores[frame_idx, anchor_idx], groups, nms_threshold
+        )
+        keep = keep[torch.sort(frame_idx[keep], stable=True).indices]  # by frame, each by descending score
+        frame_idx, anchor_idx = frame_idx[keep], anchor_idx[keep]
     rows = torch.cat(
-        [boxes[keep], selected[keep, 4:5], class_conf[frame_idx[keep], anchor_idx[keep]][:, None], kept_class[keep, None].float()],
+        [
+            boxes[frame_idx, anchor_idx],
+            predictions[frame_idx, anchor_idx, 4:5],
+            class_conf[frame_idx, anchor_idx, None],
+            class_id[frame_idx, anchor_idx, None].float(),
+            frame_idx[:, None].float(),  # exact below 2**24 frames; travels with the rows in one copy
+        ],
         dim=1,
-    )
-    rows_cpu = rows.cpu().numpy().astype(np.float32, copy=False)
-    frames_cpu = frame_idx[keep].cpu().numpy()
-    return [rows_cpu[frames_cpu == b] for b in range(batch)]
+    ).cpu().numpy()
+    per_frame = np.bincount(rows[:, -1].astype(np.int64), minlength=batch)
+    frames = np.split(rows[:, :-1], np.cumsum(per_frame)[:-1])
+    return Selection(frames, candidates)
 
 
 def rescale(detections: Sequence[np.ndarray], ratios: Sequence[float], conf_threshold: float = 0.0) -> list[np.ndarray]:

@@ -81,3 +81,10 @@ def normalize(
     mean, std = constants if constants is not None else mean_std(canvas.device)
     rgb = canvas.flip(-1).permute(0, 3, 1, 2).float()
     return ((rgb / 255.0 - mean) / std).to(dtype)
+
+
+def sample_input(batch: int, test_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """A normalised fp32 batch made from random uint8 pixels: realistic value ranges, reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    canvas = torch.randint(0, 256, (batch, *test_size, 3), dtype=torch.uint8, generator=generator)
+    return normalize(canvas)

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from torch import nn
 
 from reidctl import __version__
-from reidctl.engine.preprocess import normalize
+from reidctl.engine.preprocess import sample_input
 from reidctl.errors import ReidctlError, first_line
 from reidctl.export.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from reidctl.io.atomic import atomic_path
@@ -286,13 +286,6 @@ def _onnxslim():
     except ImportError:
         raise ReidctlError("--simplify needs onnxslim: pip install onnxslim (or export with --no-simplify)") from None
     return onnxslim
-
-
-def sample_input(batch: int, test_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """A normalised fp32 batch made from random uint8 pixels: realistic value ranges, reproducible."""
-    generator = torch.Generator().manual_seed(seed)
-    canvas = torch.randint(0, 256, (batch, *test_size, 3), dtype=torch.uint8, generator=generator)
-    return normalize(canvas)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from reidctl.engine.postprocess import postprocess
+from reidctl.engine.postprocess import rescale, select_detections
 from reidctl.engine.preprocess import bilinear_resize, letterbox, normalize
 
 
@@ -69,7 +69,7 @@ def prediction(cx, cy, w, h, obj, classes):
     return [cx, cy, w, h, obj, *classes]
 
 
-def test_postprocess_threshold_nms_classes_and_rescale():
+def test_selection_threshold_nms_classes_and_rescale():
     preds = torch.tensor(
         [
             [
@@ -81,17 +81,48 @@ def test_postprocess_threshold_nms_classes_and_rescale():
             ]
         ]
     )
-    (dets,) = postprocess(preds, [0.5], conf_threshold=0.01, nms_threshold=0.7)
+    selection = select_detections(preds, conf_threshold=0.01, nms_threshold=0.7)
+    assert selection.candidates == [4] and selection.kept == [3]
+    (dets,) = rescale(selection.rows, [0.5])
     assert dets.dtype == np.float32 and dets.shape == (3, 7)
     np.testing.assert_allclose(dets[0], [80, 60, 120, 140, 0.9, 0.9, 0], rtol=1e-6)  # back in frame pixels (/0.5)
     assert sorted(dets[:, 6].tolist()) == [0, 0, 1]
     np.testing.assert_allclose(dets[:, 4] * dets[:, 5], sorted(dets[:, 4] * dets[:, 5], reverse=True))
 
 
-def test_postprocess_keeps_frames_apart():
+def test_selection_keeps_frames_apart():
     box = prediction(50, 50, 20, 40, 0.9, [0.9])
     preds = torch.tensor([[box], [box], [prediction(5, 5, 2, 2, 0.001, [0.5])]])
-    dets = postprocess(preds, [1.0, 2.0, 1.0], 0.01, 0.7)
+    selection = select_detections(preds, 0.01, 0.7)
+    assert selection.candidates == [1, 1, 0]
+    dets = rescale(selection.rows, [1.0, 2.0, 1.0])
     assert [len(d) for d in dets] == [1, 1, 0]
     np.testing.assert_allclose(dets[1][0, :4], dets[0][0, :4] / 2)
     assert dets[2].shape == (0, 7)
+
+
+def test_selection_groups_rows_by_frame_when_scores_interleave():
+    """torchvision orders a batch's kept boxes by score across frames; each frame must still get its own rows."""
+    frames = [[prediction(20 + 40 * i, 20, 10, 10, score, [1.0]) for i, score in enumerate(scores)]
+              for scores in ([0.9, 0.5, 0.3], [0.8, 0.6], [0.7, 0.4, 0.2, 0.1])]
+    preds = torch.full((3, 4, 6), 0.0)
+    for frame, rows in enumerate(frames):
+        preds[frame, : len(rows)] = torch.tensor(rows)
+    selection = select_detections(preds, 0.05, 0.7)
+    assert selection.candidates == [3, 2, 4] and selection.kept == [3, 2, 4]
+    for rows, expected in zip(selection.rows, frames):
+        np.testing.assert_allclose(rows[:, 4], [row[4] for row in expected])  # this frame's, by descending score
+
+
+def test_detector_counts_candidates_and_kept_per_frame(small_config, frames):
+    from reidctl.config import load_config
+    from reidctl.engine.detector import create_detector
+
+    with create_detector(load_config(small_config)) as detector:
+        first = detector.detect_batch(frames[:3])
+        second = detector.detect(frames[3])
+        load = detector.load
+    kept = sum(len(rows) for rows in first) + len(second)
+    assert load.frames == 4 and load.kept == kept and kept > 0
+    assert load.candidates >= kept and load.candidates_per_frame == load.candidates / 4
+    assert load.kept_per_frame == kept / 4

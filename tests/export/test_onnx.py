@@ -17,6 +17,7 @@ from reidctl.cli import app
 from reidctl.engine.detector import create_detector
 from reidctl.engine.preprocess import letterbox, normalize
 from reidctl.errors import ReidctlError
+from reidctl.engine.preprocess import sample_input
 from reidctl.export.onnx import (
     TOLERANCES,
     OnnxMetadata,
@@ -24,7 +25,6 @@ from reidctl.export.onnx import (
     compare_outputs,
     read_metadata,
     read_onnx,
-    sample_input,
     write_metadata,
 )
 from reidctl.models.checkpoint import load_model

@@ -1,0 +1,148 @@
+"""Write ByteTrack-format checkpoints that put three detection loads on NMS, for benchmarks.
+
+  idle   YOLOX's initialisation as built: almost no anchor reaches conf_threshold;
+  crowd  an untrained YOLOX whose activations stay alive (reidctl.models.untrained; plain initialisation gives every
+         anchor the same score), its objectness and class biases calibrated on the project's synthetic frames so
+         that about --crowd candidates per frame reach conf_threshold; boxes of ~8 strides, so neighbouring
+         candidates overlap and NMS has work to do;
+  worst  objectness and class biases -1.0 (sigmoid(-1)^2 = 0.072 >= 0.01, with the weights' spread checked on the
+         frames) so every anchor is a candidate, and the width/height regression bias -6 (boxes of ~0.02 stride)
+         so that the boxes do not overlap and NMS keeps nearly all.
+
+Prints the candidates and kept detections per frame measured with each written checkpoint.
+Usage: python scripts/make_load_checkpoints.py --output-dir models/loads [--model-type mot17] [--size 640 640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reidctl.engine.postprocess import select_detections
+from reidctl.engine.preprocess import letterbox, normalize
+from reidctl.errors import ReidctlError
+from reidctl.io.synthetic import synthetic_frame
+from reidctl.models.checkpoint import load_model, resolve_spec, save_checkpoint
+from reidctl.engine.untrained import lively_yolox
+from reidctl.models.yolox import YOLOX, build_yolox
+
+LOADS = ("idle", "crowd", "worst")
+WORST_SCORE_BIAS = -1.0
+WORST_SIZE_BIAS = -6.0
+CROWD_SIZE_BIAS = 2.1  # exp(2.1) ~ 8 strides: a box overlaps its neighbours (IoU 0.78 one anchor away)
+
+
+def frames_tensor(count: int, size: tuple[int, int]) -> torch.Tensor:
+    canvas, _ = letterbox([synthetic_frame(i, size) for i in range(count)], size)
+    return normalize(canvas)
+
+
+def score_logits(model: YOLOX, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Objectness (frames, anchors) and class (frames, classes, anchors) logits of the frames without their biases."""
+    head = model.head
+    captured: dict[str, list[torch.Tensor]] = {"obj": [], "cls": []}
+
+    def capture(key: str):
+        return lambda module, _, out: captured[key].append(out - module.bias[:, None, None])
+
+    hooks = [pred.register_forward_hook(capture("obj")) for pred in head.obj_preds]
+    hooks += [pred.register_forward_hook(capture("cls")) for pred in head.cls_preds]
+    try:
+        with torch.inference_mode():
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # The head's anchor order: levels one after another, each flattened row by row.
+    obj, cls = (torch.cat([out.flatten(start_dim=2) for out in captured[key]], dim=2) for key in ("obj", "cls"))
+    return obj[:, 0], cls
+
+
+def calibrate_score_bias(model: YOLOX, batch: torch.Tensor, target: float, conf: float) -> float:
+    """Bisection on one bias for objectness and classes for ``target`` candidates per frame.
+
+    Both move: with YOLOX's prior (class probability ~0.01) no objectness alone reaches a threshold of 0.01.
+    """
+    obj, cls = score_logits(model, batch)
+
+    def candidates(bias: float) -> float:
+        scores = torch.sigmoid(obj + bias) * torch.sigmoid(cls + bias).max(dim=1).values
+        return float((scores >= conf).sum()) / len(batch)
+
+    low, high = -30.0, 30.0
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if candidates(middle) < target else (low, middle)
+    return high
+
+
+def set_head_bias(model: YOLOX, obj: float | None = None, cls: float | None = None, size: float | None = None) -> None:
+    head = model.head
+    with torch.no_grad():
+        for level in range(len(head.obj_preds)):
+            if obj is not None:
+                head.obj_preds[level].bias.fill_(obj)
+            if cls is not None:
+                head.cls_preds[level].bias.fill_(cls)
+            if size is not None:
+                head.reg_preds[level].bias[2:4] = size  # log width and height, in strides
+
+
+def measure(path: Path, model_type: str, batch: torch.Tensor, conf: float, nms: float) -> tuple[float, float, int]:
+    """Candidates and kept detections per frame with the written checkpoint, and the anchors per frame."""
+    model, _ = load_model(path, model_type)
+    with torch.inference_mode():
+        predictions = model(batch)
+    selection = select_detections(predictions, conf, nms)
+    frames = len(batch)
+    return sum(selection.candidates) / frames, sum(selection.kept) / frames, predictions.shape[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--model-type", default="mot17", help="mot17 (YOLOX-X, 1 class), nano, tiny, s, m, l, x")
+    parser.add_argument("--size", type=int, nargs=2, default=[640, 640], metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--frames", type=int, default=2, help="synthetic frames to calibrate and measure on")
+    parser.add_argument("--crowd", type=float, default=1500.0, help="candidates per frame wanted for 'crowd'")
+    parser.add_argument("--conf", type=float, default=0.01, help="conf_threshold the loads are defined at")
+    parser.add_argument("--nms", type=float, default=0.7, help="nms_threshold for the kept figures")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        spec = resolve_spec(args.model_type, None, None, "model type")
+        size = (args.size[0], args.size[1])
+        if any(side <= 0 or side % 32 for side in size):
+            raise ReidctlError(f"--size must be positive multiples of 32, got {list(size)}")
+        batch = frames_tensor(args.frames, size)
+        name = args.model_type.lower()
+        paths = {load: args.output_dir / f"{name}_{load}.pth.tar" for load in LOADS}
+        torch.manual_seed(args.seed)
+        model = build_yolox(spec.size, spec.num_classes).eval()
+        save_checkpoint(model, paths["idle"])
+        set_head_bias(model, obj=WORST_SCORE_BIAS, cls=WORST_SCORE_BIAS, size=WORST_SIZE_BIAS)
+        save_checkpoint(model, paths["worst"])
+        model = lively_yolox(spec.size, spec.num_classes, args.seed)
+        set_head_bias(model, size=CROWD_SIZE_BIAS)
+        bias = calibrate_score_bias(model, batch, args.crowd, args.conf)
+        set_head_bias(model, obj=bias, cls=bias)
+        save_checkpoint(model, paths["crowd"])
+        for load, path in paths.items():
+            candidates, kept, anchors = measure(path, args.model_type, batch, args.conf, args.nms)
+            print(f"{load:>5}: {path}  candidates/frame {candidates:.1f} of {anchors} anchors, kept/frame {kept:.1f}")
+            if load == "worst" and candidates < anchors:
+                missing = anchors - candidates
+                raise ReidctlError(f"the worst load left {missing:.0f} anchors per frame below {args.conf}")
+    except ReidctlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""scripts/make_load_checkpoints.py: three checkpoints that put increasing detection loads on NMS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import write_config
+
+from reidctl.config import load_config
+from reidctl.engine.detector import create_detector
+from reidctl.io.synthetic import synthetic_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = (128, 160)  # 420 anchors
+
+
+def test_idle_crowd_and_worst_loads(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_load_checkpoints.py"), "--output-dir", str(tmp_path),
+         "--model-type", "nano", "--size", *map(str, SIZE), "--frames", "2", "--crowd", "100"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [line.split(":")[0].strip() for line in run.stdout.splitlines()] == ["idle", "crowd", "worst"]
+    load = {}
+    for name in ("idle", "crowd", "worst"):
+        checkpoint = tmp_path / f"nano_{name}.pth.tar"
+        config = write_config(tmp_path / f"{name}.yaml", checkpoint, test_size=list(SIZE), conf_threshold=0.01)
+        with create_detector(load_config(config)) as detector:
+            detector.detect_batch([synthetic_frame(i, SIZE) for i in range(2)])  # the frames it was calibrated on
+            load[name] = detector.load
+    assert load["idle"].candidates_per_frame < load["crowd"].candidates_per_frame < load["worst"].candidates_per_frame
+    assert 50 <= load["crowd"].candidates_per_frame <= 200
+    assert load["worst"].candidates_per_frame == 420  # every anchor
+    assert load["worst"].kept_per_frame >= 0.95 * 420  # tiny boxes: NMS keeps nearly all
