@@ -139,7 +139,7 @@ class TritonPythonModel:
                 with torch.inference_mode(), torch.cuda.stream(self.finish_stream):
                     if done is not None:
                         self.finish_stream.wait_event(done)
-                XX
+                    rows = select_detections(predictions, self.conf_threshold, self.nms_threshold).rows
                 first = 0
                 for sender, size in zip(senders, sizes):
                     sender.send(_response(rows[first : first + size]), flags=FINAL)
