@@ -81,11 +81,13 @@ def _multi_table(report: BenchReport) -> Table:
 
 def _backend_table(report: BenchReport) -> Table:
     table = Table(title=f"Backends on {report.environment['gpu']['name']}")
-    for column in ("Backend", "Status", "Runs as", "Peak GPU Memory"):
-        table.add_column(column, justify="right" if column == "Peak GPU Memory" else "left")
+    for column in ("Backend", "Status", "Runs as", "Peak GPU Memory", "Load: Candidates / Kept"):
+        table.add_column(column, justify="left" if column in ("Backend", "Status", "Runs as") else "right")
     for b in report.backends:
         runs_as = ", ".join(f"{v}" for k, v in b.runner.items() if k in ("device", "precision")) or "-"
-        table.add_row(b.name, Text(b.status, style=STATUS_STYLE[b.status]), runs_as, _mib(b.peak_memory_bytes))
+        load = [b.load.get(key) for key in ("candidates_per_frame", "kept_per_frame")]
+        load_cell = " / ".join(f"{value:.1f}" if value is not None else "-" for value in load) if b.load else "-"
+        table.add_row(b.name, Text(b.status, style=STATUS_STYLE[b.status]), runs_as, _mib(b.peak_memory_bytes), load_cell)
     return table
 
 

@@ -301,6 +301,7 @@ def _measure_backend(
             progress.update(task, phase=f"{mode}, {cameras} camera{'s' if cameras > 1 else ''}")
             result.multi_stream.append(MODES[mode](detector, frames, cameras, settings, tick))
     result.peak_memory_bytes = detector.runner.peak_memory_bytes()
+    result.load = {"candidates_per_frame": detector.load.candidates_per_frame, "kept_per_frame": detector.load.kept_per_frame}
     progress.update(task, phase="done")
 
 

@@ -103,6 +103,9 @@ class BackendResult:
     stages: dict[str, LatencySummary] = field(default_factory=dict)
     multi_stream: list[StreamResult] = field(default_factory=list)
     peak_memory_bytes: int | None = None
+    # The detection load of every frame measured: candidates (anchors at or above conf_threshold, before NMS; None
+    # where a server ran NMS) and detections kept, per frame.
+    load: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -114,6 +117,7 @@ class BackendResult:
             "stages": {stage: summary.to_dict() for stage, summary in self.stages.items()},
             "multi_stream": [stream.to_dict() for stream in self.multi_stream],
             "peak_memory_bytes": self.peak_memory_bytes,
+            "load": self.load,
         }
 
     @classmethod
@@ -127,6 +131,7 @@ class BackendResult:
             stages={stage: LatencySummary.from_dict(s) for stage, s in (data.get("stages") or {}).items()},
             multi_stream=[StreamResult.from_dict(s) for s in data.get("multi_stream") or []],
             peak_memory_bytes=data.get("peak_memory_bytes"),
+            load=data.get("load") or {},
         )
 
 

@@ -68,6 +68,10 @@ def test_bench_cli_writes_json_plot_and_tables(tmp_path, small_config, video_fil
     assert all(stage["count"] == 6 for stage in backend["stages"].values())
     runs = {(m["mode"], m["cameras"]): m for m in backend["multi_stream"]}
     assert set(runs) == {("sequential", 1), ("batched", 1), ("sequential", 3), ("batched", 3)}
+    # The load NMS faced, over every frame measured: every frame of the test model has candidates.
+    load = backend["load"]
+    assert load["candidates_per_frame"] >= load["kept_per_frame"] > 0
+    assert f"{load['candidates_per_frame']:.1f} / {load['kept_per_frame']:.1f}" in result.output
     for run in runs.values():
         assert run["requests"] == 6 and run["latency"]["count"] == 6
         assert run["throughput_fps"] == pytest.approx(6 / run["wall_s"])
@@ -87,7 +91,7 @@ def _with_detection(config, **values):
 
 @contextlib.contextmanager
 def _onnxruntime(config, tmp_path):
-    from reidctl.backends.pytorch import load_detection_model
+    from reidctl.models.loader import load_detection_model
     from reidctl.export.onnx import export_onnx
 
     onnx_path = tmp_path / "nano.onnx"
