@@ -28,7 +28,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: lint ffmpeg
-	$(BIN)/pytest -q -n $(TEST_WORKERS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs

@@ -124,7 +124,11 @@ def _as_configured(config, tmp_path):
 PREPARE = {"pytorch": _as_configured, "onnxruntime": _onnxruntime, "triton": _triton}
 
 
-@pytest.mark.parametrize("name", list(available_backends()))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=[pytest.mark.slow, pytest.mark.xdist_group("triton-server")]) if name == "triton" else name
+     for name in available_backends()],
+)
 def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     reason = available_backends()[name]
     if reason:
@@ -298,6 +302,8 @@ def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(smal
     assert len(served) == 2  # the other cameras stopped instead of serving the remaining requests
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("triton-server")
 def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_checkpoint):
     """A timeout below the time 8 queued frames take on this CPU, but above one frame's: requests would time out
     without the timeout derived from the first request (bench rows 'failed' on a slow machine)."""

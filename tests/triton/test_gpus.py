@@ -199,6 +199,7 @@ def gpu_processes() -> dict[int, set[int]]:
 
 @pytest.mark.gpu
 @pytest.mark.slow
+@pytest.mark.xdist_group("triton-server")
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_bundled_server_serves_from_an_instance_on_each_gpu(tmp_path, nano_checkpoint, frames):
     config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, device="auto", triton={"gpus": "all"}))

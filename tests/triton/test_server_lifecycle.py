@@ -15,6 +15,10 @@ from reidctl.triton import watchdog
 from reidctl.triton.repository import write_repository
 from reidctl.triton.server import Ports, cache_dir, start_server, stop_server
 
+# Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
+# left in the server cache never meets another test's server mid-run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server")]
+
 ROOT = str(Path(__file__).resolve().parents[2])
 
 

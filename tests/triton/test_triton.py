@@ -41,6 +41,10 @@ from reidctl.triton.server import (
     stop_server,
 )
 
+# Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
+# left in the server cache never meets another test's server mid-run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server")]
+
 BROKEN_MODEL = "bytetrack_broken"
 ANCHORS = (128 // 8) * (160 // 8) + (128 // 16) * (160 // 16) + (128 // 32) * (160 // 32)
 
