@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Detection load on the GPU: the batched NMS against torchvision, ByteTrack-format YOLOX-X checkpoints for the idle,
+# crowd and worst loads, and `reidctl bench` of PyTorch (CUDA graphs; torch.compile at the worst load) and the
+# bundled Triton server at those loads. Run after `source scripts/gpu_setup.sh`; each step is bounded and logged,
+# and a failed step does not stop the others.
+# Usage: scripts/perf_loads.sh OUT_DIR   (ITERS, WARMUP, CAMERAS, TRITON_LOADS, PYTORCH_LOADS, DEVICE and MODEL
+# (extra model options, e.g. "--model-type nano --test-size 128x160" for a quick check on a CPU) override)
+set -uo pipefail
+# shellcheck disable=SC2086  # MODEL and LOAD_ARGS hold several options
+out=${1:?output directory}
+iters=${ITERS:-300}; warmup=${WARMUP:-30}; cameras=${CAMERAS:-1,16}
+work=${WORK_DIR:-/tmp/reidctl-loads}; device=${DEVICE:-cuda}; model=${MODEL:---model-type mot17}
+mkdir -p "$out" "$work"
+step() {  # step NAME SECONDS COMMAND...: run, log, time
+  local name=$1 limit=$2; shift 2
+  local started=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  echo "$name: exit $? after $(( SECONDS - started )) s" | tee -a "$out/steps.txt"
+}
+reidctl() { python3 -m reidctl "$@"; }
+checkpoint() { local files=("$work"/*_"$1".pth.tar); echo "${files[0]}"; }  # <model type>_<load>.pth.tar
+
+step nms_bench 120 python3 scripts/nms_bench.py --iters 200 --json "$out/nms_bench.json"
+step nms_bench_after_model 120 python3 scripts/nms_bench.py --iters 100 --model-ms 3
+step load_checkpoints 240 python3 scripts/make_load_checkpoints.py --output-dir "$work" ${LOAD_ARGS:-}
+for load in ${PYTORCH_LOADS:-worst idle crowd}; do
+  step "bench_pytorch_$load" 150 reidctl bench --backends pytorch --device "$device" $model --model "$(checkpoint "$load")" \
+    --iters "$iters" --warmup "$warmup" --cameras "$cameras" --output "$out/bench_pytorch_$load.json" --no-progress
+done
+printf 'detection:\n  compile: true\n' >"$work/compile.yaml"
+step bench_pytorch_compile_worst 240 reidctl bench --backends pytorch -c "$work/compile.yaml" --device "$device" $model \
+  --model "$(checkpoint worst)" --iters "$iters" --warmup "$warmup" --cameras "$cameras" \
+  --output "$out/bench_pytorch_compile_worst.json" --no-progress
+for load in ${TRITON_LOADS:-worst idle}; do
+  repo="$work/repo_$load"
+  step "triton_start_$load" 240 reidctl setup-triton --repository "$repo" $model --model "$(checkpoint "$load")" \
+    --device "$device" --start
+  step "bench_triton_$load" 150 reidctl bench --backends triton $model --model "$(checkpoint "$load")" --iters "$iters" \
+    --warmup "$warmup" --cameras "$cameras" --output "$out/bench_triton_$load.json" --no-progress
+  reidctl setup-triton --repository "$repo" --stop >>"$out/steps.txt" 2>&1
+done
+step nms_gpu_tests 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_nms.py
