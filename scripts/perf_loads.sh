@@ -17,11 +17,12 @@ step() {  # step NAME SECONDS COMMAND...: run, log, time
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   echo "$name: exit $? after $(( SECONDS - started )) s" | tee -a "$out/steps.txt"
 }
-reidctl() { python3 -m reidctl "$@"; }
+bin="$work/bin"; mkdir -p "$bin"  # `reidctl` as a command, for timeout to run
+printf '#!/bin/sh\nexec python3 -m reidctl "$@"\n' >"$bin/reidctl"; chmod +x "$bin/reidctl"; PATH="$bin:$PATH"
 checkpoint() { local files=("$work"/*_"$1".pth.tar); echo "${files[0]}"; }  # <model type>_<load>.pth.tar
 
-step nms_bench 120 python3 scripts/nms_bench.py --iters 200 --json "$out/nms_bench.json"
-step nms_bench_after_model 120 python3 scripts/nms_bench.py --iters 100 --model-ms 3
+[ -n "${SKIP_NMS:-}" ] || step nms_bench 120 python3 scripts/nms_bench.py --iters 200 --json "$out/nms_bench.json"
+[ -n "${SKIP_NMS:-}" ] || step nms_bench_after_model 120 python3 scripts/nms_bench.py --iters 100 --model-ms 3
 step load_checkpoints 240 python3 scripts/make_load_checkpoints.py --output-dir "$work" ${LOAD_ARGS:-}
 for load in ${PYTORCH_LOADS:-worst idle crowd}; do
   step "bench_pytorch_$load" 150 reidctl bench --backends pytorch --device "$device" $model --model "$(checkpoint "$load")" \
@@ -39,4 +40,4 @@ for load in ${TRITON_LOADS:-worst idle}; do
     --warmup "$warmup" --cameras "$cameras" --output "$out/bench_triton_$load.json" --no-progress
   reidctl setup-triton --repository "$repo" --stop >>"$out/steps.txt" 2>&1
 done
-step nms_gpu_tests 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_nms.py
+[ -n "${SKIP_NMS:-}" ] || step nms_gpu_tests 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_nms.py

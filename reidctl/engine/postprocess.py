@@ -46,11 +46,9 @@ def select_detections(
     class_conf, class_id = predictions[..., 5:].max(dim=-1)
     scores = predictions[..., 4] * class_conf
     candidate = scores >= conf_threshold
-    # The host waits here once for the model; without candidates (an idle scene) there is nothing to suppress,
-    # and no NMS work is launched at all.
-    candidates = candidate.sum(dim=1).tolist()
-    if not any(candidates):
-        return Selection([np.zeros((0, len(DETECTION_COLUMNS)), np.float32) for _ in range(batch)], candidates)
+    # Counted on the device: waiting for the counts here would keep the host from queueing the NMS work while the
+    # model still runs (H100, YOLOX-X: +0.3 ms a batch at the worst load, against 0.2 ms saved when idle).
+    candidates = candidate.sum(dim=1)
     cxcy, wh = predictions[..., :2], predictions[..., 2:4]
     boxes = torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=-1)
     if method == "triton":
@@ -79,7 +77,7 @@ def select_detections(
     ).cpu().numpy()
     per_frame = np.bincount(rows[:, -1].astype(np.int64), minlength=batch)
     frames = np.split(rows[:, :-1], np.cumsum(per_frame)[:-1])
-    return Selection(frames, candidates)
+    return Selection(frames, candidates.tolist())
 
 
 def rescale(detections: Sequence[np.ndarray], ratios: Sequence[float], conf_threshold: float = 0.0) -> list[np.ndarray]:
