@@ -289,8 +289,8 @@ def recommend_measured(report: BenchReport, need: Need, availability: dict[str, 
         order = f"simplicity: {' < '.join(SIMPLICITY)}"
         lines.append(f"Chosen: {_describe(chosen, need)}.")
         if roomy:
-            room = "measured at camera rate" if chosen.estimate.load == "open" else f"{HEADROOM:g}x throughput headroom"
-            lines.append(f"It is the simplest backend that meets the need with {room} ({order}).")
+            room = "measured at camera rate" if chosen.estimate.load == "open" else f"with {HEADROOM:g}x throughput headroom"
+            lines.append(f"It is the simplest backend that meets the need {room} ({order}).")
         else:
             lines.append(
                 f"It is the simplest backend that meets the need ({order}), but none has {HEADROOM:g}x throughput "
@@ -462,9 +462,10 @@ def recommend(
     bench: Path | BenchReport | None,
     config: dict,
     availability: dict[str, str | None] | None = None,
+    source: str | None = None,
 ) -> Recommendation:
-    """``bench``: a bench file or report (None: the decision tree); ``config``: the configuration to deploy when
-    there is no bench result (with one, the configuration it measured)."""
+    """``bench``: a bench file or report (None: the decision tree), ``source`` says where a report came from;
+    ``config``: the configuration to deploy when there is no bench result (with one, the configuration it measured)."""
     need.validate()
     availability = available_backends() if availability is None else availability
     if bench is None:
@@ -472,7 +473,7 @@ def recommend(
         rec = Recommendation(need, False, chosen, None, lines, verdicts, None, scenario=scenario)
         return _with_config(rec, config, None)
     report = bench if isinstance(bench, BenchReport) else load_report(bench)
-    source = "this machine's capacity search" if isinstance(bench, BenchReport) else str(bench)
+    source = source or str(bench)
     chosen, verdicts, lines = recommend_measured(report, need, availability)
     lines.insert(0, f"From {source} ({report.created}, {report.environment['gpu']['name']}).")
     rec = Recommendation(
