@@ -30,11 +30,11 @@ class SearchOutcome:
     cameras: int  # the largest count that passed (0: not even one camera)
     tried: list[tuple[int, bool]] = field(default_factory=list)  # (cameras, passed), in order
     first_failure: int | None = None  # the smallest count seen to fail
-    resolved: bool = True  # False: max_runs ran out before the bisection closed
+    resolved: bool = True  # False: max_runs ran out before the search closed
 
     @property
     def at_limit(self) -> bool:
-        """Passed at the limit: this machine may serve more than was tried."""
+        """Never failed (the limit or the run budget came first): this machine may serve more than was tried."""
         return self.first_failure is None and self.cameras > 0
 
 
@@ -55,7 +55,10 @@ def search_max_cameras(passes: Callable[[int], bool], limit: int = DEFAULT_LIMIT
         return passed
 
     cameras = min(max(start, 1), limit)
-    while len(outcome.tried) < max_runs and check(cameras) and cameras < limit:
+    while check(cameras) and cameras < limit:
+        if len(outcome.tried) >= max_runs:  # still growing
+            outcome.resolved = False
+            return outcome
         cameras = min(cameras * 2, limit)
     while outcome.first_failure is not None and outcome.first_failure - outcome.cameras > 1:
         if len(outcome.tried) >= max_runs:
