@@ -300,7 +300,9 @@ def _camera_clock(load: OpenLoopLoad, camera: int, start: float):
         index += 1
 
 
-def _camera_stats(camera: int, due: int, latencies: list[float], lags: list[float], dropped: int, load: OpenLoopLoad) -> CameraStats:
+def _camera_stats(
+    camera: int, due: int, latencies: list[float], lags: list[float], dropped: int, load: OpenLoopLoad
+) -> CameraStats:
     budget_s = load.latency_ms / 1000.0
     summary = LatencySummary.from_samples(latencies) if latencies else None
     return CameraStats(
@@ -375,7 +377,8 @@ def open_loop(
 @contextlib.contextmanager
 def serving(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, max_delay_ms: float, cameras: int):
     """How cameras reach ``detector``: a remote runner is called from each camera's thread (its server batches);
-    an in-process one through a MicroBatcher, its batch sizes up to ``cameras`` run once first. Yields (mode, serve, batch sizes seen so far)."""
+    an in-process one through a MicroBatcher, its batch sizes up to ``cameras`` run once first.
+    Yields (mode, serve, batch sizes seen so far)."""
     if detector.runner.batches_remotely:
         before = _settled_batch_counts(detector)
         yield "concurrent", detector.detect, lambda: _batches_since(before, _settled_batch_counts(detector))
@@ -457,7 +460,8 @@ def _measure_backend(
         if settings.fps:
             progress.update(task, phase=f"open loop, {cameras} camera{plural} at {settings.fps:g} FPS")
             load = open_loop_load(settings, cameras)
-            result.multi_stream.append(run_open_loop(detector, frames, load, settings.max_batch, settings.max_delay_ms, tick))
+            run = run_open_loop(detector, frames, load, settings.max_batch, settings.max_delay_ms, tick)
+            result.multi_stream.append(run)
     result.peak_memory_bytes = detector.runner.peak_memory_bytes()
     progress.update(task, phase="done")
 
@@ -495,7 +499,8 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
     if settings.parity:
         from reidctl.engine.parity import run_parity
 
-        parity = run_parity(config, settings.backends, frames, settings.parity_tolerance, settings.parity_score_tolerance)
+        tolerances = settings.parity_tolerance, settings.parity_score_tolerance
+        parity = run_parity(config, settings.backends, frames, *tolerances)
     return BenchReport(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         environment=environment(device),

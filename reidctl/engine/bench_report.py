@@ -14,7 +14,6 @@ from pathlib import Path
 
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import write_text_atomic
 
 # 2: open-loop runs (cameras on their own clock) beside the closed-loop ones, and the parity check.
 BENCH_SCHEMA_VERSION = 2
@@ -303,7 +302,9 @@ def load_report(path: Path) -> BenchReport:
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version not in READABLE_SCHEMA_VERSIONS:
         readable = " and ".join(map(str, READABLE_SCHEMA_VERSIONS))
-        raise ReidctlError(f"bench file {path} has schema_version {version!r}; this reidctl reads {readable}: rerun `reidctl bench`")
+        raise ReidctlError(
+            f"bench file {path} has schema_version {version!r}; this reidctl reads {readable}: rerun `reidctl bench`"
+        )
     try:
         return BenchReport.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

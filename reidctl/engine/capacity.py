@@ -38,8 +38,9 @@ class SearchOutcome:
         return self.first_failure is None and self.cameras > 0
 
 
-def search_max_cameras(passes: Callable[[int], bool], limit: int = DEFAULT_LIMIT, start: int = 1,
-                       max_runs: int = DEFAULT_MAX_RUNS) -> SearchOutcome:
+def search_max_cameras(
+    passes: Callable[[int], bool], limit: int = DEFAULT_LIMIT, start: int = 1, max_runs: int = DEFAULT_MAX_RUNS
+) -> SearchOutcome:
     """The largest camera count in [1, limit] for which ``passes`` holds, ``passes`` being monotone."""
     if limit < 1 or max_runs < 1:
         raise ReidctlError(f"the camera limit and the run budget must be at least 1, got {limit} and {max_runs}")
@@ -83,7 +84,9 @@ class Measurement:
         """The bench run's frames and batcher (its synthetic frames, or its source where it is still there)."""
         settings = bench.settings if bench else {}
         frame_size = settings.get("frame_size")
-        frame_settings = BenchSettings([], source=settings.get("source"), frame_size=tuple(frame_size) if frame_size else None)
+        frame_settings = BenchSettings(
+            [], source=settings.get("source"), frame_size=tuple(frame_size) if frame_size else None
+        )
         frames, _ = load_frames(frame_settings, config.detection.input_size)
         return cls(frames, seconds, jitter, int(settings.get("max_batch", 8)), float(settings.get("max_delay_ms", 0.0)))
 
@@ -97,9 +100,16 @@ class CapacityResult:
     runs: list[StreamResult] = field(default_factory=list)
 
 
-def measure_capacity(config: Config, backend: str, fps: float, latency_ms: float, measurement: Measurement,
-                     limit: int = DEFAULT_LIMIT, max_runs: int = DEFAULT_MAX_RUNS,
-                     on_run: Callable[[str, StreamResult], None] = lambda backend, run: None) -> CapacityResult:
+def measure_capacity(
+    config: Config,
+    backend: str,
+    fps: float,
+    latency_ms: float,
+    measurement: Measurement,
+    limit: int = DEFAULT_LIMIT,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    on_run: Callable[[str, StreamResult], None] = lambda backend, run: None,
+) -> CapacityResult:
     """Search ``backend``'s capacity at ``fps`` per camera on this machine (one detector for every run)."""
     result = CapacityResult(backend, "ok")
     reason = get_backend(backend).availability()
@@ -107,6 +117,7 @@ def measure_capacity(config: Config, backend: str, fps: float, latency_ms: float
         return CapacityResult(backend, "unavailable", reason)
     try:
         with create_detector(config, backend) as detector:
+
             def passes(cameras: int) -> bool:
                 load = OpenLoopLoad(cameras, fps, measurement.seconds, latency_ms, measurement.jitter)
                 run = run_open_loop(detector, measurement.frames, load, measurement.max_batch, measurement.max_delay_ms)
@@ -119,7 +130,10 @@ def measure_capacity(config: Config, backend: str, fps: float, latency_ms: float
         return CapacityResult(backend, "unavailable", str(exc))
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
         message = first_line(str(exc))
-        result.status, result.reason = "failed", message if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {message}"
+        result.status, result.reason = (
+            "failed",
+            message if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {message}",
+        )
     return result
 
 
@@ -134,8 +148,9 @@ def capacity_report(config: dict, device: str, results: Sequence[CapacityResult]
     )
 
 
-def verify(config: Config, backend: str, cameras: int, fps: float, latency_ms: float,
-           measurement: Measurement) -> StreamResult:
+def verify(
+    config: Config, backend: str, cameras: int, fps: float, latency_ms: float, measurement: Measurement
+) -> StreamResult:
     """The chosen setup, open loop at ``cameras`` x ``fps`` on this machine: pass = ``run.within(latency_ms)``."""
     with create_detector(config, backend) as detector:
         load = OpenLoopLoad(cameras, fps, measurement.seconds, latency_ms, measurement.jitter)

@@ -51,7 +51,11 @@ class FrameComparison:
 def compare_frame(reference: np.ndarray, candidate: np.ndarray) -> FrameComparison:
     """One frame's (N, 7) detections against the reference's."""
     ref_scores, cand_scores = scores(reference), scores(candidate)
-    iou = iou_matrix(reference, candidate) if len(reference) and len(candidate) else np.zeros((len(reference), len(candidate)))
+    iou = (
+        iou_matrix(reference, candidate)
+        if len(reference) and len(candidate)
+        else np.zeros((len(reference), len(candidate)))
+    )
     iou[reference[:, 6, None] != candidate[None, :, 6]] = 0.0  # a match keeps its class
     ref_free, cand_free = np.ones(len(reference), bool), np.ones(len(candidate), bool)
     pairs = []
@@ -72,15 +76,24 @@ def compare_frame(reference: np.ndarray, candidate: np.ndarray) -> FrameComparis
 
 
 def compare(
-    backend: str, precision: str | None, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
-    tolerance: float, score_tolerance: float,
+    backend: str,
+    precision: str | None,
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    tolerance: float,
+    score_tolerance: float,
 ) -> ParityResult:
     frames = [compare_frame(r, c) for r, c in zip(reference, candidate)]
     diffs = [d for f in frames for d in f.score_diffs]
     result = ParityResult(
-        backend, precision, "ok", frames=len(frames),
-        reference_boxes=sum(f.reference_boxes for f in frames), matched=sum(f.matched for f in frames),
-        missed=sum(f.missed for f in frames), extra=sum(f.extra for f in frames),
+        backend,
+        precision,
+        "ok",
+        frames=len(frames),
+        reference_boxes=sum(f.reference_boxes for f in frames),
+        matched=sum(f.matched for f in frames),
+        missed=sum(f.missed for f in frames),
+        extra=sum(f.extra for f in frames),
         max_score_diff=max(diffs) if diffs else None,
     )
     result.flagged = result.mismatch_rate > tolerance or (result.max_score_diff or 0.0) > score_tolerance
@@ -117,8 +130,14 @@ def run_parity(
 ) -> list[ParityResult]:
     """The reference (PyTorch fp32 on the configured device), then every other backend and precision."""
     reference, _ = detect_all(override(config, fp16=False), "pytorch", frames)
-    results = [ParityResult(*REFERENCE, "reference", frames=len(frames),
-                            reference_boxes=int(sum((scores(r) >= COUNTED_SCORE).sum() for r in reference)))]
+    results = [
+        ParityResult(
+            *REFERENCE,
+            "reference",
+            frames=len(frames),
+            reference_boxes=int(sum((scores(r) >= COUNTED_SCORE).sum() for r in reference)),
+        )
+    ]
     for name, precision, variant_config in variants(config, backends):
         reason = get_backend(name).availability()
         if reason:

@@ -161,8 +161,10 @@ def open_loop_estimate(runs: list[StreamResult], need: Need) -> Estimate | None:
     """From open-loop runs at the need's FPS: a pass with at least the cameras needed (the fewest such), else a
     failure with at most the cameras needed (the most such); None when the runs say nothing about this count."""
     runs = [r for r in runs if same_rate(r, need.fps)]
-    passes = sorted((r for r in runs if r.cameras >= need.cameras and r.within(need.latency_ms)), key=lambda r: r.cameras)
-    fails = sorted((r for r in runs if r.cameras <= need.cameras and not r.within(need.latency_ms)), key=lambda r: -r.cameras)
+    passes = sorted((r for r in runs if r.cameras >= need.cameras and r.within(need.latency_ms)),
+                    key=lambda r: r.cameras)
+    fails = sorted((r for r in runs if r.cameras <= need.cameras and not r.within(need.latency_ms)),
+                   key=lambda r: -r.cameras)
     run = (passes or fails or [None])[0]
     if run is None:
         return None
@@ -226,7 +228,8 @@ def judge_measured(report: BenchReport, need: Need, availability: dict[str, str 
         best = backend_estimate(result, need)
         diverged = report.parity_flagged(result)
         if best is None:  # open-loop runs at another FPS only
-            verdicts.append(Verdict(name, False, "not measured", f"no run at {need.fps:g} FPS per camera or at saturation"))
+            detail = f"no run at {need.fps:g} FPS per camera or at saturation"
+            verdicts.append(Verdict(name, False, "not measured", detail))
             continue
         if here:
             verdict, detail, meets = "unavailable here", here, False
@@ -246,7 +249,8 @@ def _describe(v: Verdict, need: Need) -> str:
     if e.load == "open":
         return (
             f"{v.backend} ({e.mode}, open loop, measured at {e.measured_cameras} camera{plural} x {need.fps:g} FPS): "
-            f"{e.throughput_fps:.1f} FPS served, {e.dropped} dropped, P99 {e.p99_ms:.1f} ms for a {need.latency_ms:g} ms budget"
+            f"{e.throughput_fps:.1f} FPS served, {e.dropped} dropped, "
+            f"P99 {e.p99_ms:.1f} ms for a {need.latency_ms:g} ms budget"
         )
     where = f"extrapolated from {e.measured_cameras}" if e.extrapolated else f"measured at {e.measured_cameras}"
     return (
@@ -266,7 +270,8 @@ def machine_capacity(report: BenchReport, need: Need, availability: dict[str, st
     if measured:
         cameras, backend = max(measured, key=lambda m: (m[0], -simplicity_rank(m[1])))
         return {"cameras": cameras, "backend": backend, "measured": True,
-                "line": f"This machine serves up to {cameras} camera(s) at {need.fps:g} FPS within {need.latency_ms:g} ms "
+                "line": f"This machine serves up to {cameras} camera(s) at {need.fps:g} FPS "
+                        f"within {need.latency_ms:g} ms "
                         f"on {backend} (measured open loop)."}
     saturated = [(s.throughput_fps, b.name) for b in usable for s in b.multi_stream if not s.open_loop]
     if not saturated:
@@ -274,9 +279,11 @@ def machine_capacity(report: BenchReport, need: Need, availability: dict[str, st
     throughput, backend = max(saturated, key=lambda m: (m[0], -simplicity_rank(m[1])))
     cameras = math.floor(throughput / (HEADROOM * need.fps))
     return {"cameras": cameras, "backend": backend, "measured": False,
-            "line": f"This machine serves about {cameras} camera(s) at {need.fps:g} FPS on {backend}: ESTIMATED from its "
+            "line": f"This machine serves about {cameras} camera(s) at {need.fps:g} FPS on {backend}: "
+                    f"ESTIMATED from its "
                     f"saturated throughput ({throughput:.1f} FPS / {HEADROOM:g}x headroom), latency not checked; "
-                    f"measure with `reidctl recommend --fps {need.fps:g} --latency-ms {need.latency_ms:g} --max-cameras`."}
+                    f"measure with `reidctl recommend --fps {need.fps:g} --latency-ms {need.latency_ms:g} "
+                    "--max-cameras`."}
 
 
 def recommend_measured(report: BenchReport, need: Need, availability: dict[str, str | None]) -> tuple[Verdict | None, list[Verdict], list[str]]:
@@ -289,7 +296,9 @@ def recommend_measured(report: BenchReport, need: Need, availability: dict[str, 
         order = f"simplicity: {' < '.join(SIMPLICITY)}"
         lines.append(f"Chosen: {_describe(chosen, need)}.")
         if roomy:
-            room = "measured at camera rate" if chosen.estimate.load == "open" else f"with {HEADROOM:g}x throughput headroom"
+            room = f"with {HEADROOM:g}x throughput headroom"
+            if chosen.estimate.load == "open":
+                room = "measured at camera rate"
             lines.append(f"It is the simplest backend that meets the need {room} ({order}).")
         else:
             lines.append(
@@ -380,7 +389,7 @@ BACKEND_SECTION = {"onnxruntime": "tensorrt", "tensorrt": "tensorrt", "triton": 
 def deploy_detection(backend: str, config: dict, need: Need) -> dict:
     """The full `detection:` section to deploy ``backend`` for ``need``: the measured config with the backend set
     and the batching sized for the cameras (Triton's dynamic batcher, TensorRT's batch profile)."""
-    det = {key: (dict(value) if isinstance(value, dict) else value) for key, value in config.get("detection", {}).items()}
+    det = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.get("detection", {}).items()}
     det["backend"] = backend
     if backend == "triton":
         det["triton"] = det.get("triton", {}) | triton_batching(need.cameras, det.get("triton", {}))
@@ -399,7 +408,8 @@ def _batcher_note(mode: str | None, batcher: dict | None) -> str:
         return ""
     return (
         f"# measured with the in-process micro-batcher (max batch {batcher.get('max_batch', 8)}, "
-        f"max delay {batcher.get('max_delay_ms', 0.0):g} ms): serve the cameras through reidctl.engine.batcher.MicroBatcher\n"
+        f"max delay {batcher.get('max_delay_ms', 0.0):g} ms): "
+        "serve the cameras through reidctl.engine.batcher.MicroBatcher\n"
     )
 
 
@@ -442,11 +452,13 @@ def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
         raise ReidctlError("nothing to deploy: no backend was chosen")
     directory = Path(directory)
     config_path, script_path = directory / "config.yaml", directory / "deploy.sh"
-    header = (f"# reidctl recommend: {rec.need.cameras} camera(s) x {rec.need.fps:g} FPS, P99 <= {rec.need.latency_ms:g} ms "
+    need = rec.need
+    header = (f"# reidctl recommend: {need.cameras} camera(s) x {need.fps:g} FPS, P99 <= {need.latency_ms:g} ms "
               f"-> {rec.choice}{' (not measured)' if not rec.measured else ''}\n") + _batcher_note(rec.mode, rec.batcher)
     write_text_atomic(config_path, header + yaml.safe_dump(rec.deploy_config, sort_keys=False, default_flow_style=None))
     commands = deploy_commands(rec.choice, str(config_path), rec.deploy_config["detection"], rec.need.cameras)
-    write_text_atomic(script_path, "#!/bin/sh\n# " + "\n# ".join(rec.reasoning) + "\nset -e\n" + "\n".join(commands) + "\n")
+    script = ["#!/bin/sh", *(f"# {line}" for line in rec.reasoning), "set -e", *commands]
+    write_text_atomic(script_path, "\n".join(script) + "\n")
     return config_path, script_path
 
 

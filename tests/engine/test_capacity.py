@@ -42,6 +42,7 @@ def test_open_loop_holds_each_cameras_period(small_config):
 
 def test_a_camera_whose_frame_is_in_flight_drops_the_next_instead_of_queueing():
     """A 250 ms service at 10 FPS: each camera sends at 0, 0.3, 0.6, 0.9 s and drops the frames due in between."""
+
     def slow_service(frame):
         time.sleep(0.25)
 
@@ -65,13 +66,16 @@ def test_jitter_moves_send_times_but_keeps_the_rate():
     assert sum(gaps) / len(gaps) == pytest.approx(0.05, abs=0.01)
 
 
-@pytest.mark.parametrize(("capacity", "limit", "expected_tried"), [
-    (13, 64, [1, 2, 4, 8, 16, 12, 14, 13]),
-    (1, 64, [1, 2]),
-    (0, 64, [1]),
-    (100, 64, [1, 2, 4, 8, 16, 32, 64]),
-    (40, 50, [1, 2, 4, 8, 16, 32, 50, 41, 36, 38, 39, 40]),
-])
+@pytest.mark.parametrize(
+    ("capacity", "limit", "expected_tried"),
+    [
+        (13, 64, [1, 2, 4, 8, 16, 12, 14, 13]),
+        (1, 64, [1, 2]),
+        (0, 64, [1]),
+        (100, 64, [1, 2, 4, 8, 16, 32, 64]),
+        (40, 50, [1, 2, 4, 8, 16, 32, 50, 41, 36, 38, 39, 40]),
+    ],
+)
 def test_capacity_search_converges_on_a_capacity_curve(capacity, limit, expected_tried):
     outcome = search_max_cameras(lambda cameras: cameras <= capacity, limit)
     assert outcome.cameras == min(capacity, limit) and outcome.resolved
@@ -104,15 +108,21 @@ def saturated_bench(path, config_path, name="pytorch", mode="batched", cameras=1
     """A bench record from a (much faster) machine: saturation at ``fps`` with ``cameras`` cameras."""
     summary = LatencySummary(100, p99_ms / 2, 1.0, p99_ms, 1.0, p99_ms / 2, p99_ms, p99_ms, 2000 / p99_ms)
     stream = StreamResult(mode, cameras, 100, 100 / fps, fps, summary, {8: 12})
-    report = BenchReport("2026-11-25T00:00:00+00:00", {"gpu": {"name": "NVIDIA H100 80GB HBM3"}},
-                         {"max_batch": 8, "max_delay_ms": 0.0}, to_dict(load_config(config_path)),
-                         [BackendResult(name, "ok", runner={"precision": "fp32"}, multi_stream=[stream])])
+    report = BenchReport(
+        "2026-11-25T00:00:00+00:00",
+        {"gpu": {"name": "NVIDIA H100 80GB HBM3"}},
+        {"max_batch": 8, "max_delay_ms": 0.0},
+        to_dict(load_config(config_path)),
+        [BackendResult(name, "ok", runner={"precision": "fp32"}, multi_stream=[stream])],
+    )
     path.write_text(json.dumps(report.to_dict()))
     return path
 
 
 @pytest.mark.parametrize(("cameras", "fps", "code", "verdict"), [(1, 2, 0, "PASS"), (8, 200, 1, "FAIL")])
-def test_verify_passes_and_fails_on_the_two_sides_of_this_machines_capacity(tmp_path, small_config, cameras, fps, code, verdict):
+def test_verify_passes_and_fails_on_the_two_sides_of_this_machines_capacity(
+    tmp_path, small_config, cameras, fps, code, verdict
+):
     """The bench says the backend meets the need; this CPU then serves 1 camera at 2 FPS but not 8 at 200 FPS."""
     bench = saturated_bench(tmp_path / "bench.json", small_config)
     result = invoke("recommend", "--bench", bench, "--cameras", cameras, "--fps", fps, "--verify", "--seconds", 1)
@@ -132,8 +142,28 @@ def test_verify_without_a_choice_fails(tmp_path, small_config):
 
 def test_recommend_answers_from_open_loop_runs_and_says_what_this_machine_serves(tmp_path, small_config):
     output = tmp_path / "bench.json"
-    result = invoke("bench", "-b", "pytorch", "--iters", 2, "--warmup", 0, "--cameras", "1,2", "--fps", 4,
-                    "--seconds", 1, "--latency-ms", 1000, "-c", small_config, "-o", output, "--no-progress")
+    result = invoke(
+        "bench",
+        "-b",
+        "pytorch",
+        "--iters",
+        2,
+        "--warmup",
+        0,
+        "--cameras",
+        "1,2",
+        "--fps",
+        4,
+        "--seconds",
+        1,
+        "--latency-ms",
+        1000,
+        "-c",
+        small_config,
+        "-o",
+        output,
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert "Open Loop Results" in result.output and "Multi-Stream Results" not in result.output  # --fps: open loop only
     report = load_report(output)
@@ -144,7 +174,9 @@ def test_recommend_answers_from_open_loop_runs_and_says_what_this_machine_serves
     assert "Recommended: pytorch (batched)" in rec.output and "open loop, measured at 2 cameras x 4 FPS" in rec.output
     more = invoke("recommend", "--bench", output, "--cameras", 3, "--fps", 4, "--latency-ms", 1000)
     assert "No backend measured here meets the need" in more.output  # measured at 1 and 2 cameras only
-    assert "This machine serves up to 2 camera(s) at 4 FPS within 1000 ms on pytorch (measured open loop)" in more.output
+    assert (
+        "This machine serves up to 2 camera(s) at 4 FPS within 1000 ms on pytorch (measured open loop)" in more.output
+    )
     other_rate = invoke("recommend", "--bench", output, "--cameras", 2, "--fps", 30)
     assert "not measured" in other_rate.output and "no run at 30 FPS" in other_rate.output
 
@@ -177,7 +209,13 @@ def test_deploy_writes_a_config_that_loads_and_commands_that_run(tmp_path, small
     assert written.exit_code == 0, written.output
     pbtxt = (repository / "bytetrack_pytorch" / "config.pbtxt").read_text()
     assert "max_batch_size: 16" in pbtxt and "max_queue_delay_microseconds: 500" in pbtxt
-    assert [int(line.split(":")[1]) for line in pbtxt.splitlines() if "preferred_batch_size" in line] == [1, 2, 4, 8, 16]
+    assert [int(line.split(":")[1]) for line in pbtxt.splitlines() if "preferred_batch_size" in line] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+    ]
 
 
 def test_emitted_build_engine_command_parses(tmp_path, small_config):

@@ -27,7 +27,9 @@ def rows(*boxes):
 
 
 def test_compare_frame_matches_at_high_iou_and_counts_the_rest():
-    reference = rows((0, 0, 100, 200, 0.9), (300, 0, 400, 200, 0.5), (500, 0, 600, 200, 0.105), (700, 0, 800, 200, 0.05))
+    reference = rows(
+        (0, 0, 100, 200, 0.9), (300, 0, 400, 200, 0.5), (500, 0, 600, 200, 0.105), (700, 0, 800, 200, 0.05)
+    )
     candidate = rows(
         (1, 1, 101, 201, 0.88),  # IoU ~0.98: matched, score 0.02 lower
         (330, 0, 430, 200, 0.5),  # IoU ~0.54: the reference box is missed and this one is extra
@@ -79,11 +81,30 @@ def test_identical_export_passes_and_perturbed_one_is_flagged(small_config, onnx
     assert perturbed.flagged and perturbed.max_score_diff > 0.05
 
 
-def test_bench_parity_flags_the_backend_and_recommend_never_chooses_it(tmp_path, nano_checkpoint, perturbed_onnx, frames, video_file):
+def test_bench_parity_flags_the_backend_and_recommend_never_chooses_it(
+    tmp_path, nano_checkpoint, perturbed_onnx, frames, video_file
+):
     config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(perturbed_onnx)})
     output = tmp_path / "bench.json"
-    result = invoke("bench", "-b", "onnxruntime,pytorch", "--iters", 2, "--warmup", 0, "--cameras", 1, "--parity",
-                    "--source", video_file, "-c", config, "-o", output, "--no-progress")
+    result = invoke(
+        "bench",
+        "-b",
+        "onnxruntime,pytorch",
+        "--iters",
+        2,
+        "--warmup",
+        0,
+        "--cameras",
+        1,
+        "--parity",
+        "--source",
+        video_file,
+        "-c",
+        config,
+        "-o",
+        output,
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert "Parity against PyTorch fp32" in result.output and "DIVERGES" in result.output
     assert "parity: detections diverge from pytorch fp32 - onnxruntime fp32" in result.output
@@ -93,7 +114,9 @@ def test_bench_parity_flags_the_backend_and_recommend_never_chooses_it(tmp_path,
 
     rec = invoke("recommend", "--bench", output, "--cameras", 1, "--fps", 0.1, "--latency-ms", 10000)
     assert "Recommended: pytorch" in rec.output
-    assert "onnxruntime: detections diverge (parity against pytorch fp32: onnxruntime fp32:" in rec.output.replace("\n", " ")
+    assert "onnxruntime: detections diverge (parity against pytorch fp32: onnxruntime fp32:" in rec.output.replace(
+        "\n", " "
+    )
 
 
 def test_a_looser_tolerance_passes_what_a_tight_one_flags(small_config, perturbed_onnx, frames):

@@ -283,7 +283,8 @@ def test_a_backend_whose_detections_diverge_is_never_chosen(tmp_path):
     pytorch.runner["precision"] = "fp16"
     bench = write_bench(tmp_path / "b.json", pytorch, backend("triton", ("concurrent", 4, 400.0, 20.0)), version=2)
     data = json.loads(bench.read_text())
-    diverged = ParityResult("pytorch", "fp16", "ok", frames=8, reference_boxes=40, matched=30, missed=10, extra=4, max_score_diff=0.3, flagged=True)
+    diverged = ParityResult("pytorch", "fp16", "ok", frames=8, reference_boxes=40, matched=30, missed=10, extra=4,
+                            max_score_diff=0.3, flagged=True)
     data["parity"] = [diverged.to_dict()]
     bench.write_text(json.dumps(data))
     rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
