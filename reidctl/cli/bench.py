@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.markup import escape
 from rich.text import Text
 
 from reidctl.cli.app import (
@@ -34,6 +35,7 @@ from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, BenchSe
 from reidctl.io.atomic import write_text_atomic
 
 STATUS_STYLE = {"ok": "green", "unavailable": "yellow", "failed": "red"}
+EXIT_VERIFY_FAILED = 1  # a measured FAIL; bad input exits 2
 
 
 def _ms(value: float) -> str:
@@ -69,13 +71,54 @@ def _stage_table(report: BenchReport) -> Table:
 
 
 def _multi_table(report: BenchReport) -> Table:
-    table = Table(title="Multi-Stream Results, latency per request in ms (closed loop: a camera sends its next frame when its result is back)")
+    table = Table(title="Multi-Stream Results, closed loop (saturation: a camera sends its next frame when its result "
+                        "is back), latency per request in ms")
     for column in ("Backend", "Mode", "Cameras", "Total FPS", "Avg Latency", "P95", "P99", "Avg Batch"):
         table.add_column(column, justify="left" if column in ("Backend", "Mode") else "right", no_wrap=column in ("Backend", "Mode"))
     for b in report.backends:
-        for s in b.multi_stream:
+        for s in (s for s in b.multi_stream if not s.open_loop):
             batch = f"{s.mean_batch:.2f}" if s.mean_batch is not None else "-"
             table.add_row(b.name, s.mode, str(s.cameras), f"{s.throughput_fps:.2f}", _ms(s.latency.avg_ms), _ms(s.latency.p95_ms), _ms(s.latency.p99_ms), batch)
+    return table
+
+
+def _open_loop_table(report: BenchReport) -> Table:
+    budget = report.settings.get("latency_ms")
+    table = Table(title=f"Open Loop Results: each camera sends on its own clock; latency in ms from a frame's send "
+                        f"time; late: over {budget:g} ms; dropped: due while the camera's last frame was in flight")
+    columns = ("Backend", "Mode", "Cams", "FPS/Cam", "Served FPS", "Slowest Cam", "P50", "P95", "P99", "Late", "Dropped")
+    for column in columns:
+        left = column in ("Backend", "Mode")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    for b in report.backends:
+        for s in (s for s in b.multi_stream if s.open_loop):
+            slowest = min((c.achieved_fps for c in s.per_camera or ()), default=0.0)
+            style = "green" if s.within(s.latency_budget_ms) else "red"
+            table.add_row(b.name, s.mode, str(s.cameras), f"{s.fps_per_camera:g}", f"{s.throughput_fps:.1f}",
+                          f"{slowest:.1f}", _ms(s.latency.p50_ms), _ms(s.latency.p95_ms),
+                          Text(_ms(s.latency.p99_ms), style=style), str(s.late), Text(str(s.dropped), style=style))
+    return table
+
+
+def _parity_table(report: BenchReport) -> Table:
+    tolerance = report.settings.get("parity_tolerance", 0.0)
+    score_tolerance = report.settings.get("parity_score_tolerance", 0.0)
+    table = Table(title=f"Parity against PyTorch fp32 (boxes matched at IoU >= 0.9; flagged above {tolerance:.1%} "
+                        f"missed + extra or a score difference of {score_tolerance:g})")
+    columns = ("Backend", "Precision", "Frames", "Boxes", "Matched", "Missed", "Extra", "Max Score Diff", "Verdict")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("Backend", "Precision", "Verdict") else "right")
+    for p in report.parity:
+        if p.status not in ("ok", "reference"):
+            status = Text(f"{p.status}: {p.reason}", style=STATUS_STYLE[p.status])
+            table.add_row(p.backend, p.precision or "-", *["-"] * 6, status)
+            continue
+        score = f"{p.max_score_diff:.2e}" if p.max_score_diff is not None else "-"
+        verdict = Text("DIVERGES", style="red") if p.flagged else Text("same", style="green")
+        if p.status == "reference":
+            verdict = Text("reference")
+        counts = (p.frames, p.reference_boxes, p.matched, p.missed, p.extra)
+        table.add_row(p.backend, p.precision or "-", *map(str, counts), score, verdict)
     return table
 
 
@@ -101,6 +144,31 @@ def bench(
     frame_size: Annotated[Optional[str], typer.Option("--frame-size", help="Synthetic frame size HEIGHTxWIDTH (default: the test size).")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the in-process micro-batcher forms.")] = 8,
     max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", help="How long the micro-batcher waits for more frames after the first, in ms (0: take what is waiting; under load frames queue while the GPU works, so batches form by themselves).")] = 0.0,
+    fps: Annotated[Optional[float], typer.Option(
+        "--fps", help="Open loop: each camera sends frames at this rate on its own clock (a fixed period), for every"
+        " camera"
+        " count of --cameras; late and dropped frames are counted.")] = None,
+    seconds: Annotated[float, typer.Option(
+        "--seconds", help="Measured seconds of each open-loop run (after half a second of the same load).")] = 3.0,
+    latency_ms: Annotated[float, typer.Option(
+        "--latency-ms", help="Latency budget in ms: an open-loop frame answered later is late.")] = 100.0,
+    jitter: Annotated[float, typer.Option(
+        "--jitter", help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter <"
+        " 1).")] = 0.0,
+    saturation: Annotated[Optional[bool], typer.Option(
+        "--saturation/--no-saturation", help="Also run the closed-loop (saturation) multi-stream runs (default: only"
+        " without --fps).")] = None,
+    parity: Annotated[bool, typer.Option(
+        "--parity", help="Run the same frames through every backend and precision and compare the detections with"
+        " PyTorch "
+        "fp32; a backend that diverges is flagged and never recommended.")] = False,
+    parity_tolerance: Annotated[float, typer.Option(
+        "--parity-tolerance", help="Most boxes missed or extra (scores >= 0.1), as a fraction of the reference's"
+        " boxes, before a backend"
+        " is flagged.")] = 0.02,
+    parity_score_tolerance: Annotated[float, typer.Option(
+        "--parity-score-tolerance",
+        help="Largest score difference of a matched box before a backend is flagged.")] = 0.05,
     output: Annotated[Path, typer.Option("--output", "-o", help="Result JSON; the plot is written beside it as .png.")] = DEFAULT_BENCH_PATH,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")] = True,
     config: ConfigOpt = None,
@@ -127,15 +195,28 @@ def bench(
         frame_size=tuple(parse_size(frame_size)) if frame_size else None,
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
+        fps=fps,
+        seconds=seconds,
+        latency_ms=latency_ms,
+        jitter=jitter,
+        saturation=fps is None if saturation is None else saturation,
+        parity=parity,
+        parity_tolerance=parity_tolerance,
+        parity_score_tolerance=parity_score_tolerance,
     )
     report, plot = benchmark(cfg, settings, output, show_progress=progress)
     console.print(_backend_table(report))
     for b in report.backends:
         if b.reason:
             console.print(f"{b.name} {b.status}: {b.reason}", highlight=False, markup=False, soft_wrap=True)
-    for table in (_single_table(report), _stage_table(report), _multi_table(report)):
+    tables = (_single_table, _stage_table, _multi_table, _open_loop_table, _parity_table)
+    for table in (make(report) for make in tables):
         if table.row_count:
             console.print(table)
+    for p in report.parity:
+        if p.flagged:
+            console.print(f"[bold red]parity:[/] detections diverge from pytorch fp32 - {escape(p.describe())}; "
+                          "`reidctl recommend` will not choose it", soft_wrap=True)
     console.print(f"wrote {output} and {plot}", soft_wrap=True)
     missing = report.not_measured()
     if missing:
@@ -165,8 +246,11 @@ def _verdict_table(rec) -> Table:
         if e is None:
             table.add_row(v.backend, "-", "-", f"- / {need.total_fps:.1f}", f"- / {need.latency_ms:g}", verdict)
             continue
-        where = f"{e.measured_cameras} cam" + (" (extrapolated)" if e.extrapolated else "")
+        where = f"{e.measured_cameras} cam, {'open loop' if e.load == 'open' else 'saturation'}"
+        where += " (extrapolated)" if e.extrapolated else ""
         fps = f"{e.throughput_fps:.1f} {'>=' if e.throughput_fps >= need.total_fps else '<'} {need.total_fps:.1f}"
+        if e.load == "open":
+            fps = f"{e.throughput_fps:.1f} served, {e.dropped} dropped"
         p99 = f"{e.p99_ms:.1f} {'<=' if e.p99_ms <= need.latency_ms else '>'} {need.latency_ms:g}"
         table.add_row(v.backend, e.mode, where, fps, p99, verdict)
     return table
@@ -184,19 +268,139 @@ def _summary_table(scenario: str) -> Table:
     return table
 
 
-@command("recommend", "Recommend a backend for N cameras at F FPS within a latency budget, from `reidctl bench` results (or the reference decision tree).")
+def _capacity_table(results, fps: float, latency_ms: float) -> Table:
+    table = Table(title=f"Capacity at {fps:g} FPS per camera, P99 <= {latency_ms:g} ms and no frame dropped "
+                        "(open loop, this machine)")
+    for column in ("Backend", "Most Cameras", "Runs (cameras: P99)", "Note"):
+        table.add_column(column, justify="right" if column == "Most Cameras" else "left")
+    for r in results:
+        if r.outcome is None:
+            table.add_row(r.backend, "-", "-", Text(f"{r.status}: {r.reason}", style=STATUS_STYLE[r.status]))
+            continue
+        runs = "; ".join(f"{run.cameras}: {run.latency.p99_ms:.1f} ms ({run.dropped} dropped)" for run in r.runs)
+        note = "" if r.outcome.resolved else "run budget spent before the search closed"
+        if r.outcome.at_limit:
+            note = "never failed: may serve more"
+        if r.status == "failed":
+            note = f"failed: {r.reason}"
+        table.add_row(r.backend, str(r.outcome.cameras), runs, note)
+    return table
+
+
+def _search_capacity(need, report, config_dict: dict, backends: str, seconds: float, jitter: float, limit: int):
+    """--max-cameras: the open-loop search per backend here; returns the results and the report they make."""
+    from reidctl.engine.bench import parse_backends
+    from reidctl.engine.capacity import Measurement, capacity_report, measure_capacity
+    from reidctl.engine.recommend import config_from_dict
+
+    config = config_from_dict(config_dict)
+    measurement = Measurement.from_bench(config, report, seconds, jitter)
+    flagged = {b.name for b in report.backends if report.parity_flagged(b)} if report else set()
+    names = [name for name in parse_backends(backends)[0] if name not in flagged]
+    results = []
+    with console.status("capacity search") as spinner:
+        def on_run(backend, run):
+            spinner.update(f"capacity search: {backend}, {run.cameras} camera(s): "
+                           f"P99 {run.latency.p99_ms:.1f} ms, {run.dropped} dropped")
+
+        for name in names:
+            results.append(measure_capacity(config, name, need.fps, need.latency_ms, measurement, limit, on_run=on_run))
+    settings = {"fps": need.fps, "latency_ms": need.latency_ms, "seconds": seconds, "jitter": jitter,
+                "max_batch": measurement.max_batch, "max_delay_ms": measurement.max_delay_ms}
+    return results, capacity_report(config_dict, config.detection.device, results, settings)
+
+
+def _merge(report: BenchReport | None, searched: BenchReport) -> BenchReport:
+    """The bench file's results with the search's open-loop runs added to each backend's."""
+    if report is None:
+        return searched
+    by_name = {b.name: b for b in report.backends}
+    for found in searched.backends:
+        if found.name in by_name:
+            by_name[found.name].multi_stream.extend(found.multi_stream)
+        elif found.multi_stream:
+            report.backends.append(found)
+    return report
+
+
+def _verify(rec, deploy_config: Path | None, report, seconds: float, jitter: float) -> bool:
+    from reidctl.engine.capacity import Measurement, verify
+    from reidctl.engine.recommend import config_from_dict
+
+    need = rec.need
+    if not rec.choice:
+        console.print(f"[bold red]FAIL[/bold red]: no backend was chosen for {need.cameras} camera(s) x "
+                      f"{need.fps:g} FPS: nothing to verify")
+        return False
+    config = load_config(deploy_config) if deploy_config else config_from_dict(rec.deploy_config)
+    measurement = Measurement.from_bench(config, report, seconds, jitter)
+    with console.status(f"verifying {rec.choice}: {need.cameras} camera(s) at {need.fps:g} FPS for {seconds:g} s"):
+        run = verify(config, rec.choice, need.cameras, need.fps, need.latency_ms, measurement)
+    passed = run.within(need.latency_ms)
+    verdict = "[bold green]PASS[/bold green]" if passed else "[bold red]FAIL[/bold red]"
+    console.print(
+        f"{verdict}: {rec.choice} ({run.mode}) served {need.cameras} camera(s) at {need.fps:g} FPS on this machine for "
+        f"{seconds:g} s: P99 {run.latency.p99_ms:.1f} ms {'<=' if run.latency.p99_ms <= need.latency_ms else '>'} "
+        f"{need.latency_ms:g} ms, {run.late} late, {run.dropped} dropped, {run.throughput_fps:.1f} of "
+        f"{need.total_fps:.1f} FPS answered",
+        soft_wrap=True,
+    )
+    return passed
+
+
+@command("recommend", "Recommend a backend for N cameras at F FPS within a latency budget, from `reidctl bench` "
+                      "results (or the reference decision tree); find the most cameras this machine serves, verify, "
+                      "write what to deploy.")
 def recommend_command(
     cameras: Annotated[int, typer.Option("--cameras", help="Number of cameras to serve.")] = 1,
     fps: Annotated[float, typer.Option("--fps", help="Frames per second each camera must get.")] = 30.0,
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Per-request P99 latency budget in ms.")] = 100.0,
     bench_file: Annotated[Optional[Path], typer.Option("--bench", help=f"Bench result JSON (default: {DEFAULT_BENCH_PATH} if present; without one the reference decision tree answers).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the recommendation as JSON.")] = None,
+    max_cameras: Annotated[bool, typer.Option(
+        "--max-cameras", help="Search, per backend here, the most cameras at --fps that keep P99 within --latency-ms"
+        " with no frame "
+        "dropped (open-loop runs on this machine: doubling, then bisection), and recommend from those runs "
+        "too.")] = False,
+    backends: Annotated[str, typer.Option(
+        "--backends", "-b",
+        help="Backends --max-cameras searches: 'all' (those that can run here) or a comma list.")] = "all",
+    camera_limit: Annotated[int, typer.Option("--camera-limit", min=1, help="Most cameras --max-cameras tries.")] = 64,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Run the chosen setup open loop at --cameras x --fps on this machine; print PASS or FAIL"
+        " with the "
+        "measured P99 and late frames, and exit 1 on FAIL.")] = False,
+    deploy: Annotated[Optional[Path], typer.Option(
+        "--deploy", help="Write what to deploy into this folder: config.yaml (loads with --config) and deploy.sh"
+        " (setup-triton"
+        " / build-engine with the chosen batching, then the multi-camera detect).")] = None,
+    seconds: Annotated[float, typer.Option(
+        "--seconds", help="Measured seconds of each open-loop run of --max-cameras and --verify.")] = 3.0,
+    jitter: Annotated[float, typer.Option(
+        "--jitter", help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter <"
+        " 1).")] = 0.0,
     config: ConfigOpt = None,
 ) -> None:
-    from reidctl.engine.recommend import Need, find_bench, recommend
+    from reidctl.engine.bench_report import check_open_loop, load_report
+    from reidctl.engine.recommend import Need, find_bench, recommend, write_deploy
 
+    need = Need(cameras, fps, latency_ms).validate()
+    check_open_loop(fps, seconds, latency_ms, jitter)
     path = find_bench(bench_file)
-    rec = recommend(Need(cameras, fps, latency_ms), path, to_dict(load_config(config)))
+    report = load_report(path) if path else None
+    config_dict = report.config if report else to_dict(load_config(config))
+    if max_cameras:
+        results, searched = _search_capacity(need, report, config_dict, backends, seconds, jitter, camera_limit)
+        console.print(_capacity_table(results, fps, latency_ms))
+        best = max((r for r in results if r.outcome), key=lambda r: r.outcome.cameras, default=None)
+        if best:
+            gpu = searched.environment["gpu"]["name"]
+            more = " or more" if best.outcome.at_limit else ""
+            console.print(f"[bold]This machine ({escape(gpu)}) serves up to {best.outcome.cameras}{more} camera(s) "
+                          f"at {fps:g} FPS within {latency_ms:g} ms on {best.backend}.[/bold]", soft_wrap=True)
+        report = _merge(report, searched)
+    source = f"{path or 'no bench file'} and this machine's capacity search" if max_cameras else None
+    rec = recommend(need, report if max_cameras else path, config_dict, source=source)
     if not rec.measured:
         console.print(_summary_table(rec.scenario))
     console.print(_verdict_table(rec))
@@ -207,6 +411,14 @@ def recommend_command(
         caveat = "" if rec.measured else " [yellow]- not measured[/yellow]"
         console.print(f"[bold]Recommended: {rec.choice}{mode}[/bold]{caveat}")
         console.print(Syntax(rec.config_snippet, "yaml", theme="ansi_dark", background_color="default"))
+    deployed = None
+    if deploy and rec.choice:
+        deployed, script = write_deploy(rec, deploy)
+        console.print(f"wrote {deployed} and {script}", soft_wrap=True)
     if json_path:
         write_text_atomic(json_path, json.dumps(rec.to_dict(), indent=2))
         console.print(f"wrote {json_path}", soft_wrap=True)
+    if verify and not _verify(rec, deployed, report, seconds, jitter):
+        raise typer.Exit(EXIT_VERIFY_FAILED)
+    if deploy and not rec.choice:
+        fail(f"nothing written to {deploy}: no backend meets the need")

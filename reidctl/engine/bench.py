@@ -3,10 +3,14 @@
 Per backend:
   single stream   one frame in host memory -> (N, 7) on the host, back to back: end to end, then a second pass
                   with per-stage timing (it synchronises the GPU between stages, so it is not the end-to-end figure);
-  multi stream    N cameras in a closed loop (each submits its next frame when its result is back):
+  multi stream    N cameras in a closed loop (each submits its next frame when its result is back): saturation,
                   "sequential"  one thread serves the cameras round-robin, one frame at a time (the reference's mode);
                   "batched"     N camera threads share an in-process MicroBatcher (in-process runners);
                   "concurrent"  N client threads call the runner at once and the server batches (remote runners);
+  open loop       N cameras at F FPS each on their own clock (``--fps``), through the batcher or the server as
+                  above: achieved FPS, latency from each frame's send time, frames late and frames dropped (a
+                  camera whose previous frame is still in flight drops the next one: nothing queues without bound);
+  parity          (``--parity``, parity.py) every backend and precision's detections against PyTorch fp32;
   memory          the runner's peak accelerator memory.
 A backend that cannot run here is listed with the reason; one that fails is recorded as failed and the rest still run.
 The records and their JSON live in bench_report.py, the plot in bench_plot.py; this module measures.
@@ -14,16 +18,20 @@ The records and their JSON live in bench_report.py, the plot in bench_plot.py; t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
+import math
 import os
 import platform
+import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +45,7 @@ from reidctl.engine.bench_report import (
     BackendResult,
     BenchReport,
     BenchSettings,
+    CameraStats,
     StreamResult,
     plot_path_for,
 )
@@ -212,13 +221,17 @@ def closed_loop(
     return latencies, wall
 
 
+def warm_batch_sizes(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, cameras: int) -> None:
+    """Every batch size a run of ``cameras`` can form, once: one-off costs (e.g. CUDA-graph capture) stay out."""
+    for size in range(2, min(max_batch, cameras) + 1):
+        detector.detect_batch([frames[i % len(frames)] for i in range(size)])
+
+
 def measure_batched(
     detector: Detector, frames: Sequence[np.ndarray], cameras: int, settings: BenchSettings, tick: Tick
 ) -> StreamResult:
+    warm_batch_sizes(detector, frames, settings.max_batch, cameras)
     with MicroBatcher(detector.detect_batch, settings.max_batch, settings.max_delay_ms) as batcher:
-        # Every batch size the run can form is run once first: one-off costs (e.g. CUDA-graph capture) stay out.
-        for size in range(2, min(settings.max_batch, cameras) + 1):
-            detector.detect_batch([frames[i % len(frames)] for i in range(size)])
         serve = lambda frame: batcher.submit(frame).result()  # noqa: E731
         closed_loop(serve, frames, cameras, settings.warmup, tick)
         batcher.batch_sizes.clear()  # the worker is idle: every warm-up future has been answered
@@ -241,6 +254,12 @@ def _settled_batch_counts(detector: Detector) -> dict[int, int] | None:
     return counts
 
 
+def _batches_since(before: dict[int, int] | None, after: dict[int, int] | None) -> dict[int, int] | None:
+    if before is None or after is None:
+        return None
+    return {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
+
+
 def measure_concurrent(
     detector: Detector, frames: Sequence[np.ndarray], cameras: int, settings: BenchSettings, tick: Tick
 ) -> StreamResult:
@@ -248,15 +267,146 @@ def measure_concurrent(
     closed_loop(detector.detect, frames, cameras, settings.warmup, tick)
     before = _settled_batch_counts(detector)
     latencies, wall = closed_loop(detector.detect, frames, cameras, settings.iters, tick)
-    after = _settled_batch_counts(detector)
-    sizes = None
-    if before is not None and after is not None:
-        sizes = {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
+    sizes = _batches_since(before, _settled_batch_counts(detector))
     summary = LatencySummary.from_samples(latencies)
     return StreamResult("concurrent", cameras, len(latencies), wall, len(latencies) / wall, summary, sizes)
 
 
 MODES = {"sequential": measure_sequential, "batched": measure_batched, "concurrent": measure_concurrent}
+OPEN_LOOP_WARMUP_S = 0.5  # each open-loop run starts with this much unrecorded load (the batcher's first batches)
+
+
+@dataclass
+class OpenLoopLoad:
+    """Cameras on their own clock: ``fps`` each, measured for ``seconds`` after ``warmup_s`` of the same load."""
+
+    cameras: int
+    fps: float
+    seconds: float
+    latency_ms: float  # budget: answered later than this is late
+    jitter: float = 0.0  # each send time moves by a uniform +-jitter/2 of the period (seeded per camera)
+    warmup_s: float = OPEN_LOOP_WARMUP_S
+
+
+def _camera_clock(load: OpenLoopLoad, camera: int, start: float):
+    """The send times of one camera: a fixed period from a phase of its own (cameras spread over one period)."""
+    period = 1.0 / load.fps
+    rng = random.Random(camera)
+    base = start + period * camera / load.cameras
+    index = 0
+    while True:
+        shift = rng.uniform(-load.jitter, load.jitter) * period / 2 if load.jitter else 0.0
+        yield base + index * period + shift
+        index += 1
+
+
+def _camera_stats(
+    camera: int, due: int, latencies: list[float], lags: list[float], dropped: int, load: OpenLoopLoad
+) -> CameraStats:
+    budget_s = load.latency_ms / 1000.0
+    summary = LatencySummary.from_samples(latencies) if latencies else None
+    return CameraStats(
+        camera=camera,
+        due=due,
+        served=len(latencies),
+        dropped=dropped,
+        late=sum(latency > budget_s for latency in latencies),
+        achieved_fps=len(latencies) / load.seconds,
+        p50_ms=summary.p50_ms if summary else None,
+        p95_ms=summary.p95_ms if summary else None,
+        p99_ms=summary.p99_ms if summary else None,
+        send_lag_p99_ms=float(np.percentile(lags, 99)) * 1000.0 if lags else 0.0,
+    )
+
+
+def open_loop(
+    serve: Callable[[np.ndarray], object], frames: Sequence[np.ndarray], load: OpenLoopLoad, tick: Tick = lambda: None
+) -> tuple[list[CameraStats], list[float]]:
+    """Each camera thread sends a frame at each tick of its clock and waits for the result; a tick that comes while
+    its frame is still in flight drops that frame (a camera does not queue). Latency runs from the frame's send
+    time (its schedule, not the moment the thread got to it), so a slow client shows in it too.
+
+    Frames whose send time falls in the measured window (after the warm-up, ``seconds`` long) are recorded.
+    Returns each camera's statistics and every recorded latency (seconds).
+    """
+    barrier = threading.Barrier(load.cameras + 1)
+    stop = threading.Event()  # a failing camera stops the others
+
+    def camera(index: int) -> tuple[CameraStats, list[float]]:
+        barrier.wait()
+        start = epoch[0]
+        window_start, window_end = start + load.warmup_s, start + load.warmup_s + load.seconds
+        clock = _camera_clock(load, index, start)
+        latencies, lags, dropped, due_in_window, sent_count = [], [], 0, 0, 0
+        send_at = next(clock)
+        try:
+            while send_at < window_end and not stop.is_set():
+                wait = send_at - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                sent = time.perf_counter()
+                serve(frames[(index + sent_count * load.cameras) % len(frames)])
+                sent_count += 1
+                done = time.perf_counter()
+                recorded = send_at >= window_start
+                if recorded:
+                    due_in_window += 1
+                    latencies.append(done - send_at)
+                    lags.append(sent - send_at)
+                tick()
+                send_at = next(clock)
+                while send_at < done and send_at < window_end:  # due while the last frame was in flight: dropped
+                    if send_at >= window_start:
+                        due_in_window += 1
+                        dropped += 1
+                    send_at = next(clock)
+        except BaseException:
+            stop.set()
+            raise
+        return _camera_stats(index, due_in_window, latencies, lags, dropped, load), latencies
+
+    epoch = [0.0]
+    with ThreadPoolExecutor(max_workers=load.cameras, thread_name_prefix="camera") as pool:
+        futures = [pool.submit(camera, i) for i in range(load.cameras)]
+        epoch[0] = time.perf_counter() + 0.01  # every camera's clock starts from the same instant
+        barrier.wait()
+        results = [future.result() for future in futures]
+    return [stats for stats, _ in results], [sample for _, samples in results for sample in samples]
+
+
+@contextlib.contextmanager
+def serving(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, max_delay_ms: float, cameras: int):
+    """How cameras reach ``detector``: a remote runner is called from each camera's thread (its server batches);
+    an in-process one through a MicroBatcher, its batch sizes up to ``cameras`` run once first.
+    Yields (mode, serve, batch sizes seen so far)."""
+    if detector.runner.batches_remotely:
+        before = _settled_batch_counts(detector)
+        yield "concurrent", detector.detect, lambda: _batches_since(before, _settled_batch_counts(detector))
+        return
+    warm_batch_sizes(detector, frames, max_batch, cameras)
+    with MicroBatcher(detector.detect_batch, max_batch, max_delay_ms) as batcher:
+        yield "batched", lambda frame: batcher.submit(frame).result(), lambda: dict(Counter(batcher.batch_sizes))
+
+
+def run_open_loop(
+    detector: Detector, frames: Sequence[np.ndarray], load: OpenLoopLoad, max_batch: int, max_delay_ms: float,
+    tick: Tick = lambda: None,
+) -> StreamResult:
+    """One open-loop point: ``load.cameras`` cameras at ``load.fps`` each, for ``load.seconds``."""
+    allow_measured_latency(detector, frames[0], load.cameras)
+    with serving(detector, frames, max_batch, max_delay_ms, load.cameras) as (mode, serve, batch_sizes):
+        cameras, latencies = open_loop(serve, frames, load, tick)
+        sizes = batch_sizes()  # the warm-up's batches included: the open loop has no idle point between the two
+    summary = LatencySummary.from_samples(latencies) if latencies else _NOTHING_SERVED
+    return StreamResult(
+        mode, load.cameras, len(latencies), load.seconds, len(latencies) / load.seconds, summary, sizes or None,
+        load="open", fps_per_camera=load.fps, latency_budget_ms=load.latency_ms, jitter=load.jitter,
+        dropped=sum(c.dropped for c in cameras), late=sum(c.late for c in cameras), per_camera=cameras,
+    )
+
+
+# A run in which no frame came back in the window (every one dropped): infinite latency, so it never passes.
+_NOTHING_SERVED = LatencySummary(0, math.inf, math.inf, math.inf, 0.0, math.inf, math.inf, math.inf, 0.0)
 
 
 def stream_modes(detector: Detector) -> tuple[str, ...]:
@@ -265,7 +415,13 @@ def stream_modes(detector: Detector) -> tuple[str, ...]:
 
 def planned_requests(settings: BenchSettings, modes: Sequence[str]) -> int:
     single = 1 + settings.warmup + 2 * settings.iters  # probe, end to end (with warm-up) + staged pass
-    return single + len(settings.cameras) * len(modes) * (settings.warmup + settings.iters)
+    closed = len(modes) * (settings.warmup + settings.iters) if settings.saturation else 0
+    per_camera_open = settings.fps * (settings.seconds + OPEN_LOOP_WARMUP_S) if settings.fps else 0
+    return single + sum(closed + round(cameras * per_camera_open) for cameras in settings.cameras)
+
+
+def open_loop_load(settings: BenchSettings, cameras: int) -> OpenLoopLoad:
+    return OpenLoopLoad(cameras, settings.fps, settings.seconds, settings.latency_ms, settings.jitter)
 
 
 def allow_measured_latency(detector: Detector, frame: np.ndarray, cameras: int) -> None:
@@ -297,9 +453,15 @@ def _measure_backend(
     progress.update(task, phase="stages")
     result.stages = measure_stages(detector, frames, settings.iters, tick)
     for cameras in settings.cameras:
-        for mode in modes:
-            progress.update(task, phase=f"{mode}, {cameras} camera{'s' if cameras > 1 else ''}")
+        plural = "s" if cameras > 1 else ""
+        for mode in modes if settings.saturation else ():
+            progress.update(task, phase=f"{mode}, {cameras} camera{plural}")
             result.multi_stream.append(MODES[mode](detector, frames, cameras, settings, tick))
+        if settings.fps:
+            progress.update(task, phase=f"open loop, {cameras} camera{plural} at {settings.fps:g} FPS")
+            load = open_loop_load(settings, cameras)
+            run = run_open_loop(detector, frames, load, settings.max_batch, settings.max_delay_ms, tick)
+            result.multi_stream.append(run)
     result.peak_memory_bytes = detector.runner.peak_memory_bytes()
     result.load = {"candidates_per_frame": detector.load.candidates_per_frame, "kept_per_frame": detector.load.kept_per_frame}
     progress.update(task, phase="done")
@@ -334,12 +496,19 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"), TimeElapsedColumn()]
     with Progress(*columns, disable=not show_progress) as progress:
         results = [bench_backend(config, name, frames, settings, progress, device) for name in settings.backends]
+    parity = []
+    if settings.parity:
+        from reidctl.engine.parity import run_parity
+
+        tolerances = settings.parity_tolerance, settings.parity_score_tolerance
+        parity = run_parity(config, settings.backends, frames, *tolerances)
     return BenchReport(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         environment=environment(device),
         settings=dataclasses.asdict(settings) | {"frames": frames_from, "frame_count": len(frames)},
         config=to_dict(config),
         backends=results,
+        parity=parity,
     )
 
 

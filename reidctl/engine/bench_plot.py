@@ -10,7 +10,8 @@ from reidctl.io.atomic import atomic_path, write_text_atomic
 
 
 def write_plot(report: BenchReport, path: Path) -> None:
-    """Throughput and latency percentiles versus camera count, one line per backend and mode."""
+    """Throughput and latency percentiles versus camera count, one line per backend, mode and load (closed or open
+    loop: an open-loop run's throughput is what it served at its camera rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,10 +20,12 @@ def write_plot(report: BenchReport, path: Path) -> None:
     figure, (throughput_axis, latency_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
     for backend in report.backends:
-        for mode in dict.fromkeys(stream.mode for stream in backend.multi_stream):
-            streams = sorted((s for s in backend.multi_stream if s.mode == mode), key=lambda s: s.cameras)
+        for mode, load in dict.fromkeys((stream.mode, stream.load) for stream in backend.multi_stream):
+            streams = [s for s in backend.multi_stream if (s.mode, s.load) == (mode, load)]
+            streams.sort(key=lambda s: s.cameras)
             cameras = [s.cameras for s in streams]
-            color, label = next(colors), f"{backend.name} {mode}"
+            rate = f" at {streams[0].fps_per_camera:g} FPS/camera" if load == "open" else " (saturation)"
+            color, label = next(colors), f"{backend.name} {mode}{rate}"
             throughput_axis.plot(cameras, [s.throughput_fps for s in streams], "o-", color=color, label=label)
             for percentile, style in (("p50", ":"), ("p95", "--"), ("p99", "-")):
                 values = [getattr(s.latency, f"{percentile}_ms") for s in streams]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError
 
-BENCH_SCHEMA_VERSION = 1
+# 2: open-loop runs (cameras on their own clock) beside the closed-loop ones, and the parity check.
+BENCH_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 files hold closed-loop runs only
 DEFAULT_BENCH_PATH = Path("runs/bench/bench.json")
 
 
@@ -29,6 +32,14 @@ class BenchSettings:
     max_batch: int = 8  # in-process micro-batcher
     max_delay_ms: float = 0.0  # greedy: batch what is waiting, never wait for more
     named: bool = True  # backends named by the user (not 'all'): each one not measured is an error
+    fps: float | None = None  # open loop: each camera sends frames at this rate on its own clock
+    seconds: float = 3.0  # measured time of each open-loop run
+    latency_ms: float = 100.0  # budget: a frame answered later than this is late
+    jitter: float = 0.0  # open loop: each send time moves by up to +-jitter/2 of the period
+    saturation: bool = True  # the closed-loop runs (saturated throughput)
+    parity: bool = False  # run the detections of every backend and precision against PyTorch fp32
+    parity_tolerance: float = 0.02  # most boxes missed or extra, as a fraction of the reference's boxes
+    parity_score_tolerance: float = 0.05  # largest score difference of a matched box
 
     def validate(self) -> BenchSettings:
         for name in ("iters", "max_batch"):
@@ -42,7 +53,23 @@ class BenchSettings:
             raise ReidctlError(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
         if self.frame_size is not None and (self.source is not None or min(self.frame_size) <= 0):
             raise ReidctlError("--frame-size sets the size of synthetic frames: give positive sizes and no --source")
+        check_open_loop(self.fps, self.seconds, self.latency_ms, self.jitter)
+        for name in ("parity_tolerance", "parity_score_tolerance"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ReidctlError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         return self
+
+
+def check_open_loop(fps: float | None, seconds: float, latency_ms: float, jitter: float) -> None:
+    """The open-loop options of `bench` and `recommend`; nan is named because it passes every comparison."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ReidctlError(f"--fps must be a positive finite number, got {fps}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ReidctlError(f"--seconds must be a positive finite number, got {seconds}")
+    if not (math.isfinite(latency_ms) and latency_ms > 0):
+        raise ReidctlError(f"--latency-ms must be a positive finite number, got {latency_ms}")
+    if not (0 <= jitter < 1):
+        raise ReidctlError(f"--jitter is a fraction of the frame period, 0 <= jitter < 1, got {jitter}")
 
 
 
@@ -58,14 +85,52 @@ def parse_cameras(text: str) -> list[int]:
 
 
 @dataclass
+class CameraStats:
+    """One camera of an open-loop run."""
+
+    camera: int
+    due: int  # frames whose send time fell in the measured window
+    served: int
+    dropped: int  # due while the camera's previous frame was still in flight
+    late: int  # answered later than the latency budget
+    achieved_fps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    send_lag_p99_ms: float  # how late the frames left against their schedule (the client's own pacing)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CameraStats:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass
 class StreamResult:
     mode: str  # sequential | batched | concurrent
     cameras: int
     requests: int
     wall_s: float
-    throughput_fps: float  # all cameras together
-    latency: LatencySummary  # per request: submit -> result
+    throughput_fps: float  # all cameras together (open loop: frames answered per second of the measured window)
+    latency: LatencySummary  # per request: submit -> result (open loop: the frame's send time -> result)
     batch_sizes: dict[int, int] | None = None  # batch size -> batches run (micro-batcher, or the server's batcher)
+    load: str = "closed"  # closed: a camera sends when its last result is back (saturation); open: on its clock
+    fps_per_camera: float | None = None  # open loop: the rate each camera sends at
+    latency_budget_ms: float | None = None  # open loop: what counts as late
+    jitter: float | None = None
+    dropped: int | None = None  # open loop, all cameras
+    late: int | None = None
+    per_camera: list[CameraStats] | None = None
+
+    @property
+    def open_loop(self) -> bool:
+        return self.load == "open"
+
+    def within(self, latency_ms: float) -> bool:
+        """An open-loop run that dropped nothing and kept P99 within ``latency_ms``."""
+        return self.open_loop and self.dropped == 0 and self.latency.p99_ms <= latency_ms
 
     @property
     def mean_batch(self) -> float | None:
@@ -75,6 +140,7 @@ class StreamResult:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self) | {"latency": self.latency.to_dict(), "mean_batch": self.mean_batch}
+        data["per_camera"] = [c.to_dict() for c in self.per_camera] if self.per_camera is not None else None
         if self.batch_sizes is not None:
             data["batch_sizes"] = {str(size): count for size, count in sorted(self.batch_sizes.items())}
         return data
@@ -90,6 +156,13 @@ class StreamResult:
             throughput_fps=float(data["throughput_fps"]),
             latency=LatencySummary.from_dict(data["latency"]),
             batch_sizes={int(k): int(v) for k, v in sizes.items()} if sizes is not None else None,
+            load=data.get("load", "closed"),
+            fps_per_camera=data.get("fps_per_camera"),
+            latency_budget_ms=data.get("latency_budget_ms"),
+            jitter=data.get("jitter"),
+            dropped=data.get("dropped"),
+            late=data.get("late"),
+            per_camera=[CameraStats.from_dict(c) for c in cameras] if (cameras := data.get("per_camera")) else None,
         )
 
 
@@ -136,6 +209,39 @@ class BackendResult:
 
 
 @dataclass
+class ParityResult:
+    """One backend and precision against the PyTorch fp32 reference, on the same frames."""
+
+    backend: str
+    precision: str | None
+    status: str  # reference | ok | unavailable | failed
+    reason: str | None = None
+    frames: int = 0
+    reference_boxes: int = 0  # the reference's boxes at or above the counted score
+    matched: int = 0  # at IoU >= the match IoU, same class
+    missed: int = 0  # reference boxes with no match
+    extra: int = 0  # boxes of this backend with no match in the reference
+    max_score_diff: float | None = None  # over matched boxes
+    flagged: bool = False  # diverges beyond the tolerance: never recommended
+
+    @property
+    def mismatch_rate(self) -> float:
+        return (self.missed + self.extra) / max(self.reference_boxes, 1)
+
+    def describe(self) -> str:
+        score = f"{self.max_score_diff:.3g}" if self.max_score_diff is not None else "-"
+        return (f"{self.backend} {self.precision or ''}: {self.missed} missed and {self.extra} extra of "
+                f"{self.reference_boxes} boxes in {self.frames} frames, largest score difference {score}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"mismatch_rate": self.mismatch_rate}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ParityResult:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass
 class BenchReport:
     created: str
     environment: dict
@@ -143,6 +249,7 @@ class BenchReport:
     config: dict
     backends: list[BackendResult]
     schema_version: int = BENCH_SCHEMA_VERSION
+    parity: list[ParityResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -152,7 +259,17 @@ class BenchReport:
             "settings": self.settings,
             "config": self.config,
             "backends": [backend.to_dict() for backend in self.backends],
+            "parity": [result.to_dict() for result in self.parity],
         }
+
+    def parity_flagged(self, backend: BackendResult) -> ParityResult | None:
+        """The parity result that rules ``backend`` out: flagged at the precision it was measured at (any
+        precision where the run does not say)."""
+        precision = backend.runner.get("precision")
+        for result in self.parity:
+            if result.backend == backend.name and result.flagged and precision in (None, result.precision):
+                return result
+        return None
 
     def not_measured(self) -> list[BackendResult]:
         """Backends the run owed and could not measure: every failed one, and unavailable ones the user named.
@@ -172,6 +289,7 @@ class BenchReport:
             config=data["config"],
             backends=[BackendResult.from_dict(b) for b in data["backends"]],
             schema_version=data["schema_version"],
+            parity=[ParityResult.from_dict(p) for p in data.get("parity") or []],
         )
 
 
@@ -187,9 +305,10 @@ def load_report(path: Path) -> BenchReport:
     except json.JSONDecodeError as exc:
         raise ReidctlError(f"bench file {path} is not valid JSON (line {exc.lineno})") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != BENCH_SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
+        readable = " and ".join(map(str, READABLE_SCHEMA_VERSIONS))
         raise ReidctlError(
-            f"bench file {path} has schema_version {version!r}; this reidctl reads {BENCH_SCHEMA_VERSION}: rerun `reidctl bench`"
+            f"bench file {path} has schema_version {version!r}; this reidctl reads {readable}: rerun `reidctl bench`"
         )
     try:
         return BenchReport.from_dict(data)

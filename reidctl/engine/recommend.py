@@ -1,24 +1,32 @@
 """`reidctl recommend`: the backend for N cameras at F FPS within a latency budget.
 
-With a bench result, the answer comes from its multi-stream measurements: a backend qualifies when its total
-throughput covers cameras x fps and its per-request P99 fits the budget; the simplest qualifying backend with
-HEADROOM wins (pytorch < onnxruntime < tensorrt < triton), then the one with the most headroom; when none has
-HEADROOM, the simplest that qualifies at all, said to run near saturation. Without one, the reference
-guide's decision tree answers, marked as not measured. Either way a backend that cannot run here is not chosen.
+With a bench result, the answer comes from its multi-stream measurements. Open-loop runs (cameras on their own
+clock) at the requested FPS answer first: a backend qualifies when a run with at least that many cameras dropped
+nothing and kept P99 within the budget (or is ruled out by one with at most that many that did not). Otherwise the
+closed-loop (saturation) runs answer: a backend qualifies when its total throughput covers cameras x fps and its
+P99 fits the budget. The simplest qualifying backend with headroom wins (pytorch < onnxruntime < tensorrt <
+triton; an open-loop pass has its queueing measured, a saturation figure needs HEADROOM over the need), then the
+one with the most margin; when none has headroom, the simplest that qualifies at all, said to run near
+saturation. A backend whose detections diverge from PyTorch fp32 (bench --parity) is never chosen. Without a bench
+result, the reference guide's decision tree answers, marked as not measured. Either way a backend that cannot run
+here is not chosen.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, StreamResult, load_report
+from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BackendResult, BenchReport, StreamResult, load_report
+from reidctl.config import Config, override
 from reidctl.engine.detector import available_backends
 from reidctl.errors import ReidctlError
+from reidctl.io.atomic import write_text_atomic
 
 SIMPLICITY = ("pytorch", "onnxruntime", "tensorrt", "triton")  # simplest to set up and run first
 # Throughput over the need a choice should keep: bench measures a closed loop, i.e. the saturated throughput, and
@@ -71,13 +79,23 @@ class Estimate:
     extrapolated: bool  # the requested count is above every measured one
     throughput_fps: float
     p99_ms: float
+    load: str = "closed"  # closed: saturation; open: cameras at the requested FPS on their own clock
+    dropped: int | None = None  # open loop
 
     def margin(self, need: Need) -> float:
         """Headroom in the tighter dimension: >= 1 when both throughput and P99 meet the need."""
+        if self.load == "open":  # the rate was the need's: what is left is the latency budget
+            return need.latency_ms / self.p99_ms if self.dropped == 0 else 0.0
         return min(self.throughput_fps / need.total_fps, need.latency_ms / self.p99_ms)
 
     def meets(self, need: Need) -> bool:
+        if self.load == "open":
+            return self.dropped == 0 and self.p99_ms <= need.latency_ms
         return self.throughput_fps >= need.total_fps and self.p99_ms <= need.latency_ms
+
+    def roomy(self, need: Need) -> bool:
+        """Meets the need with room for the queueing a saturation figure hides (measured in an open loop)."""
+        return self.meets(need) and (self.load == "open" or self.throughput_fps >= HEADROOM * need.total_fps)
 
 
 @dataclass
@@ -105,6 +123,9 @@ class Recommendation:
     bench_path: str | None = None
     scenario: str | None = None  # the decision tree's row of SUMMARY (not measured)
     environment: dict = field(default_factory=dict)
+    capacity: dict | None = None  # what this machine serves at the need's FPS (see machine_capacity)
+    deploy_config: dict | None = None  # the full config to deploy (the chosen backend's)
+    batcher: dict | None = None  # the in-process micro-batcher the bench measured with
 
     def to_dict(self) -> dict:
         return {
@@ -118,6 +139,8 @@ class Recommendation:
             "bench_path": self.bench_path,
             "scenario": self.scenario,
             "environment": self.environment,
+            "capacity": self.capacity,
+            "deploy_config": self.deploy_config,
         }
 
 
@@ -128,6 +151,24 @@ def simplicity_rank(backend: str) -> int:
 def why_not_here(backend: str, availability: dict[str, str | None]) -> str | None:
     """None when ``backend`` can run on this machine, else the reason."""
     return availability[backend] if backend in availability else NOT_REGISTERED
+
+
+def same_rate(run: StreamResult, fps: float) -> bool:
+    return run.open_loop and run.fps_per_camera is not None and abs(run.fps_per_camera - fps) <= 1e-6 * fps
+
+
+def open_loop_estimate(runs: list[StreamResult], need: Need) -> Estimate | None:
+    """From open-loop runs at the need's FPS: a pass with at least the cameras needed (the fewest such), else a
+    failure with at most the cameras needed (the most such); None when the runs say nothing about this count."""
+    runs = [r for r in runs if same_rate(r, need.fps)]
+    passes = sorted((r for r in runs if r.cameras >= need.cameras and r.within(need.latency_ms)),
+                    key=lambda r: r.cameras)
+    fails = sorted((r for r in runs if r.cameras <= need.cameras and not r.within(need.latency_ms)),
+                   key=lambda r: -r.cameras)
+    run = (passes or fails or [None])[0]
+    if run is None:
+        return None
+    return Estimate(run.mode, run.cameras, False, run.throughput_fps, run.latency.p99_ms, "open", run.dropped)
 
 
 def estimate(streams: list[StreamResult], cameras: int) -> Estimate:
@@ -146,13 +187,29 @@ def estimate(streams: list[StreamResult], cameras: int) -> Estimate:
 def _shortfall(need: Need, est: Estimate) -> tuple[str, str]:
     """The short verdict and its numbers for an estimate that misses the need."""
     verdicts, details = [], []
-    if est.throughput_fps < need.total_fps:
+    if est.load == "open" and est.dropped:
+        verdicts.append("drops frames")
+        details.append(f"{est.dropped} frame(s) dropped at {est.measured_cameras} cameras")
+    if est.load == "closed" and est.throughput_fps < need.total_fps:
         verdicts.append("too slow")
         details.append(f"{est.throughput_fps:.1f} of {need.total_fps:.1f} FPS")
     if est.p99_ms > need.latency_ms:
         verdicts.append("P99 over budget")
         details.append(f"P99 {est.p99_ms:.1f} ms > {need.latency_ms:g} ms")
     return ", ".join(verdicts), "; ".join(details)
+
+
+def backend_estimate(result: BackendResult, need: Need) -> Estimate | None:
+    """Open-loop evidence first (it measures queueing at the need's rate); else the best closed-loop mode."""
+    opened = open_loop_estimate(result.multi_stream, need)
+    if opened:
+        return opened
+    by_mode: dict[str, list[StreamResult]] = {}
+    for stream in result.multi_stream:
+        if not stream.open_loop:
+            by_mode.setdefault(stream.mode, []).append(stream)
+    estimates = [estimate(streams, need.cameras) for streams in by_mode.values()]
+    return max(estimates, key=lambda e: (e.meets(need), e.margin(need)), default=None)
 
 
 def judge_measured(report: BenchReport, need: Need, availability: dict[str, str | None]) -> list[Verdict]:
@@ -168,13 +225,16 @@ def judge_measured(report: BenchReport, need: Need, availability: dict[str, str 
         if result.status != "ok" or not result.multi_stream:
             verdicts.append(Verdict(name, False, result.status, result.reason or "no multi-stream measurement"))
             continue
-        by_mode: dict[str, list[StreamResult]] = {}
-        for stream in result.multi_stream:
-            by_mode.setdefault(stream.mode, []).append(stream)
-        estimates = [estimate(streams, need.cameras) for streams in by_mode.values()]
-        best = max(estimates, key=lambda e: (e.meets(need), e.margin(need)))
+        best = backend_estimate(result, need)
+        diverged = report.parity_flagged(result)
+        if best is None:  # open-loop runs at another FPS only
+            detail = f"no run at {need.fps:g} FPS per camera or at saturation"
+            verdicts.append(Verdict(name, False, "not measured", detail))
+            continue
         if here:
             verdict, detail, meets = "unavailable here", here, False
+        elif diverged:
+            verdict, detail, meets = "detections diverge", f"parity against pytorch fp32: {diverged.describe()}", False
         elif best.meets(need):
             verdict, detail, meets = "meets", "", True
         else:
@@ -185,25 +245,61 @@ def judge_measured(report: BenchReport, need: Need, availability: dict[str, str 
 
 def _describe(v: Verdict, need: Need) -> str:
     e = v.estimate
+    plural = "s" if e.measured_cameras > 1 else ""
+    if e.load == "open":
+        return (
+            f"{v.backend} ({e.mode}, open loop, measured at {e.measured_cameras} camera{plural} x {need.fps:g} FPS): "
+            f"{e.throughput_fps:.1f} FPS served, {e.dropped} dropped, "
+            f"P99 {e.p99_ms:.1f} ms for a {need.latency_ms:g} ms budget"
+        )
     where = f"extrapolated from {e.measured_cameras}" if e.extrapolated else f"measured at {e.measured_cameras}"
     return (
-        f"{v.backend} ({e.mode}, {where} camera{'s' if e.measured_cameras > 1 else ''}): "
+        f"{v.backend} ({e.mode}, saturation, {where} camera{plural}): "
         f"{e.throughput_fps:.1f} FPS for {need.total_fps:.1f} needed ({e.throughput_fps / need.total_fps:.2f}x), "
         f"P99 {e.p99_ms:.1f} ms for a {need.latency_ms:g} ms budget"
     )
+
+
+def machine_capacity(report: BenchReport, need: Need, availability: dict[str, str | None]) -> dict | None:
+    """The most cameras at the need's FPS this machine serves on one backend it may recommend: from open-loop runs
+    that passed (measured), else from saturated throughput / (HEADROOM x fps), said to be estimated."""
+    usable = [b for b in report.backends
+              if b.status == "ok" and not why_not_here(b.name, availability) and not report.parity_flagged(b)]
+    measured = [(r.cameras, b.name) for b in usable for r in b.multi_stream
+                if same_rate(r, need.fps) and r.within(need.latency_ms)]
+    if measured:
+        cameras, backend = max(measured, key=lambda m: (m[0], -simplicity_rank(m[1])))
+        return {"cameras": cameras, "backend": backend, "measured": True,
+                "line": f"This machine serves up to {cameras} camera(s) at {need.fps:g} FPS "
+                        f"within {need.latency_ms:g} ms "
+                        f"on {backend} (measured open loop)."}
+    saturated = [(s.throughput_fps, b.name) for b in usable for s in b.multi_stream if not s.open_loop]
+    if not saturated:
+        return None
+    throughput, backend = max(saturated, key=lambda m: (m[0], -simplicity_rank(m[1])))
+    cameras = math.floor(throughput / (HEADROOM * need.fps))
+    return {"cameras": cameras, "backend": backend, "measured": False,
+            "line": f"This machine serves about {cameras} camera(s) at {need.fps:g} FPS on {backend}: "
+                    f"ESTIMATED from its "
+                    f"saturated throughput ({throughput:.1f} FPS / {HEADROOM:g}x headroom), latency not checked; "
+                    f"measure with `reidctl recommend --fps {need.fps:g} --latency-ms {need.latency_ms:g} "
+                    "--max-cameras`."}
 
 
 def recommend_measured(report: BenchReport, need: Need, availability: dict[str, str | None]) -> tuple[Verdict | None, list[Verdict], list[str]]:
     verdicts = judge_measured(report, need, availability)
     lines = [f"Need {need.cameras} camera(s) x {need.fps:g} FPS = {need.total_fps:.1f} FPS total, P99 <= {need.latency_ms:g} ms."]
     meeting = sorted((v for v in verdicts if v.meets), key=lambda v: (simplicity_rank(v.backend), -v.margin))
-    roomy = [v for v in meeting if v.estimate.throughput_fps >= HEADROOM * need.total_fps]
+    roomy = [v for v in meeting if v.estimate.roomy(need)]
     chosen = (roomy or meeting)[0] if meeting else None
     if chosen:
         order = f"simplicity: {' < '.join(SIMPLICITY)}"
         lines.append(f"Chosen: {_describe(chosen, need)}.")
         if roomy:
-            lines.append(f"It is the simplest backend that meets the need with {HEADROOM:g}x throughput headroom ({order}).")
+            room = f"with {HEADROOM:g}x throughput headroom"
+            if chosen.estimate.load == "open":
+                room = "measured at camera rate"
+            lines.append(f"It is the simplest backend that meets the need {room} ({order}).")
         else:
             lines.append(
                 f"It is the simplest backend that meets the need ({order}), but none has {HEADROOM:g}x throughput "
@@ -222,6 +318,9 @@ def recommend_measured(report: BenchReport, need: Need, availability: dict[str, 
         lines.append("No backend measured here meets the need.")
         if closest:
             lines.append(f"Closest: {_describe(closest, need)}.")
+        capacity = machine_capacity(report, need, availability)
+        if capacity:
+            lines.append(capacity["line"])
         lines.append("Lower --fps or --cameras, raise --latency-ms, or bench a faster backend or GPU.")
     lines += [f"{v.backend}: {v.verdict} ({v.detail})." for v in verdicts if not v.meets and v.detail]
     return chosen, verdicts, lines
@@ -273,21 +372,94 @@ def triton_batching(cameras: int, measured: dict) -> dict:
     }
 
 
+def _next_power_of_two(value: int) -> int:
+    return 1 << (max(value, 1) - 1).bit_length()
+
+
+def tensorrt_profile(cameras: int, measured: dict) -> dict:
+    """The engine's dynamic-batch profile for N cameras: up to the next power of two >= N, tuned for it."""
+    max_batch = max(int(measured.get("max_batch", 1)), _next_power_of_two(cameras))
+    return {"min_batch": 1, "opt_batch": max_batch, "max_batch": max_batch}
+
+
+# The config section each backend's artifact is described in (ONNX Runtime reads detection.tensorrt.onnx_path).
+BACKEND_SECTION = {"onnxruntime": "tensorrt", "tensorrt": "tensorrt", "triton": "triton"}
+
+
+def deploy_detection(backend: str, config: dict, need: Need) -> dict:
+    """The full `detection:` section to deploy ``backend`` for ``need``: the measured config with the backend set
+    and the batching sized for the cameras (Triton's dynamic batcher, TensorRT's batch profile)."""
+    det = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.get("detection", {}).items()}
+    det["backend"] = backend
+    if backend == "triton":
+        det["triton"] = det.get("triton", {}) | triton_batching(need.cameras, det.get("triton", {}))
+    if backend == "tensorrt":
+        det["tensorrt"] = det.get("tensorrt", {}) | tensorrt_profile(need.cameras, det.get("tensorrt", {}))
+    return det
+
+
+def config_from_dict(config: dict) -> Config:
+    """A Config from its dict form (a bench file's record), validated like a file."""
+    return override(Config(), **config.get("detection", {}))
+
+
+def _batcher_note(mode: str | None, batcher: dict | None) -> str:
+    if mode != "batched" or not batcher:
+        return ""
+    return (
+        f"# measured with the in-process micro-batcher (max batch {batcher.get('max_batch', 8)}, "
+        f"max delay {batcher.get('max_delay_ms', 0.0):g} ms): "
+        "serve the cameras through reidctl.engine.batcher.MicroBatcher\n"
+    )
+
+
 def config_snippet(backend: str, mode: str | None, config: dict, need: Need, batcher: dict | None = None) -> str:
     """The `detection:` section to put in configs/config.yaml for ``backend``."""
-    det = config.get("detection", {})
-    section = {"backend": backend} | {k: det[k] for k in COMMON_KEYS + BACKEND_KEYS.get(backend, ()) if k in det}
-    if isinstance(det.get(backend), dict):
-        section[backend] = dict(det[backend])
-    if backend == "triton":
-        section["triton"] = section.get("triton", {}) | triton_batching(need.cameras, det.get("triton", {}))
-    header = "# configs/config.yaml\n"
-    if mode == "batched" and batcher:
-        header += (
-            f"# measured with the in-process micro-batcher (max batch {batcher['max_batch']}, "
-            f"max delay {batcher['max_delay_ms']:g} ms): serve the cameras through reidctl.engine.batcher.MicroBatcher\n"
-        )
+    full = deploy_detection(backend, config, need)
+    keys = ("backend", *COMMON_KEYS, *BACKEND_KEYS.get(backend, ()), BACKEND_SECTION.get(backend))
+    section = {key: full[key] for key in keys if key in full}
+    header = "# configs/config.yaml\n" + _batcher_note(mode, batcher)
     return header + yaml.safe_dump({"detection": section}, sort_keys=False, default_flow_style=None)
+
+
+def deploy_commands(backend: str, config_path: str, detection: dict, cameras: int) -> list[str]:
+    """What to run, in order, to deploy ``backend`` with the config at ``config_path`` for ``cameras`` cameras."""
+    config = shlex.quote(config_path)
+    trt = detection.get("tensorrt", {})
+    fp16 = " --fp16" if trt.get("fp16", True) else ""
+    commands = []
+    if backend == "onnxruntime":
+        commands.append(f"reidctl export-onnx -c {config}  # the ONNX file detection.tensorrt.onnx_path names")
+    if backend == "tensorrt":
+        commands.append(f"reidctl export-onnx -c {config}{fp16}")
+        commands.append(
+            f"reidctl build-engine -c {config}{fp16 or ' --fp32'} --min-batch {trt['min_batch']} "
+            f"--opt-batch {trt['opt_batch']} --max-batch {trt['max_batch']}"
+        )
+    if backend == "triton":
+        triton = detection["triton"]
+        commands.append(f"reidctl setup-triton -c {config} --max-batch-size {triton['max_batch_size']} --start"
+                        f"  # queue delay {triton['max_queue_delay_ms']:g} ms, preferred batch sizes "
+                        f"{triton['preferred_batch_sizes']} (from the config)")
+    sources = " ".join(f"CAM{i}" for i in range(1, cameras + 1))
+    commands.append(f"reidctl detect {sources} --backend {backend} -c {config}  # CAMi: each camera's index or URL")
+    return commands
+
+
+def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
+    """``directory``/config.yaml (loads with --config) and ``directory``/deploy.sh (the commands, in order)."""
+    if not rec.choice or rec.deploy_config is None:
+        raise ReidctlError("nothing to deploy: no backend was chosen")
+    directory = Path(directory)
+    config_path, script_path = directory / "config.yaml", directory / "deploy.sh"
+    need = rec.need
+    header = (f"# reidctl recommend: {need.cameras} camera(s) x {need.fps:g} FPS, P99 <= {need.latency_ms:g} ms "
+              f"-> {rec.choice}{' (not measured)' if not rec.measured else ''}\n") + _batcher_note(rec.mode, rec.batcher)
+    write_text_atomic(config_path, header + yaml.safe_dump(rec.deploy_config, sort_keys=False, default_flow_style=None))
+    commands = deploy_commands(rec.choice, str(config_path), rec.deploy_config["detection"], rec.need.cameras)
+    script = ["#!/bin/sh", *(f"# {line}" for line in rec.reasoning), "set -e", *commands]
+    write_text_atomic(script_path, "\n".join(script) + "\n")
+    return config_path, script_path
 
 
 def find_bench(path: Path | None) -> Path | None:
@@ -299,31 +471,41 @@ def find_bench(path: Path | None) -> Path | None:
 
 def recommend(
     need: Need,
-    bench_path: Path | None,
+    bench: Path | BenchReport | None,
     config: dict,
     availability: dict[str, str | None] | None = None,
+    source: str | None = None,
 ) -> Recommendation:
-    """``config``: the configuration to base the snippet on when there is no bench result."""
+    """``bench``: a bench file or report (None: the decision tree), ``source`` says where a report came from;
+    ``config``: the configuration to deploy when there is no bench result (with one, the configuration it measured)."""
     need.validate()
     availability = available_backends() if availability is None else availability
-    if bench_path is None:
+    if bench is None:
         chosen, scenario, verdicts, lines = recommend_unmeasured(need, availability)
-        snippet = config_snippet(chosen, None, config, need) if chosen else None
-        return Recommendation(need, False, chosen, None, lines, verdicts, snippet, scenario=scenario)
-    report = load_report(bench_path)
+        rec = Recommendation(need, False, chosen, None, lines, verdicts, None, scenario=scenario)
+        return _with_config(rec, config, None)
+    report = bench if isinstance(bench, BenchReport) else load_report(bench)
+    source = source or str(bench)
     chosen, verdicts, lines = recommend_measured(report, need, availability)
-    lines.insert(0, f"From {bench_path} ({report.created}, {report.environment['gpu']['name']}).")
-    snippet = None
-    if chosen:
-        snippet = config_snippet(chosen.backend, chosen.estimate.mode, report.config, need, report.settings)
-    return Recommendation(
+    lines.insert(0, f"From {source} ({report.created}, {report.environment['gpu']['name']}).")
+    rec = Recommendation(
         need,
         True,
         chosen.backend if chosen else None,
         chosen.estimate.mode if chosen else None,
         lines,
         verdicts,
-        snippet,
-        bench_path=str(bench_path),
+        None,
+        bench_path=None if isinstance(bench, BenchReport) else str(bench),
         environment=report.environment,
+        capacity=machine_capacity(report, need, availability),
+        batcher={key: report.settings[key] for key in ("max_batch", "max_delay_ms") if key in report.settings},
     )
+    return _with_config(rec, report.config, rec.batcher)
+
+
+def _with_config(rec: Recommendation, config: dict, batcher: dict | None) -> Recommendation:
+    if rec.choice:
+        rec.config_snippet = config_snippet(rec.choice, rec.mode, config, rec.need, batcher)
+        rec.deploy_config = {"detection": deploy_detection(rec.choice, config, rec.need)}
+    return rec

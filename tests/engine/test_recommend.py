@@ -242,3 +242,77 @@ def test_cli_rejects_bad_bench_files(tmp_path, content, message):
 def test_cli_rejects_bad_needs(tmp_path, args, message):
     result = invoke("recommend", *args)
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def open_run(name_mode: str, cameras: int, fps: float, p99_ms: float, dropped: int = 0) -> StreamResult:
+    """An open-loop run of ``cameras`` at ``fps`` each."""
+    return StreamResult(name_mode, cameras, 100, 3.0, cameras * fps - dropped / 3, latency(p99_ms), load="open",
+                        fps_per_camera=fps, latency_budget_ms=100.0, dropped=dropped, late=0)
+
+
+def test_open_loop_runs_answer_before_saturation(tmp_path):
+    """Saturation says pytorch is fast enough; at camera rate its P99 is over budget at 8 cameras: triton is chosen."""
+    pytorch = backend("pytorch", ("batched", 8, 400.0, 40.0))
+    pytorch.multi_stream.append(open_run("batched", 8, 30, 140.0))
+    triton = backend("triton", ("concurrent", 8, 300.0, 60.0))
+    triton.multi_stream += [open_run("concurrent", 16, 30, 80.0)]
+    bench = write_bench(tmp_path / "b.json", pytorch, triton, version=2)
+    rec = recommend(Need(8, 30, 100), bench, {}, ALL_HERE)
+    assert rec.choice == "triton" and verdicts(rec)["pytorch"].verdict == "P99 over budget"
+    chosen = verdicts(rec)["triton"].estimate
+    assert (chosen.load, chosen.measured_cameras) == ("open", 16)  # a pass with more cameras answers for fewer
+    assert any("measured at camera rate" in line for line in rec.reasoning)
+    # At 10 FPS per camera no open-loop run answers: saturation does, with its headroom rule.
+    assert verdicts(recommend(Need(8, 10, 100), bench, {}, ALL_HERE))["pytorch"].estimate.load == "closed"
+
+
+def test_dropped_frames_fail_an_open_loop_run(tmp_path):
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("batched", 4, 400.0, 20.0)), version=2)
+    rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
+    assert rec.choice == "pytorch"
+    dropping = backend("pytorch", ("batched", 4, 400.0, 20.0))
+    dropping.multi_stream.append(open_run("batched", 2, 30, 20.0, dropped=3))  # fails with fewer: fails with 4
+    rec = recommend(Need(4, 30, 100), write_bench(tmp_path / "d.json", dropping, version=2), {}, ALL_HERE)
+    assert rec.choice is None and verdicts(rec)["pytorch"].verdict == "drops frames"
+
+
+def test_a_backend_whose_detections_diverge_is_never_chosen(tmp_path):
+    from reidctl.engine.bench_report import ParityResult
+
+    pytorch = backend("pytorch", ("batched", 4, 400.0, 20.0))
+    pytorch.runner["precision"] = "fp16"
+    bench = write_bench(tmp_path / "b.json", pytorch, backend("triton", ("concurrent", 4, 400.0, 20.0)), version=2)
+    data = json.loads(bench.read_text())
+    diverged = ParityResult("pytorch", "fp16", "ok", frames=8, reference_boxes=40, matched=30, missed=10, extra=4,
+                            max_score_diff=0.3, flagged=True)
+    data["parity"] = [diverged.to_dict()]
+    bench.write_text(json.dumps(data))
+    rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
+    assert rec.choice == "triton" and verdicts(rec)["pytorch"].verdict == "detections diverge"
+    assert "10 missed and 4 extra of 40 boxes" in verdicts(rec)["pytorch"].detail
+    data["parity"][0]["precision"] = "fp32"  # flagged at a precision the bench did not run at: no bearing
+    bench.write_text(json.dumps(data))
+    assert recommend(Need(4, 30, 100), bench, {}, ALL_HERE).choice == "pytorch"
+
+
+def test_bench_files_of_schema_version_1_are_still_read(tmp_path):
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("sequential", 2, 70.0, 50.0)), version=1)
+    data = json.loads(bench.read_text())
+    del data["parity"]
+    for stream in data["backends"][0]["multi_stream"]:
+        for key in ("load", "fps_per_camera", "latency_budget_ms", "jitter", "dropped", "late", "per_camera"):
+            del stream[key]
+    bench.write_text(json.dumps(data))
+    rec = recommend(Need(2, 30, 100), bench, {}, ALL_HERE)
+    assert rec.choice == "pytorch" and verdicts(rec)["pytorch"].estimate.load == "closed"
+
+
+def test_onnxruntime_snippet_keeps_the_onnx_path(tmp_path):
+    config = to_dict(Config())
+    config["detection"]["tensorrt"]["onnx_path"] = "models/x.onnx"
+    bench = write_bench(tmp_path / "b.json", backend("onnxruntime", ("sequential", 1, 70.0, 20.0)))
+    data = json.loads(bench.read_text())
+    data["config"] = config
+    bench.write_text(json.dumps(data))
+    rec = recommend(Need(1, 30, 100), bench, {}, ALL_HERE)
+    assert yaml.safe_load(rec.config_snippet)["detection"]["tensorrt"]["onnx_path"] == "models/x.onnx"

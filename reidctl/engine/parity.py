@@ -1,0 +1,157 @@
+"""Accuracy parity: the same frames through every backend and precision, against PyTorch fp32.
+
+A box of a backend matches a reference box of the same class at IoU >= MATCH_IOU (greedy, highest IoU first).
+Only boxes scoring at least COUNTED_SCORE are counted as missed or extra, but they may match a box of any score:
+a box that scores 0.101 in one backend and 0.099 in the other is a score difference, not a missed box.
+A backend is flagged when its missed + extra boxes exceed ``tolerance`` of the reference's boxes or a matched
+box's score moves by more than ``score_tolerance``; a flagged backend is never recommended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from reidctl.config import Config, override
+from reidctl.engine.bench_report import ParityResult
+from reidctl.engine.detector import create_detector, get_backend
+from reidctl.engine.device import resolve_device
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+
+MATCH_IOU = 0.9
+COUNTED_SCORE = 0.1  # ByteTrack's low score threshold: boxes below it are never used by the tracker
+REFERENCE = ("pytorch", "fp32")
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4+) with every box of ``b`` (M, 4+), x1 y1 x2 y2."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:4] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:4] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def scores(detections: np.ndarray) -> np.ndarray:
+    return detections[:, 4] * detections[:, 5]
+
+
+@dataclasses.dataclass
+class FrameComparison:
+    reference_boxes: int
+    matched: int
+    missed: int
+    extra: int
+    score_diffs: list[float]
+
+
+def compare_frame(reference: np.ndarray, candidate: np.ndarray) -> FrameComparison:
+    """One frame's (N, 7) detections against the reference's."""
+    ref_scores, cand_scores = scores(reference), scores(candidate)
+    iou = (
+        iou_matrix(reference, candidate)
+        if len(reference) and len(candidate)
+        else np.zeros((len(reference), len(candidate)))
+    )
+    iou[reference[:, 6, None] != candidate[None, :, 6]] = 0.0  # a match keeps its class
+    ref_free, cand_free = np.ones(len(reference), bool), np.ones(len(candidate), bool)
+    pairs = []
+    rows, columns = np.nonzero(iou >= MATCH_IOU)
+    for k in np.argsort(-iou[rows, columns], kind="stable"):
+        i, j = rows[k], columns[k]
+        if ref_free[i] and cand_free[j]:
+            ref_free[i] = cand_free[j] = False
+            pairs.append((i, j))
+    counted = [(i, j) for i, j in pairs if max(ref_scores[i], cand_scores[j]) >= COUNTED_SCORE]
+    return FrameComparison(
+        reference_boxes=int((ref_scores >= COUNTED_SCORE).sum()),
+        matched=len(counted),
+        missed=int((ref_free & (ref_scores >= COUNTED_SCORE)).sum()),
+        extra=int((cand_free & (cand_scores >= COUNTED_SCORE)).sum()),
+        score_diffs=[float(abs(ref_scores[i] - cand_scores[j])) for i, j in counted],
+    )
+
+
+def compare(
+    backend: str,
+    precision: str | None,
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    tolerance: float,
+    score_tolerance: float,
+) -> ParityResult:
+    frames = [compare_frame(r, c) for r, c in zip(reference, candidate)]
+    diffs = [d for f in frames for d in f.score_diffs]
+    result = ParityResult(
+        backend,
+        precision,
+        "ok",
+        frames=len(frames),
+        reference_boxes=sum(f.reference_boxes for f in frames),
+        matched=sum(f.matched for f in frames),
+        missed=sum(f.missed for f in frames),
+        extra=sum(f.extra for f in frames),
+        max_score_diff=max(diffs) if diffs else None,
+    )
+    result.flagged = result.mismatch_rate > tolerance or (result.max_score_diff or 0.0) > score_tolerance
+    return result
+
+
+def variants(config: Config, backends: Sequence[str]) -> list[tuple[str, str | None, Config]]:
+    """(backend, precision, config) to compare: PyTorch in fp16 where it runs in fp16 (a GPU), every other backend
+    as configured (its artifact decides its precision)."""
+    found = []
+    for name in backends:
+        if name == "pytorch":
+            if resolve_device(config.detection.device).type == "cuda":
+                found.append(("pytorch", "fp16", override(config, fp16=True)))
+        else:
+            found.append((name, None, config))
+    return found
+
+
+def _precision(describe: dict) -> str | None:
+    if "precision" in describe:
+        return describe["precision"]
+    server = describe.get("server_model") or {}  # a Triton model says how it runs in its parameters
+    return ("fp16" if server["fp16"] in (True, "true", "True") else "fp32") if "fp16" in server else None
+
+
+def detect_all(config: Config, backend: str, frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], str | None]:
+    with create_detector(config, backend) as detector:
+        return [detector.detect(frame) for frame in frames], _precision(detector.runner.describe())
+
+
+def run_parity(
+    config: Config, backends: Sequence[str], frames: Sequence[np.ndarray], tolerance: float, score_tolerance: float
+) -> list[ParityResult]:
+    """The reference (PyTorch fp32 on the configured device), then every other backend and precision."""
+    reference, _ = detect_all(override(config, fp16=False), "pytorch", frames)
+    results = [
+        ParityResult(
+            *REFERENCE,
+            "reference",
+            frames=len(frames),
+            reference_boxes=int(sum((scores(r) >= COUNTED_SCORE).sum() for r in reference)),
+        )
+    ]
+    for name, precision, variant_config in variants(config, backends):
+        reason = get_backend(name).availability()
+        if reason:
+            results.append(ParityResult(name, precision, "unavailable", reason))
+            continue
+        try:
+            detections, described = detect_all(variant_config, name, frames)
+        except BackendUnavailable as exc:
+            results.append(ParityResult(name, precision, "unavailable", str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
+            message = first_line(str(exc))
+            reason = message if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {message}"
+            results.append(ParityResult(name, precision, "failed", reason))
+            continue
+        results.append(compare(name, precision or described, reference, detections, tolerance, score_tolerance))
+    return results

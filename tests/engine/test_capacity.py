@@ -1,0 +1,229 @@
+"""Capacity at camera rate: open-loop pacing and drops, the capacity search, `recommend --verify` and `--deploy`."""
+
+import json
+import shlex
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from reidctl.cli import app
+from reidctl.config import load_config, to_dict
+from reidctl.engine.bench import OpenLoopLoad, open_loop, run_open_loop
+from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult, load_report
+from reidctl.engine.capacity import Measurement, measure_capacity, search_max_cameras
+from reidctl.engine.detector import create_detector
+from reidctl.engine.recommend import Need, deploy_commands, deploy_detection
+from reidctl.engine.stats import LatencySummary
+from reidctl.io.synthetic import synthetic_frame
+
+runner = CliRunner()
+FRAMES = [synthetic_frame(i, (128, 160)) for i in range(4)]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "200"})
+
+
+def test_open_loop_holds_each_cameras_period(small_config):
+    """2 cameras at 8 FPS on the CPU with YOLOX-nano: every frame due is sent on time and answered."""
+    load = OpenLoopLoad(cameras=2, fps=8.0, seconds=2.0, latency_ms=1000.0, warmup_s=0.25)
+    with create_detector(load_config(small_config)) as detector:
+        run = run_open_loop(detector, FRAMES, load, max_batch=8, max_delay_ms=0.0)
+    assert run.load == "open" and run.mode == "batched" and run.fps_per_camera == 8.0
+    for camera in run.per_camera:
+        assert camera.due == 16  # 2 s x 8 FPS, counted against the requested schedule
+        assert camera.served == 16 and camera.dropped == 0
+        assert camera.achieved_fps == pytest.approx(8.0)
+        assert camera.send_lag_p99_ms < 30.0  # frames left within 30 ms of their schedule
+    assert run.throughput_fps == pytest.approx(16.0) and run.dropped == 0 and run.late == 0
+    assert run.within(1000.0)
+
+
+def test_a_camera_whose_frame_is_in_flight_drops_the_next_instead_of_queueing():
+    """A 250 ms service at 10 FPS: each camera sends at 0, 0.3, 0.6, 0.9 s and drops the frames due in between."""
+
+    def slow_service(frame):
+        time.sleep(0.25)
+
+    load = OpenLoopLoad(cameras=3, fps=10.0, seconds=1.0, latency_ms=100.0, warmup_s=0.0)
+    started = time.perf_counter()
+    cameras, latencies = open_loop(slow_service, FRAMES, load)
+    assert time.perf_counter() - started < 1.6  # nothing queued past the window
+    for camera in cameras:
+        assert camera.due == 10 and camera.served + camera.dropped == 10
+        assert camera.served == 4 and camera.late == 4  # every answer took 250 ms > 100 ms
+    assert len(latencies) == 12 and min(latencies) >= 0.25
+
+
+def test_jitter_moves_send_times_but_keeps_the_rate():
+    sent = []
+    load = OpenLoopLoad(cameras=1, fps=20.0, seconds=1.0, latency_ms=100.0, jitter=0.8, warmup_s=0.0)
+    (camera,), _ = open_loop(lambda frame: sent.append(time.perf_counter()), FRAMES, load)
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert abs(camera.due - 20) <= 1 and camera.dropped == 0  # a send at a window's edge may move across it
+    assert max(gaps) - min(gaps) > 0.02  # +-40% of a 50 ms period moves sends by up to 20 ms each
+    assert sum(gaps) / len(gaps) == pytest.approx(0.05, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "limit", "expected_tried"),
+    [
+        (13, 64, [1, 2, 4, 8, 16, 12, 14, 13]),
+        (1, 64, [1, 2]),
+        (0, 64, [1]),
+        (100, 64, [1, 2, 4, 8, 16, 32, 64]),
+        (40, 50, [1, 2, 4, 8, 16, 32, 50, 41, 36, 38, 39, 40]),
+    ],
+)
+def test_capacity_search_converges_on_a_capacity_curve(capacity, limit, expected_tried):
+    outcome = search_max_cameras(lambda cameras: cameras <= capacity, limit)
+    assert outcome.cameras == min(capacity, limit) and outcome.resolved
+    assert [cameras for cameras, _ in outcome.tried] == expected_tried
+    assert outcome.at_limit == (capacity >= limit)
+
+
+def test_capacity_search_is_bounded_by_its_run_budget():
+    outcome = search_max_cameras(lambda cameras: cameras <= 1000, limit=1024, max_runs=6)
+    assert len(outcome.tried) == 6 and outcome.cameras == 32 and not outcome.resolved
+
+
+def test_capacity_search_starting_above_the_capacity_bisects_down():
+    outcome = search_max_cameras(lambda cameras: cameras <= 5, limit=64, start=16)
+    assert outcome.cameras == 5 and [c for c, _ in outcome.tried] == [16, 8, 4, 6, 5]
+
+
+def test_measured_capacity_search_on_this_machine(small_config):
+    """A real search: YOLOX-nano on the CPU serves 4 cameras at 2 FPS within a second, and none within 1 ms."""
+    config = load_config(small_config)
+    measurement = Measurement(FRAMES, seconds=1.0)
+    roomy = measure_capacity(config, "pytorch", 2.0, 1000.0, measurement, limit=4)
+    assert roomy.status == "ok" and roomy.outcome.cameras == 4 and roomy.outcome.at_limit
+    assert [run.cameras for run in roomy.runs] == [1, 2, 4] and all(run.within(1000.0) for run in roomy.runs)
+    tight = measure_capacity(config, "pytorch", 2.0, 1.0, measurement, limit=4)
+    assert tight.outcome.cameras == 0 and [run.cameras for run in tight.runs] == [1]
+
+
+def saturated_bench(path, config_path, name="pytorch", mode="batched", cameras=16, fps=5000.0, p99_ms=5.0):
+    """A bench record from a (much faster) machine: saturation at ``fps`` with ``cameras`` cameras."""
+    summary = LatencySummary(100, p99_ms / 2, 1.0, p99_ms, 1.0, p99_ms / 2, p99_ms, p99_ms, 2000 / p99_ms)
+    stream = StreamResult(mode, cameras, 100, 100 / fps, fps, summary, {8: 12})
+    report = BenchReport(
+        "2026-11-25T00:00:00+00:00",
+        {"gpu": {"name": "NVIDIA H100 80GB HBM3"}},
+        {"max_batch": 8, "max_delay_ms": 0.0},
+        to_dict(load_config(config_path)),
+        [BackendResult(name, "ok", runner={"precision": "fp32"}, multi_stream=[stream])],
+    )
+    path.write_text(json.dumps(report.to_dict()))
+    return path
+
+
+@pytest.mark.parametrize(("cameras", "fps", "code", "verdict"), [(1, 2, 0, "PASS"), (8, 200, 1, "FAIL")])
+def test_verify_passes_and_fails_on_the_two_sides_of_this_machines_capacity(
+    tmp_path, small_config, cameras, fps, code, verdict
+):
+    """The bench says the backend meets the need; this CPU then serves 1 camera at 2 FPS but not 8 at 200 FPS."""
+    bench = saturated_bench(tmp_path / "bench.json", small_config)
+    result = invoke("recommend", "--bench", bench, "--cameras", cameras, "--fps", fps, "--verify", "--seconds", 1)
+    assert result.exit_code == code, result.output
+    assert "Recommended: pytorch (batched)" in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert line.startswith(f"{verdict}: pytorch (batched) served {cameras} camera(s) at {fps} FPS") and "P99" in line
+    late, dropped = (int(line.split(f" {word}")[0].rsplit(" ", 1)[1]) for word in ("late", "dropped"))
+    assert (late, dropped) == (0, 0) if verdict == "PASS" else dropped > 0
+
+
+def test_verify_without_a_choice_fails(tmp_path, small_config):
+    bench = saturated_bench(tmp_path / "bench.json", small_config, fps=10.0)
+    result = invoke("recommend", "--bench", bench, "--cameras", 8, "--fps", 30, "--verify")
+    assert result.exit_code == 1 and "FAIL: no backend was chosen" in result.output
+
+
+def test_recommend_answers_from_open_loop_runs_and_says_what_this_machine_serves(tmp_path, small_config):
+    output = tmp_path / "bench.json"
+    result = invoke(
+        "bench",
+        "-b",
+        "pytorch",
+        "--iters",
+        2,
+        "--warmup",
+        0,
+        "--cameras",
+        "1,2",
+        "--fps",
+        4,
+        "--seconds",
+        1,
+        "--latency-ms",
+        1000,
+        "-c",
+        small_config,
+        "-o",
+        output,
+        "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    assert "Open Loop Results" in result.output and "Multi-Stream Results" not in result.output  # --fps: open loop only
+    report = load_report(output)
+    assert report.schema_version == 2 and report.settings["fps"] == 4.0
+    assert [(s.load, s.cameras) for s in report.backends[0].multi_stream] == [("open", 1), ("open", 2)]
+
+    rec = invoke("recommend", "--bench", output, "--cameras", 2, "--fps", 4, "--latency-ms", 1000)
+    assert "Recommended: pytorch (batched)" in rec.output and "open loop, measured at 2 cameras x 4 FPS" in rec.output
+    more = invoke("recommend", "--bench", output, "--cameras", 3, "--fps", 4, "--latency-ms", 1000)
+    assert "No backend measured here meets the need" in more.output  # measured at 1 and 2 cameras only
+    assert (
+        "This machine serves up to 2 camera(s) at 4 FPS within 1000 ms on pytorch (measured open loop)" in more.output
+    )
+    other_rate = invoke("recommend", "--bench", output, "--cameras", 2, "--fps", 30)
+    assert "not measured" in other_rate.output and "no run at 30 FPS" in other_rate.output
+
+
+def test_nothing_meets_says_what_this_machine_serves_estimated_from_saturation(tmp_path, small_config):
+    bench = saturated_bench(tmp_path / "bench.json", small_config, fps=300.0)
+    result = invoke("recommend", "--bench", bench, "--cameras", 16, "--fps", 30)
+    assert "No backend measured here meets the need" in result.output
+    assert "serves about 8 camera(s) at 30 FPS on pytorch: ESTIMATED from its saturated throughput" in result.output
+
+
+def test_deploy_writes_a_config_that_loads_and_commands_that_run(tmp_path, small_config):
+    bench = saturated_bench(tmp_path / "bench.json", small_config, name="triton", mode="concurrent")
+    deploy = tmp_path / "deploy"
+    result = invoke("recommend", "--bench", bench, "--cameras", 16, "--fps", 30, "--deploy", deploy)
+    assert result.exit_code == 0, result.output
+    assert "Recommended: triton (concurrent)" in result.output
+    config = load_config(deploy / "config.yaml")  # what --config does
+    triton = config.detection.triton
+    assert config.detection.backend == "triton" and config.detection.model_type == "nano"
+    assert (triton.max_batch_size, triton.preferred_batch_sizes) == (16, [1, 2, 4, 8, 16])
+
+    commands = [line for line in (deploy / "deploy.sh").read_text().splitlines() if line.startswith("reidctl ")]
+    setup, detect = commands
+    assert detect.startswith("reidctl detect " + " ".join(f"CAM{i}" for i in range(1, 17)) + " --backend triton -c ")
+    args = shlex.split(setup, comments=True)[1:]
+    assert args[-1] == "--start" and args[args.index("--max-batch-size") + 1] == "16"
+    repository = tmp_path / "repository"
+    written = invoke(*args[:-1], "--repository", repository)  # as emitted, without starting a server
+    assert written.exit_code == 0, written.output
+    pbtxt = (repository / "bytetrack_pytorch" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16" in pbtxt and "max_queue_delay_microseconds: 500" in pbtxt
+    assert [int(line.split(":")[1]) for line in pbtxt.splitlines() if "preferred_batch_size" in line] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+    ]
+
+
+def test_emitted_build_engine_command_parses(tmp_path, small_config):
+    """TensorRT cannot run here: the emitted build-engine line gets past option parsing to the missing library."""
+    detection = deploy_detection("tensorrt", to_dict(load_config(small_config)), Need(12, 30, 100))
+    assert (detection["tensorrt"]["min_batch"], detection["tensorrt"]["max_batch"]) == (1, 16)
+    export, build, detect = deploy_commands("tensorrt", str(small_config), detection, 12)
+    assert export.startswith("reidctl export-onnx -c") and export.endswith("--fp16")
+    result = invoke(*shlex.split(build, comments=True)[1:])
+    assert result.exit_code == 2 and "No such option" not in result.output and "Usage" not in result.output
+    assert result.output.startswith("error: ONNX model not found")  # the command's own check, after parsing
