@@ -128,8 +128,8 @@ def _backend_table(report: BenchReport) -> Table:
         table.add_column(column, justify="left" if column in ("Backend", "Status", "Runs as") else "right")
     for b in report.backends:
         runs_as = ", ".join(f"{v}" for k, v in b.runner.items() if k in ("device", "precision")) or "-"
-        load = [b.load.get(key) for key in ("candidates_per_frame", "kept_per_frame")]
-        load_cell = " / ".join(f"{value:.1f}" if value is not None else "-" for value in load) if b.load else "-"
+        load = [b.detection_load.get(key) for key in ("candidates_per_frame", "kept_per_frame")]
+        load_cell = " / ".join(f"{v:.1f}" if v is not None else "-" for v in load) if b.detection_load else "-"
         table.add_row(b.name, Text(b.status, style=STATUS_STYLE[b.status]), runs_as, _mib(b.peak_memory_bytes), load_cell)
     return table
 

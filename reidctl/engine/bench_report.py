@@ -178,7 +178,7 @@ class BackendResult:
     peak_memory_bytes: int | None = None
     # The detection load of every frame measured: candidates (anchors at or above conf_threshold, before NMS; None
     # where a server ran NMS) and detections kept, per frame.
-    load: dict = field(default_factory=dict)
+    detection_load: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -190,7 +190,7 @@ class BackendResult:
             "stages": {stage: summary.to_dict() for stage, summary in self.stages.items()},
             "multi_stream": [stream.to_dict() for stream in self.multi_stream],
             "peak_memory_bytes": self.peak_memory_bytes,
-            "load": self.load,
+            "detection_load": self.detection_load,
         }
 
     @classmethod
@@ -204,7 +204,7 @@ class BackendResult:
             stages={stage: LatencySummary.from_dict(s) for stage, s in (data.get("stages") or {}).items()},
             multi_stream=[StreamResult.from_dict(s) for s in data.get("multi_stream") or []],
             peak_memory_bytes=data.get("peak_memory_bytes"),
-            load=data.get("load") or {},
+            detection_load=data.get("detection_load") or {},
         )
 
 

@@ -69,7 +69,7 @@ def test_bench_cli_writes_json_plot_and_tables(tmp_path, small_config, video_fil
     runs = {(m["mode"], m["cameras"]): m for m in backend["multi_stream"]}
     assert set(runs) == {("sequential", 1), ("batched", 1), ("sequential", 3), ("batched", 3)}
     # The load NMS faced, over every frame measured: every frame of the test model has candidates.
-    load = backend["load"]
+    load = backend["detection_load"]
     assert load["candidates_per_frame"] >= load["kept_per_frame"] > 0
     assert f"{load['candidates_per_frame']:.1f} / {load['kept_per_frame']:.1f}" in result.output
     for run in runs.values():
