@@ -43,17 +43,28 @@ class Hub:
 
     def __init__(self):
         self.condition = threading.Condition()
-        self.stopping = threading.Event()
-        self.failure: str | None = None  # why the run must stop (a file camera's error)
+        self.stopping = threading.Event()  # stop now: no frame more is taken
+        self.closing = threading.Event()  # readers stop; frames already handed on are still detected
+        self.failure: str | None = None  # why the run stops early (an error)
         self.cameras: list[Camera] = []
         self._next = 0  # round-robin start, so that no camera waits behind the others when batches are full
 
     def stop(self, failure: str | None = None) -> None:
+        """Stop now (an interrupt, or a detection step that failed: its frames are lost anyway)."""
         with self.condition:
-            if failure and self.failure is None:
-                self.failure = failure
             self.stopping.set()
-            self.condition.notify_all()
+            self._close(failure)
+
+    def fail(self, failure: str) -> None:
+        """A camera's error: no camera reads on, but the frames already read are still finished."""
+        with self.condition:
+            self._close(failure)
+
+    def _close(self, failure: str | None) -> None:
+        if failure and self.failure is None:
+            self.failure = failure
+        self.closing.set()
+        self.condition.notify_all()
 
     def done(self) -> bool:
         """Every camera has ended and no frame waits (call with the condition held)."""
@@ -62,7 +73,7 @@ class Hub:
     def take_batch(self, max_batch: int, timeout_s: float = 0.1) -> list[TimedFrame]:
         """Up to ``max_batch`` waiting frames, one per camera, the newest of each; [] if none came in time."""
         with self.condition:
-            ready = lambda: any(c.waiting is not None for c in self.cameras)  # noqa: E731
+            ready = lambda: any(c.waiting is not None for c in self.cameras)
             if not self.condition.wait_for(lambda: ready() or self.stopping.is_set() or self.done(), timeout_s):
                 return []
             if self.stopping.is_set():
@@ -122,14 +133,14 @@ class Camera:
                 reason = self._play(self.source)
                 if not self.live or self._halted() or not self._reconnect(reason):
                     break
-        except Exception as exc:  # noqa: BLE001  a file camera's error stops the run; the reason reaches the user
+        except Exception as exc:
             failed = True
             message = str(exc) if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {first_line(exc)}"
-            self.hub.stop(f"camera {self.name}: {message}")
+            self.hub.fail(f"camera {self.name}: {message}")
         finally:
             self.source.close()
             with self.hub.condition:
-                stopped_early = self.hub.stopping.is_set() and not self.ended
+                stopped_early = self.hub.closing.is_set() and not self.ended
                 self.state = "failed" if failed else "stopped" if stopped_early else "ended"
                 self.ended = True
                 self.hub.condition.notify_all()
@@ -146,13 +157,13 @@ class Camera:
                 elif self.paced:
                     first_index = frame.index if first_index is None else first_index
                     delay = started + (frame.index - first_index) * interval - time.perf_counter()
-                    if delay > 0 and self.hub.stopping.wait(delay):
+                    if delay > 0 and self.hub.closing.wait(delay):
                         return "stopped"
                 if not self._put(TimedFrame(self, frame, time.perf_counter())):
                     return "stopped"
         except ReidctlError:
             raise
-        except Exception as exc:  # noqa: BLE001  a live source's read error is one more reason to reconnect
+        except Exception as exc:
             if not self.live:
                 raise
             return first_line(exc)
@@ -172,7 +183,7 @@ class Camera:
             return True
 
     def _halted(self) -> bool:
-        return self.hub.stopping.is_set() or self.ended
+        return self.hub.closing.is_set() or self.ended
 
     def _reconnect(self, reason: str) -> bool:
         """Reopen the live source with back-off until it opens (True) or the run stops (False)."""
@@ -180,7 +191,7 @@ class Camera:
         self._warn(f"warning: camera {self.name}: {reason}; reconnecting")
         self.source.close()
         delay = RECONNECT_FIRST_DELAY_S
-        while not self.hub.stopping.wait(delay):
+        while not self.hub.closing.wait(delay):
             try:
                 self.source = self._open_source()
             except ReidctlError:
@@ -200,7 +211,7 @@ class Camera:
     def take(self, timeout_s: float = 0.1) -> TimedFrame | None:
         """This camera's waiting frame, if one comes within ``timeout_s`` (one caller per camera)."""
         with self.hub.condition:
-            ready = lambda: self.waiting is not None or self.ended or self.hub.stopping.is_set()  # noqa: E731
+            ready = lambda: self.waiting is not None or self.ended or self.hub.stopping.is_set()
             if not self.hub.condition.wait_for(ready, timeout_s) or self.hub.stopping.is_set() or self.waiting is None:
                 return None
             item = self.take_locked()

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -118,12 +119,12 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
     for option, path in (("--jsonl", request.jsonl), ("--summary-json", request.summary_json)):
         if path is not None and path.is_dir():
             raise ReidctlError(f"{option} {path} is a directory: give a file path")
+    def place(path: Path | None, name: str) -> Path | None:  # one camera: the path itself; several: inside it
+        return path if path is None or single else path / name
+
     cameras = {
-        name: CameraOutputs(
-            mot=(mot if single else mot / f"{name}.txt") if mot else None,
-            video=(request.video if single else request.video / f"{name}{CAMERA_VIDEO_SUFFIX}") if request.video else None,
-            images=(request.images if single else request.images / name) if request.images else None,
-        )
+        name: CameraOutputs(place(mot, f"{name}.txt"), place(request.video, f"{name}{CAMERA_VIDEO_SUFFIX}"),
+                            place(request.images, name))
         for name in names
     }
     plan = OutputPlan(cameras, request.jsonl, request.summary_json)
@@ -148,14 +149,21 @@ def _refuse_shared_paths(plan: OutputPlan) -> None:
 
 
 def _check_writable(directory: Path) -> None:
-    """The nearest existing ancestor must be a writable directory (nothing is created yet)."""
+    """The nearest existing ancestor must be a directory that takes files: a probe file, gone at once, says so
+    (permission bits do not: root passes them, and /proc or a read-only mount still refuse)."""
     existing = Path(os.path.abspath(directory))
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise ReidctlError(f"cannot create output directory {directory}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ReidctlError(f"cannot create output directory {directory}: {existing} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        if existing == Path(os.path.abspath(directory)):
+            raise ReidctlError(f"cannot write into output directory {directory} ({exc.strerror})") from None
+        raise ReidctlError(f"cannot create output directory {directory}: {existing} takes no new files "
+                           f"({exc.strerror})") from None
 
 
 class Outputs:
@@ -219,11 +227,11 @@ def _signals_held() -> Iterator[None]:
 # -- the run -----------------------------------------------------------------------------------------------------
 
 
-def open_cameras(specs: list[CameraSpec], timeout_s: float, problem: Callable[[str], None]) -> list[FrameSource]:
+def open_cameras(specs: list[CameraSpec], timeout_s: float, warn: Warn | None) -> list[FrameSource]:
     """Open every source at once (network sources wait up to the timeout each); a one-line error names the first
     that cannot be opened, and the others are closed again."""
     with ThreadPoolExecutor(max_workers=min(16, len(specs)), thread_name_prefix="open") as pool:
-        futures = [pool.submit(open_source, spec.source, timeout_s, problem) for spec in specs]
+        futures = [pool.submit(open_source, spec.source, timeout_s, warn) for spec in specs]
     sources, errors = [], []
     for spec, future in zip(specs, futures):
         try:
@@ -386,11 +394,12 @@ def run_detect(
     """
     options = options or DetectOptions()
     plan = plan_outputs([spec.name for spec in specs], request)
-    problem = _raise_problem if options.strict else (lambda message: warn(f"warning: {message}"))
-    sources = open_cameras(specs, options.timeout_s, problem)
+    input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
+    sources = open_cameras(specs, options.timeout_s, input_warn)
     hub = Hub()
     cameras = [
-        Camera(spec, source, hub, _reopen(spec, options.timeout_s, problem), warn, options.realtime, options.max_frames)
+        Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,
+               options.max_frames)
         for spec, source in zip(specs, sources)
     ]
     detector = None
@@ -410,12 +419,8 @@ def run_detect(
             detector.close()
 
 
-def _raise_problem(message: str) -> None:
-    raise ReidctlError(f"{message} (--strict)")
-
-
-def _reopen(spec: CameraSpec, timeout_s: float, problem) -> Callable[[], FrameSource]:
-    return lambda: open_source(spec.source, timeout_s, problem)
+def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None) -> Callable[[], FrameSource]:
+    return lambda: open_source(spec.source, timeout_s, warn)
 
 
 def _run(detector: Detector, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,

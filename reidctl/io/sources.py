@@ -25,7 +25,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://")
 DEFAULT_TIMEOUT_S = 5.0
 CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-Problem = Callable[[str], None]  # called with a warning about the input; may raise to stop instead
+Warn = Callable[[str], None] | None  # takes a warning about the input (a frame skipped...); None: raise instead
 
 
 @dataclass
@@ -67,24 +67,26 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
-def _raise(message: str) -> None:
-    raise ReidctlError(message)
+def _report(warn: Warn, message: str) -> None:
+    if warn is None:
+        raise ReidctlError(message)
+    warn(f"warning: {message}")
 
 
 class ImageSource(FrameSource):
-    """Images in name order; an unreadable one goes to ``problem`` (by default an error) and is skipped."""
+    """Images in name order; an unreadable one is skipped with a warning (an error where ``warn`` is None)."""
 
-    def __init__(self, paths: list[Path], description: str, problem: Problem = _raise):
+    def __init__(self, paths: list[Path], description: str, warn: Warn = None):
         super().__init__(description, len(paths), None)
         self.paths = paths
-        self.problem = problem
+        self.warn = warn
 
     def __iter__(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
             try:
                 image = read_image(path)
             except ReidctlError as exc:
-                self.problem(f"skipped {exc}")
+                _report(self.warn, f"{exc}; skipped it" if self.warn else str(exc))
                 continue
             yield Frame(index, image, path.name)
 
@@ -93,7 +95,7 @@ class VideoSource(FrameSource):
     """A video file, camera or network stream through OpenCV."""
 
     def __init__(self, target: str | int, description: str, live: bool, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 problem: Problem = _raise):
+                 warn: Warn = None):
         self.live = live
         if isinstance(target, str) and live:
             timeout_ms = int(timeout_s * 1000)
@@ -113,7 +115,7 @@ class VideoSource(FrameSource):
         super().__init__(description, None if live or count <= 0 else count, fps if 0 < fps < 1000 else None)
         self.capture = capture
         self.first = first
-        self.problem = problem
+        self.warn = warn
         self.stem = Path(description).name if not live else "stream"
 
     def __iter__(self) -> Iterator[Frame]:
@@ -124,12 +126,8 @@ class VideoSource(FrameSource):
             image = image if ok else None
             index += 1
         if self.total is not None and index < self.total:
-            self.problem(f"video {self.description} ended after {index} of its {self.total} announced frames "
+            _report(self.warn, f"video {self.description} ended after {index} of its {self.total} announced frames "
                          "(truncated or corrupt)")
-
-    def skip(self) -> bool:
-        """Pass over the next frame without converting it (a real-time player that fell behind)."""
-        return self.capture.grab()
 
     def close(self) -> None:
         self.capture.release()
@@ -139,11 +137,11 @@ def is_live(spec: str) -> bool:
     return spec.isdigit() or spec.lower().startswith(STREAM_PREFIXES)
 
 
-def open_source(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S, problem: Problem = _raise) -> FrameSource:
+def open_source(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S, warn: Warn = None) -> FrameSource:
     """Open what the user named; every failure is a one-line ReidctlError.
 
-    ``problem`` receives what can be read around (an unreadable image in a folder, a video shorter than it says);
-    the default raises.
+    ``warn`` takes what can be read around (an unreadable image in a folder, a video shorter than it says);
+    without it (None) those are errors too.
     """
     if not spec.strip():
         raise ReidctlError("empty source: name an image, folder, video, camera index or URL")
@@ -158,13 +156,13 @@ def open_source(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S, problem: Proble
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
             raise ReidctlError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in directory {spec}")
-        return ImageSource(images, spec, problem)
+        return ImageSource(images, spec, warn)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         read_image(path)  # fail now, before any output is opened
-        return ImageSource([path], spec, problem)
+        return ImageSource([path], spec, warn)
     if not os.access(path, os.R_OK):
         raise ReidctlError(f"video not readable: {spec}")
-    return VideoSource(str(path), spec, live=False, problem=problem)
+    return VideoSource(str(path), spec, live=False, warn=warn)
 
 
 # -- cameras -----------------------------------------------------------------------------------------------------

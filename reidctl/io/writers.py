@@ -93,7 +93,8 @@ def draw_detections(image: np.ndarray, detections: np.ndarray) -> np.ndarray:
     canvas = image.copy()
     for x1, y1, x2, y2, obj, cls, _ in detections:
         cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), (0, 255, 0), 2)
-        cv2.putText(canvas, f"{obj * cls:.2f}", (int(x1), max(int(y1) - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+        cv2.putText(canvas, f"{obj * cls:.2f}", (int(x1), max(int(y1) - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 255, 0), 1)
     return canvas
 
 

@@ -21,7 +21,7 @@ from reidctl.errors import ReidctlError
 from reidctl.io.sources import camera_specs
 from reidctl.io.synthetic import synthetic_frame
 
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (apt-get install ffmpeg)")
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
 
 
 def invoke(*args):
@@ -73,8 +73,9 @@ def test_three_cameras_batched_into_per_camera_outputs(tmp_path, small_config):
     sources.write_text(f"# the test rig\nentrance={clips / 'a.avi'}\n\n{clips / 'b.avi'}  # no name: named b\n"
                        f"lobby={clips / 'folder'}\n")
     out = tmp_path / "out"
-    result = invoke("detect", "--sources", sources, "-c", small_config, "--mot", out / "mot", "--jsonl", out / "all.jsonl",
-                    "--save-video", out / "video", "--summary-json", out / "summary.json", "--no-progress")
+    result = invoke("detect", "--sources", sources, "-c", small_config, "--mot", out / "mot",
+                    "--jsonl", out / "all.jsonl", "--save-video", out / "video", "--summary-json", out / "summary.json",
+                    "--no-progress")
     assert result.exit_code == 0, result.output
     expected = {"entrance": 12, "b": 20, "lobby": 5}
     records = [json.loads(line) for line in (out / "all.jsonl").read_text().splitlines()]
