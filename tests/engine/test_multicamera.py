@@ -1,10 +1,12 @@
 """Many cameras in one run: batching across cameras, real HTTP streams from ffmpeg that die, stall and come back."""
 
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -182,3 +184,43 @@ def test_camera_names_from_sources(tmp_path):
                              (["n="], "empty source"), ([], "no source given")):
         with pytest.raises(ReidctlError, match=message):
             camera_specs(entries)
+
+
+def test_triton_server_killed_mid_run_keeps_every_finished_frame(tmp_path, nano_checkpoint):
+    """A real Triton server serves two cameras (one request each at a time); killed mid-run, the outputs keep every
+    finished frame, all alike, and the run says why it stopped."""
+    pytest.importorskip("tritonclient.grpc")
+    from helpers import write_config
+    from reidctl.triton.repository import write_repository
+    from reidctl.triton.server import Ports, start_server, stop_server
+
+    repository = tmp_path / "repo"
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint)
+    write_repository(load_config(config), repository, warn=lambda message: None)
+    state = start_server(repository, Ports(*free_ports()), warn=lambda message: None)
+    try:
+        config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{state.grpc_port}",
+                                                                             "timeout": 5.0})
+        clips = [f"{name}={write_video(tmp_path / f'{name}.avi', frames=2000, size=(120, 160))}" for name in "ab"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reidctl", "detect", *clips, "-c", str(config), "--backend", "triton",
+             "--mot", str(tmp_path / "mot"), "--jsonl", str(tmp_path / "all.jsonl"), "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 90
+        while time.time() < deadline and not any(p.stat().st_size > 0 for p in tmp_path.glob(".all.jsonl.*")):
+            time.sleep(0.1)
+        os.killpg(state.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        stop_server(repository)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped after ")
+    assert "the outputs hold every finished frame" in stderr
+    records = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert records
+    for name in "ab":
+        frames = [r["frame"] for r in records if r["camera"] == name]
+        assert frames == list(range(len(frames))) and len(frames) < 2000
+        assert mot_frames(tmp_path / "mot" / f"{name}.txt") == [f + 1 for f in frames]
+    assert not list(tmp_path.glob("**/.*.tmp")) and not list(tmp_path.rglob(".all.jsonl.*"))
