@@ -19,6 +19,7 @@ import signal
 import tempfile
 import threading
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -256,6 +257,7 @@ class _Run:
     def __init__(self, detector: Detector, hub: Hub, outputs: Outputs, max_batch: int):
         self.detector, self.hub, self.outputs, self.max_batch = detector, hub, outputs, max_batch
         self.batch_sizes: Counter[int] = Counter()
+        self.step_seconds = array("d")  # each detect_batch call (in-process runners): the model's share of latency
         self.recent_batches: deque[int] = deque(maxlen=64)
         self.started = time.perf_counter()
         self.server_batches_before: dict[int, int] | None = None
@@ -288,7 +290,9 @@ class _Run:
                     if self.hub.done():
                         return
                     continue
+                started = time.perf_counter()
                 results = self.detector.detect_batch([item.frame.image for item in batch])
+                self.step_seconds.append(time.perf_counter() - started)
                 self.batch_sizes[len(batch)] += 1
                 self.recent_batches.append(len(batch))
                 self.finish(batch, results)
@@ -340,6 +344,7 @@ class _Run:
             "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
             "fps": frames / wall if wall > 0 else None,
             "latency_ms": _latency(all_latencies),
+            "step_ms": _latency(self.step_seconds[-512:] if recent else self.step_seconds),
             "wall_seconds": wall,
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,
             "mean_batch": sum(int(s) * c for s, c in sizes.items()) / batches if batches else None,
