@@ -2,7 +2,8 @@
 
 N readers each decode their own copy of a clip and hand every BGR frame to the main process, as detect's readers
 hand frames to the detection loop: threads through a queue (a reference), processes through a pipe (the frame's
-bytes, the least a process reader must pay). Prints total frames per second for every combination.
+bytes, the least a process reader must pay). Prints total frames per second for every combination, counted once
+every reader has delivered its first frame (start-up stays out).
 
     python scripts/decode_bench.py --size 1080x1920 --frames 240 --readers 1,4,16 --codec mp4v
     python scripts/decode_bench.py --clip camera.mp4 --decoders opencv,pyav --workers thread,process
@@ -63,54 +64,79 @@ def decode_pyav(path: str):
 DECODERS = {"opencv": decode_opencv, "pyav": decode_pyav}
 
 
-def _thread_reader(decoder: str, path: str, out: queue.SimpleQueue) -> None:
-    for frame in DECODERS[decoder](path):
-        out.put(frame)
-    out.put(None)
+class SteadyRate:
+    """Frames counted from the moment every reader has delivered its first one: start-up (a process's imports,
+    opening the file) stays out of the rate."""
+
+    def __init__(self, readers: int):
+        self.waiting_for = set(range(readers))
+        self.started = None
+        self.frames = 0
+
+    def frame(self, reader: int) -> None:
+        if self.started is not None:
+            self.frames += 1
+            return
+        self.waiting_for.discard(reader)
+        if not self.waiting_for:
+            self.started = time.perf_counter()
+
+    def result(self) -> tuple[int, float]:
+        return self.frames, time.perf_counter() - self.started
 
 
-def run_threads(decoder: str, paths: list[str]) -> int:
+def _thread_reader(decoder: str, reader: int, path: str, out: queue.SimpleQueue) -> None:
+    try:
+        for frame in DECODERS[decoder](path):
+            out.put((reader, frame))
+    finally:
+        out.put((reader, None))
+
+
+def run_threads(decoder: str, paths: list[str]) -> tuple[int, float]:
     out: queue.SimpleQueue = queue.SimpleQueue()
-    threads = [threading.Thread(target=_thread_reader, args=(decoder, p, out), daemon=True) for p in paths]
+    threads = [threading.Thread(target=_thread_reader, args=(decoder, i, p, out), daemon=True)
+               for i, p in enumerate(paths)]
     for thread in threads:
         thread.start()
-    frames, finished = 0, 0
+    rate, finished = SteadyRate(len(paths)), 0
     while finished < len(paths):
-        frame = out.get()
+        reader, frame = out.get()
         if frame is None:
             finished += 1
         else:
-            frames += 1
-    return frames
+            rate.frame(reader)
+    return rate.result()
 
 
 def _process_reader(decoder: str, path: str, connection) -> None:
     for frame in DECODERS[decoder](path):
-        connection.send_bytes(np.ascontiguousarray(frame).data)  # the frame's bytes to the main process
-    connection.send_bytes(b"")
+        connection.send_bytes(np.ascontiguousarray(frame).data.cast("B"))  # the frame's bytes to the main process
     connection.close()
 
 
-def run_processes(decoder: str, paths: list[str]) -> int:
+def run_processes(decoder: str, paths: list[str]) -> tuple[int, float]:
     context = multiprocessing.get_context("spawn")
     pipes = [context.Pipe(duplex=False) for _ in paths]
     workers = [context.Process(target=_process_reader, args=(decoder, p, sender), daemon=True)
                for p, (_, sender) in zip(paths, pipes)]
     for worker in workers:
         worker.start()
+    for _, sender in pipes:
+        sender.close()  # the reader holds the only sending end: its exit ends the pipe
     receivers = [receiver for receiver, _ in pipes]
-    frames = 0
+    index = {id(receiver): i for i, receiver in enumerate(receivers)}
+    rate = SteadyRate(len(paths))
     while receivers:
         for receiver in multiprocessing.connection.wait(receivers):
-            data = receiver.recv_bytes()
-            if not data:
+            try:
+                np.frombuffer(receiver.recv_bytes(), dtype=np.uint8)
+                rate.frame(index[id(receiver)])
+            except EOFError:
                 receivers.remove(receiver)
-            else:
-                np.frombuffer(data, dtype=np.uint8)
-                frames += 1
     for worker in workers:
         worker.join()
-    return frames
+    return rate.result()
 
 
 WORKERS = {"thread": run_threads, "process": run_processes}
@@ -140,17 +166,15 @@ def main() -> None:
             height, width = (int(v) for v in args.size.lower().split("x"))
             clip = write_clip(Path(scratch) / f"clip{EXTENSIONS[args.codec]}", args.frames, (height, width), args.codec)
         results = []
-        print(f"{clip}: {platform.node()}, {os.cpu_count()} CPUs, OpenCV {cv2.__version__}")
+        print(f"{clip}: {platform.node()}, {os.cpu_count()} CPUs, OpenCV {cv2.__version__}", flush=True)
         for readers in (int(n) for n in args.readers.split(",")):
             for decoder in decoders:
                 for workers in args.workers.split(","):
-                    started = time.perf_counter()
-                    frames = WORKERS[workers](decoder, [str(clip)] * readers)
-                    seconds = time.perf_counter() - started
+                    frames, seconds = WORKERS[workers](decoder, [str(clip)] * readers)
                     results.append({"readers": readers, "decoder": decoder, "workers": workers, "frames": frames,
                                     "seconds": seconds, "fps": frames / seconds})
                     print(f"{readers:3d} readers  {decoder:6s}  {workers:7s}  {frames:6d} frames  "
-                          f"{frames / seconds:8.1f} FPS")
+                          f"{frames / seconds:8.1f} FPS", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"clip": str(clip), "cpus": os.cpu_count(), "opencv": cv2.__version__,
                                          "results": results}, indent=2))
