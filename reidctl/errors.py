@@ -10,6 +10,10 @@ class BackendUnavailable(ReidctlError):
     """A backend cannot run here (missing package, GPU or server); the message says what to do."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, timeout), raised in the main thread: it stops a command as Ctrl-C does."""
+
+
 def first_line(error: BaseException | str, limit: int = 200) -> str:
     """The first line of a foreign error's message, cut to ``limit``: how it becomes part of a one-line error.
 

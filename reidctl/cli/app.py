@@ -1,6 +1,8 @@
 """The Typer application and what every command shares: config options and one-line errors."""
 
 import functools
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from reidctl.config import Config, load_config, override
-from reidctl.errors import ReidctlError
+from reidctl.errors import ReidctlError, Terminated
 
 app = typer.Typer(
     name="reidctl",
@@ -40,6 +42,7 @@ def main(
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
@@ -54,19 +57,32 @@ def warn(message: str) -> None:
     err_console.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def command(name: str, help_text: str):
-    """Register a CLI command whose ReidctlError becomes a one-line error instead of a traceback."""
+    """Register a CLI command whose ReidctlError becomes a one-line error instead of a traceback.
+
+    SIGTERM is handled as Ctrl-C (raised in the main thread), so a stopped command cleans up as after Ctrl-C.
+    """
 
     def register(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            in_main = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
             try:
                 return fn(*args, **kwargs)
             except ReidctlError as exc:
                 fail(str(exc))
-            except KeyboardInterrupt:
-                err_console.print("interrupted")
-                raise typer.Exit(EXIT_INTERRUPTED) from None
+            except KeyboardInterrupt as exc:
+                terminated = isinstance(exc, Terminated)
+                err_console.print("terminated" if terminated else "interrupted")
+                raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+            finally:
+                if in_main:
+                    signal.signal(signal.SIGTERM, previous)
 
         return app.command(name, help=help_text)(wrapper)
 

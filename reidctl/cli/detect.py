@@ -1,6 +1,6 @@
-"""`reidctl detect SOURCE`."""
+"""`reidctl detect SOURCE [SOURCE ...]`: one camera or many, batched on the GPU."""
 
-import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,6 +9,7 @@ from rich.table import Table
 
 from reidctl.cli.app import (
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     ConfigOpt,
     ConfOpt,
     DeviceOpt,
@@ -22,61 +23,51 @@ from reidctl.cli.app import (
     command,
     console,
     err_console,
+    fail,
+    warn,
 )
-from reidctl.engine.detector import create_detector
-from reidctl.engine.pipeline import run_detection
-from reidctl.engine.stats import LatencySummary
-from reidctl.io.atomic import write_text_atomic
-from reidctl.io.sources import open_source
-from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
 
-def _summary(run, detector) -> dict:
-    stats = LatencySummary.from_samples(run.latencies) if run.latencies else None
-    latency = {"p50": stats.p50_ms, "p95": stats.p95_ms, "p99": stats.p99_ms, "mean": stats.avg_ms} if stats else dict.fromkeys(("p50", "p95", "p99", "mean"))
-    peak = detector.runner.peak_memory_bytes()
-    return {
-        **detector.runner.describe(),
-        "frames": run.frames,
-        "detections": run.detections,
-        "latency_ms": latency,
-        "fps": stats.fps if stats else None,
-        "wall_fps": run.frames / run.wall_seconds if run.wall_seconds else None,
-        "gpu_memory_peak_mib": peak / 2**20 if peak is not None else None,
-        "interrupted": run.interrupted,
-    }
+def _ms(value) -> str:
+    return f"{value:.1f}" if value is not None else "-"
 
 
-def _print_summary(summary: dict) -> None:
-    table = Table(title="Detection summary")
-    for column in ("Backend", "Frames", "Detections", "p50", "p95", "p99", "FPS", "GPU memory"):
-        table.add_column(column, justify="right" if column != "Backend" else "left")
-    lat = summary["latency_ms"]
-    fmt = lambda v, unit="ms": f"{v:.2f} {unit}" if v is not None else "-"  # noqa: E731
-    table.add_row(
-        f"{summary['backend']} ({summary.get('precision', '')} {summary['device']})".replace("( ", "("),
-        str(summary["frames"]),
-        str(summary["detections"]),
-        fmt(lat["p50"]),
-        fmt(lat["p95"]),
-        fmt(lat["p99"]),
-        f"{summary['fps']:.1f}" if summary["fps"] else "-",
-        fmt(summary["gpu_memory_peak_mib"], "MiB"),
-    )
-    console.print(table)
+def _frames(camera: dict) -> str:
+    return f"{camera['frames']}/{camera['total']}" if camera["total"] else str(camera["frames"])
 
 
-@command("detect", "Detect people in an image, image folder, video, camera index or RTSP/HTTP stream.")
+def statistics_table(stats: dict, title: str) -> Table:
+    """Per camera: frames, FPS, latency P50/P99 (decoded -> detections back), dropped frames, reconnects."""
+    table = Table(title=title)
+    for column in ("Camera", "State", "Frames", "FPS", "P50 ms", "P99 ms", "Dropped", "Reconnects"):
+        table.add_column(column, justify="left" if column in ("Camera", "State") else "right")
+    rows = [*stats["cameras"], {"name": "all", "state": "", "total": None, **stats}] if len(stats["cameras"]) > 1 \
+        else stats["cameras"]
+    for row in rows:
+        latency = row["latency_ms"]
+        table.add_row(row["name"], row["state"], _frames(row), f"{row['fps']:.1f}" if row["fps"] else "-",
+                      _ms(latency["p50"]), _ms(latency["p99"]), str(row["dropped"]), str(row["reconnects"]))
+    batch = f"mean batch {stats['mean_batch']:.2f}" if stats["mean_batch"] else "batches: -"
+    table.caption = f"{batch}; {stats['detections']} detections"
+    return table
+
+
+@command("detect", "Detect people on one or many cameras: images, image folders, videos, camera indices, RTSP/HTTP streams.")
 def detect(
-    source: Annotated[str, typer.Argument(help="Image file, directory of images, video file, camera index (0) or rtsp:// / http:// URL.")],
+    sources: Annotated[Optional[list[str]], typer.Argument(help="Cameras: image, directory of images, video file, camera index (0) or rtsp:// / http:// URL, each optionally NAME=SOURCE.", show_default=False)] = None,
+    sources_file: Annotated[Optional[Path], typer.Option("--sources", help="File with one source per line ('#' comments, optional NAME=SOURCE).")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", "-b", help="Backend to run (default: detection.backend of the config).")] = None,
-    mot: Annotated[Optional[Path], typer.Option("--mot", help="MOT17 detection file to write (frame,-1,x,y,w,h,score,-1,-1,-1). Default: runs/detect/<source>.txt when no other output is given.")] = None,
-    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="JSON-lines file to write: one object per frame with the (N, 7) rows.")] = None,
-    save_video: Annotated[Optional[Path], typer.Option("--save-video", help="Annotated video to write (.avi or .mp4).")] = None,
-    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Directory for annotated images, one per frame.")] = None,
-    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the summary (latency p50/p95/p99, FPS, memory) as JSON.")] = None,
-    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames (live sources run until Ctrl-C otherwise).")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")] = True,
+    mot: Annotated[Optional[Path], typer.Option("--mot", help="MOT17 detections (frame,-1,x,y,w,h,score,-1,-1,-1): a file for one source, a directory (one <camera>.txt each) for several. Default: runs/detect/ when no other output is given.")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="JSON-lines file: one object per frame with its camera, frame and (N, 7) rows.")] = None,
+    save_video: Annotated[Optional[Path], typer.Option("--save-video", help="Annotated video: a file (.avi or .mp4) for one source, a directory (<camera>.mp4 each) for several.")] = None,
+    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Directory for annotated images, one per frame (a subdirectory per camera for several).")] = None,
+    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the summary (per camera and in total: frames, FPS, latency, dropped, reconnects, batch sizes) as JSON.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop each camera after this many frames (live sources run until Ctrl-C otherwise).")] = None,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Play files at their own frame rate, as cameras would: frames the detector could not take in time are dropped and counted.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait when opening or reading a network stream before it counts as failed (it then reconnects).")] = 5.0,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", min=1, help="Most frames per GPU batch (default: one per camera, at most 16).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at an unreadable image or a truncated video instead of warning and going on.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live table (per camera FPS, latency, dropped frames, reconnects).")] = True,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     model_type: ModelTypeOpt = None,
@@ -87,31 +78,27 @@ def detect(
     nms: NmsOpt = None,
     fp16: Fp16Opt = None,
 ) -> None:
+    from rich.live import Live
+
+    from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
+    from reidctl.io.sources import camera_specs, read_source_list
+
+    entries = list(sources or []) + (read_source_list(sources_file) if sources_file else [])
+    specs = camera_specs(entries)
     cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16)
-    if not any((mot, jsonl, save_video, save_images)):
-        stem = Path(source.rstrip("/")).stem if not source.isdigit() else f"camera{source}"
-        mot = Path("runs/detect") / f"{stem or 'stream'}.txt"
-    with open_source(source) as frames, create_detector(cfg, backend) as detector:
-        writers = []
-        try:
-            writers += [MOTWriter(mot)] if mot else []
-            writers += [JSONLWriter(jsonl)] if jsonl else []
-            writers += [VideoWriter(save_video, frames.fps)] if save_video else []
-            writers += [ImageDirWriter(save_images)] if save_images else []
-            run = run_detection(detector, frames, writers, max_frames, show_progress=progress)
-        except BaseException:
-            for writer in writers:
-                writer.close(complete=False)
-            raise
-        for writer in writers:
-            writer.close(complete=True)
-        summary = _summary(run, detector)
-    _print_summary(summary)
-    for path in (mot, jsonl, save_video, save_images):
-        if path:
-            console.print(f"wrote {path}")
-    if summary_json:
-        write_text_atomic(summary_json, json.dumps(summary, indent=2))
-    if run.interrupted:
-        err_console.print(f"interrupted after {run.frames} frames; outputs hold every completed frame")
-        raise typer.Exit(EXIT_INTERRUPTED)
+    request = OutputRequest(mot, jsonl, save_video, save_images, summary_json)
+    options = DetectOptions(realtime, max_frames, timeout, strict, max_batch)
+    with Live(console=err_console, refresh_per_second=4, transient=True) if progress else nullcontext() as live:
+        show = (lambda stats: live.update(statistics_table(stats, "detect"))) if progress else None
+        result = run_detect(cfg, specs, request, options, backend, warn=warn, on_update=show)
+    summary = result.summary
+    console.print(f"{summary['backend']} ({summary.get('precision', '')} {summary['device']})".replace("( ", "("))
+    console.print(statistics_table(summary, "Detection summary"))
+    for path in result.written:
+        console.print(f"wrote {path}")
+    frames = f"{summary['frames']} frame{'s' if summary['frames'] != 1 else ''}"
+    if result.failed:
+        fail(f"stopped after {frames}: {result.stopped}; the outputs hold every finished frame")
+    if result.stopped:
+        err_console.print(f"{result.stopped} after {frames}; the outputs hold every finished frame")
+        raise typer.Exit(EXIT_TERMINATED if result.stopped == "terminated" else EXIT_INTERRUPTED)

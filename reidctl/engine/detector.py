@@ -208,12 +208,12 @@ def available_backends() -> dict[str, str | None]:
     return {name: get_backend(name).availability() for name in names}
 
 
-def create_detector(config, backend: str | None = None) -> Detector:
-    """The Detector for ``config.detection`` on ``backend`` (default: the config's backend)."""
+def create_detector(config, backend: str | None = None, warn: Callable[[str], None] = print) -> Detector:
+    """The Detector for ``config.detection`` on ``backend`` (default: the config's backend); warnings go to ``warn``."""
     det = config.detection
     chosen = get_backend(backend or det.backend)
     reason = chosen.availability()
     if reason:
         raise BackendUnavailable(f"backend '{chosen.name}' is unavailable: {reason}")
-    runner = chosen.make_runner(config)
+    runner = chosen.make_runner(config, warn)
     return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)

@@ -1,54 +1,475 @@
-"""`reidctl detect`'s engine: frames from a source through a Detector into writers, with live progress."""
+"""`reidctl detect`'s engine: many cameras through one Detector into every output, with live statistics.
+
+One reader thread per camera decodes on the CPU (reidctl/engine/cameras.py). In-process backends (pytorch,
+onnxruntime, tensorrt) get one ``detect_batch`` call per step holding the newest frame of every camera that has one,
+as DeepStream's stream muxer does; a runner that batches remotely (Triton) gets one request per camera at a time,
+from one thread per camera, and the server forms the batches.
+
+Nothing finished is lost: a frame counts as finished once it is written to every output (under one lock, so a stop
+never splits a frame between outputs). Any stop (every camera ended, an error, Ctrl-C, SIGTERM) publishes every
+finished frame in every output, and the result says why the run stopped.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import threading
 import time
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from reidctl.engine.cameras import Camera, Hub, TimedFrame
+from reidctl.engine.detector import Detector, create_detector
+from reidctl.engine.stats import LatencySummary
+from reidctl.errors import ReidctlError, Terminated, first_line
+from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
+from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, open_source
+from reidctl.io.synthetic import VIDEO_CODECS, synthetic_frame
+from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
-from reidctl.engine.detector import Detector
-from reidctl.io.sources import FrameSource
+DEFAULT_OUTPUT_DIR = Path("runs/detect")
+CAMERA_VIDEO_SUFFIX = ".mp4"  # one annotated video per camera in --save-video DIR (mp4v: writes faster than MJPG)
+MAX_DEFAULT_BATCH = 16
+UPDATE_INTERVAL_S = 0.5
+WORKER_JOIN_S = 10.0  # how long a stop waits for a detection step in flight before leaving it behind
+
+Warn = Callable[[str], None]
 
 
 @dataclass
-class DetectRun:
-    frames: int = 0
-    detections: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds, end to end per frame
-    wall_seconds: float = 0.0
-    interrupted: bool = False
+class OutputRequest:
+    """What the user asked to write. With one camera mot/video are files; with several, directories."""
+
+    mot: Path | None = None
+    jsonl: Path | None = None
+    video: Path | None = None
+    images: Path | None = None
+    summary_json: Path | None = None
 
 
-def run_detection(
-    detector: Detector, source: FrameSource, writers: list, max_frames: int | None = None, show_progress: bool = True
-) -> DetectRun:
-    """Detect every frame; on Ctrl-C stop cleanly so the caller can publish complete outputs.
+@dataclass
+class DetectOptions:
+    realtime: bool = False  # play files at their frame rate, as cameras would (late frames are dropped)
+    max_frames: int | None = None  # per camera
+    timeout_s: float = DEFAULT_TIMEOUT_S  # opening and reading a network source
+    strict: bool = False  # an unreadable image or a truncated video stops the run instead of a warning
+    max_batch: int | None = None  # frames per detect_batch call; default: one per camera, at most 16
 
-    The first frame is run once untimed: it pays for one-off work (CUDA-graph capture, autotuning).
-    """
-    run = DetectRun()
-    total = min(source.total, max_frames) if source.total and max_frames else (source.total or max_frames)
-    columns = [SpinnerColumn(), TextColumn("[bold]detect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]}"), TimeElapsedColumn()]
-    started = time.perf_counter()
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
-        task = progress.add_task("detect", total=total, fps="")
+
+@dataclass
+class CameraOutputs:
+    mot: Path | None = None
+    video: Path | None = None
+    images: Path | None = None
+
+
+@dataclass
+class OutputPlan:
+    cameras: dict[str, CameraOutputs]
+    jsonl: Path | None = None
+    summary_json: Path | None = None
+
+    def files(self) -> list[tuple[str, Path]]:
+        named = [(f"--{option}", path) for outputs in self.cameras.values()
+                 for option, path in (("mot", outputs.mot), ("save-video", outputs.video)) if path]
+        return named + [(option, path) for option, path in (("--jsonl", self.jsonl),
+                                                             ("--summary-json", self.summary_json)) if path]
+
+    def directories(self) -> list[Path]:
+        return [outputs.images for outputs in self.cameras.values() if outputs.images]
+
+
+@dataclass
+class DetectResult:
+    summary: dict
+    written: list[Path] = field(default_factory=list)
+    stopped: str | None = None  # None: every camera ended; "interrupted", "terminated", or the error's message
+
+    @property
+    def failed(self) -> bool:
+        return self.stopped not in (None, "interrupted", "terminated")
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------
+
+
+def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
+    """Every output path, checked before anything is opened: a one-line error for a path that cannot work."""
+    single = len(names) == 1
+    mot = request.mot
+    if not any((request.mot, request.jsonl, request.video, request.images)):
+        mot = DEFAULT_OUTPUT_DIR / f"{names[0]}.txt" if single else DEFAULT_OUTPUT_DIR
+    for option, path in (("--mot", mot), ("--save-video", request.video)):
+        if path is None:
+            continue
+        if single and path.is_dir():
+            raise ReidctlError(f"{option} {path} is a directory: with one source it names a file")
+        if not single and path.exists() and not path.is_dir():
+            raise ReidctlError(f"{option} {path} is a file: with {len(names)} cameras it names a directory "
+                               "(one file per camera)")
+    if single and request.video and request.video.suffix.lower() not in VIDEO_CODECS:
+        raise ReidctlError(f"unsupported video extension '{request.video.suffix}' (use {', '.join(VIDEO_CODECS)})")
+    for option, path in (("--jsonl", request.jsonl), ("--summary-json", request.summary_json)):
+        if path is not None and path.is_dir():
+            raise ReidctlError(f"{option} {path} is a directory: give a file path")
+    def place(path: Path | None, name: str) -> Path | None:  # one camera: the path itself; several: inside it
+        return path if path is None or single else path / name
+
+    cameras = {
+        name: CameraOutputs(place(mot, f"{name}.txt"), place(request.video, f"{name}{CAMERA_VIDEO_SUFFIX}"),
+                            place(request.images, name))
+        for name in names
+    }
+    plan = OutputPlan(cameras, request.jsonl, request.summary_json)
+    _refuse_shared_paths(plan)
+    for _, path in plan.files():
+        _check_writable(path.parent)
+    for directory in plan.directories():
+        _check_writable(directory)
+    return plan
+
+
+def _refuse_shared_paths(plan: OutputPlan) -> None:
+    seen: dict[Path, str] = {}
+    for option, path in plan.files():
+        key = path.resolve()
+        if key in seen:
+            raise ReidctlError(f"{seen[key]} and {option} both write {path}: give each output its own path")
+        seen[key] = option
+    for directory in plan.directories():
+        if directory.resolve() in seen:
+            raise ReidctlError(f"{seen[directory.resolve()]} writes {directory}, where --save-images writes images")
+
+
+def _check_writable(directory: Path) -> None:
+    """The nearest existing ancestor must be a directory that takes files: a probe file, gone at once, says so
+    (permission bits do not: root passes them, and /proc or a read-only mount still refuse)."""
+    existing = Path(os.path.abspath(directory))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ReidctlError(f"cannot create output directory {directory}: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        if existing == Path(os.path.abspath(directory)):
+            raise ReidctlError(f"cannot write into output directory {directory} ({exc.strerror})") from None
+        raise ReidctlError(f"cannot create output directory {directory}: {existing} takes no new files "
+                           f"({exc.strerror})") from None
+
+
+class Outputs:
+    """Every camera's writers. ``write`` under ``lock``; once ``closed``, nothing more is written."""
+
+    def __init__(self, plan: OutputPlan, cameras: list[Camera]):
+        self.lock = threading.Lock()
+        self.closed = False
+        self.writers: dict[str, list] = {}
+        self.jsonl = None
         try:
-            for frame in source:
-                if max_frames is not None and run.frames >= max_frames:
-                    break
-                if run.frames == 0:
-                    detector.detect(frame.image)
-                t0 = time.perf_counter()
-                detections = detector.detect(frame.image)
-                run.latencies.append(time.perf_counter() - t0)
-                for writer in writers:
-                    writer.write(frame.index, frame.name, frame.image, detections)
-                run.frames += 1
-                run.detections += len(detections)
-                elapsed = time.perf_counter() - started
-                progress.update(task, advance=1, fps=f"{run.frames / elapsed:.1f} FPS")
-        except KeyboardInterrupt:
-            run.interrupted = True
-    run.wall_seconds = time.perf_counter() - started
-    return run
+            for directory in {*(path.parent for _, path in plan.files()), *plan.directories()}:
+                ensure_writable_dir(directory)
+            self.jsonl = JSONLWriter(plan.jsonl) if plan.jsonl else None
+            for camera in cameras:
+                paths = plan.cameras[camera.name]
+                writers = self.writers[camera.name] = []
+                writers += [MOTWriter(paths.mot)] if paths.mot else []
+                writers += [VideoWriter(paths.video, camera.fps)] if paths.video else []
+                writers += [ImageDirWriter(paths.images)] if paths.images else []
+        except BaseException:
+            self.close(publish=False)
+            raise
+
+    def write(self, camera: str, item: TimedFrame, detections) -> None:
+        for writer in self.writers[camera]:
+            writer.write(camera, item.frame, detections)
+        if self.jsonl:
+            self.jsonl.write(camera, item.frame, detections)
+
+    def close(self, publish: bool = True) -> list[Path]:
+        """Publish (or discard) every output; returns the paths published. Every writer is closed even if one fails."""
+        self.closed = True
+        writers = [w for camera_writers in self.writers.values() for w in camera_writers] + [self.jsonl]
+        written, errors = [], []
+        for writer in filter(None, writers):
+            try:
+                if writer.close(publish=publish):
+                    written.append(writer.path)
+            except (OSError, ReidctlError) as exc:
+                errors.append(f"cannot publish {writer.path}: {first_line(exc)}")
+        if errors:
+            raise ReidctlError("; ".join(errors))
+        return written
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C or SIGTERM while the outputs are published would leave some published and some not: ignore them then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+
+
+def open_cameras(specs: list[CameraSpec], timeout_s: float, warn: Warn | None) -> list[FrameSource]:
+    """Open every source at once (network sources wait up to the timeout each); a one-line error names the first
+    that cannot be opened, and the others are closed again."""
+    with ThreadPoolExecutor(max_workers=min(16, len(specs)), thread_name_prefix="open") as pool:
+        futures = [pool.submit(open_source, spec.source, timeout_s, warn) for spec in specs]
+    sources, errors = [], []
+    for spec, future in zip(specs, futures):
+        try:
+            sources.append(future.result())
+        except ReidctlError as exc:
+            errors.append(str(exc) if len(specs) == 1 else f"camera {spec.name}: {exc}")
+    if errors:
+        for source in sources:
+            source.close()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ReidctlError(errors[0] + more)
+    return sources
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {first_line(exc)}"
+
+
+class _Run:
+    """One run's shared state: the cameras, the outputs and what the detection loops measured."""
+
+    def __init__(self, detector: Detector, hub: Hub, outputs: Outputs, max_batch: int):
+        self.detector, self.hub, self.outputs, self.max_batch = detector, hub, outputs, max_batch
+        self.batch_sizes: Counter[int] = Counter()
+        self.step_seconds = array("d")  # each detect_batch call (in-process runners): the model's share of latency
+        self.recent_batches: deque[int] = deque(maxlen=64)
+        self.started = time.perf_counter()
+        self.server_batches_before: dict[int, int] | None = None
+
+    def start(self) -> None:
+        """The clock starts; a server's batch statistics are counted from here."""
+        self.started = time.perf_counter()
+        if self.detector.runner.batches_remotely:
+            self.server_batches_before = self.detector.runner.batch_counts()
+
+    def finish(self, items: list[TimedFrame], results: list) -> None:
+        """Write a step's frames to every output; a frame is finished only once all its outputs hold it."""
+        done = time.perf_counter()
+        with self.outputs.lock:
+            if self.outputs.closed:
+                return  # the run stopped while this step ran: its frames are not finished
+            for item, detections in zip(items, results):
+                camera = item.camera
+                if camera.max_frames is not None and camera.frames >= camera.max_frames:
+                    continue
+                self.outputs.write(camera.name, item, detections)
+                camera.record(done - item.decoded_at, len(detections), done)
+
+    def batch_loop(self) -> None:
+        """In-process runners: one detect_batch per step over the newest frame of every camera that has one."""
+        try:
+            while not self.hub.stopping.is_set():
+                batch = self.hub.take_batch(self.max_batch)
+                if not batch:
+                    if self.hub.done():
+                        return
+                    continue
+                started = time.perf_counter()
+                results = self.detector.detect_batch([item.frame.image for item in batch])
+                self.step_seconds.append(time.perf_counter() - started)
+                self.batch_sizes[len(batch)] += 1
+                self.recent_batches.append(len(batch))
+                self.finish(batch, results)
+        except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
+            self.hub.stop(_describe(exc))
+
+    def camera_loop(self, camera: Camera) -> None:
+        """Remote batching (Triton): this camera's frames, one request at a time; the server batches the cameras."""
+        try:
+            while not self.hub.stopping.is_set():
+                item = camera.take()
+                if item is None:
+                    if camera.ended and camera.waiting is None:
+                        return
+                    continue
+                self.finish([item], [self.detector.detect(item.frame.image)])
+        except Exception as exc:  # noqa: BLE001
+            self.hub.stop(_describe(exc))
+
+    def server_batches(self) -> dict[int, int] | None:
+        if self.server_batches_before is None:
+            return None
+        try:
+            after = self.detector.runner.batch_counts()
+        except Exception:  # noqa: BLE001  a server that has gone away has no statistics; the run says why it stopped
+            return None
+        if after is None:
+            return None
+        before = self.server_batches_before
+        return {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
+
+    def statistics(self, recent: bool) -> dict:
+        """Per camera and in total: the live table's figures (recent=True: the last frames) or the summary's."""
+        now = time.perf_counter()
+        wall = now - self.started
+        cameras = [_camera_statistics(camera, self.started, recent) for camera in self.hub.cameras]
+        all_latencies = [s for camera in self.hub.cameras
+                         for s in (camera.recent_latencies() if recent else camera.latencies)]
+        frames = sum(camera.frames for camera in self.hub.cameras)
+        sizes = self.server_batches() if self.detector.runner.batches_remotely else dict(self.batch_sizes)
+        if recent and not self.detector.runner.batches_remotely:
+            sizes = dict(Counter(self.recent_batches))
+        batches = sum(sizes.values()) if sizes else 0
+        return {
+            "cameras": cameras,
+            "frames": frames,
+            "detections": sum(camera.detections for camera in self.hub.cameras),
+            "dropped": sum(camera.dropped for camera in self.hub.cameras),
+            "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
+            "fps": frames / wall if wall > 0 else None,
+            "latency_ms": _latency(all_latencies),
+            "step_ms": _latency(self.step_seconds[-512:] if recent else self.step_seconds),
+            "wall_seconds": wall,
+            "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,
+            "mean_batch": sum(int(s) * c for s, c in sizes.items()) / batches if batches else None,
+        }
+
+
+def _latency(seconds) -> dict:
+    if len(seconds) == 0:
+        return dict.fromkeys(("p50", "p95", "p99", "mean"))
+    stats = LatencySummary.from_samples(seconds)
+    return {"p50": stats.p50_ms, "p95": stats.p95_ms, "p99": stats.p99_ms, "mean": stats.avg_ms}
+
+
+def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
+    active = (camera.last_done - started) if camera.last_done else 0.0
+    return {
+        "name": camera.name,
+        "source": camera.spec.source,
+        "state": camera.state,
+        "frames": camera.frames,
+        "total": camera.total,
+        "detections": camera.detections,
+        "dropped": camera.dropped,
+        "reconnects": camera.reconnects,
+        "fps": camera.frames / active if active > 0 else None,
+        "latency_ms": _latency(camera.recent_latencies() if recent else camera.latencies),
+    }
+
+
+def _warm_up(detector: Detector, cameras: int, max_batch: int) -> None:
+    """Run once, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning, connections)."""
+    frame = synthetic_frame(0, detector.test_size)
+    on_gpu = detector.runner.device.type == "cuda" and not detector.runner.batches_remotely
+    for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
+        detector.detect_batch([frame] * size)
+
+
+def run_detect(
+    config,
+    specs: list[CameraSpec],
+    request: OutputRequest,
+    options: DetectOptions | None = None,
+    backend: str | None = None,
+    warn: Warn = print,
+    on_update: Callable[[dict], None] | None = None,
+) -> DetectResult:
+    """Detect on every camera until each has ended or the run stops; publish every finished frame either way.
+
+    ``warn`` takes warning lines; ``on_update`` gets the live statistics about every half second (main thread).
+    Errors before the first frame (a source that cannot be opened, a bad output path, a backend that cannot run)
+    raise a ReidctlError and write nothing.
+    """
+    options = options or DetectOptions()
+    plan = plan_outputs([spec.name for spec in specs], request)
+    input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
+    sources = open_cameras(specs, options.timeout_s, input_warn)
+    hub = Hub()
+    cameras = [
+        Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,
+               options.max_frames)
+        for spec, source in zip(specs, sources)
+    ]
+    detector = None
+    left_running = False
+    try:
+        detector = create_detector(config, backend, warn)
+        max_batch = options.max_batch or min(len(cameras), MAX_DEFAULT_BATCH)
+        _warm_up(detector, len(cameras), max_batch)
+        result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update)
+        return result
+    finally:
+        hub.stop()
+        for camera in cameras:
+            if not camera.started:
+                camera.source.close()
+        if detector is not None and not left_running:  # never free a model that a stuck step still uses
+            detector.close()
+
+
+def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None) -> Callable[[], FrameSource]:
+    return lambda: open_source(spec.source, timeout_s, warn)
+
+
+def _run(detector: Detector, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,
+         on_update: Callable[[dict], None] | None) -> tuple[DetectResult, bool]:
+    outputs = Outputs(plan, cameras)
+    run = _Run(detector, hub, outputs, max_batch)
+    workers: list[threading.Thread] = []
+    stopped = None
+    try:
+        run.start()
+        if detector.runner.batches_remotely:
+            workers = [threading.Thread(target=run.camera_loop, args=(c,), name=f"detect-{c.name}", daemon=True)
+                       for c in cameras]
+        else:
+            workers = [threading.Thread(target=run.batch_loop, name="detect", daemon=True)]
+        for camera in cameras:
+            camera.start()
+        for worker in workers:
+            worker.start()
+        while any(worker.is_alive() for worker in workers):
+            hub.stopping.wait(UPDATE_INTERVAL_S)
+            if on_update:
+                on_update(run.statistics(recent=True))
+            if hub.stopping.is_set():
+                break
+        stopped = hub.failure
+    except KeyboardInterrupt as exc:
+        stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    finally:
+        with _signals_held():
+            hub.stop()
+            with outputs.lock:  # waits for a frame being written, then no frame more
+                written = outputs.close(publish=True)
+            deadline = time.monotonic() + WORKER_JOIN_S
+            for worker in workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
+            for camera in cameras:
+                camera.join(max(0.0, deadline - time.monotonic()))
+    summary = {**detector.runner.describe(), **run.statistics(recent=False)}
+    peak = detector.runner.peak_memory_bytes()
+    summary.update(gpu_memory_peak_mib=peak / 2**20 if peak is not None else None,
+                   interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
+    if plan.summary_json:
+        write_text_atomic(plan.summary_json, json.dumps(summary, indent=2))
+        written.append(plan.summary_json)
+    return DetectResult(summary, written, stopped), any(worker.is_alive() for worker in workers)
+

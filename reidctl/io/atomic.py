@@ -47,9 +47,14 @@ class AtomicFile:
     def __init__(self, path: Path, suffix: str | None = None):
         self.path = Path(path)
         ensure_writable_dir(self.path.parent)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=suffix or self.path.suffix or ".tmp", dir=self.path.parent
-        )
+        if self.path.is_dir():
+            raise ReidctlError(f"output {self.path} is a directory: give a file path")
+        try:
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=suffix or self.path.suffix or ".tmp", dir=self.path.parent
+            )
+        except OSError as exc:
+            raise ReidctlError(f"cannot write output file {self.path}: {exc.strerror}") from None
         os.close(fd)
         self.tmp = Path(tmp_name)
         # mkstemp creates 0600; outputs get the permissions a plain open() would give them.

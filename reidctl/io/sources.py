@@ -1,11 +1,17 @@
-"""Frame sources: an image, a directory of images, a video file, a camera index or an RTSP/HTTP URL."""
+"""Frame sources: an image, a directory of images, a video file, a camera index or an RTSP/HTTP URL.
+
+A *camera* is a named source (``name=source`` on the command line or in a sources file). Network sources open with
+FFmpeg's open and read timeouts, so a dead or stalled stream fails within the timeout instead of hanging.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -17,6 +23,9 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://")
+DEFAULT_TIMEOUT_S = 5.0
+CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+Warn = Callable[[str], None] | None  # takes a warning about the input (a frame skipped...); None: raise instead
 
 
 @dataclass
@@ -28,6 +37,8 @@ class Frame:
 
 class FrameSource:
     """Iterates frames; ``total`` is known for files and folders, None for live sources."""
+
+    live = False
 
     def __init__(self, description: str, total: int | None, fps: float | None):
         self.description = description
@@ -56,21 +67,42 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def _report(warn: Warn, message: str) -> None:
+    if warn is None:
+        raise ReidctlError(message)
+    warn(f"warning: {message}")
+
+
 class ImageSource(FrameSource):
-    def __init__(self, paths: list[Path], description: str):
+    """Images in name order; an unreadable one is skipped with a warning (an error where ``warn`` is None)."""
+
+    def __init__(self, paths: list[Path], description: str, warn: Warn = None):
         super().__init__(description, len(paths), None)
         self.paths = paths
+        self.warn = warn
 
     def __iter__(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
-            yield Frame(index, read_image(path), path.name)
+            try:
+                image = read_image(path)
+            except ReidctlError as exc:
+                _report(self.warn, f"{exc}; skipped it" if self.warn else str(exc))
+                continue
+            yield Frame(index, image, path.name)
 
 
 class VideoSource(FrameSource):
     """A video file, camera or network stream through OpenCV."""
 
-    def __init__(self, target: str | int, description: str, live: bool):
-        capture = cv2.VideoCapture(target)
+    def __init__(self, target: str | int, description: str, live: bool, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 warn: Warn = None):
+        self.live = live
+        if isinstance(target, str) and live:
+            timeout_ms = int(timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+        else:  # files need no timeout; a local camera's driver has its own
+            capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             kind = "" if isinstance(target, int) else ("stream " if live else "video ")
             raise ReidctlError(f"cannot open {kind}{description}")
@@ -80,9 +112,10 @@ class VideoSource(FrameSource):
             raise ReidctlError(f"cannot read frames from {description} (unreadable or corrupt)")
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = capture.get(cv2.CAP_PROP_FPS)
-        super().__init__(description, None if live or count <= 0 else count, fps if fps > 0 else None)
+        super().__init__(description, None if live or count <= 0 else count, fps if 0 < fps < 1000 else None)
         self.capture = capture
         self.first = first
+        self.warn = warn
         self.stem = Path(description).name if not live else "stream"
 
     def __iter__(self) -> Iterator[Frame]:
@@ -92,17 +125,30 @@ class VideoSource(FrameSource):
             ok, image = self.capture.read()
             image = image if ok else None
             index += 1
+        if self.total is not None and index < self.total:
+            _report(self.warn, f"video {self.description} ended after {index} of its {self.total} announced frames "
+                         "(truncated or corrupt)")
 
     def close(self) -> None:
         self.capture.release()
 
 
-def open_source(spec: str) -> FrameSource:
-    """Open what the user named; every failure is a one-line ReidctlError."""
+def is_live(spec: str) -> bool:
+    return spec.isdigit() or spec.lower().startswith(STREAM_PREFIXES)
+
+
+def open_source(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S, warn: Warn = None) -> FrameSource:
+    """Open what the user named; every failure is a one-line ReidctlError.
+
+    ``warn`` takes what can be read around (an unreadable image in a folder, a video shorter than it says);
+    without it (None) those are errors too.
+    """
+    if not spec.strip():
+        raise ReidctlError("empty source: name an image, folder, video, camera index or URL")
     if spec.isdigit():
-        return VideoSource(int(spec), f"camera {spec}", live=True)
+        return VideoSource(int(spec), f"camera {spec}", live=True, timeout_s=timeout_s)
     if spec.lower().startswith(STREAM_PREFIXES):
-        return VideoSource(spec, spec, live=True)
+        return VideoSource(spec, spec, live=True, timeout_s=timeout_s)
     path = Path(spec)
     if not path.exists():
         raise ReidctlError(f"source not found: {spec}")
@@ -110,10 +156,84 @@ def open_source(spec: str) -> FrameSource:
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
             raise ReidctlError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in directory {spec}")
-        return ImageSource(images, spec)
+        return ImageSource(images, spec, warn)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         read_image(path)  # fail now, before any output is opened
-        return ImageSource([path], spec)
+        return ImageSource([path], spec, warn)
     if not os.access(path, os.R_OK):
         raise ReidctlError(f"video not readable: {spec}")
-    return VideoSource(str(path), spec, live=False)
+    return VideoSource(str(path), spec, live=False, warn=warn)
+
+
+# -- cameras -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    name: str  # unique; names the camera's output files
+    source: str
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.source)
+
+
+def _derived_name(source: str) -> str:
+    if source.isdigit():
+        return f"camera{source}"
+    if source.lower().startswith(STREAM_PREFIXES):
+        parts = urlsplit(source)
+        text = f"{parts.hostname or 'stream'}_{parts.port or ''}_{Path(parts.path).stem}"
+    else:
+        text = Path(source.rstrip("/")).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "stream"
+
+
+def _split_name(entry: str) -> tuple[str | None, str]:
+    """'name=source' -> (name, source); a URL's query ('?a=b') or a path is never taken for a name."""
+    head, sep, tail = entry.partition("=")
+    if sep and not any(c in head for c in ":/\\?") and head.strip():
+        name = head.strip()
+        if not CAMERA_NAME.fullmatch(name):
+            raise ReidctlError(f"camera name '{name}' may hold only letters, digits, '.', '_' and '-'")
+        return name, tail.strip()
+    return None, entry.strip()
+
+
+def camera_specs(entries: list[str]) -> list[CameraSpec]:
+    """Named cameras from 'source' or 'name=source' entries; unnamed ones are named after their source."""
+    if not entries:
+        raise ReidctlError("no source given: name one or more sources, or --sources FILE")
+    parsed = [_split_name(entry) for entry in entries]
+    for _, source in parsed:
+        if not source:
+            raise ReidctlError("empty source: name an image, folder, video, camera index or URL")
+    explicit = [name for name, _ in parsed if name]
+    repeated = sorted({name for name in explicit if explicit.count(name) > 1})
+    if repeated:
+        raise ReidctlError(f"camera name given twice: {', '.join(repeated)}")
+    taken, specs = set(explicit), []
+    for name, source in parsed:
+        if name is None:
+            base = name = _derived_name(source)
+            suffix = 2
+            while name in taken:
+                name, suffix = f"{base}-{suffix}", suffix + 1
+            taken.add(name)
+        specs.append(CameraSpec(name, source))
+    return specs
+
+
+def read_source_list(path: Path) -> list[str]:
+    """Entries of a sources file: one per line, blank lines and '#' comments (whole line or after a space) ignored."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ReidctlError(f"sources file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReidctlError(f"sources file not readable: {path} ({exc.__class__.__name__})") from None
+    entries = [re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip() for line in text.splitlines()]
+    entries = [entry for entry in entries if entry]
+    if not entries:
+        raise ReidctlError(f"sources file {path} names no source")
+    return entries

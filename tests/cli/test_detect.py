@@ -19,7 +19,7 @@ from reidctl.cli import app
 from reidctl.io.synthetic import synthetic_frame
 
 runner = CliRunner()
-REIDCTL = str(Path(sys.executable).with_name("reidctl"))
+REIDCTL = [sys.executable, "-m", "reidctl"]
 
 
 def invoke(*args):
@@ -84,7 +84,7 @@ def test_default_output_and_untrained_warning(tmp_path, video_file, monkeypatch)
     monkeypatch.chdir(tmp_path)
     result = invoke("detect", video_file, "-c", config, "--max-frames", 3)
     assert result.exit_code == 0, result.output
-    assert result.output.count("weights are untrained") == 1
+    assert result.stderr.count("weights are untrained") == 1 and "untrained" not in result.stdout
     assert (tmp_path / "runs/detect/clip.txt").is_file()
 
 
@@ -117,6 +117,15 @@ def expect_error(result, message):
         (["detect", "{video}", "--config", "{tmp}/unknown_key.yaml"], "unknown config key 'detection.tensorrt.enginepath'"),
         (["detect", "{video}", "--config", "{tmp}/wrong_type.yaml"], "config key 'detection.conf_threshold': expected float"),
         (["detect", "99", "--max-frames", "1"], "cannot open camera 99"),
+        (["detect", ""], "empty source"),
+        (["detect"], "no source given"),
+        (["detect", "--sources", "{tmp}/missing.txt"], "sources file not found"),
+        (["detect", "{video}", "--mot", "/proc/out.txt"], "cannot write into output directory /proc"),
+        (["detect", "{video}", "--mot", "{tmp}"], "is a directory: with one source it names a file"),
+        (["detect", "{video}", "--jsonl", "{tmp}"], "is a directory: give a file path"),
+        (["detect", "{video}", "{video}", "--mot", "{tmp}/corrupt.png"], "with 2 cameras it names a directory"),
+        (["detect", "{video}", "--mot", "{tmp}/x.txt", "--jsonl", "{tmp}/x.txt"], "--mot and --jsonl both write"),
+        (["detect", "{video}", "--save-video", "{tmp}/x.gif"], "unsupported video extension '.gif'"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, video_file, small_config, args, message):
@@ -141,28 +150,93 @@ def test_help_is_the_manual():
         assert option in detect_help
 
 
-def test_ctrl_c_keeps_complete_outputs(tmp_path, small_config):
-    long_video = write_video(tmp_path / "long.avi", frames=600, size=(120, 160))
-    mot = tmp_path / "partial.txt"
-    process = subprocess.Popen(
-        [REIDCTL, "detect", str(long_video), "-c", str(small_config), "--mot", str(mot), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_bad_output_is_refused_before_any_source_is_opened(tmp_path, small_config):
+    result = runner.invoke(app, ["detect", str(tmp_path / "missing.avi"), "-c", str(small_config),
+                                 "--mot", str(tmp_path)])
+    expect_error(result, "is a directory: with one source it names a file")
+
+
+def test_empty_sources_file_and_its_comments(tmp_path, small_config):
+    (tmp_path / "cams.txt").write_text("# nothing but comments\n\n   # and blanks\n")
+    expect_error(invoke("detect", "--sources", tmp_path / "cams.txt", "-c", small_config), "names no source")
+
+
+def read_outputs(tmp_path: Path, cameras: list[str]) -> dict[str, tuple[list[int], list[int], int]]:
+    """Per camera: the MOT frames with detections (0-based), the JSONL frames, the annotated video's frame count."""
+    records = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    found = {}
+    for name in cameras:
+        mot = tmp_path / "mot.txt" if len(cameras) == 1 else tmp_path / "mot" / f"{name}.txt"
+        video = tmp_path / "video.avi" if len(cameras) == 1 else tmp_path / "video" / f"{name}.mp4"
+        mot_frames = sorted({int(line.split(",")[0]) - 1 for line in mot.read_text().splitlines()})
+        jsonl = [r["frame"] for r in records if r["camera"] == name]
+        found[name] = (mot_frames, jsonl, int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT)))
+    return found
+
+
+@pytest.mark.parametrize(("sig", "cameras", "code", "word"),
+                         [(signal.SIGINT, 1, 130, "interrupted"), (signal.SIGTERM, 2, 143, "terminated")])
+def test_signal_publishes_every_finished_frame_in_every_output(tmp_path, small_config, sig, cameras, code, word):
+    names = ["north", "south"][:cameras]
+    sources = [f"{name}={write_video(tmp_path / f'{name}.avi', frames=600, size=(120, 160))}" for name in names]
+    single = cameras == 1
+    outputs = ["--mot", tmp_path / ("mot.txt" if single else "mot"), "--jsonl", tmp_path / "all.jsonl",
+               "--save-video", tmp_path / ("video.avi" if single else "video")]
+    process = subprocess.Popen([*REIDCTL, "detect", *sources, "-c", small_config, *map(str, outputs), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.stat().st_size > 0 for p in tmp_path.glob(".partial.txt.*")):
+    while time.time() < deadline and not any(p.stat().st_size > 0 for p in tmp_path.glob(".all.jsonl.*")):
         time.sleep(0.1)
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted after" in stderr
-    lines = mot.read_text().splitlines()
-    assert lines and all(len(line.split(",")) == 10 for line in lines)
-    frames = sorted({int(line.split(",")[0]) for line in lines})
-    assert frames == list(range(1, frames[-1] + 1)) and frames[-1] < 600
-    assert not list(tmp_path.glob(".partial.txt.*"))
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr and f"{word} after" in stderr
+    for name, (mot, jsonl, video_frames) in read_outputs(tmp_path, names).items():
+        assert 0 < len(jsonl) < 600 and jsonl == list(range(len(jsonl))), name
+        assert mot == jsonl, name  # every frame has detections with this checkpoint: the MOT file holds the same
+        assert video_frames == len(jsonl), name
+    assert not list(tmp_path.rglob(".*")), "a temporary file survived"
+
+
+def test_corrupt_image_is_skipped_with_a_warning_or_stops_with_strict(tmp_path, small_config):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), synthetic_frame(i, (120, 160)))
+    (folder / "003.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    outputs = lambda run: ["--mot", tmp_path / run / "d.txt", "--jsonl", tmp_path / run / "d.jsonl",
+                           "--save-images", tmp_path / run / "vis"]
+
+    result = invoke("detect", folder, "-c", small_config, *outputs("lenient"), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"warning: cannot decode image (missing or corrupt): {folder / '003.jpg'}; skipped it" in result.stderr
+    expected = ["000", "001", "002", "004", "005", "006", "007"]
+    assert published_frames(tmp_path / "lenient") == (expected, expected, expected)
+
+    result = invoke("detect", folder, "-c", small_config, *outputs("strict"), "--strict", "--no-progress")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.startswith("error: stopped after 3 frames: camera images: cannot decode image")
+    assert published_frames(tmp_path / "strict") == (["000", "001", "002"],) * 3
+    assert not list(tmp_path.rglob(".*"))
+
+
+def published_frames(directory: Path) -> tuple[list[str], list[str], list[str]]:
+    """The image names in the MOT file (by frame number), the JSONL and the annotated images."""
+    names = [json.loads(line)["name"].split(".")[0] for line in (directory / "d.jsonl").read_text().splitlines()]
+    mot = sorted({f"{int(line.split(',')[0]) - 1:03d}" for line in (directory / "d.txt").read_text().splitlines()})
+    return mot, names, sorted(p.stem for p in (directory / "vis").iterdir())
+
+
+def test_truncated_video_warns(tmp_path, small_config):
+    whole = write_video(tmp_path / "whole.avi", frames=30, size=(120, 160)).read_bytes()
+    (tmp_path / "cut.avi").write_bytes(whole[: len(whole) * 6 // 10])
+    result = invoke("detect", tmp_path / "cut.avi", "-c", small_config, "--jsonl", tmp_path / "d.jsonl",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    read = len((tmp_path / "d.jsonl").read_text().splitlines())
+    assert 0 < read < 30
+    assert f"warning: video {tmp_path / 'cut.avi'} ended after {read} of its 30 announced frames" in result.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: fp16 + CUDA-graph path")

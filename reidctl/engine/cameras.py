@@ -1,0 +1,233 @@
+"""Cameras for `reidctl detect`: one reader thread per camera decodes on the CPU and hands its frames on.
+
+Readers are threads, not processes: OpenCV releases the GIL while it decodes, so reader threads decode in parallel,
+and a frame reaches the detector as a reference instead of a copy between processes (a 1080p frame is 6 MB);
+docs/MULTICAMERA.md has the measurement behind this choice (scripts/decode_bench.py).
+
+Two ways to hand frames on:
+  lossless   (files read as fast as the detector goes) the reader waits until its last frame was taken: nothing is
+             dropped, and the reader decodes the next frame while the detector works on the current one;
+  newest     (live sources, and files played at their frame rate with ``realtime``) the camera keeps only its newest
+             frame: a frame the detector did not take before the next one arrived is dropped and counted.
+A live camera that fails (network error, stall past the read timeout, end of stream) reconnects with back-off while
+the other cameras go on; a file camera that ends, ends alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from reidctl.errors import ReidctlError, first_line
+from reidctl.io.sources import CameraSpec, Frame, FrameSource
+
+RECONNECT_FIRST_DELAY_S = 0.25
+RECONNECT_MAX_DELAY_S = 8.0
+FOLDER_FPS = 30.0  # the rate at which ``realtime`` plays an image folder, which has none of its own
+
+
+@dataclass
+class TimedFrame:
+    camera: Camera
+    frame: Frame
+    decoded_at: float  # time.perf_counter() when the reader had it decoded
+
+
+class Hub:
+    """What the readers and the detection loop share: one condition over every camera's waiting frame."""
+
+    def __init__(self):
+        self.condition = threading.Condition()
+        self.stopping = threading.Event()  # stop now: no frame more is taken
+        self.closing = threading.Event()  # readers stop; frames already handed on are still detected
+        self.failure: str | None = None  # why the run stops early (an error)
+        self.cameras: list[Camera] = []
+        self._next = 0  # round-robin start, so that no camera waits behind the others when batches are full
+
+    def stop(self, failure: str | None = None) -> None:
+        """Stop now (an interrupt, or a detection step that failed: its frames are lost anyway)."""
+        with self.condition:
+            self.stopping.set()
+            self._close(failure)
+
+    def fail(self, failure: str) -> None:
+        """A camera's error: no camera reads on, but the frames already read are still finished."""
+        with self.condition:
+            self._close(failure)
+
+    def _close(self, failure: str | None) -> None:
+        if failure and self.failure is None:
+            self.failure = failure
+        self.closing.set()
+        self.condition.notify_all()
+
+    def done(self) -> bool:
+        """Every camera has ended and no frame waits (call with the condition held)."""
+        return all(camera.ended and camera.waiting is None for camera in self.cameras)
+
+    def take_batch(self, max_batch: int, timeout_s: float = 0.1) -> list[TimedFrame]:
+        """Up to ``max_batch`` waiting frames, one per camera, the newest of each; [] if none came in time."""
+        with self.condition:
+            ready = lambda: any(c.waiting is not None for c in self.cameras)
+            if not self.condition.wait_for(lambda: ready() or self.stopping.is_set() or self.done(), timeout_s):
+                return []
+            if self.stopping.is_set():
+                return []
+            count = len(self.cameras)
+            order = [self.cameras[(self._next + i) % count] for i in range(count)]
+            batch = [camera.take_locked() for camera in order if camera.waiting is not None][:max_batch]
+            if batch:
+                self._next = (self.cameras.index(batch[-1].camera) + 1) % count
+            self.condition.notify_all()
+            return batch
+
+
+class Camera:
+    """A named source, its reader thread and its counters."""
+
+    def __init__(self, spec: CameraSpec, source: FrameSource, hub: Hub, open_source: Callable[[], FrameSource],
+                 warn: Callable[[str], None], realtime: bool = False, max_frames: int | None = None):
+        self.name = spec.name
+        self.spec = spec
+        self.source = source
+        self.hub = hub
+        self.live = source.live
+        self.lossless = not (self.live or realtime)
+        self.paced = realtime and not self.live
+        self.fps = source.fps
+        self.total = min(source.total, max_frames) if source.total and max_frames else (source.total or max_frames)
+        self.max_frames = max_frames
+        self._open_source = open_source
+        self._warn = warn
+        self.waiting: TimedFrame | None = None
+        self.ended = False  # no frame will come any more
+        self.state = "running"  # running | reconnecting | ended | failed | stopped
+        self.frames = 0  # detected and written
+        self.detections = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self.latencies = array("d")  # seconds: decoded -> detections back, one per detected frame
+        self.last_done: float | None = None  # when the last frame's detections were back
+        self.started = False
+        self._next_index = 0  # a live camera's frame numbers run on across reconnections
+        self._thread = threading.Thread(target=self._read, name=f"camera-{self.name}", daemon=True)
+        hub.cameras.append(self)
+
+    # -- reader side ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.started = True
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def _read(self) -> None:
+        failed = False
+        try:
+            while not self._halted():
+                reason = self._play(self.source)
+                if not self.live or self._halted() or not self._reconnect(reason):
+                    break
+        except Exception as exc:
+            failed = True
+            message = str(exc) if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {first_line(exc)}"
+            self.hub.fail(f"camera {self.name}: {message}")
+        finally:
+            self.source.close()
+            with self.hub.condition:
+                stopped_early = self.hub.closing.is_set() and not self.ended
+                self.state = "failed" if failed else "stopped" if stopped_early else "ended"
+                self.ended = True
+                self.hub.condition.notify_all()
+
+    def _play(self, source: FrameSource) -> str:
+        """Hand on the source's frames until it ends; returns why it ended (a live source's failure)."""
+        interval = 1.0 / (self.fps or FOLDER_FPS)
+        started = time.perf_counter()
+        first_index = None
+        try:
+            for frame in source:
+                if self.live:
+                    frame.index, self._next_index = self._next_index, self._next_index + 1
+                elif self.paced:
+                    first_index = frame.index if first_index is None else first_index
+                    delay = started + (frame.index - first_index) * interval - time.perf_counter()
+                    if delay > 0 and self.hub.closing.wait(delay):
+                        return "stopped"
+                if not self._put(TimedFrame(self, frame, time.perf_counter())):
+                    return "stopped"
+        except ReidctlError:
+            raise
+        except Exception as exc:
+            if not self.live:
+                raise
+            return first_line(exc)
+        return "the stream ended or stalled"
+
+    def _put(self, item: TimedFrame) -> bool:
+        """Hand one frame on; False once the camera or the run has stopped."""
+        with self.hub.condition:
+            if self.lossless:
+                self.hub.condition.wait_for(lambda: self.waiting is None or self._halted())
+            elif self.waiting is not None:
+                self.dropped += 1
+            if self._halted():
+                return False
+            self.waiting = item
+            self.hub.condition.notify_all()
+            return True
+
+    def _halted(self) -> bool:
+        return self.hub.closing.is_set() or self.ended
+
+    def _reconnect(self, reason: str) -> bool:
+        """Reopen the live source with back-off until it opens (True) or the run stops (False)."""
+        self.state = "reconnecting"
+        self._warn(f"warning: camera {self.name}: {reason}; reconnecting")
+        self.source.close()
+        delay = RECONNECT_FIRST_DELAY_S
+        while not self.hub.closing.wait(delay):
+            try:
+                self.source = self._open_source()
+            except ReidctlError:
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+                continue
+            self.reconnects += 1
+            self.state = "running"
+            self._warn(f"camera {self.name}: reconnected")
+            return True
+        return False
+
+    # -- detection side ---------------------------------------------------------------------------------------
+    def take_locked(self) -> TimedFrame:
+        item, self.waiting = self.waiting, None
+        return item
+
+    def take(self, timeout_s: float = 0.1) -> TimedFrame | None:
+        """This camera's waiting frame, if one comes within ``timeout_s`` (one caller per camera)."""
+        with self.hub.condition:
+            ready = lambda: self.waiting is not None or self.ended or self.hub.stopping.is_set()
+            if not self.hub.condition.wait_for(ready, timeout_s) or self.hub.stopping.is_set() or self.waiting is None:
+                return None
+            item = self.take_locked()
+            self.hub.condition.notify_all()
+            return item
+
+    def record(self, latency_s: float, detections: int, done: float) -> None:
+        """One frame finished (written to every output); the camera ends at ``max_frames``."""
+        self.frames += 1
+        self.detections += detections
+        self.latencies.append(latency_s)
+        self.last_done = done
+        if self.max_frames is not None and self.frames >= self.max_frames:
+            with self.hub.condition:
+                self.ended, self.waiting = True, None
+                self.hub.condition.notify_all()
+
+    def recent_latencies(self, count: int = 512) -> np.ndarray:
+        return np.array(self.latencies[-count:])  # a slice is a copy: the detection side keeps appending

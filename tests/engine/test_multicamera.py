@@ -1,0 +1,226 @@
+"""Many cameras in one run: batching across cameras, real HTTP streams from ffmpeg that die, stall and come back."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from helpers import free_ports, write_video
+from reidctl.cli import app
+from reidctl.config import load_config
+from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
+from reidctl.errors import ReidctlError
+from reidctl.io.sources import camera_specs
+from reidctl.io.synthetic import synthetic_frame
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def mot_frames(path: Path) -> list[int]:
+    return sorted({int(line.split(",")[0]) for line in path.read_text().splitlines()})
+
+
+class StreamServer:
+    """A real MPEG-TS stream over HTTP from ffmpeg (``-listen 1``: it serves one client, then exits)."""
+
+    def __init__(self, port: int, fps: int = 20):
+        self.url = f"http://127.0.0.1:{port}/live.ts"
+        command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
+                   "-i", f"testsrc=size=160x120:rate={fps}", "-c:v", "mpeg4", "-f", "mpegts", "-listen", "1", self.url]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._listening():
+            assert time.monotonic() < deadline and self.process.poll() is None, "ffmpeg did not start listening"
+            time.sleep(0.05)
+
+    def _listening(self) -> bool:
+        # /proc/net/tcp lists the listening socket (state 0A) without connecting to it: -listen 1 serves one client.
+        port = f":{int(self.url.split(':')[2].split('/')[0]):04X} "
+        return any(port in line and " 0A " in line for line in Path("/proc/net/tcp").read_text().splitlines())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture()
+def stream_port():
+    return free_ports(1)[0]
+
+
+def test_three_cameras_batched_into_per_camera_outputs(tmp_path, small_config):
+    clips = tmp_path / "clips"
+    write_video(clips / "a.avi", frames=12, size=(120, 160))
+    write_video(clips / "b.avi", frames=20, size=(240, 320))
+    (clips / "folder").mkdir()
+    for i in range(5):
+        cv2.imwrite(str(clips / "folder" / f"{i:03d}.png"), synthetic_frame(i, (100, 130)))
+    sources = tmp_path / "cameras.txt"
+    sources.write_text(f"# the test rig\nentrance={clips / 'a.avi'}\n\n{clips / 'b.avi'}  # no name: named b\n"
+                       f"lobby={clips / 'folder'}\n")
+    out = tmp_path / "out"
+    result = invoke("detect", "--sources", sources, "-c", small_config, "--mot", out / "mot",
+                    "--jsonl", out / "all.jsonl", "--save-video", out / "video", "--summary-json", out / "summary.json",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    expected = {"entrance": 12, "b": 20, "lobby": 5}
+    records = [json.loads(line) for line in (out / "all.jsonl").read_text().splitlines()]
+    for name, frames in expected.items():
+        assert mot_frames(out / "mot" / f"{name}.txt") == list(range(1, frames + 1))
+        assert sorted(r["frame"] for r in records if r["camera"] == name) == list(range(frames))
+        assert int(cv2.VideoCapture(str(out / "video" / f"{name}.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    summary = json.loads((out / "summary.json").read_text())
+    cameras = {c["name"]: c for c in summary["cameras"]}
+    assert {name: c["frames"] for name, c in cameras.items()} == expected
+    assert all(c["dropped"] == 0 and c["state"] == "ended" and c["latency_ms"]["p99"] > 0 for c in cameras.values())
+    assert summary["frames"] == 37 and summary["detections"] == sum(len(r["detections"]) for r in records)
+    # The cameras' frames went through the model together: batches of up to 3 frames, 20 steps for 37 frames.
+    assert summary["mean_batch"] > 1.5 and set(summary["batch_sizes"]) <= {"1", "2", "3"}
+    assert "3" in summary["batch_sizes"]
+    assert not list(out.rglob(".*"))
+
+
+def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
+    clip = write_video(tmp_path / "fast.avi", frames=120, size=(120, 160), fps=400.0)  # faster than the CPU detects
+    summary = tmp_path / "s.json"
+    result = invoke("detect", clip, "-c", small_config, "--realtime", "--mot", tmp_path / "d.txt",
+                    "--summary-json", summary, "--no-progress")
+    assert result.exit_code == 0, result.output
+    camera = json.loads(summary.read_text())["cameras"][0]
+    frames = mot_frames(tmp_path / "d.txt")
+    assert camera["dropped"] > 0 and camera["frames"] + camera["dropped"] <= 120
+    assert len(frames) == camera["frames"] and frames[-1] > len(frames)  # frame numbers keep their place in the file
+
+
+def test_camera_that_cannot_be_opened_is_named_and_nothing_is_written(tmp_path, small_config, video_file, stream_port):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = invoke("detect", f"door={video_file}", f"yard=http://127.0.0.1:{stream_port}/live.ts", "-c", small_config,
+                    "--mot", out, "--timeout", "1", "--no-progress")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == f"error: camera yard: cannot open stream http://127.0.0.1:{stream_port}/live.ts"
+    assert time.monotonic() - started < 30
+    assert not out.exists()
+
+
+def test_silent_server_times_out_instead_of_hanging(tmp_path, small_config, stream_port):
+    listener = socket.create_server(("127.0.0.1", stream_port))  # accepts connections, never answers
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    try:
+        started = time.monotonic()
+        result = invoke("detect", f"http://127.0.0.1:{stream_port}/live.ts", "-c", small_config, "--timeout", "0.5",
+                        "--mot", tmp_path / "d.txt", "--no-progress")
+        assert result.exit_code == 2 and "cannot open stream" in result.stderr
+        assert time.monotonic() - started < 20
+    finally:
+        listener.close()
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("fault", ["killed", "stalled"])
+def test_stream_that_fails_reconnects_while_other_cameras_go_on(tmp_path, small_config, stream_port, fault):
+    clip = write_video(tmp_path / "clip.avi", frames=60, size=(120, 160), fps=10.0)
+    servers = [StreamServer(stream_port)]
+    specs = camera_specs([f"street={servers[0].url}", f"hall={clip}"])
+    progress = {"faulted_at": None, "restarted_at": None}
+
+    def watch(stats: dict) -> None:  # runs in the main thread every half second: plays the fault
+        street, hall = stats["cameras"]
+        if progress["faulted_at"] is None and street["frames"] >= 8:
+            if fault == "killed":
+                servers[0].process.kill()
+            else:
+                servers[0].process.send_signal(signal.SIGSTOP)  # the stream stalls: the read timeout must notice
+            progress["faulted_at"] = hall["frames"]
+        elif progress["restarted_at"] is None and street["state"] == "reconnecting":
+            servers[0].stop()
+            servers.append(StreamServer(stream_port))
+            progress["restarted_at"] = hall["frames"]
+
+    warnings = []
+    options = DetectOptions(realtime=True, max_frames=40, timeout_s=0.5)
+    jsonl = tmp_path / "d.jsonl"
+    try:
+        result = run_detect(load_config(small_config), specs, OutputRequest(jsonl=jsonl), options,
+                            warn=warnings.append, on_update=watch)
+    finally:
+        for server in servers:
+            server.stop()
+    street, hall = result.summary["cameras"]
+    assert result.stopped is None
+    assert street["frames"] == 40 and street["reconnects"] >= 1 and street["state"] == "ended"
+    assert hall["frames"] + hall["dropped"] == 40 and hall["state"] == "ended"
+    assert progress["restarted_at"] is not None, "the stream's failure was not seen"
+    assert progress["restarted_at"] > progress["faulted_at"], "the file camera stopped while the stream was down"
+    assert any("camera street:" in w and "reconnecting" in w for w in warnings)
+    assert "camera street: reconnected" in warnings
+    # A live camera's frame numbers run on across the reconnection.
+    numbers = [json.loads(line)["frame"] for line in jsonl.read_text().splitlines() if '"street"' in line]
+    assert len(numbers) == 40 and numbers == sorted(set(numbers))
+
+
+def test_camera_names_from_sources(tmp_path):
+    specs = camera_specs(["0", "http://cam.local:8554/live.ts?profile=a=b", "/data/gate.mp4", "x/gate.mp4", "n1=7"])
+    assert [s.name for s in specs] == ["camera0", "cam.local_8554_live", "gate", "gate-2", "n1"]
+    assert specs[1].source == "http://cam.local:8554/live.ts?profile=a=b" and specs[4].source == "7"
+    for entries, message in ((["a=x.mp4", "a=y.mp4"], "camera name given twice: a"), (["bad name=x"], "may hold only"),
+                             (["n="], "empty source"), ([], "no source given")):
+        with pytest.raises(ReidctlError, match=message):
+            camera_specs(entries)
+
+
+def test_triton_server_killed_mid_run_keeps_every_finished_frame(tmp_path, nano_checkpoint):
+    """A real Triton server serves two cameras (one request each at a time); killed mid-run, the outputs keep every
+    finished frame, all alike, and the run says why it stopped."""
+    pytest.importorskip("tritonclient.grpc")
+    from helpers import write_config
+    from reidctl.triton.repository import write_repository
+    from reidctl.triton.server import Ports, start_server, stop_server
+
+    repository = tmp_path / "repo"
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint)
+    write_repository(load_config(config), repository, warn=lambda message: None)
+    state = start_server(repository, Ports(*free_ports()), warn=lambda message: None)
+    try:
+        config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{state.grpc_port}",
+                                                                             "timeout": 5.0})
+        clips = [f"{name}={write_video(tmp_path / f'{name}.avi', frames=2000, size=(120, 160))}" for name in "ab"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reidctl", "detect", *clips, "-c", str(config), "--backend", "triton",
+             "--mot", str(tmp_path / "mot"), "--jsonl", str(tmp_path / "all.jsonl"), "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 90
+        while time.time() < deadline and not any(p.stat().st_size > 0 for p in tmp_path.glob(".all.jsonl.*")):
+            time.sleep(0.1)
+        os.killpg(state.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        stop_server(repository)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped after ")
+    assert "the outputs hold every finished frame" in stderr
+    records = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert records
+    for name in "ab":
+        frames = [r["frame"] for r in records if r["camera"] == name]
+        assert frames == list(range(len(frames))) and len(frames) < 2000
+        assert mot_frames(tmp_path / "mot" / f"{name}.txt") == [f + 1 for f in frames]
+    assert not list(tmp_path.glob("**/.*.tmp")) and not list(tmp_path.rglob(".all.jsonl.*"))
