@@ -24,7 +24,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-
 def _version(value: bool) -> None:
     if value:
         from reidctl import __version__
@@ -35,7 +34,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Person detection (ByteTrack YOLOX) for multi-camera ReID: convert, deploy, measure and choose a backend."""
 
@@ -90,15 +91,42 @@ def command(name: str, help_text: str):
 
 
 # Options shared by the commands that build a detector. None means "take the config's value".
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/config.yaml if present, else built-in defaults).")]
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="ByteTrack/YOLOX checkpoint (.pth.tar); overrides detection.model_path. Without one the weights are untrained.")]
-ModelTypeOpt = Annotated[Optional[str], typer.Option("--model-type", help="nano, tiny, s, m, l, x, mot17 (= x, 1 class) or auto (infer from the checkpoint).")]
-NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Class count the checkpoint must have (default: from model type or checkpoint).")]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config", "-c", help="YAML config (default: configs/config.yaml if present, else built-in defaults)."
+    ),
+]
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--model",
+        "-m",
+        help="ByteTrack/YOLOX checkpoint (.pth.tar); overrides detection.model_path. Without one the weights are "
+             "untrained.",
+    ),
+]
+ModelTypeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model-type", help="nano, tiny, s, m, l, x, mot17 (= x, 1 class) or auto (infer from the checkpoint)."
+    ),
+]
+NumClassesOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--num-classes", help="Class count the checkpoint must have (default: from model type or checkpoint)."
+    ),
+]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-TestSizeOpt = Annotated[Optional[str], typer.Option("--test-size", help="Network input HEIGHTxWIDTH, multiples of 32 (e.g. 640x640).")]
+TestSizeOpt = Annotated[
+    Optional[str], typer.Option("--test-size", help="Network input HEIGHTxWIDTH, multiples of 32 (e.g. 640x640).")
+]
 ConfOpt = Annotated[Optional[float], typer.Option("--conf", help="Score threshold (objectness x class confidence).")]
 NmsOpt = Annotated[Optional[float], typer.Option("--nms", help="IoU threshold of class-aware NMS.")]
-Fp16Opt = Annotated[Optional[bool], typer.Option("--fp16/--fp32", help="Half precision on the GPU (the CPU always runs fp32).")]
+Fp16Opt = Annotated[
+    Optional[bool], typer.Option("--fp16/--fp32", help="Half precision on the GPU (the CPU always runs fp32).")
+]
 
 
 def parse_size(text: str) -> list[int]:

@@ -71,22 +71,49 @@ def _stage_table(report: BenchReport) -> Table:
 
 
 def _multi_table(report: BenchReport) -> Table:
-    table = Table(title="Multi-Stream Results, closed loop (saturation: a camera sends its next frame when its result "
-                        "is back), latency per request in ms")
+    table = Table(
+        title="Multi-Stream Results, closed loop (saturation: a camera sends its next frame when its result "
+        "is back), latency per request in ms"
+    )
     for column in ("Backend", "Mode", "Cameras", "Total FPS", "Avg Latency", "P95", "P99", "Avg Batch"):
-        table.add_column(column, justify="left" if column in ("Backend", "Mode") else "right", no_wrap=column in ("Backend", "Mode"))
+        table.add_column(
+            column, justify="left" if column in ("Backend", "Mode") else "right", no_wrap=column in ("Backend", "Mode")
+        )
     for b in report.backends:
         for s in (s for s in b.multi_stream if not s.open_loop):
             batch = f"{s.mean_batch:.2f}" if s.mean_batch is not None else "-"
-            table.add_row(b.name, s.mode, str(s.cameras), f"{s.throughput_fps:.2f}", _ms(s.latency.avg_ms), _ms(s.latency.p95_ms), _ms(s.latency.p99_ms), batch)
+            table.add_row(
+                b.name,
+                s.mode,
+                str(s.cameras),
+                f"{s.throughput_fps:.2f}",
+                _ms(s.latency.avg_ms),
+                _ms(s.latency.p95_ms),
+                _ms(s.latency.p99_ms),
+                batch,
+            )
     return table
 
 
 def _open_loop_table(report: BenchReport) -> Table:
     budget = report.settings.get("latency_ms")
-    table = Table(title=f"Open Loop Results: each camera sends on its own clock; latency in ms from a frame's send "
-                        f"time; late: over {budget:g} ms; dropped: due while the camera's last frame was in flight")
-    columns = ("Backend", "Mode", "Cams", "FPS/Cam", "Served FPS", "Slowest Cam", "P50", "P95", "P99", "Late", "Dropped")
+    table = Table(
+        title=f"Open Loop Results: each camera sends on its own clock; latency in ms from a frame's send "
+        f"time; late: over {budget:g} ms; dropped: due while the camera's last frame was in flight"
+    )
+    columns = (
+        "Backend",
+        "Mode",
+        "Cams",
+        "FPS/Cam",
+        "Served FPS",
+        "Slowest Cam",
+        "P50",
+        "P95",
+        "P99",
+        "Late",
+        "Dropped",
+    )
     for column in columns:
         left = column in ("Backend", "Mode")
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
@@ -94,17 +121,29 @@ def _open_loop_table(report: BenchReport) -> Table:
         for s in (s for s in b.multi_stream if s.open_loop):
             slowest = min((c.achieved_fps for c in s.per_camera or ()), default=0.0)
             style = "green" if s.within(s.latency_budget_ms) else "red"
-            table.add_row(b.name, s.mode, str(s.cameras), f"{s.fps_per_camera:g}", f"{s.throughput_fps:.1f}",
-                          f"{slowest:.1f}", _ms(s.latency.p50_ms), _ms(s.latency.p95_ms),
-                          Text(_ms(s.latency.p99_ms), style=style), str(s.late), Text(str(s.dropped), style=style))
+            table.add_row(
+                b.name,
+                s.mode,
+                str(s.cameras),
+                f"{s.fps_per_camera:g}",
+                f"{s.throughput_fps:.1f}",
+                f"{slowest:.1f}",
+                _ms(s.latency.p50_ms),
+                _ms(s.latency.p95_ms),
+                Text(_ms(s.latency.p99_ms), style=style),
+                str(s.late),
+                Text(str(s.dropped), style=style),
+            )
     return table
 
 
 def _parity_table(report: BenchReport) -> Table:
     tolerance = report.settings.get("parity_tolerance", 0.0)
     score_tolerance = report.settings.get("parity_score_tolerance", 0.0)
-    table = Table(title=f"Parity against PyTorch fp32 (boxes matched at IoU >= 0.9; flagged above {tolerance:.1%} "
-                        f"missed + extra or a score difference of {score_tolerance:g})")
+    table = Table(
+        title=f"Parity against PyTorch fp32 (boxes matched at IoU >= 0.9; flagged above {tolerance:.1%} "
+        f"missed + extra or a score difference of {score_tolerance:g})"
+    )
     columns = ("Backend", "Precision", "Frames", "Boxes", "Matched", "Missed", "Extra", "Max Score Diff", "Verdict")
     for column in columns:
         table.add_column(column, justify="left" if column in ("Backend", "Precision", "Verdict") else "right")
@@ -130,46 +169,112 @@ def _backend_table(report: BenchReport) -> Table:
         runs_as = ", ".join(f"{v}" for k, v in b.runner.items() if k in ("device", "precision")) or "-"
         load = [b.detection_load.get(key) for key in ("candidates_per_frame", "kept_per_frame")]
         load_cell = " / ".join(f"{v:.1f}" if v is not None else "-" for v in load) if b.detection_load else "-"
-        table.add_row(b.name, Text(b.status, style=STATUS_STYLE[b.status]), runs_as, _mib(b.peak_memory_bytes), load_cell)
+        table.add_row(
+            b.name, Text(b.status, style=STATUS_STYLE[b.status]), runs_as, _mib(b.peak_memory_bytes), load_cell
+        )
     return table
 
 
-@command("bench", "Measure every backend on this machine: single- and multi-stream latency (avg/min/max/std/P50/P95/P99), FPS and GPU memory.")
+@command(
+    "bench",
+    "Measure every backend on this machine: single- and multi-stream latency (avg/min/max/std/P50/P95/P99), FPS and "
+    "GPU memory.",
+)
 def bench(
-    backends: Annotated[str, typer.Option("--backends", "-b", help="'all' or a comma list of backends (pytorch, onnxruntime, tensorrt, triton).")] = "all",
-    iters: Annotated[int, typer.Option("--iters", help="Measured requests per run (single stream, each camera count and mode).")] = 1000,
+    backends: Annotated[
+        str,
+        typer.Option(
+            "--backends", "-b", help="'all' or a comma list of backends (pytorch, onnxruntime, tensorrt, triton)."
+        ),
+    ] = "all",
+    iters: Annotated[
+        int, typer.Option("--iters", help="Measured requests per run (single stream, each camera count and mode).")
+    ] = 1000,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed requests before each run.")] = 100,
-    cameras: Annotated[str, typer.Option("--cameras", help="Concurrent camera counts for the multi-stream runs, e.g. 1,4,16.")] = "1,4",
-    source: Annotated[Optional[str], typer.Option("--source", "-s", help="Video file, image or image folder to take frames from (up to 64, cycled). Default: synthetic frames.")] = None,
-    frame_size: Annotated[Optional[str], typer.Option("--frame-size", help="Synthetic frame size HEIGHTxWIDTH (default: the test size).")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the in-process micro-batcher forms.")] = 8,
-    max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", help="How long the micro-batcher waits for more frames after the first, in ms (0: take what is waiting; under load frames queue while the GPU works, so batches form by themselves).")] = 0.0,
-    fps: Annotated[Optional[float], typer.Option(
-        "--fps", help="Open loop: each camera sends frames at this rate on its own clock (a fixed period), for every"
-        " camera"
-        " count of --cameras; late and dropped frames are counted.")] = None,
-    seconds: Annotated[float, typer.Option(
-        "--seconds", help="Measured seconds of each open-loop run (after half a second of the same load).")] = 3.0,
-    latency_ms: Annotated[float, typer.Option(
-        "--latency-ms", help="Latency budget in ms: an open-loop frame answered later is late.")] = 100.0,
-    jitter: Annotated[float, typer.Option(
-        "--jitter", help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter <"
-        " 1).")] = 0.0,
-    saturation: Annotated[Optional[bool], typer.Option(
-        "--saturation/--no-saturation", help="Also run the closed-loop (saturation) multi-stream runs (default: only"
-        " without --fps).")] = None,
-    parity: Annotated[bool, typer.Option(
-        "--parity", help="Run the same frames through every backend and precision and compare the detections with"
-        " PyTorch "
-        "fp32; a backend that diverges is flagged and never recommended.")] = False,
-    parity_tolerance: Annotated[float, typer.Option(
-        "--parity-tolerance", help="Most boxes missed or extra (scores >= 0.1), as a fraction of the reference's"
-        " boxes, before a backend"
-        " is flagged.")] = 0.02,
-    parity_score_tolerance: Annotated[float, typer.Option(
-        "--parity-score-tolerance",
-        help="Largest score difference of a matched box before a backend is flagged.")] = 0.05,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Result JSON; the plot is written beside it as .png.")] = DEFAULT_BENCH_PATH,
+    cameras: Annotated[
+        str, typer.Option("--cameras", help="Concurrent camera counts for the multi-stream runs, e.g. 1,4,16.")
+    ] = "1,4",
+    source: Annotated[
+        Optional[str],
+        typer.Option(
+            "--source",
+            "-s",
+            help="Video file, image or image folder to take frames from (up to 64, cycled). Default: synthetic frames.",
+        ),
+    ] = None,
+    frame_size: Annotated[
+        Optional[str], typer.Option("--frame-size", help="Synthetic frame size HEIGHTxWIDTH (default: the test size).")
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Largest batch the in-process micro-batcher forms.")
+    ] = 8,
+    max_delay_ms: Annotated[
+        float,
+        typer.Option(
+            "--max-delay-ms",
+            help="How long the micro-batcher waits for more frames after the first, in ms (0: take what is waiting; "
+                 "under load frames queue while the GPU works, so batches form by themselves).",
+        ),
+    ] = 0.0,
+    fps: Annotated[
+        Optional[float],
+        typer.Option(
+            "--fps",
+            help="Open loop: each camera sends frames at this rate on its own clock (a fixed period), for every"
+            " camera"
+            " count of --cameras; late and dropped frames are counted.",
+        ),
+    ] = None,
+    seconds: Annotated[
+        float,
+        typer.Option(
+            "--seconds", help="Measured seconds of each open-loop run (after half a second of the same load)."
+        ),
+    ] = 3.0,
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", help="Latency budget in ms: an open-loop frame answered later is late.")
+    ] = 100.0,
+    jitter: Annotated[
+        float,
+        typer.Option(
+            "--jitter",
+            help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter < 1).",
+        ),
+    ] = 0.0,
+    saturation: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--saturation/--no-saturation",
+            help="Also run the closed-loop (saturation) multi-stream runs (default: only without --fps).",
+        ),
+    ] = None,
+    parity: Annotated[
+        bool,
+        typer.Option(
+            "--parity",
+            help="Run the same frames through every backend and precision and compare the detections with"
+            " PyTorch "
+            "fp32; a backend that diverges is flagged and never recommended.",
+        ),
+    ] = False,
+    parity_tolerance: Annotated[
+        float,
+        typer.Option(
+            "--parity-tolerance",
+            help="Most boxes missed or extra (scores >= 0.1), as a fraction of the reference's"
+            " boxes, before a backend"
+            " is flagged.",
+        ),
+    ] = 0.02,
+    parity_score_tolerance: Annotated[
+        float,
+        typer.Option(
+            "--parity-score-tolerance", help="Largest score difference of a matched box before a backend is flagged."
+        ),
+    ] = 0.05,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Result JSON; the plot is written beside it as .png.")
+    ] = DEFAULT_BENCH_PATH,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")] = True,
     config: ConfigOpt = None,
     model: ModelOpt = None,
@@ -215,8 +320,11 @@ def bench(
             console.print(table)
     for p in report.parity:
         if p.flagged:
-            console.print(f"[bold red]parity:[/] detections diverge from pytorch fp32 - {escape(p.describe())}; "
-                          "`reidctl recommend` will not choose it", soft_wrap=True)
+            console.print(
+                f"[bold red]parity:[/] detections diverge from pytorch fp32 - {escape(p.describe())}; "
+                "`reidctl recommend` will not choose it",
+                soft_wrap=True,
+            )
     console.print(f"wrote {output} and {plot}", soft_wrap=True)
     missing = report.not_measured()
     if missing:
@@ -237,9 +345,14 @@ def _verdict_table(rec) -> Table:
         for v in rec.verdicts:
             table.add_row(v.backend, Text(v.verdict, style="green" if v.meets else ""))
         return table
-    table = Table(title=f"{need.cameras} camera(s) x {need.fps:g} FPS = {need.total_fps:.1f} FPS, P99 budget {need.latency_ms:g} ms")
+    table = Table(
+        title=f"{need.cameras} camera(s) x {need.fps:g} FPS = {need.total_fps:.1f} FPS, P99 budget "
+              f"{need.latency_ms:g} ms"
+    )
     for column in ("Backend", "Mode", "Measured At", "FPS vs Needed", "P99 ms vs Budget", "Verdict"):
-        table.add_column(column, justify="right" if "vs" in column else "left", no_wrap=column in ("Backend", "Mode", "Verdict"))
+        table.add_column(
+            column, justify="right" if "vs" in column else "left", no_wrap=column in ("Backend", "Mode", "Verdict")
+        )
     for v in rec.verdicts:
         e = v.estimate
         verdict = Text(v.verdict, style="green" if v.meets else ("red" if e else ""))
@@ -269,8 +382,10 @@ def _summary_table(scenario: str) -> Table:
 
 
 def _capacity_table(results, fps: float, latency_ms: float) -> Table:
-    table = Table(title=f"Capacity at {fps:g} FPS per camera, P99 <= {latency_ms:g} ms and no frame dropped "
-                        "(open loop, this machine)")
+    table = Table(
+        title=f"Capacity at {fps:g} FPS per camera, P99 <= {latency_ms:g} ms and no frame dropped "
+        "(open loop, this machine)"
+    )
     for column in ("Backend", "Most Cameras", "Runs (cameras: P99)", "Note"):
         table.add_column(column, justify="right" if column == "Most Cameras" else "left")
     for r in results:
@@ -299,14 +414,23 @@ def _search_capacity(need, report, config_dict: dict, backends: str, seconds: fl
     names = [name for name in parse_backends(backends)[0] if name not in flagged]
     results = []
     with console.status("capacity search") as spinner:
+
         def on_run(backend, run):
-            spinner.update(f"capacity search: {backend}, {run.cameras} camera(s): "
-                           f"P99 {run.latency.p99_ms:.1f} ms, {run.dropped} dropped")
+            spinner.update(
+                f"capacity search: {backend}, {run.cameras} camera(s): "
+                f"P99 {run.latency.p99_ms:.1f} ms, {run.dropped} dropped"
+            )
 
         for name in names:
             results.append(measure_capacity(config, name, need.fps, need.latency_ms, measurement, limit, on_run=on_run))
-    settings = {"fps": need.fps, "latency_ms": need.latency_ms, "seconds": seconds, "jitter": jitter,
-                "max_batch": measurement.max_batch, "max_delay_ms": measurement.max_delay_ms}
+    settings = {
+        "fps": need.fps,
+        "latency_ms": need.latency_ms,
+        "seconds": seconds,
+        "jitter": jitter,
+        "max_batch": measurement.max_batch,
+        "max_delay_ms": measurement.max_delay_ms,
+    }
     return results, capacity_report(config_dict, config.detection.device, results, settings)
 
 
@@ -329,8 +453,10 @@ def _verify(rec, deploy_config: Path | None, report, seconds: float, jitter: flo
 
     need = rec.need
     if not rec.choice:
-        console.print(f"[bold red]FAIL[/bold red]: no backend was chosen for {need.cameras} camera(s) x "
-                      f"{need.fps:g} FPS: nothing to verify")
+        console.print(
+            f"[bold red]FAIL[/bold red]: no backend was chosen for {need.cameras} camera(s) x "
+            f"{need.fps:g} FPS: nothing to verify"
+        )
         return False
     config = load_config(deploy_config) if deploy_config else config_from_dict(rec.deploy_config)
     measurement = Measurement.from_bench(config, report, seconds, jitter)
@@ -348,37 +474,70 @@ def _verify(rec, deploy_config: Path | None, report, seconds: float, jitter: flo
     return passed
 
 
-@command("recommend", "Recommend a backend for N cameras at F FPS within a latency budget, from `reidctl bench` "
-                      "results (or the reference decision tree); find the most cameras this machine serves, verify, "
-                      "write what to deploy.")
+@command(
+    "recommend",
+    "Recommend a backend for N cameras at F FPS within a latency budget, from `reidctl bench` "
+    "results (or the reference decision tree); find the most cameras this machine serves, verify, "
+    "write what to deploy.",
+)
 def recommend_command(
     cameras: Annotated[int, typer.Option("--cameras", help="Number of cameras to serve.")] = 1,
     fps: Annotated[float, typer.Option("--fps", help="Frames per second each camera must get.")] = 30.0,
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Per-request P99 latency budget in ms.")] = 100.0,
-    bench_file: Annotated[Optional[Path], typer.Option("--bench", help=f"Bench result JSON (default: {DEFAULT_BENCH_PATH} if present; without one the reference decision tree answers).")] = None,
+    bench_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--bench",
+            help=f"Bench result JSON (default: {DEFAULT_BENCH_PATH} if present; without one the reference decision "
+                 "tree answers).",
+        ),
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the recommendation as JSON.")] = None,
-    max_cameras: Annotated[bool, typer.Option(
-        "--max-cameras", help="Search, per backend here, the most cameras at --fps that keep P99 within --latency-ms"
-        " with no frame "
-        "dropped (open-loop runs on this machine: doubling, then bisection), and recommend from those runs "
-        "too.")] = False,
-    backends: Annotated[str, typer.Option(
-        "--backends", "-b",
-        help="Backends --max-cameras searches: 'all' (those that can run here) or a comma list.")] = "all",
+    max_cameras: Annotated[
+        bool,
+        typer.Option(
+            "--max-cameras",
+            help="Search, per backend here, the most cameras at --fps that keep P99 within --latency-ms"
+            " with no frame "
+            "dropped (open-loop runs on this machine: doubling, then bisection), and recommend from those runs "
+            "too.",
+        ),
+    ] = False,
+    backends: Annotated[
+        str,
+        typer.Option(
+            "--backends", "-b", help="Backends --max-cameras searches: 'all' (those that can run here) or a comma list."
+        ),
+    ] = "all",
     camera_limit: Annotated[int, typer.Option("--camera-limit", min=1, help="Most cameras --max-cameras tries.")] = 64,
-    verify: Annotated[bool, typer.Option(
-        "--verify", help="Run the chosen setup open loop at --cameras x --fps on this machine; print PASS or FAIL"
-        " with the "
-        "measured P99 and late frames, and exit 1 on FAIL.")] = False,
-    deploy: Annotated[Optional[Path], typer.Option(
-        "--deploy", help="Write what to deploy into this folder: config.yaml (loads with --config) and deploy.sh"
-        " (setup-triton"
-        " / build-engine with the chosen batching, then the multi-camera detect).")] = None,
-    seconds: Annotated[float, typer.Option(
-        "--seconds", help="Measured seconds of each open-loop run of --max-cameras and --verify.")] = 3.0,
-    jitter: Annotated[float, typer.Option(
-        "--jitter", help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter <"
-        " 1).")] = 0.0,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Run the chosen setup open loop at --cameras x --fps on this machine; print PASS or FAIL"
+            " with the "
+            "measured P99 and late frames, and exit 1 on FAIL.",
+        ),
+    ] = False,
+    deploy: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--deploy",
+            help="Write what to deploy into this folder: config.yaml (loads with --config) and deploy.sh"
+            " (setup-triton"
+            " / build-engine with the chosen batching, then the multi-camera detect).",
+        ),
+    ] = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Measured seconds of each open-loop run of --max-cameras and --verify.")
+    ] = 3.0,
+    jitter: Annotated[
+        float,
+        typer.Option(
+            "--jitter",
+            help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter < 1).",
+        ),
+    ] = 0.0,
     config: ConfigOpt = None,
 ) -> None:
     from reidctl.engine.bench_report import check_open_loop, load_report
@@ -396,8 +555,11 @@ def recommend_command(
         if best:
             gpu = searched.environment["gpu"]["name"]
             more = " or more" if best.outcome.at_limit else ""
-            console.print(f"[bold]This machine ({escape(gpu)}) serves up to {best.outcome.cameras}{more} camera(s) "
-                          f"at {fps:g} FPS within {latency_ms:g} ms on {best.backend}.[/bold]", soft_wrap=True)
+            console.print(
+                f"[bold]This machine ({escape(gpu)}) serves up to {best.outcome.cameras}{more} camera(s) "
+                f"at {fps:g} FPS within {latency_ms:g} ms on {best.backend}.[/bold]",
+                soft_wrap=True,
+            )
         report = _merge(report, searched)
     source = f"{path or 'no bench file'} and this machine's capacity search" if max_cameras else None
     rec = recommend(need, report if max_cameras else path, config_dict, source=source)

@@ -41,33 +41,124 @@ def statistics_table(stats: dict, title: str) -> Table:
     table = Table(title=title)
     for column in ("Camera", "State", "Frames", "FPS", "P50 ms", "P99 ms", "Dropped", "Reconnects"):
         table.add_column(column, justify="left" if column in ("Camera", "State") else "right")
-    rows = [*stats["cameras"], {"name": "all", "state": "", "total": None, **stats}] if len(stats["cameras"]) > 1 \
+    rows = (
+        [*stats["cameras"], {"name": "all", "state": "", "total": None, **stats}]
+        if len(stats["cameras"]) > 1
         else stats["cameras"]
+    )
     for row in rows:
         latency = row["latency_ms"]
-        table.add_row(row["name"], row["state"], _frames(row), f"{row['fps']:.1f}" if row["fps"] else "-",
-                      _ms(latency["p50"]), _ms(latency["p99"]), str(row["dropped"]), str(row["reconnects"]))
+        table.add_row(
+            row["name"],
+            row["state"],
+            _frames(row),
+            f"{row['fps']:.1f}" if row["fps"] else "-",
+            _ms(latency["p50"]),
+            _ms(latency["p99"]),
+            str(row["dropped"]),
+            str(row["reconnects"]),
+        )
     batch = f"mean batch {stats['mean_batch']:.2f}" if stats["mean_batch"] else "batches: -"
     table.caption = f"{batch}; {stats['detections']} detections"
     return table
 
 
-@command("detect", "Detect people on one or many cameras: images, image folders, videos, camera indices, RTSP/HTTP streams.")
+@command(
+    "detect", "Detect people on one or many cameras: images, image folders, videos, camera indices, RTSP/HTTP streams."
+)
 def detect(
-    sources: Annotated[Optional[list[str]], typer.Argument(help="Cameras: image, directory of images, video file, camera index (0) or rtsp:// / http:// URL, each optionally NAME=SOURCE.", show_default=False)] = None,
-    sources_file: Annotated[Optional[Path], typer.Option("--sources", help="File with one source per line ('#' comments, optional NAME=SOURCE).")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", "-b", help="Backend to run (default: detection.backend of the config).")] = None,
-    mot: Annotated[Optional[Path], typer.Option("--mot", help="MOT17 detections (frame,-1,x,y,w,h,score,-1,-1,-1): a file for one source, a directory (one <camera>.txt each) for several. Default: runs/detect/ when no other output is given.")] = None,
-    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="JSON-lines file: one object per frame with its camera, frame and (N, 7) rows.")] = None,
-    save_video: Annotated[Optional[Path], typer.Option("--save-video", help="Annotated video: a file (.avi or .mp4) for one source, a directory (<camera>.mp4 each) for several.")] = None,
-    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Directory for annotated images, one per frame (a subdirectory per camera for several).")] = None,
-    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the summary (per camera and in total: frames, FPS, latency, dropped, reconnects, batch sizes) as JSON.")] = None,
-    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop each camera after this many frames (live sources run until Ctrl-C otherwise).")] = None,
-    realtime: Annotated[bool, typer.Option("--realtime", help="Play files at their own frame rate, as cameras would: frames the detector could not take in time are dropped and counted.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait when opening or reading a network stream before it counts as failed (it then reconnects).")] = 5.0,
-    max_batch: Annotated[Optional[int], typer.Option("--max-batch", min=1, help="Most frames per GPU batch (default: one per camera, at most 16).")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at an unreadable image or a truncated video instead of warning and going on.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live table (per camera FPS, latency, dropped frames, reconnects).")] = True,
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Cameras: image, directory of images, video file, camera index (0) or rtsp:// / http:// URL, each "
+                 "optionally NAME=SOURCE.",
+            show_default=False,
+        ),
+    ] = None,
+    sources_file: Annotated[
+        Optional[Path],
+        typer.Option("--sources", help="File with one source per line ('#' comments, optional NAME=SOURCE)."),
+    ] = None,
+    backend: Annotated[
+        Optional[str],
+        typer.Option("--backend", "-b", help="Backend to run (default: detection.backend of the config)."),
+    ] = None,
+    mot: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--mot",
+            help="MOT17 detections (frame,-1,x,y,w,h,score,-1,-1,-1): a file for one source, a directory (one "
+                 "<camera>.txt each) for several. Default: runs/detect/ when no other output is given.",
+        ),
+    ] = None,
+    jsonl: Annotated[
+        Optional[Path],
+        typer.Option("--jsonl", help="JSON-lines file: one object per frame with its camera, frame and (N, 7) rows."),
+    ] = None,
+    save_video: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--save-video",
+            help="Annotated video: a file (.avi or .mp4) for one source, a directory (<camera>.mp4 each) for several.",
+        ),
+    ] = None,
+    save_images: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--save-images",
+            help="Directory for annotated images, one per frame (a subdirectory per camera for several).",
+        ),
+    ] = None,
+    summary_json: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--summary-json",
+            help="Write the summary (per camera and in total: frames, FPS, latency, dropped, reconnects, batch "
+                 "sizes) as JSON.",
+        ),
+    ] = None,
+    max_frames: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-frames",
+            min=1,
+            help="Stop each camera after this many frames (live sources run until Ctrl-C otherwise).",
+        ),
+    ] = None,
+    realtime: Annotated[
+        bool,
+        typer.Option(
+            "--realtime",
+            help="Play files at their own frame rate, as cameras would: frames the detector could not take in time "
+                 "are dropped and counted.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            help="Seconds to wait when opening or reading a network stream before it counts as failed (it then "
+                 "reconnects).",
+        ),
+    ] = 5.0,
+    max_batch: Annotated[
+        Optional[int],
+        typer.Option("--max-batch", min=1, help="Most frames per GPU batch (default: one per camera, at most 16)."),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Stop at an unreadable image or a truncated video instead of warning and going on."
+        ),
+    ] = False,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Show the live table (per camera FPS, latency, dropped frames, reconnects).",
+        ),
+    ] = True,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     model_type: ModelTypeOpt = None,

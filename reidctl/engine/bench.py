@@ -85,7 +85,6 @@ def parse_backends(text: str) -> tuple[list[str], bool]:
     return list(dict.fromkeys(get_backend(n).name for n in names)), True
 
 
-
 def load_frames(settings: BenchSettings, test_size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
     """Frames to cycle through, decoded up front, and a description of where they came from."""
     if settings.source is None:
@@ -121,7 +120,9 @@ def _installed_version(distributions: Sequence[str]) -> str | None:
 # --- measurements -----------------------------------------------------------------------------------------------
 
 
-def measure_single(detector: Detector, frames: Sequence[np.ndarray], warmup: int, iters: int, tick: Tick) -> LatencySummary:
+def measure_single(
+    detector: Detector, frames: Sequence[np.ndarray], warmup: int, iters: int, tick: Tick
+) -> LatencySummary:
     for i in range(warmup):
         detector.detect(frames[i % len(frames)])
         tick()
@@ -134,7 +135,9 @@ def measure_single(detector: Detector, frames: Sequence[np.ndarray], warmup: int
     return LatencySummary.from_samples(samples)
 
 
-def measure_stages(detector: Detector, frames: Sequence[np.ndarray], iters: int, tick: Tick) -> dict[str, LatencySummary]:
+def measure_stages(
+    detector: Detector, frames: Sequence[np.ndarray], iters: int, tick: Tick
+) -> dict[str, LatencySummary]:
     detector.stage_times = times = StageTimes()
     try:
         for i in range(iters):
@@ -237,7 +240,9 @@ def measure_batched(
         batcher.batch_sizes.clear()  # the worker is idle: every warm-up future has been answered
         latencies, wall = closed_loop(serve, frames, cameras, settings.iters, tick)
         sizes = dict(Counter(batcher.batch_sizes))
-    return StreamResult("batched", cameras, len(latencies), wall, len(latencies) / wall, LatencySummary.from_samples(latencies), sizes)
+    return StreamResult(
+        "batched", cameras, len(latencies), wall, len(latencies) / wall, LatencySummary.from_samples(latencies), sizes
+    )
 
 
 def _settled_batch_counts(detector: Detector) -> dict[int, int] | None:
@@ -389,7 +394,11 @@ def serving(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, ma
 
 
 def run_open_loop(
-    detector: Detector, frames: Sequence[np.ndarray], load: OpenLoopLoad, max_batch: int, max_delay_ms: float,
+    detector: Detector,
+    frames: Sequence[np.ndarray],
+    load: OpenLoopLoad,
+    max_batch: int,
+    max_delay_ms: float,
     tick: Tick = lambda: None,
 ) -> StreamResult:
     """One open-loop point: ``load.cameras`` cameras at ``load.fps`` each, for ``load.seconds``."""
@@ -399,9 +408,20 @@ def run_open_loop(
         sizes = batch_sizes()  # the warm-up's batches included: the open loop has no idle point between the two
     summary = LatencySummary.from_samples(latencies) if latencies else _NOTHING_SERVED
     return StreamResult(
-        mode, load.cameras, len(latencies), load.seconds, len(latencies) / load.seconds, summary, sizes or None,
-        load="open", fps_per_camera=load.fps, latency_budget_ms=load.latency_ms, jitter=load.jitter,
-        dropped=sum(c.dropped for c in cameras), late=sum(c.late for c in cameras), per_camera=cameras,
+        mode,
+        load.cameras,
+        len(latencies),
+        load.seconds,
+        len(latencies) / load.seconds,
+        summary,
+        sizes or None,
+        load="open",
+        fps_per_camera=load.fps,
+        latency_budget_ms=load.latency_ms,
+        jitter=load.jitter,
+        dropped=sum(c.dropped for c in cameras),
+        late=sum(c.late for c in cameras),
+        per_camera=cameras,
     )
 
 
@@ -469,7 +489,12 @@ def _measure_backend(
 
 
 def bench_backend(
-    config: Config, name: str, frames: Sequence[np.ndarray], settings: BenchSettings, progress: Progress, device: torch.device
+    config: Config,
+    name: str,
+    frames: Sequence[np.ndarray],
+    settings: BenchSettings,
+    progress: Progress,
+    device: torch.device,
 ) -> BackendResult:
     reason = get_backend(name).availability()
     if reason:
@@ -494,7 +519,14 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
     settings.validate()
     device = resolve_device(config.detection.device)
     frames, frames_from = load_frames(settings, config.detection.input_size)
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"), TimeElapsedColumn()]
+    columns = [
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[phase]}"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, disable=not show_progress) as progress:
         results = [bench_backend(config, name, frames, settings, progress, device) for name in settings.backends]
     parity = []

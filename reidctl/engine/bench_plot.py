@@ -29,7 +29,9 @@ def write_plot(report: BenchReport, path: Path) -> None:
             throughput_axis.plot(cameras, [s.throughput_fps for s in streams], "o-", color=color, label=label)
             for percentile, style in (("p50", ":"), ("p95", "--"), ("p99", "-")):
                 values = [getattr(s.latency, f"{percentile}_ms") for s in streams]
-                latency_axis.plot(cameras, values, style, marker="o", color=color, label=label if percentile == "p99" else None)
+                latency_axis.plot(
+                    cameras, values, style, marker="o", color=color, label=label if percentile == "p99" else None
+                )
     throughput_axis.set(title="Total throughput", xlabel="cameras", ylabel="frames / s")
     latency_axis.set(title="Latency per request (P50 dotted, P95 dashed, P99 solid)", xlabel="cameras", ylabel="ms")
     counts = sorted({s.cameras for b in report.backends for s in b.multi_stream})

@@ -161,10 +161,12 @@ def open_loop_estimate(runs: list[StreamResult], need: Need) -> Estimate | None:
     """From open-loop runs at the need's FPS: a pass with at least the cameras needed (the fewest such), else a
     failure with at most the cameras needed (the most such); None when the runs say nothing about this count."""
     runs = [r for r in runs if same_rate(r, need.fps)]
-    passes = sorted((r for r in runs if r.cameras >= need.cameras and r.within(need.latency_ms)),
-                    key=lambda r: r.cameras)
-    fails = sorted((r for r in runs if r.cameras <= need.cameras and not r.within(need.latency_ms)),
-                   key=lambda r: -r.cameras)
+    passes = sorted(
+        (r for r in runs if r.cameras >= need.cameras and r.within(need.latency_ms)), key=lambda r: r.cameras
+    )
+    fails = sorted(
+        (r for r in runs if r.cameras <= need.cameras and not r.within(need.latency_ms)), key=lambda r: -r.cameras
+    )
     run = (passes or fails or [None])[0]
     if run is None:
         return None
@@ -220,7 +222,11 @@ def judge_measured(report: BenchReport, need: Need, availability: dict[str, str 
         result = measured.get(name)
         here = why_not_here(name, availability)
         if result is None:
-            verdicts.append(Verdict(name, False, "unavailable here", here) if here else Verdict(name, False, "not measured", "run `reidctl bench`"))
+            verdicts.append(
+                Verdict(name, False, "unavailable here", here)
+                if here
+                else Verdict(name, False, "not measured", "run `reidctl bench`")
+            )
             continue
         if result.status != "ok" or not result.multi_stream:
             verdicts.append(Verdict(name, False, result.status, result.reason or "no multi-stream measurement"))
@@ -263,32 +269,52 @@ def _describe(v: Verdict, need: Need) -> str:
 def machine_capacity(report: BenchReport, need: Need, availability: dict[str, str | None]) -> dict | None:
     """The most cameras at the need's FPS this machine serves on one backend it may recommend: from open-loop runs
     that passed (measured), else from saturated throughput / (HEADROOM x fps), said to be estimated."""
-    usable = [b for b in report.backends
-              if b.status == "ok" and not why_not_here(b.name, availability) and not report.parity_flagged(b)]
-    measured = [(r.cameras, b.name) for b in usable for r in b.multi_stream
-                if same_rate(r, need.fps) and r.within(need.latency_ms)]
+    usable = [
+        b
+        for b in report.backends
+        if b.status == "ok" and not why_not_here(b.name, availability) and not report.parity_flagged(b)
+    ]
+    measured = [
+        (r.cameras, b.name)
+        for b in usable
+        for r in b.multi_stream
+        if same_rate(r, need.fps) and r.within(need.latency_ms)
+    ]
     if measured:
         cameras, backend = max(measured, key=lambda m: (m[0], -simplicity_rank(m[1])))
-        return {"cameras": cameras, "backend": backend, "measured": True,
-                "line": f"This machine serves up to {cameras} camera(s) at {need.fps:g} FPS "
-                        f"within {need.latency_ms:g} ms "
-                        f"on {backend} (measured open loop)."}
+        return {
+            "cameras": cameras,
+            "backend": backend,
+            "measured": True,
+            "line": f"This machine serves up to {cameras} camera(s) at {need.fps:g} FPS "
+            f"within {need.latency_ms:g} ms "
+            f"on {backend} (measured open loop).",
+        }
     saturated = [(s.throughput_fps, b.name) for b in usable for s in b.multi_stream if not s.open_loop]
     if not saturated:
         return None
     throughput, backend = max(saturated, key=lambda m: (m[0], -simplicity_rank(m[1])))
     cameras = math.floor(throughput / (HEADROOM * need.fps))
-    return {"cameras": cameras, "backend": backend, "measured": False,
-            "line": f"This machine serves about {cameras} camera(s) at {need.fps:g} FPS on {backend}: "
-                    f"ESTIMATED from its "
-                    f"saturated throughput ({throughput:.1f} FPS / {HEADROOM:g}x headroom), latency not checked; "
-                    f"measure with `reidctl recommend --fps {need.fps:g} --latency-ms {need.latency_ms:g} "
-                    "--max-cameras`."}
+    return {
+        "cameras": cameras,
+        "backend": backend,
+        "measured": False,
+        "line": f"This machine serves about {cameras} camera(s) at {need.fps:g} FPS on {backend}: "
+        f"ESTIMATED from its "
+        f"saturated throughput ({throughput:.1f} FPS / {HEADROOM:g}x headroom), latency not checked; "
+        f"measure with `reidctl recommend --fps {need.fps:g} --latency-ms {need.latency_ms:g} "
+        "--max-cameras`.",
+    }
 
 
-def recommend_measured(report: BenchReport, need: Need, availability: dict[str, str | None]) -> tuple[Verdict | None, list[Verdict], list[str]]:
+def recommend_measured(
+    report: BenchReport, need: Need, availability: dict[str, str | None]
+) -> tuple[Verdict | None, list[Verdict], list[str]]:
     verdicts = judge_measured(report, need, availability)
-    lines = [f"Need {need.cameras} camera(s) x {need.fps:g} FPS = {need.total_fps:.1f} FPS total, P99 <= {need.latency_ms:g} ms."]
+    lines = [
+        f"Need {need.cameras} camera(s) x {need.fps:g} FPS = {need.total_fps:.1f} FPS total, P99 <= "
+        f"{need.latency_ms:g} ms."
+    ]
     meeting = sorted((v for v in verdicts if v.meets), key=lambda v: (simplicity_rank(v.backend), -v.margin))
     roomy = [v for v in meeting if v.estimate.roomy(need)]
     chosen = (roomy or meeting)[0] if meeting else None
@@ -309,9 +335,14 @@ def recommend_measured(report: BenchReport, need: Need, availability: dict[str, 
             if v is chosen:
                 continue
             tight = roomy and v not in roomy
-            lines.append(f"{'Passed over' if tight else 'Also meets'}: {_describe(v, need)}" + (f", under {HEADROOM:g}x headroom." if tight else "."))
+            lines.append(
+                f"{'Passed over' if tight else 'Also meets'}: {_describe(v, need)}"
+                + (f", under {HEADROOM:g}x headroom." if tight else ".")
+            )
         if chosen.estimate.extrapolated:
-            lines.append(f"Not measured at {need.cameras} cameras: rerun `reidctl bench --cameras {need.cameras}` to confirm.")
+            lines.append(
+                f"Not measured at {need.cameras} cameras: rerun `reidctl bench --cameras {need.cameras}` to confirm."
+            )
     else:
         runnable = [v for v in verdicts if v.estimate and not why_not_here(v.backend, availability)]
         closest = max(runnable, key=lambda v: v.margin, default=None)
@@ -343,7 +374,9 @@ def _tree_verdict(name: str, chosen: str | None, availability: dict[str, str | N
     return Verdict(name, False, "available")
 
 
-def recommend_unmeasured(need: Need, availability: dict[str, str | None]) -> tuple[str | None, str, list[Verdict], list[str]]:
+def recommend_unmeasured(
+    need: Need, availability: dict[str, str | None]
+) -> tuple[str | None, str, list[Verdict], list[str]]:
     scenario = decision_tree(need)
     pick, reason = SUMMARY[scenario]
     lines = [
@@ -356,9 +389,16 @@ def recommend_unmeasured(need: Need, availability: dict[str, str | None]) -> tup
     if why:
         simpler = [b for b in SIMPLICITY[: simplicity_rank(pick)][::-1] if not why_not_here(b, availability)]
         chosen = simpler[0] if simpler else None
-        fallback = f"falling back to {chosen}, the next simpler backend available." if chosen else "no simpler backend is available."
+        fallback = (
+            f"falling back to {chosen}, the next simpler backend available."
+            if chosen
+            else "no simpler backend is available."
+        )
         lines.append(f"{pick} cannot run here ({why}); {fallback}")
-    verdicts = [_tree_verdict(name, chosen, availability) for name in sorted(availability, key=lambda n: (simplicity_rank(n), n))]
+    verdicts = [
+        _tree_verdict(name, chosen, availability)
+        for name in sorted(availability, key=lambda n: (simplicity_rank(n), n))
+    ]
     return chosen, scenario, verdicts, lines
 
 
@@ -438,9 +478,11 @@ def deploy_commands(backend: str, config_path: str, detection: dict, cameras: in
         )
     if backend == "triton":
         triton = detection["triton"]
-        commands.append(f"reidctl setup-triton -c {config} --max-batch-size {triton['max_batch_size']} --start"
-                        f"  # queue delay {triton['max_queue_delay_ms']:g} ms, preferred batch sizes "
-                        f"{triton['preferred_batch_sizes']} (from the config)")
+        commands.append(
+            f"reidctl setup-triton -c {config} --max-batch-size {triton['max_batch_size']} --start"
+            f"  # queue delay {triton['max_queue_delay_ms']:g} ms, preferred batch sizes "
+            f"{triton['preferred_batch_sizes']} (from the config)"
+        )
     sources = " ".join(f"CAM{i}" for i in range(1, cameras + 1))
     commands.append(f"reidctl detect {sources} --backend {backend} -c {config}  # CAMi: each camera's index or URL")
     return commands
@@ -453,8 +495,10 @@ def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
     directory = Path(directory)
     config_path, script_path = directory / "config.yaml", directory / "deploy.sh"
     need = rec.need
-    header = (f"# reidctl recommend: {need.cameras} camera(s) x {need.fps:g} FPS, P99 <= {need.latency_ms:g} ms "
-              f"-> {rec.choice}{' (not measured)' if not rec.measured else ''}\n") + _batcher_note(rec.mode, rec.batcher)
+    header = (
+        f"# reidctl recommend: {need.cameras} camera(s) x {need.fps:g} FPS, P99 <= {need.latency_ms:g} ms "
+        f"-> {rec.choice}{' (not measured)' if not rec.measured else ''}\n"
+    ) + _batcher_note(rec.mode, rec.batcher)
     write_text_atomic(config_path, header + yaml.safe_dump(rec.deploy_config, sort_keys=False, default_flow_style=None))
     commands = deploy_commands(rec.choice, str(config_path), rec.deploy_config["detection"], rec.need.cameras)
     script = ["#!/bin/sh", *(f"# {line}" for line in rec.reasoning), "set -e", *commands]

@@ -29,7 +29,20 @@ def invoke(*args):
 def test_video_to_mot_jsonl_and_annotated_video(tmp_path, small_config, video_file):
     mot, jsonl, video = tmp_path / "d.txt", tmp_path / "d.jsonl", tmp_path / "annotated.avi"
     summary = tmp_path / "summary.json"
-    result = invoke("detect", video_file, "-c", small_config, "--mot", mot, "--jsonl", jsonl, "--save-video", video, "--summary-json", summary)
+    result = invoke(
+        "detect",
+        video_file,
+        "-c",
+        small_config,
+        "--mot",
+        mot,
+        "--jsonl",
+        jsonl,
+        "--save-video",
+        video,
+        "--summary-json",
+        summary,
+    )
     assert result.exit_code == 0, result.output
     lines = mot.read_text().splitlines()
     frames = {int(line.split(",")[0]) for line in lines}
@@ -55,7 +68,9 @@ def test_image_folder_with_annotated_images(tmp_path, small_config):
     for i, shape in enumerate([(120, 160), (200, 150), (97, 301)]):
         cv2.imwrite(str(folder / f"img{i}.png"), synthetic_frame(i, shape))
     (folder / "notes.txt").write_text("not an image")
-    result = invoke("detect", folder, "-c", small_config, "--jsonl", tmp_path / "d.jsonl", "--save-images", tmp_path / "vis")
+    result = invoke(
+        "detect", folder, "-c", small_config, "--jsonl", tmp_path / "d.jsonl", "--save-images", tmp_path / "vis"
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert [r["name"] for r in records] == ["img0.png", "img1.png", "img2.png"]
@@ -102,7 +117,7 @@ def expect_error(result, message):
         (["detect", "{tmp}/corrupt.png"], "cannot decode image"),
         (["detect", "{tmp}/empty_dir"], "no images"),
         (["detect", "{video}", "--model", "{tmp}/missing.pth.tar"], "checkpoint not found"),
-        (["detect", "{video}", "--model", "{tmp}/corrupt.png"], "is not a readable PyTorch checkpoint"),
+        (["detect", "{video}", "--model", "{tmp}/corrupt.png"], "is not a PyTorch checkpoint"),
         (["detect", "{video}", "--model-type", "mot17"], "but model_type 'mot17' is YOLOX-x"),
         (["detect", "{video}", "--num-classes", "80"], "80 class(es) were expected"),
         pytest.param(
@@ -114,8 +129,14 @@ def expect_error(result, message):
         (["detect", "{video}", "--mot", "/proc/forbidden/out.txt"], "cannot create output directory"),
         (["detect", "{video}", "--test-size", "100x100"], "multiples of 32"),
         (["detect", "{video}", "--config", "{tmp}/missing.yaml"], "config file not found"),
-        (["detect", "{video}", "--config", "{tmp}/unknown_key.yaml"], "unknown config key 'detection.tensorrt.enginepath'"),
-        (["detect", "{video}", "--config", "{tmp}/wrong_type.yaml"], "config key 'detection.conf_threshold': expected float"),
+        (
+            ["detect", "{video}", "--config", "{tmp}/unknown_key.yaml"],
+            "unknown config key 'detection.tensorrt.enginepath'",
+        ),
+        (
+            ["detect", "{video}", "--config", "{tmp}/wrong_type.yaml"],
+            "config key 'detection.conf_threshold': expected float",
+        ),
         (["detect", "99", "--max-frames", "1"], "cannot open camera 99"),
         (["detect", ""], "empty source"),
         (["detect"], "no source given"),
@@ -151,8 +172,9 @@ def test_help_is_the_manual():
 
 
 def test_bad_output_is_refused_before_any_source_is_opened(tmp_path, small_config):
-    result = runner.invoke(app, ["detect", str(tmp_path / "missing.avi"), "-c", str(small_config),
-                                 "--mot", str(tmp_path)])
+    result = runner.invoke(
+        app, ["detect", str(tmp_path / "missing.avi"), "-c", str(small_config), "--mot", str(tmp_path)]
+    )
     expect_error(result, "is a directory: with one source it names a file")
 
 
@@ -174,16 +196,27 @@ def read_outputs(tmp_path: Path, cameras: list[str]) -> dict[str, tuple[list[int
     return found
 
 
-@pytest.mark.parametrize(("sig", "cameras", "code", "word"),
-                         [(signal.SIGINT, 1, 130, "interrupted"), (signal.SIGTERM, 2, 143, "terminated")])
+@pytest.mark.parametrize(
+    ("sig", "cameras", "code", "word"), [(signal.SIGINT, 1, 130, "interrupted"), (signal.SIGTERM, 2, 143, "terminated")]
+)
 def test_signal_publishes_every_finished_frame_in_every_output(tmp_path, small_config, sig, cameras, code, word):
     names = ["north", "south"][:cameras]
     sources = [f"{name}={write_video(tmp_path / f'{name}.avi', frames=600, size=(120, 160))}" for name in names]
     single = cameras == 1
-    outputs = ["--mot", tmp_path / ("mot.txt" if single else "mot"), "--jsonl", tmp_path / "all.jsonl",
-               "--save-video", tmp_path / ("video.avi" if single else "video")]
-    process = subprocess.Popen([*REIDCTL, "detect", *sources, "-c", small_config, *map(str, outputs), "--no-progress"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [
+        "--mot",
+        tmp_path / ("mot.txt" if single else "mot"),
+        "--jsonl",
+        tmp_path / "all.jsonl",
+        "--save-video",
+        tmp_path / ("video.avi" if single else "video"),
+    ]
+    process = subprocess.Popen(
+        [*REIDCTL, "detect", *sources, "-c", small_config, *map(str, outputs), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.stat().st_size > 0 for p in tmp_path.glob(".all.jsonl.*")):
         time.sleep(0.1)
@@ -205,8 +238,10 @@ def test_corrupt_image_is_skipped_with_a_warning_or_stops_with_strict(tmp_path, 
     for i in range(8):
         cv2.imwrite(str(folder / f"{i:03d}.jpg"), synthetic_frame(i, (120, 160)))
     (folder / "003.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    outputs = lambda run: ["--mot", tmp_path / run / "d.txt", "--jsonl", tmp_path / run / "d.jsonl",
-                           "--save-images", tmp_path / run / "vis"]
+
+    def outputs(run: str) -> list:
+        return ["--mot", tmp_path / run / "d.txt", "--jsonl", tmp_path / run / "d.jsonl",
+                "--save-images", tmp_path / run / "vis"]  # fmt: skip
 
     result = invoke("detect", folder, "-c", small_config, *outputs("lenient"), "--no-progress")
     assert result.exit_code == 0, result.output
@@ -231,8 +266,9 @@ def published_frames(directory: Path) -> tuple[list[str], list[str], list[str]]:
 def test_truncated_video_warns(tmp_path, small_config):
     whole = write_video(tmp_path / "whole.avi", frames=30, size=(120, 160)).read_bytes()
     (tmp_path / "cut.avi").write_bytes(whole[: len(whole) * 6 // 10])
-    result = invoke("detect", tmp_path / "cut.avi", "-c", small_config, "--jsonl", tmp_path / "d.jsonl",
-                    "--no-progress")
+    result = invoke(
+        "detect", tmp_path / "cut.avi", "-c", small_config, "--jsonl", tmp_path / "d.jsonl", "--no-progress"
+    )
     assert result.exit_code == 0, result.output
     read = len((tmp_path / "d.jsonl").read_text().splitlines())
     assert 0 < read < 30
@@ -242,7 +278,18 @@ def test_truncated_video_warns(tmp_path, small_config):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: fp16 + CUDA-graph path")
 def test_gpu_cuda_graph_matches_eager(tmp_path, video_file):
     checkpoint = make_checkpoint(tmp_path / "n.pth.tar")
-    base = ["detect", video_file, "--model", checkpoint, "--model-type", "nano", "--test-size", "128x160", "--device", "cuda"]
+    base = [
+        "detect",
+        video_file,
+        "--model",
+        checkpoint,
+        "--model-type",
+        "nano",
+        "--test-size",
+        "128x160",
+        "--device",
+        "cuda",
+    ]
     assert invoke(*base, "--jsonl", tmp_path / "gpu.jsonl").exit_code == 0
     assert invoke(*base[:-1], "cpu", "--jsonl", tmp_path / "cpu.jsonl").exit_code == 0
     gpu = [json.loads(line)["detections"] for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]

@@ -110,7 +110,9 @@ def _triton(config, tmp_path):
     ports = Ports(*free_ports(3))
     start_server(repository, ports, warn=lambda message: None)
     try:
-        yield _with_detection(config, triton=dataclasses.replace(config.detection.triton, url=f"localhost:{ports.grpc}"))
+        yield _with_detection(
+            config, triton=dataclasses.replace(config.detection.triton, url=f"localhost:{ports.grpc}")
+        )
     finally:
         stop_server(repository)
 
@@ -126,8 +128,12 @@ PREPARE = {"pytorch": _as_configured, "onnxruntime": _onnxruntime, "triton": _tr
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(name, marks=[pytest.mark.slow, pytest.mark.xdist_group("triton-server")]) if name == "triton" else name
-     for name in available_backends()],
+    [
+        pytest.param(name, marks=[pytest.mark.slow, pytest.mark.xdist_group("triton-server")])
+        if name == "triton"
+        else name
+        for name in available_backends()
+    ],
 )
 def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     reason = available_backends()[name]
@@ -233,7 +239,9 @@ def test_bad_input_is_one_line_error(args, message, tmp_path, small_config):
 def test_unreadable_source_is_one_line_error(tmp_path, small_config):
     broken = tmp_path / "broken.avi"
     broken.write_bytes(b"not a video at all")
-    error = one_line_error(invoke("bench", "--source", broken, "-c", small_config, "-o", tmp_path / "b.json", "--no-progress"))
+    error = one_line_error(
+        invoke("bench", "--source", broken, "-c", small_config, "-o", tmp_path / "b.json", "--no-progress")
+    )
     assert "broken.avi" in error
 
 
@@ -273,7 +281,10 @@ def test_micro_batcher_forms_batches_and_returns_each_caller_its_result(small_co
 
 
 def test_micro_batcher_passes_failures_to_callers_and_keeps_serving(small_config):
-    with create_detector(load_config(small_config)) as detector, MicroBatcher(detector.detect_batch, max_delay_ms=0) as batcher:
+    with (
+        create_detector(load_config(small_config)) as detector,
+        MicroBatcher(detector.detect_batch, max_delay_ms=0) as batcher,
+    ):
         with pytest.raises(ReidctlError, match="uint8"):
             batcher.submit(np.zeros((64, 64, 3), np.float32)).result(timeout=60)
         assert batcher.submit(synthetic_frame(0, (64, 64))).result(timeout=60).shape[1] == 7
@@ -285,7 +296,9 @@ def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(smal
     frames = _frames_of_distinct_scale(3)
     ticks = []
     with create_detector(load_config(small_config)) as detector:
-        stream = measure_concurrent(detector, frames, 3, BenchSettings(["pytorch"], iters=6, warmup=2), lambda: ticks.append(1))
+        stream = measure_concurrent(
+            detector, frames, 3, BenchSettings(["pytorch"], iters=6, warmup=2), lambda: ticks.append(1)
+        )
     assert (stream.mode, stream.cameras, stream.requests, stream.latency.count) == ("concurrent", 3, 6, 6)
     assert len(ticks) == 8 and stream.throughput_fps == pytest.approx(6 / stream.wall_s)
 

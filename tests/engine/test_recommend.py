@@ -89,7 +89,10 @@ def test_throughput_short_of_cameras_times_fps_is_rejected(tmp_path):
     rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
     assert rec.choice == "triton" and rec.mode == "concurrent"
     pytorch = verdicts(rec)["pytorch"]
-    assert not pytorch.meets and (pytorch.verdict, pytorch.detail) == ("too slow", "110.0 of 120.0 FPS")  # its best mode
+    assert not pytorch.meets and (pytorch.verdict, pytorch.detail) == (
+        "too slow",
+        "110.0 of 120.0 FPS",
+    )  # its best mode
     triton = yaml.safe_load(rec.config_snippet)["detection"]["triton"]
     assert triton["max_batch_size"] == 8 and triton["preferred_batch_sizes"] == [1, 2, 4, 8]
     assert triton["max_queue_delay_ms"] == 0.5
@@ -104,7 +107,10 @@ def test_p99_over_budget_is_rejected_and_batched_mode_can_carry_a_backend(tmp_pa
     rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
     assert rec.choice == "pytorch" and rec.mode == "batched"
     assert "micro-batcher" in rec.config_snippet
-    assert (verdicts(rec)["onnxruntime"].verdict, verdicts(rec)["onnxruntime"].detail) == ("P99 over budget", "P99 150.0 ms > 100 ms")
+    assert (verdicts(rec)["onnxruntime"].verdict, verdicts(rec)["onnxruntime"].detail) == (
+        "P99 over budget",
+        "P99 150.0 ms > 100 ms",
+    )
 
 
 def test_backend_not_installed_here_is_not_recommended(tmp_path):
@@ -141,7 +147,9 @@ def test_failed_and_unavailable_results_are_reported(tmp_path):
 def test_nearest_measured_count_at_or_above_and_extrapolation(tmp_path):
     bench = write_bench(
         tmp_path / "b.json",
-        backend("triton", ("concurrent", 1, 40.0, 20.0), ("concurrent", 4, 150.0, 40.0), ("concurrent", 16, 400.0, 60.0)),
+        backend(
+            "triton", ("concurrent", 1, 40.0, 20.0), ("concurrent", 4, 150.0, 40.0), ("concurrent", 16, 400.0, 60.0)
+        ),
     )
     at_five = verdicts(recommend(Need(5, 10, 100), bench, {}, ALL_HERE))["triton"].estimate
     assert (at_five.measured_cameras, at_five.extrapolated, at_five.throughput_fps) == (16, False, 400.0)
@@ -180,7 +188,9 @@ def test_decision_tree_falls_back_to_a_simpler_backend_that_is_installed():
     rec = recommend(Need(2, 30, 100), None, to_dict(Config()), NO_TENSORRT)
     assert rec.scenario == "2-3 cameras" and rec.choice == "onnxruntime"
     assert any("tensorrt cannot run here (TensorRT is not installed)" in line for line in rec.reasoning)
-    rec = recommend(Need(2, 30, 100), None, to_dict(Config()), {"pytorch": None, "tensorrt": "TensorRT is not installed"})
+    rec = recommend(
+        Need(2, 30, 100), None, to_dict(Config()), {"pytorch": None, "tensorrt": "TensorRT is not installed"}
+    )
     assert rec.choice == "pytorch"
 
 
@@ -246,8 +256,19 @@ def test_cli_rejects_bad_needs(tmp_path, args, message):
 
 def open_run(name_mode: str, cameras: int, fps: float, p99_ms: float, dropped: int = 0) -> StreamResult:
     """An open-loop run of ``cameras`` at ``fps`` each."""
-    return StreamResult(name_mode, cameras, 100, 3.0, cameras * fps - dropped / 3, latency(p99_ms), load="open",
-                        fps_per_camera=fps, latency_budget_ms=100.0, dropped=dropped, late=0)
+    return StreamResult(
+        name_mode,
+        cameras,
+        100,
+        3.0,
+        cameras * fps - dropped / 3,
+        latency(p99_ms),
+        load="open",
+        fps_per_camera=fps,
+        latency_budget_ms=100.0,
+        dropped=dropped,
+        late=0,
+    )
 
 
 def test_open_loop_runs_answer_before_saturation(tmp_path):
@@ -283,8 +304,18 @@ def test_a_backend_whose_detections_diverge_is_never_chosen(tmp_path):
     pytorch.runner["precision"] = "fp16"
     bench = write_bench(tmp_path / "b.json", pytorch, backend("triton", ("concurrent", 4, 400.0, 20.0)), version=2)
     data = json.loads(bench.read_text())
-    diverged = ParityResult("pytorch", "fp16", "ok", frames=8, reference_boxes=40, matched=30, missed=10, extra=4,
-                            max_score_diff=0.3, flagged=True)
+    diverged = ParityResult(
+        "pytorch",
+        "fp16",
+        "ok",
+        frames=8,
+        reference_boxes=40,
+        matched=30,
+        missed=10,
+        extra=4,
+        max_score_diff=0.3,
+        flagged=True,
+    )
     data["parity"] = [diverged.to_dict()]
     bench.write_text(json.dumps(data))
     rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)

@@ -114,7 +114,9 @@ class TritonPythonModel:
         senders = [request.get_response_sender() for request in requests]
         try:
             # DLPack in and out: with numpy >= 2 the stub returns empty tensors built from ndarrays.
-            frames = [torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, PYTHON_INPUT).to_dlpack()) for r in requests]
+            frames = [
+                torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, PYTHON_INPUT).to_dlpack()) for r in requests
+            ]
             with torch.inference_mode(), torch.cuda.stream(self.model_stream):
                 # Copied before returning: Triton frees the request tensors when execute returns.
                 batch = self.staging.to_device(frames) if self.staging else torch.cat(frames)
@@ -170,5 +172,7 @@ def _response(rows):
         padded[frame, : len(frame_rows)] = frame_rows
     tensors = {PYTHON_OUTPUT: padded, PYTHON_COUNT_OUTPUT: counts}
     return pb_utils.InferenceResponse(
-        output_tensors=[pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(t))) for name, t in tensors.items()]
+        output_tensors=[
+            pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(t))) for name, t in tensors.items()
+        ]
     )
