@@ -171,6 +171,7 @@ class Detector:
             if self._staging_copied is not None:
                 self._staging_copied.synchronize()  # the previous batch's copy has read the buffer
             if self._staging is None or len(self._staging) < len(canvases):
+                # Doubling: the warm-up's growing batch sizes allocate a few times, not once each.
                 capacity = max(len(canvases), 2 * len(self._staging) if self._staging is not None else 1)
                 self._staging = torch.empty((capacity, *self.test_size, 3), dtype=torch.uint8, pin_memory=True)
             staging = self._staging.numpy()
