@@ -99,7 +99,8 @@ class DetectionLoad:
 
 
 class Detector:
-    """``detect(frame) -> (N, 7)`` and ``detect_batch(frames)`` over any runner; a context manager.
+    """``detect(frame) -> (N, 7)``, ``detect_batch(frames)`` and ``detect_canvases(canvases, ratios)`` (frames
+    letterboxed beforehand on the host) over any runner; a context manager.
 
     ``load`` accumulates candidates and kept detections per frame over every call (replace it to start afresh).
     """
@@ -117,6 +118,9 @@ class Detector:
         self.nms_threshold = nms_threshold
         self.stage_times: StageTimes | None = None  # set to StageTimes() to record per-stage timings
         self.load = DetectionLoad()
+        self._staging: torch.Tensor | None = None  # pinned host batch for detect_canvases on a GPU
+        self._staging_copied: torch.cuda.Event | None = None  # its last host-to-device copy
+        self._staging_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -139,10 +143,47 @@ class Detector:
 
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         for frame in frames:
-            if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
+            if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
+                    and frame.shape[2] == 3):
                 raise ReidctlError("frames must be uint8 HxWx3 BGR arrays")
         start = time.perf_counter()
         canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
+        return self._detect(canvas, ratios, start)
+
+    def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float]) -> list[np.ndarray]:
+        """Detect on frames already letterboxed on the host (``preprocess.letterbox_into``): uint8 (H, W, 3) BGR
+        canvases of the input size and each frame's ratio. On a GPU they travel in one copy per batch."""
+        shape = (*self.test_size, 3)
+        if len(canvases) != len(ratios) or not all(
+            isinstance(c, np.ndarray) and c.dtype == np.uint8 and c.shape == shape for c in canvases
+        ):
+            raise ReidctlError(f"canvases must be uint8 {shape[0]}x{shape[1]}x3 arrays, one ratio each")
+        start = time.perf_counter()
+        return self._detect(self._upload(canvases), list(ratios), start)
+
+    def _upload(self, canvases: Sequence[np.ndarray]) -> torch.Tensor:
+        """Host canvases -> one (B, H, W, 3) batch on the runner's device. On a GPU: one asynchronous copy from a
+        pinned staging buffer, kept for the next batch (a pageable copy would stage through a driver buffer)."""
+        device = self.runner.device
+        if device.type != "cuda":
+            return torch.from_numpy(np.stack(canvases))
+        with self._staging_lock:
+            if self._staging_copied is not None:
+                self._staging_copied.synchronize()  # the previous batch's copy has read the buffer
+            if self._staging is None or len(self._staging) < len(canvases):
+                # Doubling: the warm-up's growing batch sizes allocate a few times, not once each.
+                capacity = max(len(canvases), 2 * len(self._staging) if self._staging is not None else 1)
+                self._staging = torch.empty((capacity, *self.test_size, 3), dtype=torch.uint8, pin_memory=True)
+            staging = self._staging.numpy()
+            for slot, canvas in zip(staging, canvases):
+                np.copyto(slot, canvas)
+            batch = self._staging[: len(canvases)].to(device, non_blocking=True)
+            self._staging_copied = torch.cuda.Event()
+            self._staging_copied.record(torch.cuda.current_stream(device))
+        return batch
+
+    def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float) -> list[np.ndarray]:
+        """The letterboxed batch on the runner's device -> each frame's (N, 7) detections in frame pixels."""
         batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
         start = self._mark("preprocess", start)
         predictions = self.runner.infer(batch)

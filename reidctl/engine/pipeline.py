@@ -1,9 +1,10 @@
 """`reidctl detect`'s engine: many cameras through one Detector into every output, with live statistics.
 
 One reader thread per camera decodes on the CPU (reidctl/engine/cameras.py). In-process backends (pytorch,
-onnxruntime, tensorrt) get one ``detect_batch`` call per step holding the newest frame of every camera that has one,
-as DeepStream's stream muxer does; a runner that batches remotely (Triton) gets one request per camera at a time,
-from one thread per camera, and the server forms the batches.
+onnxruntime, tensorrt) get one ``detect_canvases`` call per step holding the newest frame of every camera that has
+one, as DeepStream's stream muxer does, each letterboxed by its camera's reader right after decoding; a runner that
+batches remotely (Triton) gets one request per camera at a time, from one thread per camera, and the server forms
+the batches.
 
 Nothing finished is lost: a frame counts as finished once it is written to every output (under one lock, so a stop
 never splits a frame between outputs). Any stop (every camera ended, an error, Ctrl-C, SIGTERM) publishes every
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from reidctl.engine.cameras import Camera, Hub, TimedFrame
 from reidctl.engine.detector import Detector, create_detector
+from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, first_line
 from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
@@ -257,7 +259,7 @@ class _Run:
     def __init__(self, detector: Detector, hub: Hub, outputs: Outputs, max_batch: int):
         self.detector, self.hub, self.outputs, self.max_batch = detector, hub, outputs, max_batch
         self.batch_sizes: Counter[int] = Counter()
-        self.step_seconds = array("d")  # each detect_batch call (in-process runners): the model's share of latency
+        self.step_seconds = array("d")  # each detect step (in-process runners): the model's share of latency
         self.recent_batches: deque[int] = deque(maxlen=64)
         self.started = time.perf_counter()
         self.server_batches_before: dict[int, int] | None = None
@@ -282,7 +284,7 @@ class _Run:
                 camera.record(done - item.decoded_at, len(detections), done)
 
     def batch_loop(self) -> None:
-        """In-process runners: one detect_batch per step over the newest frame of every camera that has one."""
+        """In-process runners: one detect step over the newest frame of every camera that has one."""
         try:
             while not self.hub.stopping.is_set():
                 batch = self.hub.take_batch(self.max_batch)
@@ -291,7 +293,7 @@ class _Run:
                         return
                     continue
                 started = time.perf_counter()
-                results = self.detector.detect_batch([item.frame.image for item in batch])
+                results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch])
                 self.step_seconds.append(time.perf_counter() - started)
                 self.batch_sizes[len(batch)] += 1
                 self.recent_batches.append(len(batch))
@@ -375,11 +377,16 @@ def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
 
 
 def _warm_up(detector: Detector, cameras: int, max_batch: int) -> None:
-    """Run once, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning, connections)."""
+    """Run once, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning, connections,
+    the pinned staging buffer), through the call the run makes."""
     frame = synthetic_frame(0, detector.test_size)
-    on_gpu = detector.runner.device.type == "cuda" and not detector.runner.batches_remotely
+    if detector.runner.batches_remotely:
+        detector.detect(frame)
+        return
+    canvas, ratio = letterbox_frame(frame, detector.test_size)
+    on_gpu = detector.runner.device.type == "cuda"
     for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
-        detector.detect_batch([frame] * size)
+        detector.detect_canvases([canvas] * size, [ratio] * size)
 
 
 def run_detect(
@@ -436,6 +443,8 @@ def _run(detector: Detector, hub: Hub, cameras: list[Camera], plan: OutputPlan, 
     stopped = None
     try:
         run.start()
+        # In-process runners take frames letterboxed by the readers; a server's client letterboxes each request itself.
+        hub.letterbox_size = None if detector.runner.batches_remotely else detector.test_size
         if detector.runner.batches_remotely:
             workers = [threading.Thread(target=run.camera_loop, args=(c,), name=f"detect-{c.name}", daemon=True)
                        for c in cameras]

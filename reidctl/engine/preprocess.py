@@ -35,16 +35,11 @@ def letterbox(
     with torch's). On a GPU the same formula runs on the device.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        canvas = np.empty((len(frames), *test_size, 3), dtype=np.uint8)
+        return torch.from_numpy(canvas), [letterbox_into(frame, canvas[i]) for i, frame in enumerate(frames)]
     ratios = [letterbox_ratio(frame.shape[:2], test_size) for frame in frames]
     sizes = [(int(frame.shape[0] * ratio), int(frame.shape[1] * ratio)) for frame, ratio in zip(frames, ratios)]
-    if device.type == "cpu":
-        canvas = np.full((len(frames), *test_size, 3), PAD_VALUE, dtype=np.uint8)
-        for i, (frame, (new_h, new_w)) in enumerate(zip(frames, sizes)):
-            same = (new_h, new_w) == frame.shape[:2]
-            canvas[i, :new_h, :new_w] = (
-                frame if same else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-            )
-        return torch.from_numpy(canvas), ratios
     canvas = torch.full((len(frames), *test_size, 3), PAD_VALUE, dtype=torch.uint8, device=device)
     for i, (frame, (new_h, new_w)) in enumerate(zip(frames, sizes)):
         source = torch.from_numpy(np.ascontiguousarray(frame)).to(device)
@@ -52,6 +47,25 @@ def letterbox(
             source if (new_h, new_w) == frame.shape[:2] else bilinear_resize(source, (new_h, new_w))
         )
     return canvas, ratios
+
+
+def letterbox_into(frame: np.ndarray, canvas: np.ndarray) -> float:
+    """Letterbox one uint8 HxWx3 BGR frame on the host into ``canvas`` (H, W, 3), whose shape is the network input
+    size; returns the frame's scale ratio. cv2.resize releases the GIL, so camera reader threads run this in parallel.
+    """
+    ratio = letterbox_ratio(frame.shape[:2], canvas.shape[:2])
+    new_h, new_w = int(frame.shape[0] * ratio), int(frame.shape[1] * ratio)
+    same = (new_h, new_w) == frame.shape[:2]
+    canvas[:new_h, :new_w] = frame if same else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    canvas[new_h:] = PAD_VALUE
+    canvas[:new_h, new_w:] = PAD_VALUE
+    return ratio
+
+
+def letterbox_frame(frame: np.ndarray, test_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """One frame's host canvas (``letterbox_into`` a new array) and its ratio."""
+    canvas = np.empty((*test_size, 3), dtype=np.uint8)
+    return canvas, letterbox_into(frame, canvas)
 
 
 def bilinear_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

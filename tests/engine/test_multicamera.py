@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import free_ports, write_video
+from helpers import SMALL_TEST_SIZE, free_ports, read_frames, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
+from reidctl.engine.detector import create_detector
 from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
 from reidctl.errors import ReidctlError
 from reidctl.io.sources import camera_specs
@@ -94,6 +96,27 @@ def test_three_cameras_batched_into_per_camera_outputs(tmp_path, small_config):
     assert summary["mean_batch"] > 1.5 and set(summary["batch_sizes"]) <= {"1", "2", "3"}
     assert "3" in summary["batch_sizes"]
     assert not list(out.rglob(".*"))
+
+
+def test_frames_letterboxed_by_the_readers_give_detect_batch_detections(tmp_path, small_config):
+    """Each reader letterboxes its own frames (shrunk, enlarged, or already the input size); the batched run finds
+    exactly what Detector.detect_batch finds on the same decoded frames."""
+    clips = {"wide": write_video(tmp_path / "wide.avi", frames=10, size=(240, 320)),
+             "narrow": write_video(tmp_path / "narrow.avi", frames=8, size=(100, 90)),
+             "exact": write_video(tmp_path / "exact.avi", frames=6, size=SMALL_TEST_SIZE)}
+    config = load_config(small_config)
+    jsonl = tmp_path / "d.jsonl"
+    result = run_detect(config, camera_specs([f"{name}={clip}" for name, clip in clips.items()]),
+                        OutputRequest(jsonl=jsonl), warn=lambda line: None)
+    assert result.stopped is None and "3" in result.summary["batch_sizes"]
+    found = {(r["camera"], r["frame"]): r["detections"] for r in map(json.loads, jsonl.read_text().splitlines())}
+    assert len(found) == 24
+    with create_detector(config) as detector:
+        for name, clip in clips.items():
+            for index, frame in enumerate(read_frames(clip)):
+                expected = detector.detect_batch([frame])[0]
+                assert len(expected) > 0
+                np.testing.assert_allclose(found[name, index], expected, rtol=0, atol=1e-4)
 
 
 def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):

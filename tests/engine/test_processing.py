@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from reidctl.engine.postprocess import rescale, select_detections
-from reidctl.engine.preprocess import bilinear_resize, letterbox, normalize
+from reidctl.engine.preprocess import bilinear_resize, letterbox, letterbox_frame, letterbox_into, normalize
+from reidctl.errors import ReidctlError
 
 
 def numpy_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -51,6 +52,18 @@ def test_preprocessing_matches_bytetrack_formula(shape):
     assert np.abs(ours - expected).max() <= 0.0176
     new_h, new_w = int(shape[0] * ratios[0]), int(shape[1] * ratios[0])
     assert (canvas[0, new_h:].numpy() == 114).all() and (canvas[0, :, new_w:].numpy() == 114).all()
+
+
+def test_one_frame_letterbox_is_the_batch_letterbox_and_repaints_a_reused_canvas():
+    """Camera readers letterbox frame by frame: the same canvas as the batch's, even into a canvas already used."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8) for shape in [(240, 320), (100, 90), (96, 128)]]
+    batch, ratios = letterbox(frames, (96, 128))
+    reused = np.zeros((96, 128, 3), dtype=np.uint8)
+    for frame, canvas, ratio in zip(frames, batch.numpy(), ratios):
+        single, single_ratio = letterbox_frame(frame, (96, 128))
+        assert single_ratio == ratio and np.array_equal(single, canvas)
+        assert letterbox_into(frame, reused) == ratio and np.array_equal(reused, canvas)
 
 
 @pytest.mark.parametrize("shape", [(333, 517), (60, 70)])
@@ -126,3 +139,34 @@ def test_detector_counts_candidates_and_kept_per_frame(small_config, frames):
     assert load.frames == 4 and load.kept == kept and kept > 0
     assert load.candidates >= kept and load.candidates_per_frame == load.candidates / 4
     assert load.kept_per_frame == kept / 4
+
+
+def test_detect_canvases_refuses_canvases_of_another_size(small_config, frames):
+    from reidctl.config import load_config
+    from reidctl.engine.detector import create_detector
+
+    with create_detector(load_config(small_config)) as detector:
+        canvas, ratio = letterbox_frame(frames[0], (64, 64))
+        with pytest.raises(ReidctlError, match="canvases must be uint8 128x160x3"):
+            detector.detect_canvases([canvas], [ratio])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: pinned staging buffer and CUDA graphs")
+def test_pinned_staging_buffer_reused_across_batches_on_gpu(tmp_path, nano_checkpoint, frames):
+    """Batches of growing and shrinking size through one reused pinned buffer and the CUDA graphs: each batch gives
+    what detect_batch gives on the same canvases (already the input size, so it copies them as they are)."""
+    from helpers import write_config
+    from reidctl.config import load_config
+    from reidctl.engine.detector import create_detector
+
+    config = load_config(write_config(tmp_path / "gpu.yaml", nano_checkpoint, device="cuda", fp16=False))
+    canvases = [letterbox_frame(frame, (128, 160))[0] for frame in frames]
+    with create_detector(config) as detector:
+        for start, size in [(0, 3), (3, 2), (5, 6), (1, 4), (2, 6)]:
+            batch = canvases[start:start + size]
+            got = detector.detect_canvases(batch, [1.0] * size)
+            expected = detector.detect_batch(batch)
+            assert [len(rows) for rows in got] == [len(rows) for rows in expected]
+            for ours, theirs in zip(got, expected):
+                np.testing.assert_array_equal(ours, theirs)
+        assert detector._staging.is_pinned() and len(detector._staging) == 6  # grown once: 3, then 6
