@@ -239,7 +239,8 @@ def get_backend(name: str) -> Backend:
     if name not in BACKENDS and name in BUILTIN_BACKENDS:
         importlib.import_module(BUILTIN_BACKENDS[name])
     if name not in BACKENDS:
-        raise ReidctlError(f"unknown backend '{name}' (known: {', '.join(dict.fromkeys([*BUILTIN_BACKENDS, *BACKENDS]))})")
+        known = ", ".join(dict.fromkeys([*BUILTIN_BACKENDS, *BACKENDS]))
+        raise ReidctlError(f"unknown backend '{name}' (known: {known})")
     return BACKENDS[name]
 
 
