@@ -107,6 +107,10 @@ class _Seat:
         self.regions: dict[int, _SharedInput] = {}
 
 
+class _EndMark:
+    """Held by one thread's local storage only, so it goes when the thread ends."""
+
+
 class TritonRunner(Runner):
     name = "triton"
     batches_remotely = True  # thread-safe: concurrent callers reach the server's dynamic batcher
@@ -125,7 +129,7 @@ class TritonRunner(Runner):
         self.model_version = triton.model_version
         self.configured_timeout = self.timeout = triton.timeout
         self.max_in_flight = max(1, triton.max_in_flight)
-        self._warn = warn
+        self._warn, self._verbose = warn, triton.verbose
         self.servers = [
             _Server(i, url, grpcclient.InferenceServerClient(url, verbose=triton.verbose), triton.shared_memory)
             for i, url in enumerate(urls)
@@ -151,21 +155,19 @@ class TritonRunner(Runner):
         self._closed = False
 
     # -- set-up ---------------------------------------------------------------------------------------------
-    def _served_model(self, server: _Server):
-        return served_model(
-            server.client, server.url, self.model_name, self.model_version, self.timeout, self._server_error
-        )
+    def _served_model(self, client, url: str):
+        return served_model(client, url, self.model_name, self.model_version, self.timeout, self._server_error)
 
     def _check_servers(self):
         """The model every live server serves, the same on each. With several servers, one that is not reachable
         is marked down (and checked again later) while another is; a server with the model missing or different
         is an error."""
         if self._pool is None:
-            return self._served_model(self.servers[0])
+            return self._served_model(self.servers[0].client, self.servers[0].url)
         models, unreachable = {}, []
         for server in self.servers:
             try:
-                models[server.index] = self._served_model(server)
+                models[server.index] = self._served_model(server.client, server.url)
             except BackendUnavailable as exc:
                 unreachable.append(exc)
                 self._pool.mark_down(server.index)
@@ -252,18 +254,25 @@ class TritonRunner(Runner):
                 f"no Triton server of detection.triton.url is live ({self.url}): "
                 "check them with `reidctl setup-triton --status`"
             )
-        seat = _Seat(self.servers[index], camera)
-        weakref.finalize(seat, self._pool.leave, camera)  # the thread ends: its server has a camera fewer
-        return seat
+        # When the thread ends its thread-local values go, and its server has a camera fewer. The mark is an object
+        # of its own: the seat may outlive the thread a while (an error's traceback holds it until collected).
+        self._local.end_mark = end_mark = _EndMark()
+        weakref.finalize(end_mark, self._pool.leave, camera)
+        return _Seat(self.servers[index], camera)
 
     def _recheck_down_servers(self) -> None:
-        """Down servers whose back-off has passed take cameras again if they serve the model (the same one)."""
+        """Down servers whose back-off has passed take cameras again if they serve the model (the same one).
+
+        Through a new client: the old one's connection may still be waiting out gRPC's reconnect back-off."""
         for index in self._pool.due_for_check():
             server = self.servers[index]
+            client = self._grpc.InferenceServerClient(server.url, verbose=self._verbose)
             try:
-                self._check_same_model(self.model, self.servers[0], self._served_model(server), server)
+                self._check_same_model(self.model, self.servers[0], self._served_model(client, server.url), server)
             except ReidctlError:
+                client.close()
                 continue
+            server.client, server.answered = client, False
             self._pool.mark_live(index)
 
     def _is_down(self, server: _Server, exc: Exception) -> bool:
