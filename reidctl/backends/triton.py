@@ -41,7 +41,8 @@ TORCH_DTYPES = {"UINT8": torch.uint8, "FP32": torch.float32, "FP16": torch.float
 LATENCY_MARGIN = 10.0
 # The first request may carry the server's one-off costs (first run at this input size, CUDA graph capture).
 FIRST_REQUEST_TIMEOUT = 300.0
-# How long a server that failed a request may take to say it is live before it counts as down.
+# How long a server that failed a request may take to say it is live before it counts as down; and how long a
+# region's unregistering may take (the server may be hung).
 HEALTH_TIMEOUT = 2.0
 _region_ids = itertools.count()
 _camera_ids = itertools.count()
@@ -84,7 +85,7 @@ class _SharedInput:
         if self.handle is None:
             return
         with contextlib.suppress(Exception):  # the server may be gone; the local region goes regardless
-            self.client.unregister_system_shared_memory(self.name)
+            self.client.unregister_system_shared_memory(self.name, client_timeout=HEALTH_TIMEOUT)
         self.shm.destroy_shared_memory_region(self.handle)
         self.handle, self.size = None, 0
 
@@ -176,10 +177,10 @@ class TritonRunner(Runner):
             raise BackendUnavailable(
                 f"no Triton server of detection.triton.url is reachable ({len(unreachable)} tried): {unreachable[0]}"
             )
-        first, *others = models.items()
-        for index, model in others:
-            self._check_same_model(first[1], self.servers[first[0]], model, self.servers[index])
-        return first[1]
+        (first, model), *others = models.items()
+        for index, other_model in others:
+            self._check_same_model(model, self.servers[first], other_model, self.servers[index])
+        return model
 
     def _check_same_model(self, model, server: _Server, other_model, other: _Server) -> None:
         if dataclasses.replace(other_model, server_version="") != dataclasses.replace(model, server_version=""):
