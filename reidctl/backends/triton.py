@@ -264,10 +264,24 @@ class TritonRunner(Runner):
     def _recheck_down_servers(self) -> None:
         """Down servers whose back-off has passed take cameras again if they serve the model (the same one).
 
-        Through a new client: the old one's connection may still be waiting out gRPC's reconnect back-off."""
-        for index in self._pool.due_for_check():
+        Through a new client with a connection of its own: gRPC shares one connection per address between clients,
+        and the old one may still be waiting out gRPC's reconnect back-off."""
+        due = self._pool.due_for_check()
+        if not due:
+            return
+        keepalive = self._grpc.KeepAliveOptions()
+        options = [  # tritonclient's own defaults, and a connection not shared
+            ("grpc.max_send_message_length", self._grpc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", self._grpc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        for index in due:
             server = self.servers[index]
-            client = self._grpc.InferenceServerClient(server.url, verbose=self._verbose)
+            client = self._grpc.InferenceServerClient(server.url, verbose=self._verbose, channel_args=options)
             try:
                 self._check_same_model(self.model, self.servers[0], self._served_model(client, server.url), server)
             except ReidctlError:

@@ -131,20 +131,26 @@ def test_a_server_back_after_its_back_off_takes_new_cameras(tmp_path, nano_check
     assert report[0]["cameras_moved_away"] == 1 and report[0]["failed_requests"] == 1
 
 
-def test_every_server_gone_is_todays_one_line_error(tmp_path, nano_checkpoint, video_file, two_servers):
+def test_a_server_down_at_start_is_skipped_and_every_server_gone_is_todays_error(
+    tmp_path, nano_checkpoint, video_file, two_servers
+):
     _, states = two_servers
-    urls = [f"localhost:{state.grpc_port}" for state in states]
+    nowhere = f"localhost:{free_ports(1)[0]}"
+    urls = [nowhere] + [f"localhost:{state.grpc_port}" for state in states]
     config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": ",".join(urls)}))
     frame = read_frames(video_file)[0]
-    with create_detector(config, "triton") as detector:
+    warnings = []
+    with create_detector(config, "triton", warn=warnings.append) as detector:
         detector.detect(frame)
         for state in states:
             os.killpg(state.pid, signal.SIGKILL)
         with pytest.raises(ReidctlError) as info:
             detector.detect(frame)
+    assert len(warnings) == 1 and nowhere in warnings[0] and "is not reachable" in warnings[0]
     message = str(info.value)
     assert "\n" not in message
     assert "stopped responding" in message and "no other server of detection.triton.url is live" in message
     report = detector.runner.describe()["servers"]
-    assert [server["live"] for server in report] == [False, False]
-    assert [server["failed_requests"] for server in report] == [1, 1]
+    assert [server["live"] for server in report] == [False, False, False]
+    assert [server["cameras_assigned"] for server in report] == [0, 1, 1]  # moved once, then nowhere to go
+    assert [server["failed_requests"] for server in report] == [0, 1, 1]
