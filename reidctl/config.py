@@ -43,7 +43,8 @@ class TensorRTConfig:
 
 @dataclass
 class TritonConfig:
-    url: str = "localhost:8101"  # gRPC endpoint
+    # gRPC endpoint, or several (a list or "host:port,host:port"): the client spreads the cameras over them
+    url: str | list[str] = "localhost:8101"
     model_name: str = "bytetrack_pytorch"
     model_version: str = ""  # empty = latest
     timeout: float = 10.0  # seconds per request
@@ -61,6 +62,12 @@ class TritonConfig:
     repository: str = "model_repository"
     shared_memory: bool = True  # system shared memory for inputs when the server is on this host
     max_in_flight: int = 4  # requests one client keeps in flight
+
+    @property
+    def urls(self) -> list[str]:
+        """The gRPC endpoints, in the order given."""
+        given = self.url.split(",") if isinstance(self.url, str) else self.url
+        return [url.strip() for url in given]
 
 
 @dataclass
@@ -175,6 +182,12 @@ def validate(config: Config) -> Config:
     for key in ("conf_threshold", "nms_threshold"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
+    urls = d.triton.urls
+    if not urls or not all(urls) or len(set(urls)) < len(urls):
+        raise ReidctlError(
+            "config key 'detection.triton.url': expected host:port, or several distinct ones (a list or "
+            f"comma-separated), got {_quote(d.triton.url)}"
+        )
     return config
 
 

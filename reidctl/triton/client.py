@@ -1,5 +1,5 @@
 """What a Triton server says about itself, as its client sees it: health and the served model's description,
-per-batch-size statistics, and the GPU memory of a local server.
+per-batch-size statistics, and the GPU memory of a local server; and which of several servers each camera uses.
 
 The runner (reidctl/backends/triton.py) runs requests; these are the questions asked around them.
 """
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
@@ -15,6 +18,9 @@ from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
 
 SUPPORTED_INPUTS = ("UINT8", "FP16", "FP32")
+# A server marked down is checked again after this long, then twice as long each time it is still down, up to the max.
+RECHECK_FIRST_S = 1.0
+RECHECK_MAX_S = 30.0
 
 
 def message_of(exc: Exception) -> str:
@@ -117,3 +123,109 @@ def local_server_gpu_memory(url: str) -> int | None:
     pids = set(process_tree(servers[0].pid))
     used = [int(mib) * 2**20 for pid, mib in (line.split(", ") for line in lines if ", " in line) if int(pid) in pids]
     return sum(used) if used else None
+
+
+@dataclass
+class ServerShare:
+    """One server's part in a ServerPool: whether it is live, its cameras and what happened to their requests."""
+
+    url: str
+    live: bool = True
+    cameras: int = 0  # cameras on it now
+    cameras_assigned: int = 0  # cameras ever given to it, moved-in ones included
+    requests: int = 0
+    failed_requests: int = 0
+    cameras_moved_away: int = 0  # when it went down
+    recheck_at: float = 0.0
+    recheck_after: float = RECHECK_FIRST_S
+
+    def report(self) -> dict:
+        return {
+            "url": self.url,
+            "live": self.live,
+            "cameras": self.cameras,
+            "cameras_assigned": self.cameras_assigned,
+            "requests": self.requests,
+            "failed_requests": self.failed_requests,
+            "cameras_moved_away": self.cameras_moved_away,
+        }
+
+
+class ServerPool:
+    """Which of several servers each camera sends to: a new camera goes to the live server with the fewest cameras
+    (the first such in the given order) and stays there until that server goes down; then it moves to a live one.
+    A server marked down is due for a check again after a back-off (``due_for_check``); once it answers it takes
+    new cameras again. Cameras are keys of the caller's choosing; thread safe.
+    """
+
+    def __init__(self, urls: list[str], clock: Callable[[], float] = time.monotonic):
+        self.shares = [ServerShare(url) for url in urls]
+        self._clock = clock
+        self._where: dict[object, int] = {}  # camera -> index of its server
+        self._lock = threading.Lock()
+
+    def _least_loaded(self) -> int | None:
+        live = [i for i, share in enumerate(self.shares) if share.live]
+        return min(live, key=lambda i: self.shares[i].cameras) if live else None
+
+    def _seat(self, camera, index: int | None) -> int | None:
+        if index is None:
+            self._where.pop(camera, None)
+            return None
+        self._where[camera] = index
+        self.shares[index].cameras += 1
+        self.shares[index].cameras_assigned += 1
+        return index
+
+    def join(self, camera) -> int | None:
+        """The server for a new camera (None: none is live)."""
+        with self._lock:
+            return self._seat(camera, self._least_loaded())
+
+    def leave(self, camera) -> None:
+        """The camera has ended: its server has one camera fewer."""
+        with self._lock:
+            index = self._where.pop(camera, None)
+            if index is not None:
+                self.shares[index].cameras -= 1
+
+    def count_request(self, index: int, failed: bool = False) -> None:
+        with self._lock:
+            self.shares[index].requests += 1
+            self.shares[index].failed_requests += failed
+
+    def mark_down(self, index: int) -> None:
+        with self._lock:
+            share = self.shares[index]
+            if share.live:
+                share.live = False
+                share.recheck_after = RECHECK_FIRST_S
+                share.recheck_at = self._clock() + share.recheck_after
+
+    def move(self, camera) -> int | None:
+        """The camera's server is down: the live server it moves to (None: none is live, it stays unplaced)."""
+        with self._lock:
+            index = self._where.pop(camera, None)
+            if index is not None:
+                self.shares[index].cameras -= 1
+                self.shares[index].cameras_moved_away += 1
+            return self._seat(camera, self._least_loaded())
+
+    def due_for_check(self) -> list[int]:
+        """Down servers whose back-off has passed; each is handed to one caller, then waits twice as long."""
+        now = self._clock()
+        with self._lock:
+            due = [i for i, share in enumerate(self.shares) if not share.live and share.recheck_at <= now]
+            for index in due:
+                share = self.shares[index]
+                share.recheck_after = min(2 * share.recheck_after, RECHECK_MAX_S)
+                share.recheck_at = now + share.recheck_after
+            return due
+
+    def mark_live(self, index: int) -> None:
+        with self._lock:
+            self.shares[index].live = True
+
+    def report(self) -> list[dict]:
+        with self._lock:
+            return [share.report() for share in self.shares]
