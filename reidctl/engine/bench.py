@@ -483,6 +483,7 @@ def _measure_backend(
             run = run_open_loop(detector, frames, load, settings.max_batch, settings.max_delay_ms, tick)
             result.multi_stream.append(run)
     result.peak_memory_bytes = detector.runner.peak_memory_bytes()
+    result.runner = detector.runner.describe()  # again: what the runner counted (e.g. per Triton server) is known now
     load = detector.load
     result.detection_load = {"candidates_per_frame": load.candidates_per_frame, "kept_per_frame": load.kept_per_frame}
     progress.update(task, phase="done")
