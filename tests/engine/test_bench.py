@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -318,19 +317,17 @@ def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(smal
 @pytest.mark.slow
 @pytest.mark.xdist_group("triton-server")
 def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_checkpoint):
-    """A timeout below the time 8 queued frames take on this CPU, but above one frame's: requests would time out
-    without the timeout derived from the first request (bench rows 'failed' on a slow machine)."""
-    path = write_config(tmp_path / "c.yaml", nano_checkpoint, test_size=[640, 640], triton={"timeout": 0.5})
+    """A timeout far below the time 8 queued 640x640 frames take on this CPU: requests would time out without the
+    timeout derived from the first request (bench rows 'failed' on a slow machine)."""
+    path = write_config(tmp_path / "c.yaml", nano_checkpoint, test_size=[640, 640], triton={"timeout": 0.2})
     config = load_config(path)
     with _triton(config, tmp_path) as config:
         settings = BenchSettings(["triton"], iters=8, warmup=0, cameras=[8])
         (result,) = run_bench(config, settings, show_progress=False).backends
         assert result.status == "ok", result.reason
-        assert result.multi_stream[0].latency.max_ms > 500  # slower than the configured timeout, and not failed
+        assert result.multi_stream[0].latency.max_ms > 200  # slower than the configured timeout, and not failed
         with create_detector(config, "triton") as detector:  # the same load with the configured timeout only
             frame = synthetic_frame(0, (640, 640))
-            start = time.perf_counter()
-            detector.detect(frame)
-            assert time.perf_counter() - start < 0.5  # one frame fits the configured timeout
-            with pytest.raises(ReidctlError, match=r"timed out after 0.5 s \(detection.triton.timeout\)"):
+            detector.detect(frame)  # the first request may take long: it carries the server's one-off costs
+            with pytest.raises(ReidctlError, match=r"timed out after 0.2 s \(detection.triton.timeout\)"):
                 closed_loop(detector.detect, [frame], 8, 32, lambda: None)
