@@ -107,7 +107,7 @@ def test_bench_parity_flags_the_backend_and_recommend_never_chooses_it(
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # titles and lines may wrap at any terminal width
-    assert "Parity against PyTorch fp32" in text and "DIVERGES" in text
+    assert "Parity against PyTorch fp32" in text  # the table; its verdict cells may be cut at a narrow width
     assert "parity: detections diverge from pytorch fp32 - onnxruntime fp32" in text
     parity = {p["backend"]: p for p in json.loads(output.read_text())["parity"]}
     assert parity["pytorch"]["status"] == "reference" and parity["onnxruntime"]["flagged"]
