@@ -11,14 +11,8 @@ frames=${FRAMES:-300}; size=${SIZE:-1080x1920}; device=${DEVICE:-cuda}
 work=${WORK_DIR:-/tmp/reidctl-capacity}
 clips="$work/clips"
 mkdir -p "$out" "$clips"
-step() {  # step NAME SECONDS COMMAND...: run, log, time
-  local name=$1 limit=$2; shift 2
-  local started=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "$name: exit $? after $(( SECONDS - started )) s" | tee -a "$out/steps.txt"
-}
-bin="$work/bin"; mkdir -p "$bin"  # `reidctl` as a command, for timeout to run
-printf '#!/bin/sh\nexec python3 -m reidctl "$@"\n' >"$bin/reidctl"; chmod +x "$bin/reidctl"; PATH="$bin:$PATH"
+# shellcheck source=scripts/perf_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/perf_common.sh"
 printf 'detection:\n  device: %s\n  compile: %s\n%s\n  triton:\n    repository: %s\n' \
   "$device" "$([ "$device" = cpu ] && echo false || echo true)" "${DETECTION:-}" "$work/repo" >"$work/config.yaml"
 config=(-c "$work/config.yaml")

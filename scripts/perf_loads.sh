@@ -11,14 +11,8 @@ out=${1:?output directory}
 iters=${ITERS:-300}; warmup=${WARMUP:-30}; cameras=${CAMERAS:-1,16}
 work=${WORK_DIR:-/tmp/reidctl-loads}; device=${DEVICE:-cuda}; model=${MODEL:---model-type mot17}
 mkdir -p "$out" "$work"
-step() {  # step NAME SECONDS COMMAND...: run, log, time
-  local name=$1 limit=$2; shift 2
-  local started=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "$name: exit $? after $(( SECONDS - started )) s" | tee -a "$out/steps.txt"
-}
-bin="$work/bin"; mkdir -p "$bin"  # `reidctl` as a command, for timeout to run
-printf '#!/bin/sh\nexec python3 -m reidctl "$@"\n' >"$bin/reidctl"; chmod +x "$bin/reidctl"; PATH="$bin:$PATH"
+# shellcheck source=scripts/perf_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/perf_common.sh"
 checkpoint() { local files=("$work"/*_"$1".pth.tar); echo "${files[0]}"; }  # <model type>_<load>.pth.tar
 
 [ -n "${SKIP_NMS:-}" ] || step nms_bench 120 python3 scripts/nms_bench.py --iters 200 --json "$out/nms_bench.json"

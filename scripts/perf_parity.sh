@@ -9,14 +9,8 @@ set -uo pipefail
 out=${1:?output directory}
 device=${DEVICE:-cuda}; work=${WORK_DIR:-/tmp/reidctl-parity}
 mkdir -p "$out" "$work"
-step() {  # step NAME SECONDS COMMAND...: run, log, time
-  local name=$1 limit=$2; shift 2
-  local started=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "$name: exit $? after $(( SECONDS - started )) s" | tee -a "$out/steps.txt"
-}
-bin="$work/bin"; mkdir -p "$bin"  # `reidctl` as a command, for timeout to run
-printf '#!/bin/sh\nexec python3 -m reidctl "$@"\n' >"$bin/reidctl"; chmod +x "$bin/reidctl"; PATH="$bin:$PATH"
+# shellcheck source=scripts/perf_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/perf_common.sh"
 
 # shellcheck disable=SC2086  # LOAD_ARGS holds several options
 step load_checkpoints 120 python3 scripts/make_load_checkpoints.py --output-dir "$work" ${LOAD_ARGS:-}

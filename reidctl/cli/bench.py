@@ -38,6 +38,13 @@ STATUS_STYLE = {"ok": "green", "unavailable": "yellow", "failed": "red"}
 EXIT_VERIFY_FAILED = 1  # a measured FAIL; bad input exits 2
 
 
+JitterOpt = Annotated[
+    float,
+    typer.Option(
+        "--jitter", help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter < 1)."
+    ),
+]
+
 def _ms(value: float) -> str:
     return f"{value:.2f}"
 
@@ -234,13 +241,7 @@ def bench(
     latency_ms: Annotated[
         float, typer.Option("--latency-ms", help="Latency budget in ms: an open-loop frame answered later is late.")
     ] = 100.0,
-    jitter: Annotated[
-        float,
-        typer.Option(
-            "--jitter",
-            help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter < 1).",
-        ),
-    ] = 0.0,
+    jitter: JitterOpt = 0.0,
     saturation: Annotated[
         Optional[bool],
         typer.Option(
@@ -531,13 +532,7 @@ def recommend_command(
     seconds: Annotated[
         float, typer.Option("--seconds", help="Measured seconds of each open-loop run of --max-cameras and --verify.")
     ] = 3.0,
-    jitter: Annotated[
-        float,
-        typer.Option(
-            "--jitter",
-            help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter < 1).",
-        ),
-    ] = 0.0,
+    jitter: JitterOpt = 0.0,
     config: ConfigOpt = None,
 ) -> None:
     from reidctl.engine.bench_report import check_open_loop, load_report
