@@ -209,6 +209,8 @@ def test_camera_names_from_sources(tmp_path):
             camera_specs(entries)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("triton-server")
 def test_triton_server_killed_mid_run_keeps_every_finished_frame(tmp_path, nano_checkpoint):
     """A real Triton server serves two cameras (one request each at a time); killed mid-run, the outputs keep every
     finished frame, all alike, and the run says why it stopped."""

@@ -13,13 +13,26 @@ from helpers import free_ports
 from reidctl.config import load_config
 from reidctl.triton import watchdog
 from reidctl.triton.repository import write_repository
-from reidctl.triton.server import Ports, cache_dir, start_server, stop_server
+from reidctl.triton.server import CACHE_ENV, Ports, cache_dir, start_server, stop_server
 
 # Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
 # left in the server cache never meets another test's server mid-run.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server")]
 
 ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def server_cache_of_this_module(tmp_path_factory):
+    """These servers run from a cache of their own: any other test's server start ends the stubs that dead servers
+    left in its cache, and would end the orphans these tests leave on purpose before they are checked."""
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("server-cache"))
+    yield
+    if previous is None:
+        del os.environ[CACHE_ENV]
+    else:
+        os.environ[CACHE_ENV] = previous
 
 
 @pytest.fixture()
