@@ -98,6 +98,8 @@ def measure(path: Path, model_type: str, batch: torch.Tensor, conf: float, nms: 
     model, _ = load_model(path, model_type)
     with torch.inference_mode():
         predictions = model(batch)
+    if not torch.isfinite(predictions).all():
+        raise ReidctlError(f"{path} gives non-finite boxes or scores on the synthetic frames")
     selection = select_detections(predictions, conf, nms)
     frames = len(batch)
     return sum(selection.candidates) / frames, sum(selection.kept) / frames, predictions.shape[1]
@@ -127,7 +129,7 @@ def main() -> int:
         save_checkpoint(model, paths["idle"])
         set_head_bias(model, obj=WORST_SCORE_BIAS, cls=WORST_SCORE_BIAS, size=WORST_SIZE_BIAS)
         save_checkpoint(model, paths["worst"])
-        model = lively_yolox(spec.size, spec.num_classes, args.seed)
+        model = lively_yolox(spec.size, spec.num_classes, args.seed, calibration=batch)
         set_head_bias(model, size=CROWD_SIZE_BIAS)
         bias = calibrate_score_bias(model, batch, args.crowd, args.conf)
         set_head_bias(model, obj=bias, cls=bias)

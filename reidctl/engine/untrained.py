@@ -11,15 +11,20 @@ from reidctl.models.yolox import YOLOX, build_yolox
 CALIBRATION_SIZE = (128, 160)
 
 
-def lively_yolox(size: str = "nano", num_classes: int = 1, seed: int = 0) -> YOLOX:
+def lively_yolox(
+    size: str = "nano", num_classes: int = 1, seed: int = 0, calibration: torch.Tensor | None = None
+) -> YOLOX:
     """YOLOX of ``size`` (eval mode) whose activations stay alive, with scores spread over (0, 1).
 
     Plain random init lets activations vanish (every frame gives the same output, so backend comparisons
     prove little); BatchNorm statistics calibrated on real-range inputs with a BN gain of 0.25 keep them alive
     yet insensitive (input noise 1e-3 moves boxes ~0.4%), so fp16 can be checked against fp32 meaningfully.
     Head outputs are scaled to logits of std 1.5 (scores spread over (0, 1), so frames give detections) and
-    box log-sizes of std 0.25. Calibrated at 128x160 whatever size the model later runs at.
+    box log-sizes of std 0.25. Calibrated at 128x160 whatever size the model later runs at, on random pixels; or on
+    ``calibration`` (normalised frames, (B, 3, H, W)) when given: a deep model calibrated on noise at a small size
+    explodes on real frames at 640x640 (YOLOX-X: box log-sizes of +-1e6, so infinite boxes).
     """
+    batches = [calibration] * 3 if calibration is not None else None
     torch.manual_seed(seed)
     model = build_yolox(size, num_classes)
     for module in model.modules():
@@ -30,10 +35,11 @@ def lively_yolox(size: str = "nano", num_classes: int = 1, seed: int = 0) -> YOL
     model.train()
     with torch.no_grad():
         for i in range(3):
-            model(sample_input(4, CALIBRATION_SIZE, seed=100 + i))
+            model(batches[i] if batches else sample_input(4, CALIBRATION_SIZE, seed=100 + i))
         model.eval()
         head = model.head
-        for level, features in enumerate(model.backbone(sample_input(2, CALIBRATION_SIZE, seed=7))):
+        head_input = calibration if calibration is not None else sample_input(2, CALIBRATION_SIZE, seed=7)
+        for level, features in enumerate(model.backbone(head_input)):
             stem = head.stems[level](features)
             cls_features, reg_features = head.cls_convs[level](stem), head.reg_convs[level](stem)
             targets = (
