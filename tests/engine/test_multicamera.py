@@ -189,7 +189,7 @@ def test_stream_that_fails_reconnects_while_other_cameras_go_on(tmp_path, small_
     street, hall = result.summary["cameras"]
     assert result.stopped is None
     assert street["frames"] == 40 and street["reconnects"] >= 1 and street["state"] == "ended"
-    assert hall["frames"] + hall["dropped"] == 40 and hall["state"] == "ended"
+    assert hall["frames"] == 40 and hall["state"] == "ended"  # a busy machine may drop some of its real-time frames
     assert progress["restarted_at"] is not None, "the stream's failure was not seen"
     assert progress["restarted_at"] > progress["faulted_at"], "the file camera stopped while the stream was down"
     assert any("camera street:" in w and "reconnecting" in w for w in warnings)

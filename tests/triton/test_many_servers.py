@@ -3,6 +3,7 @@ a server that dies to the one left, every frame answered and the failures counte
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -109,6 +110,20 @@ def test_cameras_spread_over_two_servers_and_move_when_one_is_killed(tmp_path, n
     assert after_newcomer[1]["cameras_assigned"] == 5 and after_newcomer[0]["live"] is False
 
 
+def wait_until_free(ports: Ports, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for port in (ports.http, ports.grpc, ports.metrics):
+        while True:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: past TIME_WAIT
+                try:
+                    probe.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"port {port} still taken after {timeout} s"
+                    time.sleep(0.2)
+
+
 def test_a_server_back_after_its_back_off_takes_new_cameras(tmp_path, nano_checkpoint, video_file, two_servers):
     repositories, (a, b) = two_servers
     urls = [f"localhost:{a.grpc_port}", f"localhost:{b.grpc_port}"]
@@ -119,6 +134,7 @@ def test_a_server_back_after_its_back_off_takes_new_cameras(tmp_path, nano_check
         os.killpg(a.pid, signal.SIGKILL)
         assert len(detector.detect(frame)) == len(first)  # moved to b, frame answered
         stop_server(repositories[0])
+        wait_until_free(a.ports)  # no listener left: the killed server's process has gone
         start_server(repositories[0], a.ports, warn=lambda message: None)
         time.sleep(RECHECK_FIRST_S)
         newcomer = []
