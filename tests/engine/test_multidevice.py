@@ -94,3 +94,30 @@ def test_batches_smaller_than_the_cameras_lose_no_frame(tmp_path, small_config):
     assert result.exit_code == 0, result.output
     data = json.loads(summary.read_text())
     assert [c["frames"] for c in data["cameras"]] == [6, 6, 6] and data["batch_sizes"] == {"1": 18}
+
+
+def test_bench_batched_on_two_devices_records_each_devices_share(tmp_path, small_config, video_file):
+    output = tmp_path / "bench.json"
+    result = invoke("bench", "--backends", "pytorch", "--iters", 12, "--warmup", 2, "--cameras", 4,
+                    "--device", "cpu,cpu", "--source", video_file, "-c", small_config, "-o", output,
+                    "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(output.read_text())
+    assert data["environment"]["devices"] == ["cpu", "cpu"]
+    (backend,) = data["backends"]
+    assert backend["runner"]["devices"] == ["cpu", "cpu"] and "cpu,cpu" in result.output  # Runs as
+    runs = {run["mode"]: run for run in backend["multi_stream"]}
+    shares = runs["batched"]["per_device"]
+    assert [share["device"] for share in shares] == ["cpu", "cpu"]
+    assert sum(share["frames"] for share in shares) == 12  # the measured requests, the warm-up left out
+    assert sum(share["batches"] for share in shares) == sum(runs["batched"]["batch_sizes"].values())
+    assert all(share["batches"] > 0 for share in shares), shares  # two workers: both devices ran batches
+    assert "per_device" not in runs["sequential"]  # one caller at a time: no spreading to report
+
+
+def test_capacity_sentence_names_the_gpu_count():
+    from reidctl.engine.recommend import who_serves
+
+    assert who_serves({"device": "cuda:0", "devices": ["cuda:0"]}) == "This machine serves"
+    assert who_serves({"device": "cpu"}) == "This machine serves"  # reports from before device lists
+    assert who_serves({"devices": ["cuda:0", "cuda:1"]}) == "2 GPUs serve"
