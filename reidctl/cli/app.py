@@ -118,7 +118,14 @@ NumClassesOpt = Annotated[
         "--num-classes", help="Class count the checkpoint must have (default: from model type or checkpoint)."
     ),
 ]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        help="auto, cpu, cuda, cuda:N, a list (cuda:0,1) or all (every visible GPU). A list runs one runner per "
+        "device and spreads batches across them (in-process backends; cpu,cpu exercises this without a GPU).",
+    ),
+]
 TestSizeOpt = Annotated[
     Optional[str], typer.Option("--test-size", help="Network input HEIGHTxWIDTH, multiples of 32 (e.g. 640x640).")
 ]

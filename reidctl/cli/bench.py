@@ -77,12 +77,27 @@ def _stage_table(report: BenchReport) -> Table:
     return table
 
 
+def _per_device_fps(stream) -> str:
+    """Several devices: the total FPS split by the frames each device served, e.g. '201.3/198.7'."""
+    frames = sum(share["frames"] for share in stream.per_device or ())
+    if not frames:
+        return "-"
+    return "/".join(f"{stream.throughput_fps * share['frames'] / frames:.1f}" for share in stream.per_device)
+
+
+def _several_devices(report: BenchReport) -> bool:
+    return any(s.per_device for b in report.backends for s in b.multi_stream)
+
+
 def _multi_table(report: BenchReport) -> Table:
     table = Table(
         title="Multi-Stream Results, closed loop (saturation: a camera sends its next frame when its result "
         "is back), latency per request in ms"
     )
-    for column in ("Backend", "Mode", "Cameras", "Total FPS", "Avg Latency", "P95", "P99", "Avg Batch"):
+    per_device = _several_devices(report)
+    columns = ("Backend", "Mode", "Cameras", "Total FPS", *(("FPS per Device",) if per_device else ()),
+               "Avg Latency", "P95", "P99", "Avg Batch")
+    for column in columns:
         table.add_column(
             column, justify="left" if column in ("Backend", "Mode") else "right", no_wrap=column in ("Backend", "Mode")
         )
@@ -94,6 +109,7 @@ def _multi_table(report: BenchReport) -> Table:
                 s.mode,
                 str(s.cameras),
                 f"{s.throughput_fps:.2f}",
+                *((_per_device_fps(s),) if per_device else ()),
                 _ms(s.latency.avg_ms),
                 _ms(s.latency.p95_ms),
                 _ms(s.latency.p99_ms),
@@ -114,6 +130,7 @@ def _open_loop_table(report: BenchReport) -> Table:
         "Cams",
         "FPS/Cam",
         "Served FPS",
+        *(("FPS per Device",) if _several_devices(report) else ()),
         "Slowest Cam",
         "P50",
         "P95",
@@ -134,6 +151,7 @@ def _open_loop_table(report: BenchReport) -> Table:
                 str(s.cameras),
                 f"{s.fps_per_camera:g}",
                 f"{s.throughput_fps:.1f}",
+                *((_per_device_fps(s),) if _several_devices(report) else ()),
                 f"{slowest:.1f}",
                 _ms(s.latency.p50_ms),
                 _ms(s.latency.p95_ms),
@@ -536,7 +554,7 @@ def recommend_command(
     config: ConfigOpt = None,
 ) -> None:
     from reidctl.engine.bench_report import check_open_loop, load_report
-    from reidctl.engine.recommend import Need, find_bench, recommend, write_deploy
+    from reidctl.engine.recommend import Need, find_bench, recommend, who_serves, write_deploy
 
     need = Need(cameras, fps, latency_ms).validate()
     check_open_loop(fps, seconds, latency_ms, jitter)
@@ -550,8 +568,9 @@ def recommend_command(
         if best:
             gpu = searched.environment["gpu"]["name"]
             more = " or more" if best.outcome.at_limit else ""
+            subject, verb = who_serves(searched.environment).rsplit(" ", 1)
             console.print(
-                f"[bold]This machine ({escape(gpu)}) serves up to {best.outcome.cameras}{more} camera(s) "
+                f"[bold]{subject} ({escape(gpu)}) {verb} up to {best.outcome.cameras}{more} camera(s) "
                 f"at {fps:g} FPS within {latency_ms:g} ms on {best.backend}.[/bold]",
                 soft_wrap=True,
             )

@@ -144,7 +144,7 @@ def detect(
     ] = 5.0,
     max_batch: Annotated[
         Optional[int],
-        typer.Option("--max-batch", min=1, help="Most frames per GPU batch (default: one per camera, at most 16)."),
+        typer.Option("--max-batch", min=1, help="Most frames per GPU batch (default: cameras / devices, at most 16)."),
     ] = None,
     strict: Annotated[
         bool,

@@ -3,7 +3,8 @@
 Each caller submits one frame and gets a future for its own result. A worker thread takes the first waiting
 frame, keeps gathering until ``max_batch`` frames or ``max_delay_ms`` after that first frame, runs one
 ``detect_batch`` call and hands every caller its row of the output: the same policy as Triton's dynamic
-batcher (max batch size, max queue delay), without a server.
+batcher (max batch size, max queue delay), without a server. With ``workers`` > 1 (a DetectorPool: one per
+device) that many worker threads gather and run batches from the same queue, so several batches run at once.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ BatchFn = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
 class MicroBatcher:
-    """``submit(frame) -> Future[(N, 7)]``; a context manager that stops its worker on exit."""
+    """``submit(frame) -> Future[(N, 7)]``; a context manager that stops its workers on exit."""
 
-    def __init__(self, detect_batch: BatchFn, max_batch: int = 8, max_delay_ms: float = 2.0):
+    def __init__(self, detect_batch: BatchFn, max_batch: int = 8, max_delay_ms: float = 2.0, workers: int = 1):
         if max_batch < 1:
             raise ReidctlError(f"max batch must be at least 1, got {max_batch}")
         if max_delay_ms < 0:
@@ -32,12 +33,16 @@ class MicroBatcher:
         self.detect_batch = detect_batch
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
-        self.batch_sizes: list[int] = []  # size of every batch run, in order
+        if workers < 1:
+            raise ReidctlError(f"workers must be at least 1, got {workers}")
+        self.batch_sizes: list[int] = []  # size of every batch run, in order (list.append is atomic)
         self._queue: queue.SimpleQueue[tuple[np.ndarray, Future] | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
-        self._worker = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._run, name=f"micro-batcher-{i}", daemon=True)
+                         for i in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, frame: np.ndarray) -> Future:
         future: Future = Future()
@@ -86,13 +91,15 @@ class MicroBatcher:
             future.set_result(result)
 
     def close(self) -> None:
-        """Serve what is queued, then stop the worker; safe to call twice."""
+        """Serve what is queued, then stop the workers; safe to call twice."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(None)
-        self._worker.join()
+            for _ in self._workers:  # one stop marker each: a worker takes exactly one, then ends
+                self._queue.put(None)
+        for worker in self._workers:
+            worker.join()
 
     def __enter__(self) -> MicroBatcher:
         return self

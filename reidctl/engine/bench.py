@@ -49,8 +49,8 @@ from reidctl.engine.bench_report import (
     StreamResult,
     plot_path_for,
 )
-from reidctl.engine.detector import Detector, StageTimes, available_backends, create_detector, get_backend
-from reidctl.engine.device import gpu_description, resolve_device
+from reidctl.engine.detector import Detector, DetectorPool, StageTimes, available_backends, create_detector, get_backend
+from reidctl.engine.device import gpu_description, resolve_devices
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.io.atomic import check_output_path
@@ -97,10 +97,12 @@ def load_frames(settings: BenchSettings, test_size: tuple[int, int]) -> tuple[li
     return frames, settings.source
 
 
-def environment(device: torch.device) -> dict:
+def environment(devices: Sequence[torch.device]) -> dict:
+    """The machine a report was measured on; ``devices``: each one a runner ran on (the first one's GPU named)."""
     return {
-        "gpu": gpu_description(device),
-        "device": str(device),
+        "gpu": gpu_description(devices[0]),
+        "device": ",".join(str(device) for device in devices),
+        "devices": [str(device) for device in devices],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -224,25 +226,41 @@ def closed_loop(
     return latencies, wall
 
 
-def warm_batch_sizes(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, cameras: int) -> None:
-    """Every batch size a run of ``cameras`` can form, once: one-off costs (e.g. CUDA-graph capture) stay out."""
-    for size in range(2, min(max_batch, cameras) + 1):
-        detector.detect_batch([frames[i % len(frames)] for i in range(size)])
+def warm_batch_sizes(
+    detector: Detector | DetectorPool, frames: Sequence[np.ndarray], max_batch: int, cameras: int
+) -> None:
+    """Every batch size a run of ``cameras`` can form, once on each device: one-off costs (e.g. CUDA-graph
+    capture) stay out."""
+    for one in detector.per_device:
+        for size in range(2, min(max_batch, cameras) + 1):
+            one.detect_batch([frames[i % len(frames)] for i in range(size)])
+
+
+def _shares_since(detector: Detector | DetectorPool, before: list[dict] | None) -> list[dict] | None:
+    """Each device's batches and frames since ``before`` (None with one device)."""
+    after = detector.device_shares()
+    if before is None or after is None:
+        return None
+    return [{**now, "batches": now["batches"] - then["batches"], "frames": now["frames"] - then["frames"]}
+            for now, then in zip(after, before)]
 
 
 def measure_batched(
     detector: Detector, frames: Sequence[np.ndarray], cameras: int, settings: BenchSettings, tick: Tick
 ) -> StreamResult:
     warm_batch_sizes(detector, frames, settings.max_batch, cameras)
-    with MicroBatcher(detector.detect_batch, settings.max_batch, settings.max_delay_ms) as batcher:
+    batcher = MicroBatcher(detector.detect_batch, settings.max_batch, settings.max_delay_ms, detector.concurrency)
+    with batcher:
         serve = lambda frame: batcher.submit(frame).result()  # noqa: E731
         closed_loop(serve, frames, cameras, settings.warmup, tick)
-        batcher.batch_sizes.clear()  # the worker is idle: every warm-up future has been answered
+        batcher.batch_sizes.clear()  # the workers are idle: every warm-up future has been answered
+        shares = detector.device_shares()
         latencies, wall = closed_loop(serve, frames, cameras, settings.iters, tick)
         sizes = dict(Counter(batcher.batch_sizes))
-    return StreamResult(
-        "batched", cameras, len(latencies), wall, len(latencies) / wall, LatencySummary.from_samples(latencies), sizes
-    )
+    summary = LatencySummary.from_samples(latencies)
+    result = StreamResult("batched", cameras, len(latencies), wall, len(latencies) / wall, summary, sizes)
+    result.per_device = _shares_since(detector, shares)
+    return result
 
 
 def _settled_batch_counts(detector: Detector) -> dict[int, int] | None:
@@ -389,7 +407,7 @@ def serving(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, ma
         yield "concurrent", detector.detect, lambda: _batches_since(before, _settled_batch_counts(detector))
         return
     warm_batch_sizes(detector, frames, max_batch, cameras)
-    with MicroBatcher(detector.detect_batch, max_batch, max_delay_ms) as batcher:
+    with MicroBatcher(detector.detect_batch, max_batch, max_delay_ms, detector.concurrency) as batcher:
         yield "batched", lambda frame: batcher.submit(frame).result(), lambda: dict(Counter(batcher.batch_sizes))
 
 
@@ -404,8 +422,10 @@ def run_open_loop(
     """One open-loop point: ``load.cameras`` cameras at ``load.fps`` each, for ``load.seconds``."""
     allow_measured_latency(detector, frames[0], load.cameras)
     with serving(detector, frames, max_batch, max_delay_ms, load.cameras) as (mode, serve, batch_sizes):
+        shares = detector.device_shares()
         cameras, latencies = open_loop(serve, frames, load, tick)
         sizes = batch_sizes()  # the warm-up's batches included: the open loop has no idle point between the two
+        per_device = _shares_since(detector, shares)  # the same
     summary = LatencySummary.from_samples(latencies) if latencies else _NOTHING_SERVED
     return StreamResult(
         mode,
@@ -422,6 +442,7 @@ def run_open_loop(
         dropped=sum(c.dropped for c in cameras),
         late=sum(c.late for c in cameras),
         per_camera=cameras,
+        per_device=per_device,
     )
 
 
@@ -466,7 +487,7 @@ def _measure_backend(
     modes = stream_modes(detector)
     task = progress.add_task(result.name, total=planned_requests(settings, modes), phase="single stream")
     tick = lambda: progress.advance(task)  # noqa: E731
-    result.runner = detector.runner.describe()
+    result.runner = detector.describe()
     allow_measured_latency(detector, frames[0], max(settings.cameras))
     tick()
     result.single_stream = measure_single(detector, frames, settings.warmup, settings.iters, tick)
@@ -482,8 +503,8 @@ def _measure_backend(
             load = open_loop_load(settings, cameras)
             run = run_open_loop(detector, frames, load, settings.max_batch, settings.max_delay_ms, tick)
             result.multi_stream.append(run)
-    result.peak_memory_bytes = detector.runner.peak_memory_bytes()
-    result.runner = detector.runner.describe()  # again: what the runner counted (e.g. per Triton server) is known now
+    result.peak_memory_bytes = detector.peak_memory_bytes()
+    result.runner = detector.describe()  # again: what the runner counted (e.g. per Triton server) is known now
     load = detector.load
     result.detection_load = {"candidates_per_frame": load.candidates_per_frame, "kept_per_frame": load.kept_per_frame}
     progress.update(task, phase="done")
@@ -495,15 +516,16 @@ def bench_backend(
     frames: Sequence[np.ndarray],
     settings: BenchSettings,
     progress: Progress,
-    device: torch.device,
+    devices: Sequence[torch.device],
 ) -> BackendResult:
     reason = get_backend(name).availability()
     if reason:
         return BackendResult(name, "unavailable", reason)
     result = BackendResult(name, "ok")
-    if device.type == "cuda":
-        torch.cuda.init()  # the allocator's statistics exist only once CUDA is initialised
-        torch.cuda.reset_peak_memory_stats(device)  # each backend's peak, not the process's so far
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.init()  # the allocator's statistics exist only once CUDA is initialised
+            torch.cuda.reset_peak_memory_stats(device)  # each backend's peak, not the process's so far
     try:
         with create_detector(config, name) as detector:
             _measure_backend(result, detector, frames, settings, progress)
@@ -518,7 +540,7 @@ def bench_backend(
 
 def run_bench(config: Config, settings: BenchSettings, show_progress: bool = True) -> BenchReport:
     settings.validate()
-    device = resolve_device(config.detection.device)
+    devices = resolve_devices(config.detection.device)
     frames, frames_from = load_frames(settings, config.detection.input_size)
     columns = [
         SpinnerColumn(),
@@ -529,7 +551,7 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
         TimeElapsedColumn(),
     ]
     with Progress(*columns, disable=not show_progress) as progress:
-        results = [bench_backend(config, name, frames, settings, progress, device) for name in settings.backends]
+        results = [bench_backend(config, name, frames, settings, progress, devices) for name in settings.backends]
     parity = []
     if settings.parity:
         from reidctl.engine.parity import run_parity
@@ -538,7 +560,7 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
         parity = run_parity(config, settings.backends, frames, *tolerances)
     return BenchReport(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        environment=environment(device),
+        environment=environment(devices),
         settings=dataclasses.asdict(settings) | {"frames": frames_from, "frame_count": len(frames)},
         config=to_dict(config),
         backends=results,

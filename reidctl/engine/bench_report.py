@@ -123,6 +123,7 @@ class StreamResult:
     dropped: int | None = None  # open loop, all cameras
     late: int | None = None
     per_camera: list[CameraStats] | None = None
+    per_device: list[dict] | None = None  # several devices: each one's {"device", "batches", "frames"} in the run
 
     @property
     def open_loop(self) -> bool:
@@ -141,6 +142,8 @@ class StreamResult:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self) | {"latency": self.latency.to_dict(), "mean_batch": self.mean_batch}
         data["per_camera"] = [c.to_dict() for c in self.per_camera] if self.per_camera is not None else None
+        if self.per_device is None:
+            del data["per_device"]  # one device: the JSON keeps the shape it had before device lists
         if self.batch_sizes is not None:
             data["batch_sizes"] = {str(size): count for size, count in sorted(self.batch_sizes.items())}
         return data
@@ -163,6 +166,7 @@ class StreamResult:
             dropped=data.get("dropped"),
             late=data.get("late"),
             per_camera=[CameraStats.from_dict(c) for c in cameras] if (cameras := data.get("per_camera")) else None,
+            per_device=data.get("per_device"),
         )
 
 

@@ -77,10 +77,14 @@ class Hub:
         return all(camera.ended and camera.waiting is None for camera in self.cameras)
 
     def take_batch(self, max_batch: int, timeout_s: float = 0.1) -> list[TimedFrame]:
-        """Up to ``max_batch`` waiting frames, one per camera, the newest of each; [] if none came in time."""
+        """Up to ``max_batch`` waiting frames, one per camera, the newest of each; [] if none came in time.
+
+        A camera whose last frame is still being detected (several devices run batches at once) gives none until
+        ``release``: each camera's frames are finished in order."""
         with self.condition:
             def ready() -> bool:
-                return any(c.waiting is not None for c in self.cameras) or self.stopping.is_set() or self.done()
+                return any(c.waiting is not None and not c.in_flight for c in self.cameras) \
+                    or self.stopping.is_set() or self.done()
 
             if not self.condition.wait_for(ready, timeout_s):
                 return []
@@ -88,11 +92,22 @@ class Hub:
                 return []
             count = len(self.cameras)
             order = [self.cameras[(self._next + i) % count] for i in range(count)]
-            batch = [camera.take_locked() for camera in order if camera.waiting is not None][:max_batch]
+            # Cameras first, then take: a frame taken beyond max_batch would be lost.
+            chosen = [camera for camera in order if camera.waiting is not None and not camera.in_flight][:max_batch]
+            batch = [camera.take_locked() for camera in chosen]
+            for item in batch:
+                item.camera.in_flight = True
             if batch:
                 self._next = (self.cameras.index(batch[-1].camera) + 1) % count
             self.condition.notify_all()
             return batch
+
+    def release(self, batch: list[TimedFrame]) -> None:
+        """The batch's frames are finished: their cameras may give frames again."""
+        with self.condition:
+            for item in batch:
+                item.camera.in_flight = False
+            self.condition.notify_all()
 
 
 class Camera:
@@ -113,6 +128,7 @@ class Camera:
         self._open_source = open_source
         self._warn = warn
         self.waiting: TimedFrame | None = None
+        self.in_flight = False  # a frame of this camera is being detected (Hub.take_batch until Hub.release)
         self.ended = False  # no frame will come any more
         self.state = "running"  # running | reconnecting | ended | failed | stopped
         self.frames = 0  # detected and written

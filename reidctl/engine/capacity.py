@@ -18,7 +18,7 @@ from reidctl.config import Config
 from reidctl.engine.bench import OpenLoopLoad, environment, load_frames, run_open_loop
 from reidctl.engine.bench_report import BackendResult, BenchReport, BenchSettings, StreamResult
 from reidctl.engine.detector import create_detector, get_backend
-from reidctl.engine.device import resolve_device
+from reidctl.engine.device import resolve_devices
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 
 DEFAULT_LIMIT = 64
@@ -141,7 +141,7 @@ def capacity_report(config: dict, device: str, results: Sequence[CapacityResult]
     """The search's runs as a bench report (open-loop runs only), for `recommend` to judge with a bench file's."""
     return BenchReport(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        environment=environment(resolve_device(device)),
+        environment=environment(resolve_devices(device)),
         settings=settings,
         config=config,
         backends=[BackendResult(r.backend, r.status, r.reason, multi_stream=list(r.runs)) for r in results],

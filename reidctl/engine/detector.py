@@ -7,7 +7,9 @@ wants float input), decoding of raw head outputs, NMS and rescaling.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import queue
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -122,9 +124,26 @@ class Detector:
         self._staging_copied: torch.cuda.Event | None = None  # its last host-to-device copy
         self._staging_lock = threading.Lock()
 
+    concurrency = 1  # batches that may run at once (a DetectorPool: one per device)
+
     @property
     def name(self) -> str:
         return self.runner.name
+
+    @property
+    def per_device(self) -> list[Detector]:
+        """One Detector per device: what a warm-up runs on each device."""
+        return [self]
+
+    def describe(self) -> dict:
+        return self.runner.describe()
+
+    def peak_memory_bytes(self) -> int | None:
+        return self.runner.peak_memory_bytes()
+
+    def device_shares(self) -> list[dict] | None:
+        """Batches and frames each device has served (None: one device serves everything)."""
+        return None
 
     def _sync(self) -> None:
         if self.runner.device.type == "cuda":
@@ -209,6 +228,101 @@ class Detector:
         self.close()
 
 
+class DetectorPool:
+    """One Detector per device behind the Detector's calls. Each call runs on an idle device (it waits while every
+    device is busy), so ``concurrency`` threads calling at once run that many batches at once, one per device.
+
+    ``runner`` is the first device's: every member runs the same backend, so its kind (input format, remote
+    batching) stands for all of them.
+    """
+
+    def __init__(self, detectors: Sequence[Detector], devices: Sequence[str]):
+        self.detectors = list(detectors)
+        self._devices = list(devices)  # as asked for: ONNX Runtime's runner holds its batches on the host
+        self.runner = self.detectors[0].runner
+        self.test_size = self.detectors[0].test_size
+        self.concurrency = len(self.detectors)
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # FIFO: one thread's calls go round the devices
+        for index in range(len(self.detectors)):
+            self._idle.put(index)
+        self._served = [[0, 0] for _ in self.detectors]  # per device: batches, frames
+        self._served_lock = threading.Lock()
+        self.load = self.detectors[0].load  # one count for every device (DetectionLoad is thread-safe)
+
+    @property
+    def name(self) -> str:
+        return self.runner.name
+
+    @property
+    def per_device(self) -> list[Detector]:
+        return self.detectors
+
+    @property
+    def load(self) -> DetectionLoad:
+        return self._load
+
+    @load.setter
+    def load(self, load: DetectionLoad) -> None:
+        self._load = load
+        for detector in self.detectors:
+            detector.load = load
+
+    @property
+    def stage_times(self) -> StageTimes | None:
+        return self.detectors[0].stage_times
+
+    @stage_times.setter
+    def stage_times(self, times: StageTimes | None) -> None:
+        for detector in self.detectors:
+            detector.stage_times = times
+
+    def devices(self) -> list[str]:
+        return list(self._devices)
+
+    def describe(self) -> dict:
+        return {**self.runner.describe(), "device": ",".join(self.devices()), "devices": self.devices()}
+
+    def peak_memory_bytes(self) -> int | None:
+        """The largest device's peak: what has to fit on one card."""
+        peaks = [peak for detector in self.detectors if (peak := detector.peak_memory_bytes()) is not None]
+        return max(peaks) if peaks else None
+
+    def device_shares(self) -> list[dict]:
+        with self._served_lock:
+            return [{"device": device, "batches": batches, "frames": frames}
+                    for device, (batches, frames) in zip(self.devices(), self._served)]
+
+    def _on_idle_device(self, call: Callable[[Detector], list[np.ndarray]], frames: int) -> list[np.ndarray]:
+        index = self._idle.get()
+        try:
+            results = call(self.detectors[index])
+        finally:
+            self._idle.put(index)
+        with self._served_lock:
+            self._served[index][0] += 1
+            self._served[index][1] += frames
+        return results
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        return self.detect_batch([frame])[0]
+
+    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._on_idle_device(lambda detector: detector.detect_batch(frames), len(frames))
+
+    def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float]) -> list[np.ndarray]:
+        return self._on_idle_device(lambda detector: detector.detect_canvases(canvases, ratios), len(canvases))
+
+    def close(self) -> None:
+        for detector in self.detectors:
+            detector.close()
+
+    def __enter__(self) -> DetectorPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class Backend:
     """A registered backend: how to check it can run here and how to build its runner from the config."""
@@ -250,12 +364,32 @@ def available_backends() -> dict[str, str | None]:
     return {name: get_backend(name).availability() for name in names}
 
 
-def create_detector(config, backend: str | None = None, warn: Callable[[str], None] = print) -> Detector:
-    """The Detector for ``config.detection`` on ``backend`` (default: the config's backend); warnings go to ``warn``."""
+def create_detector(
+    config, backend: str | None = None, warn: Callable[[str], None] = print
+) -> Detector | DetectorPool:
+    """The Detector for ``config.detection`` on ``backend`` (default: the config's backend); warnings go to ``warn``.
+    A list of devices (detection.device 'cuda:0,1', 'all') gives a DetectorPool of one Detector per device."""
+    from reidctl.engine.device import resolve_devices
+
     det = config.detection
     chosen = get_backend(backend or det.backend)
     reason = chosen.availability()
     if reason:
         raise BackendUnavailable(f"backend '{chosen.name}' is unavailable: {reason}")
-    runner = chosen.make_runner(config, warn)
-    return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
+    devices = resolve_devices(det.device)
+    if len(devices) == 1:
+        runner = chosen.make_runner(config, warn)
+        return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
+    detectors: list[Detector] = []
+    try:
+        for device in devices:
+            one = dataclasses.replace(config, detection=dataclasses.replace(det, device=str(device)))
+            runner = chosen.make_runner(one, warn)
+            detectors.append(Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold))
+            if runner.batches_remotely:
+                raise ReidctlError(f"a device list runs in-process backends only; '{chosen.name}' runs in a server")
+    except BaseException:
+        for detector in detectors:
+            detector.close()
+        raise
+    return DetectorPool(detectors, [str(device) for device in devices])

@@ -27,6 +27,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_devices(text: str) -> list[torch.device]:
+    """A device or a comma-separated list: 'cuda:0,1' (or 'cuda:0,cuda:1'), 'all' (every visible GPU).
+
+    A list runs one runner per device. GPUs may appear once each; a list of CPUs ('cpu,cpu') is allowed so that
+    spreading batches over several runners can be exercised without a GPU.
+    """
+    text = text.strip()
+    if text == "all":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ReidctlError("device 'all' was requested but no CUDA GPU is available here")
+        return [torch.device("cuda", index) for index in range(count)]
+    names = [name.strip() for name in text.split(",")]
+    if len(names) == 1:
+        return [resolve_device(names[0])]
+    if "" in names or "auto" in names or "all" in names:
+        raise ReidctlError(f"bad device list '{text}' (use e.g. cuda:0,1, cuda:0,cuda:1, all or cpu,cpu)")
+    devices = []
+    for name in names:
+        if name.isdigit() and devices and devices[-1].type == "cuda":
+            name = f"cuda:{name}"  # 'cuda:0,1': a bare index continues the GPU list
+        devices.append(resolve_device(name))
+    if len({device.type for device in devices}) > 1:
+        raise ReidctlError(f"device list '{text}' mixes the CPU and GPUs: use only one kind")
+    gpus = [device for device in devices if device.type == "cuda"]
+    if len(set(gpus)) < len(gpus):
+        raise ReidctlError(f"device list '{text}' names a GPU twice")
+    return devices
+
+
 def gpu_description(device: torch.device) -> dict:
     """Name and compute capability, recorded beside measurements and engines."""
     if device.type != "cuda":

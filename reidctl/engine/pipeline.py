@@ -4,7 +4,8 @@ One reader thread per camera decodes on the CPU (reidctl/engine/cameras.py). In-
 onnxruntime, tensorrt) get one ``detect_canvases`` call per step holding the newest frame of every camera that has
 one, as DeepStream's stream muxer does, each letterboxed by its camera's reader right after decoding; a runner that
 batches remotely (Triton) gets one request per camera at a time, from one thread per camera, and the server forms
-the batches.
+the batches. With several devices (a DetectorPool) one batch loop per device takes the next batch, so the devices
+run batches at once; a camera gives its next frame only once its last one is finished.
 
 Nothing finished is lost: a frame counts as finished once it is written to every output (under one lock, so a stop
 never splits a frame between outputs). Any stop (every camera ended, an error, Ctrl-C, SIGTERM) publishes every
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import tempfile
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.engine.cameras import Camera, Hub, TimedFrame
-from reidctl.engine.detector import Detector, create_detector
+from reidctl.engine.detector import Detector, DetectorPool, create_detector
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, first_line
@@ -63,7 +65,7 @@ class DetectOptions:
     max_frames: int | None = None  # per camera
     timeout_s: float = DEFAULT_TIMEOUT_S  # opening and reading a network source
     strict: bool = False  # an unreadable image or a truncated video stops the run instead of a warning
-    max_batch: int | None = None  # frames per detect_batch call; default: one per camera, at most 16
+    max_batch: int | None = None  # frames per detect_batch call; default: the cameras shared by the devices, at most 16
 
 
 @dataclass
@@ -256,8 +258,9 @@ def _describe(exc: BaseException) -> str:
 class _Run:
     """One run's shared state: the cameras, the outputs and what the detection loops measured."""
 
-    def __init__(self, detector: Detector, hub: Hub, outputs: Outputs, max_batch: int):
+    def __init__(self, detector: Detector | DetectorPool, hub: Hub, outputs: Outputs, max_batch: int):
         self.detector, self.hub, self.outputs, self.max_batch = detector, hub, outputs, max_batch
+        self.step_lock = threading.Lock()  # the batch loops (one per device) count their steps under it
         self.batch_sizes: Counter[int] = Counter()
         self.step_seconds = array("d")  # each detect step (in-process runners): the model's share of latency
         self.recent_batches: deque[int] = deque(maxlen=64)
@@ -294,10 +297,12 @@ class _Run:
                     continue
                 started = time.perf_counter()
                 results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch])
-                self.step_seconds.append(time.perf_counter() - started)
-                self.batch_sizes[len(batch)] += 1
-                self.recent_batches.append(len(batch))
+                with self.step_lock:
+                    self.step_seconds.append(time.perf_counter() - started)
+                    self.batch_sizes[len(batch)] += 1
+                    self.recent_batches.append(len(batch))
                 self.finish(batch, results)
+                self.hub.release(batch)
         except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
             self.hub.stop(_describe(exc))
 
@@ -338,6 +343,7 @@ class _Run:
         if recent and not self.detector.runner.batches_remotely:
             sizes = dict(Counter(self.recent_batches))
         batches = sum(sizes.values()) if sizes else 0
+        shares = self.detector.device_shares()
         return {
             "cameras": cameras,
             "frames": frames,
@@ -350,6 +356,7 @@ class _Run:
             "wall_seconds": wall,
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,
             "mean_batch": sum(int(s) * c for s, c in sizes.items()) / batches if batches else None,
+            **({"per_device": shares} if shares is not None else {}),
         }
 
 
@@ -376,17 +383,23 @@ def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
     }
 
 
-def _warm_up(detector: Detector, cameras: int, max_batch: int) -> None:
-    """Run once, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning, connections,
-    the pinned staging buffer), through the call the run makes."""
+def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) -> None:
+    """Run once on every device, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning,
+    connections, the pinned staging buffer), through the call the run makes."""
     frame = synthetic_frame(0, detector.test_size)
     if detector.runner.batches_remotely:
         detector.detect(frame)
         return
     canvas, ratio = letterbox_frame(frame, detector.test_size)
     on_gpu = detector.runner.device.type == "cuda"
-    for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
-        detector.detect_canvases([canvas] * size, [ratio] * size)
+    for one in detector.per_device:  # straight to each device: the run's batch counts per device start at zero
+        for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
+            one.detect_canvases([canvas] * size, [ratio] * size)
+
+
+def default_max_batch(cameras: int, devices: int) -> int:
+    """Every camera's frame in one step, shared by the devices that run steps at once; at most 16 a batch."""
+    return min(math.ceil(cameras / devices), MAX_DEFAULT_BATCH)
 
 
 def run_detect(
@@ -418,7 +431,7 @@ def run_detect(
     left_running = False
     try:
         detector = create_detector(config, backend, warn)
-        max_batch = options.max_batch or min(len(cameras), MAX_DEFAULT_BATCH)
+        max_batch = options.max_batch or default_max_batch(len(cameras), detector.concurrency)
         _warm_up(detector, len(cameras), max_batch)
         result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update)
         return result
@@ -435,7 +448,7 @@ def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None) -> Callable[[
     return lambda: open_source(spec.source, timeout_s, warn)
 
 
-def _run(detector: Detector, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,
+def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,
          on_update: Callable[[dict], None] | None) -> tuple[DetectResult, bool]:
     outputs = Outputs(plan, cameras)
     run = _Run(detector, hub, outputs, max_batch)
@@ -449,7 +462,8 @@ def _run(detector: Detector, hub: Hub, cameras: list[Camera], plan: OutputPlan, 
             workers = [threading.Thread(target=run.camera_loop, args=(c,), name=f"detect-{c.name}", daemon=True)
                        for c in cameras]
         else:
-            workers = [threading.Thread(target=run.batch_loop, name="detect", daemon=True)]
+            workers = [threading.Thread(target=run.batch_loop, name=f"detect-device-{i}", daemon=True)
+                       for i in range(detector.concurrency)]
         for camera in cameras:
             camera.start()
         for worker in workers:
@@ -473,8 +487,8 @@ def _run(detector: Detector, hub: Hub, cameras: list[Camera], plan: OutputPlan, 
                 worker.join(max(0.0, deadline - time.monotonic()))
             for camera in cameras:
                 camera.join(max(0.0, deadline - time.monotonic()))
-    summary = {**detector.runner.describe(), **run.statistics(recent=False)}
-    peak = detector.runner.peak_memory_bytes()
+    summary = {**detector.describe(), **run.statistics(recent=False)}
+    peak = detector.peak_memory_bytes()
     summary.update(gpu_memory_peak_mib=peak / 2**20 if peak is not None else None,
                    interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
     if plan.summary_json:

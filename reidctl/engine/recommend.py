@@ -266,6 +266,15 @@ def _describe(v: Verdict, need: Need) -> str:
     )
 
 
+def who_serves(environment: dict) -> str:
+    """The subject of a capacity sentence: 'This machine serves', or with several devices '2 GPUs serve'."""
+    devices = environment.get("devices") or [environment.get("device", "")]
+    if len(devices) == 1:
+        return "This machine serves"
+    kind = "GPUs" if all(str(device).startswith("cuda") for device in devices) else "devices"
+    return f"{len(devices)} {kind} serve"
+
+
 def machine_capacity(report: BenchReport, need: Need, availability: dict[str, str | None]) -> dict | None:
     """The most cameras at the need's FPS this machine serves on one backend it may recommend: from open-loop runs
     that passed (measured), else from saturated throughput / (HEADROOM x fps), said to be estimated."""
@@ -286,7 +295,7 @@ def machine_capacity(report: BenchReport, need: Need, availability: dict[str, st
             "cameras": cameras,
             "backend": backend,
             "measured": True,
-            "line": f"This machine serves up to {cameras} camera(s) at {need.fps:g} FPS "
+            "line": f"{who_serves(report.environment)} up to {cameras} camera(s) at {need.fps:g} FPS "
             f"within {need.latency_ms:g} ms "
             f"on {backend} (measured open loop).",
         }
@@ -299,7 +308,7 @@ def machine_capacity(report: BenchReport, need: Need, availability: dict[str, st
         "cameras": cameras,
         "backend": backend,
         "measured": False,
-        "line": f"This machine serves about {cameras} camera(s) at {need.fps:g} FPS on {backend}: "
+        "line": f"{who_serves(report.environment)} about {cameras} camera(s) at {need.fps:g} FPS on {backend}: "
         f"ESTIMATED from its "
         f"saturated throughput ({throughput:.1f} FPS / {HEADROOM:g}x headroom), latency not checked; "
         f"measure with `reidctl recommend --fps {need.fps:g} --latency-ms {need.latency_ms:g} "
