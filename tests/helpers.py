@@ -83,3 +83,17 @@ def read_frames(video: Path) -> list:
         if not ok:
             return frames
         frames.append(frame)
+
+
+def start_test_server(repository: Path, attempts: int = 3, **options):
+    """The bundled server on free ports; on fresh ones again when it exits during start-up: a port found free can be
+    taken (by any process's outgoing connection) before the server binds it."""
+    from reidctl.errors import ReidctlError
+    from reidctl.triton.server import Ports, start_server
+
+    for attempt in range(attempts):
+        try:
+            return start_server(repository, Ports(*free_ports()), **options)
+        except ReidctlError as exc:
+            if "exited during startup" not in str(exc) or attempt == attempts - 1:
+                raise

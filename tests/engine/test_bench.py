@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import free_ports, write_config
+from helpers import free_ports, start_test_server, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.engine.batcher import MicroBatcher
@@ -102,15 +102,14 @@ def _onnxruntime(config, tmp_path):
 @contextlib.contextmanager
 def _triton(config, tmp_path):
     from reidctl.triton.repository import write_repository
-    from reidctl.triton.server import Ports, start_server, stop_server
+    from reidctl.triton.server import stop_server
 
     repository = tmp_path / "repository"
     write_repository(config, repository, warn=lambda message: None)
-    ports = Ports(*free_ports(3))
-    start_server(repository, ports, warn=lambda message: None)
+    state = start_test_server(repository, warn=lambda message: None)
     try:
         yield _with_detection(
-            config, triton=dataclasses.replace(config.detection.triton, url=f"localhost:{ports.grpc}")
+            config, triton=dataclasses.replace(config.detection.triton, url=f"localhost:{state.grpc_port}")
         )
     finally:
         stop_server(repository)

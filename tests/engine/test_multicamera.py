@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import SMALL_TEST_SIZE, free_ports, read_frames, write_video
+from helpers import SMALL_TEST_SIZE, free_ports, read_frames, start_test_server, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.engine.detector import create_detector
@@ -217,12 +217,12 @@ def test_triton_server_killed_mid_run_keeps_every_finished_frame(tmp_path, nano_
     pytest.importorskip("tritonclient.grpc")
     from helpers import write_config
     from reidctl.triton.repository import write_repository
-    from reidctl.triton.server import Ports, start_server, stop_server
+    from reidctl.triton.server import stop_server
 
     repository = tmp_path / "repo"
     config = write_config(tmp_path / "c.yaml", nano_checkpoint)
     write_repository(load_config(config), repository, warn=lambda message: None)
-    state = start_server(repository, Ports(*free_ports()), warn=lambda message: None)
+    state = start_test_server(repository, warn=lambda message: None)
     try:
         config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{state.grpc_port}",
                                                                              "timeout": 5.0})

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import free_ports, read_frames, write_config
+from helpers import free_ports, read_frames, start_test_server, write_config
 from reidctl.config import load_config
 from reidctl.engine.detector import create_detector
 from reidctl.errors import ReidctlError
@@ -41,7 +41,7 @@ def two_servers(tmp_path, nano_checkpoint):
     try:
         for repository in repositories:
             write_repository(config, repository, warn=lambda message: None)
-            states.append(start_server(repository, Ports(*free_ports()), warn=lambda message: None))
+            states.append(start_test_server(repository, warn=lambda message: None))
         yield repositories, states
     finally:
         for repository in repositories:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_ports
+from helpers import start_test_server
 from reidctl.config import load_config
 from reidctl.triton import watchdog
 from reidctl.triton.repository import write_repository
-from reidctl.triton.server import CACHE_ENV, Ports, cache_dir, start_server, stop_server
+from reidctl.triton.server import CACHE_ENV, cache_dir, stop_server
 
 # Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
 # left in the server cache never meets another test's server mid-run.
@@ -65,7 +65,7 @@ def left_behind(stubs: list[watchdog.Stub]) -> list[str]:
 def orphan_a_stub(repository: Path) -> list[watchdog.Stub]:
     """A started server whose watchdog is killed, whose stub is stopped (its own check of the server cannot run)
     and which is then killed: the stub stays, as stubs did before the watchdog."""
-    state = start_server(repository, Ports(*free_ports()), warn=lambda message: None)
+    state = start_test_server(repository, warn=lambda message: None)
     stubs = stubs_of(state.pid)
     assert stubs and all(stub.shm_regions for stub in stubs)
     for entry in Path("/proc").iterdir():
@@ -81,7 +81,7 @@ def orphan_a_stub(repository: Path) -> list[watchdog.Stub]:
 
 
 def test_stubs_and_their_shared_memory_end_when_the_server_is_killed(repository):
-    state = start_server(repository, Ports(*free_ports()), warn=lambda message: None)
+    state = start_test_server(repository, warn=lambda message: None)
     stubs = stubs_of(state.pid)
     assert stubs and all(stub.shm_regions for stub in stubs)
     try:
@@ -104,7 +104,7 @@ def test_stop_ends_the_stubs_a_dead_server_left(repository):
 def test_start_ends_the_stubs_a_dead_server_left(repository):
     stubs = orphan_a_stub(repository)
     warnings = []
-    state = start_server(repository, Ports(*free_ports()), warn=warnings.append)
+    state = start_test_server(repository, warn=warnings.append)
     try:
         assert not left_behind(stubs)
         assert any(f"ended {len(stubs)} python backend stub(s)" in warning for warning in warnings), warnings
