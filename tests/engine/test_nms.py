@@ -50,16 +50,22 @@ def boxes_from(centres: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     return torch.cat([centres - sizes / 2, centres + sizes / 2], dim=-1)
 
 
-def random_case(generator, frames=2, anchors=300, classes=1, conf=0.3, iou=0.5) -> dict:
-    centres = torch.rand(frames, anchors, 2, generator=generator) * 200
-    sizes = torch.rand(frames, anchors, 2, generator=generator) * 40 + 2
+def scored_case(generator, boxes: torch.Tensor, classes: int, conf: float, iou: float) -> dict:
+    """A case of (frames, anchors, 4) boxes with random scores and class ids."""
+    frames, anchors = boxes.shape[:2]
     return {
-        "boxes": boxes_from(centres, sizes),
+        "boxes": boxes,
         "scores": torch.rand(frames, anchors, generator=generator),
         "classes": torch.randint(0, classes, (frames, anchors), generator=generator),
         "conf": conf,
         "iou": iou,
     }
+
+
+def random_case(generator, frames=2, anchors=300, classes=1, conf=0.3, iou=0.5) -> dict:
+    centres = torch.rand(frames, anchors, 2, generator=generator) * 200
+    sizes = torch.rand(frames, anchors, 2, generator=generator) * 40 + 2
+    return scored_case(generator, boxes_from(centres, sizes), classes, conf, iou)
 
 
 def crowd_case(generator, frames=2, anchors=300, people=12, classes=1, conf=0.05, iou=0.7) -> dict:
@@ -69,13 +75,7 @@ def crowd_case(generator, frames=2, anchors=300, people=12, classes=1, conf=0.05
     centres = torch.gather(centres, 1, person[..., None].expand(-1, -1, 2))
     centres = centres + torch.randn(frames, anchors, 2, generator=generator) * 3
     sizes = torch.tensor([30.0, 80.0]) * (1 + 0.1 * torch.randn(frames, anchors, 2, generator=generator))
-    return {
-        "boxes": boxes_from(centres, sizes),
-        "scores": torch.rand(frames, anchors, generator=generator),
-        "classes": torch.randint(0, classes, (frames, anchors), generator=generator),
-        "conf": conf,
-        "iou": iou,
-    }
+    return scored_case(generator, boxes_from(centres, sizes), classes, conf, iou)
 
 
 def build_cases() -> dict[str, dict]:
