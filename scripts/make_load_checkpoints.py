@@ -4,7 +4,7 @@
   crowd  an untrained YOLOX whose activations stay alive (reidctl.models.untrained; plain initialisation gives every
          anchor the same score), its objectness and class biases calibrated on the project's synthetic frames so
          that about --crowd candidates per frame reach conf_threshold; boxes of ~8 strides, so neighbouring
-         candidates overlap and NMS has work to do;
+         candidates overlap and NMS has work to do (boxes fixed at their anchors: the same boxes on any frame);
   worst  objectness and class biases -1.0 (sigmoid(-1)^2 = 0.072 >= 0.01, with the weights' spread checked on the
          frames) so every anchor is a candidate, and the width/height regression bias -6 (boxes of ~0.02 stride)
          so that the boxes do not overlap and NMS keeps nearly all.
@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reidctl.engine.bench import SYNTHETIC_FRAMES
 from reidctl.engine.postprocess import select_detections
 from reidctl.engine.preprocess import letterbox, normalize
 from reidctl.errors import ReidctlError
@@ -81,7 +82,16 @@ def calibrate_score_bias(model: YOLOX, batch: torch.Tensor, target: float, conf:
     return high
 
 
-def set_head_bias(model: YOLOX, obj: float | None = None, cls: float | None = None, size: float | None = None) -> None:
+def set_head_bias(
+    model: YOLOX,
+    obj: float | None = None,
+    cls: float | None = None,
+    size: float | None = None,
+    fixed_boxes: bool = False,
+) -> None:
+    """Set the head's score and log-size biases; ``fixed_boxes`` also zeroes the box weights, so that on any frame
+    every box sits at its anchor with the bias's size (a lively model's box outputs grow large on frames it was not
+    calibrated on: its exponentiated sizes overflow, and its offsets lose precision across backends)."""
     head = model.head
     with torch.no_grad():
         for level in range(len(head.obj_preds)):
@@ -91,6 +101,8 @@ def set_head_bias(model: YOLOX, obj: float | None = None, cls: float | None = No
                 head.cls_preds[level].bias.fill_(cls)
             if size is not None:
                 head.reg_preds[level].bias[2:4] = size  # log width and height, in strides
+            if fixed_boxes:
+                head.reg_preds[level].weight.zero_()
 
 
 def measure(path: Path, model_type: str, batch: torch.Tensor, conf: float, nms: float) -> tuple[float, float, int]:
@@ -110,7 +122,9 @@ def main() -> int:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--model-type", default="mot17", help="mot17 (YOLOX-X, 1 class), nano, tiny, s, m, l, x")
     parser.add_argument("--size", type=int, nargs=2, default=[640, 640], metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--frames", type=int, default=2, help="synthetic frames to calibrate and measure on")
+    parser.add_argument(
+        "--frames", type=int, default=SYNTHETIC_FRAMES, help="synthetic frames to calibrate and measure on (bench's)"
+    )
     parser.add_argument("--crowd", type=float, default=1500.0, help="candidates per frame wanted for 'crowd'")
     parser.add_argument("--conf", type=float, default=0.01, help="conf_threshold the loads are defined at")
     parser.add_argument("--nms", type=float, default=0.7, help="nms_threshold for the kept figures")
@@ -130,7 +144,7 @@ def main() -> int:
         set_head_bias(model, obj=WORST_SCORE_BIAS, cls=WORST_SCORE_BIAS, size=WORST_SIZE_BIAS)
         save_checkpoint(model, paths["worst"])
         model = lively_yolox(spec.size, spec.num_classes, args.seed, calibration=batch)
-        set_head_bias(model, size=CROWD_SIZE_BIAS)
+        set_head_bias(model, size=CROWD_SIZE_BIAS, fixed_boxes=True)
         bias = calibrate_score_bias(model, batch, args.crowd, args.conf)
         set_head_bias(model, obj=bias, cls=bias)
         save_checkpoint(model, paths["crowd"])
