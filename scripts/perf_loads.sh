@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Detection load on the GPU: the batched NMS against torchvision, ByteTrack-format YOLOX-X checkpoints for the idle,
-# crowd and worst loads, and `reidctl bench` of PyTorch (CUDA graphs; torch.compile at the worst load) and the
+# crowd and worst loads, and `reidctl bench` of PyTorch (CUDA graphs; torch.compile at COMPILE_LOADS) and the
 # bundled Triton server at those loads. Run after `source scripts/gpu_setup.sh`; each step is bounded and logged,
 # and a failed step does not stop the others.
-# Usage: scripts/perf_loads.sh OUT_DIR   (ITERS, WARMUP, CAMERAS, TRITON_LOADS, PYTORCH_LOADS, DEVICE and MODEL
+# Usage: scripts/perf_loads.sh OUT_DIR   (ITERS, WARMUP, CAMERAS, TRITON_LOADS, PYTORCH_LOADS, COMPILE_LOADS, DEVICE, MODEL
 # (extra model options, e.g. "--model-type nano --test-size 128x160" for a quick check on a CPU) override)
 set -uo pipefail
 # shellcheck disable=SC2086  # MODEL and LOAD_ARGS hold several options
@@ -17,16 +17,20 @@ checkpoint() { local files=("$work"/*_"$1".pth.tar); echo "${files[0]}"; }  # <m
 
 [ -n "${SKIP_NMS:-}" ] || step nms_bench 120 python3 scripts/nms_bench.py --iters 200 --json "$out/nms_bench.json"
 [ -n "${SKIP_NMS:-}" ] || step nms_bench_after_model 120 python3 scripts/nms_bench.py --iters 100 --model-ms 3
-step load_checkpoints 240 python3 scripts/make_load_checkpoints.py --output-dir "$work" ${LOAD_ARGS:-}
-for load in ${PYTORCH_LOADS:-worst idle crowd}; do
+if ! compgen -G "$work/*_worst.pth.tar" >/dev/null; then  # a second run in the same WORK_DIR reuses them
+  step load_checkpoints 240 python3 scripts/make_load_checkpoints.py --output-dir "$work" ${LOAD_ARGS:-}
+fi
+for load in ${PYTORCH_LOADS-worst idle crowd}; do
   step "bench_pytorch_$load" 150 reidctl bench --backends pytorch --device "$device" $model --model "$(checkpoint "$load")" \
     --iters "$iters" --warmup "$warmup" --cameras "$cameras" --output "$out/bench_pytorch_$load.json" --no-progress
 done
 printf 'detection:\n  compile: true\n' >"$work/compile.yaml"
-step bench_pytorch_compile_worst 240 reidctl bench --backends pytorch -c "$work/compile.yaml" --device "$device" $model \
-  --model "$(checkpoint worst)" --iters "$iters" --warmup "$warmup" --cameras "$cameras" \
-  --output "$out/bench_pytorch_compile_worst.json" --no-progress
-for load in ${TRITON_LOADS:-worst idle}; do
+for load in ${COMPILE_LOADS-worst idle}; do
+  step "bench_pytorch_compile_$load" 240 reidctl bench --backends pytorch -c "$work/compile.yaml" --device "$device" \
+    $model --model "$(checkpoint "$load")" --iters "$iters" --warmup "$warmup" --cameras "$cameras" \
+    --output "$out/bench_pytorch_compile_$load.json" --no-progress
+done
+for load in ${TRITON_LOADS-worst idle crowd}; do
   repo="$work/repo_$load"
   step "triton_start_$load" 240 reidctl setup-triton --repository "$repo" $model --model "$(checkpoint "$load")" \
     --device "$device" --start

@@ -5,7 +5,7 @@
 # CAPACITY_LOADS `reidctl recommend --max-cameras` for PyTorch (torch.compile) and Triton at 30 FPS within 100 ms.
 # Run after `source scripts/gpu_setup.sh`; each step is bounded and logged, a failed step does not stop the others.
 # Usage: scripts/perf_parity.sh OUT_DIR   (DEVICE; LOAD_ARGS for make_load_checkpoints.py; CAPACITY_LOADS (default
-# "idle worst"); PARITY=0 skips the parity run; CAMERA_LIMIT; DETECTION: more lines of the config's detection section, e.g.
+# "idle worst"); PARITY=0 skips the parity run; CAMERA_LIMIT; RUN_SECONDS per open-loop run; DETECTION: more lines of the config's detection section, e.g.
 # $'  model_type: nano\n  test_size: [128, 160]' for a check on a CPU)
 set -uo pipefail
 out=${1:?output directory}
@@ -38,6 +38,6 @@ for load in ${CAPACITY_LOADS-idle worst}; do
   file=$(config "$load" "$compile")
   step "triton_start_$load" 120 reidctl setup-triton -c "$file" --start
   step "max_cameras_$load" 240 reidctl recommend -c "$file" --cameras 16 --fps 30 --latency-ms 100 --max-cameras \
-    -b pytorch,triton --camera-limit "${CAMERA_LIMIT:-64}" --seconds 2 --json "$out/capacity_$load.json"
+    -b pytorch,triton --camera-limit "${CAMERA_LIMIT:-64}" --seconds "${RUN_SECONDS:-3}" --json "$out/capacity_$load.json"
   reidctl setup-triton -c "$file" --stop >>"$out/steps.txt" 2>&1
 done

@@ -297,6 +297,7 @@ def measure_concurrent(
 
 MODES = {"sequential": measure_sequential, "batched": measure_batched, "concurrent": measure_concurrent}
 OPEN_LOOP_WARMUP_S = 0.5  # each open-loop run starts with this much unrecorded load (the batcher's first batches)
+REMOTE_WARMUP_ROUNDS = 5  # closed-loop requests per camera a server gets before an open-loop run
 
 
 @dataclass
@@ -400,9 +401,12 @@ def open_loop(
 @contextlib.contextmanager
 def serving(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, max_delay_ms: float, cameras: int):
     """How cameras reach ``detector``: a remote runner is called from each camera's thread (its server batches);
-    an in-process one through a MicroBatcher, its batch sizes up to ``cameras`` run once first.
+    an in-process one through a MicroBatcher, its batch sizes up to ``cameras`` run once first. A server first
+    gets a few closed-loop rounds from ``cameras`` threads: its one-off costs at a new concurrency (e.g. the python
+    backend growing its shared memory for larger batches) must not count as dropped frames.
     Yields (mode, serve, batch sizes seen so far)."""
     if detector.runner.batches_remotely:
+        closed_loop(detector.detect, frames, cameras, REMOTE_WARMUP_ROUNDS * cameras, lambda: None)
         before = _settled_batch_counts(detector)
         yield "concurrent", detector.detect, lambda: _batches_since(before, _settled_batch_counts(detector))
         return
