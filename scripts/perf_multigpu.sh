@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Scale-out on one host: 16 and 32 generated 1080p cameras on one GPU and on two, in the same run — `reidctl bench`'s
-# micro-batcher (closed loop) and `reidctl detect` flat out, in process — then the bundled Triton server with an
-# instance on each GPU. Run after `source scripts/gpu_setup.sh` on a host with two GPUs; each step is bounded and
-# logged, a failed step does not stop the others.
-# Usage: scripts/perf_multigpu.sh OUT_DIR   (FRAMES per clip, SIZE of the clips, DEVICES: the two device lists
-# compared, e.g. "cpu cpu,cpu" with DETECTION options "--model-type nano --test-size 128x160" for a check on a CPU)
+# Scale-out on one host: 16 and 32 cameras on one GPU and on two, in the same run — `reidctl bench`'s micro-batcher
+# (closed loop) in process, then the bundled Triton server with an instance on GPU 0 only and on every GPU — and one
+# `reidctl detect` of 32 generated 1080p cameras spread over both GPUs. Run after `source scripts/gpu_setup.sh` on a
+# host with two GPUs; each step is bounded and logged, a failed step does not stop the others.
+# Usage: scripts/perf_multigpu.sh OUT_DIR   (FRAMES per clip, SIZE of the clips, ITERS, DEVICES: the two device lists
+# compared, e.g. "cpu cpu,cpu" with DETECTION options "--model-type nano --test-size 128x160" for a check on a CPU;
+# GPU_SETS: the Triton instance placements compared)
 set -uo pipefail
 out=${1:?output directory}
-frames=${FRAMES:-300}; size=${SIZE:-1080x1920}; devices=${DEVICES:-cuda:0 cuda:0,1}; model=${DETECTION:-}
-work=${WORK_DIR:-/tmp/reidctl-multigpu}
+frames=${FRAMES:-150}; size=${SIZE:-1080x1920}; iters=${ITERS:-600}; devices=${DEVICES:-cuda:0 cuda:0,1}
+model=${DETECTION:-}; work=${WORK_DIR:-/tmp/reidctl-multigpu}
 clips="$work/clips"
 mkdir -p "$clips"
 # shellcheck source=scripts/perf_common.sh
@@ -19,17 +20,17 @@ cams=("$clips"/cam*.mp4)
 for device in $devices; do
   tag=${device//[:,]/_}
   # shellcheck disable=SC2086  # DETECTION holds several options
-  step "bench_$tag" 300 reidctl bench --backends pytorch --device "$device" $model --source "${cams[0]}" --iters 600 \
-    --warmup 60 --cameras 16,32 --output "$out/bench_$tag.json" --no-progress
-  for n in 16 32; do
-    # shellcheck disable=SC2086
-    step "detect_${tag}_$n" 200 reidctl detect "${cams[@]:0:$n}" --backend pytorch --device "$device" $model \
-      --no-progress --mot "$work/mot_${tag}_$n" --summary-json "$out/detect_${tag}_$n.json"
-  done
+  step "bench_$tag" 200 reidctl bench --backends pytorch --device "$device" $model --source "${cams[0]}" \
+    --iters "$iters" --warmup 60 --cameras 16,32 --output "$out/bench_$tag.json" --no-progress
 done
 # shellcheck disable=SC2086
-step triton_start 300 reidctl setup-triton --repository "$work/repo" $model --gpus all --start
-# shellcheck disable=SC2086
-step bench_triton 300 reidctl bench --backends triton $model --source "${cams[0]}" --iters 600 --warmup 60 \
-  --cameras 16,32 --output "$out/bench_triton_gpus_all.json" --no-progress
-reidctl setup-triton --repository "$work/repo" --stop >>"$out/steps.txt" 2>&1
+step "detect_${tag}_32" 150 reidctl detect "${cams[@]}" --backend pytorch --device "$device" $model --no-progress \
+  --mot "$work/mot_${tag}_32" --summary-json "$out/detect_${tag}_32.json"
+for gpus in ${GPU_SETS-0 all}; do
+  # shellcheck disable=SC2086
+  step "triton_start_gpus_$gpus" 200 reidctl setup-triton --repository "$work/repo" $model --gpus "$gpus" --start
+  # shellcheck disable=SC2086
+  step "bench_triton_gpus_$gpus" 150 reidctl bench --backends triton $model --source "${cams[0]}" --iters "$iters" \
+    --warmup 60 --cameras 16,32 --output "$out/bench_triton_gpus_$gpus.json" --no-progress
+  reidctl setup-triton --repository "$work/repo" --stop >>"$out/steps.txt" 2>&1
+done

@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import cv2
+import numpy as np
 import yaml
 
 from reidctl.config import Config, DetectionConfig, TensorRTConfig
@@ -97,3 +98,9 @@ def start_test_server(repository: Path, attempts: int = 3, **options):
         except ReidctlError as exc:
             if "exited during startup" not in str(exc) or attempt == attempts - 1:
                 raise
+
+
+def canonical_rows(rows) -> np.ndarray:
+    """Detection rows (N, 7) in a canonical order: two equal scores may come out of NMS in either order."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+    return rows[np.lexsort(np.round(rows, 2).T[::-1])]

@@ -18,7 +18,7 @@ def lively_yolox(
 
     Plain random init lets activations vanish (every frame gives the same output, so backend comparisons
     prove little); BatchNorm statistics calibrated on real-range inputs with a BN gain of 0.25 keep them alive
-    yet insensitive (input noise 1e-3 moves boxes ~0.4%), so fp16 can be checked against fp32 meaningfully.
+    yet insensitive (input noise 1e-3 moves scores by under 0.01), so fp16 can be checked against fp32 meaningfully.
     Head outputs are scaled to logits of std 1.5 (scores spread over (0, 1), so frames give detections) and
     box log-sizes of std 0.25. Calibrated at 128x160 whatever size the model later runs at, on random pixels; or on
     ``calibration`` (normalised frames, (B, 3, H, W)) when given: a deep model calibrated on noise at a small size
@@ -37,6 +37,12 @@ def lively_yolox(
         for i in range(3):
             model(batches[i] if batches else sample_input(4, CALIBRATION_SIZE, seed=100 + i))
         model.eval()
+        # A channel nearly constant over the calibration frames gets a tiny variance, and dividing by it multiplies
+        # any rounding difference: YOLOX-X then moved scores by 0.7 for 1e-3 input noise, and fp16 or TF32 against
+        # fp32 by as much. The layer's median variance as a floor brings it under 0.01.
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.clamp_(min=float(module.running_var.median()))
         head = model.head
         head_input = calibration if calibration is not None else sample_input(2, CALIBRATION_SIZE, seed=7)
         for level, features in enumerate(model.backbone(head_input)):

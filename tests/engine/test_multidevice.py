@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import write_video
+from helpers import canonical_rows, write_video
 from reidctl.cli import app
 from reidctl.engine.device import resolve_devices
 from reidctl.errors import ReidctlError
@@ -76,7 +76,8 @@ def test_detect_on_two_devices_finds_what_one_finds(tmp_path, small_config):
     assert "per_device" not in one_summary and one_summary["device"] == "cpu"
     assert len(two) == 24 and two.keys() == one.keys()
     for key, rows in one.items():
-        np.testing.assert_allclose(two[key], rows, rtol=0, atol=1e-4)
+        # float32 sums differ with the batch size
+        np.testing.assert_allclose(canonical_rows(two[key]), canonical_rows(rows), rtol=1e-5, atol=1e-4)
     assert two_mot == one_mot  # each camera's frames are written in order, whichever device served them
     assert summary["device"] == "cpu,cpu" and summary["devices"] == ["cpu", "cpu"]
     shares = summary["per_device"]
