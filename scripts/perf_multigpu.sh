@@ -5,7 +5,8 @@
 # host with two GPUs; each step is bounded and logged, a failed step does not stop the others.
 # Usage: scripts/perf_multigpu.sh OUT_DIR   (FRAMES per clip, SIZE of the clips, ITERS, DEVICES: the two device lists
 # compared, e.g. "cpu cpu,cpu" with DETECTION options "--model-type nano --test-size 128x160" for a check on a CPU;
-# GPU_SETS: the Triton instance placements compared)
+# GPU_SETS: the Triton instance placements compared; FRAME_SETS: "clip" (the 1080p clip's frames, letterboxed by
+# the client) and/or "synthetic" (bench's 640x640 frames, which put the least host work on the client))
 set -uo pipefail
 out=${1:?output directory}
 frames=${FRAMES:-150}; size=${SIZE:-1080x1920}; iters=${ITERS:-600}; devices=${DEVICES:-cuda:0 cuda:0,1}
@@ -17,11 +18,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/perf_common.sh"
 
 step clips 240 python3 scripts/make_clip.py "$clips/cam.mp4" --size "$size" --fps 30 --frames "$frames" --count 32
 cams=("$clips"/cam*.mp4)
+frame_sets=${FRAME_SETS:-clip synthetic}
+frames_of() { [ "$1" = clip ] && echo "--source ${cams[0]}"; }  # bench's synthetic frames: no option
 for device in $devices; do
   tag=${device//[:,]/_}
-  # shellcheck disable=SC2086  # DETECTION holds several options
-  step "bench_$tag" 200 reidctl bench --backends pytorch --device "$device" $model --source "${cams[0]}" \
-    --iters "$iters" --warmup 60 --cameras 16,32 --output "$out/bench_$tag.json" --no-progress
+  for set in $frame_sets; do
+    # shellcheck disable=SC2086,SC2046  # DETECTION and frames_of hold several options
+    step "bench_${tag}_$set" 200 reidctl bench --backends pytorch --device "$device" $model $(frames_of "$set") \
+      --iters "$iters" --warmup 60 --cameras 16,32 --output "$out/bench_${tag}_$set.json" --no-progress
+  done
 done
 # shellcheck disable=SC2086
 step "detect_${tag}_32" 150 reidctl detect "${cams[@]}" --backend pytorch --device "$device" $model --no-progress \
@@ -29,8 +34,10 @@ step "detect_${tag}_32" 150 reidctl detect "${cams[@]}" --backend pytorch --devi
 for gpus in ${GPU_SETS-0 all}; do
   # shellcheck disable=SC2086
   step "triton_start_gpus_$gpus" 200 reidctl setup-triton --repository "$work/repo" $model --gpus "$gpus" --start
-  # shellcheck disable=SC2086
-  step "bench_triton_gpus_$gpus" 150 reidctl bench --backends triton $model --source "${cams[0]}" --iters "$iters" \
-    --warmup 60 --cameras 16,32 --output "$out/bench_triton_gpus_$gpus.json" --no-progress
+  for set in $frame_sets; do
+    # shellcheck disable=SC2086,SC2046
+    step "bench_triton_gpus_${gpus}_$set" 150 reidctl bench --backends triton $model $(frames_of "$set") \
+      --iters "$iters" --warmup 60 --cameras 16,32 --output "$out/bench_triton_gpus_${gpus}_$set.json" --no-progress
+  done
   reidctl setup-triton --repository "$work/repo" --stop >>"$out/steps.txt" 2>&1
 done

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from reidctl.engine.device import on_device
 from reidctl.engine.postprocess import rescale, select_detections
 from reidctl.engine.preprocess import letterbox, normalize
 from reidctl.errors import BackendUnavailable, ReidctlError
@@ -203,6 +204,10 @@ class Detector:
 
     def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float) -> list[np.ndarray]:
         """The letterboxed batch on the runner's device -> each frame's (N, 7) detections in frame pixels."""
+        with on_device(self.runner.device):
+            return self._detect_here(canvas, ratios, start)
+
+    def _detect_here(self, canvas: torch.Tensor, ratios: list[float], start: float) -> list[np.ndarray]:
         batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
         start = self._mark("preprocess", start)
         predictions = self.runner.infer(batch)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from reidctl.errors import ReidctlError
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """``device`` made current for the block (on a GPU): Triton kernels and CUDA-graph capture run on the current
+    device, not on their tensors', and a thread serving the second GPU starts with the first one current."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def resolve_device(name: str) -> torch.device:
