@@ -103,8 +103,10 @@ class PyTorchRunner(Runner):
                     self.module(static_in)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            # Thread-local: another device's runner, working in another thread meanwhile, must not void the capture.
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            # Captured on this device's own stream: torch.cuda.graph's default capture stream is one per process, made
+            # on the GPU current when the first graph was captured. Thread-local: another device's runner, working
+            # in another thread meanwhile, must not void the capture.
+            with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
                 static_out = self.module(static_in)
             self._pool = graph.pool()  # graphs for other batch sizes share one memory pool
             self._graphs[key] = (graph, static_in, static_out)

@@ -432,7 +432,13 @@ def run_detect(
     try:
         detector = create_detector(config, backend, warn)
         max_batch = options.max_batch or default_max_batch(len(cameras), detector.concurrency)
-        _warm_up(detector, len(cameras), max_batch)
+        try:
+            _warm_up(detector, len(cameras), max_batch)
+        except (ReidctlError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
+            reason = f"{type(exc).__name__}: {first_line(str(exc))}"
+            raise ReidctlError(f"{detector.name} cannot run here: {reason}") from exc
         result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update)
         return result
     finally:
