@@ -2,6 +2,7 @@
 
 import sys
 
+
 class ReidctlError(Exception):
     """A failure caused by input, environment or configuration, explained in one line."""
 
@@ -23,6 +24,11 @@ def first_line(error: BaseException | str, limit: int = 200) -> str:
     if not text:
         return type(error).__name__ if isinstance(error, BaseException) else ""
     return text.splitlines()[0][:limit]
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception as part of a one-line error: a ReidctlError's own message; any other, its type and first line."""
+    return str(error) if isinstance(error, ReidctlError) else f"{type(error).__name__}: {first_line(error)}"
 
 
 def print_warning(message: str) -> None:

@@ -52,7 +52,7 @@ from reidctl.engine.bench_report import (
 from reidctl.engine.detector import Detector, DetectorPool, StageTimes, available_backends, create_detector, get_backend
 from reidctl.engine.device import gpu_description, resolve_devices
 from reidctl.engine.stats import LatencySummary
-from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
 from reidctl.io.atomic import check_output_path
 from reidctl.io.sources import open_source
 from reidctl.io.synthetic import synthetic_frame
@@ -536,9 +536,7 @@ def bench_backend(
     except BackendUnavailable as exc:  # e.g. the server is not reachable
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
-        message = first_line(str(exc))
-        result.status = "failed"
-        result.reason = message if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {message}"
+        result.status, result.reason = "failed", first_line(describe_error(exc))
     return result
 
 

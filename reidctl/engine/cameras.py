@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reidctl.engine.preprocess import letterbox_frame
-from reidctl.errors import ReidctlError, first_line
+from reidctl.errors import ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, Frame, FrameSource
 
 RECONNECT_FIRST_DELAY_S = 0.25
@@ -159,8 +159,7 @@ class Camera:
                     break
         except Exception as exc:
             failed = True
-            message = str(exc) if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {first_line(exc)}"
-            self.hub.fail(f"camera {self.name}: {message}")
+            self.hub.fail(f"camera {self.name}: {describe_error(exc)}")
         finally:
             self.source.close()
             with self.hub.condition:

@@ -19,7 +19,7 @@ from reidctl.engine.bench import OpenLoopLoad, environment, load_frames, run_ope
 from reidctl.engine.bench_report import BackendResult, BenchReport, BenchSettings, StreamResult
 from reidctl.engine.detector import create_detector, get_backend
 from reidctl.engine.device import resolve_devices
-from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
 
 DEFAULT_LIMIT = 64
 DEFAULT_MAX_RUNS = 14
@@ -129,11 +129,7 @@ def measure_capacity(
     except BackendUnavailable as exc:
         return CapacityResult(backend, "unavailable", str(exc))
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
-        message = first_line(str(exc))
-        result.status, result.reason = (
-            "failed",
-            message if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {message}",
-        )
+        result.status, result.reason = "failed", first_line(describe_error(exc))
     return result
 
 

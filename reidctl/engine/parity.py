@@ -18,7 +18,7 @@ from reidctl.config import Config, override
 from reidctl.engine.bench_report import ParityResult
 from reidctl.engine.detector import create_detector, get_backend
 from reidctl.engine.device import resolve_device
-from reidctl.errors import BackendUnavailable, ReidctlError, first_line
+from reidctl.errors import BackendUnavailable, describe_error, first_line
 
 MATCH_IOU = 0.9
 COUNTED_SCORE = 0.1  # ByteTrack's low score threshold: boxes below it are never used by the tracker
@@ -149,9 +149,7 @@ def run_parity(
             results.append(ParityResult(name, precision, "unavailable", str(exc)))
             continue
         except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
-            message = first_line(str(exc))
-            reason = message if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {message}"
-            results.append(ParityResult(name, precision, "failed", reason))
+            results.append(ParityResult(name, precision, "failed", first_line(describe_error(exc))))
             continue
         results.append(compare(name, precision or described, reference, detections, tolerance, score_tolerance))
     return results

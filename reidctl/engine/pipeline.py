@@ -33,7 +33,7 @@ from reidctl.engine.cameras import Camera, Hub, TimedFrame
 from reidctl.engine.detector import Detector, DetectorPool, create_detector
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
-from reidctl.errors import ReidctlError, Terminated, first_line
+from reidctl.errors import ReidctlError, Terminated, describe_error, first_line
 from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, open_source
 from reidctl.io.synthetic import VIDEO_CODECS, synthetic_frame
@@ -251,10 +251,6 @@ def open_cameras(specs: list[CameraSpec], timeout_s: float, warn: Warn | None) -
     return sources
 
 
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, ReidctlError) else f"{type(exc).__name__}: {first_line(exc)}"
-
-
 class _Run:
     """One run's shared state: the cameras, the outputs and what the detection loops measured."""
 
@@ -304,7 +300,7 @@ class _Run:
                 self.finish(batch, results)
                 self.hub.release(batch)
         except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
-            self.hub.stop(_describe(exc))
+            self.hub.stop(describe_error(exc))
 
     def camera_loop(self, camera: Camera) -> None:
         """Remote batching (Triton): this camera's frames, one request at a time; the server batches the cameras."""
@@ -317,7 +313,7 @@ class _Run:
                     continue
                 self.finish([item], [self.detector.detect(item.frame.image)])
         except Exception as exc:  # noqa: BLE001
-            self.hub.stop(_describe(exc))
+            self.hub.stop(describe_error(exc))
 
     def server_batches(self) -> dict[int, int] | None:
         if self.server_batches_before is None:
@@ -437,8 +433,7 @@ def run_detect(
         except (ReidctlError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
-            reason = f"{type(exc).__name__}: {first_line(str(exc))}"
-            raise ReidctlError(f"{detector.name} cannot run here: {reason}") from exc
+            raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
         result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update)
         return result
     finally:
