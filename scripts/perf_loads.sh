@@ -17,9 +17,7 @@ checkpoint() { local files=("$work"/*_"$1".pth.tar); echo "${files[0]}"; }  # <m
 
 [ -n "${SKIP_NMS:-}" ] || step nms_bench 120 python3 scripts/nms_bench.py --iters 200 --json "$out/nms_bench.json"
 [ -n "${SKIP_NMS:-}" ] || step nms_bench_after_model 120 python3 scripts/nms_bench.py --iters 100 --model-ms 3
-if ! compgen -G "$work/*_worst.pth.tar" >/dev/null; then  # a second run in the same WORK_DIR reuses them
-  step load_checkpoints 240 python3 scripts/make_load_checkpoints.py --output-dir "$work" ${LOAD_ARGS:-}
-fi
+load_checkpoints
 for load in ${PYTORCH_LOADS-worst idle crowd}; do
   step "bench_pytorch_$load" 150 reidctl bench --backends pytorch --device "$device" $model --model "$(checkpoint "$load")" \
     --iters "$iters" --warmup "$warmup" --cameras "$cameras" --output "$out/bench_pytorch_$load.json" --no-progress

@@ -21,10 +21,7 @@ config() {
   echo "$file"
 }
 
-if ! compgen -G "$work/*_worst.pth.tar" >/dev/null; then  # a second run in the same WORK_DIR reuses them
-  # shellcheck disable=SC2086  # LOAD_ARGS holds several options
-  step load_checkpoints 240 python3 scripts/make_load_checkpoints.py --output-dir "$work" ${LOAD_ARGS:-}
-fi
+load_checkpoints
 if [ "${PARITY:-1}" != 0 ]; then
   crowd=$(config crowd false)
   step export_onnx 120 reidctl export-onnx -c "$crowd" --no-progress
