@@ -84,6 +84,9 @@ class DetectionConfig:
     device: str = "auto"
     cuda_graph: bool = True
     compile: bool = False
+    # Batches each GPU runs at once, each on its own runner and CUDA stream: one batch's host work overlaps the
+    # next one's model (in-process backends; a CPU runs one)
+    batches_in_flight: int = 2
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
 
@@ -182,6 +185,8 @@ def validate(config: Config) -> Config:
     for key in ("conf_threshold", "nms_threshold"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
+    if d.batches_in_flight < 1:
+        raise ReidctlError(f"config key 'detection.batches_in_flight': expected at least 1, got {d.batches_in_flight}")
     urls = d.triton.urls
     if not urls or not all(urls) or len(set(urls)) < len(urls):
         raise ReidctlError(

@@ -37,6 +37,7 @@ def test_overrides_apply_and_validate():
         ("detection:\n  triton:\n    timeout: soon\n", "config key 'detection.triton.timeout': expected float"),
         ("detection:\n  test_size: [640]\n", "detection.test_size"),
         ("detection:\n  fp16: 1\n", "config key 'detection.fp16': expected bool"),
+        ("detection:\n  batches_in_flight: 0\n", "config key 'detection.batches_in_flight': expected at least 1"),
         ("detection: [1, 2\n", "is not valid YAML at line"),
         ("- 1\n- 2\n", "expected a mapping"),
     ],

@@ -9,23 +9,20 @@ import onnxruntime as ort
 import torch
 
 from reidctl.engine.detector import Backend, Runner, register
-from reidctl.engine.device import resolve_device
+from reidctl.engine.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, print_warning
 from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx
 from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
-
-
 def session_providers(device_name: str) -> list:
     """CPU for 'cpu'; the CUDA provider first for 'auto' or 'cuda[:N]' where onnxruntime-gpu provides it."""
     device = resolve_device(device_name) if device_name != "auto" else None
-    has_cuda = CUDA_PROVIDER in ort.get_available_providers()
+    has_cuda = onnxruntime_has_cuda()
     if device is not None and device.type == "cuda" and not has_cuda:
         raise ReidctlError(f"device '{device_name}' needs ONNX Runtime's CUDA provider: pip install onnxruntime-gpu")
     if has_cuda and (device is None or device.type == "cuda"):
         device_id = device.index if device is not None else 0
-        return [(CUDA_PROVIDER, {"device_id": device_id}), "CPUExecutionProvider"]
+        return [(ONNXRUNTIME_CUDA_PROVIDER, {"device_id": device_id}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

@@ -169,20 +169,22 @@ def _parity_table(report: BenchReport) -> Table:
         title=f"Parity against PyTorch fp32 (boxes matched at IoU >= 0.9; flagged above {tolerance:.1%} "
         f"missed + extra or a score difference of {score_tolerance:g})"
     )
-    columns = ("Backend", "Precision", "Frames", "Boxes", "Matched", "Missed", "Extra", "Max Score Diff", "Verdict")
+    columns = ("Backend", "Precision", "Runs On", "Frames", "Boxes", "Matched", "Missed", "Extra", "Max Score Diff",
+               "Verdict")
+    text_columns = ("Backend", "Precision", "Runs On", "Verdict")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("Backend", "Precision", "Verdict") else "right")
+        table.add_column(column, justify="left" if column in text_columns else "right")
     for p in report.parity:
         if p.status not in ("ok", "reference"):
             status = Text(f"{p.status}: {p.reason}", style=STATUS_STYLE[p.status])
-            table.add_row(p.backend, p.precision or "-", *["-"] * 6, status)
+            table.add_row(p.backend, p.precision or "-", *["-"] * 7, status)
             continue
         score = f"{p.max_score_diff:.2e}" if p.max_score_diff is not None else "-"
         verdict = Text("DIVERGES", style="red") if p.flagged else Text("same", style="green")
         if p.status == "reference":
             verdict = Text("reference")
         counts = (p.frames, p.reference_boxes, p.matched, p.missed, p.extra)
-        table.add_row(p.backend, p.precision or "-", *map(str, counts), score, verdict)
+        table.add_row(p.backend, p.precision or "-", p.runs_on or "-", *map(str, counts), score, verdict)
     return table
 
 

@@ -231,7 +231,7 @@ def warm_batch_sizes(
 ) -> None:
     """Every batch size a run of ``cameras`` can form, once on each device: one-off costs (e.g. CUDA-graph
     capture) stay out."""
-    for one in detector.per_device:
+    for one in detector.members:
         for size in range(2, min(max_batch, cameras) + 1):
             one.detect_batch([frames[i % len(frames)] for i in range(size)])
 

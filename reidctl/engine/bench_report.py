@@ -227,6 +227,7 @@ class ParityResult:
     extra: int = 0  # boxes of this backend with no match in the reference
     max_score_diff: float | None = None  # over matched boxes
     flagged: bool = False  # diverges beyond the tolerance: never recommended
+    runs_on: str | None = None  # where it computed: cpu, cuda:0, "server cuda" ...
 
     @property
     def mismatch_rate(self) -> float:
@@ -242,7 +243,7 @@ class ParityResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> ParityResult:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})  # older files lack some
 
 
 @dataclass

@@ -7,6 +7,7 @@ wants float input), decoding of raw head outputs, NMS and rescaling.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import queue
@@ -114,8 +115,10 @@ class Detector:
         test_size: tuple[int, int],
         conf_threshold: float = 0.01,
         nms_threshold: float = 0.7,
+        stream: torch.cuda.Stream | None = None,
     ):
         self.runner = runner
+        self.stream = stream  # a GPU Detector's own CUDA stream (None: the caller's current stream)
         self.test_size = tuple(test_size)
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
@@ -132,8 +135,8 @@ class Detector:
         return self.runner.name
 
     @property
-    def per_device(self) -> list[Detector]:
-        """One Detector per device: what a warm-up runs on each device."""
+    def members(self) -> list[Detector]:
+        """Every Detector that runs batches (a pool's: one per device and batch in flight): what a warm-up runs."""
         return [self]
 
     def describe(self) -> dict:
@@ -166,9 +169,12 @@ class Detector:
             if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
                     and frame.shape[2] == 3):
                 raise ReidctlError("frames must be uint8 HxWx3 BGR arrays")
+        if not frames:
+            return []  # nothing to run: an empty batch would capture an empty CUDA graph
         start = time.perf_counter()
-        canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
-        return self._detect(canvas, ratios, start)
+        with self._placed():
+            canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
+            return self._detect(canvas, ratios, start)
 
     def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float]) -> list[np.ndarray]:
         """Detect on frames already letterboxed on the host (``preprocess.letterbox_into``): uint8 (H, W, 3) BGR
@@ -178,8 +184,19 @@ class Detector:
             isinstance(c, np.ndarray) and c.dtype == np.uint8 and c.shape == shape for c in canvases
         ):
             raise ReidctlError(f"canvases must be uint8 {shape[0]}x{shape[1]}x3 arrays, one ratio each")
+        if not canvases:
+            return []
         start = time.perf_counter()
-        return self._detect(self._upload(canvases), list(ratios), start)
+        with self._placed():
+            return self._detect(self._upload(canvases), list(ratios), start)
+
+    @contextlib.contextmanager
+    def _placed(self):
+        """The runner's device made current for the call, and this Detector's stream if it has one: every copy,
+        kernel and graph replay of the call then queues on it, so two Detectors on one GPU overlap."""
+        own_stream = torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
+        with on_device(self.runner.device), own_stream:
+            yield
 
     def _upload(self, canvases: Sequence[np.ndarray]) -> torch.Tensor:
         """Host canvases -> one (B, H, W, 3) batch on the runner's device. On a GPU: one asynchronous copy from a
@@ -204,10 +221,6 @@ class Detector:
 
     def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float) -> list[np.ndarray]:
         """The letterboxed batch on the runner's device -> each frame's (N, 7) detections in frame pixels."""
-        with on_device(self.runner.device):
-            return self._detect_here(canvas, ratios, start)
-
-    def _detect_here(self, canvas: torch.Tensor, ratios: list[float], start: float) -> list[np.ndarray]:
         batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
         start = self._mark("preprocess", start)
         predictions = self.runner.infer(batch)
@@ -234,32 +247,36 @@ class Detector:
 
 
 class DetectorPool:
-    """One Detector per device behind the Detector's calls. Each call runs on an idle device (it waits while every
-    device is busy), so ``concurrency`` threads calling at once run that many batches at once, one per device.
+    """Several Detectors behind the Detector's calls: one per device, and on a GPU one per batch in flight
+    (``detection.batches_in_flight``), each with its own runner and CUDA stream, so that one batch's host work
+    (letterbox, copies, rescale) overlaps the next one's model. Each call runs on an idle member (it waits while
+    every member is busy), so ``concurrency`` threads calling at once run that many batches at once.
 
-    ``runner`` is the first device's: every member runs the same backend, so its kind (input format, remote
+    ``runner`` is the first member's: every member runs the same backend, so its kind (input format, remote
     batching) stands for all of them.
     """
 
     def __init__(self, detectors: Sequence[Detector], devices: Sequence[str]):
+        """``detectors[i]`` runs on ``devices[i % len(devices)]`` (devices as asked for: ONNX Runtime's runner holds
+        its batches on the host)."""
         self.detectors = list(detectors)
-        self._devices = list(devices)  # as asked for: ONNX Runtime's runner holds its batches on the host
+        self._devices = list(devices)
         self.runner = self.detectors[0].runner
         self.test_size = self.detectors[0].test_size
         self.concurrency = len(self.detectors)
-        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # FIFO: one thread's calls go round the devices
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # FIFO: one thread's calls go round the members
         for index in range(len(self.detectors)):
             self._idle.put(index)
-        self._served = [[0, 0] for _ in self.detectors]  # per device: batches, frames
+        self._served = [[0, 0] for _ in self._devices]  # per device: batches, frames
         self._served_lock = threading.Lock()
-        self.load = self.detectors[0].load  # one count for every device (DetectionLoad is thread-safe)
+        self.load = self.detectors[0].load  # one count for every member (DetectionLoad is thread-safe)
 
     @property
     def name(self) -> str:
         return self.runner.name
 
     @property
-    def per_device(self) -> list[Detector]:
+    def members(self) -> list[Detector]:
         return self.detectors
 
     @property
@@ -285,37 +302,44 @@ class DetectorPool:
         return list(self._devices)
 
     def describe(self) -> dict:
-        return {**self.runner.describe(), "device": ",".join(self.devices()), "devices": self.devices()}
+        devices = self.devices()
+        in_flight = len(self.detectors) // len(devices)
+        return {**self.runner.describe(), "device": ",".join(devices), "devices": devices,
+                "batches_in_flight": in_flight}
 
     def peak_memory_bytes(self) -> int | None:
         """The largest device's peak: what has to fit on one card."""
         peaks = [peak for detector in self.detectors if (peak := detector.peak_memory_bytes()) is not None]
         return max(peaks) if peaks else None
 
-    def device_shares(self) -> list[dict]:
+    def device_shares(self) -> list[dict] | None:
+        """Batches and frames each device has served (None: the members share one device)."""
+        if len(self._devices) == 1:
+            return None
         with self._served_lock:
             return [{"device": device, "batches": batches, "frames": frames}
-                    for device, (batches, frames) in zip(self.devices(), self._served)]
+                    for device, (batches, frames) in zip(self._devices, self._served)]
 
-    def _on_idle_device(self, call: Callable[[Detector], list[np.ndarray]], frames: int) -> list[np.ndarray]:
+    def _on_idle_member(self, call: Callable[[Detector], list[np.ndarray]], frames: int) -> list[np.ndarray]:
         index = self._idle.get()
         try:
             results = call(self.detectors[index])
         finally:
             self._idle.put(index)
         with self._served_lock:
-            self._served[index][0] += 1
-            self._served[index][1] += frames
+            served = self._served[index % len(self._devices)]
+            served[0] += 1
+            served[1] += frames
         return results
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         return self.detect_batch([frame])[0]
 
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self._on_idle_device(lambda detector: detector.detect_batch(frames), len(frames))
+        return self._on_idle_member(lambda detector: detector.detect_batch(frames), len(frames))
 
     def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float]) -> list[np.ndarray]:
-        return self._on_idle_device(lambda detector: detector.detect_canvases(canvases, ratios), len(canvases))
+        return self._on_idle_member(lambda detector: detector.detect_canvases(canvases, ratios), len(canvases))
 
     def close(self) -> None:
         for detector in self.detectors:
@@ -373,7 +397,9 @@ def create_detector(
     config, backend: str | None = None, warn: Callable[[str], None] = print
 ) -> Detector | DetectorPool:
     """The Detector for ``config.detection`` on ``backend`` (default: the config's backend); warnings go to ``warn``.
-    A list of devices (detection.device 'cuda:0,1', 'all') gives a DetectorPool of one Detector per device."""
+    A list of devices (detection.device 'cuda:0,1', 'all'), or a GPU with detection.batches_in_flight above 1, gives
+    a DetectorPool: on each device one in-process runner per batch in flight, each Detector on its own CUDA stream.
+    """
     from reidctl.engine.device import resolve_devices
 
     det = config.detection
@@ -382,19 +408,24 @@ def create_detector(
     if reason:
         raise BackendUnavailable(f"backend '{chosen.name}' is unavailable: {reason}")
     devices = resolve_devices(det.device)
-    if len(devices) == 1:
-        runner = chosen.make_runner(config, warn)
-        return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
+    in_flight = det.batches_in_flight if devices[0].type == "cuda" else 1  # a CPU runner already uses every core
     detectors: list[Detector] = []
     try:
-        for device in devices:
+        for device in [device for _ in range(in_flight) for device in devices]:  # interleaved: calls go round the GPUs
             one = dataclasses.replace(config, detection=dataclasses.replace(det, device=str(device)))
             runner = chosen.make_runner(one, warn)
-            detectors.append(Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold))
-            if runner.batches_remotely:
-                raise ReidctlError(f"a device list runs in-process backends only; '{chosen.name}' runs in a server")
+            if runner.batches_remotely:  # a server forms the batches and keeps them in flight itself
+                if len(devices) > 1:
+                    runner.close()
+                    raise ReidctlError(f"a device list runs in-process backends only; '{chosen.name}' runs in a server")
+                return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
+            pooled = len(devices) * in_flight > 1
+            stream = torch.cuda.Stream(device) if pooled and device.type == "cuda" else None
+            detectors.append(Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold, stream))
     except BaseException:
         for detector in detectors:
             detector.close()
         raise
+    if len(detectors) == 1:
+        return detectors[0]
     return DetectorPool(detectors, [str(device) for device in devices])

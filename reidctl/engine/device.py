@@ -65,6 +65,16 @@ def resolve_devices(text: str) -> list[torch.device]:
     return devices
 
 
+ONNXRUNTIME_CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def onnxruntime_has_cuda() -> bool:
+    """Whether the installed ONNX Runtime can run on the GPU (onnxruntime-gpu)."""
+    import onnxruntime  # only where ONNX Runtime is used: it takes a while to import
+
+    return ONNXRUNTIME_CUDA_PROVIDER in onnxruntime.get_available_providers()
+
+
 def gpu_description(device: torch.device) -> dict:
     """Name and compute capability, recorded beside measurements and engines."""
     if device.type != "cuda":

@@ -9,15 +9,17 @@ box's score moves by more than ``score_tolerance``; a flagged backend is never r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from reidctl.config import Config, override
 from reidctl.engine.bench_report import ParityResult
 from reidctl.engine.detector import create_detector, get_backend
-from reidctl.engine.device import resolve_device
+from reidctl.engine.device import onnxruntime_has_cuda, resolve_device
 from reidctl.errors import BackendUnavailable, describe_error, first_line
 
 MATCH_IOU = 0.9
@@ -102,15 +104,28 @@ def compare(
 
 def variants(config: Config, backends: Sequence[str]) -> list[tuple[str, str | None, Config]]:
     """(backend, precision, config) to compare: PyTorch in fp16 where it runs in fp16 (a GPU), every other backend
-    as configured (its artifact decides its precision)."""
+    as configured (its artifact decides its precision). ONNX Runtime without its CUDA provider runs its artifact on
+    the CPU provider: the same graph and weights, and the table says where it ran."""
+    on_gpu = resolve_device(config.detection.device).type == "cuda"
     found = []
     for name in backends:
         if name == "pytorch":
-            if resolve_device(config.detection.device).type == "cuda":
+            if on_gpu:
                 found.append(("pytorch", "fp16", override(config, fp16=True)))
+        elif name == "onnxruntime" and on_gpu and not onnxruntime_has_cuda():
+            found.append((name, None, override(config, device="cpu")))
         else:
             found.append((name, None, config))
     return found
+
+
+def _runs_on(describe: dict) -> str | None:
+    """Where a runner computed: ONNX Runtime's first provider, a server model's device, else the runner's device."""
+    if describe.get("providers"):
+        return {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}.get(describe["providers"][0],
+                                                                                   describe["providers"][0])
+    server = describe.get("server_model") or {}
+    return f"server {server['device']}" if "device" in server else describe.get("device")
 
 
 def _precision(describe: dict) -> str | None:
@@ -120,22 +135,40 @@ def _precision(describe: dict) -> str | None:
     return ("fp16" if server["fp16"] in (True, "true", "True") else "fp32") if "fp16" in server else None
 
 
-def detect_all(config: Config, backend: str, frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], str | None]:
+def detect_all(
+    config: Config, backend: str, frames: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], str | None, str | None]:
+    """Every frame's detections, the precision and where they were computed."""
     with create_detector(config, backend) as detector:
-        return [detector.detect(frame) for frame in frames], _precision(detector.runner.describe())
+        described = detector.runner.describe()
+        return [detector.detect(frame) for frame in frames], _precision(described), _runs_on(described)
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """No TF32 in convolutions and matrix products for the block: PyTorch's cuDNN convolutions use TF32 on Ampere
+    and newer GPUs by default, and the reference must be the model's fp32 arithmetic."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def run_parity(
     config: Config, backends: Sequence[str], frames: Sequence[np.ndarray], tolerance: float, score_tolerance: float
 ) -> list[ParityResult]:
     """The reference (PyTorch fp32 on the configured device), then every other backend and precision."""
-    reference, _ = detect_all(override(config, fp16=False), "pytorch", frames)
+    with full_fp32():
+        reference, _, reference_device = detect_all(override(config, fp16=False), "pytorch", frames)
     results = [
         ParityResult(
             *REFERENCE,
             "reference",
             frames=len(frames),
             reference_boxes=int(sum((scores(r) >= COUNTED_SCORE).sum() for r in reference)),
+            runs_on=reference_device,
         )
     ]
     for name, precision, variant_config in variants(config, backends):
@@ -144,12 +177,14 @@ def run_parity(
             results.append(ParityResult(name, precision, "unavailable", reason))
             continue
         try:
-            detections, described = detect_all(variant_config, name, frames)
+            detections, described, runs_on = detect_all(variant_config, name, frames)
         except BackendUnavailable as exc:
             results.append(ParityResult(name, precision, "unavailable", str(exc)))
             continue
         except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
             results.append(ParityResult(name, precision, "failed", first_line(describe_error(exc))))
             continue
-        results.append(compare(name, precision or described, reference, detections, tolerance, score_tolerance))
+        result = compare(name, precision or described, reference, detections, tolerance, score_tolerance)
+        result.runs_on = runs_on
+        results.append(result)
     return results

@@ -1,6 +1,7 @@
 """Several devices in one process: device lists, and batches spread over one runner per device (cpu,cpu here)."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from typer.testing import CliRunner
 
 from helpers import canonical_rows, write_video
 from reidctl.cli import app
+from reidctl.config import load_config, override
+from reidctl.engine.detector import Detector, create_detector
 from reidctl.engine.device import resolve_devices
 from reidctl.errors import ReidctlError
 
@@ -114,6 +117,37 @@ def test_bench_batched_on_two_devices_records_each_devices_share(tmp_path, small
     assert sum(share["batches"] for share in shares) == sum(runs["batched"]["batch_sizes"].values())
     assert all(share["batches"] > 0 for share in shares), shares  # two workers: both devices ran batches
     assert "per_device" not in runs["sequential"]  # one caller at a time: no spreading to report
+
+
+def test_a_cpu_runs_one_batch_at_a_time(small_config):
+    """batches_in_flight is for GPUs: a CPU runner already uses every core, so a CPU device gets one Detector."""
+    config = override(load_config(small_config), batches_in_flight=3)
+    with create_detector(config) as detector:
+        assert isinstance(detector, Detector) and detector.stream is None
+        assert detector.detect_batch([]) == [] and detector.detect_canvases([], []) == []  # nothing in, nothing run
+    with create_detector(override(config, device="cpu,cpu")) as pool:
+        assert pool.concurrency == 2 and pool.describe()["batches_in_flight"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA streams exist only there")
+def test_two_batches_in_flight_on_one_gpu_find_what_one_finds(small_config, frames):
+    """Two runners on one GPU, each on its own stream, called from two threads at once: the same detections as one
+    runner, every batch counted against the one device."""
+    config = override(load_config(small_config), device="cuda:0")
+    starts = range(0, len(frames) - 3, 4)
+    with create_detector(override(config, batches_in_flight=1)) as one:
+        expected = [one.detect_batch(frames[i:i + 4]) for i in starts]
+    with create_detector(override(config, batches_in_flight=2)) as pool:
+        assert pool.concurrency == 2 and pool.describe()["batches_in_flight"] == 2
+        assert pool.devices() == ["cuda:0"] and pool.device_shares() is None  # one device: nothing to spread
+        assert pool.detect_batch([]) == []  # no empty CUDA graph is captured
+        streams = [member.stream for member in pool.members]
+        assert None not in streams and streams[0] != streams[1]
+        with ThreadPoolExecutor(2) as threads:
+            found = list(threads.map(lambda i: pool.detect_batch(frames[i:i + 4]), starts))
+    for want, got in zip(expected, found):
+        for rows, same in zip(want, got):
+            np.testing.assert_allclose(canonical_rows(same), canonical_rows(rows), rtol=1e-3, atol=1e-2)
 
 
 def test_capacity_sentence_names_the_gpu_count():

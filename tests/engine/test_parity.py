@@ -76,6 +76,8 @@ def test_identical_export_passes_and_perturbed_one_is_flagged(small_config, onnx
     assert same.status == "ok" and same.precision == "fp32" and not same.flagged
     assert same.matched == reference.reference_boxes and same.missed == same.extra == 0
     assert same.max_score_diff < 1e-4
+    assert reference.runs_on == same.runs_on == "cpu"
+    assert torch.backends.cudnn.allow_tf32  # the reference's fp32-only arithmetic ends with it
 
     _, perturbed = run_parity(_onnx_config(config, perturbed_onnx), ["onnxruntime"], frames, 0.02, 0.05)
     assert perturbed.flagged and perturbed.max_score_diff > 0.05
