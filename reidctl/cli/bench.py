@@ -293,6 +293,14 @@ def bench(
             "--parity-score-tolerance", help="Largest score difference of a matched box before a backend is flagged."
         ),
     ] = 0.05,
+    client_processes: Annotated[
+        int,
+        typer.Option(
+            "--client-processes",
+            help="Processes that send a server's closed-loop requests, the cameras split over them: one Python "
+                 "process sends about a thousand requests a second, fewer than Triton on several GPUs answers.",
+        ),
+    ] = 1,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Result JSON; the plot is written beside it as .png.")
     ] = DEFAULT_BENCH_PATH,
@@ -329,6 +337,7 @@ def bench(
         parity=parity,
         parity_tolerance=parity_tolerance,
         parity_score_tolerance=parity_score_tolerance,
+        client_processes=client_processes,
     )
     report, plot = benchmark(cfg, settings, output, show_progress=progress)
     console.print(_backend_table(report))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import math
 import os
@@ -40,6 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from reidctl.config import Config, to_dict
 from reidctl.engine.batcher import MicroBatcher
+from reidctl.engine.clients import ClientProcesses
 from reidctl.engine.bench_report import (
     DEFAULT_BENCH_PATH,
     BackendResult,
@@ -284,12 +286,27 @@ def _batches_since(before: dict[int, int] | None, after: dict[int, int] | None) 
 
 
 def measure_concurrent(
-    detector: Detector, frames: Sequence[np.ndarray], cameras: int, settings: BenchSettings, tick: Tick
+    detector: Detector,
+    frames: Sequence[np.ndarray],
+    cameras: int,
+    settings: BenchSettings,
+    tick: Tick,
+    clients: ClientProcesses | None = None,
 ) -> StreamResult:
-    """Client threads call the (thread-safe) runner at once; the server forms the batches (read from its statistics)."""
-    closed_loop(detector.detect, frames, cameras, settings.warmup, tick)
+    """Client threads call the (thread-safe) runner at once, in this process or spread over ``clients``; the server
+    forms the batches (read from its statistics)."""
+
+    def run(requests: int) -> tuple[list[float], float]:
+        if clients is None:
+            return closed_loop(detector.detect, frames, cameras, requests, tick)
+        latencies, wall = clients.closed_loop(cameras, requests)
+        for _ in latencies:
+            tick()
+        return latencies, wall
+
+    run(settings.warmup)
     before = _settled_batch_counts(detector)
-    latencies, wall = closed_loop(detector.detect, frames, cameras, settings.iters, tick)
+    latencies, wall = run(settings.iters)
     sizes = _batches_since(before, _settled_batch_counts(detector))
     summary = LatencySummary.from_samples(latencies)
     return StreamResult("concurrent", cameras, len(latencies), wall, len(latencies) / wall, summary, sizes)
@@ -485,10 +502,16 @@ def allow_measured_latency(detector: Detector, frame: np.ndarray, cameras: int) 
 
 
 def _measure_backend(
-    result: BackendResult, detector: Detector, frames: Sequence[np.ndarray], settings: BenchSettings, progress: Progress
+    result: BackendResult,
+    detector: Detector,
+    frames: Sequence[np.ndarray],
+    settings: BenchSettings,
+    progress: Progress,
+    clients: ClientProcesses | None = None,
 ) -> None:
     """Fill ``result`` step by step, so that a failure keeps what was measured before it."""
     modes = stream_modes(detector)
+    measures = {**MODES, "concurrent": functools.partial(measure_concurrent, clients=clients)}
     task = progress.add_task(result.name, total=planned_requests(settings, modes), phase="single stream")
     tick = lambda: progress.advance(task)  # noqa: E731
     result.runner = detector.describe()
@@ -501,7 +524,7 @@ def _measure_backend(
         plural = "s" if cameras > 1 else ""
         for mode in modes if settings.saturation else ():
             progress.update(task, phase=f"{mode}, {cameras} camera{plural}")
-            result.multi_stream.append(MODES[mode](detector, frames, cameras, settings, tick))
+            result.multi_stream.append(measures[mode](detector, frames, cameras, settings, tick))
         if settings.fps:
             progress.update(task, phase=f"open loop, {cameras} camera{plural} at {settings.fps:g} FPS")
             load = open_loop_load(settings, cameras)
@@ -531,8 +554,11 @@ def bench_backend(
             torch.cuda.init()  # the allocator's statistics exist only once CUDA is initialised
             torch.cuda.reset_peak_memory_stats(device)  # each backend's peak, not the process's so far
     try:
-        with create_detector(config, name) as detector:
-            _measure_backend(result, detector, frames, settings, progress)
+        with create_detector(config, name) as detector, contextlib.ExitStack() as stack:
+            clients = None
+            if detector.runner.batches_remotely and settings.client_processes > 1 and settings.saturation:
+                clients = stack.enter_context(ClientProcesses(config, name, frames, settings.client_processes))
+            _measure_backend(result, detector, frames, settings, progress, clients)
     except BackendUnavailable as exc:  # e.g. the server is not reachable
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results

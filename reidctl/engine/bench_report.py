@@ -40,9 +40,10 @@ class BenchSettings:
     parity: bool = False  # run the detections of every backend and precision against PyTorch fp32
     parity_tolerance: float = 0.02  # most boxes missed or extra, as a fraction of the reference's boxes
     parity_score_tolerance: float = 0.05  # largest score difference of a matched box
+    client_processes: int = 1  # processes that send a server's closed-loop requests, the cameras split over them
 
     def validate(self) -> BenchSettings:
-        for name in ("iters", "max_batch"):
+        for name in ("iters", "max_batch", "client_processes"):
             if getattr(self, name) <= 0:
                 raise ReidctlError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.warmup < 0:

@@ -19,6 +19,7 @@ from reidctl.config import load_config
 from reidctl.engine.batcher import MicroBatcher
 from reidctl.engine.bench import closed_loop, measure_concurrent, run_bench, stream_modes
 from reidctl.engine.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
+from reidctl.engine.clients import ClientProcesses
 from reidctl.engine.detector import available_backends, create_detector
 from reidctl.errors import ReidctlError
 from reidctl.io.synthetic import synthetic_frame
@@ -330,3 +331,21 @@ def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_c
             detector.detect(frame)  # the first request may take long: it carries the server's one-off costs
             with pytest.raises(ReidctlError, match=r"timed out after 0.2 s \(detection.triton.timeout\)"):
                 closed_loop(detector.detect, [frame], 8, 32, lambda: None)
+
+
+def test_client_processes_split_the_cameras_and_the_server_serves_every_request(tmp_path, nano_checkpoint):
+    """--client-processes: the closed loop's requests come from two processes; the server's own statistics count
+    each measured one."""
+    config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint))
+    with _triton(config, tmp_path) as config:
+        settings = BenchSettings(["triton"], iters=24, warmup=4, cameras=[3], client_processes=2)
+        report = run_bench(config, settings, show_progress=False)
+        unreachable = _with_detection(config, triton=dataclasses.replace(config.detection.triton, url="localhost:9"))
+        with pytest.raises(ReidctlError, match="client process: .*localhost:9"):
+            ClientProcesses(unreachable, "triton", [synthetic_frame(0, (128, 160))], 2)
+    (result,) = report.backends
+    assert result.status == "ok", result.reason
+    (run,) = result.multi_stream
+    assert (run.mode, run.cameras, run.requests, run.latency.count) == ("concurrent", 3, 24, 24)
+    assert sum(size * count for size, count in run.batch_sizes.items()) == 24
+    assert report.settings["client_processes"] == 2
