@@ -159,7 +159,9 @@ def test_pinned_staging_buffer_reused_across_batches_on_gpu(tmp_path, nano_check
     from reidctl.config import load_config
     from reidctl.engine.detector import create_detector
 
-    config = load_config(write_config(tmp_path / "gpu.yaml", nano_checkpoint, device="cuda", fp16=False))
+    # One Detector: its own staging buffer is what is checked.
+    config = load_config(write_config(tmp_path / "gpu.yaml", nano_checkpoint, device="cuda", fp16=False,
+                                      batches_in_flight=1))
     canvases = [letterbox_frame(frame, (128, 160))[0] for frame in frames]
     with create_detector(config) as detector:
         for start, size in [(0, 3), (3, 2), (5, 6), (1, 4), (2, 6)]:

@@ -10,14 +10,14 @@ does no GPU work (a second process on the GPU would time-slice it with this one)
 over several requests at once; they run as one batch: one CUDA graph per batch size on the GPU (fp16 there,
 optionally torch.compile'd), fp32 on the CPU. `execute` only starts a batch: a finisher thread runs its NMS and
 answers each request through its response sender, so the next batch's model runs while this one's host work
-(NMS, responses, Triton's own copies) goes on. At most MODEL_BATCHES_IN_FLIGHT batches wait on the GPU: a
-further `execute` first waits for the oldest one's model, so the GPU's queue stays short (H100, worst load, 16
-cameras: 628.1 FPS with the limit, 598.6 without it).
+(NMS, responses, Triton's own copies) goes on. At most BATCHES_IN_FLIGHT batches are between their start and
+their last response: a further `execute` waits, and the requests that arrive meanwhile wait in Triton's queue and
+join the next batch. Without the bound a slow finisher (the worst load's 8,400 rows a frame) let batches of one
+frame start as fast as they came, and each small batch made the finisher slower still.
 `reidctl setup-triton` copies this file into the repository and writes config.pbtxt, whose parameters name the
 checkpoint, model type, test size, device, precision and thresholds.
 """
 
-import collections
 import json
 import os
 import queue
@@ -56,7 +56,7 @@ from reidctl.triton.repository import (  # noqa: E402
 )
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-MODEL_BATCHES_IN_FLIGHT = 2  # one batch's model runs while the next one waits on the GPU, ready to start
+BATCHES_IN_FLIGHT = 2  # one batch's model runs while the one before it is finished (NMS, responses)
 
 
 class _Staging:
@@ -98,7 +98,7 @@ class TritonPythonModel:
         max_batch = model_config["max_batch_size"]
         device = self.runner.device
         self.staging = self.model_stream = self.finish_stream = None
-        self.models_queued: collections.deque[torch.cuda.Event] = collections.deque()  # each batch's model done
+        self.in_flight = threading.BoundedSemaphore(BATCHES_IN_FLIGHT)  # released by the finisher
         if device.type == "cuda":
             # Host work here is the batch's staging copy: 4 threads copy 8 frames in 1.0 ms instead of 1.8 ms with
             # one (H100 host), while a full pool of spinning OpenMP threads would take cores from the clients.
@@ -118,13 +118,12 @@ class TritonPythonModel:
     def execute(self, requests):
         """Start the batch and return; the finisher answers every request once its detections are ready."""
         senders = [request.get_response_sender() for request in requests]
+        self.in_flight.acquire()
         try:
             # DLPack in and out: with numpy >= 2 the stub returns empty tensors built from ndarrays.
             frames = [
                 torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, PYTHON_INPUT).to_dlpack()) for r in requests
             ]
-            if len(self.models_queued) >= MODEL_BATCHES_IN_FLIGHT:
-                self.models_queued.popleft().synchronize()
             with torch.inference_mode(), torch.cuda.stream(self.model_stream):
                 # Copied before returning: Triton frees the request tensors when execute returns.
                 batch = self.staging.to_device(frames) if self.staging else torch.cat(frames)
@@ -132,9 +131,9 @@ class TritonPythonModel:
                 done = None
                 if self.model_stream is not None:
                     done = self.model_stream.record_event()
-                    self.models_queued.append(done)
                     predictions.record_stream(self.finish_stream)  # used there: not reused before that work is done
         except Exception as exc:  # every request of the batch gets the failure instead of the server seeing a crash
+            self.in_flight.release()
             _fail(senders, exc)
             return None
         self.started.put((senders, [len(f) for f in frames], predictions, done))
@@ -157,6 +156,8 @@ class TritonPythonModel:
                     first += size
             except Exception as exc:  # noqa: BLE001  the thread must go on serving the next batches
                 _fail(senders, exc)
+            finally:
+                self.in_flight.release()
 
     def finalize(self):
         self.started.put(None)
