@@ -298,7 +298,7 @@ def bench(
         typer.Option(
             "--client-processes",
             help="Processes that send a server's closed-loop requests, the cameras split over them: one Python "
-                 "process sends about a thousand requests a second, fewer than Triton on several GPUs answers.",
+                 "process's requests are paced by its GIL, which can leave a server on several GPUs waiting.",
         ),
     ] = 1,
     output: Annotated[

@@ -41,7 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from reidctl.config import Config, to_dict
 from reidctl.engine.batcher import MicroBatcher
-from reidctl.engine.clients import ClientProcesses
+from reidctl.engine.clients import ClientProcesses, Tick, closed_loop
 from reidctl.engine.bench_report import (
     DEFAULT_BENCH_PATH,
     BackendResult,
@@ -70,7 +70,6 @@ VERSIONED_PACKAGES = {
     "tritonclient": ("tritonclient",),
 }
 
-Tick = Callable[[], None]
 
 
 def parse_backends(text: str) -> tuple[list[str], bool]:
@@ -173,59 +172,6 @@ def measure_sequential(
         tick()
     wall = time.perf_counter() - start
     return StreamResult("sequential", cameras, iters, wall, iters / wall, LatencySummary.from_samples(samples))
-
-
-class _Tickets:
-    """A shared budget of requests for the camera threads; ``stop()`` ends the run early (on a failure)."""
-
-    def __init__(self, total: int):
-        self.remaining = total
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.remaining <= 0:
-                return False
-            self.remaining -= 1
-            return True
-
-    def stop(self) -> None:
-        with self._lock:
-            self.remaining = 0
-
-
-def closed_loop(
-    serve: Callable[[np.ndarray], object], frames: Sequence[np.ndarray], cameras: int, requests: int, tick: Tick
-) -> tuple[list[float], float]:
-    """``cameras`` threads each submit a frame, wait for its result, and repeat until ``requests`` are served.
-
-    Returns every request's latency (seconds) and the wall time from the common start to the last result.
-    """
-    tickets = _Tickets(requests)
-    barrier = threading.Barrier(cameras + 1)
-
-    def camera(index: int) -> list[float]:
-        barrier.wait()
-        latencies = []
-        try:
-            while tickets.take():
-                frame = frames[(index + len(latencies) * cameras) % len(frames)]
-                start = time.perf_counter()
-                serve(frame)
-                latencies.append(time.perf_counter() - start)
-                tick()
-        except BaseException:
-            tickets.stop()  # the other cameras stop too; the failure reaches the caller below
-            raise
-        return latencies
-
-    with ThreadPoolExecutor(max_workers=cameras, thread_name_prefix="camera") as pool:
-        futures = [pool.submit(camera, i) for i in range(cameras)]
-        barrier.wait()
-        start = time.perf_counter()
-        latencies = [sample for future in futures for sample in future.result()]
-        wall = time.perf_counter() - start
-    return latencies, wall
 
 
 def warm_batch_sizes(

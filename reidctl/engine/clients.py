@@ -1,7 +1,8 @@
-"""Client processes for a server's closed-loop runs: each runs a share of the cameras with a runner of its own.
+"""Cameras as clients in a closed loop: threads in this process (``closed_loop``), or client processes for a
+server's runs, each running a share of the cameras with a runner of its own (``ClientProcesses``).
 
-One Python process sends at most about a thousand requests a second to a server (every request holds the GIL for its
-serialisation and callbacks, measured on a 16-core host), fewer than a Triton server on two GPUs answers. A run
+One process's requests are paced by the GIL (each request's serialisation and callbacks hold it): from one client
+process, Triton on two GPUs formed batches of one or two frames, waiting for requests (2× H200, 16 cameras). A run
 through ``ClientProcesses`` splits its cameras and requests over several processes that start together.
 Latencies use ``time.perf_counter``, one monotonic clock for every process of the host.
 """
@@ -12,14 +13,69 @@ import multiprocessing
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from reidctl.errors import ReidctlError, describe_error, first_line
 
+Tick = Callable[[], None]  # called once per answered request (a progress bar's advance)
 READY_TIMEOUT_S = 300.0  # a process's start: imports, the connection and its first request
 RUN_TIMEOUT_S = 1800.0  # one closed-loop run
+
+
+class _Tickets:
+    """A shared budget of requests for the camera threads; ``stop()`` ends the run early (on a failure)."""
+
+    def __init__(self, total: int):
+        self.remaining = total
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.remaining <= 0:
+                return False
+            self.remaining -= 1
+            return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self.remaining = 0
+
+
+def closed_loop(
+    serve: Callable[[np.ndarray], object], frames: Sequence[np.ndarray], cameras: int, requests: int, tick: Tick
+) -> tuple[list[float], float]:
+    """``cameras`` threads each submit a frame, wait for its result, and repeat until ``requests`` are served.
+
+    Returns every request's latency (seconds) and the wall time from the common start to the last result.
+    """
+    tickets = _Tickets(requests)
+    barrier = threading.Barrier(cameras + 1)
+
+    def camera(index: int) -> list[float]:
+        barrier.wait()
+        latencies = []
+        try:
+            while tickets.take():
+                frame = frames[(index + len(latencies) * cameras) % len(frames)]
+                start = time.perf_counter()
+                serve(frame)
+                latencies.append(time.perf_counter() - start)
+                tick()
+        except BaseException:
+            tickets.stop()  # the other cameras stop too; the failure reaches the caller below
+            raise
+        return latencies
+
+    with ThreadPoolExecutor(max_workers=cameras, thread_name_prefix="camera") as pool:
+        futures = [pool.submit(camera, i) for i in range(cameras)]
+        barrier.wait()
+        start = time.perf_counter()
+        latencies = [sample for future in futures for sample in future.result()]
+        wall = time.perf_counter() - start
+    return latencies, wall
 
 
 def _shares(total: int, parts: int) -> list[int]:
@@ -28,7 +84,6 @@ def _shares(total: int, parts: int) -> list[int]:
 
 
 def _client_main(config, backend: str, frames, commands, results, barrier) -> None:
-    from reidctl.engine.bench import closed_loop  # the parent's module, imported in this process
     from reidctl.engine.detector import create_detector
 
     try:

@@ -17,9 +17,9 @@ from helpers import free_ports, start_test_server, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.engine.batcher import MicroBatcher
-from reidctl.engine.bench import closed_loop, measure_concurrent, run_bench, stream_modes
+from reidctl.engine.bench import measure_concurrent, run_bench, stream_modes
 from reidctl.engine.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
-from reidctl.engine.clients import ClientProcesses
+from reidctl.engine.clients import ClientProcesses, closed_loop
 from reidctl.engine.detector import available_backends, create_detector
 from reidctl.errors import ReidctlError
 from reidctl.io.synthetic import synthetic_frame
