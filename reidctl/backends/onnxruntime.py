@@ -14,6 +14,7 @@ from reidctl.errors import BackendUnavailable, ReidctlError, print_warning
 from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx
 from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches
 
+
 def session_providers(device_name: str) -> list:
     """CPU for 'cpu'; the CUDA provider first for 'auto' or 'cuda[:N]' where onnxruntime-gpu provides it."""
     device = resolve_device(device_name) if device_name != "auto" else None

@@ -71,7 +71,6 @@ VERSIONED_PACKAGES = {
 }
 
 
-
 def parse_backends(text: str) -> tuple[list[str], bool]:
     """'all' -> every registered backend; else a comma list of known names (unknown -> error).
 

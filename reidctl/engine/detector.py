@@ -409,6 +409,7 @@ def create_detector(
         raise BackendUnavailable(f"backend '{chosen.name}' is unavailable: {reason}")
     devices = resolve_devices(det.device)
     in_flight = det.batches_in_flight if devices[0].type == "cuda" else 1  # a CPU runner already uses every core
+    pooled = len(devices) * in_flight > 1
     detectors: list[Detector] = []
     try:
         for device in [device for _ in range(in_flight) for device in devices]:  # interleaved: calls go round the GPUs
@@ -419,7 +420,6 @@ def create_detector(
                     runner.close()
                     raise ReidctlError(f"a device list runs in-process backends only; '{chosen.name}' runs in a server")
                 return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
-            pooled = len(devices) * in_flight > 1
             stream = torch.cuda.Stream(device) if pooled and device.type == "cuda" else None
             detectors.append(Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold, stream))
     except BaseException:

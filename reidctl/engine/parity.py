@@ -19,7 +19,7 @@ import torch
 from reidctl.config import Config, override
 from reidctl.engine.bench_report import ParityResult
 from reidctl.engine.detector import create_detector, get_backend
-from reidctl.engine.device import onnxruntime_has_cuda, resolve_device
+from reidctl.engine.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
 from reidctl.errors import BackendUnavailable, describe_error, first_line
 
 MATCH_IOU = 0.9
@@ -122,8 +122,8 @@ def variants(config: Config, backends: Sequence[str]) -> list[tuple[str, str | N
 def _runs_on(describe: dict) -> str | None:
     """Where a runner computed: ONNX Runtime's first provider, a server model's device, else the runner's device."""
     if describe.get("providers"):
-        return {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}.get(describe["providers"][0],
-                                                                                   describe["providers"][0])
+        first = describe["providers"][0]
+        return {ONNXRUNTIME_CUDA_PROVIDER: "cuda", "CPUExecutionProvider": "cpu"}.get(first, first)
     server = describe.get("server_model") or {}
     return f"server {server['device']}" if "device" in server else describe.get("device")
 

@@ -388,7 +388,7 @@ def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) ->
         return
     canvas, ratio = letterbox_frame(frame, detector.test_size)
     on_gpu = detector.runner.device.type == "cuda"
-    for one in detector.members:  # straight to each device: the run's batch counts per device start at zero
+    for one in detector.members:  # straight to each member: the run's batch counts per device start at zero
         for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
             one.detect_canvases([canvas] * size, [ratio] * size)
 
