@@ -30,10 +30,17 @@ import torch
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
-from reidctl.triton.client import ServerPool, batch_counts, local_server_gpu_memory, message_of, served_model
+from reidctl.triton.client import (
+    LOCAL_HOSTS,
+    ServerPool,
+    batch_counts,
+    local_server_gpu_memory,
+    message_of,
+    metric_batch_counts,
+    served_model,
+)
 from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 TORCH_DTYPES = {"UINT8": torch.uint8, "FP32": torch.float32, "FP16": torch.float16}
 # A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
 # because a closed loop on a busy CPU (client threads and server sharing cores) queues far longer than N x one
@@ -129,6 +136,7 @@ class TritonRunner(Runner):
         self.model_name = triton.model_name
         self.model_version = triton.model_version
         self.configured_timeout = self.timeout = triton.timeout
+        self.metrics_port = triton.metrics_port
         self.max_in_flight = max(1, triton.max_in_flight)
         self._warn, self._verbose = warn, triton.verbose
         self.servers = [
@@ -430,19 +438,25 @@ class TritonRunner(Runner):
         return torch.from_numpy(np.concatenate([result.as_numpy(self.output_names[0]) for result in results]))
 
     def batch_counts(self) -> dict[int, int] | None:
-        """Executions per batch size from the servers' statistics (what the dynamic batchers formed); with
-        several servers, of those that answer."""
+        """Batches run per size, on the servers that answer: the python model's own counter (it forms its batches
+        from the requests Triton hands over), else Triton's statistics (what its dynamic batcher formed)."""
         counts: dict[int, int] = {}
         for server in self.servers:
-            try:
-                statistics = server.client.get_inference_statistics(
-                    self.model_name, self.model_version, as_json=True, client_timeout=self.timeout
-                )
-            except self._server_error as exc:
-                if self._pool is None:
-                    raise self._fail(exc, server.url) from None
-                continue
-            for size, count in batch_counts(statistics).items():
+            if self.returns_detections:
+                served = metric_batch_counts(server.url, self.metrics_port, self.model_name, self.timeout)
+                if served is None and self._pool is None:
+                    return None
+            else:
+                try:
+                    statistics = server.client.get_inference_statistics(
+                        self.model_name, self.model_version, as_json=True, client_timeout=self.timeout
+                    )
+                except self._server_error as exc:
+                    if self._pool is None:
+                        raise self._fail(exc, server.url) from None
+                    continue
+                served = batch_counts(statistics)
+            for size, count in (served or {}).items():
                 counts[size] = counts.get(size, 0) + count
         return counts
 

@@ -1,22 +1,25 @@
 """What a Triton server says about itself, as its client sees it: health and the served model's description,
-per-batch-size statistics, and the GPU memory of a local server; and which of several servers each camera uses.
+the batches it ran per size, and the GPU memory of a local server; and which of several servers each camera uses.
 
 The runner (reidctl/backends/triton.py) runs requests; these are the questions asked around them.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
-from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
+from reidctl.triton.repository import BATCH_METRIC, PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
 
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 SUPPORTED_INPUTS = ("UINT8", "FP16", "FP32")
 # A server marked down is checked again after this long, then twice as long each time it is still down, up to the max.
 RECHECK_FIRST_S = 1.0
@@ -99,12 +102,34 @@ def _not_ready_reason(client, url: str, name: str, timeout: float) -> str:
 
 
 def batch_counts(statistics: dict) -> dict[int, int]:
-    """Executions per batch size in get_inference_statistics' JSON: what the dynamic batcher formed."""
+    """Executions per batch size in get_inference_statistics' JSON: what the dynamic batcher formed (the batches a
+    model without batches of its own, such as a TensorRT engine, runs)."""
     counts: dict[int, int] = {}
     for model in statistics.get("model_stats", []):
         for entry in model.get("batch_stats", []):
             size = int(entry["batch_size"])
             counts[size] = counts.get(size, 0) + int(entry.get("compute_infer", {}).get("count", 0))
+    return counts
+
+
+def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: float) -> dict[int, int] | None:
+    """Batches per size that the python model ``model_name`` ran on the server at gRPC ``url``, from its BATCH_METRIC
+    counter on the server's metrics port: a bundled server's own (started here), else ``metrics_port`` on the URL's
+    host. None when that endpoint does not answer (a server with its metrics off or on another port)."""
+    host, _, port = url.rpartition(":")
+    if host in LOCAL_HOSTS:
+        metrics_port = next((s.metrics_port for s in all_running_servers() if str(s.grpc_port) == port), metrics_port)
+    try:
+        with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=timeout) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    counts: dict[int, int] = {}
+    for labels, value in re.findall(rf"^{BATCH_METRIC}{{(.*)}} (\S+)$", text, flags=re.MULTILINE):
+        label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if label.get("model") == model_name and label.get("frames", "").isdigit():
+            size = int(label["frames"])
+            counts[size] = counts.get(size, 0) + int(float(value))
     return counts
 
 

@@ -31,6 +31,9 @@ TENSORRT_MODEL = "bytetrack_tensorrt"
 PYTHON_INPUT = "frames"
 PYTHON_OUTPUT = "detections"
 PYTHON_COUNT_OUTPUT = "num_detections"
+# The python model's counter of the batches it runs, labelled by their frames, on the server's metrics port: Triton's
+# own statistics count the model's execute calls, which only hand frames over to its batches.
+BATCH_METRIC = "reidctl_batches"
 # Triton 2.51 is the release that nvidia-pytriton 0.7.0 bundles: the container serves the same server version.
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 NGC_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:"

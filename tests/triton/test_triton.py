@@ -306,18 +306,13 @@ def test_triton_detector_matches_pytorch(triton_server, nano_config, video_file)
             assert_same_detections(together, expected)
 
 
-def batch_counts(client) -> dict[int, int]:
-    stats = client.get_inference_statistics(PYTHON_MODEL, as_json=True)["model_stats"][0]
-    return {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in stats.get("batch_stats", [])}
-
-
-def test_concurrent_clients_reach_the_dynamic_batcher(triton_server, nano_config, video_file):
+def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config, video_file):
     config = triton_config(nano_config, triton_server.grpc_port)
     frames = video_frames(video_file)[:6]
     client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
-    before = batch_counts(client)
     with create_detector(config, "triton") as shared:
         expected = [shared.detect(frame) for frame in frames]
+        before = shared.runner.batch_counts()
         results, errors = {}, []
 
         def stream(index: int, detector) -> None:
@@ -339,11 +334,13 @@ def test_concurrent_clients_reach_the_dynamic_batcher(triton_server, nano_config
         for detector in own:
             detector.close()
         assert not errors, errors
+        after = shared.runner.batch_counts()
     assert len(results) == 9 * 3 * len(frames)
     for (_, _, i), got in results.items():
         assert_same_detections(got, expected[i])
-    after = batch_counts(client)
+    # The model's own batches (its metric): every frame sent ran in one, and waiting frames joined larger ones.
     grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert sum(size * count for size, count in grown.items()) == len(results)
     assert any(count > 0 for size, count in grown.items() if size > 1), grown
     # shared memory: per-thread regions of this process while running, all gone once the detectors closed
     assert sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions) >= 9

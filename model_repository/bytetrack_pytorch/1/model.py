@@ -6,24 +6,31 @@ Output "detections":     float32 (B, N, 7) rows x1, y1, x2, y2 (input-canvas pix
 Output "num_detections": int32 (B, 1), the real rows of each frame.
 
 The whole detector but the letterbox runs here, so a response is a few rows instead of every anchor and a client
-does no GPU work (a second process on the GPU would time-slice it with this one). Triton's dynamic batcher hands
-over several requests at once; they run as one batch: one CUDA graph per batch size on the GPU (fp16 there,
-optionally torch.compile'd), fp32 on the CPU. `execute` only starts a batch: a finisher thread runs its NMS and
-answers each request through its response sender, so the next batch's model runs while this one's host work
-(NMS, responses, Triton's own copies) goes on. At most BATCHES_IN_FLIGHT batches are between their start and
-their last response: a further `execute` waits, and the requests that arrive meanwhile wait in Triton's queue and
-join the next batch. Without the bound a slow finisher (the worst load's 8,400 rows a frame) let batches of one
-frame start as fast as they came, and each small batch made the finisher slower still.
+does no GPU work (a second process on the GPU would time-slice it with this one). Three threads share the work:
+- `execute` copies the requests' frames to the GPU (a copy stream) and returns: the frames wait here, not in
+  Triton's queue, and Triton hands over the next requests at once.
+- The launcher starts a batch of every frame waiting (up to max_batch_size) when the GPU's previous batch is done
+  with the model and fewer than BATCHES_IN_FLIGHT batches are between their start and their last response. The
+  requests that arrive while a batch runs join the next one: sixteen cameras in a closed loop formed batches of
+  4.4 frames on average when Triton's batcher formed them as soon as the model took the previous one (H100).
+- The finisher runs a batch's NMS and answers each request through its response sender, while the next batch's
+  model runs. The in-flight bound keeps a slow finisher (the worst load's 8,400 rows a frame) from letting batches
+  of one frame start as fast as they come.
+One CUDA graph per batch size on the GPU (fp16 there, optionally torch.compile'd), fp32 on the CPU. Triton's own
+statistics count `execute` calls, which only hand frames over: the batches run are the counter BATCH_METRIC on
+the server's metrics port, labelled by their frames.
 `reidctl setup-triton` copies this file into the repository and writes config.pbtxt, whose parameters name the
 checkpoint, model type, test size, device, precision and thresholds.
 """
 
+import collections
 import json
 import os
 import queue
 import site
 import sys
 import threading
+from dataclasses import dataclass
 
 
 def _use_launching_environment() -> None:
@@ -48,6 +55,7 @@ from reidctl.backends.pytorch import make_runner  # noqa: E402
 from reidctl.config import override  # noqa: E402
 from reidctl.engine.postprocess import DETECTION_COLUMNS, select_detections  # noqa: E402
 from reidctl.triton.repository import (  # noqa: E402
+    BATCH_METRIC,
     PYTHON_COUNT_OUTPUT,
     PYTHON_INPUT,
     PYTHON_OUTPUT,
@@ -57,10 +65,11 @@ from reidctl.triton.repository import (  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 BATCHES_IN_FLIGHT = 2  # one batch's model runs while the one before it is finished (NMS, responses)
+WAITING_BATCHES = 2  # `execute` holds its requests (and Triton queues the next) while this many full batches wait
 
 
 class _Staging:
-    """Pinned host buffers, one per batch in flight, each reused once its copy to the GPU is done."""
+    """Pinned host buffers, each reused once its copy to the GPU is done."""
 
     def __init__(self, count: int, shape: tuple[int, ...], device: torch.device):
         self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
@@ -68,7 +77,8 @@ class _Staging:
         self.device = device
         self.turn = 0
 
-    def to_device(self, frames: list[torch.Tensor]) -> torch.Tensor:
+    def to_device(self, frames: list[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """The frames as one device tensor, copied on the current stream, and the event that marks the copy done."""
         index, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
         if self.copied[index] is not None:
             self.copied[index].synchronize()
@@ -76,7 +86,36 @@ class _Staging:
         batch = staged.to(self.device, non_blocking=True)
         self.copied[index] = torch.cuda.Event()
         self.copied[index].record()
-        return batch
+        return batch, self.copied[index]
+
+
+@dataclass
+class _Waiting:
+    """A request's frames, held until a batch takes them."""
+
+    sender: object
+    frames: torch.Tensor
+    copied: torch.cuda.Event | None  # their copy to the GPU (None on the CPU)
+
+
+class _BatchCounter:
+    """Batches run per size, as the server's metric BATCH_METRIC."""
+
+    def __init__(self, model_name: str, instance: str):
+        self.family = pb_utils.MetricFamily(
+            name=BATCH_METRIC, description="batches run, by frames", kind=pb_utils.MetricFamily.COUNTER
+        )
+        self.labels = {"model": model_name, "instance": instance}
+        self.metrics: dict[int, object] = {}
+
+    def count(self, frames: int) -> None:
+        if frames not in self.metrics:
+            self.metrics[frames] = self.family.Metric(labels={**self.labels, "frames": str(frames)})
+        self.metrics[frames].increment(1)
+
+    def close(self) -> None:
+        self.metrics.clear()  # Triton wants a family's metrics gone before the family
+        self.family = None
 
 
 class TritonPythonModel:
@@ -95,53 +134,112 @@ class TritonPythonModel:
         self.conf_threshold = config.detection.conf_threshold
         self.nms_threshold = config.detection.nms_threshold
         height, width, _ = pb_utils.get_input_config_by_name(model_config, PYTHON_INPUT)["dims"]
-        max_batch = model_config["max_batch_size"]
+        self.max_batch = model_config["max_batch_size"]
         device = self.runner.device
-        self.staging = self.model_stream = self.finish_stream = None
-        self.in_flight = threading.BoundedSemaphore(BATCHES_IN_FLIGHT)  # released by the finisher
+        self.staging = self.copy_stream = self.model_stream = self.finish_stream = None
         if device.type == "cuda":
-            # Host work here is the batch's staging copy: 4 threads copy 8 frames in 1.0 ms instead of 1.8 ms with
-            # one (H100 host), while a full pool of spinning OpenMP threads would take cores from the clients.
+            # Host work here is the staging copy: 4 threads copy 8 frames in 1.0 ms instead of 1.8 ms with one
+            # (H100 host), while a full pool of spinning OpenMP threads would take cores from the clients.
             torch.set_num_threads(4)
-            self.staging = _Staging(2, (max_batch, height, width, 3), device)
-            # Two streams: one batch's NMS overlaps the next batch's model.
-            self.model_stream, self.finish_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
+            self.staging = _Staging(2, (self.max_batch, height, width, 3), device)
+            # Frames go to the GPU while a batch runs; one batch's NMS overlaps the next batch's model.
+            self.copy_stream, self.model_stream, self.finish_stream = (torch.cuda.Stream(device) for _ in range(3))
         if self.runner.use_cuda_graph:
-            # Capture every batch size's graph now: the dynamic batcher forms any size up to the maximum, and a
-            # capture inside a request would stall the whole batch.
-            for size in range(1, max_batch + 1):
+            # Capture every batch size's graph now: a batch may have any size up to the maximum, and a capture
+            # inside a request would stall the whole batch.
+            for size in range(1, self.max_batch + 1):
                 self.runner.infer(torch.zeros((size, height, width, 3), dtype=torch.uint8, device=device))
+        self.batches = _BatchCounter(args["model_name"], args["model_instance_name"])
+        self.waiting: collections.deque[_Waiting] = collections.deque()
+        self.waiting_frames = 0
+        self.changed = threading.Condition()  # guards waiting, waiting_frames and closing
+        self.closing = False
+        self.in_flight = threading.BoundedSemaphore(BATCHES_IN_FLIGHT)  # released by the finisher
+        self.model_done: torch.cuda.Event | None = None  # the last batch's model, on the GPU
         self.started: queue.Queue = queue.Queue()
-        self.finisher = threading.Thread(target=self._finish_batches, name="reidctl-finisher", daemon=True)
-        self.finisher.start()
+        self.threads = [
+            threading.Thread(target=target, name=name, daemon=True)
+            for target, name in ((self._launch_batches, "reidctl-launcher"), (self._finish_batches, "reidctl-finisher"))
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def execute(self, requests):
-        """Start the batch and return; the finisher answers every request once its detections are ready."""
+        """Hand the requests' frames to the launcher and return; the finisher answers each request."""
         senders = [request.get_response_sender() for request in requests]
-        self.in_flight.acquire()
         try:
             # DLPack in and out: with numpy >= 2 the stub returns empty tensors built from ndarrays.
             frames = [
                 torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, PYTHON_INPUT).to_dlpack()) for r in requests
             ]
+            # Copied before returning: Triton frees the request tensors when execute returns.
+            with torch.inference_mode():
+                if self.staging is None:
+                    staged, copied = torch.cat(frames), None
+                else:
+                    with torch.cuda.stream(self.copy_stream):
+                        staged, copied = self.staging.to_device(frames)
+        except Exception as exc:  # every request gets the failure instead of the server seeing a crash
+            _fail(senders, exc)
+            return None
+        with self.changed:
+            first = 0
+            for sender, request_frames in zip(senders, frames):
+                self.waiting.append(_Waiting(sender, staged[first : first + len(request_frames)], copied))
+                first += len(request_frames)
+            self.waiting_frames += first
+            self.changed.notify_all()
+            self.changed.wait_for(lambda: self.waiting_frames < WAITING_BATCHES * self.max_batch or self.closing)
+        return None
+
+    def _launch_batches(self):
+        """Batch after batch: every waiting frame (up to max_batch_size) once the GPU and an in-flight slot are free."""
+        if self.gpu is not None:  # the current GPU is per thread
+            torch.cuda.set_device(self.gpu)
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda: self.waiting or self.closing)
+                if self.closing:
+                    return
+            self.in_flight.acquire()
+            if self.model_done is not None:
+                # Frames that arrive while the GPU runs the last batch's model join this batch instead of queueing
+                # behind it on the GPU as a batch of their own.
+                self.model_done.synchronize()
+            with self.changed:
+                taken, frames = [], 0
+                while self.waiting and frames + len(self.waiting[0].frames) <= self.max_batch:
+                    taken.append(self.waiting.popleft())
+                    frames += len(taken[-1].frames)
+                self.waiting_frames -= frames
+                self.changed.notify_all()
+            self._launch(taken)
+
+    def _launch(self, taken: list[_Waiting]) -> None:
+        senders = [waiting.sender for waiting in taken]
+        try:
             with torch.inference_mode(), torch.cuda.stream(self.model_stream):
-                # Copied before returning: Triton frees the request tensors when execute returns.
-                batch = self.staging.to_device(frames) if self.staging else torch.cat(frames)
+                for copied in {id(w.copied): w.copied for w in taken if w.copied is not None}.values():
+                    self.model_stream.wait_event(copied)
+                batch = torch.cat([waiting.frames for waiting in taken])
+                if self.model_stream is not None:
+                    for waiting in taken:  # read on this stream: not reused before that is done
+                        waiting.frames.record_stream(self.model_stream)
                 predictions = self.runner.infer(batch)
                 done = None
                 if self.model_stream is not None:
-                    done = self.model_stream.record_event()
-                    predictions.record_stream(self.finish_stream)  # used there: not reused before that work is done
-        except Exception as exc:  # every request of the batch gets the failure instead of the server seeing a crash
+                    done = self.model_done = self.model_stream.record_event()
+                    predictions.record_stream(self.finish_stream)
+        except Exception as exc:  # noqa: BLE001  the thread must go on launching the next batches
             self.in_flight.release()
             _fail(senders, exc)
-            return None
-        self.started.put((senders, [len(f) for f in frames], predictions, done))
-        return None
+            return
+        self.batches.count(len(batch))
+        self.started.put((senders, [len(w.frames) for w in taken], predictions, done))
 
     def _finish_batches(self):
         """NMS and responses, batch after batch, in the order the batches started."""
-        if self.gpu is not None:  # the current GPU is per thread
+        if self.gpu is not None:
             torch.cuda.set_device(self.gpu)
         while (started := self.started.get()) is not None:
             senders, sizes, predictions, done = started
@@ -160,8 +258,13 @@ class TritonPythonModel:
                 self.in_flight.release()
 
     def finalize(self):
+        with self.changed:
+            self.closing = True
+            self.changed.notify_all()
+        self.threads[0].join()
         self.started.put(None)
-        self.finisher.join()
+        self.threads[1].join()
+        self.batches.close()
         self.runner.close()
 
 
