@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -12,6 +14,10 @@ from reidctl.errors import print_warning
 from reidctl.models.checkpoint import ModelSpec
 from reidctl.models.loader import fuse_conv_bn, load_detection_model
 from reidctl.models.yolox import YOLOX, anchor_grids, decode_predictions
+
+# One warm-up and capture at a time in the process: cuDNN's algorithm search (cudnn.benchmark) during one runner's
+# warm-up invalidated another runner's capture on the same GPU (two batches in flight, first batches at once).
+_CAPTURE_LOCK = threading.Lock()
 
 
 class _CanvasModel(nn.Module):
@@ -99,22 +105,27 @@ class PyTorchRunner(Runner):
     def _graph_for(self, batch: torch.Tensor):
         key = tuple(batch.shape)
         if key not in self._graphs:
-            static_in = batch.clone()
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):  # warm up kernels, cuDNN autotuning and cached anchor grids before capture
-                    self.module(static_in)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # Captured on this device's own stream: torch.cuda.graph's default capture stream is one per process, made
-            # on the GPU current when the first graph was captured. Thread-local: another device's runner, working
-            # in another thread meanwhile, must not void the capture.
-            with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
-                static_out = self.module(static_in)
-            self._pool = graph.pool()  # graphs for other batch sizes share one memory pool
-            self._graphs[key] = (graph, static_in, static_out)
+            with _CAPTURE_LOCK:
+                self._graphs[key] = self._capture(batch)
         return self._graphs[key]
+
+    def _capture(self, batch: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        """The CUDA graph for ``batch``'s shape, its static input and output."""
+        static_in = batch.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm up kernels, cuDNN autotuning and cached anchor grids before capture
+                self.module(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # Captured on this device's own stream: torch.cuda.graph's default capture stream is one per process, made
+        # on the GPU current when the first graph was captured. Thread-local: another device's runner, working
+        # in another thread meanwhile, must not void the capture.
+        with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
+            static_out = self.module(static_in)
+        self._pool = graph.pool()  # graphs for other batch sizes share one memory pool
+        return graph, static_in, static_out
 
     def close(self) -> None:
         self._graphs.clear()
