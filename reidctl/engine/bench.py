@@ -211,8 +211,8 @@ def measure_batched(
 
 
 def _settled_batch_counts(detector: Detector) -> dict[int, int] | None:
-    """The server's batch counts once they stop changing: its statistics are updated just after the responses
-    go out, so a read right after the last response can miss the last batches."""
+    """The server's batch counts once they stop changing: Triton's statistics (a TensorRT model's batches) are
+    updated just after the responses go out, so a read right after the last response can miss the last batches."""
     deadline = time.monotonic() + 2.0
     counts = detector.runner.batch_counts()
     while counts is not None and time.monotonic() < deadline:
@@ -239,7 +239,7 @@ def measure_concurrent(
     clients: ClientProcesses | None = None,
 ) -> StreamResult:
     """Client threads call the (thread-safe) runner at once, in this process or spread over ``clients``; the server
-    forms the batches (read from its statistics)."""
+    forms the batches (``runner.batch_counts``: the sizes it ran)."""
 
     def run(requests: int) -> tuple[list[float], float]:
         if clients is None:

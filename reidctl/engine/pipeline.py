@@ -264,7 +264,7 @@ class _Run:
         self.server_batches_before: dict[int, int] | None = None
 
     def start(self) -> None:
-        """The clock starts; a server's batch statistics are counted from here."""
+        """The clock starts; a server's batches are counted from here."""
         self.started = time.perf_counter()
         if self.detector.runner.batches_remotely:
             self.server_batches_before = self.detector.runner.batch_counts()
