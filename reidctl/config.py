@@ -58,6 +58,7 @@ class TritonConfig:
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     http_port: int = 8100
     grpc_port: int = 8101
+    # Also where the client reads the batches the bundled model ran, on a server not started here
     metrics_port: int = 8102
     repository: str = "model_repository"
     shared_memory: bool = True  # system shared memory for inputs when the server is on this host

@@ -23,6 +23,7 @@ from reidctl.cli import app
 from reidctl.config import load_config, override
 from reidctl.engine.detector import create_detector
 from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.triton.client import metric_batch_counts
 from reidctl.triton.repository import (
     PYTHON_MODEL,
     TENSORRT_MODEL,
@@ -346,6 +347,18 @@ def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config,
     assert sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions) >= 9
     left = client.get_system_shared_memory_status(as_json=True).get("regions", {})
     assert not [name for name in left if name.startswith(f"reidctl_{os.getpid()}_")]
+
+
+def test_the_models_batches_are_read_from_the_servers_metrics_port(triton_server, nano_config, video_file):
+    url = f"localhost:{triton_server.grpc_port}"
+    with create_detector(triton_config(nano_config, triton_server.grpc_port), "triton") as detector:
+        detector.detect_batch(video_frames(video_file)[:3])
+    # A server started here is found by its gRPC port, whatever metrics port the config names.
+    ran = metric_batch_counts(url, metrics_port=1, model_name=PYTHON_MODEL, timeout=5.0)
+    assert ran and sum(size * count for size, count in ran.items()) >= 3
+    assert metric_batch_counts(url, 1, "another_model", 5.0) == {}
+    port = free_ports()[0]  # nothing listens there: the sizes are unknown, not an error
+    assert metric_batch_counts(f"localhost:{port}", port, PYTHON_MODEL, 1.0) is None
 
 
 def test_unreachable_server_says_how_to_start_it(nano_config):

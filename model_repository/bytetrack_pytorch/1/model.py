@@ -281,6 +281,7 @@ class TritonPythonModel:
         self.threads[0].join()
         self.started.put(None)
         self.threads[1].join()
+        _fail([waiting.sender for waiting in self.waiting], RuntimeError("the model is being unloaded"))
         self.batches.close()
         self.runner.close()
 
