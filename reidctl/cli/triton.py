@@ -101,7 +101,8 @@ def setup_triton(
         typer.Option(
             "--max-batch-size",
             min=1,
-            help="Largest batch the dynamic batcher forms (default: detection.triton.max_batch_size).",
+            help="Largest batch the server runs: the bundled model's own batches and the dynamic batcher's "
+            "(default: detection.triton.max_batch_size).",
         ),
     ] = None,
     http_port: Annotated[
