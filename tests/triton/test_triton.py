@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 from typer.testing import CliRunner
 
-from helpers import SMALL_TEST_SIZE, free_ports, make_checkpoint, write_config
+from helpers import SMALL_TEST_SIZE, free_ports, make_checkpoint, write_config, write_video
 from reidctl.cli import app
 from reidctl.config import load_config, override
 from reidctl.engine.detector import create_detector
@@ -469,6 +469,18 @@ def reidctl(*args):
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     result.returncode = result.exit_code
     return result
+
+
+def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nano_checkpoint, tmp_path):
+    clips = [write_video(tmp_path / f"{name}.avi", frames=6, size=(120, 160)) for name in "abc"]
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{triton_server.grpc_port}"})
+    summary = tmp_path / "summary.json"
+    result = reidctl("detect", *clips, "-c", config, "--backend", "triton", "--summary-json", summary, "--no-progress")
+    assert result.returncode == 0, result.output
+    data = json.loads(summary.read_text())
+    assert data["frames"] == 18 and [camera["frames"] for camera in data["cameras"]] == [6, 6, 6]
+    # the model's own batches (its counter on the metrics port), every frame of the run in one of them
+    assert sum(int(size) * count for size, count in data["batch_sizes"].items()) == 18
 
 
 def test_setup_triton_cli_start_twice_status_stop(tmp_path, triton_cache, nano_config):
