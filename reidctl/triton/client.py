@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.triton.repository import BATCH_METRIC, PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
-from reidctl.triton.server import START_COMMAND, all_running_servers, process_tree, reason_line
+from reidctl.triton.server import START_COMMAND, ServerState, all_running_servers, process_tree, reason_line
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 SUPPORTED_INPUTS = ("UINT8", "FP16", "FP32")
@@ -112,13 +112,19 @@ def batch_counts(statistics: dict) -> dict[int, int]:
     return counts
 
 
+def _started_here(url: str) -> ServerState | None:
+    """The bundled server started on this machine that listens on ``url``'s gRPC port, if any."""
+    port = url.rpartition(":")[2]
+    return next((state for state in all_running_servers() if str(state.grpc_port) == port), None)
+
+
 def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: float) -> dict[int, int] | None:
     """Batches per size that the python model ``model_name`` ran on the server at gRPC ``url``, from its BATCH_METRIC
     counter on the server's metrics port: a bundled server's own (started here), else ``metrics_port`` on the URL's
     host. None when that endpoint does not answer (a server with its metrics off or on another port)."""
-    host, _, port = url.rpartition(":")
-    if host in LOCAL_HOSTS:
-        metrics_port = next((s.metrics_port for s in all_running_servers() if str(s.grpc_port) == port), metrics_port)
+    host = url.rpartition(":")[0]
+    if host in LOCAL_HOSTS and (server := _started_here(url)) is not None:
+        metrics_port = server.metrics_port
     try:
         with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=timeout) as response:
             text = response.read().decode("utf-8", "replace")
@@ -136,16 +142,15 @@ def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: f
 def local_server_gpu_memory(url: str) -> int | None:
     """GPU memory of the bundled server listening on ``url``'s port (and its python stubs), from nvidia-smi;
     None when that server is not started here or there is no nvidia-smi."""
-    port = int(url.rsplit(":", 1)[1]) if ":" in url else None
-    servers = [s for s in all_running_servers() if s.grpc_port == port]
-    if not servers or shutil.which("nvidia-smi") is None:
+    server = _started_here(url)
+    if server is None or shutil.which("nvidia-smi") is None:
         return None
     query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
     try:
         lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         return None
-    pids = set(process_tree(servers[0].pid))
+    pids = set(process_tree(server.pid))
     used = [int(mib) * 2**20 for pid, mib in (line.split(", ") for line in lines if ", " in line) if int(pid) in pids]
     return sum(used) if used else None
 
