@@ -167,7 +167,8 @@ class TritonPythonModel:
             thread.start()
 
     def execute(self, requests):
-        """Hand the requests' frames to the launcher and return; the finisher answers each request."""
+        """Stage the requests' frames for the next batch (started here when the GPU and a slot are free, else by the
+        launcher) and return; the finisher answers each request."""
         senders = [request.get_response_sender() for request in requests]
         try:
             # DLPack in and out: with numpy >= 2 the stub returns empty tensors built from ndarrays.
