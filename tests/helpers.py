@@ -100,6 +100,26 @@ def start_test_server(repository: Path, attempts: int = 3, **options):
                 raise
 
 
+def assert_same_detections(got, want, threshold: float, box_px: float = 0.5, score: float = 0.01) -> None:
+    """The same detections in any order: each row of ``want`` matched by its own row of ``got`` (boxes within
+    ``box_px``, scores within ``score``, the same class). fp16 GPU runs of different batch sizes or runners take
+    different cuDNN algorithms: near-equal boxes may swap places, and a box whose score (obj x class) lies within
+    ``score`` of the confidence ``threshold`` may be kept by one run only."""
+    got, want = (np.asarray(rows, dtype=np.float64).reshape(-1, 7) for rows in (got, want))
+    tolerance = np.array([box_px] * 4 + [score] * 2 + [0.0])
+    close = (np.abs(want[:, None, :] - got[None, :, :]) <= tolerance).all(axis=2)  # close[i, j]: want i ~ got j
+    free = np.ones(len(got), dtype=bool)
+    unmatched = []
+    for i in np.argsort(close.sum(axis=1)):  # the rows with the fewest candidates choose first
+        candidates = np.flatnonzero(close[i] & free)
+        if len(candidates):
+            free[candidates[0]] = False
+        else:
+            unmatched.append(want[i])
+    for row in [*unmatched, *got[free]]:
+        assert row[4] * row[5] < threshold + score, f"only one run has the detection {row.round(3).tolist()}"
+
+
 def canonical_rows(rows) -> np.ndarray:
     """Detection rows (N, 7) in a canonical order: two equal scores may come out of NMS in either order."""
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)

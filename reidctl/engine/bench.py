@@ -183,20 +183,11 @@ def warm_batch_sizes(
             one.detect_batch([frames[i % len(frames)] for i in range(size)])
 
 
-def _shares_since(detector: Detector | DetectorPool, before: list[dict] | None) -> list[dict] | None:
-    """Each device's batches and frames since ``before`` (None with one device)."""
-    after = detector.device_shares()
-    if before is None or after is None:
-        return None
-    return [{**now, "batches": now["batches"] - then["batches"], "frames": now["frames"] - then["frames"]}
-            for now, then in zip(after, before)]
-
-
 def measure_batched(
     detector: Detector, frames: Sequence[np.ndarray], cameras: int, settings: BenchSettings, tick: Tick
 ) -> StreamResult:
     warm_batch_sizes(detector, frames, settings.max_batch, cameras)
-    batcher = MicroBatcher(detector.detect_batch, settings.max_batch, settings.max_delay_ms, detector.concurrency)
+    batcher = MicroBatcher(detector, settings.max_batch, settings.max_delay_ms)
     with batcher:
         serve = lambda frame: batcher.submit(frame).result()  # noqa: E731
         closed_loop(serve, frames, cameras, settings.warmup, tick)
@@ -206,7 +197,7 @@ def measure_batched(
         sizes = dict(Counter(batcher.batch_sizes))
     summary = LatencySummary.from_samples(latencies)
     result = StreamResult("batched", cameras, len(latencies), wall, len(latencies) / wall, summary, sizes)
-    result.per_device = _shares_since(detector, shares)
+    result.per_device = detector.device_shares(since=shares)
     return result
 
 
@@ -373,7 +364,7 @@ def serving(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, ma
         yield "concurrent", detector.detect, lambda: _batches_since(before, _settled_batch_counts(detector))
         return
     warm_batch_sizes(detector, frames, max_batch, cameras)
-    with MicroBatcher(detector.detect_batch, max_batch, max_delay_ms, detector.concurrency) as batcher:
+    with MicroBatcher(detector, max_batch, max_delay_ms) as batcher:
         yield "batched", lambda frame: batcher.submit(frame).result(), lambda: dict(Counter(batcher.batch_sizes))
 
 
@@ -391,7 +382,7 @@ def run_open_loop(
         shares = detector.device_shares()
         cameras, latencies = open_loop(serve, frames, load, tick)
         sizes = batch_sizes()  # the warm-up's batches included: the open loop has no idle point between the two
-        per_device = _shares_since(detector, shares)  # the same
+        per_device = detector.device_shares(since=shares)  # the same
     summary = LatencySummary.from_samples(latencies) if latencies else _NOTHING_SERVED
     return StreamResult(
         mode,

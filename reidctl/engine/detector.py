@@ -102,6 +102,42 @@ class DetectionLoad:
         return self.kept / self.frames if self.frames else None
 
 
+class DeviceTurn:
+    """A device's batches are formed one at a time, and the device's last model is known (``model_running``):
+    what the micro-batcher needs to let frames that come while every device's model runs join one batch."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._model_done: torch.cuda.Event | None = None  # the device's last model (None: none, or a CPU runner)
+        self._holder: int | None = None  # the thread holding the turn
+
+    @contextlib.contextmanager
+    def taken(self):
+        """Hold the turn to form a batch. It passes on as soon as this thread's next model has started
+        (``model_started``), or at the end of the block."""
+        self._lock.acquire()
+        self._holder = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    def model_running(self) -> bool:
+        """Whether the device's last model is still running (a CPU runner's has always finished)."""
+        done = self._model_done
+        return done is not None and not done.query()
+
+    def model_started(self, model_done: torch.cuda.Event | None) -> None:
+        """A model has been queued on the device (``model_done``: its end, None once it has run)."""
+        self._model_done = model_done
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        if self._holder == threading.get_ident():  # only the holder may: other threads' models just move the mark
+            self._holder = None
+            self._lock.release()
+
+
 class Detector:
     """``detect(frame) -> (N, 7)``, ``detect_batch(frames)`` and ``detect_canvases(canvases, ratios)`` (frames
     letterboxed beforehand on the host) over any runner; a context manager.
@@ -127,6 +163,9 @@ class Detector:
         self._staging: torch.Tensor | None = None  # pinned host batch for detect_canvases on a GPU
         self._staging_copied: torch.cuda.Event | None = None  # its last host-to-device copy
         self._staging_lock = threading.Lock()
+        self.turn = DeviceTurn()  # a pool's members on one device share theirs
+        self._served = [0, 0]  # batches, frames
+        self._served_lock = threading.Lock()
 
     concurrency = 1  # batches that may run at once (a DetectorPool: one per device)
 
@@ -145,7 +184,13 @@ class Detector:
     def peak_memory_bytes(self) -> int | None:
         return self.runner.peak_memory_bytes()
 
-    def device_shares(self) -> list[dict] | None:
+    @property
+    def served(self) -> tuple[int, int]:
+        """Batches and frames this Detector has run."""
+        with self._served_lock:
+            return self._served[0], self._served[1]
+
+    def device_shares(self, since: list[dict] | None = None) -> list[dict] | None:
         """Batches and frames each device has served (None: one device serves everything)."""
         return None
 
@@ -224,6 +269,7 @@ class Detector:
         batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
         start = self._mark("preprocess", start)
         predictions = self.runner.infer(batch)
+        self.turn.model_started(self._model_done())
         start = self._mark("inference", start)
         if self.runner.returns_detections:
             detections, candidates = rescale(predictions, ratios, self.conf_threshold), None
@@ -234,7 +280,18 @@ class Detector:
             detections, candidates = rescale(selection.rows, ratios), selection.candidates
         self._mark("postprocess", start)
         self.load.add(candidates, [len(rows) for rows in detections])
+        with self._served_lock:
+            self._served[0] += 1
+            self._served[1] += len(detections)
         return detections
+
+    def _model_done(self) -> torch.cuda.Event | None:
+        """An event at the end of the model just queued on the current stream (None where it has already run)."""
+        if self.runner.device.type != "cuda" or self.runner.returns_detections:
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.runner.device))
+        return event
 
     def close(self) -> None:
         self.runner.close()
@@ -267,8 +324,9 @@ class DetectorPool:
         self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # FIFO: one thread's calls go round the members
         for index in range(len(self.detectors)):
             self._idle.put(index)
-        self._served = [[0, 0] for _ in self._devices]  # per device: batches, frames
-        self._served_lock = threading.Lock()
+        turns = [DeviceTurn() for _ in self._devices]
+        for index, detector in enumerate(self.detectors):
+            detector.turn = turns[index % len(self._devices)]
         self.load = self.detectors[0].load  # one count for every member (DetectionLoad is thread-safe)
 
     @property
@@ -312,34 +370,37 @@ class DetectorPool:
         peaks = [peak for detector in self.detectors if (peak := detector.peak_memory_bytes()) is not None]
         return max(peaks) if peaks else None
 
-    def device_shares(self) -> list[dict] | None:
-        """Batches and frames each device has served (None: the members share one device)."""
+    def device_shares(self, since: list[dict] | None = None) -> list[dict] | None:
+        """Batches and frames each device has served, or served after the shares ``since`` (None: the members
+        share one device)."""
         if len(self._devices) == 1:
             return None
-        with self._served_lock:
-            return [{"device": device, "batches": batches, "frames": frames}
-                    for device, (batches, frames) in zip(self._devices, self._served)]
+        totals = [[0, 0] for _ in self._devices]
+        for index, detector in enumerate(self.detectors):
+            batches, frames = detector.served
+            totals[index % len(self._devices)][0] += batches
+            totals[index % len(self._devices)][1] += frames
+        if since is not None:
+            totals = [[batches - then["batches"], frames - then["frames"]]
+                      for (batches, frames), then in zip(totals, since)]
+        return [{"device": device, "batches": batches, "frames": frames}
+                for device, (batches, frames) in zip(self._devices, totals)]
 
-    def _on_idle_member(self, call: Callable[[Detector], list[np.ndarray]], frames: int) -> list[np.ndarray]:
+    def _on_idle_member(self, call: Callable[[Detector], list[np.ndarray]]) -> list[np.ndarray]:
         index = self._idle.get()
         try:
-            results = call(self.detectors[index])
+            return call(self.detectors[index])
         finally:
             self._idle.put(index)
-        with self._served_lock:
-            served = self._served[index % len(self._devices)]
-            served[0] += 1
-            served[1] += frames
-        return results
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         return self.detect_batch([frame])[0]
 
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self._on_idle_member(lambda detector: detector.detect_batch(frames), len(frames))
+        return self._on_idle_member(lambda detector: detector.detect_batch(frames))
 
     def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float]) -> list[np.ndarray]:
-        return self._on_idle_member(lambda detector: detector.detect_canvases(canvases, ratios), len(canvases))
+        return self._on_idle_member(lambda detector: detector.detect_canvases(canvases, ratios))
 
     def close(self) -> None:
         for detector in self.detectors:

@@ -262,10 +262,12 @@ class _Run:
         self.recent_batches: deque[int] = deque(maxlen=64)
         self.started = time.perf_counter()
         self.server_batches_before: dict[int, int] | None = None
+        self.shares_before: list[dict] | None = None
 
     def start(self) -> None:
-        """The clock starts; a server's batches are counted from here."""
+        """The clock starts; a server's batches and each device's share are counted from here."""
         self.started = time.perf_counter()
+        self.shares_before = self.detector.device_shares()
         if self.detector.runner.batches_remotely:
             self.server_batches_before = self.detector.runner.batch_counts()
 
@@ -339,7 +341,7 @@ class _Run:
         if recent and not self.detector.runner.batches_remotely:
             sizes = dict(Counter(self.recent_batches))
         batches = sum(sizes.values()) if sizes else 0
-        shares = self.detector.device_shares()
+        shares = self.detector.device_shares(since=self.shares_before)
         return {
             "cameras": cameras,
             "frames": frames,
@@ -388,7 +390,7 @@ def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) ->
         return
     canvas, ratio = letterbox_frame(frame, detector.test_size)
     on_gpu = detector.runner.device.type == "cuda"
-    for one in detector.members:  # straight to each member: the run's batch counts per device start at zero
+    for one in detector.members:
         for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
             one.detect_canvases([canvas] * size, [ratio] * size)
 

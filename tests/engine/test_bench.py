@@ -265,7 +265,7 @@ def test_micro_batcher_forms_batches_and_returns_each_caller_its_result(small_co
             start.wait()
             results[index] = [batcher.submit(frames[index]).result(timeout=60) for _ in range(per_camera)]
 
-        with MicroBatcher(detector.detect_batch, max_batch=8, max_delay_ms=50.0) as batcher:
+        with MicroBatcher(detector, max_batch=8, max_delay_ms=50.0) as batcher:
             threads = [threading.Thread(target=camera, args=(i,)) for i in range(cameras)]
             for thread in threads:
                 thread.start()
@@ -282,7 +282,7 @@ def test_micro_batcher_forms_batches_and_returns_each_caller_its_result(small_co
 def test_micro_batcher_passes_failures_to_callers_and_keeps_serving(small_config):
     with (
         create_detector(load_config(small_config)) as detector,
-        MicroBatcher(detector.detect_batch, max_delay_ms=0) as batcher,
+        MicroBatcher(detector, max_delay_ms=0) as batcher,
     ):
         with pytest.raises(ReidctlError, match="uint8"):
             batcher.submit(np.zeros((64, 64, 3), np.float32)).result(timeout=60)

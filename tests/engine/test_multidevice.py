@@ -1,6 +1,7 @@
 """Several devices in one process: device lists, and batches spread over one runner per device (cpu,cpu here)."""
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -8,10 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import canonical_rows, write_video
+from helpers import assert_same_detections, canonical_rows, write_video
 from reidctl.cli import app
 from reidctl.config import load_config, override
-from reidctl.engine.detector import Detector, create_detector
+from reidctl.engine.batcher import MicroBatcher
+from reidctl.engine.detector import Detector, DeviceTurn, create_detector
 from reidctl.engine.device import resolve_devices
 from reidctl.errors import ReidctlError
 
@@ -147,7 +149,56 @@ def test_two_batches_in_flight_on_one_gpu_find_what_one_finds(small_config, fram
             found = list(threads.map(lambda i: pool.detect_batch(frames[i:i + 4]), starts))
     for want, got in zip(expected, found):
         for rows, same in zip(want, got):
-            np.testing.assert_allclose(canonical_rows(same), canonical_rows(rows), rtol=1e-3, atol=1e-2)
+            assert_same_detections(same, rows, config.detection.conf_threshold)
+
+
+def test_a_devices_turn_passes_on_when_the_model_starts_not_when_the_batch_ends():
+    """The next batch on a device is formed only after the last one's model has started: not at once (it would
+    split the waiting frames), not after the last batch's NMS (the NMS would no longer overlap the next model)."""
+    turn = DeviceTurn()
+    model_started, batch_ended, entered = threading.Event(), threading.Event(), threading.Event()
+
+    def first_batch():
+        with turn.taken():
+            model_started.wait(10)
+            turn.model_started(None)  # None: a CPU model, already run
+            batch_ended.wait(10)
+
+    def next_batch():
+        with turn.taken():
+            entered.set()
+
+    threads = [threading.Thread(target=first_batch), threading.Thread(target=next_batch)]
+    threads[0].start()
+    threads[1].start()
+    assert not entered.wait(0.3)  # the first batch has the turn and its model has not started
+    turn.model_started(None)  # another thread's model does not pass a turn it does not hold
+    assert not entered.wait(0.3)
+    model_started.set()
+    assert entered.wait(10)  # the turn passed on while the first batch still runs
+    batch_ended.set()
+    for thread in threads:
+        thread.join(10)
+    with turn.taken():  # every turn was given back
+        pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a CPU model has finished when it returns")
+def test_frames_that_come_while_the_gpus_model_runs_join_one_batch(small_config, frames):
+    """max_delay_ms=0 would start a batch per frame; while the GPU's model runs, the waiting frames join one."""
+    config = override(load_config(small_config), device="cuda:0", batches_in_flight=2)
+    with create_detector(config) as pool, MicroBatcher(pool, max_batch=8, max_delay_ms=0) as batcher:
+        expected = [pool.detect(frame) for frame in frames[:4]]
+        torch.cuda._sleep(500_000_000)  # ~0.3 s of GPU time on the device's current stream: a model still running
+        running = torch.cuda.Event()
+        running.record()
+        pool.members[0].turn.model_started(running)
+        assert pool.members[0].turn.model_running()
+        futures = [batcher.submit(frame) for frame in frames[:4]]
+        found = [future.result(timeout=60) for future in futures]
+        assert running.query() and batcher.batch_sizes == [4]
+    for want, got in zip(expected, found):
+        assert_same_detections(got, want, config.detection.conf_threshold)
 
 
 def test_capacity_sentence_names_the_gpu_count():
