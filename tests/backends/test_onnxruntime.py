@@ -2,14 +2,13 @@
 
 import dataclasses
 
-import numpy as np
 import onnx
 import pytest
 import torch
 import torchvision
 from typer.testing import CliRunner
 
-from helpers import export, onnx_config, onnx_config_file
+from helpers import assert_same_detections, export, onnx_config, onnx_config_file
 from reidctl.backends.onnxruntime import make_runner, session_providers
 from reidctl.cli import app
 from reidctl.engine.detector import available_backends, create_detector
@@ -25,12 +24,9 @@ def strip_metadata(source, target):
     return target
 
 
-def assert_same_detections(got, expected, atol=1e-3):
-    """Equal as sets of (N, 7) rows within ``atol``: near-equal scores may be ordered differently."""
-    assert got.shape == expected.shape, (got.shape, expected.shape)
-    if len(expected):
-        distance = np.abs(got[:, None, :] - expected[None, :, :]).max(axis=2)
-        assert distance.min(axis=0).max() <= atol and distance.min(axis=1).max() <= atol
+def assert_same_rows(got, expected) -> None:
+    """Equal as sets of (N, 7) rows within 1e-3: near-equal scores may be ordered differently."""
+    assert_same_detections(got, expected, box_px=1e-3, score=1e-3)
 
 
 def test_matches_pytorch_backend(nano_checkpoint, onnx_fp32, frames):
@@ -43,12 +39,12 @@ def test_matches_pytorch_backend(nano_checkpoint, onnx_fp32, frames):
         total = 0
         for frame in frames:
             expected = torch_detector.detect(frame)
-            assert_same_detections(ort_detector.detect(frame), expected)
+            assert_same_rows(ort_detector.detect(frame), expected)
             total += len(expected)
         assert total > len(frames)  # the comparison covered real detections
         batched = ort_detector.detect_batch(frames[:5])
         for frame, got in zip(frames[:5], batched):
-            assert_same_detections(got, torch_detector.detect(frame))
+            assert_same_rows(got, torch_detector.detect(frame))
 
 
 def test_fp16_graph_finds_the_same_confident_people(tmp_path, nano_checkpoint, frames):
@@ -72,7 +68,7 @@ def test_fixed_batch_graph_takes_any_number_of_frames(tmp_path, nano_checkpoint,
         for count in (1, 3, 4):
             for got, expected in zip(detector.detect_batch(frames[:count]), reference.detect_batch(frames[:count]),
                                      strict=True):
-                assert_same_detections(got, expected)
+                assert_same_rows(got, expected)
 
 
 def test_file_without_metadata_falls_back_with_one_warning(tmp_path, nano_checkpoint, onnx_fp32, frames):
@@ -90,8 +86,8 @@ def test_file_without_metadata_falls_back_with_one_warning(tmp_path, nano_checkp
             create_detector(onnx_config(decoded, decoded=True), "onnxruntime") as configured:
         for frame in frames[:3]:
             expected = reference.detect(frame)
-            assert_same_detections(bytetrack_style.detect(frame), expected)
-            assert_same_detections(configured.detect(frame), expected)
+            assert_same_rows(bytetrack_style.detect(frame), expected)
+            assert_same_rows(configured.detect(frame), expected)
 
     # Metadata wins over a contradicting config value, with a warning.
     warnings.clear()

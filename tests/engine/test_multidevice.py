@@ -149,7 +149,7 @@ def test_two_batches_in_flight_on_one_gpu_find_what_one_finds(small_config, fram
             found = list(threads.map(lambda i: pool.detect_batch(frames[i:i + 4]), starts))
     for want, got in zip(expected, found):
         for rows, same in zip(want, got):
-            assert_same_detections(same, rows, config.detection.conf_threshold)
+            assert_same_detections(same, rows, threshold=config.detection.conf_threshold)
 
 
 def test_a_devices_turn_passes_on_when_the_model_starts_not_when_the_batch_ends():
@@ -198,7 +198,7 @@ def test_frames_that_come_while_the_gpus_model_runs_join_one_batch(small_config,
         found = [future.result(timeout=60) for future in futures]
         assert running.query() and batcher.batch_sizes == [4]
     for want, got in zip(expected, found):
-        assert_same_detections(got, want, config.detection.conf_threshold)
+        assert_same_detections(got, want, threshold=config.detection.conf_threshold)
 
 
 def test_capacity_sentence_names_the_gpu_count():
