@@ -62,6 +62,12 @@ class TritonConfig:
     metrics_port: int = 8102
     repository: str = "model_repository"
     shared_memory: bool = True  # system shared memory for inputs when the server is on this host
+    # The address the bundled server (setup-triton --start) and docker-compose.yml's ports listen on: this host only
+    # by default; 0.0.0.0 serves every network this host is on
+    listen: str = "127.0.0.1"
+    # The key of a server not started here (its restricted APIs, e.g. shared memory): the bare key, or the .env
+    # that setup-triton writes beside docker-compose.yml. A server started here is found by its port.
+    key_file: str | None = None
     max_in_flight: int = 4  # requests one client keeps in flight
 
     @property

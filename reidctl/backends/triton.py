@@ -34,6 +34,7 @@ from reidctl.triton.client import (
     LOCAL_HOSTS,
     ServerPool,
     batch_counts,
+    grpc_key_headers,
     local_server_gpu_memory,
     message_of,
     metric_batch_counts,
@@ -73,8 +74,8 @@ def _gone_status(exc: Exception) -> bool:
 class _SharedInput:
     """One thread's system shared memory region for input batches, grown on demand."""
 
-    def __init__(self, client, shm):
-        self.client, self.shm = client, shm
+    def __init__(self, client, shm, headers: dict[str, str]):
+        self.client, self.shm, self.headers = client, shm, headers
         self.handle = None
         self.name = ""
         self.size = 0
@@ -86,13 +87,13 @@ class _SharedInput:
         self.name = f"reidctl_{os.getpid()}_{next(_region_ids)}"
         self.handle = self.shm.create_shared_memory_region(self.name, f"/{self.name}", byte_size)
         self.size = byte_size
-        self.client.register_system_shared_memory(self.name, f"/{self.name}", byte_size)
+        self.client.register_system_shared_memory(self.name, f"/{self.name}", byte_size, headers=self.headers)
 
     def release(self) -> None:
         if self.handle is None:
             return
         with contextlib.suppress(Exception):  # the server may be gone; the local region goes regardless
-            self.client.unregister_system_shared_memory(self.name, client_timeout=HEALTH_TIMEOUT)
+            self.client.unregister_system_shared_memory(self.name, headers=self.headers, client_timeout=HEALTH_TIMEOUT)
         self.shm.destroy_shared_memory_region(self.handle)
         self.handle, self.size = None, 0
 
@@ -100,8 +101,8 @@ class _SharedInput:
 class _Server:
     """One endpoint: its gRPC client and the system shared memory regions of the threads that send to it."""
 
-    def __init__(self, index: int, url: str, client, shared_memory: bool):
-        self.index, self.url, self.client = index, url, client
+    def __init__(self, index: int, url: str, client, shared_memory: bool, headers: dict[str, str]):
+        self.index, self.url, self.client, self.headers = index, url, client, headers  # headers: its key
         self.use_shared_memory = shared_memory and url.rsplit(":", 1)[0] in LOCAL_HOSTS
         self.regions: list[_SharedInput] = []
         self.answered = False  # until a first request succeeds, requests get FIRST_REQUEST_TIMEOUT
@@ -140,7 +141,8 @@ class TritonRunner(Runner):
         self.max_in_flight = max(1, triton.max_in_flight)
         self._warn, self._verbose = warn, triton.verbose
         self.servers = [
-            _Server(i, url, grpcclient.InferenceServerClient(url, verbose=triton.verbose), triton.shared_memory)
+            _Server(i, url, grpcclient.InferenceServerClient(url, verbose=triton.verbose), triton.shared_memory,
+                    grpc_key_headers(url, triton.key_file))
             for i, url in enumerate(urls)
         ]
         # One server: every thread sends to it, nothing to assign. Several: a pool assigns threads to servers.
@@ -164,19 +166,20 @@ class TritonRunner(Runner):
         self._closed = False
 
     # -- set-up ---------------------------------------------------------------------------------------------
-    def _served_model(self, client, url: str):
-        return served_model(client, url, self.model_name, self.model_version, self.timeout, self._server_error)
+    def _served_model(self, server: _Server, client=None):
+        return served_model(client or server.client, server.url, self.model_name, self.model_version, self.timeout,
+                            self._server_error, server.headers)
 
     def _check_servers(self):
         """The model every live server serves, the same on each. With several servers, one that is not reachable
         is marked down (and checked again later) while another is; a server with the model missing or different
         is an error."""
         if self._pool is None:
-            return self._served_model(self.servers[0].client, self.servers[0].url)
+            return self._served_model(self.servers[0])
         models, unreachable = {}, []
         for server in self.servers:
             try:
-                models[server.index] = self._served_model(server.client, server.url)
+                models[server.index] = self._served_model(server)
             except BackendUnavailable as exc:
                 unreachable.append(exc)
                 self._pool.mark_down(server.index)
@@ -291,7 +294,7 @@ class TritonRunner(Runner):
             server = self.servers[index]
             client = self._grpc.InferenceServerClient(server.url, verbose=self._verbose, channel_args=options)
             try:
-                self._check_same_model(self.model, self.servers[0], self._served_model(client, server.url), server)
+                self._check_same_model(self.model, self.servers[0], self._served_model(server, client), server)
             except ReidctlError:
                 client.close()
                 continue
@@ -327,7 +330,7 @@ class TritonRunner(Runner):
         server = seat.server
         region = seat.regions.get(server.index)
         if region is None:
-            region = seat.regions[server.index] = _SharedInput(server.client, self._shm)
+            region = seat.regions[server.index] = _SharedInput(server.client, self._shm, server.headers)
             with self._lock:
                 server.regions.append(region)
         return region

@@ -29,7 +29,8 @@ from reidctl.triton.repository import DEFAULT_IMAGE
 
 
 def _endpoints(state) -> str:
-    return f"gRPC localhost:{state.grpc_port}, HTTP localhost:{state.http_port}, metrics localhost:{state.metrics_port}"
+    return (f"gRPC {state.host}:{state.grpc_port}, HTTP {state.host}:{state.http_port}, metrics "
+            f"{state.host}:{state.metrics_port} (listening on {state.listen})")
 
 
 def _print_status(status: dict, as_json: bool) -> None:
@@ -140,6 +141,17 @@ def setup_triton(
             "+ 10*i (gRPC 8101, 8111, 8121...); the bundled server stays one.",
         ),
     ] = 1,
+    listen: Annotated[
+        Optional[str],
+        typer.Option(
+            "--listen",
+            metavar="ADDRESS",
+            help="Address the bundled server and docker-compose.yml's ports listen on (default: "
+            "detection.triton.listen, 127.0.0.1: this host only). 0.0.0.0 exposes inference, health, statistics "
+            "and metrics to every network this host is on (said with a warning); loading models and shared memory "
+            "still need the server's key.",
+        ),
+    ] = None,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
     compile_model: Annotated[
         Optional[bool],
@@ -185,7 +197,7 @@ def setup_triton(
         conf,
         nms,
         fp16,
-        triton={"max_batch_size": max_batch_size, "gpus": gpus, **ports},
+        triton={"max_batch_size": max_batch_size, "gpus": gpus, "listen": listen, **ports},
     )
     if compile_model is None:  # the default depends on where the server model runs
         compile_model = server_compiles(cfg.detection)
@@ -230,6 +242,7 @@ def setup_triton(
             timeout=startup_timeout,
             on_progress=lambda message: spinner.update(f"starting Triton server: {message}"),
             warn=warn,
+            listen=triton.listen,
         )
     console.print(f"Triton server ready (pid {state.pid}) serving {', '.join(state.models)}: {_endpoints(state)}")
     console.print(f"log: {state.log}; stop it with `reidctl setup-triton --stop`")

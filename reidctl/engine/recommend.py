@@ -471,34 +471,44 @@ def config_snippet(backend: str, mode: str | None, config: dict, need: Need, bat
     return header + yaml.safe_dump({"detection": section}, sort_keys=False, default_flow_style=None)
 
 
-def deploy_commands(backend: str, config_path: str, detection: dict, cameras: int) -> list[str]:
-    """What to run, in order, to deploy ``backend`` with the config at ``config_path`` for ``cameras`` cameras."""
-    config = shlex.quote(config_path)
+DEPLOY_CONFIG = '"$DEPLOY_DIR/config.yaml"'  # deploy.sh finds its config beside itself, wherever it is run from
+
+
+def deploy_commands(backend: str, config_arg: str, detection: dict, sources: list[str] | None = None) -> list[str]:
+    """What to run, in order, to deploy ``backend``: ``config_arg`` is the config path as a shell word; every value
+    taken from the config or a bench file is quoted. Without ``sources``, detect takes the script's arguments."""
     trt = detection.get("tensorrt", {})
-    fp16 = " --fp16" if trt.get("fp16", True) else ""
+    fp16 = ["--fp16"] if trt.get("fp16", True) else []
     commands = []
     if backend == "onnxruntime":
-        commands.append(f"reidctl export-onnx -c {config}  # the ONNX file detection.tensorrt.onnx_path names")
+        commands.append(f"reidctl export-onnx -c {config_arg}  # the ONNX file detection.tensorrt.onnx_path names")
     if backend == "tensorrt":
-        commands.append(f"reidctl export-onnx -c {config}{fp16}")
-        commands.append(
-            f"reidctl build-engine -c {config}{fp16 or ' --fp32'} --min-batch {trt['min_batch']} "
-            f"--opt-batch {trt['opt_batch']} --max-batch {trt['max_batch']}"
-        )
+        commands.append(f"reidctl export-onnx -c {config_arg} {shlex.join(fp16)}".rstrip())
+        batches = ["--min-batch", trt["min_batch"], "--opt-batch", trt["opt_batch"], "--max-batch", trt["max_batch"]]
+        commands.append(f"reidctl build-engine -c {config_arg} {_shell_words(*(fp16 or ['--fp32']), *batches)}")
     if backend == "triton":
         triton = detection["triton"]
         commands.append(
-            f"reidctl setup-triton -c {config} --max-batch-size {triton['max_batch_size']} --start"
-            f"  # queue delay {triton['max_queue_delay_ms']:g} ms, preferred batch sizes "
-            f"{triton['preferred_batch_sizes']} (from the config)"
+            f"reidctl setup-triton -c {config_arg} {_shell_words('--max-batch-size', triton['max_batch_size'])} "
+            f"--start  # queue delay and preferred batch sizes: from the config"
         )
-    sources = " ".join(f"CAM{i}" for i in range(1, cameras + 1))
-    commands.append(f"reidctl detect {sources} --backend {backend} -c {config}  # CAMi: each camera's index or URL")
+    cameras = _shell_words(*sources) if sources else '"$@"'
+    commands.append(f"reidctl detect {cameras} {_shell_words('--backend', backend)} -c {config_arg}")
     return commands
 
 
+def _shell_words(*values) -> str:
+    return shlex.join(str(value) for value in values)
+
+
+def _comment(line: str) -> str:
+    """A shell comment of one line, whatever ``line`` holds."""
+    return "# " + " ".join(str(line).split())
+
+
 def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
-    """``directory``/config.yaml (loads with --config) and ``directory``/deploy.sh (the commands, in order)."""
+    """``directory``/config.yaml (loads with --config) and ``directory``/deploy.sh (the commands, in order; the
+    cameras as its arguments)."""
     if not rec.choice or rec.deploy_config is None:
         raise ReidctlError("nothing to deploy: no backend was chosen")
     directory = Path(directory)
@@ -509,8 +519,17 @@ def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
         f"-> {rec.choice}{' (not measured)' if not rec.measured else ''}\n"
     ) + _batcher_note(rec.mode, rec.batcher)
     write_text_atomic(config_path, header + yaml.safe_dump(rec.deploy_config, sort_keys=False, default_flow_style=None))
-    commands = deploy_commands(rec.choice, str(config_path), rec.deploy_config["detection"], rec.need.cameras)
-    script = ["#!/bin/sh", *(f"# {line}" for line in rec.reasoning), "set -e", *commands]
+    commands = deploy_commands(rec.choice, DEPLOY_CONFIG, rec.deploy_config["detection"])
+    usage = (f"usage: sh deploy.sh CAMERA [CAMERA ...]: the {need.cameras} camera(s), each a video file, camera "
+             "index or RTSP/HTTP URL (NAME=URL names it)")
+    script = [
+        "#!/bin/sh",
+        *(_comment(line) for line in rec.reasoning),
+        "set -e",
+        'DEPLOY_DIR=$(cd "$(dirname "$0")" && pwd)',
+        f'[ "$#" -gt 0 ] || {{ echo {shlex.quote(usage)} >&2; exit 2; }}',
+        *commands,
+    ]
     write_text_atomic(script_path, "\n".join(script) + "\n")
     return config_path, script_path
 

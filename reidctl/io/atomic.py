@@ -86,3 +86,15 @@ def atomic_path(path: Path, suffix: str | None = None) -> Iterator[Path]:
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``path`` atomically, readable by its owner only (mkstemp's 0600 is kept)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

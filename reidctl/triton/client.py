@@ -14,9 +14,11 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.triton.repository import BATCH_METRIC, PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
+from reidctl.triton.access import key_headers, read_key
 from reidctl.triton.server import START_COMMAND, ServerState, all_running_servers, process_tree, reason_line
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -47,7 +49,8 @@ class ServedModel:
     parameters: dict[str, str] = field(default_factory=dict)
 
 
-def served_model(client, url: str, name: str, version: str, timeout: float, server_error: type) -> ServedModel:
+def served_model(client, url: str, name: str, version: str, timeout: float, server_error: type,
+                 headers: dict[str, str] | None = None) -> ServedModel:
     """Check that the server is live and ``name`` is ready, and read what it takes and returns.
 
     A server that does not answer is BackendUnavailable (bench lists it, detect says how to start one); a model
@@ -63,7 +66,7 @@ def served_model(client, url: str, name: str, version: str, timeout: float, serv
         raise BackendUnavailable(f"Triton server at {url} is not reachable ({reason}): start it with `{START_COMMAND}`")
     try:
         if not client.is_model_ready(name, version, client_timeout=timeout):
-            raise ReidctlError(_not_ready_reason(client, url, name, timeout))
+            raise ReidctlError(_not_ready_reason(client, url, name, timeout, headers))
         metadata = client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
         config = client.get_model_config(name, version, as_json=True, client_timeout=timeout)["config"]
         server_version = client.get_server_metadata(as_json=True, client_timeout=timeout).get("version", "")
@@ -89,9 +92,9 @@ def served_model(client, url: str, name: str, version: str, timeout: float, serv
     )
 
 
-def _not_ready_reason(client, url: str, name: str, timeout: float) -> str:
+def _not_ready_reason(client, url: str, name: str, timeout: float, headers: dict[str, str] | None) -> str:
     where = f"Triton at {url}"
-    index = client.get_model_repository_index(as_json=True, client_timeout=timeout).get("models", [])
+    index = client.get_model_repository_index(headers=headers, as_json=True, client_timeout=timeout).get("models", [])
     entries = [m for m in index if m.get("name") == name]
     if not entries:
         known = ", ".join(sorted({m["name"] for m in index})) or "none"
@@ -113,9 +116,19 @@ def batch_counts(statistics: dict) -> dict[int, int]:
 
 
 def _started_here(url: str) -> ServerState | None:
-    """The bundled server started on this machine that listens on ``url``'s gRPC port, if any."""
-    port = url.rpartition(":")[2]
+    """The bundled server started on this machine that ``url`` reaches (a local host, its gRPC port), if any."""
+    host, _, port = url.rpartition(":")
+    if host not in LOCAL_HOSTS:
+        return None
     return next((state for state in all_running_servers() if str(state.grpc_port) == port), None)
+
+
+def grpc_key_headers(url: str, key_file: str | None) -> dict[str, str]:
+    """The key the gRPC server at ``url`` asks for on its restricted APIs: a bundled server started here has its
+    own; another server's is in ``key_file`` (detection.triton.key_file)."""
+    server = _started_here(url)
+    key = server.key() if server is not None else read_key(Path(key_file)) if key_file else None
+    return key_headers(key, "grpc")
 
 
 def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: float) -> dict[int, int] | None:
@@ -123,7 +136,7 @@ def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: f
     counter on the server's metrics port: a bundled server's own (started here), else ``metrics_port`` on the URL's
     host. None when that endpoint does not answer (a server with its metrics off or on another port)."""
     host = url.rpartition(":")[0]
-    if host in LOCAL_HOSTS and (server := _started_here(url)) is not None:
+    if (server := _started_here(url)) is not None:
         metrics_port = server.metrics_port
     try:
         with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=timeout) as response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import shutil
 import typing
 from collections.abc import Callable
@@ -24,7 +25,8 @@ import yaml
 import reidctl
 from reidctl.config import Config, DetectionConfig, override
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
+from reidctl.io.atomic import atomic_path, ensure_writable_dir, write_secret, write_text_atomic
+from reidctl.triton.access import KEY_HEADER, check_listen_address, is_loopback, read_key, restricted_api_options
 
 PYTHON_MODEL = "bytetrack_pytorch"
 TENSORRT_MODEL = "bytetrack_tensorrt"
@@ -423,18 +425,35 @@ def check_replicas(triton, replicas: int) -> None:
         )
 
 
-def _compose_service(repository: Path, image: str, ports: dict[str, int], gpu: dict) -> dict:
-    return {
+KEY_VARIABLE = "REIDCTL_TRITON_KEY"  # docker compose reads it from the .env file beside docker-compose.yml
+COMPOSE_KEY_FILE = ".env"
+
+
+def _published(address: str, host_port: int, container_port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{host_port}:{container_port}"
+
+
+def _compose_service(triton, repository: Path, image: str, ports: dict[str, int], gpu: dict) -> dict:
+    service = {
         "image": image,
         "command": [
             "tritonserver",
             "--model-repository=/models",
             "--model-control-mode=explicit",
             f"--load-model={TENSORRT_MODEL}",  # the python model needs reidctl, which the container lacks
+            # Loading models (with code in them) and mapping shared memory need the key in .env.
+            *restricted_api_options(f"${{{KEY_VARIABLE}:?run reidctl setup-triton to write .env}}"),
         ],
-        "ports": [f"{ports[name]}:{CONTAINER_PORTS[name]}" for name in ("http", "grpc", "metrics")],
+        "ports": [_published(triton.listen, ports[name], CONTAINER_PORTS[name])
+                  for name in ("http", "grpc", "metrics")],
         "volumes": [f"{repository.resolve()}:/models:ro"],
-        "ipc": "host",  # clients on this host pass frames through system shared memory
+    }
+    if triton.shared_memory:
+        # Clients on this host pass frames through system shared memory (detection.triton.shared_memory): the
+        # container must see this host's /dev/shm.
+        service["ipc"] = "host"
+    return service | {
         "deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", **gpu, "capabilities": ["gpu"]}]}}},
         "healthcheck": {
             "test": ["CMD", "curl", "-sf", f"localhost:{CONTAINER_PORTS['http']}/v2/health/ready"],
@@ -443,6 +462,14 @@ def _compose_service(repository: Path, image: str, ports: dict[str, int], gpu: d
         },
         "restart": "unless-stopped",
     }
+
+
+def write_compose_key(repository: Path) -> Path:
+    """The containers' key in .env (mode 0600), written once: a rewritten repository keeps the key clients hold."""
+    path = Path(repository) / COMPOSE_KEY_FILE
+    if read_key(path) is None:
+        write_secret(path, f"{KEY_VARIABLE}={secrets.token_urlsafe(32)}\n")
+    return path
 
 
 def compose_file(triton, repository: Path, image: str, replicas: int = 1) -> str:
@@ -455,18 +482,24 @@ def compose_file(triton, repository: Path, image: str, replicas: int = 1) -> str
     """
     if replicas == 1:
         gpu = {"count": 1} if triton.gpus is None else {"count": "all"}
-        services = {"triton": _compose_service(repository, image, replica_ports(triton, 0), gpu)}
+        services = {"triton": _compose_service(triton, repository, image, replica_ports(triton, 0), gpu)}
         start = "docker compose up -d triton"
     else:
         services = {
-            f"triton-{i}": _compose_service(repository, image, replica_ports(triton, i), {"device_ids": [str(i)]})
+            f"triton-{i}": _compose_service(triton, repository, image, replica_ports(triton, i),
+                                            {"device_ids": [str(i)]})
             for i in range(replicas)
         }
         start = "docker compose up -d"
-    endpoints = ", ".join(f"{name} localhost:{replica_ports(triton, i)['grpc']}" for i, name in enumerate(services))
+    host = "localhost" if is_loopback(triton.listen) else triton.listen
+    endpoints = ", ".join(f"{name} {host}:{replica_ports(triton, i)['grpc']}" for i, name in enumerate(services))
+    reach = ("this host only" if is_loopback(triton.listen)
+             else f"every host that reaches {triton.listen} (detection.triton.listen): put TLS or a proxy in front")
     header = (
         f"# Written by `reidctl setup-triton`. Start: {start}\n"
-        f"# gRPC: {endpoints}\n"
+        f"# gRPC: {endpoints}; reachable from {reach}\n"
+        f"# The model repository, shared memory, logging and trace APIs need the key in {COMPOSE_KEY_FILE} "
+        f"(header {KEY_HEADER}; clients elsewhere: detection.triton.key_file)\n"
         f"# Verify: curl localhost:{triton.http_port}/v2/health/ready\n"
     )
     return header + yaml.safe_dump({"services": services}, sort_keys=False)
@@ -490,6 +523,7 @@ def write_repository(
     """Write both models and docker-compose.yml (``replicas`` servers, one GPU each, when more than one); a missing
     engine leaves model.plan out with one warning."""
     detection = placed_on_gpus(config.detection, visible_gpu_count)
+    check_listen_address(detection.triton.listen)
     check_batching(detection.triton)
     check_replicas(detection.triton, replicas)
     if not PYTHON_MODEL_SOURCE.is_file():
@@ -532,6 +566,7 @@ def write_repository(
     write_text_atomic(repository / "docker-compose.yml", compose_file(detection.triton, repository, image, replicas))
     servers = f"{replicas} replicas of " if replicas > 1 else ""
     written.append(WrittenFile(repository / "docker-compose.yml", f"{servers}NGC container {image}"))
+    written.append(WrittenFile(write_compose_key(repository), "the containers' key for their restricted APIs (0600)"))
     return written
 
 

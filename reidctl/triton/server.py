@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -31,8 +32,18 @@ from pathlib import Path
 
 import reidctl
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
+from reidctl.io.atomic import ensure_writable_dir, write_secret, write_text_atomic
 from reidctl.triton import watchdog
+from reidctl.triton.access import (
+    LOCAL_ADDRESS,
+    check_listen_address,
+    connect_address,
+    exposure_warning,
+    is_loopback,
+    key_headers,
+    read_key,
+    restricted_api_options,
+)
 from reidctl.triton.repository import batch_input_bytes, served_models
 
 PYTRITON_VERSION = "0.7.0"
@@ -42,6 +53,7 @@ SYS_PATH_ENV = "REIDCTL_SYS_PATH"  # read by the python model: the stub ignores 
 PROJECT_ROOT = Path(reidctl.__file__).resolve().parents[1]
 STUB_NAME = watchdog.STUB_NAME
 START_COMMAND = "reidctl setup-triton --start"
+KEY_FILE = "server.key"  # in the state directory of a repository's servers, mode 0600
 
 
 def cache_dir() -> Path:
@@ -79,7 +91,7 @@ class ServerFiles:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One installer per cache directory at a time (parallel test sessions, two shells)."""
-    with open(path, "w") as handle:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -223,20 +235,45 @@ class ServerState:
     repository: str
     log: str
     models: list[str]
+    listen: str = LOCAL_ADDRESS
+    key_file: str = ""  # the restricted APIs' key (mode 0600), sent by reidctl's own clients
 
     @property
     def ports(self) -> Ports:
         return Ports(self.http_port, self.grpc_port, self.metrics_port)
 
+    @property
+    def host(self) -> str:
+        """Where a client on this host reaches the server."""
+        return connect_address(self.listen)
+
+    def key(self) -> str | None:
+        return read_key(Path(self.key_file)) if self.key_file else None
+
+    def key_headers(self, protocol: str = "http") -> dict[str, str]:
+        return key_headers(self.key(), protocol)
+
 
 def state_dir(repository: Path, cache: Path | None = None) -> Path:
-    """Per repository, so that servers of different repositories do not meet."""
+    """Per repository, so that servers of different repositories do not meet. Only its owner may enter it: it
+    holds the server's key."""
     key = hashlib.sha1(str(Path(repository).resolve()).encode()).hexdigest()[:12]
     return Path(cache or cache_dir()) / "servers" / key
 
 
 def _state_file(repository: Path, cache: Path | None) -> Path:
     return state_dir(repository, cache) / "server.json"
+
+
+def _server_key(directory: Path) -> tuple[Path, str]:
+    """The key of the servers started for one repository, made once: clients that hold it keep working when the
+    server restarts."""
+    path = directory / KEY_FILE
+    key = read_key(path)
+    if key is None:
+        key = secrets.token_urlsafe(32)
+        write_secret(path, key + "\n")
+    return path, key
 
 
 def is_tritonserver(pid: int) -> bool:
@@ -302,27 +339,35 @@ def check_ports(ports: Ports) -> None:
             )
 
 
-def _http_json(port: int, path: str, method: str = "GET", timeout: float = 2.0):
+def _http_json(port: int, path: str, method: str = "GET", timeout: float = 2.0, host: str = LOCAL_ADDRESS,
+               headers: dict[str, str] | None = None):
     request = urllib.request.Request(
-        f"http://localhost:{port}{path}", method=method, data=b"{}" if method == "POST" else None
+        f"http://{_url_host(host)}:{port}{path}", method=method, data=b"{}" if method == "POST" else None,
+        headers=headers or {},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         body = response.read()
     return json.loads(body) if body else None
 
 
-def server_answers(port: int, path: str = "/v2/health/ready") -> bool:
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def server_answers(port: int, path: str = "/v2/health/ready", host: str = LOCAL_ADDRESS) -> bool:
     try:
-        _http_json(port, path)
+        _http_json(port, path, host=host)
         return True
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
-def model_states(port: int) -> list[dict]:
-    """The repository index: name, version, state (READY, UNAVAILABLE...) and reason per model."""
+def model_states(state: ServerState) -> list[dict]:
+    """The repository index (a restricted API: sent with the server's key): name, version, state (READY,
+    UNAVAILABLE...) and reason per model."""
     try:
-        return _http_json(port, "/v2/repository/index", method="POST") or []
+        return _http_json(state.http_port, "/v2/repository/index", method="POST", host=state.host,
+                          headers=state.key_headers()) or []
     except (urllib.error.URLError, OSError, ValueError):
         return []
 
@@ -388,6 +433,17 @@ def python_shared_memory_options(repository: Path, models: list[str]) -> list[st
     ]
 
 
+def _serving_view(repository: Path, models: list[str], directory: Path) -> Path:
+    """A model repository holding only ``models`` (links into ``repository``): the server loads every model of it at
+    start and accepts no model control afterwards, so no client can load code into it."""
+    view = directory / "models"
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir()
+    for name in models:
+        (view / name).symlink_to(repository / name, target_is_directory=True)
+    return view
+
+
 def start_server(
     repository: Path,
     ports: Ports,
@@ -395,12 +451,16 @@ def start_server(
     timeout: float = 300.0,
     on_progress: Callable[[str], None] | None = None,
     warn: Callable[[str], None] = print,
+    listen: str = LOCAL_ADDRESS,
 ) -> ServerState:
     """Start tritonserver on ``repository``'s python-backend models in the background and wait until it is ready.
 
-    Models that fail to load are reported (one warning each); if none loads, the server is stopped and the
-    first model's reason is the error.
+    It listens on ``listen`` only (this host by default; anything else is warned about), loads its models at start
+    and accepts no model loading afterwards; the APIs in RESTRICTED_APIS need the key written (mode 0600) into its
+    state directory. Models that fail to load are reported (one warning each); if none loads, the server is stopped
+    and the first model's reason is the error.
     """
+    listen = check_listen_address(listen)
     repository = Path(repository).resolve()
     cache = Path(cache or cache_dir())
     running = running_server(repository, cache)
@@ -424,29 +484,39 @@ def start_server(
 
     directory = state_dir(repository, cache)
     ensure_writable_dir(directory)
+    for private in (directory.parent, directory):
+        private.chmod(0o700)
     log = directory / "tritonserver.log"
+    key_file, key = _server_key(directory)
+    if not is_loopback(listen):
+        warn(exposure_warning(listen, ports, key_file))
     command = [
         str(files.binary),
-        f"--model-repository={repository}",
+        # The bundled server has no TensorRT backend: it serves a view of the models it can run.
+        f"--model-repository={_serving_view(repository, models, directory)}",
         f"--backend-directory={backends}",
-        "--model-control-mode=explicit",  # the bundled server has no TensorRT backend: load only what it can run
-        *(f"--load-model={name}" for name in models),
+        "--model-control-mode=none",
+        *(f"--{api}-address={listen}" for api in ("http", "grpc", "metrics")),
         f"--http-port={ports.http}",
         f"--grpc-port={ports.grpc}",
         f"--metrics-port={ports.metrics}",
+        *restricted_api_options(key),
         "--exit-on-error=false",  # a model that fails to load is reported, the others still serve
         "--exit-timeout-secs=10",
         *python_shared_memory_options(repository, models),
     ]
     if on_progress:
         on_progress(f"starting tritonserver (log: {log})")
-    with open(log, "wb") as log_file:
+    log.unlink(missing_ok=True)  # a new log, created for this user only
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as log_file:
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=server_environment(files), cwd=directory, start_new_session=True,
+            umask=0o077,  # what it creates is for this user only
         )  # fmt: skip
     _start_watchdog(process.pid)
-    state = ServerState(process.pid, ports.http, ports.grpc, ports.metrics, str(repository), str(log), models)
+    state = ServerState(process.pid, ports.http, ports.grpc, ports.metrics, str(repository), str(log), models,
+                        listen, str(key_file))
     write_text_atomic(_state_file(repository, cache), json.dumps(asdict(state), indent=2))
     try:
         _wait_until_ready(state, timeout, on_progress, warn)
@@ -461,7 +531,7 @@ def _wait_until_ready(state: ServerState, timeout: float, on_progress, warn) -> 
     """Triton opens its endpoints once the startup loads are over (ready or failed): then judge each model."""
     log = Path(state.log)
     start = time.monotonic()
-    while not server_answers(state.http_port, "/v2/health/live"):
+    while not server_answers(state.http_port, "/v2/health/live", state.host):
         if not is_tritonserver(state.pid):
             raise ReidctlError(f"tritonserver exited during startup: {_log_error(log)} (log: {log})")
         elapsed = time.monotonic() - start
@@ -470,13 +540,24 @@ def _wait_until_ready(state: ServerState, timeout: float, on_progress, warn) -> 
         if on_progress:
             on_progress(f"loading {', '.join(state.models)} ({elapsed:.0f} s)")
         time.sleep(0.25)
-    by_name = {m.get("name"): m for m in model_states(state.http_port)}
+    by_name = {m.get("name"): m for m in model_states(state)}
     failed = [(name, by_name.get(name, {})) for name in state.models if by_name.get(name, {}).get("state") != "READY"]
     if len(failed) == len(state.models):
         name, status = failed[0]
         raise ReidctlError(f"model '{name}' failed to load: {reason_line(status.get('reason', ''))} (log: {log})")
     for name, status in failed:
         warn(f"warning: model '{name}' failed to load: {reason_line(status.get('reason', ''))} (log: {log})")
+    make_shared_memory_private(state.pid)
+
+
+def make_shared_memory_private(server_pid: int) -> None:
+    """The python backend creates its stubs' /dev/shm regions (which carry the frames) readable by every user
+    whatever the umask: once the models are loaded, only this user may open them."""
+    for stub in watchdog.python_stubs():
+        if stub.group == server_pid:
+            for region in stub.shm_regions:
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"/dev/shm/{region}", 0o600)
 
 
 def stop_server(repository: Path, cache: Path | None = None, timeout: float = 30.0) -> ServerState | None:
@@ -498,8 +579,8 @@ def server_status(repository: Path, cache: Path | None = None) -> dict:
     return {
         "running": True,
         **asdict(state),
-        "ready": server_answers(state.http_port),
-        "model_states": model_states(state.http_port),
+        "ready": server_answers(state.http_port, host=state.host),
+        "model_states": model_states(state),
     }
 
 

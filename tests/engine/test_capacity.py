@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import subprocess
 import time
 
 import pytest
@@ -191,7 +192,7 @@ def test_nothing_meets_says_what_this_machine_serves_estimated_from_saturation(t
 
 def test_deploy_writes_a_config_that_loads_and_commands_that_run(tmp_path, small_config):
     bench = saturated_bench(tmp_path / "bench.json", small_config, name="triton", mode="concurrent")
-    deploy = tmp_path / "deploy"
+    deploy = tmp_path / "deploy $(touch pwned) 'x'"  # a path with spaces and shell metacharacters
     result = invoke("recommend", "--bench", bench, "--cameras", 16, "--fps", 30, "--deploy", deploy)
     assert result.exit_code == 0, result.output
     assert "Recommended: triton (concurrent)" in result.output
@@ -200,10 +201,15 @@ def test_deploy_writes_a_config_that_loads_and_commands_that_run(tmp_path, small
     assert config.detection.backend == "triton" and config.detection.model_type == "nano"
     assert (triton.max_batch_size, triton.preferred_batch_sizes) == (16, [1, 2, 4, 8, 16])
 
-    commands = [line for line in (deploy / "deploy.sh").read_text().splitlines() if line.startswith("reidctl ")]
+    script = (deploy / "deploy.sh").read_text()
+    commands = [line for line in script.splitlines() if line.startswith("reidctl ")]
     setup, detect = commands
-    assert detect.startswith("reidctl detect " + " ".join(f"CAM{i}" for i in range(1, 17)) + " --backend triton -c ")
-    args = shlex.split(setup, comments=True)[1:]
+    assert detect == 'reidctl detect "$@" --backend triton -c "$DEPLOY_DIR/config.yaml"'
+    # The script finds its config beside itself and takes the cameras as arguments; without any it says so.
+    no_cameras = subprocess.run(["sh", str(deploy / "deploy.sh")], capture_output=True, text=True, cwd=tmp_path)
+    assert no_cameras.returncode == 2 and "usage: sh deploy.sh CAMERA" in no_cameras.stderr
+    assert not (tmp_path / "pwned").exists()
+    args = shlex.split(setup.replace("$DEPLOY_DIR", str(deploy)), comments=True)[1:]
     assert args[-1] == "--start" and args[args.index("--max-batch-size") + 1] == "16"
     repository = tmp_path / "repository"
     written = invoke(*args[:-1], "--repository", repository)  # as emitted, without starting a server
@@ -219,11 +225,20 @@ def test_deploy_writes_a_config_that_loads_and_commands_that_run(tmp_path, small
     ]
 
 
+def test_deploy_quotes_what_comes_from_a_bench_file(tmp_path, small_config):
+    """Values from a bench file (which anyone may hand over) reach deploy.sh only as quoted words or comments."""
+    detection = deploy_detection("triton", to_dict(load_config(small_config)), Need(4, 30, 100))
+    detection["triton"]["max_batch_size"] = "8; touch pwned"
+    setup, detect = deploy_commands("triton", '"$DEPLOY_DIR/config.yaml"', detection, ["cam one", "rtsp://h/s?a=1&b=$(x)"])
+    assert shlex.split(setup, comments=True)[4:6] == ["--max-batch-size", "8; touch pwned"]
+    assert shlex.split(detect)[2:4] == ["cam one", "rtsp://h/s?a=1&b=$(x)"]
+
+
 def test_emitted_build_engine_command_parses(tmp_path, small_config):
     """TensorRT cannot run here: the emitted build-engine line gets past option parsing to the missing library."""
     detection = deploy_detection("tensorrt", to_dict(load_config(small_config)), Need(12, 30, 100))
     assert (detection["tensorrt"]["min_batch"], detection["tensorrt"]["max_batch"]) == (1, 16)
-    export, build, detect = deploy_commands("tensorrt", str(small_config), detection, 12)
+    export, build, detect = deploy_commands("tensorrt", shlex.quote(str(small_config)), detection)
     assert export.startswith("reidctl export-onnx -c") and export.endswith("--fp16")
     result = invoke(*shlex.split(build, comments=True)[1:])
     assert result.exit_code == 2 and "No such option" not in result.output and "Usage" not in result.output

@@ -148,8 +148,10 @@ def test_replicas_are_services_on_their_own_gpu_and_ports(tmp_path, nano_checkpo
     assert result.exit_code == 0, result.stderr
     services = yaml.safe_load((tmp_path / "repo" / "docker-compose.yml").read_text())["services"]
     assert list(services) == ["triton-0", "triton-1"]
-    assert [s["ports"] for s in services.values()] == [["8100:8000", "8101:8001", "8102:8002"],
-                                                       ["8110:8000", "8111:8001", "8112:8002"]]  # fmt: skip
+    assert [s["ports"] for s in services.values()] == [
+        ["127.0.0.1:8100:8000", "127.0.0.1:8101:8001", "127.0.0.1:8102:8002"],
+        ["127.0.0.1:8110:8000", "127.0.0.1:8111:8001", "127.0.0.1:8112:8002"],
+    ]
     devices = [s["deploy"]["resources"]["reservations"]["devices"] for s in services.values()]
     assert [d[0]["device_ids"] for d in devices] == [["0"], ["1"]]
     assert all("count" not in d[0] and d[0]["capabilities"] == ["gpu"] for d in devices)

@@ -1,11 +1,17 @@
 """Triton: the repository setup-triton writes, a real bundled server, and the triton backend against it (CPU)."""
 
+import base64
 import dataclasses
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 import threading
 import time
 import types
@@ -15,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 import yaml
 from typer.testing import CliRunner
 
@@ -23,7 +30,9 @@ from reidctl.cli import app
 from reidctl.config import load_config, override
 from reidctl.engine.detector import create_detector
 from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
 from reidctl.triton.client import metric_batch_counts
+from reidctl.triton.watchdog import python_stubs
 from reidctl.triton.repository import (
     PYTHON_MODEL,
     TENSORRT_MODEL,
@@ -145,7 +154,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     written = write_repository(config, repository, engine=engine, image="nvcr.io/nvidia/tritonserver:24.10-py3")
     assert {item.path.relative_to(repository).as_posix() for item in written} == {
         f"{TENSORRT_MODEL}/config.pbtxt", f"{TENSORRT_MODEL}/1/model.plan", f"{PYTHON_MODEL}/config.pbtxt",
-        f"{PYTHON_MODEL}/1/model.py", "docker-compose.yml",
+        f"{PYTHON_MODEL}/1/model.py", "docker-compose.yml", ".env",
     }  # fmt: skip
     assert (repository / TENSORRT_MODEL / "1" / "model.plan").read_bytes() == engine.read_bytes()
 
@@ -193,7 +202,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
 
     compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
     assert compose["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
-    assert compose["ports"] == ["9100:8000", "8101:8001", "8102:8002"]
+    assert compose["ports"] == ["127.0.0.1:9100:8000", "127.0.0.1:8101:8001", "127.0.0.1:8102:8002"]
     assert compose["volumes"] == [f"{repository.resolve()}:/models:ro"]
     assert compose["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert f"--load-model={TENSORRT_MODEL}" in compose["command"]
@@ -326,7 +335,8 @@ def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config,
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-        regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
+        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
         for detector in own:
             detector.close()
         assert not errors, errors
@@ -340,7 +350,7 @@ def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config,
     assert any(count > 0 for size, count in grown.items() if size > 1), grown
     # shared memory: per-thread regions of this process while running, all gone once the detectors closed
     assert sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions) >= 9
-    left = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+    left = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
     assert not [name for name in left if name.startswith(f"reidctl_{os.getpid()}_")]
 
 
@@ -485,7 +495,7 @@ def test_setup_triton_cli_start_twice_status_stop(tmp_path, triton_cache, nano_c
     try:
         started = reidctl("setup-triton", *common, "--start")
         assert started.returncode == 0, started.stderr
-        assert "Triton server ready" in started.stdout and f"localhost:{grpc}" in started.stdout
+        assert "Triton server ready" in started.stdout and f"127.0.0.1:{grpc}" in started.stdout
         assert started.stderr.count("warning:") == 1 and "model.plan not written" in started.stderr  # no engine here
         state = running_server(repository, triton_cache)
         assert state is not None
@@ -532,3 +542,137 @@ def test_setup_triton_compiles_the_server_model_on_a_gpu_by_default(tmp_path, na
         config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection.compile is compiled
     )
     assert (python.instance_group[0].kind == python.instance_group[0].KIND_GPU) == ("cuda" in options)
+
+
+# -- who reaches the server --------------------------------------------------------------------------------------
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_no_client_loads_code_into_the_server(triton_server, tmp_path):
+    """Triton's model-load API takes a model's files in the request: the bundled server refuses it, key or not."""
+    ran = tmp_path / "ran"
+    code = f"open({str(ran)!r}, 'w').write('ran')\nclass TritonPythonModel:\n    pass\n"
+    config = json.dumps({"name": "evil", "backend": "python", "max_batch_size": 0,
+                         "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [1]}],
+                         "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [1]}]})  # fmt: skip
+    body = json.dumps({"parameters": {"config": config, "file:1/model.py": base64.b64encode(code.encode()).decode()}})
+    key = Path(triton_server.key_file).read_text().strip()
+    for headers, refusal in (({}, 403), ({KEY_HEADER: key}, 503)):  # restricted; with the key: no model control
+        request = urllib.request.Request(f"http://127.0.0.1:{triton_server.http_port}/v2/repository/models/evil/load",
+                                         data=body.encode(), method="POST", headers=headers)  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == refusal
+    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
+    for headers in (None, {GRPC_KEY_HEADER: key}):
+        with pytest.raises(InferenceServerException):
+            client.load_model("evil", headers=headers, config=config, files={"file:1/model.py": code.encode()})
+    time.sleep(1.0)
+    assert not ran.exists()
+    index = client.get_model_repository_index(headers={GRPC_KEY_HEADER: key}, as_json=True)["models"]
+    assert "evil" not in {model["name"] for model in index}
+    client.close()
+
+
+def test_shared_memory_needs_the_key_which_reidctls_client_sends(triton_server, nano_config, video_file):
+    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
+    with pytest.raises(InferenceServerException, match="restricted"):
+        client.register_system_shared_memory("probe", "/probe", 64)
+    client.close()
+    with create_detector(triton_config(nano_config, triton_server.grpc_port), "triton", warn=pytest.fail) as detector:
+        detector.detect(video_frames(video_file)[0])
+        assert detector.runner.servers[0].use_shared_memory  # registered with the key, not fallen back to gRPC bytes
+        regions = list(Path("/dev/shm").glob(f"reidctl_{os.getpid()}_*"))
+        assert regions and all(mode(region) == 0o600 for region in regions)
+
+
+def test_the_servers_files_and_shared_memory_are_its_users_alone(triton_server, triton_cache):
+    key, log = Path(triton_server.key_file), Path(triton_server.log)
+    assert mode(key) == 0o600 and mode(log) == 0o600
+    assert mode(key.parent) == 0o700 and mode(key.parent.parent) == 0o700  # the state directory and servers/
+    assert mode(triton_cache / ".install.lock") == 0o600
+    regions = [Path("/dev/shm") / region for stub in python_stubs() if stub.group == triton_server.pid
+               for region in stub.shm_regions]  # fmt: skip
+    assert regions and all(mode(region) & 0o077 == 0 for region in regions)
+
+
+def reachable_from(namespace: str, address: str, port: int) -> bool:
+    probe = f"import socket; socket.create_connection(({address!r}, {port}), timeout=3).close()"
+    result = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", probe], capture_output=True)
+    return result.returncode == 0
+
+
+@pytest.fixture()
+def second_address():
+    """A network namespace joined to this host by a veth pair: (its name, this host's address as it sees it)."""
+    name, host_end, other_end = f"reidctl-{os.getpid()}", f"rh{os.getpid()}", f"rn{os.getpid()}"
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", host_end, "type", "veth", "peer", "name", other_end],
+        ["ip", "link", "set", other_end, "netns", name],
+        ["ip", "addr", "add", "10.213.7.1/30", "dev", host_end],
+        ["ip", "link", "set", host_end, "up"],
+        ["ip", "-n", name, "addr", "add", "10.213.7.2/30", "dev", other_end],
+        ["ip", "-n", name, "link", "set", other_end, "up"],
+    ]
+    try:
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot make a second address here ({' '.join(step[:3])}: {done.stderr.strip()})")
+        yield name, "10.213.7.1"
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_the_bundled_server_is_unreachable_from_another_address(triton_server, second_address):
+    namespace, this_host = second_address
+    with socket.socket() as control:  # what listens on every interface is reachable from there
+        control.bind(("0.0.0.0", 0))
+        control.listen()
+        assert reachable_from(namespace, this_host, control.getsockname()[1])
+    for port in (triton_server.http_port, triton_server.grpc_port, triton_server.metrics_port):
+        assert not reachable_from(namespace, this_host, port)
+
+
+def test_listening_beyond_this_host_is_asked_for_and_warned_about(tmp_path, triton_cache, nano_config, second_address):
+    namespace, this_host = second_address
+    repository = tmp_path / "repo"
+    http, grpc, metrics = free_ports()
+    common = ["-c", nano_config, "-r", repository, "--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics]
+    refused = reidctl("setup-triton", *common, "--listen", "every-host", "--start")
+    assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0
+    assert "listen address 'every-host' is not an IP address" in refused.stderr
+    try:
+        started = reidctl("setup-triton", *common, "--listen", "0.0.0.0", "--start")
+        assert started.returncode == 0, started.stderr
+        assert "the Triton server listens on 0.0.0.0" in started.stderr and "key in" in started.stderr
+        assert reachable_from(namespace, this_host, grpc)
+    finally:
+        stop_server(repository, cache=triton_cache)
+    compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
+    assert compose["ports"] == [f"0.0.0.0:{http}:8000", f"0.0.0.0:{grpc}:8001", f"0.0.0.0:{metrics}:8002"]
+
+
+def test_the_compose_file_publishes_on_this_host_and_closes_the_repository_api(tmp_path, nano_checkpoint):
+    repository = tmp_path / "repo"
+    write_repository(load_config(write_config(tmp_path / "c.yaml", nano_checkpoint)), repository, warn=lambda m: None)
+    compose = yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
+    assert all(port.startswith("127.0.0.1:") for port in compose["ports"])
+    assert compose["ipc"] == "host"  # clients here pass frames through the host's shared memory
+    restricted = [arg for arg in compose["command"] if "restricted" in arg]
+    assert restricted == [
+        f"--http-restricted-api=model-repository,shared-memory,logging,trace:{KEY_HEADER}=${{REIDCTL_TRITON_KEY:?run "
+        "reidctl setup-triton to write .env}",
+        f"--grpc-restricted-protocol=model-repository,shared-memory,logging,trace:{KEY_HEADER}=${{REIDCTL_TRITON_KEY:?"
+        "run reidctl setup-triton to write .env}",
+    ]
+    env = repository / ".env"
+    key = env.read_text()
+    assert mode(env) == 0o600 and key.startswith("REIDCTL_TRITON_KEY=") and len(key.strip()) > 40
+    without_shm = write_config(tmp_path / "d.yaml", nano_checkpoint, triton={"shared_memory": False})
+    write_repository(load_config(without_shm), repository, warn=lambda m: None)
+    assert "ipc" not in yaml.safe_load((repository / "docker-compose.yml").read_text())["services"]["triton"]
+    assert env.read_text() == key  # rewriting keeps the key clients hold
