@@ -59,7 +59,10 @@ def statistics_table(stats: dict, title: str) -> Table:
             str(row["reconnects"]),
         )
     batch = f"mean batch {stats['mean_batch']:.2f}" if stats["mean_batch"] else "batches: -"
-    table.caption = f"{batch}; {stats['detections']} detections"
+    busy = ", ".join(f"{name} {share:.0%}" for name, share in stats["busy"].items())
+    limit = f"; busiest: {stats['limiting_stage']} ({busy})" if stats["limiting_stage"] else ""
+    stages = ", ".join(f"{name} {ms:.2f}" for name, ms in stats["stages_ms_per_frame"].items() if ms is not None)
+    table.caption = f"{batch}; {stats['detections']} detections{limit}\nms per frame: {stages or '-'}"
     return table
 
 

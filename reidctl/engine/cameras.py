@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +136,8 @@ class Camera:
         self.dropped = 0
         self.reconnects = 0
         self.latencies = array("d")  # seconds: decoded -> detections back, one per detected frame
+        self.decode_seconds = array("d")  # the reader's time per frame: decoding, then letterboxing
+        self.letterbox_seconds = array("d")
         self.last_done: float | None = None  # when the last frame's detections were back
         self.started = False
         self._next_index = 0  # a live camera's frame numbers run on across reconnections
@@ -174,7 +176,8 @@ class Camera:
         started = time.perf_counter()
         first_index = None
         try:
-            for frame in source:
+            frames = iter(source)
+            while (frame := self._decode(frames)) is not None:
                 if self.live:
                     frame.index, self._next_index = self._next_index, self._next_index + 1
                 elif self.paced:
@@ -192,10 +195,17 @@ class Camera:
             return first_line(exc)
         return "the stream ended or stalled"
 
+    def _decode(self, frames: Iterator[Frame]) -> Frame | None:
+        start = time.perf_counter()
+        frame = next(frames, None)
+        self.decode_seconds.append(time.perf_counter() - start)
+        return frame
+
     def _prepare(self, frame: Frame) -> TimedFrame:
         item = TimedFrame(self, frame, time.perf_counter())
         if self.hub.letterbox_size is not None:
             item.canvas, item.ratio = letterbox_frame(frame.image, self.hub.letterbox_size)
+            self.letterbox_seconds.append(time.perf_counter() - item.decoded_at)
         return item
 
     def _put(self, item: TimedFrame) -> bool:
@@ -236,18 +246,6 @@ class Camera:
     def take_locked(self) -> TimedFrame:
         item, self.waiting = self.waiting, None
         return item
-
-    def take(self, timeout_s: float = 0.1) -> TimedFrame | None:
-        """This camera's waiting frame, if one comes within ``timeout_s`` (one caller per camera)."""
-        with self.hub.condition:
-            def ready() -> bool:
-                return self.waiting is not None or self.ended or self.hub.stopping.is_set()
-
-            if not self.hub.condition.wait_for(ready, timeout_s) or self.hub.stopping.is_set() or self.waiting is None:
-                return None
-            item = self.take_locked()
-            self.hub.condition.notify_all()
-            return item
 
     def record(self, latency_s: float, detections: int, done: float) -> None:
         """One frame finished (written to every output); the camera ends at ``max_frames``."""

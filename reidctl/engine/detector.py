@@ -198,12 +198,12 @@ class Detector:
         if self.runner.device.type == "cuda":
             torch.cuda.synchronize(self.runner.device)
 
-    def _mark(self, stage: str, start: float) -> float:
-        if self.stage_times is None:
+    def _mark(self, stage: str, start: float, times: StageTimes | None) -> float:
+        if times is None:
             return start
         self._sync()
         now = time.perf_counter()
-        getattr(self.stage_times, stage).append(now - start)
+        getattr(times, stage).append(now - start)
         return now
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
@@ -219,11 +219,13 @@ class Detector:
         start = time.perf_counter()
         with self._placed():
             canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
-            return self._detect(canvas, ratios, start)
+            return self._detect(canvas, ratios, start, self.stage_times)
 
-    def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float]) -> list[np.ndarray]:
+    def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float],
+                        stage_times: StageTimes | None = None) -> list[np.ndarray]:
         """Detect on frames already letterboxed on the host (``preprocess.letterbox_into``): uint8 (H, W, 3) BGR
-        canvases of the input size and each frame's ratio. On a GPU they travel in one copy per batch."""
+        canvases of the input size and each frame's ratio. On a GPU they travel in one copy per batch.
+        ``stage_times``: time this call's stages into it (besides ``self.stage_times``)."""
         shape = (*self.test_size, 3)
         if len(canvases) != len(ratios) or not all(
             isinstance(c, np.ndarray) and c.dtype == np.uint8 and c.shape == shape for c in canvases
@@ -233,7 +235,7 @@ class Detector:
             return []
         start = time.perf_counter()
         with self._placed():
-            return self._detect(self._upload(canvases), list(ratios), start)
+            return self._detect(self._upload(canvases), list(ratios), start, stage_times or self.stage_times)
 
     @contextlib.contextmanager
     def _placed(self):
@@ -264,13 +266,14 @@ class Detector:
             self._staging_copied.record(torch.cuda.current_stream(device))
         return batch
 
-    def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float) -> list[np.ndarray]:
+    def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float,
+                times: StageTimes | None) -> list[np.ndarray]:
         """The letterboxed batch on the runner's device -> each frame's (N, 7) detections in frame pixels."""
         batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
-        start = self._mark("preprocess", start)
+        start = self._mark("preprocess", start, times)
         predictions = self.runner.infer(batch)
         self.turn.model_started(self._model_done())
-        start = self._mark("inference", start)
+        start = self._mark("inference", start, times)
         if self.runner.returns_detections:
             detections, candidates = rescale(predictions, ratios, self.conf_threshold), None
         else:
@@ -278,7 +281,7 @@ class Detector:
                 predictions = decode_predictions(predictions.float(), self.test_size)
             selection = select_detections(predictions, self.conf_threshold, self.nms_threshold)
             detections, candidates = rescale(selection.rows, ratios), selection.candidates
-        self._mark("postprocess", start)
+        self._mark("postprocess", start, times)
         self.load.add(candidates, [len(rows) for rows in detections])
         with self._served_lock:
             self._served[0] += 1
@@ -399,8 +402,9 @@ class DetectorPool:
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self._on_idle_member(lambda detector: detector.detect_batch(frames))
 
-    def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float]) -> list[np.ndarray]:
-        return self._on_idle_member(lambda detector: detector.detect_canvases(canvases, ratios))
+    def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float],
+                        stage_times: StageTimes | None = None) -> list[np.ndarray]:
+        return self._on_idle_member(lambda detector: detector.detect_canvases(canvases, ratios, stage_times))
 
     def close(self) -> None:
         for detector in self.detectors:

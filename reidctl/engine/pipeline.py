@@ -1,11 +1,11 @@
 """`reidctl detect`'s engine: many cameras through one Detector into every output, with live statistics.
 
-One reader thread per camera decodes on the CPU (reidctl/engine/cameras.py). In-process backends (pytorch,
-onnxruntime, tensorrt) get one ``detect_canvases`` call per step holding the newest frame of every camera that has
-one, as DeepStream's stream muxer does, each letterboxed by its camera's reader right after decoding; a runner that
-batches remotely (Triton) gets one request per camera at a time, from one thread per camera, and the server forms
-the batches. With several devices (a DetectorPool) one batch loop per device takes the next batch, so the devices
-run batches at once; a camera gives its next frame only once its last one is finished.
+One reader thread per camera decodes on the CPU and letterboxes right after (reidctl/engine/cameras.py). Every
+backend gets one ``detect_canvases`` call per step holding the newest frame of every camera that has one, as
+DeepStream's stream muxer does. Several steps run at once: in process one batch loop per device (a DetectorPool);
+through a server one per request its client keeps in flight (detection.triton.max_in_flight), each step one
+request that the server joins into its own batches. A camera gives its next frame only once its last one is
+finished.
 
 Nothing finished is lost: a frame counts as finished once it is written to every output (under one lock, so a stop
 never splits a frame between outputs). Any stop (every camera ended, an error, Ctrl-C, SIGTERM) publishes every
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.engine.cameras import Camera, Hub, TimedFrame
-from reidctl.engine.detector import Detector, DetectorPool, create_detector
+from reidctl.engine.detector import Detector, DetectorPool, StageTimes, create_detector
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error, first_line
@@ -43,6 +43,10 @@ DEFAULT_OUTPUT_DIR = Path("runs/detect")
 CAMERA_VIDEO_SUFFIX = ".mp4"  # one annotated video per camera in --save-video DIR (mp4v: writes faster than MJPG)
 MAX_DEFAULT_BATCH = 16
 UPDATE_INTERVAL_S = 0.5
+# One detect step in this many runs with the device synchronised between its stages, to time them: the others keep
+# the upload, the model and NMS overlapped.
+STAGE_SAMPLE_EVERY = 16
+DETECT_STAGES = {"upload": "preprocess", "model": "inference", "nms_rescale": "postprocess"}  # StageTimes' fields
 WORKER_JOIN_S = 10.0  # how long a stop waits for a detection step in flight before leaving it behind
 
 Warn = Callable[[str], None]
@@ -258,7 +262,10 @@ class _Run:
         self.detector, self.hub, self.outputs, self.max_batch = detector, hub, outputs, max_batch
         self.step_lock = threading.Lock()  # the batch loops (one per device) count their steps under it
         self.batch_sizes: Counter[int] = Counter()
-        self.step_seconds = array("d")  # each detect step (in-process runners): the model's share of latency
+        self.step_seconds = array("d")  # each detect step: upload, model, NMS and rescale of its batch
+        self.steps = 0
+        # Per frame, from the steps timed stage by stage (one in STAGE_SAMPLE_EVERY): upload, model, NMS + rescale.
+        self.stage_seconds: dict[str, array] = {stage: array("d") for stage in DETECT_STAGES}
         self.recent_batches: deque[int] = deque(maxlen=64)
         self.started = time.perf_counter()
         self.server_batches_before: dict[int, int] | None = None
@@ -285,7 +292,7 @@ class _Run:
                 camera.record(done - item.decoded_at, len(detections), done)
 
     def batch_loop(self) -> None:
-        """In-process runners: one detect step over the newest frame of every camera that has one."""
+        """One detect step over the newest frame of every camera that has one (through a server: one request)."""
         try:
             while not self.hub.stopping.is_set():
                 batch = self.hub.take_batch(self.max_batch)
@@ -293,28 +300,21 @@ class _Run:
                     if self.hub.done():
                         return
                     continue
+                with self.step_lock:
+                    self.steps += 1
+                    timed = StageTimes() if self.steps % STAGE_SAMPLE_EVERY == 1 else None
                 started = time.perf_counter()
-                results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch])
+                results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch],
+                                                        timed)
                 with self.step_lock:
                     self.step_seconds.append(time.perf_counter() - started)
                     self.batch_sizes[len(batch)] += 1
                     self.recent_batches.append(len(batch))
+                    for stage, field_name in DETECT_STAGES.items():
+                        self.stage_seconds[stage].extend(s / len(batch) for s in getattr(timed, field_name, ()))
                 self.finish(batch, results)
                 self.hub.release(batch)
         except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
-            self.hub.stop(describe_error(exc))
-
-    def camera_loop(self, camera: Camera) -> None:
-        """Remote batching (Triton): this camera's frames, one request at a time; the server batches the cameras."""
-        try:
-            while not self.hub.stopping.is_set():
-                item = camera.take()
-                if item is None:
-                    if camera.ended and camera.waiting is None:
-                        return
-                    continue
-                self.finish([item], [self.detector.detect(item.frame.image)])
-        except Exception as exc:  # noqa: BLE001
             self.hub.stop(describe_error(exc))
 
     def server_batches(self) -> dict[int, int] | None:
@@ -342,6 +342,7 @@ class _Run:
             sizes = dict(Counter(self.recent_batches))
         batches = sum(sizes.values()) if sizes else 0
         shares = self.detector.device_shares(since=self.shares_before)
+        stages, busy = self._stages(wall, frames)
         return {
             "cameras": cameras,
             "frames": frames,
@@ -355,7 +356,31 @@ class _Run:
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,
             "mean_batch": sum(int(s) * c for s, c in sizes.items()) / batches if batches else None,
             **({"per_device": shares} if shares is not None else {}),
+            "stages_ms_per_frame": stages,
+            "busy": busy,
+            "limiting_stage": max(busy, key=busy.get) if frames else None,
         }
+
+    def _stages(self, wall: float, frames: int) -> tuple[dict, dict]:
+        """Each host stage's mean time per frame (ms), and how busy each kind of worker was (its share of the run's
+        wall time; readers: the busiest camera's): the busiest names the stage that limits the run."""
+        cameras = self.hub.cameras
+        per_frame = {
+            "decode": _mean_ms([s for c in cameras for s in c.decode_seconds[-4096:]]),
+            "letterbox": _mean_ms([s for c in cameras for s in c.letterbox_seconds[-4096:]]),
+            **{stage: _mean_ms(seconds[-4096:]) for stage, seconds in self.stage_seconds.items()},
+            "detect_step": (sum(self.step_seconds) * 1000.0 / frames) if frames else None,
+        }
+        loops = batch_loops(self.detector)
+        busy = {
+            "readers": max((sum(c.decode_seconds) + sum(c.letterbox_seconds) for c in cameras), default=0.0) / wall,
+            "detection": sum(self.step_seconds) / (wall * loops),
+        }
+        return per_frame, {name: round(value, 3) for name, value in busy.items()}
+
+
+def _mean_ms(seconds) -> float | None:
+    return 1000.0 * sum(seconds) / len(seconds) if len(seconds) else None
 
 
 def _latency(seconds) -> dict:
@@ -384,20 +409,22 @@ def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
 def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) -> None:
     """Run once on every device, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning,
     connections, the pinned staging buffer), through the call the run makes."""
-    frame = synthetic_frame(0, detector.test_size)
-    if detector.runner.batches_remotely:
-        detector.detect(frame)
-        return
-    canvas, ratio = letterbox_frame(frame, detector.test_size)
+    canvas, ratio = letterbox_frame(synthetic_frame(0, detector.test_size), detector.test_size)
     on_gpu = detector.runner.device.type == "cuda"
     for one in detector.members:
         for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
             one.detect_canvases([canvas] * size, [ratio] * size)
 
 
-def default_max_batch(cameras: int, devices: int) -> int:
-    """Every camera's frame in one step, shared by the devices that run steps at once; at most 16 a batch."""
-    return min(math.ceil(cameras / devices), MAX_DEFAULT_BATCH)
+def batch_loops(detector: Detector | DetectorPool) -> int:
+    """Steps that run at once: one per device in process; through a server, the requests its client keeps in
+    flight (the server joins them into its own batches)."""
+    return detector.runner.max_in_flight if detector.runner.batches_remotely else detector.concurrency
+
+
+def default_max_batch(cameras: int, loops: int) -> int:
+    """Every camera's frame in one step, shared by the steps that run at once; at most 16 a batch."""
+    return min(math.ceil(cameras / loops), MAX_DEFAULT_BATCH)
 
 
 def run_detect(
@@ -429,7 +456,7 @@ def run_detect(
     left_running = False
     try:
         detector = create_detector(config, backend, warn)
-        max_batch = options.max_batch or default_max_batch(len(cameras), detector.concurrency)
+        max_batch = options.max_batch or default_max_batch(len(cameras), batch_loops(detector))
         try:
             _warm_up(detector, len(cameras), max_batch)
         except (ReidctlError, KeyboardInterrupt):
@@ -459,14 +486,9 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     stopped = None
     try:
         run.start()
-        # In-process runners take frames letterboxed by the readers; a server's client letterboxes each request itself.
-        hub.letterbox_size = None if detector.runner.batches_remotely else detector.test_size
-        if detector.runner.batches_remotely:
-            workers = [threading.Thread(target=run.camera_loop, args=(c,), name=f"detect-{c.name}", daemon=True)
-                       for c in cameras]
-        else:
-            workers = [threading.Thread(target=run.batch_loop, name=f"detect-device-{i}", daemon=True)
-                       for i in range(detector.concurrency)]
+        hub.letterbox_size = detector.test_size  # the readers letterbox their frames, in parallel
+        workers = [threading.Thread(target=run.batch_loop, name=f"detect-batches-{i}", daemon=True)
+                   for i in range(batch_loops(detector))]
         for camera in cameras:
             camera.start()
         for worker in workers:
