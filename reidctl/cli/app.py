@@ -161,8 +161,25 @@ def build_config(
     **extra,
 ) -> Config:
     """The config file with the command line's overrides applied (validated)."""
+    return with_model_options(load_config(config), model, model_type, num_classes, device, test_size, conf, nms, fp16,
+                              **extra)  # fmt: skip
+
+
+def with_model_options(
+    base: Config,
+    model: Optional[Path] = None,
+    model_type: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    device: Optional[str] = None,
+    test_size: Optional[str] = None,
+    conf: Optional[float] = None,
+    nms: Optional[float] = None,
+    fp16: Optional[bool] = None,
+    **extra,
+) -> Config:
+    """``base`` with the command line's model options applied (validated)."""
     return override(
-        load_config(config),
+        base,
         model_path=str(model) if model else None,
         model_type=model_type,
         num_classes=num_classes,

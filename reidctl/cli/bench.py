@@ -29,6 +29,7 @@ from reidctl.cli.app import (
     console,
     fail,
     parse_size,
+    with_model_options,
 )
 from reidctl.config import load_config, to_dict
 from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, BenchSettings, parse_cameras
@@ -414,7 +415,7 @@ def _summary_table(scenario: str) -> Table:
 def _capacity_table(results, fps: float, latency_ms: float) -> Table:
     table = Table(
         title=f"Capacity at {fps:g} FPS per camera, P99 <= {latency_ms:g} ms and no frame dropped "
-        "(open loop, this machine)"
+        "(deploy.sh's detect in real time, this machine)"
     )
     for column in ("Backend", "Most Cameras", "Runs (cameras: P99)", "Note"):
         table.add_column(column, justify="right" if column == "Most Cameras" else "left")
@@ -432,15 +433,11 @@ def _capacity_table(results, fps: float, latency_ms: float) -> Table:
     return table
 
 
-def _search_capacity(need, report, config_dict: dict, backends: str, seconds: float, jitter: float, limit: int):
-    """--max-cameras: the open-loop search per backend here; returns the results and the report they make."""
+def _search_capacity(need, config, plan, backends: str, limit: int, flagged: set[str], directory: Path):
+    """--max-cameras: the search through the deployment's pipeline per backend here; the results and their report."""
     from reidctl.engine.bench import parse_backends
-    from reidctl.engine.capacity import Measurement, capacity_report, measure_capacity
-    from reidctl.engine.recommend import config_from_dict
+    from reidctl.engine.capacity import capacity_report, measure_capacity
 
-    config = config_from_dict(config_dict)
-    measurement = Measurement.from_bench(config, report, seconds, jitter)
-    flagged = {b.name for b in report.backends if report.parity_flagged(b)} if report else set()
     names = [name for name in parse_backends(backends)[0] if name not in flagged]
     results = []
     with console.status("capacity search") as spinner:
@@ -452,16 +449,11 @@ def _search_capacity(need, report, config_dict: dict, backends: str, seconds: fl
             )
 
         for name in names:
-            results.append(measure_capacity(config, name, need.fps, need.latency_ms, measurement, limit, on_run=on_run))
-    settings = {
-        "fps": need.fps,
-        "latency_ms": need.latency_ms,
-        "seconds": seconds,
-        "jitter": jitter,
-        "max_batch": measurement.max_batch,
-        "max_delay_ms": measurement.max_delay_ms,
-    }
-    return results, capacity_report(config_dict, config.detection.device, results, settings)
+            results.append(measure_capacity(config, name, need.fps, need.latency_ms, plan, directory, limit,
+                                            on_run=on_run))  # fmt: skip
+    settings = {"fps": need.fps, "latency_ms": need.latency_ms, "seconds": plan.seconds, "cameras_from":
+                plan.describe(need.cameras, need.fps)}  # fmt: skip
+    return results, capacity_report(to_dict(config), config.detection.device, results, settings)
 
 
 def _merge(report: BenchReport | None, searched: BenchReport) -> BenchReport:
@@ -477,9 +469,19 @@ def _merge(report: BenchReport | None, searched: BenchReport) -> BenchReport:
     return report
 
 
-def _verify(rec, deploy_config: Path | None, report, seconds: float, jitter: float) -> bool:
-    from reidctl.engine.capacity import Measurement, verify
-    from reidctl.engine.recommend import config_from_dict
+def _load_line(summary: dict) -> str:
+    """The detection load a run saw, and a warning where the model found nothing to keep."""
+    load = summary.get("detection_load") or {}
+    kept, candidates = load.get("kept_per_frame"), load.get("candidates_per_frame")
+    seen = f"detection load: {kept or 0:.0f} kept rows" + (f", {candidates:.0f} candidates" if candidates else "")
+    if not kept:
+        return seen + (" a frame. [yellow]Measured on an idle model: a crowded scene writes more rows; verify with "
+                       "your checkpoint and scenes, or a load checkpoint (scripts/make_load_checkpoints.py)[/yellow]")
+    return seen + " a frame"
+
+
+def _verify(rec, config, plan, directory: Path) -> bool:
+    from reidctl.engine.capacity import run_deployment
 
     need = rec.need
     if not rec.choice:
@@ -488,17 +490,19 @@ def _verify(rec, deploy_config: Path | None, report, seconds: float, jitter: flo
             f"{need.fps:g} FPS: nothing to verify"
         )
         return False
-    config = load_config(deploy_config) if deploy_config else config_from_dict(rec.deploy_config)
-    measurement = Measurement.from_bench(config, report, seconds, jitter)
-    with console.status(f"verifying {rec.choice}: {need.cameras} camera(s) at {need.fps:g} FPS for {seconds:g} s"):
-        run = verify(config, rec.choice, need.cameras, need.fps, need.latency_ms, measurement)
-    passed = run.within(need.latency_ms)
+    what = plan.describe(need.cameras, need.fps)
+    with console.status(f"verifying {rec.choice}: deploy.sh's detect on {what}"):
+        run = run_deployment(config, rec.choice, plan, need.cameras, need.fps, need.latency_ms, directory)
+    result, summary = run.result, run.summary
+    passed = run.passes(need.latency_ms)
     verdict = "[bold green]PASS[/bold green]" if passed else "[bold red]FAIL[/bold red]"
+    busy = ", ".join(f"{name} {share:.0%}" for name, share in summary["busy"].items())
     console.print(
-        f"{verdict}: {rec.choice} ({run.mode}) served {need.cameras} camera(s) at {need.fps:g} FPS on this machine for "
-        f"{seconds:g} s: P99 {run.latency.p99_ms:.1f} ms {'<=' if run.latency.p99_ms <= need.latency_ms else '>'} "
-        f"{need.latency_ms:g} ms, {run.late} late, {run.dropped} dropped, {run.throughput_fps:.1f} of "
-        f"{need.total_fps:.1f} FPS answered",
+        f"{verdict}: {rec.choice} (detect's pipeline, outputs on) served {need.cameras} camera(s) at {need.fps:g} "
+        f"FPS on this machine ({what}): P99 {result.latency.p99_ms:.1f} ms "
+        f"{'<=' if result.latency.p99_ms <= need.latency_ms else '>'} {need.latency_ms:g} ms, {result.late} late, "
+        f"{result.dropped} dropped, {result.throughput_fps:.1f} of {need.total_fps:.1f} FPS; busiest: "
+        f"{summary['limiting_stage']} ({busy}); {_load_line(summary)}",
         soft_wrap=True,
     )
     return passed
@@ -527,10 +531,9 @@ def recommend_command(
         bool,
         typer.Option(
             "--max-cameras",
-            help="Search, per backend here, the most cameras at --fps that keep P99 within --latency-ms"
-            " with no frame "
-            "dropped (open-loop runs on this machine: doubling, then bisection), and recommend from those runs "
-            "too.",
+            help="Search, per backend here, the most cameras at --fps that keep P99 within --latency-ms with no "
+            "frame dropped, each run what deploy.sh runs (detect's readers, batch loops and outputs on generated clips "
+            "or --sources, in real time; doubling, then bisection), and recommend from those runs too.",
         ),
     ] = False,
     backends: Annotated[
@@ -544,37 +547,82 @@ def recommend_command(
         bool,
         typer.Option(
             "--verify",
-            help="Run the chosen setup open loop at --cameras x --fps on this machine; print PASS or FAIL"
-            " with the "
-            "measured P99 and late frames, and exit 1 on FAIL.",
+            help="Run what deploy.sh runs (detect with its outputs, the cameras in real time: generated clips at "
+            "--resolution, or --sources) at --cameras x --fps on this machine; print PASS or FAIL with the measured "
+            "P99, dropped frames, the busiest stage and the detection load, and exit 1 on FAIL.",
         ),
     ] = False,
     deploy: Annotated[
         Optional[Path],
         typer.Option(
             "--deploy",
-            help="Write what to deploy into this folder: config.yaml (loads with --config) and deploy.sh"
-            " (setup-triton"
-            " / build-engine with the chosen batching, then the multi-camera detect).",
+            help="Write what to deploy into this folder: config.yaml (loads with --config) and deploy.sh CAMERA... "
+            "(setup-triton / build-engine with the chosen batching, then the detect that --verify runs).",
         ),
     ] = None,
     seconds: Annotated[
-        float, typer.Option("--seconds", help="Measured seconds of each open-loop run of --max-cameras and --verify.")
-    ] = 3.0,
-    jitter: JitterOpt = 0.0,
+        float,
+        typer.Option("--seconds", min=0.1, help="Seconds of camera time in each run of --max-cameras and --verify."),
+    ] = 5.0,
+    resolution: Annotated[
+        str,
+        typer.Option(
+            "--resolution",
+            help="HxW of the clip --verify and --max-cameras generate for every camera, when --sources is not "
+            "given: the cameras' resolution.",
+        ),
+    ] = "1080x1920",
+    sources_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--sources",
+            help="--verify and --max-cameras run these cameras (detect's --sources format: one per line, NAME=URL), "
+            "repeated up to the camera count, instead of generated clips.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
+    model: ModelOpt = None,
+    model_type: ModelTypeOpt = None,
+    num_classes: NumClassesOpt = None,
+    device: DeviceOpt = None,
+    test_size: TestSizeOpt = None,
+    fp16: Fp16Opt = None,
+    conf: ConfOpt = None,
+    nms: NmsOpt = None,
 ) -> None:
-    from reidctl.engine.bench_report import check_open_loop, load_report
-    from reidctl.engine.recommend import Need, find_bench, recommend, who_serves, write_deploy
+    """The model options apply on top of the bench file's configuration (or --config's, without one)."""
+    import tempfile
+
+    from reidctl.engine.bench_report import load_report
+    from reidctl.engine.capacity import CameraPlan
+    from reidctl.engine.recommend import Need, config_from_dict, find_bench
+    from reidctl.io.sources import read_source_list
 
     need = Need(cameras, fps, latency_ms).validate()
-    check_open_loop(fps, seconds, latency_ms, jitter)
     path = find_bench(bench_file)
     report = load_report(path) if path else None
-    config_dict = report.config if report else to_dict(load_config(config))
+    base = config_from_dict(report.config) if report else load_config(config)
+    config_dict = to_dict(with_model_options(base, model, model_type, num_classes, device, test_size, conf, nms, fp16))
+    plan = CameraPlan(parse_size(resolution), seconds, read_source_list(sources_file) if sources_file else None)
+    work = Path(tempfile.mkdtemp(prefix="reidctl-recommend-"))
+    try:
+        _recommend(need, path, report, config_dict, plan, work, max_cameras, backends, camera_limit, verify, deploy,
+                   json_path)  # fmt: skip
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _recommend(need, path, report, config_dict, plan, work, max_cameras, backends, camera_limit, verify, deploy,
+               json_path) -> None:  # fmt: skip
+    from reidctl.engine.recommend import config_from_dict, recommend, who_serves, write_deploy
+
     if max_cameras:
-        results, searched = _search_capacity(need, report, config_dict, backends, seconds, jitter, camera_limit)
-        console.print(_capacity_table(results, fps, latency_ms))
+        flagged = {b.name for b in report.backends if report.parity_flagged(b)} if report else set()
+        results, searched = _search_capacity(need, config_from_dict(config_dict), plan, backends, camera_limit,
+                                             flagged, work)  # fmt: skip
+        console.print(_capacity_table(results, need.fps, need.latency_ms))
         best = max((r for r in results if r.outcome), key=lambda r: r.outcome.cameras, default=None)
         if best:
             gpu = searched.environment["gpu"]["name"]
@@ -582,7 +630,7 @@ def recommend_command(
             subject, verb = who_serves(searched.environment).rsplit(" ", 1)
             console.print(
                 f"[bold]{subject} ({escape(gpu)}) {verb} up to {best.outcome.cameras}{more} camera(s) "
-                f"at {fps:g} FPS within {latency_ms:g} ms on {best.backend}.[/bold]",
+                f"at {need.fps:g} FPS within {need.latency_ms:g} ms on {best.backend}.[/bold]",
                 soft_wrap=True,
             )
         report = _merge(report, searched)
@@ -605,7 +653,8 @@ def recommend_command(
     if json_path:
         write_text_atomic(json_path, json.dumps(rec.to_dict(), indent=2))
         console.print(f"wrote {json_path}", soft_wrap=True)
-    if verify and not _verify(rec, deployed, report, seconds, jitter):
+    if verify and not _verify(rec, load_config(deployed) if deployed else config_from_dict(rec.deploy_config or {}),
+                              plan, work):  # fmt: skip
         raise typer.Exit(EXIT_VERIFY_FAILED)
     if deploy and not rec.choice:
         fail(f"nothing written to {deploy}: no backend meets the need")

@@ -383,7 +383,7 @@ def run_open_loop(
         cameras, latencies = open_loop(serve, frames, load, tick)
         sizes = batch_sizes()  # the warm-up's batches included: the open loop has no idle point between the two
         per_device = detector.device_shares(since=shares)  # the same
-    summary = LatencySummary.from_samples(latencies) if latencies else _NOTHING_SERVED
+    summary = LatencySummary.from_samples(latencies) if latencies else NOTHING_SERVED
     return StreamResult(
         mode,
         load.cameras,
@@ -404,7 +404,7 @@ def run_open_loop(
 
 
 # A run in which no frame came back in the window (every one dropped): infinite latency, so it never passes.
-_NOTHING_SERVED = LatencySummary(0, math.inf, math.inf, math.inf, 0.0, math.inf, math.inf, math.inf, 0.0)
+NOTHING_SERVED = LatencySummary(0, math.inf, math.inf, math.inf, 0.0, math.inf, math.inf, math.inf, 0.0)
 
 
 def stream_modes(detector: Detector) -> tuple[str, ...]:

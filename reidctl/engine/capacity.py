@@ -1,5 +1,6 @@
 """Capacity at camera rate: the most cameras at F FPS a backend serves on this machine within a P99 budget, with no
-frame dropped, found with open-loop runs (bench.run_open_loop); and the check of one chosen setup (`--verify`).
+frame dropped, and the check of one chosen setup (`--verify`). Both run what deploy.sh runs: `reidctl detect`'s
+pipeline (readers, batch loops, the backend, the outputs) on real cameras or generated clips in real time.
 
 The search assumes that a load which passes with N cameras passes with fewer: it grows the camera count
 geometrically until a run fails (or the limit passes), then bisects between the last pass and the first failure,
@@ -9,20 +10,28 @@ so it takes at most about 2 log2(limit) runs, and never more than ``max_runs``.
 from __future__ import annotations
 
 import datetime
+import math
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from pathlib import Path
 
 from reidctl.config import Config
-from reidctl.engine.bench import OpenLoopLoad, environment, load_frames, run_open_loop
-from reidctl.engine.bench_report import BackendResult, BenchReport, BenchSettings, StreamResult
-from reidctl.engine.detector import create_detector, get_backend
+from reidctl.engine.bench import NOTHING_SERVED, environment
+from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult
+from reidctl.engine.detector import Detector, DetectorPool, create_detector, get_backend
 from reidctl.engine.device import resolve_devices
+from reidctl.engine.pipeline import DetectOptions, run_detect
+from reidctl.engine.recommend import deployed_outputs
+from reidctl.engine.stats import LatencySummary
 from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
+from reidctl.io.sources import CameraSpec, camera_specs
+from reidctl.io.synthetic import write_synthetic_video
 
 DEFAULT_LIMIT = 64
 DEFAULT_MAX_RUNS = 14
+CAMERA_RATE_SHARE = 0.95  # of its frame rate each camera of a passing run is served at
 
 
 @dataclass
@@ -70,25 +79,83 @@ def search_max_cameras(
 
 
 @dataclass
-class Measurement:
-    """What the open-loop runs need besides the config: the frames and the in-process batcher's policy."""
+class CameraPlan:
+    """The cameras that `--verify` and `--max-cameras` run through the deployment's pipeline: the user's sources
+    (repeated up to the count), else one clip generated at the cameras' resolution and rate that every camera
+    plays as a camera would (decoded by its own reader, in real time)."""
 
-    frames: Sequence[np.ndarray]
+    resolution: tuple[int, int]  # (height, width) of the generated clip
     seconds: float
-    jitter: float = 0.0
-    max_batch: int = 8
-    max_delay_ms: float = 0.0
+    sources: list[str] | None = None
 
-    @classmethod
-    def from_bench(cls, config: Config, bench: BenchReport | None, seconds: float, jitter: float = 0.0) -> Measurement:
-        """The bench run's frames and batcher (its synthetic frames, or its source where it is still there)."""
-        settings = bench.settings if bench else {}
-        frame_size = settings.get("frame_size")
-        frame_settings = BenchSettings(
-            [], source=settings.get("source"), frame_size=tuple(frame_size) if frame_size else None
-        )
-        frames, _ = load_frames(frame_settings, config.detection.input_size)
-        return cls(frames, seconds, jitter, int(settings.get("max_batch", 8)), float(settings.get("max_delay_ms", 0.0)))
+    @property
+    def generated(self) -> bool:
+        return not self.sources
+
+    def specs(self, cameras: int, fps: float, directory: Path) -> list[CameraSpec]:
+        if self.sources:
+            return camera_specs([f"cam{i + 1}={self.sources[i % len(self.sources)]}" for i in range(cameras)])
+        height, width = self.resolution
+        clip = Path(directory) / f"camera-{height}x{width}-{fps:g}fps.mp4"
+        if not clip.exists():
+            write_synthetic_video(clip, math.ceil(self.seconds * fps), self.resolution, fps)
+        return camera_specs([f"cam{i + 1}={clip}" for i in range(cameras)])
+
+    def describe(self, cameras: int, fps: float) -> str:
+        if self.sources:
+            return f"{cameras} camera(s) from the given sources"
+        height, width = self.resolution
+        return f"{cameras} generated {width}x{height} clip(s) at {fps:g} FPS, {self.seconds:g} s each"
+
+
+@dataclass
+class PipelineRun:
+    """One run of the deployment's pipeline at camera rate, as an open-loop result and its detect summary."""
+
+    result: StreamResult
+    summary: dict
+    stopped: str | None
+
+    def passes(self, latency_ms: float) -> bool:
+        """Every camera served at its rate (a file camera that cannot be read that fast falls behind instead of
+        dropping), nothing dropped, P99 within ``latency_ms``."""
+        slowest = min((camera["fps"] or 0.0 for camera in self.summary["cameras"]), default=0.0)
+        at_rate = slowest >= CAMERA_RATE_SHARE * self.result.fps_per_camera
+        return self.stopped is None and at_rate and self.result.within(latency_ms)
+
+
+def run_deployment(
+    config: Config,
+    backend: str,
+    plan: CameraPlan,
+    cameras: int,
+    fps: float,
+    latency_ms: float,
+    directory: Path,
+    detector: Detector | DetectorPool | None = None,
+    warn: Callable[[str], None] = lambda line: None,
+) -> PipelineRun:
+    """What deploy.sh runs (`reidctl detect` with its outputs, the cameras in real time) on ``plan``'s cameras."""
+    specs = plan.specs(cameras, fps, directory)
+    options = DetectOptions(realtime=True, max_frames=math.ceil(plan.seconds * fps))
+    outputs = Path(tempfile.mkdtemp(prefix="outputs-", dir=directory))
+    try:
+        done = run_detect(config, specs, deployed_outputs(outputs), options, backend, warn=warn, detector=detector)
+    finally:
+        shutil.rmtree(outputs, ignore_errors=True)
+    summary = done.summary
+    if done.failed:
+        raise ReidctlError(f"the deployment's pipeline failed: {done.stopped}")
+    latency = LatencySummary.from_samples(done.latencies) if done.latencies else NOTHING_SERVED
+    wall = summary["wall_seconds"]
+    sizes = {int(size): count for size, count in (summary["batch_sizes"] or {}).items()}
+    result = StreamResult(
+        "pipeline", cameras, len(done.latencies), wall, summary["frames"] / wall if wall else 0.0, latency,
+        sizes or None, load="open", fps_per_camera=fps, latency_budget_ms=latency_ms, dropped=summary["dropped"],
+        late=sum(seconds * 1000.0 > latency_ms for seconds in done.latencies),
+        per_device=summary.get("per_device"),
+    )  # fmt: skip
+    return PipelineRun(result, summary, done.stopped)
 
 
 @dataclass
@@ -105,12 +172,14 @@ def measure_capacity(
     backend: str,
     fps: float,
     latency_ms: float,
-    measurement: Measurement,
+    plan: CameraPlan,
+    directory: Path,
     limit: int = DEFAULT_LIMIT,
     max_runs: int = DEFAULT_MAX_RUNS,
     on_run: Callable[[str, StreamResult], None] = lambda backend, run: None,
 ) -> CapacityResult:
-    """Search ``backend``'s capacity at ``fps`` per camera on this machine (one detector for every run)."""
+    """Search ``backend``'s capacity at ``fps`` per camera on this machine through the deployment's pipeline (one
+    detector for every run)."""
     result = CapacityResult(backend, "ok")
     reason = get_backend(backend).availability()
     if reason:
@@ -119,11 +188,10 @@ def measure_capacity(
         with create_detector(config, backend) as detector:
 
             def passes(cameras: int) -> bool:
-                load = OpenLoopLoad(cameras, fps, measurement.seconds, latency_ms, measurement.jitter)
-                run = run_open_loop(detector, measurement.frames, load, measurement.max_batch, measurement.max_delay_ms)
-                result.runs.append(run)
-                on_run(backend, run)
-                return run.within(latency_ms)
+                run = run_deployment(config, backend, plan, cameras, fps, latency_ms, directory, detector)
+                result.runs.append(run.result)
+                on_run(backend, run.result)
+                return run.passes(latency_ms)
 
             result.outcome = search_max_cameras(passes, limit, max_runs=max_runs)
     except BackendUnavailable as exc:
@@ -142,12 +210,3 @@ def capacity_report(config: dict, device: str, results: Sequence[CapacityResult]
         config=config,
         backends=[BackendResult(r.backend, r.status, r.reason, multi_stream=list(r.runs)) for r in results],
     )
-
-
-def verify(
-    config: Config, backend: str, cameras: int, fps: float, latency_ms: float, measurement: Measurement
-) -> StreamResult:
-    """The chosen setup, open loop at ``cameras`` x ``fps`` on this machine: pass = ``run.within(latency_ms)``."""
-    with create_detector(config, backend) as detector:
-        load = OpenLoopLoad(cameras, fps, measurement.seconds, latency_ms, measurement.jitter)
-        return run_open_loop(detector, measurement.frames, load, measurement.max_batch, measurement.max_delay_ms)

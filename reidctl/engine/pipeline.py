@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.engine.cameras import Camera, Hub, TimedFrame
-from reidctl.engine.detector import Detector, DetectorPool, StageTimes, create_detector
+from reidctl.engine.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error, first_line
@@ -100,6 +100,7 @@ class DetectResult:
     summary: dict
     written: list[Path] = field(default_factory=list)
     stopped: str | None = None  # None: every camera ended; "interrupted", "terminated", or the error's message
+    latencies: list[float] = field(default_factory=list)  # seconds, every finished frame: decoded -> detections
 
     @property
     def failed(self) -> bool:
@@ -274,6 +275,7 @@ class _Run:
     def start(self) -> None:
         """The clock starts; a server's batches and each device's share are counted from here."""
         self.started = time.perf_counter()
+        self.detector.load = DetectionLoad()  # this run's frames, not the warm-up's
         self.shares_before = self.detector.device_shares()
         if self.detector.runner.batches_remotely:
             self.server_batches_before = self.detector.runner.batch_counts()
@@ -435,13 +437,16 @@ def run_detect(
     backend: str | None = None,
     warn: Warn = print,
     on_update: Callable[[dict], None] | None = None,
+    detector: Detector | DetectorPool | None = None,
 ) -> DetectResult:
     """Detect on every camera until each has ended or the run stops; publish every finished frame either way.
 
     ``warn`` takes warning lines; ``on_update`` gets the live statistics about every half second (main thread).
-    Errors before the first frame (a source that cannot be opened, a bad output path, a backend that cannot run)
-    raise a ReidctlError and write nothing.
+    ``detector``: one the caller made and keeps (runs one after another share it), else one of ``config`` is made
+    and closed here. Errors before the first frame (a source that cannot be opened, a bad output path, a backend
+    that cannot run) raise a ReidctlError and write nothing.
     """
+    owned = detector is None
     options = options or DetectOptions()
     plan = plan_outputs([spec.name for spec in specs], request)
     input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
@@ -452,10 +457,9 @@ def run_detect(
                options.max_frames)
         for spec, source in zip(specs, sources)
     ]
-    detector = None
     left_running = False
     try:
-        detector = create_detector(config, backend, warn)
+        detector = detector or create_detector(config, backend, warn)
         max_batch = options.max_batch or default_max_batch(len(cameras), batch_loops(detector))
         try:
             _warm_up(detector, len(cameras), max_batch)
@@ -470,7 +474,7 @@ def run_detect(
         for camera in cameras:
             if not camera.started:
                 camera.source.close()
-        if detector is not None and not left_running:  # never free a model that a stuck step still uses
+        if owned and detector is not None and not left_running:  # never free a model that a stuck step still uses
             detector.close()
 
 
@@ -512,12 +516,16 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
                 worker.join(max(0.0, deadline - time.monotonic()))
             for camera in cameras:
                 camera.join(max(0.0, deadline - time.monotonic()))
-    summary = {**detector.describe(), **run.statistics(recent=False)}
+    load = detector.load
+    summary = {**detector.describe(), **run.statistics(recent=False),
+               "detection_load": {"candidates_per_frame": load.candidates_per_frame,
+                                  "kept_per_frame": load.kept_per_frame}}
     peak = detector.peak_memory_bytes()
     summary.update(gpu_memory_peak_mib=peak / 2**20 if peak is not None else None,
                    interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
     if plan.summary_json:
         write_text_atomic(plan.summary_json, json.dumps(summary, indent=2))
         written.append(plan.summary_json)
-    return DetectResult(summary, written, stopped), any(worker.is_alive() for worker in workers)
+    latencies = [seconds for camera in cameras for seconds in camera.latencies]
+    return DetectResult(summary, written, stopped, latencies), any(worker.is_alive() for worker in workers)
 

@@ -25,6 +25,7 @@ import yaml
 from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BackendResult, BenchReport, StreamResult, load_report
 from reidctl.config import Config, override
 from reidctl.engine.detector import available_backends
+from reidctl.engine.pipeline import OutputRequest
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import write_text_atomic
 
@@ -472,6 +473,13 @@ def config_snippet(backend: str, mode: str | None, config: dict, need: Need, bat
 
 
 DEPLOY_CONFIG = '"$DEPLOY_DIR/config.yaml"'  # deploy.sh finds its config beside itself, wherever it is run from
+# What deploy.sh's detect writes, relative to its folder; `recommend --verify` runs the same into a folder of its own.
+DEPLOYED_OUTPUTS = {"--mot": "runs/mot", "--jsonl": "runs/detections.jsonl"}
+
+
+def deployed_outputs(directory: Path) -> OutputRequest:
+    """The outputs of deploy.sh's detect, written under ``directory``."""
+    return OutputRequest(mot=directory / DEPLOYED_OUTPUTS["--mot"], jsonl=directory / DEPLOYED_OUTPUTS["--jsonl"])
 
 
 def deploy_commands(backend: str, config_arg: str, detection: dict, sources: list[str] | None = None) -> list[str]:
@@ -493,7 +501,10 @@ def deploy_commands(backend: str, config_arg: str, detection: dict, sources: lis
             f"--start  # queue delay and preferred batch sizes: from the config"
         )
     cameras = _shell_words(*sources) if sources else '"$@"'
-    commands.append(f"reidctl detect {cameras} {_shell_words('--backend', backend)} -c {config_arg}")
+    # The cameras in real time and the outputs below the deploy folder: what `recommend --verify` runs.
+    outputs = " ".join(f'{option} "$DEPLOY_DIR/{path}"' for option, path in DEPLOYED_OUTPUTS.items())
+    commands.append(f"reidctl detect {cameras} {_shell_words('--backend', backend)} -c {config_arg} --realtime "
+                    f"{outputs}")
     return commands
 
 

@@ -12,7 +12,7 @@ from reidctl.cli import app
 from reidctl.config import load_config, to_dict
 from reidctl.engine.bench import OpenLoopLoad, open_loop, run_open_loop
 from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult, load_report
-from reidctl.engine.capacity import Measurement, measure_capacity, search_max_cameras
+from reidctl.engine.capacity import CameraPlan, measure_capacity, search_max_cameras
 from reidctl.engine.detector import create_detector
 from reidctl.engine.recommend import Need, deploy_commands, deploy_detection
 from reidctl.engine.stats import LatencySummary
@@ -95,14 +95,16 @@ def test_capacity_search_starting_above_the_capacity_bisects_down():
     assert outcome.cameras == 5 and [c for c, _ in outcome.tried] == [16, 8, 4, 6, 5]
 
 
-def test_measured_capacity_search_on_this_machine(small_config):
-    """A real search: YOLOX-nano on the CPU serves 4 cameras at 2 FPS within a second, and none within 1 ms."""
+def test_measured_capacity_search_on_this_machine(tmp_path, small_config):
+    """A real search through detect's pipeline: YOLOX-nano on the CPU serves 4 cameras at 5 FPS within a second, and
+    none within 1 ms."""
     config = load_config(small_config)
-    measurement = Measurement(FRAMES, seconds=1.0)
-    roomy = measure_capacity(config, "pytorch", 2.0, 1000.0, measurement, limit=4)
-    assert roomy.status == "ok" and roomy.outcome.cameras == 4 and roomy.outcome.at_limit
+    plan = CameraPlan((120, 160), seconds=1.0)
+    roomy = measure_capacity(config, "pytorch", 5.0, 1000.0, plan, tmp_path, limit=4)
+    assert roomy.status == "ok" and roomy.outcome.cameras == 4 and roomy.outcome.at_limit, roomy.reason
     assert [run.cameras for run in roomy.runs] == [1, 2, 4] and all(run.within(1000.0) for run in roomy.runs)
-    tight = measure_capacity(config, "pytorch", 2.0, 1.0, measurement, limit=4)
+    assert all(run.mode == "pipeline" and run.requests == 5 * run.cameras for run in roomy.runs)
+    tight = measure_capacity(config, "pytorch", 5.0, 1.0, plan, tmp_path, limit=4)
     assert tight.outcome.cameras == 0 and [run.cameras for run in tight.runs] == [1]
 
 
@@ -121,19 +123,34 @@ def saturated_bench(path, config_path, name="pytorch", mode="batched", cameras=1
     return path
 
 
-@pytest.mark.parametrize(("cameras", "fps", "code", "verdict"), [(1, 2, 0, "PASS"), (8, 200, 1, "FAIL")])
+@pytest.mark.parametrize(("cameras", "fps", "code", "verdict"), [(1, 4, 0, "PASS"), (8, 200, 1, "FAIL")])
 def test_verify_passes_and_fails_on_the_two_sides_of_this_machines_capacity(
     tmp_path, small_config, cameras, fps, code, verdict
 ):
-    """The bench says the backend meets the need; this CPU then serves 1 camera at 2 FPS but not 8 at 200 FPS."""
+    """The bench says the backend meets the need; deploy.sh's detect on this CPU then serves 1 camera at 4 FPS but
+    not 8 at 200 FPS."""
     bench = saturated_bench(tmp_path / "bench.json", small_config)
-    result = invoke("recommend", "--bench", bench, "--cameras", cameras, "--fps", fps, "--verify", "--seconds", 1)
+    result = invoke("recommend", "--bench", bench, "--cameras", cameras, "--fps", fps, "--verify", "--seconds", 1,
+                    "--resolution", "120x160")  # fmt: skip
     assert result.exit_code == code, result.output
     assert "Recommended: pytorch (batched)" in result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert line.startswith(f"{verdict}: pytorch (batched) served {cameras} camera(s) at {fps} FPS") and "P99" in line
+    assert line.startswith(f"{verdict}: pytorch (detect's pipeline, outputs on) served {cameras} camera(s) at {fps} "
+                           f"FPS on this machine ({cameras} generated 160x120 clip(s) at {fps} FPS")  # fmt: skip
+    assert "P99" in line and "busiest: " in line and "detection load: " in line
     late, dropped = (int(line.split(f" {word}")[0].rsplit(" ", 1)[1]) for word in ("late", "dropped"))
     assert (late, dropped) == (0, 0) if verdict == "PASS" else dropped > 0
+
+
+def test_verify_fails_where_the_pipeline_not_the_detector_is_the_limit(tmp_path, small_config):
+    """One 1080p camera at 120 FPS: the small model would keep up, but its reader cannot decode that fast. A check
+    of the detector alone passes; deploy.sh's pipeline does not, and the verdict names the readers."""
+    bench = saturated_bench(tmp_path / "bench.json", small_config)
+    result = invoke("recommend", "--bench", bench, "--cameras", 1, "--fps", 120, "--latency-ms", 1000, "--verify",
+                    "--seconds", 0.25, "--resolution", "1080x1920")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert line.startswith("FAIL") and "busiest: readers" in line, line
 
 
 def test_verify_without_a_choice_fails(tmp_path, small_config):
@@ -204,7 +221,8 @@ def test_deploy_writes_a_config_that_loads_and_commands_that_run(tmp_path, small
     script = (deploy / "deploy.sh").read_text()
     commands = [line for line in script.splitlines() if line.startswith("reidctl ")]
     setup, detect = commands
-    assert detect == 'reidctl detect "$@" --backend triton -c "$DEPLOY_DIR/config.yaml"'
+    assert detect == ('reidctl detect "$@" --backend triton -c "$DEPLOY_DIR/config.yaml" --realtime '
+                      '--mot "$DEPLOY_DIR/runs/mot" --jsonl "$DEPLOY_DIR/runs/detections.jsonl"')  # what --verify runs
     # The script finds its config beside itself and takes the cameras as arguments; without any it says so.
     no_cameras = subprocess.run(["sh", str(deploy / "deploy.sh")], capture_output=True, text=True, cwd=tmp_path)
     assert no_cameras.returncode == 2 and "usage: sh deploy.sh CAMERA" in no_cameras.stderr
