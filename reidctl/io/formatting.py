@@ -12,6 +12,7 @@ once scaled, NaN or infinity) is formatted in Python instead, value by value.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -36,14 +37,17 @@ PAIR_TABLES = np.concatenate([
 ])
 
 
-def _text_block(text: list[str]) -> np.ndarray:
-    """Per column, its text as PAD-filled characters (C, width)."""
-    width = max(map(len, text))
+@functools.lru_cache(maxsize=256)
+def _text_block(text: tuple[str, ...], width: int) -> np.ndarray:
+    """Per column, its text as characters (C, width), PAD-filled."""
     padded = [list(t.encode().ljust(width, bytes([PAD]))) for t in text]
     return np.array(padded, dtype=np.uint8).reshape(len(text), width)
 
 
-def _number_columns(values: np.ndarray, decimals: int, before: list[str], after: list[str],
+POINT_PAIR = np.frombuffer(bytes([POINT, PAD]), dtype=np.uint16)[0]
+
+
+def _number_columns(values: np.ndarray, decimals: int, before: tuple[str, ...], after: tuple[str, ...],
                     trim_zeros: bool = False) -> np.ndarray | None:
     """(N, C) numbers -> (N, C * W) uint8 characters: per column ``before[c]``, ``f"{v:.{decimals}f}"``, ``after[c]``,
     with PAD bytes in between.
@@ -51,9 +55,8 @@ def _number_columns(values: np.ndarray, decimals: int, before: list[str], after:
     ``trim_zeros`` drops trailing zeros of the fraction, keeping one digit ("1.5", "2.0"): the same number, shorter.
     None where some value cannot be formatted exactly here (the module docstring says when).
     """
-    magnitude = np.abs(values.astype(np.float64))
-    scaled = magnitude * 10.0**decimals
-    if not np.isfinite(scaled).all() or (scaled >= EXACT_LIMIT).any():
+    scaled = np.abs(values.astype(np.float64)) * 10.0**decimals
+    if not (scaled < EXACT_LIMIT).all():  # NaN compares false too
         return None
     if values.dtype.itemsize > 4 or values.dtype.kind not in "fiu":
         # The product was rounded: a value whose fraction lies within that rounding of .5 may round either way.
@@ -63,35 +66,45 @@ def _number_columns(values: np.ndarray, decimals: int, before: list[str], after:
     whole = np.rint(scaled)
     largest = int(whole.max()) if whole.size else 0
     whole = whole.astype(np.int32 if largest < 2**31 else np.int64)  # int32 divides faster
-    pairs = (max(len(str(largest)), decimals + 1) + 1) // 2
-    digits = np.empty(values.shape + (pairs,), dtype=np.uint16)
-    rest = whole
+    unit = 10**decimals
+    integer = whole // unit
+    integer_pairs, fraction_pairs = (len(str(largest // unit)) + 1) // 2, (decimals + 1) // 2
+    # Per value: prefix, sign | integer digits | point, PAD | fraction digits | suffix: the digits start at even
+    # offsets, so that each pair is written as one uint16.
+    prefix_width = max(map(len, before)) | 1
+    suffix_width = max(map(len, after))
+    suffix_width += (prefix_width + 3 + suffix_width) % 2
+    integer_at = (prefix_width + 1) // 2
+    point_at = integer_at + integer_pairs
+    suffix_at = 2 * (point_at + 1 + fraction_pairs)
+    rows, columns = values.shape
+    out = np.empty((rows, columns, suffix_at + suffix_width), dtype=np.uint8)
+    out[..., :prefix_width] = _text_block(before, prefix_width)
+    out[..., prefix_width] = np.signbit(values) * np.uint8(MINUS)
+    out[..., suffix_at:] = _text_block(after, suffix_width)
+    pairs = out.view(np.uint16)
+    pairs[..., point_at] = POINT_PAIR
+    rest = integer
+    for place in range(integer_pairs):  # from the units up: an empty place above the number's first digit
+        higher = rest // 100
+        empty = LEADING_UNITS if place == 0 else LEADING
+        pairs[..., point_at - 1 - place] = PAIR_TABLES[rest - higher * 100 + np.where(higher == 0, empty, FULL)]
+        rest = higher
+    rest = whole - integer * unit
     only_zeros_below = True
-    for place in range(pairs):  # the pair of digits weighing 10**(2 * place) and 10**(2 * place + 1)
+    for place in range(fraction_pairs):  # from the last decimal up
         higher = rest // 100
         pair = rest - higher * 100
-        if 2 * place + 1 >= decimals + 1:  # the upper digit lies above the units digit: empty if it leads
-            table = pair + np.where(higher == 0, LEADING if 2 * place >= decimals + 1 else LEADING_UNITS, FULL)
-        elif trim_zeros and 2 * place + 1 < decimals - 1:  # both digits are fraction digits past the first
+        if 2 * place + 1 == decimals:  # an odd count of decimals: this pair's upper place is empty
+            table = pair + LEADING_UNITS
+        elif trim_zeros and 2 * place + 1 < decimals - 1:  # both places lie past the first decimal
             table = pair + TRIMMED * only_zeros_below
             only_zeros_below = only_zeros_below & (pair == 0)
         else:
             table = pair
-        digits[..., pairs - 1 - place] = PAIR_TABLES[table]
+        pairs[..., point_at + fraction_pairs - place] = PAIR_TABLES[table]
         rest = higher
-    characters = digits.view(np.uint8)
-    prefix, suffix = _text_block(before), _text_block(after)
-    integer_digits = 2 * pairs - decimals
-    # Per value: prefix, sign, integer digits, point, fraction digits, suffix.
-    starts = np.cumsum([0, prefix.shape[1], 1, integer_digits, 1, decimals, suffix.shape[1]])
-    out = np.empty(values.shape + (starts[-1],), dtype=np.uint8)
-    out[..., starts[0]:starts[1]] = prefix
-    out[..., starts[1]] = np.signbit(values).view(np.uint8) * np.uint8(MINUS)
-    out[..., starts[2]:starts[3]] = characters[..., :integer_digits]
-    out[..., starts[3]] = POINT
-    out[..., starts[4]:starts[5]] = characters[..., integer_digits:]
-    out[..., starts[5]:] = suffix
-    return out.reshape(len(values), -1)
+    return out.reshape(rows, -1)
 
 
 def _join(columns: list[np.ndarray]) -> bytes:
@@ -111,8 +124,8 @@ def mot_text(frame_index: int, detections: np.ndarray) -> bytes:
     if len(detections) == 0:
         return b""
     boxes, scores = _boxes_and_scores(detections)
-    box_text = _number_columns(boxes, 2, [f"{frame_index + 1},-1,", "", "", ""], [","] * 4)
-    score_text = _number_columns(scores, 5, [""], [",-1,-1,-1\n"])
+    box_text = _number_columns(boxes, 2, (f"{frame_index + 1},-1,", "", "", ""), (",",) * 4)
+    score_text = _number_columns(scores, 5, ("",), (",-1,-1,-1\n",))
     if box_text is None or score_text is None:
         return mot_text_per_value(frame_index, detections)
     return _join([box_text, score_text])
@@ -127,7 +140,7 @@ def mot_text_per_value(frame_index: int, detections: np.ndarray) -> bytes:
 def jsonl_text(camera: str, frame_index: int, name: str, detections: np.ndarray) -> bytes:
     """One JSON line: camera, 0-based frame, name and the (N, 7) rows, each value rounded to 5 decimals."""
     columns = detections.shape[1] if detections.ndim == 2 else 0
-    rows = _number_columns(detections, 5, ["["] + [""] * (columns - 1), [", "] * (columns - 1) + ["], "],
+    rows = _number_columns(detections, 5, ("[",) + ("",) * (columns - 1), (", ",) * (columns - 1) + ("], ",),
                            trim_zeros=True) if len(detections) else None
     if rows is None:
         return jsonl_text_per_value(camera, frame_index, name, detections)

@@ -160,7 +160,10 @@ class OutputStage:
                 break
             seconds.append(time.perf_counter() - started)
         written = step[:len(seconds)]
-        seconds = [s + v for s, v in zip(seconds, self._write_last(written))]
+        try:
+            seconds = [s + v for s, v in zip(seconds, self._write_last(written))]
+        except Exception as exc:  # noqa: BLE001  the failed video is not published: the others hold these frames
+            failure = exc
         with self._condition:
             self.frames += len(written)
             self.rows += sum(len(item.detections) for item in written)
