@@ -120,6 +120,13 @@ def detect(
                  "sizes) as JSON.",
         ),
     ] = None,
+    no_output: Annotated[
+        bool,
+        typer.Option(
+            "--no-output",
+            help="Write no detection output (no runs/detect/ default either); --summary-json may still be given.",
+        ),
+    ] = False,
     max_frames: Annotated[
         Optional[int],
         typer.Option(
@@ -180,7 +187,7 @@ def detect(
     entries = list(sources or []) + (read_source_list(sources_file) if sources_file else [])
     specs = camera_specs(entries)
     cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16)
-    request = OutputRequest(mot, jsonl, save_video, save_images, summary_json)
+    request = OutputRequest(mot, jsonl, save_video, save_images, summary_json, no_output)
     options = DetectOptions(realtime, max_frames, timeout, strict, max_batch)
     with Live(console=err_console, refresh_per_second=4, transient=True) if progress else nullcontext() as live:
         show = (lambda stats: live.update(statistics_table(stats, "detect"))) if progress else None
@@ -190,7 +197,8 @@ def detect(
     console.print(statistics_table(summary, "Detection summary"))
     for path in result.written:
         console.print(f"wrote {path}")
-    frames = f"{summary['frames']} frame{'s' if summary['frames'] != 1 else ''}"
+    finished = summary["outputs"]["frames"]  # a frame is finished once every output holds it
+    frames = f"{finished} frame{'s' if finished != 1 else ''}"
     if result.failed:
         fail(f"stopped after {frames}: {result.stopped}; the outputs hold every finished frame")
     if result.stopped:

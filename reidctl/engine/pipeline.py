@@ -7,9 +7,10 @@ through a server one per request its client keeps in flight (detection.triton.ma
 request that the server joins into its own batches. A camera gives its next frame only once its last one is
 finished.
 
-Nothing finished is lost: a frame counts as finished once it is written to every output (under one lock, so a stop
-never splits a frame between outputs). Any stop (every camera ended, an error, Ctrl-C, SIGTERM) publishes every
-finished frame in every output, and the result says why the run stopped.
+Outputs are written off the detection path: a step's frames are handed to the output stage's writer thread
+(reidctl/io/output_stage.py), which formats and writes them while the next step runs. Nothing handed over is lost,
+and every output holds the same frames: any stop (every camera ended, an error, a full disk, Ctrl-C, SIGTERM) takes
+no frame more, writes every frame handed over, then publishes every output, and the result says why the run stopped.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from reidctl.engine.cameras import Camera, Hub, TimedFrame
 from reidctl.engine.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
-from reidctl.errors import ReidctlError, Terminated, describe_error, first_line
+from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, open_source
 from reidctl.io.synthetic import VIDEO_CODECS, synthetic_frame
+from reidctl.io.output_stage import OutputStage
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
 DEFAULT_OUTPUT_DIR = Path("runs/detect")
@@ -61,6 +63,7 @@ class OutputRequest:
     video: Path | None = None
     images: Path | None = None
     summary_json: Path | None = None
+    no_output: bool = False  # no detection output at all (a summary may still be written)
 
 
 @dataclass
@@ -114,7 +117,11 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
     """Every output path, checked before anything is opened: a one-line error for a path that cannot work."""
     single = len(names) == 1
     mot = request.mot
-    if not any((request.mot, request.jsonl, request.video, request.images)):
+    given = [option for option, path in (("--mot", request.mot), ("--jsonl", request.jsonl),
+                                         ("--save-video", request.video), ("--save-images", request.images)) if path]
+    if request.no_output and given:
+        raise ReidctlError(f"--no-output writes no detection output: drop {', '.join(given)} or --no-output")
+    if not given and not request.no_output:
         mot = DEFAULT_OUTPUT_DIR / f"{names[0]}.txt" if single else DEFAULT_OUTPUT_DIR
     for option, path in (("--mot", mot), ("--save-video", request.video)):
         if path is None:
@@ -124,6 +131,10 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
         if not single and path.exists() and not path.is_dir():
             raise ReidctlError(f"{option} {path} is a file: with {len(names)} cameras it names a directory "
                                "(one file per camera)")
+        if not single:
+            _refuse_file_name(option, path, f"with {len(names)} cameras it names a directory (one file per camera)")
+    if request.images is not None:
+        _refuse_file_name("--save-images", request.images, "it names a directory (one image per frame)")
     if single and request.video and request.video.suffix.lower() not in VIDEO_CODECS:
         raise ReidctlError(f"unsupported video extension '{request.video.suffix}' (use {', '.join(VIDEO_CODECS)})")
     for option, path in (("--jsonl", request.jsonl), ("--summary-json", request.summary_json)):
@@ -146,6 +157,13 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
     return plan
 
 
+def _refuse_file_name(option: str, path: Path, needs: str) -> None:
+    """A directory output named like a file (``x.txt``) is a mistake more often than a directory: refused, unless
+    that directory exists."""
+    if path.suffix and not path.is_dir():
+        raise ReidctlError(f"{option} {path}: {needs}; give a directory name without a suffix like '{path.suffix}'")
+
+
 def _refuse_shared_paths(plan: OutputPlan) -> None:
     seen: dict[Path, str] = {}
     for option, path in plan.files():
@@ -156,6 +174,10 @@ def _refuse_shared_paths(plan: OutputPlan) -> None:
     for directory in plan.directories():
         if directory.resolve() in seen:
             raise ReidctlError(f"{seen[directory.resolve()]} writes {directory}, where --save-images writes images")
+        for key, option in seen.items():
+            if key.is_relative_to(directory.resolve()):
+                raise ReidctlError(f"{option} writes {key.relative_to(directory.resolve())} inside {directory}, where "
+                                   "--save-images writes images: give it a path outside that directory")
 
 
 def _check_writable(directory: Path) -> None:
@@ -177,13 +199,14 @@ def _check_writable(directory: Path) -> None:
 
 
 class Outputs:
-    """Every camera's writers. ``write`` under ``lock``; once ``closed``, nothing more is written."""
+    """Every camera's writers, written on the output stage's thread (``submit`` hands a step's frames over).
 
-    def __init__(self, plan: OutputPlan, cameras: list[Camera]):
-        self.lock = threading.Lock()
-        self.closed = False
+    ``on_failure`` hears, from that thread, why an output failed (a full disk): the run stops there."""
+
+    def __init__(self, plan: OutputPlan, cameras: list[Camera], on_failure: Callable[[str], None] | None = None):
         self.writers: dict[str, list] = {}
         self.jsonl = None
+        self.stage: OutputStage | None = None
         try:
             for directory in {*(path.parent for _, path in plan.files()), *plan.directories()}:
                 ensure_writable_dir(directory)
@@ -194,30 +217,34 @@ class Outputs:
                 writers += [MOTWriter(paths.mot)] if paths.mot else []
                 writers += [VideoWriter(paths.video, camera.fps)] if paths.video else []
                 writers += [ImageDirWriter(paths.images)] if paths.images else []
+            self.stage = OutputStage(self.writers, [self.jsonl] if self.jsonl else [], on_failure=on_failure)
         except BaseException:
-            self.close(publish=False)
+            for writer in [w for own in self.writers.values() for w in own] + [self.jsonl]:
+                if writer is not None:
+                    writer.close(publish=False)
             raise
 
-    def write(self, camera: str, item: TimedFrame, detections) -> None:
-        for writer in self.writers[camera]:
-            writer.write(camera, item.frame, detections)
-        if self.jsonl:
-            self.jsonl.write(camera, item.frame, detections)
+    def submit(self, frames: list[tuple[TimedFrame, object]]) -> bool:
+        """Hand a step's (frame, detections) over; False once the outputs take no frame more."""
+        return self.stage.submit([(item.camera.name, item.frame, detections) for item, detections in frames])
 
-    def close(self, publish: bool = True) -> list[Path]:
-        """Publish (or discard) every output; returns the paths published. Every writer is closed even if one fails."""
-        self.closed = True
-        writers = [w for camera_writers in self.writers.values() for w in camera_writers] + [self.jsonl]
-        written, errors = [], []
-        for writer in filter(None, writers):
-            try:
-                if writer.close(publish=publish):
-                    written.append(writer.path)
-            except (OSError, ReidctlError) as exc:
-                errors.append(f"cannot publish {writer.path}: {first_line(exc)}")
-        if errors:
-            raise ReidctlError("; ".join(errors))
-        return written
+    def close(self) -> tuple[list[Path], list[str]]:
+        """Take no frame more, write those handed over, publish every output (each even if another fails): the paths
+        published and a line per output that failed."""
+        return self.stage.close(publish=True)
+
+    @property
+    def failure(self) -> str | None:
+        return self.stage.failure
+
+    def statistics(self, recent: bool = False) -> dict:
+        """The output stage's figures: frames and rows written, per-frame write time (ms), the frames queued and
+        the queue's capacity, and the seconds the detection loops waited on a full queue."""
+        stats = self.stage.statistics(recent)
+        return {"frames": stats["frames"], "rows": stats["rows"], "write_ms": _latency(stats["write_seconds"]),
+                "write_busy_seconds": float(stats["write_seconds"].sum()), "queue_depth": stats["queue_depth"],
+                "queue_capacity": stats["queue_capacity"], "producer_wait_seconds": stats["wait_seconds"],
+                "producer_waits": stats["waits"]}
 
 
 @contextlib.contextmanager
@@ -281,17 +308,14 @@ class _Run:
             self.server_batches_before = self.detector.runner.batch_counts()
 
     def finish(self, items: list[TimedFrame], results: list) -> None:
-        """Write a step's frames to every output; a frame is finished only once all its outputs hold it."""
+        """Hand a step's frames to the outputs' writer thread and return: it writes them while the next step runs."""
         done = time.perf_counter()
-        with self.outputs.lock:
-            if self.outputs.closed:
-                return  # the run stopped while this step ran: its frames are not finished
-            for item, detections in zip(items, results):
-                camera = item.camera
-                if camera.max_frames is not None and camera.frames >= camera.max_frames:
-                    continue
-                self.outputs.write(camera.name, item, detections)
-                camera.record(done - item.decoded_at, len(detections), done)
+        frames = [(item, detections) for item, detections in zip(items, results)
+                  if item.camera.max_frames is None or item.camera.frames < item.camera.max_frames]
+        if not frames or not self.outputs.submit(frames):
+            return  # the run stopped while this step ran: its frames are not finished
+        for item, detections in frames:
+            item.camera.record(done - item.decoded_at, len(detections), done)
 
     def batch_loop(self) -> None:
         """One detect step over the newest frame of every camera that has one (through a server: one request)."""
@@ -344,7 +368,7 @@ class _Run:
             sizes = dict(Counter(self.recent_batches))
         batches = sum(sizes.values()) if sizes else 0
         shares = self.detector.device_shares(since=self.shares_before)
-        stages, busy = self._stages(wall, frames)
+        stages, busy = self._stages(wall, frames, self.outputs.statistics())
         return {
             "cameras": cameras,
             "frames": frames,
@@ -363,7 +387,7 @@ class _Run:
             "limiting_stage": max(busy, key=busy.get) if frames else None,
         }
 
-    def _stages(self, wall: float, frames: int) -> tuple[dict, dict]:
+    def _stages(self, wall: float, frames: int, outputs: dict) -> tuple[dict, dict]:
         """Each host stage's mean time per frame (ms), and how busy each kind of worker was (its share of the run's
         wall time; readers: the busiest camera's): the busiest names the stage that limits the run."""
         cameras = self.hub.cameras
@@ -372,11 +396,13 @@ class _Run:
             "letterbox": _mean_ms([s for c in cameras for s in c.letterbox_seconds[-4096:]]),
             **{stage: _mean_ms(seconds[-4096:]) for stage, seconds in self.stage_seconds.items()},
             "detect_step": (sum(self.step_seconds) * 1000.0 / frames) if frames else None,
+            "write": outputs["write_ms"]["mean"],
         }
         loops = batch_loops(self.detector)
         busy = {
             "readers": max((sum(c.decode_seconds) + sum(c.letterbox_seconds) for c in cameras), default=0.0) / wall,
             "detection": sum(self.step_seconds) / (wall * loops),
+            "outputs": outputs["write_busy_seconds"] / wall,  # one writer thread
         }
         return per_frame, {name: round(value, 3) for name, value in busy.items()}
 
@@ -484,7 +510,7 @@ def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None) -> Callable[[
 
 def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,
          on_update: Callable[[dict], None] | None) -> tuple[DetectResult, bool]:
-    outputs = Outputs(plan, cameras)
+    outputs = Outputs(plan, cameras, on_failure=hub.stop)
     run = _Run(detector, hub, outputs, max_batch)
     workers: list[threading.Thread] = []
     stopped = None
@@ -509,15 +535,17 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     finally:
         with _signals_held():
             hub.stop()
-            with outputs.lock:  # waits for a frame being written, then no frame more
-                written = outputs.close(publish=True)
+            written, publish_errors = outputs.close()
             deadline = time.monotonic() + WORKER_JOIN_S
             for worker in workers:
                 worker.join(max(0.0, deadline - time.monotonic()))
             for camera in cameras:
                 camera.join(max(0.0, deadline - time.monotonic()))
+    # A failed output (a full disk) is an error, even where Ctrl-C stopped the run first.
+    failures = list(dict.fromkeys(f for f in (hub.failure, outputs.failure, *publish_errors) if f))
+    stopped = "; ".join(failures) if failures else stopped
     load = detector.load
-    summary = {**detector.describe(), **run.statistics(recent=False),
+    summary = {**detector.describe(), **run.statistics(recent=False), "outputs": outputs.statistics(),
                "detection_load": {"candidates_per_frame": load.candidates_per_frame,
                                   "kept_per_frame": load.kept_per_frame}}
     peak = detector.peak_memory_bytes()

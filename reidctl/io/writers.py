@@ -1,92 +1,156 @@
 """Detection outputs: MOT17 text, JSON lines, annotated video or images.
 
-Each writer fills a temporary file and renames it into place on ``close(publish=True)``. A frame's rows are
-written whole, so publishing after any stop yields a valid file holding every frame written so far.
+Each writer fills a temporary file (a temporary folder for images) and moves it into place on ``close(publish=True)``.
+A frame is written whole or not at all: a write that fails (a full disk) takes back what it wrote of that frame, and
+``undo_last`` takes back a whole frame that another output could not take, so every output can be cut to the same
+frames. Publishing after any stop yields valid files holding every frame written so far.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import AtomicFile, atomic_path, ensure_writable_dir
+from reidctl.io.atomic import AtomicFile, ensure_writable_dir
+from reidctl.io.formatting import jsonl_text, mot_text
 from reidctl.io.sources import Frame
 from reidctl.io.synthetic import VIDEO_CODECS
 
 
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """Every byte of ``data`` at ``offset``, or an OSError (a write may take part of it when the disk fills)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _cannot_write(path: Path, exc: OSError) -> ReidctlError:
+    return ReidctlError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 class OutputWriter:
-    """One output file. ``write`` takes one camera's frame with its (N, 7) detections."""
+    """One output. ``write`` takes one camera's frame with its (N, 7) detections; ``undo_last`` removes the last frame
+    written where the writer can (``undoable``)."""
+
+    undoable = True
+    draws = False  # needs the frame's image
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._file = AtomicFile(self.path)
-        self.tmp = self._file.tmp
         self.frames = 0
         self.closed = False
+        self.failed = False  # a write failed that could not be taken back: the output is not published
 
     def write(self, camera: str, frame: Frame, detections: np.ndarray) -> None:
-        self._write(camera, frame, detections)
+        try:
+            self._write(camera, frame, detections)
+        except BaseException:
+            self.failed = not self.undoable
+            raise
         self.frames += 1
 
-    def _write(self, camera: str, frame: Frame, detections: np.ndarray) -> None:
-        raise NotImplementedError
+    def undo_last(self) -> None:
+        self._undo_last()
+        self.frames -= 1
 
     def close(self, publish: bool = True) -> bool:
-        """Publish the file or discard it; True if a file was published. Safe to call twice."""
+        """Publish the output or discard it; True if it was published. Safe to call twice."""
         if self.closed:
             return False
         self.closed = True
         try:
             self._flush()
-            if publish and self._publishable():
-                self._file.commit()
+            if publish and not self.failed and self._publishable():
+                self._publish()
                 return True
             return False
         finally:
-            self._file.discard()
+            self._discard()
 
-    def _publishable(self) -> bool:
-        return True
+    def _write(self, camera: str, frame: Frame, detections: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _undo_last(self) -> None:
+        raise NotImplementedError
 
     def _flush(self) -> None:
         pass
 
+    def _publishable(self) -> bool:
+        return True
 
-class TextWriter(OutputWriter):
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        raise NotImplementedError
+
+
+class FileWriter(OutputWriter):
+    """One file, written to a temporary file beside it and renamed into place."""
+
     def __init__(self, path: Path):
         super().__init__(path)
-        self.handle = self.tmp.open("w")
+        self._file = AtomicFile(self.path)
+        self.tmp = self._file.tmp
 
-    def _flush(self) -> None:
-        self.handle.close()
+    def _publish(self) -> None:
+        self._file.commit()
+
+    def _discard(self) -> None:
+        self._file.discard()
+
+
+class TextWriter(FileWriter):
+    """Text, one unbuffered write per frame: what a failed write leaves of its frame is cut off again."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
+        self.size = 0
+        self._last_start = 0  # where the last frame's text begins: undo_last cuts the file there
 
     def _write(self, camera, frame, detections) -> None:
-        self.handle.write(self.text(camera, frame, detections))  # one write per frame: a frame is whole or absent
+        data = self.text(camera, frame, detections)
+        try:
+            _write_all(self._fd, data, self.size)
+        except OSError as exc:
+            os.ftruncate(self._fd, self.size)
+            raise _cannot_write(self.path, exc) from None
+        self._last_start, self.size = self.size, self.size + len(data)
 
-    def text(self, camera: str, frame: Frame, detections: np.ndarray) -> str:
+    def _undo_last(self) -> None:
+        self.size = self._last_start
+        os.ftruncate(self._fd, self.size)
+
+    def _flush(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def text(self, camera: str, frame: Frame, detections: np.ndarray) -> bytes:
         raise NotImplementedError
 
 
 class MOTWriter(TextWriter):
     """MOT17 detection format: frame,-1,x,y,w,h,score,-1,-1,-1 (1-based frames, score = obj x class)."""
 
-    def text(self, camera, frame, detections) -> str:
-        return "".join(
-            f"{frame.index + 1},-1,{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},{obj * cls:.5f},-1,-1,-1\n"
-            for x1, y1, x2, y2, obj, cls, _ in detections
-        )
+    def text(self, camera, frame, detections) -> bytes:
+        return mot_text(frame.index, detections)
 
 
 class JSONLWriter(TextWriter):
     """One JSON object per frame: its camera, 0-based frame index, name and the raw (N, 7) rows."""
 
-    def text(self, camera, frame, detections) -> str:
-        rows = [[round(float(v), 5) for v in row] for row in detections]
-        return json.dumps({"camera": camera, "frame": frame.index, "name": frame.name, "detections": rows}) + "\n"
+    def text(self, camera, frame, detections) -> bytes:
+        return jsonl_text(camera, frame.index, frame.name, detections)
 
 
 def draw_detections(image: np.ndarray, detections: np.ndarray) -> np.ndarray:
@@ -98,8 +162,20 @@ def draw_detections(image: np.ndarray, detections: np.ndarray) -> np.ndarray:
     return canvas
 
 
-class VideoWriter(OutputWriter):
-    """Annotated video; the codec follows the extension."""
+def _disk_full(directory: Path) -> bool:
+    stats = os.statvfs(directory)
+    return (stats.f_bfree if os.geteuid() == 0 else stats.f_bavail) == 0
+
+
+class VideoWriter(FileWriter):
+    """Annotated video; the codec follows the extension.
+
+    OpenCV's encoders do not report a failed write (a full disk): each write checks the disk for room, and publishing
+    reads the file back (frame count and last frame) before it is renamed into place.
+    """
+
+    undoable = False  # written after every other output of its frame took it
+    draws = True
 
     def __init__(self, path: Path, fps: float | None):
         fourcc = VIDEO_CODECS.get(Path(path).suffix.lower())
@@ -118,7 +194,8 @@ class VideoWriter(OutputWriter):
         elif image.shape[:2] != self.size:
             image = cv2.resize(image, self.size[::-1])  # a stream that reconnected at another resolution
         self.size = image.shape[:2]
-        self.writer.write(draw_detections(image, detections))
+        if self.writer.write(draw_detections(image, detections)) is False or _disk_full(self.tmp.parent):
+            raise ReidctlError(f"cannot write {self.path}: no space left on device")
 
     def _publishable(self) -> bool:
         return self.frames > 0  # a video without frames is not a valid file
@@ -128,22 +205,62 @@ class VideoWriter(OutputWriter):
             self.writer.release()
             self.writer = None
 
+    def _publish(self) -> None:
+        capture = cv2.VideoCapture(str(self.tmp))
+        try:
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+            capture.set(cv2.CAP_PROP_POS_FRAMES, self.frames - 1)
+            last_readable = count == self.frames and capture.read()[0]
+        finally:
+            capture.release()
+        if not last_readable:
+            raise ReidctlError(f"the video written to {self.path} cannot be read back (a full disk?)")
+        super()._publish()
 
-class ImageDirWriter:
-    """Annotated images, one file per frame, each written atomically."""
+
+class ImageDirWriter(OutputWriter):
+    """Annotated images, one per frame, named after the frame (an image keeps its whole file name: ``a.png.jpg``;
+    a video frame its 0-based index: ``000012.jpg``). They wait in a hidden folder inside the directory until
+    published, and vanish with it when the run is discarded."""
+
+    draws = True
 
     def __init__(self, directory: Path):
-        self.path = Path(directory)
+        super().__init__(directory)
+        created = not self.path.exists()
         ensure_writable_dir(self.path)
-        self.frames = 0
+        self._created = created
+        self.tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=self.path))
+        self._names: list[str] = []
 
-    def write(self, camera: str, frame: Frame, detections: np.ndarray) -> None:
-        stem = Path(frame.name).stem if "#" not in frame.name else f"{frame.index:06d}"
-        target = self.path / f"{stem}.jpg"
-        with atomic_path(target) as tmp:
-            if not cv2.imwrite(str(tmp), draw_detections(frame.image, detections)):
-                raise ReidctlError(f"cannot write image {target}")
-        self.frames += 1
+    def _write(self, camera, frame, detections) -> None:
+        name = f"{frame.index:06d}.jpg" if "#" in frame.name else f"{frame.name}.jpg"
+        ok, encoded = cv2.imencode(".jpg", draw_detections(frame.image, detections))
+        if not ok:
+            raise ReidctlError(f"cannot encode image {self.path / name}")
+        target = self.tmp / name
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                _write_all(fd, encoded.tobytes(), 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            raise _cannot_write(self.path / name, exc) from None
+        self._names.append(name)
 
-    def close(self, publish: bool = True) -> bool:
+    def _undo_last(self) -> None:
+        (self.tmp / self._names.pop()).unlink()
+
+    def _publishable(self) -> bool:
         return self.frames > 0
+
+    def _publish(self) -> None:
+        for name in self._names:
+            os.replace(self.tmp / name, self.path / name)
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._created and not any(self.path.iterdir()):
+            self.path.rmdir()

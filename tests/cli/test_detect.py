@@ -74,7 +74,7 @@ def test_image_folder_with_annotated_images(tmp_path, small_config):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert [r["name"] for r in records] == ["img0.png", "img1.png", "img2.png"]
-    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["img0.png.jpg", "img1.png.jpg", "img2.png.jpg"]
     # Boxes come back in original-frame pixels: centres lie within (a margin around) the frame.
     dets = np.asarray(records[2]["detections"])
     assert ((dets[:, 0] + dets[:, 2]) / 2).max() <= 301 + 16
@@ -262,7 +262,7 @@ def published_frames(directory: Path) -> tuple[list[str], list[str], list[str]]:
     """The image names in the MOT file (by frame number), the JSONL and the annotated images."""
     names = [json.loads(line)["name"].split(".")[0] for line in (directory / "d.jsonl").read_text().splitlines()]
     mot = sorted({f"{int(line.split(',')[0]) - 1:03d}" for line in (directory / "d.txt").read_text().splitlines()})
-    return mot, names, sorted(p.stem for p in (directory / "vis").iterdir())
+    return mot, names, sorted(p.name.split(".")[0] for p in (directory / "vis").iterdir())
 
 
 def test_truncated_video_warns(tmp_path, small_config):

@@ -1,0 +1,96 @@
+"""Rows per second that `reidctl detect`'s text outputs format and write, at a crowd's rows per frame.
+
+Each writer (MOT17 text, JSON lines) writes ``--frames`` frames of ``--rows`` detection rows (float32, boxes in
+pixels, scores in [0, 1], as a detector gives them) through its real writer to a temporary file, and publishes it;
+the best of ``--repeats`` runs counts. Measured both ways: NumPy a frame at a time (what the writers do) and value by
+value in Python (the formatting the writers used before, kept as their fallback).
+
+    PYTHONPATH=$PWD python scripts/writer_bench.py --rows 520 --frames 400
+    PYTHONPATH=$PWD python scripts/writer_bench.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
+from reidctl.io.sources import Frame
+from reidctl.io.writers import JSONLWriter, MOTWriter
+
+
+class PerValueMOTWriter(MOTWriter):
+    def text(self, camera, frame, detections) -> bytes:
+        return mot_text_per_value(frame.index, detections)
+
+
+class PerValueJSONLWriter(JSONLWriter):
+    def text(self, camera, frame, detections) -> bytes:
+        return jsonl_text_per_value(camera, frame.index, frame.name, detections)
+
+
+WRITERS = {("MOT17", "numpy"): MOTWriter, ("MOT17", "python per value"): PerValueMOTWriter,
+           ("JSONL", "numpy"): JSONLWriter, ("JSONL", "python per value"): PerValueJSONLWriter}
+
+
+def detector_rows(rows: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    corners = rng.uniform(0, 1900, size=(rows, 2))
+    sizes = rng.uniform(10, 300, size=(rows, 2))
+    scores = rng.uniform(0, 1, size=(rows, 2))
+    return np.concatenate([corners, corners + sizes, scores, np.zeros((rows, 1))], axis=1).astype(np.float32)
+
+
+def measure(writer_class, frames: list[np.ndarray], directory: Path) -> float:
+    """Seconds to write every frame through a new writer and publish its file."""
+    started = time.perf_counter()
+    writer = writer_class(directory / "out.txt")
+    for index, rows in enumerate(frames):
+        writer.write("camera", Frame(index, None, f"camera#{index}"), rows)
+    writer.close(publish=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=520, help="detection rows per frame")
+    parser.add_argument("--frames", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    args = parser.parse_args()
+    frames = [detector_rows(args.rows, seed) for seed in range(16)]
+    frames = [frames[i % len(frames)] for i in range(args.frames)]
+    results = []
+    with tempfile.TemporaryDirectory() as directory:
+        for (output, way), writer_class in WRITERS.items():
+            count = args.frames if way == "numpy" else max(args.frames // 8, 1)  # the slow way: fewer frames
+            best = min(measure(writer_class, frames[:count], Path(directory)) for _ in range(args.repeats))
+            rows = count * args.rows
+            results.append({"output": output, "formatting": way, "rows_per_frame": args.rows, "frames": count,
+                            "rows_per_second": rows / best, "ms_per_frame": best / count * 1000})
+    machine = {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
+               "machine": platform.machine()}
+    if args.json:
+        print(json.dumps({"machine": machine, "results": results}, indent=2))
+        return
+    table = Table(title=f"Text outputs: format + write to a file, {args.rows} rows a frame (best of {args.repeats})")
+    for column in ("Output", "Formatting", "Frames", "Rows/s", "ms/frame"):
+        table.add_column(column, justify="left" if column in ("Output", "Formatting") else "right")
+    for r in results:
+        table.add_row(r["output"], r["formatting"], str(r["frames"]), f"{r['rows_per_second'] / 1e6:.2f} M",
+                      f"{r['ms_per_frame']:.3f}")
+    table.caption = ", ".join(f"{k} {v}" for k, v in machine.items())
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
