@@ -150,7 +150,7 @@ def test_verify_fails_where_the_pipeline_not_the_detector_is_the_limit(tmp_path,
                     "--seconds", 0.25, "--resolution", "1080x1920")  # fmt: skip
     assert result.exit_code == 1, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith(("PASS", "FAIL"))]
-    readers = float(line.split("readers ")[1].split("%")[0])
+    readers = float(line.split("(readers ")[1].split("%")[0])
     assert line.startswith("FAIL") and readers >= 80, line  # its reader decoded all the time, and still fell behind
 
 
