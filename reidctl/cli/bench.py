@@ -603,6 +603,8 @@ def recommend_command(
     report = load_report(path) if path else None
     base = config_from_dict(report.config) if report else load_config(config)
     config_dict = to_dict(with_model_options(base, model, model_type, num_classes, device, test_size, conf, nms, fp16))
+    if report:
+        report.config = config_dict  # what is deployed and verified: the measured setup with the options given here
     plan = CameraPlan(parse_size(resolution), seconds, read_source_list(sources_file) if sources_file else None)
     work = Path(tempfile.mkdtemp(prefix="reidctl-recommend-"))
     try:
@@ -634,8 +636,8 @@ def _recommend(need, path, report, config_dict, plan, work, max_cameras, backend
                 soft_wrap=True,
             )
         report = _merge(report, searched)
-    source = f"{path or 'no bench file'} and this machine's capacity search" if max_cameras else None
-    rec = recommend(need, report if max_cameras else path, config_dict, source=source)
+    source = f"{path or 'no bench file'} and this machine's capacity search" if max_cameras else str(path)
+    rec = recommend(need, report, config_dict, source=source)
     if not rec.measured:
         console.print(_summary_table(rec.scenario))
     console.print(_verdict_table(rec))

@@ -105,7 +105,7 @@ class CameraPlan:
         if self.sources:
             return f"{cameras} camera(s) from the given sources"
         height, width = self.resolution
-        return f"{cameras} generated {width}x{height} clip(s) at {fps:g} FPS, {self.seconds:g} s each"
+        return f"{cameras} generated {height}x{width} clip(s) at {fps:g} FPS, {self.seconds:g} s each"
 
 
 @dataclass

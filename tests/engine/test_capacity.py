@@ -136,18 +136,18 @@ def test_verify_passes_and_fails_on_the_two_sides_of_this_machines_capacity(
     assert "Recommended: pytorch (batched)" in result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert line.startswith(f"{verdict}: pytorch (detect's pipeline, outputs on) served {cameras} camera(s) at {fps} "
-                           f"FPS on this machine ({cameras} generated 160x120 clip(s) at {fps} FPS")  # fmt: skip
+                           f"FPS on this machine ({cameras} generated 120x160 clip(s) at {fps} FPS")  # fmt: skip
     assert "P99" in line and "busiest: " in line and "detection load: " in line
     late, dropped = (int(line.split(f" {word}")[0].rsplit(" ", 1)[1]) for word in ("late", "dropped"))
     assert (late, dropped) == (0, 0) if verdict == "PASS" else dropped > 0
 
 
 def test_verify_fails_where_the_pipeline_not_the_detector_is_the_limit(tmp_path, small_config):
-    """One 1080p camera at 120 FPS: the small model would keep up, but its reader cannot decode that fast. A check
+    """One 1080p camera at 120 FPS: the small model at 64x64 would keep up, but its reader cannot decode that fast. A check
     of the detector alone passes; deploy.sh's pipeline does not, and the verdict shows the reader saturated."""
     bench = saturated_bench(tmp_path / "bench.json", small_config)
     result = invoke("recommend", "--bench", bench, "--cameras", 1, "--fps", 120, "--latency-ms", 1000, "--verify",
-                    "--seconds", 0.25, "--resolution", "1080x1920")  # fmt: skip
+                    "--seconds", 0.25, "--resolution", "1080x1920", "--test-size", "64x64", "--conf", "0.5")  # fmt: skip
     assert result.exit_code == 1, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith(("PASS", "FAIL"))]
     readers = float(line.split("(readers ")[1].split("%")[0])
