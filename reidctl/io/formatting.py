@@ -119,16 +119,33 @@ def _boxes_and_scores(detections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([x1, y1, x2 - x1, y2 - y1], axis=1), (obj * cls)[:, None]
 
 
-def mot_text(frame_index: int, detections: np.ndarray) -> bytes:
-    """MOT17 rows ``frame,-1,x,y,w,h,score,-1,-1,-1`` of one frame (1-based frame number, score = obj x class)."""
-    if len(detections) == 0:
-        return b""
-    boxes, scores = _boxes_and_scores(detections)
-    box_text = _number_columns(boxes, 2, (f"{frame_index + 1},-1,", "", "", ""), (",",) * 4)
+def _split(matrix: np.ndarray, counts: list[int]) -> list[bytes]:
+    """A character matrix of several frames' rows -> each frame's text, without PAD bytes."""
+    ends = np.cumsum(counts)
+    return [matrix[end - count:end].tobytes().translate(None, bytes([PAD])) for count, end in zip(counts, ends)]
+
+
+def mot_texts(frames: list[tuple[int, np.ndarray]]) -> list[bytes]:
+    """``mot_text`` of several frames (a step's cameras), their rows turned into digits in one pass: the array
+    operations' fixed cost is paid once per step, not once per frame."""
+    counts = [len(detections) for _, detections in frames]
+    if not sum(counts):
+        return [b""] * len(frames)
+    rows = np.concatenate([detections for _, detections in frames])
+    boxes, scores = _boxes_and_scores(rows)
+    box_text = _number_columns(boxes, 2, ("",) * 4, (",",) * 4)
     score_text = _number_columns(scores, 5, ("",), (",-1,-1,-1\n",))
     if box_text is None or score_text is None:
-        return mot_text_per_value(frame_index, detections)
-    return _join([box_text, score_text])
+        return [mot_text_per_value(index, detections) for index, detections in frames]
+    prefix_text = tuple(f"{index + 1},-1," for index, _ in frames)
+    prefixes = _text_block(prefix_text, max(map(len, prefix_text)))
+    matrix = np.concatenate([np.repeat(prefixes, counts, axis=0), box_text, score_text], axis=1)
+    return _split(matrix, counts)
+
+
+def mot_text(frame_index: int, detections: np.ndarray) -> bytes:
+    """MOT17 rows ``frame,-1,x,y,w,h,score,-1,-1,-1`` of one frame (1-based frame number, score = obj x class)."""
+    return mot_texts([(frame_index, detections)])[0]
 
 
 def mot_text_per_value(frame_index: int, detections: np.ndarray) -> bytes:
@@ -137,15 +154,29 @@ def mot_text_per_value(frame_index: int, detections: np.ndarray) -> bytes:
                    for x1, y1, x2, y2, obj, cls, _ in detections).encode()
 
 
+def jsonl_texts(frames: list[tuple[str, int, str, np.ndarray]]) -> list[bytes]:
+    """``jsonl_text`` of several frames, their rows turned into digits in one pass (as ``mot_texts``)."""
+    counts = [len(detections) if detections.ndim == 2 else 0 for *_, detections in frames]
+    columns = {detections.shape[1] for *_, detections in frames if len(detections) and detections.ndim == 2}
+    rows = None
+    if sum(counts) and len(columns) == 1:
+        (width,) = columns
+        rows = _number_columns(np.concatenate([d for *_, d in frames if len(d)]), 5, ("[",) + ("",) * (width - 1),
+                               (", ",) * (width - 1) + ("], ",), trim_zeros=True)  # fmt: skip
+    if rows is None:
+        return [jsonl_text_per_value(*frame) for frame in frames]
+    texts = _split(rows, counts)
+    return [
+        (json.dumps({"camera": camera, "frame": index, "name": name})[:-1] + ', "detections": [').encode()
+        + text[:-2] + b"]}\n"  # the last row ends "]" instead of "], "
+        if count else jsonl_text_per_value(camera, index, name, detections)
+        for (camera, index, name, detections), text, count in zip(frames, texts, counts)
+    ]
+
+
 def jsonl_text(camera: str, frame_index: int, name: str, detections: np.ndarray) -> bytes:
     """One JSON line: camera, 0-based frame, name and the (N, 7) rows, each value rounded to 5 decimals."""
-    columns = detections.shape[1] if detections.ndim == 2 else 0
-    rows = _number_columns(detections, 5, ("[",) + ("",) * (columns - 1), (", ",) * (columns - 1) + ("], ",),
-                           trim_zeros=True) if len(detections) else None
-    if rows is None:
-        return jsonl_text_per_value(camera, frame_index, name, detections)
-    head = json.dumps({"camera": camera, "frame": frame_index, "name": name})[:-1] + ', "detections": ['
-    return head.encode() + _join([rows])[:-2] + b"]}\n"  # the last row ends "]" instead of "], "
+    return jsonl_texts([(camera, frame_index, name, detections)])[0]
 
 
 def jsonl_text_per_value(camera: str, frame_index: int, name: str, detections: np.ndarray) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,7 @@ import numpy as np
 
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import AtomicFile, ensure_writable_dir
-from reidctl.io.formatting import jsonl_text, mot_text
+from reidctl.io.formatting import jsonl_texts, mot_texts
 from reidctl.io.sources import Frame
 from reidctl.io.synthetic import VIDEO_CODECS
 
@@ -116,9 +117,10 @@ class TextWriter(FileWriter):
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
         self.size = 0
         self._last_start = 0  # where the last frame's text begins: undo_last cuts the file there
+        self.formatted: deque[bytes] = deque()  # the next frames' text, formatted beforehand (``texts``), in order
 
     def _write(self, camera, frame, detections) -> None:
-        data = self.text(camera, frame, detections)
+        data = self.formatted.popleft() if self.formatted else self.text(camera, frame, detections)
         try:
             _write_all(self._fd, data, self.size)
         except OSError as exc:
@@ -136,21 +138,28 @@ class TextWriter(FileWriter):
             os.close(fd)
 
     def text(self, camera: str, frame: Frame, detections: np.ndarray) -> bytes:
+        return self.texts([(camera, frame, detections)])[0]
+
+    @staticmethod
+    def texts(frames: list[tuple[str, Frame, np.ndarray]]) -> list[bytes]:
+        """The text of several frames (of any writers of this kind), formatted in one pass."""
         raise NotImplementedError
 
 
 class MOTWriter(TextWriter):
     """MOT17 detection format: frame,-1,x,y,w,h,score,-1,-1,-1 (1-based frames, score = obj x class)."""
 
-    def text(self, camera, frame, detections) -> bytes:
-        return mot_text(frame.index, detections)
+    @staticmethod
+    def texts(frames):
+        return mot_texts([(frame.index, detections) for _, frame, detections in frames])
 
 
 class JSONLWriter(TextWriter):
     """One JSON object per frame: its camera, 0-based frame index, name and the raw (N, 7) rows."""
 
-    def text(self, camera, frame, detections) -> bytes:
-        return jsonl_text(camera, frame.index, frame.name, detections)
+    @staticmethod
+    def texts(frames):
+        return jsonl_texts([(camera, frame.index, frame.name, detections) for camera, frame, detections in frames])
 
 
 def draw_detections(image: np.ndarray, detections: np.ndarray) -> np.ndarray:

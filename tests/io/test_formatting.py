@@ -5,7 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from reidctl.io.formatting import jsonl_text, jsonl_text_per_value, mot_text, mot_text_per_value
+from reidctl.io.formatting import (
+    jsonl_text,
+    jsonl_text_per_value,
+    jsonl_texts,
+    mot_text,
+    mot_text_per_value,
+    mot_texts,
+)
 
 # Rounding ties and near-ties at 2 and 5 decimals, signs, zeros, large and tiny values.
 EDGES = [-0.004, 0.004, 0.005, -0.005, 0.015, 1.005, 2.675, 0.125, -0.125, 0.375, 100.125, 1e6, -1e6, 123456.789,
@@ -63,3 +70,15 @@ def test_empty_frames():
     empty = np.zeros((0, 7), np.float32)
     assert mot_text(3, empty) == b""
     assert json.loads(jsonl_text("c", 3, "n", empty)) == {"camera": "c", "frame": 3, "name": "n", "detections": []}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_steps_frames_formatted_together_are_each_frames_own_text(dtype):
+    """A step's frames (any row counts, empty ones too) formatted in one pass give each frame's text alone."""
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        frames = [(int(rng.integers(0, 10**7)), random_rows(rng, dtype)) for _ in range(int(rng.integers(1, 17)))]
+        assert mot_texts(frames) == [mot_text_per_value(index, rows) for index, rows in frames]
+        named = [(f"cam{i}", index, f"{index}.jpg", rows) for i, (index, rows) in enumerate(frames)]
+        expected = [jsonl_text_per_value(*frame) for frame in named]
+        assert [json.loads(line) for line in jsonl_texts(named)] == [json.loads(line) for line in expected]
