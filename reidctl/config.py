@@ -7,7 +7,9 @@ Unknown keys and wrong types are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import reprlib
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -194,13 +196,30 @@ def validate(config: Config) -> Config:
             raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
     if d.batches_in_flight < 1:
         raise ReidctlError(f"config key 'detection.batches_in_flight': expected at least 1, got {d.batches_in_flight}")
-    urls = d.triton.urls
-    if not urls or not all(urls) or len(set(urls)) < len(urls):
+    if d.num_classes is not None and d.num_classes < 1:
+        raise ReidctlError(f"config key 'detection.num_classes': expected at least 1 class, got {d.num_classes}")
+    ports = {"http_port": d.triton.http_port, "grpc_port": d.triton.grpc_port, "metrics_port": d.triton.metrics_port}
+    for key, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise ReidctlError(f"config key 'detection.triton.{key}': expected a port in 1-65535, got {port}")
+    if len(set(ports.values())) < len(ports):
         raise ReidctlError(
-            "config key 'detection.triton.url': expected host:port, or several distinct ones (a list or "
-            f"comma-separated), got {_quote(d.triton.url)}"
+            "config keys 'detection.triton.http_port', 'grpc_port' and 'metrics_port' (--http-port, --grpc-port, "
+            f"--metrics-port): the HTTP, gRPC and metrics ports must differ, got {list(ports.values())}"
+        )
+    urls = d.triton.urls
+    if not urls or not all(map(_is_endpoint, urls)) or len(set(urls)) < len(urls):
+        raise ReidctlError(
+            "config key 'detection.triton.url': expected host:port (port 1-65535), or several distinct ones (a list "
+            f"or comma-separated), got {_quote(d.triton.url)}"
         )
     return config
+
+
+def _is_endpoint(url: str) -> bool:
+    """host:port with a port of 1-65535 (an IPv6 host in brackets: [::1]:8101)."""
+    host, sep, port = url.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -212,12 +231,28 @@ def load_config(path: Path | None = None) -> Config:
     return validate(_build(Config, _read_yaml(Path(path)), ""))
 
 
+def check_regular_file(path: Path, what: str) -> None:
+    """A one-line error naming what ``path`` is when it is not a regular file: missing, a directory, a symlink loop,
+    a device or a FIFO (reading those blocks or never ends)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ReidctlError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReidctlError(f"{what} {path} is a symlink loop") from None
+        raise ReidctlError(f"{what} {path} is not readable: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ReidctlError(f"{what} {path} is a directory")
+    if not stat.S_ISREG(mode):
+        device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if device else "a socket"
+        raise ReidctlError(f"{what} {path} is not a regular file ({kind})")
+
+
 def _read_yaml(path: Path) -> dict:
     """The file's YAML mapping (empty file: {}); anything that is not a small YAML text is a one-line error."""
-    if path.is_dir():
-        raise ReidctlError(f"config file {path} is a directory")
-    if not path.is_file():
-        raise ReidctlError(f"config file not found: {path}")
+    check_regular_file(path, "config file")
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:

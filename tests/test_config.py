@@ -1,6 +1,9 @@
 """The configuration schema: the shipped file, defaults, overrides and errors that name the key."""
 
+import os
+import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +93,38 @@ def test_a_few_aliases_still_work(tmp_path):
     path.write_text("detection:\n  test_size: &sizes [320, 320]\n  triton:\n    preferred_batch_sizes: *sizes\n")
     config = load_config(path)
     assert config.detection.test_size == [320, 320] and config.detection.triton.preferred_batch_sizes == [320, 320]
+
+
+@pytest.mark.parametrize(
+    ("detection", "message"),
+    [
+        ({"num_classes": -5}, "config key 'detection.num_classes': expected at least 1 class, got -5"),
+        ({"num_classes": 0}, "config key 'detection.num_classes': expected at least 1 class, got 0"),
+        ({"triton": {"url": "localhost:99999"}}, "config key 'detection.triton.url': expected host:port (port 1-65535"),
+        ({"triton": {"url": "localhost:0"}}, "config key 'detection.triton.url'"),
+        ({"triton": {"url": "localhost"}}, "config key 'detection.triton.url'"),
+        ({"triton": {"grpc_port": 8100}}, "the HTTP, gRPC and metrics ports must differ, got [8100, 8100, 8102]"),
+        ({"triton": {"metrics_port": 70000}}, "'detection.triton.metrics_port': expected a port in 1-65535"),
+    ],
+)
+def test_values_no_model_or_server_can_take_are_refused(detection, message):
+    with pytest.raises(ReidctlError) as error:
+        override(Config(), **{key: value if key != "triton" else dict(value) for key, value in detection.items()})
+    assert message in str(error.value)
+
+
+def test_ipv6_and_named_hosts_are_endpoints():
+    config = override(Config(), triton={"url": "[::1]:8101,gpu-host.lan:8111"})
+    assert config.detection.triton.urls == ["[::1]:8101", "gpu-host.lan:8111"]
+
+
+def test_what_a_config_path_is_when_not_a_file(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path, message in [(loop, "is a symlink loop"), (fifo, "is not a regular file (a FIFO)"),
+                          (Path("/dev/zero"), "is not a regular file (a device)"),
+                          (tmp_path / "missing.yaml", "config file not found")]:
+        with pytest.raises(ReidctlError, match=re.escape(message)):
+            load_config(path)  # a FIFO would block the read, /dev/zero never end it

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reidctl.config import check_regular_file
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError
 
@@ -19,6 +20,8 @@ from reidctl.errors import ReidctlError
 BENCH_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 files hold closed-loop runs only
 DEFAULT_BENCH_PATH = Path("runs/bench/bench.json")
+# A bench file of every backend at many camera counts is well under 1 MB; a larger one is not a bench file.
+MAX_BENCH_BYTES = 64 << 20
 
 
 @dataclass
@@ -77,10 +80,10 @@ def check_open_loop(fps: float | None, seconds: float, latency_ms: float, jitter
 def parse_cameras(text: str) -> list[int]:
     """'1,4,16' -> [1, 4, 16] (sorted, no repeats); every count must be a positive integer."""
     try:
-        counts = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
+        counts = [int(p) for p in text.split(",")]
+    except ValueError:  # an empty item too ('1,,4'): a typo, not a count to leave out
         raise ReidctlError(f"--cameras must be comma-separated positive integers, got '{text}'") from None
-    if not counts or any(c <= 0 for c in counts):
+    if any(c <= 0 for c in counts):
         raise ReidctlError(f"--cameras must be comma-separated positive integers, got '{text}'")
     return sorted(set(counts))
 
@@ -302,6 +305,10 @@ class BenchReport:
 def load_report(path: Path) -> BenchReport:
     """A bench JSON written by this version's schema; anything else is a one-line error."""
     path = Path(path)
+    check_regular_file(path, "bench file")
+    size = path.stat().st_size
+    if size > MAX_BENCH_BYTES:  # parsed JSON takes several times its size in memory
+        raise ReidctlError(f"bench file {path} is {size} bytes; a bench file is at most {MAX_BENCH_BYTES} bytes")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

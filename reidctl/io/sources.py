@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from reidctl.config import check_regular_file
 from reidctl.errors import ReidctlError
 
 # OpenCV's own warnings would repeat, unformatted, what the one-line errors below say.
@@ -226,8 +227,9 @@ def camera_specs(entries: list[str]) -> list[CameraSpec]:
 
 def read_source_list(path: Path) -> list[str]:
     """Entries of a sources file: one per line, blank lines and '#' comments (whole line or after a space) ignored."""
+    check_regular_file(Path(path), "sources file")
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is no part of a name
     except FileNotFoundError:
         raise ReidctlError(f"sources file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -147,6 +147,8 @@ def expect_error(result, message):
         (["detect", "{video}", "{video}", "--mot", "{tmp}/corrupt.png"], "with 2 cameras it names a directory"),
         (["detect", "{video}", "--mot", "{tmp}/x.txt", "--jsonl", "{tmp}/x.txt"], "--mot and --jsonl both write"),
         (["detect", "{video}", "--save-video", "{tmp}/x.gif"], "unsupported video extension '.gif'"),
+        (["detect", "{video}", "--num-classes", "-5"], "'detection.num_classes': expected at least 1 class, got -5"),
+        (["detect", "{video}", "--num-classes", "0"], "'detection.num_classes': expected at least 1 class, got 0"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, video_file, small_config, args, message):

@@ -223,6 +223,7 @@ def test_output_path_is_checked_before_measuring(tmp_path, small_config, target)
         (("--warmup", -1), "--warmup must be 0 or more"),
         (("--cameras", "1,0"), "--cameras must be comma-separated positive integers"),
         (("--cameras", "four"), "--cameras must be comma-separated positive integers"),
+        (("--cameras", "1,,4"), "--cameras must be comma-separated positive integers, got '1,,4'"),
         (("--source", "no/such/video.avi"), "source not found"),
         (("--frame-size", "64x"), "size must look like 640x640"),
         (("--frame-size", "64x64", "--source", "clip.avi"), "--frame-size sets the size of synthetic frames"),

@@ -22,7 +22,7 @@ from reidctl.config import load_config
 from reidctl.engine.detector import create_detector
 from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
 from reidctl.errors import ReidctlError
-from reidctl.io.sources import camera_specs
+from reidctl.io.sources import camera_specs, read_source_list
 from reidctl.io.synthetic import synthetic_frame
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
@@ -212,6 +212,13 @@ def test_camera_names_from_sources(tmp_path):
                              (["n="], "empty source"), ([], "no source given")):
         with pytest.raises(ReidctlError, match=message):
             camera_specs(entries)
+
+
+def test_a_sources_file_with_a_byte_order_mark_names_its_first_camera_as_written(tmp_path):
+    sources = tmp_path / "cams.txt"
+    sources.write_bytes("\ufefflobby=rtsp://cam1/stream\n# a comment\ngate=rtsp://cam2/stream\n".encode())
+    specs = camera_specs(read_source_list(sources))
+    assert [s.name for s in specs] == ["lobby", "gate"]
 
 
 @pytest.mark.slow

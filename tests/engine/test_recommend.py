@@ -1,6 +1,7 @@
 """`reidctl recommend` on crafted bench results (every branch) and on the reference decision tree."""
 
 import json
+import time
 
 import pytest
 import yaml
@@ -235,6 +236,17 @@ def test_cli_rejects_bad_bench_files(tmp_path, content, message):
     result = invoke("recommend", "--bench", bench)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_bench_file_too_large_to_be_one_is_refused_before_it_is_read(tmp_path):
+    bench = tmp_path / "b.json"
+    with bench.open("wb") as handle:
+        handle.truncate(300 << 20)  # sparse: its size without the disk or the time to write it
+    start = time.perf_counter()
+    result = invoke("recommend", "--bench", bench)
+    assert time.perf_counter() - start < 5
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    assert f"bench file {bench} is {300 << 20} bytes; a bench file is at most {64 << 20} bytes" in result.output
 
 
 @pytest.mark.parametrize(
