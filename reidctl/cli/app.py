@@ -20,8 +20,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A terminal's width where there is one; in a pipe or log no width at all (Rich would assume 80 columns and
+    cut table cells, numbers too): every table takes its natural width."""
+    terminal = Console(stderr=stderr)
+    return terminal if terminal.is_terminal else Console(stderr=stderr, width=UNBOUNDED_WIDTH)
+
+
+UNBOUNDED_WIDTH = 100_000
+console = _console()
+err_console = _console(stderr=True)
 
 
 def _version(value: bool) -> None:

@@ -1,7 +1,11 @@
 """`reidctl recommend` on crafted bench results (every branch) and on the reference decision tree."""
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +18,7 @@ from reidctl.engine.recommend import Need, recommend
 from reidctl.engine.stats import LatencySummary
 
 runner = CliRunner()
+ROOT = str(Path(__file__).resolve().parents[2])
 ALL_HERE = {"pytorch": None, "onnxruntime": None, "tensorrt": None, "triton": None}
 NO_TENSORRT = ALL_HERE | {"tensorrt": "TensorRT is not installed"}
 
@@ -208,6 +213,18 @@ def test_cli_with_bench_file_and_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["measured"] and data["choice"] == "pytorch" and data["need"]["total_fps"] == 60
     assert {v["backend"] for v in data["verdicts"]} >= {"pytorch", "tensorrt"}  # every backend, measured or not
+
+
+def test_tables_in_a_pipe_keep_every_number_and_name_whole(tmp_path):
+    """Rich assumes 80 columns where stdout is no terminal and cut cells ('165.…', 'Camer…'): a log keeps them."""
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("batched", 16, 123456789.125, 98765.4321)))
+    command = [sys.executable, "-m", "reidctl", "recommend", "--cameras", "16", "--bench", str(bench)]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONPATH": ROOT}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)  # stdout: a pipe
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│ pytorch"))
+    assert "16 cam, saturation" in row and "123456789.1 >= 480.0" in row and "98765.4 > 100" in row, row
+    assert "…" not in result.stdout
 
 
 def test_cli_finds_the_last_bench_result_or_says_it_is_not_measured(tmp_path, monkeypatch):
