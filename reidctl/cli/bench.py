@@ -32,8 +32,9 @@ from reidctl.cli.app import (
     with_model_options,
 )
 from reidctl.config import load_config, to_dict
-from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, BenchSettings, parse_cameras
+from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, BenchSettings, parse_cameras, plot_path_for
 from reidctl.io.atomic import write_text_atomic
+from reidctl.io.paths import refuse_foreign_files, refuse_shared_paths
 
 STATUS_STYLE = {"ok": "green", "unavailable": "yellow", "failed": "red"}
 EXIT_VERIFY_FAILED = 1  # a measured FAIL; bad input exits 2
@@ -318,6 +319,8 @@ def bench(
 ) -> None:
     from reidctl.engine.bench import benchmark, parse_backends
 
+    refuse_shared_paths([("--output", output), ("the plot of --output", plot_path_for(output))],
+                        [("--config", config), ("--model", model), ("--source", source)])
     cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16)
     names, named = parse_backends(backends)
     settings = BenchSettings(
@@ -595,11 +598,16 @@ def recommend_command(
 
     from reidctl.engine.bench_report import load_report
     from reidctl.engine.capacity import CameraPlan
-    from reidctl.engine.recommend import Need, config_from_dict, find_bench
+    from reidctl.engine.recommend import DEPLOY_FILES, Need, config_from_dict, find_bench
     from reidctl.io.sources import read_source_list
 
     need = Need(cameras, fps, latency_ms).validate()
     path = find_bench(bench_file)
+    deploy_files = [("--deploy", deploy / name) for name in DEPLOY_FILES] if deploy else []
+    refuse_shared_paths([("--json", json_path), *deploy_files],
+                        [("--bench", path), ("--config", config), ("--model", model), ("--sources", sources_file)])
+    if deploy:
+        refuse_foreign_files(deploy, DEPLOY_FILES, "--deploy")
     report = load_report(path) if path else None
     base = config_from_dict(report.config) if report else load_config(config)
     config_dict = to_dict(with_model_options(base, model, model_type, num_classes, device, test_size, conf, nms, fp16))

@@ -182,10 +182,16 @@ def detect(
     from rich.live import Live
 
     from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
+    from reidctl.io.paths import refuse_shared_paths
     from reidctl.io.sources import camera_specs, read_source_list
 
     entries = list(sources or []) + (read_source_list(sources_file) if sources_file else [])
     specs = camera_specs(entries)
+    outputs = {"--mot": mot, "--jsonl": jsonl, "--save-video": save_video, "--save-images": save_images,
+               "--summary-json": summary_json}
+    inputs = [("--config", config), ("--model", model), ("--sources", sources_file),
+              *((f"camera {spec.name}", spec.source) for spec in specs if not spec.live)]
+    refuse_shared_paths(list(outputs.items()), inputs)
     cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16)
     request = OutputRequest(mot, jsonl, save_video, save_images, summary_json, no_output)
     options = DetectOptions(realtime, max_frames, timeout, strict, max_batch)

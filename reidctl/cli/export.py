@@ -96,7 +96,9 @@ def export_onnx_command(
     det = cfg.detection
     target = output or default_onnx_path(det.tensorrt)
     from reidctl.io.atomic import check_output_path
+    from reidctl.io.paths import refuse_shared_paths
 
+    refuse_shared_paths([("--output", target)], [("--config", config), ("--model", det.model_path)])
     check_output_path(target)  # before the model is loaded and traced
     yolox, spec = load_detection_model(det, warn)
     result = export_onnx(
@@ -197,6 +199,7 @@ def build_engine_command(
 ) -> None:
     from reidctl.export.onnx import default_onnx_path
     from reidctl.export.tensorrt import build_engine, sidecar_path
+    from reidctl.io.paths import refuse_shared_paths
 
     given = {
         "fp16": fp16,
@@ -207,8 +210,11 @@ def build_engine_command(
     }
     trt_cfg = build_config(config, tensorrt=given).detection.tensorrt
     engine_path = output or Path(trt_cfg.engine_path)
+    onnx_path = onnx or default_onnx_path(trt_cfg)
+    refuse_shared_paths([("--output", engine_path), ("the sidecar of --output", sidecar_path(engine_path))],
+                        [("--config", config), ("--onnx", onnx_path)])
     result = build_engine(
-        onnx or default_onnx_path(trt_cfg),
+        onnx_path,
         engine_path,
         fp16=trt_cfg.fp16,
         workspace_mib=trt_cfg.workspace,

@@ -517,13 +517,16 @@ def _comment(line: str) -> str:
     return "# " + " ".join(str(line).split())
 
 
+DEPLOY_FILES = ("config.yaml", "deploy.sh")  # what --deploy writes into its folder
+
+
 def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
     """``directory``/config.yaml (loads with --config) and ``directory``/deploy.sh (the commands, in order; the
     cameras as its arguments)."""
     if not rec.choice or rec.deploy_config is None:
         raise ReidctlError("nothing to deploy: no backend was chosen")
     directory = Path(directory)
-    config_path, script_path = directory / "config.yaml", directory / "deploy.sh"
+    config_path, script_path = (directory / name for name in DEPLOY_FILES)
     need = rec.need
     header = (
         f"# reidctl recommend: {need.cameras} camera(s) x {need.fps:g} FPS, P99 <= {need.latency_ms:g} ms "

@@ -215,6 +215,14 @@ def test_output_path_is_checked_before_measuring(tmp_path, small_config, target)
     assert expected in error
 
 
+def test_outputs_never_write_over_each_other_or_an_input(tmp_path, small_config):
+    plot_named_json = one_line_error(invoke("bench", "-c", small_config, "-o", tmp_path / "r.png", "--no-progress"))
+    assert f"--output and the plot of --output both write {tmp_path}/r.png" in plot_named_json
+    over_config = one_line_error(invoke("bench", "-c", small_config, "-o", small_config, "--no-progress"))
+    assert f"--output would write over --config ({small_config})" in over_config
+    assert not (tmp_path / "r.png").exists() and "detection" in small_config.read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -215,6 +215,30 @@ def test_cli_with_bench_file_and_json(tmp_path):
     assert {v["backend"] for v in data["verdicts"]} >= {"pytorch", "tensorrt"}  # every backend, measured or not
 
 
+def test_outputs_never_write_over_each_other_or_an_input(tmp_path):
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("batched", 4, 400.0, 20.0)))
+    before = bench.read_text()
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    cases = [
+        (("--json", bench), f"--json would write over --bench ({bench})"),
+        (("--json", deploy / "config.yaml", "--deploy", deploy),
+         f"--json and --deploy both write {deploy}/config.yaml"),
+        (("--deploy", tmp_path, "--json", tmp_path / "r.json"), "holds other files (b.json and 1 more)"),
+    ]
+    for args, message in cases:
+        result = invoke("recommend", "--cameras", 4, "--bench", bench, *args)
+        assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+    assert bench.read_text() == before and not list(deploy.iterdir()) and not (tmp_path / "r.json").exists()
+    # A folder holding a previous deploy only is rewritten; one holding anything else is left alone.
+    for _ in range(2):
+        assert invoke("recommend", "--cameras", 4, "--bench", bench, "--deploy", deploy).exit_code == 0
+    assert sorted(p.name for p in deploy.iterdir()) == ["config.yaml", "deploy.sh"]
+    (deploy / "notes.txt").write_text("mine")
+    result = invoke("recommend", "--cameras", 4, "--bench", bench, "--deploy", deploy)
+    assert result.exit_code == 2 and f"--deploy {deploy} holds other files (notes.txt)" in result.output
+
+
 def test_tables_in_a_pipe_keep_every_number_and_name_whole(tmp_path):
     """Rich assumes 80 columns where stdout is no terminal and cut cells ('165.…', 'Camer…'): a log keeps them."""
     bench = write_bench(tmp_path / "b.json", backend("pytorch", ("batched", 16, 123456789.125, 98765.4321)))
