@@ -96,7 +96,7 @@ def start_test_server(repository: Path, attempts: int = 3, **options):
         try:
             return start_server(repository, Ports(*free_ports()), **options)
         except ReidctlError as exc:
-            if "exited during startup" not in str(exc) or attempt == attempts - 1:
+            if "already in use" not in str(exc) or attempt == attempts - 1:
                 raise
 
 

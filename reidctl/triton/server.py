@@ -385,20 +385,35 @@ def _log_error(log: Path) -> str:
     except OSError:
         return "no log"
     errors = [line for line in lines if re.match(r"E\d{4} ", line)]  # glog's error lines
-    return (errors or lines or ["empty log"])[-1][:300]
+    return (errors or lines or ["nothing in its log (its output is buffered: a signal loses it)"])[-1][:300]
+
+
+def exit_description(returncode: int) -> str:
+    """'exited with status 1' or 'was killed by SIGKILL' (Popen's negative return code)."""
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+        return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
 
 
 def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL of the whole process group."""
+    """SIGTERM (Triton unloads its models, ends its stubs and removes their shared memory), SIGKILL after
+    ``timeout``; then the stubs still there are ended with their shared memory (a SIGKILL of the whole group would
+    leave their regions behind), and anything else of the group is killed."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while is_tritonserver(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # leftover stubs, or a server that ignored SIGTERM
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # a server that ignored SIGTERM (e.g. while it loads its models)
     while is_tritonserver(pid):
         time.sleep(0.05)
+    watchdog.end_stubs([stub for stub in watchdog.python_stubs() if stub.group == pid])
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    watchdog.remove_unheld_regions()  # regions made for a stub that was not running
 
 
 def end_orphaned_stubs(cache: Path | None = None) -> list[int]:
@@ -412,6 +427,14 @@ def end_orphaned_stubs(cache: Path | None = None) -> list[int]:
     ]  # fmt: skip
     watchdog.end_stubs(orphans)
     return [stub.pid for stub in orphans]
+
+
+def remove_orphaned_regions(warn: Callable[[str], None] | None = None) -> None:
+    """Remove the python backend regions of this user that no process holds (watchdog.remove_unheld_regions)."""
+    removed = watchdog.remove_unheld_regions()
+    if removed and warn:
+        warn(f"warning: removed {len(removed)} python backend shared-memory region(s) in {watchdog.SHM_DIR} left by a "
+             "server that is gone")
 
 
 def _start_watchdog(server_pid: int) -> None:
@@ -479,6 +502,7 @@ def start_server(
     orphans = end_orphaned_stubs(cache)
     if orphans:
         warn(f"warning: ended {len(orphans)} python backend stub(s) left by a server that is gone (pids {orphans})")
+    remove_orphaned_regions(warn)
     files = install_server_files(cache, on_progress)
     backends = python_backend_dir(files)
 
@@ -519,7 +543,7 @@ def start_server(
                         listen, str(key_file))
     write_text_atomic(_state_file(repository, cache), json.dumps(asdict(state), indent=2))
     try:
-        _wait_until_ready(state, timeout, on_progress, warn)
+        _wait_until_ready(state, process, timeout, on_progress, warn)
     except BaseException:  # Ctrl-C or failure: leave no half-started server behind
         _terminate(process.pid, timeout=10)
         _state_file(repository, cache).unlink(missing_ok=True)
@@ -527,13 +551,15 @@ def start_server(
     return state
 
 
-def _wait_until_ready(state: ServerState, timeout: float, on_progress, warn) -> None:
+def _wait_until_ready(state: ServerState, process: subprocess.Popen, timeout: float, on_progress, warn) -> None:
     """Triton opens its endpoints once the startup loads are over (ready or failed): then judge each model."""
     log = Path(state.log)
     start = time.monotonic()
     while not server_answers(state.http_port, "/v2/health/live", state.host):
-        if not is_tritonserver(state.pid):
-            raise ReidctlError(f"tritonserver exited during startup: {_log_error(log)} (log: {log})")
+        if process.poll() is not None:  # its exit status, which is_tritonserver's reaping would lose
+            raise ReidctlError(
+                f"tritonserver {exit_description(process.returncode)} during startup: {_log_error(log)} (log: {log})"
+            )
         elapsed = time.monotonic() - start
         if elapsed > timeout:
             raise ReidctlError(f"tritonserver was not ready after {timeout:.0f} s (log: {log})")
@@ -568,6 +594,7 @@ def stop_server(repository: Path, cache: Path | None = None, timeout: float = 30
         _terminate(state.pid, timeout)
         _state_file(repository, cache).unlink(missing_ok=True)
     end_orphaned_stubs(cache)
+    remove_orphaned_regions()
     return state
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 STUB_NAME = "triton_python_backend_stub"
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"  # the stub's argument naming its /dev/shm region
+SHM_DIR = "/dev/shm"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,57 @@ def end_stubs(stubs: list[Stub], timeout: float = 5.0) -> None:
                 os.unlink(f"/dev/shm/{region}")
 
 
+def remove_unheld_regions() -> list[str]:
+    """Remove the python backend's /dev/shm regions of this user that no process holds open or mapped, and return
+    their names: a server killed before it removed them (it creates them; a stub only maps them) leaves them.
+
+    Only where this process sees every process of the host: in a PID namespace of its own, a holder could be
+    outside it. The regions are listed before their holders are looked for, so a region a server creates meanwhile
+    is not among them, and one listed is held (open, then mapped) by its server until the server is gone.
+    """
+    if not _sees_every_process():
+        return []
+    uid = os.getuid()
+    with os.scandir(SHM_DIR) as entries:
+        candidates = [entry.name for entry in entries if entry.name.startswith(SHM_REGION_PREFIX)
+                      and entry.stat(follow_symlinks=False).st_uid == uid]  # fmt: skip
+    if not candidates:
+        return []
+    held = _held_shm_files()
+    removed = []
+    for name in candidates:
+        if name not in held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{SHM_DIR}/{name}")
+                removed.append(name)
+    return removed
+
+
+def _sees_every_process() -> bool:
+    """In the host's PID namespace, where pid 2 is the kernel's kthreadd."""
+    try:
+        return Path("/proc/2/stat").read_text().split()[1] == "(kthreadd)"
+    except (OSError, IndexError):
+        return False
+
+
+def _held_shm_files() -> set[str]:
+    """Names of the /dev/shm files some process holds: open (its fds first, then its mappings, so that a region
+    opened and mapped, then closed meanwhile, is still seen) or mapped."""
+    held = set()
+    prefix = f"{SHM_DIR}/"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    held.add(os.readlink(fd))
+        with contextlib.suppress(OSError):
+            held.update(line.split(maxsplit=5)[-1] for line in (entry / "maps").read_text().splitlines())
+    return {path.removeprefix(prefix).removesuffix(" (deleted)") for path in held if path.startswith(prefix)}
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -81,6 +133,7 @@ def watch(server_pid: int) -> None:
         select.select([pidfd], [], [])
         os.close(pidfd)
     end_stubs([stub for stub in python_stubs() if stub.group == server_pid])
+    remove_unheld_regions()  # those of a stub that was not running (yet, or any more) when the server died
 
 
 if __name__ == "__main__":

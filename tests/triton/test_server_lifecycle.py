@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import start_test_server
+from helpers import free_ports, start_test_server
 from reidctl.config import load_config
 from reidctl.triton import watchdog
 from reidctl.triton.repository import write_repository
@@ -122,3 +122,51 @@ def test_orphans_of_another_cache_are_not_touched(repository, tmp_path):
     finally:
         stop_server(repository, cache=cache_dir())
     assert not left_behind(stubs)
+
+
+def kill_watchdog_of(server_pid: int) -> None:
+    for entry in Path("/proc").iterdir():
+        argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        if any(arg.endswith(b"watchdog.py") for arg in argv) and argv[-2:-1] == [str(server_pid).encode()]:
+            os.kill(int(entry.name), signal.SIGKILL)
+
+
+def test_shared_memory_whose_server_and_stubs_are_gone_is_removed_and_a_held_region_is_not(repository):
+    """The server and its stubs SIGKILLed together (as a stop's SIGKILL of the process group did) leave the regions
+    the server made: nobody holds them any more, and --stop removes them; a region some process holds stays."""
+    held = Path(f"/dev/shm/{watchdog.SHM_REGION_PREFIX}held-by-a-test-{os.getpid()}")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import mmap, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); os.ftruncate(fd, 4096); "
+        "region = mmap.mmap(fd, 4096); os.close(fd); print('mapped', flush=True); sys.stdin.read()"), str(held)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        state = start_test_server(repository, warn=lambda message: None)
+        stubs = stubs_of(state.pid)
+        assert stubs and all(stub.shm_regions for stub in stubs)
+        kill_watchdog_of(state.pid)
+        os.killpg(state.pid, signal.SIGKILL)
+        assert wait_until(lambda: not any(Path(f"/proc/{stub.pid}/stat").exists() and
+                                          Path(f"/proc/{stub.pid}/stat").read_text().split()[2] != "Z"
+                                          for stub in stubs))  # fmt: skip
+        regions = [Path(f"/dev/shm/{region}") for stub in stubs for region in stub.shm_regions]
+        assert all(region.exists() for region in regions), "the regions should outlive their server here"
+        stop_server(repository)
+        assert not any(region.exists() for region in regions)
+        assert held.exists()
+    finally:
+        holder.communicate("", timeout=10)
+        held.unlink(missing_ok=True)
+
+
+def test_a_server_killed_during_startup_is_named_with_its_signal(repository):
+    """A server that dies before it writes its first log line: the error names how it ended, not an empty log."""
+    from reidctl.errors import ReidctlError
+    from reidctl.triton.server import Ports, read_state, start_server
+
+    def kill_it_once_it_runs(message: str) -> None:
+        if message.startswith("loading"):
+            os.kill(read_state(repository).pid, signal.SIGKILL)
+
+    with pytest.raises(ReidctlError, match="tritonserver was killed by SIGKILL during startup: .* \\(log: "):
+        start_server(repository, Ports(*free_ports()), warn=lambda message: None, on_progress=kill_it_once_it_runs)
