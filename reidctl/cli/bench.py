@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from reidctl.cli.app import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     ConfigOpt,
     ConfOpt,
     DeviceOpt,
@@ -27,6 +29,7 @@ from reidctl.cli.app import (
     build_config,
     command,
     console,
+    err_console,
     fail,
     parse_size,
     with_model_options,
@@ -360,6 +363,10 @@ def bench(
                 soft_wrap=True,
             )
     console.print(f"wrote {output} and {plot}", soft_wrap=True)
+    if report.stopped:
+        err_console.print(f"{report.stopped}: {output} keeps what was measured before the stop, marked partial",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_TERMINATED if report.stopped == "terminated" else EXIT_INTERRUPTED)
     missing = report.not_measured()
     if missing:
         kept = [b.name for b in report.backends if b.status == "ok"]

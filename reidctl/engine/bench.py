@@ -54,7 +54,7 @@ from reidctl.engine.bench_report import (
 from reidctl.engine.detector import Detector, DetectorPool, StageTimes, available_backends, create_detector, get_backend
 from reidctl.engine.device import gpu_description, resolve_devices
 from reidctl.engine.stats import LatencySummary
-from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
+from reidctl.errors import BackendUnavailable, ReidctlError, Terminated, describe_error, first_line
 from reidctl.io.atomic import check_output_path
 from reidctl.io.sources import open_source
 from reidctl.io.synthetic import synthetic_frame
@@ -347,7 +347,11 @@ def open_loop(
         futures = [pool.submit(camera, i) for i in range(load.cameras)]
         epoch[0] = time.perf_counter() + 0.01  # every camera's clock starts from the same instant
         barrier.wait()
-        results = [future.result() for future in futures]
+        try:
+            results = [future.result() for future in futures]
+        except BaseException:  # Ctrl-C: the cameras stop too, instead of running their window out
+            stop.set()
+            raise
     return [stats for stats, _ in results], [sample for _, samples in results for sample in samples]
 
 
@@ -480,11 +484,16 @@ def bench_backend(
     settings: BenchSettings,
     progress: Progress,
     devices: Sequence[torch.device],
-) -> BackendResult:
+    into: list[BackendResult],
+) -> None:
+    """Measure backend ``name`` into a result appended to ``into`` first: a stop (Ctrl-C, SIGTERM) keeps what was
+    measured before it."""
     reason = get_backend(name).availability()
     if reason:
-        return BackendResult(name, "unavailable", reason)
+        into.append(BackendResult(name, "unavailable", reason))
+        return
     result = BackendResult(name, "ok")
+    into.append(result)
     for device in devices:
         if device.type == "cuda":
             torch.cuda.init()  # the allocator's statistics exist only once CUDA is initialised
@@ -493,13 +502,20 @@ def bench_backend(
         with create_detector(config, name) as detector, contextlib.ExitStack() as stack:
             clients = None
             if detector.runner.batches_remotely and settings.client_processes > 1 and settings.saturation:
-                clients = stack.enter_context(ClientProcesses(config, name, frames, settings.client_processes))
+                clients = stack.enter_context(ClientProcesses(config, name, frames, settings.client_processes,
+                                                              get_backend(name).frame_sender))
             _measure_backend(result, detector, frames, settings, progress, clients)
     except BackendUnavailable as exc:  # e.g. the server is not reachable
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
         result.status, result.reason = "failed", first_line(describe_error(exc))
-    return result
+    except KeyboardInterrupt as exc:
+        result.status, result.reason = "failed", f"{stop_name(exc)} while it was measured"
+        raise
+
+
+def stop_name(stop: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(stop, Terminated) else "interrupted"
 
 
 def run_bench(config: Config, settings: BenchSettings, show_progress: bool = True) -> BenchReport:
@@ -514,10 +530,16 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
         TextColumn("{task.fields[phase]}"),
         TimeElapsedColumn(),
     ]
+    results: list[BackendResult] = []
+    stopped = None
     with Progress(*columns, disable=not show_progress) as progress:
-        results = [bench_backend(config, name, frames, settings, progress, devices) for name in settings.backends]
+        try:
+            for name in settings.backends:
+                bench_backend(config, name, frames, settings, progress, devices, results)
+        except KeyboardInterrupt as exc:  # what was measured is kept, the report marked partial
+            stopped = stop_name(exc)
     parity = []
-    if settings.parity:
+    if settings.parity and not stopped:
         from reidctl.engine.parity import run_parity
 
         tolerances = settings.parity_tolerance, settings.parity_score_tolerance
@@ -529,6 +551,7 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
         config=to_dict(config),
         backends=results,
         parity=parity,
+        stopped=stopped,
     )
 
 

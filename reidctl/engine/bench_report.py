@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.config import check_regular_file
+from reidctl.engine.clients import check_client_processes
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError
 
@@ -53,6 +54,8 @@ class BenchSettings:
             raise ReidctlError(f"--warmup must be 0 or more, got {self.warmup}")
         if not self.cameras or any(c <= 0 for c in self.cameras):
             raise ReidctlError(f"--cameras must be positive camera counts, got {self.cameras}")
+        if self.client_processes > 1:
+            check_client_processes(self.client_processes, self.cameras)
         if self.max_delay_ms < 0:
             raise ReidctlError(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
         if self.frame_size is not None and (self.source is not None or min(self.frame_size) <= 0):
@@ -259,10 +262,13 @@ class BenchReport:
     backends: list[BackendResult]
     schema_version: int = BENCH_SCHEMA_VERSION
     parity: list[ParityResult] = field(default_factory=list)
+    stopped: str | None = None  # "interrupted" or "terminated": the run stopped early, what it measured is kept
 
     def to_dict(self) -> dict:
         return {
             "schema_version": self.schema_version,
+            "partial": self.stopped is not None,
+            "stopped": self.stopped,
             "created": self.created,
             "environment": self.environment,
             "settings": self.settings,
@@ -299,6 +305,7 @@ class BenchReport:
             backends=[BackendResult.from_dict(b) for b in data["backends"]],
             schema_version=data["schema_version"],
             parity=[ParityResult.from_dict(p) for p in data.get("parity") or []],
+            stopped=data.get("stopped"),
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,10 @@ from reidctl.errors import ReidctlError, describe_error, first_line
 
 Tick = Callable[[], None]  # called once per answered request (a progress bar's advance)
 READY_TIMEOUT_S = 300.0  # a process's start: imports, the connection and its first request
+# What one client process may take: one that needs torch (a server model whose NMS runs on the client) ~720 MB
+CLIENT_PROCESS_BYTES = 768 << 20
 RUN_TIMEOUT_S = 1800.0  # one closed-loop run
+CLOSE_TIMEOUT_S = 10.0  # the processes' own ending, before they are killed
 
 
 class _Tickets:
@@ -73,7 +77,11 @@ def closed_loop(
         futures = [pool.submit(camera, i) for i in range(cameras)]
         barrier.wait()
         start = time.perf_counter()
-        latencies = [sample for future in futures for sample in future.result()]
+        try:
+            latencies = [sample for future in futures for sample in future.result()]
+        except BaseException:  # Ctrl-C: the cameras stop too, instead of serving the requests left
+            tickets.stop()
+            raise
         wall = time.perf_counter() - start
     return latencies, wall
 
@@ -83,11 +91,17 @@ def _shares(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def _client_main(config, backend: str, frames, commands, results, barrier) -> None:
-    from reidctl.engine.detector import create_detector
-
+def _client_main(config, backend: str, frames, commands, results, barrier, frame_sender) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the run and its clients, which would
+    # each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet = lambda message: None  # noqa: E731  the parent's own runner has said it
     try:
-        detector = create_detector(config, backend, warn=lambda message: None)
+        detector = frame_sender(config, quiet) if frame_sender else None
+        if detector is None:
+            from reidctl.engine.detector import create_detector
+
+            detector = create_detector(config, backend, warn=quiet)
         detector.detect(frames[0])  # the connection and the first request's one-off costs, before any run
     except BaseException as exc:  # noqa: BLE001  reported to the parent, which fails the run with it
         results.put(("error", first_line(describe_error(exc))))
@@ -106,11 +120,37 @@ def _client_main(config, backend: str, frames, commands, results, barrier) -> No
             results.put(("done", (latencies, start, time.perf_counter())))
 
 
+def check_client_processes(count: int, cameras: Sequence[int]) -> None:
+    """At most one process per camera (more would idle), and as many as the memory available here holds."""
+    most = max(cameras)
+    if count > most:
+        raise ReidctlError(f"--client-processes {count}: at most one per camera, {most} for --cameras "
+                           f"{','.join(map(str, cameras))}")
+    available = available_memory_bytes()
+    fits = available // CLIENT_PROCESS_BYTES if available is not None else count
+    if count > fits:
+        raise ReidctlError(f"--client-processes {count}: the {available / 2**30:.1f} GiB of memory available here "
+                           f"hold {fits} (up to {CLIENT_PROCESS_BYTES / 2**20:.0f} MiB each)")
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class ClientProcesses:
     """``count`` processes, each with its own runner of ``backend`` (connected once), that run closed loops on
-    command; a context manager that stops them."""
+    command; a context manager that stops them. ``frame_sender``: the backend's way to send frames without torch
+    (Backend.frame_sender), tried first in each process."""
 
-    def __init__(self, config, backend: str, frames: Sequence[np.ndarray], count: int):
+    def __init__(self, config, backend: str, frames: Sequence[np.ndarray], count: int, frame_sender=None):
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads and a GPU context
         self.count = count
         self._results = context.Queue()
@@ -118,7 +158,8 @@ class ClientProcesses:
         self._commands = [context.Queue() for _ in range(count)]
         self._processes = [
             context.Process(target=_client_main, args=(config, backend, list(frames), commands, self._results,
-                                                       self._barrier), name=f"reidctl-client-{i}", daemon=True)
+                                                       self._barrier, frame_sender),
+                            name=f"reidctl-client-{i}", daemon=True)
             for i, commands in enumerate(self._commands)
         ]
         try:
@@ -166,8 +207,9 @@ class ClientProcesses:
         for commands, process in zip(self._commands, self._processes):
             if process.is_alive():
                 commands.put(None)
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S  # one for all: a stopped run leaves each mid-loop
         for process in self._processes:
-            process.join(timeout=10)
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from reidctl.engine.device import on_device
-from reidctl.engine.postprocess import rescale, select_detections
+from reidctl.engine.frames import rescale
+from reidctl.engine.postprocess import select_detections
 from reidctl.engine.preprocess import letterbox, normalize
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.models.yolox import decode_predictions
@@ -425,6 +426,9 @@ class Backend:
     description: str
     availability: Callable[[], str | None]  # None when usable, else why not
     make_runner: Callable[..., Runner]
+    # (config, warn) -> an object with detect(frame) and close() that imports no torch, or None where the backend
+    # needs it: what client processes that only send frames to a server run (engine/clients.py)
+    frame_sender: Callable[..., object | None] | None = None
 
 
 # Built-in backends by name: a backend's module is imported when it is asked for (it registers itself), so using

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,17 +78,3 @@ def select_detections(
     per_frame = np.bincount(rows[:, -1].astype(np.int64), minlength=batch)
     frames = np.split(rows[:, :-1], np.cumsum(per_frame)[:-1])
     return Selection(frames, candidates.tolist())
-
-
-def rescale(detections: Sequence[np.ndarray], ratios: Sequence[float], conf_threshold: float = 0.0) -> list[np.ndarray]:
-    """Canvas-pixel rows -> original-frame pixels (new arrays), dropping rows scored below ``conf_threshold``.
-
-    Dropping after NMS equals thresholding before it: a box can only be suppressed by a higher-scoring one,
-    which passes any threshold the suppressed box passes. So a client may be stricter than the server's threshold.
-    """
-    frames = []
-    for rows, ratio in zip(detections, ratios):
-        rows = rows[rows[:, 4] * rows[:, 5] >= conf_threshold] if conf_threshold > 0 else rows.copy()
-        rows[:, :4] /= np.float32(ratio)
-        frames.append(rows)
-    return frames

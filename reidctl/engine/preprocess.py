@@ -10,18 +10,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reidctl.engine.frames import PAD_VALUE, letterbox_into, letterbox_ratio
+from reidctl.engine.frames import letterbox_frame as letterbox_frame  # where the camera readers import it from
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-PAD_VALUE = 114
-
-
-def letterbox_ratio(frame_hw: tuple[int, int], test_size: tuple[int, int]) -> float:
-    return min(test_size[0] / frame_hw[0], test_size[1] / frame_hw[1])
 
 
 def letterbox(
@@ -47,25 +44,6 @@ def letterbox(
             source if (new_h, new_w) == frame.shape[:2] else bilinear_resize(source, (new_h, new_w))
         )
     return canvas, ratios
-
-
-def letterbox_into(frame: np.ndarray, canvas: np.ndarray) -> float:
-    """Letterbox one uint8 HxWx3 BGR frame on the host into ``canvas`` (H, W, 3), whose shape is the network input
-    size; returns the frame's scale ratio. cv2.resize releases the GIL, so camera reader threads run this in parallel.
-    """
-    ratio = letterbox_ratio(frame.shape[:2], canvas.shape[:2])
-    new_h, new_w = int(frame.shape[0] * ratio), int(frame.shape[1] * ratio)
-    same = (new_h, new_w) == frame.shape[:2]
-    canvas[:new_h, :new_w] = frame if same else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    canvas[new_h:] = PAD_VALUE
-    canvas[:new_h, new_w:] = PAD_VALUE
-    return ratio
-
-
-def letterbox_frame(frame: np.ndarray, test_size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """One frame's host canvas (``letterbox_into`` a new array) and its ratio."""
-    canvas = np.empty((*test_size, 3), dtype=np.uint8)
-    return canvas, letterbox_into(frame, canvas)
 
 
 def bilinear_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

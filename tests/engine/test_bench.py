@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,9 +21,10 @@ from reidctl.engine.batcher import MicroBatcher
 from reidctl.engine.bench import measure_concurrent, run_bench, stream_modes
 from reidctl.engine.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
 from reidctl.engine.clients import ClientProcesses, closed_loop
-from reidctl.engine.detector import available_backends, create_detector
+from reidctl.engine.detector import available_backends, create_detector, get_backend
 from reidctl.errors import ReidctlError
 from reidctl.io.synthetic import synthetic_frame
+from reidctl.triton.requests import frame_sender
 
 runner = CliRunner()
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -232,6 +234,8 @@ def test_outputs_never_write_over_each_other_or_an_input(tmp_path, small_config)
         (("--cameras", "1,0"), "--cameras must be comma-separated positive integers"),
         (("--cameras", "four"), "--cameras must be comma-separated positive integers"),
         (("--cameras", "1,,4"), "--cameras must be comma-separated positive integers, got '1,,4'"),
+        (("--cameras", "4", "--client-processes", 1000), "--client-processes 1000: at most one per camera, 4 for"),
+        (("--cameras", "100000", "--client-processes", 99999), "of memory available here hold"),
         (("--source", "no/such/video.avi"), "source not found"),
         (("--frame-size", "64x"), "size must look like 640x640"),
         (("--frame-size", "64x64", "--source", "clip.avi"), "--frame-size sets the size of synthetic frames"),
@@ -352,9 +356,82 @@ def test_client_processes_split_the_cameras_and_the_server_serves_every_request(
         unreachable = _with_detection(config, triton=dataclasses.replace(config.detection.triton, url="localhost:9"))
         with pytest.raises(ReidctlError, match="client process: .*localhost:9"):
             ClientProcesses(unreachable, "triton", [synthetic_frame(0, (128, 160))], 2)
+        frames = [synthetic_frame(i, (240, 320)) for i in range(3)]
+        with ClientProcesses(config, "triton", frames, 2, get_backend("triton").frame_sender) as clients:
+            latencies, _ = clients.closed_loop(2, 6)
+            for process in clients._processes:  # they only send frames: no torch, a fraction of its memory
+                maps = Path(f"/proc/{process.pid}/maps").read_text()
+                assert "libtorch" not in maps and "libc10" not in maps
+                rss_kib = int(next(line for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+                                   if line.startswith("VmRSS:")).split()[1])  # fmt: skip
+                assert rss_kib < 400 * 1024, rss_kib
+        assert len(latencies) == 6
+        with frame_sender(config) as sender, create_detector(config, "triton") as detector:
+            for frame in frames:  # the same rows as the Detector through the Triton runner
+                np.testing.assert_array_equal(sender.detect(frame), detector.detect(frame))
+        # Ctrl-C reaches the bench and its client processes (the terminal's process group): one word, no traceback
+        config_file = write_config(tmp_path / "cli.yaml", nano_checkpoint, triton={"url": config.detection.triton.url})
+        output = tmp_path / "stopped.json"
+        args = ["-b", "triton", "--client-processes", 2, "--cameras", 2, "--iters", 4, "--warmup", 0, "--saturation",
+                "--fps", 5, "--seconds", 600, "-c", config_file, "-o", output]  # fmt: skip
+        code, printed = bench_in_a_terminal(args, b"open loop", lambda process: os.killpg(process.pid, signal.SIGINT))
+        assert code == 130 and "Traceback" not in printed and "KeyboardInterrupt" not in printed, printed[-3000:]
+        assert json.loads(output.read_text())["partial"] is True
     (result,) = report.backends
     assert result.status == "ok", result.reason
     (run,) = result.multi_stream
     assert (run.mode, run.cameras, run.requests, run.latency.count) == ("concurrent", 3, 24, 24)
     assert sum(size * count for size, count in run.batch_sizes.items()) == 24
     assert report.settings["client_processes"] == 2
+
+
+def bench_in_a_terminal(args: list, until: bytes, stop, timeout: float = 240.0) -> tuple[int, str]:
+    """`reidctl bench ARGS` in a terminal of its own (a pty: its live progress shows each phase) and its own process
+    group; once ``until`` shows, ``stop(process)`` sends the signal. Returns the exit code and everything it printed."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "reidctl", "bench", *map(str, args)], stdin=subprocess.DEVNULL,
+                               stdout=slave, stderr=slave, env=os.environ | {"PYTHONPATH": ROOT, "COLUMNS": "200"},
+                               start_new_session=True)  # fmt: skip
+    os.close(slave)
+    printed, signalled, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal is closed: the command has ended
+                    break
+                if not chunk:
+                    break
+                printed += chunk
+            if not signalled and until in printed:
+                stop(process)
+                signalled = True
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        os.close(master)
+    assert signalled, printed.decode(errors="replace")[-2000:]
+    return code, printed.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("sig", "code", "word"),
+                         [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_stopped_bench_saves_what_it_measured_marked_partial(tmp_path, small_config, sig, code, word):
+    output = tmp_path / "bench.json"
+    args = ["-b", "pytorch", "--iters", 20, "--warmup", 2, "--cameras", 1, "--fps", 5, "--seconds", 600,
+            "-c", small_config, "-o", output]  # fmt: skip
+    exit_code, printed = bench_in_a_terminal(args, b"open loop", lambda process: os.kill(process.pid, sig))
+    assert exit_code == code, printed[-2000:]
+    assert "Traceback" not in printed and f"{word}: {output} keeps what was measured" in printed
+    data = json.loads(output.read_text())
+    assert data["partial"] is True and data["stopped"] == word
+    (pytorch,) = data["backends"]
+    assert pytorch["status"] == "failed" and pytorch["reason"] == f"{word} while it was measured"
+    assert pytorch["single_stream"]["count"] == 20 and pytorch["stages"]["inference"]["count"] == 20
+    assert Path(output.with_suffix(".png")).is_file()

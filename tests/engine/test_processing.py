@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from reidctl.engine.postprocess import rescale, select_detections
+from reidctl.engine.frames import rescale
+from reidctl.engine.postprocess import select_detections
 from reidctl.engine.preprocess import bilinear_resize, letterbox, letterbox_frame, letterbox_into, normalize
 from reidctl.errors import ReidctlError
 

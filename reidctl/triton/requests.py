@@ -1,0 +1,527 @@
+"""Requests to Triton Inference Server over gRPC, on NumPy arrays: the Triton backend's runner
+(reidctl/backends/triton.py) and the client processes of a bench (reidctl/engine/clients.py), which send frames
+and so import no torch.
+
+Several streams reach the server's dynamic batcher at once when they call one TritonRequests from several threads
+(each call is its own request; the gRPC client is thread safe). Frames travel as uint8 canvases to a model that
+normalises on the server (the python model), or as normalised tensors to one that takes float input (a TensorRT
+engine). On the server's host, inputs can go through system shared memory.
+
+With several servers (detection.triton.url a list), each calling thread is a camera: its first request gives it to
+the live server with the fewest cameras, where it stays. A request that fails because its server is gone moves the
+thread to a live server and is sent again there, counted and said (ServerPool in reidctl/triton/client.py keeps the
+books).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import os
+import threading
+import weakref
+from concurrent.futures import Future
+
+import numpy as np
+
+from reidctl.engine.frames import letterbox_frame, rescale
+from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
+from reidctl.triton.client import (
+    LOCAL_HOSTS,
+    ServerPool,
+    batch_counts,
+    grpc_key_headers,
+    local_server_gpu_memory,
+    message_of,
+    metric_batch_counts,
+    served_model,
+)
+from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
+
+# A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
+# because a closed loop on a busy CPU (client threads and server sharing cores) queues far longer than N x one
+# request (seen here: 8 cameras of 25 ms frames waiting over 0.5 s).
+LATENCY_MARGIN = 10.0
+# The first request may carry the server's one-off costs (first run at this input size, CUDA graph capture).
+FIRST_REQUEST_TIMEOUT = 300.0
+# How long a server that failed a request may take to say it is live before it counts as down; and how long a
+# region's unregistering may take (the server may be hung).
+HEALTH_TIMEOUT = 2.0
+_region_ids = itertools.count()
+_camera_ids = itertools.count()
+
+
+def availability() -> str | None:
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.utils.shared_memory  # noqa: F401
+    except Exception as exc:  # protobuf version clashes raise more than ImportError
+        return f"tritonclient[grpc] cannot be imported ({type(exc).__name__}: {first_line(exc, 120)})"
+    return None
+
+
+def _gone_status(exc: Exception) -> bool:
+    """The client's error is one a server that is gone gives (unreachable, or no answer in time)."""
+    status = str(exc.status()) if callable(getattr(exc, "status", None)) else ""
+    return "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status
+
+
+class _SharedInput:
+    """One thread's system shared memory region for input batches, grown on demand."""
+
+    def __init__(self, client, shm, headers: dict[str, str]):
+        self.client, self.shm, self.headers = client, shm, headers
+        self.handle = None
+        self.name = ""
+        self.size = 0
+
+    def ensure(self, byte_size: int) -> None:
+        if byte_size <= self.size:
+            return
+        self.release()
+        self.name = f"reidctl_{os.getpid()}_{next(_region_ids)}"
+        self.handle = self.shm.create_shared_memory_region(self.name, f"/{self.name}", byte_size)
+        self.size = byte_size
+        self.client.register_system_shared_memory(self.name, f"/{self.name}", byte_size, headers=self.headers)
+
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        with contextlib.suppress(Exception):  # the server may be gone; the local region goes regardless
+            self.client.unregister_system_shared_memory(self.name, headers=self.headers, client_timeout=HEALTH_TIMEOUT)
+        self.shm.destroy_shared_memory_region(self.handle)
+        self.handle, self.size = None, 0
+
+
+class _Server:
+    """One endpoint: its gRPC client and the system shared memory regions of the threads that send to it."""
+
+    def __init__(self, index: int, url: str, client, shared_memory: bool, headers: dict[str, str]):
+        self.index, self.url, self.client, self.headers = index, url, client, headers  # headers: its key
+        self.use_shared_memory = shared_memory and url.rsplit(":", 1)[0] in LOCAL_HOSTS
+        self.regions: list[_SharedInput] = []
+        self.answered = False  # until a first request succeeds, requests get FIRST_REQUEST_TIMEOUT
+
+
+class _Seat:
+    """A calling thread's place: its server and its shared memory region on each server it has sent to."""
+
+    def __init__(self, server: _Server, camera: int | None = None):
+        self.server, self.camera = server, camera
+        self.regions: dict[int, _SharedInput] = {}
+
+
+class _EndMark:
+    """Held by one thread's local storage only, so it goes when the thread ends."""
+
+
+class TritonRequests:
+    """One client of one or several servers that serve the same model; thread safe. ``infer_array`` takes a batch
+    in the model's input form and returns each frame's detection rows (a model that runs NMS) or the predictions."""
+
+    name = "triton"
+
+    def __init__(self, triton, warn=print_warning):
+        import tritonclient.grpc as grpcclient
+        import tritonclient.utils.shared_memory as shm
+        from tritonclient.utils import InferenceServerException
+
+        self._grpc, self._shm, self._server_error = grpcclient, shm, InferenceServerException
+        urls = triton.urls
+        self.url = ", ".join(urls)
+        self.model_name = triton.model_name
+        self.model_version = triton.model_version
+        self.configured_timeout = self.timeout = triton.timeout
+        self.metrics_port = triton.metrics_port
+        self.max_in_flight = max(1, triton.max_in_flight)
+        self._warn, self._verbose = warn, triton.verbose
+        self.servers = [
+            _Server(i, url, grpcclient.InferenceServerClient(url, verbose=triton.verbose), triton.shared_memory,
+                    grpc_key_headers(url, triton.key_file))
+            for i, url in enumerate(urls)
+        ]
+        # One server: every thread sends to it, nothing to assign. Several: a pool assigns threads to servers.
+        self._pool = ServerPool(urls) if len(urls) > 1 else None
+        try:
+            self.model = model = self._check_servers()
+        except ReidctlError:
+            for server in self.servers:
+                server.client.close()
+            raise
+        self.input_name, self.input_datatype = model.input_name, model.input_datatype
+        self.input_format = "canvas" if self.input_datatype == "UINT8" else "tensor"
+        self.decoded = True
+        self.input_shape, self.max_batch_size = model.input_shape, model.max_batch_size
+        self.returns_detections, self.output_names = model.returns_detections, model.output_names
+        self.output_datatype, self.parameters = model.output_datatype, model.parameters
+        self.server_version = model.server_version
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _served_model(self, server: _Server, client=None):
+        return served_model(client or server.client, server.url, self.model_name, self.model_version, self.timeout,
+                            self._server_error, server.headers)
+
+    def _check_servers(self):
+        """The model every live server serves, the same on each. With several servers, one that is not reachable
+        is marked down (and checked again later) while another is; a server with the model missing or different
+        is an error."""
+        if self._pool is None:
+            return self._served_model(self.servers[0])
+        models, unreachable = {}, []
+        for server in self.servers:
+            try:
+                models[server.index] = self._served_model(server)
+            except BackendUnavailable as exc:
+                unreachable.append(exc)
+                self._pool.mark_down(server.index)
+                self._warn(f"warning: {exc}; its cameras go to the other servers until it answers")
+        if not models:
+            raise BackendUnavailable(
+                f"no Triton server of detection.triton.url is reachable ({len(unreachable)} tried): {unreachable[0]}"
+            )
+        (first, model), *others = models.items()
+        for index, other_model in others:
+            self._check_same_model(model, self.servers[first], other_model, self.servers[index])
+        return model
+
+    def _check_same_model(self, model, server: _Server, other_model, other: _Server) -> None:
+        if dataclasses.replace(other_model, server_version="") != dataclasses.replace(model, server_version=""):
+            raise ReidctlError(
+                f"Triton servers at {server.url} and {other.url} serve different '{self.model_name}' models "
+                "(inputs, outputs, batching or parameters): give every server the same model repository"
+            )
+
+    def check_input_size(self, test_size: tuple[int, int]) -> None:
+        """The model's fixed input size must be the Detector's letterbox size."""
+        dims = self.input_shape[1:] if self.max_batch_size > 0 else self.input_shape
+        height_width = dims[:2] if self.input_format == "canvas" else dims[1:3]
+        if all(d > 0 for d in height_width) and tuple(height_width) != tuple(test_size):
+            raise ReidctlError(
+                f"model '{self.model_name}' takes {height_width[0]}x{height_width[1]} input but detection.test_size "
+                f"is {test_size[0]}x{test_size[1]}"
+            )
+
+    def check_thresholds(self, conf_threshold: float, nms_threshold: float) -> None:
+        """A model that applies NMS on the server must use the client's IoU threshold and a score threshold no
+        stricter than the client's (the client drops rows below its own)."""
+        if not self.returns_detections:
+            return
+        server_conf = float(self.parameters.get("conf_threshold", 0.0))
+        server_nms = float(self.parameters.get("nms_threshold", nms_threshold))
+        where = f"model '{self.model_name}' on Triton at {self.url}"
+        if abs(server_nms - nms_threshold) > 1e-9:
+            raise ReidctlError(
+                f"{where} applies NMS at IoU {server_nms:g} but detection.nms_threshold is {nms_threshold:g}: "
+                f"rewrite it with `reidctl setup-triton --nms {nms_threshold:g}` and restart the server"
+            )
+        if conf_threshold < server_conf - 1e-9:
+            raise ReidctlError(
+                f"{where} keeps scores >= {server_conf:g} but detection.conf_threshold is {conf_threshold:g}: "
+                f"rewrite it with `reidctl setup-triton --conf {conf_threshold:g}` and restart the server"
+            )
+
+    def describe(self) -> dict:
+        server_model = {key: self.parameters[key] for key in ("fp16", "compile", "device") if key in self.parameters}
+        servers = {} if self._pool is None else {"servers": self._pool.report()}
+        return {
+            "backend": self.name,
+            "device": "cpu",  # the client's work (letterbox, rescale) runs on the host
+            "url": self.url,
+            "model": self.model_name,
+            "server": f"Triton {self.server_version}",
+            "input": f"{self.input_name} {self.input_datatype}",
+            "output": "detections (NMS on the server)"
+            if self.returns_detections
+            else f"predictions {self.output_datatype}",
+            "server_model": server_model,
+            "shared_memory": any(server.use_shared_memory for server in self.servers),
+            **servers,
+        }
+
+    # -- servers --------------------------------------------------------------------------------------------
+    def _seat(self) -> _Seat:
+        """This thread's place, given on its first request."""
+        seat = getattr(self._local, "seat", None)
+        if seat is None:
+            seat = self._local.seat = self._join()
+        return seat
+
+    def _join(self) -> _Seat:
+        if self._pool is None:
+            return _Seat(self.servers[0])
+        self._recheck_down_servers()
+        camera = next(_camera_ids)
+        index = self._pool.join(camera)
+        if index is None:
+            raise ReidctlError(
+                f"no Triton server of detection.triton.url is live ({self.url}): "
+                "check them with `reidctl setup-triton --status`"
+            )
+        # When the thread ends its thread-local values go, and its server has a camera fewer. The mark is an object
+        # of its own: the seat may outlive the thread a while (an error's traceback holds it until collected).
+        self._local.end_mark = end_mark = _EndMark()
+        weakref.finalize(end_mark, self._pool.leave, camera)
+        return _Seat(self.servers[index], camera)
+
+    def _recheck_down_servers(self) -> None:
+        """Down servers whose back-off has passed take cameras again if they serve the model (the same one).
+
+        Through a new client with a connection of its own: gRPC shares one connection per address between clients,
+        and the old one may still be waiting out gRPC's reconnect back-off."""
+        due = self._pool.due_for_check()
+        if not due:
+            return
+        keepalive = self._grpc.KeepAliveOptions()
+        options = [  # tritonclient's own defaults, and a connection not shared
+            ("grpc.max_send_message_length", self._grpc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", self._grpc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        for index in due:
+            server = self.servers[index]
+            client = self._grpc.InferenceServerClient(server.url, verbose=self._verbose, channel_args=options)
+            try:
+                self._check_same_model(self.model, self.servers[0], self._served_model(server, client), server)
+            except ReidctlError:
+                client.close()
+                continue
+            server.client, server.answered = client, False
+            self._pool.mark_live(index)
+
+    def _is_down(self, server: _Server, exc: Exception) -> bool:
+        """A request failed: is it because its server is gone (unreachable, or timed out and not live)?"""
+        if not _gone_status(exc):
+            return False
+        try:
+            return not server.client.is_server_live(client_timeout=HEALTH_TIMEOUT)
+        except self._server_error:
+            return True
+
+    def _move(self, seat: _Seat) -> bool:
+        """Move this thread off its server, which is down, to a live one (False: none is live)."""
+        self._pool.mark_down(seat.server.index)
+        region = seat.regions.pop(seat.server.index, None)
+        if region is not None:  # the server is gone; a region on it is no use, even if it comes back
+            with self._lock:
+                seat.server.regions.remove(region)
+            region.release()
+        self._recheck_down_servers()
+        index = self._pool.move(seat.camera)
+        if index is None:
+            return False
+        seat.server = self.servers[index]
+        return True
+
+    # -- inference ------------------------------------------------------------------------------------------
+    def _region(self, seat: _Seat) -> _SharedInput:
+        server = seat.server
+        region = seat.regions.get(server.index)
+        if region is None:
+            region = seat.regions[server.index] = _SharedInput(server.client, self._shm, server.headers)
+            with self._lock:
+                server.regions.append(region)
+        return region
+
+    def _inputs_for(self, array: np.ndarray, seat: _Seat) -> list:
+        """One InferInput per request in the batch's chunks; through this thread's shared memory if enabled."""
+        chunk = self.max_batch_size if self.max_batch_size > 0 else len(array)
+        parts = [array[i : i + chunk] for i in range(0, len(array), chunk)]
+        inputs = [self._grpc.InferInput(self.input_name, list(part.shape), self.input_datatype) for part in parts]
+        if seat.server.use_shared_memory:
+            try:
+                region = self._region(seat)
+                region.ensure(array.nbytes)
+                self._shm.set_shared_memory_region(region.handle, [array])
+                offset = 0
+                for item, part in zip(inputs, parts):
+                    item.set_shared_memory(region.name, part.nbytes, offset)
+                    offset += part.nbytes
+                return inputs
+            except (self._server_error, self._shm.SharedMemoryException) as exc:
+                if _gone_status(exc):  # the server, not its shared memory: infer decides what follows
+                    raise
+                # e.g. a server in a container without the host's IPC namespace: send the bytes instead
+                seat.server.use_shared_memory = False
+                self._warn(f"warning: Triton shared memory unavailable ({message_of(exc)}); sending inputs over gRPC")
+        for item, part in zip(inputs, parts):
+            item.set_data_from_numpy(part)
+        return inputs
+
+    def _fail(self, exc: Exception, url: str) -> ReidctlError:
+        status = str(exc.status()) if hasattr(exc, "status") else ""
+        if "DEADLINE_EXCEEDED" in status:
+            basis = "detection.triton.timeout"
+            if self.timeout > self.configured_timeout:
+                basis = f"{basis} {self.configured_timeout:g} s, raised for the measured latency"
+            return ReidctlError(
+                f"Triton request to '{self.model_name}' at {url} timed out after {self.timeout:g} s ({basis})"
+            )
+        if "UNAVAILABLE" in status:
+            others = "" if self._pool is None else " and no other server of detection.triton.url is live"
+            return ReidctlError(
+                f"Triton server at {url} stopped responding ({message_of(exc)}){others}: "
+                "check it with `reidctl setup-triton --status`"
+            )
+        return ReidctlError(f"Triton inference on '{self.model_name}' failed: {message_of(exc)}")
+
+    def infer_array(self, array: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        if self._closed:
+            raise ReidctlError("the Triton runner is closed")
+        seat = self._seat()
+        if self._pool is None:
+            try:
+                return self._infer_on(seat, array)
+            except self._server_error as exc:
+                raise self._fail(exc, seat.server.url) from None
+        # Several servers: a request its server could not answer because it is gone goes to a live one (at most
+        # as many tries as servers), counted on the server that failed it.
+        for _ in self.servers:
+            server = seat.server
+            try:
+                results = self._infer_on(seat, array)
+            except self._server_error as exc:
+                self._pool.count_request(server.index, failed=True)
+                if not self._is_down(server, exc) or not self._move(seat):
+                    raise self._fail(exc, server.url) from None
+                continue
+            self._pool.count_request(server.index)
+            return results
+        raise ReidctlError(f"Triton request to '{self.model_name}' failed on every server of detection.triton.url")
+
+    def _infer_on(self, seat: _Seat, array: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The batch's requests to this thread's server (raises the client's error)."""
+        server = seat.server
+        inputs = self._inputs_for(array, seat)
+        outputs = [self._grpc.InferRequestedOutput(name) for name in self.output_names]
+        futures: list[Future] = []
+        timeout = self.timeout if server.answered else max(self.timeout, FIRST_REQUEST_TIMEOUT)
+        # Chunks of a large batch go out together, at most max_in_flight at a time, so the batcher sees them at once.
+        window = threading.BoundedSemaphore(self.max_in_flight)
+        for item in inputs:
+            window.acquire()
+            future: Future = Future()
+
+            def done(result, error, future=future):
+                window.release()
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+            try:
+                server.client.async_infer(
+                    self.model_name, [item], done, self.model_version, outputs=outputs, client_timeout=timeout
+                )
+            except self._server_error as exc:
+                window.release()
+                future.set_exception(exc)
+            futures.append(future)
+        results = [future.result() for future in futures]
+        server.answered = True
+        if self.returns_detections:  # zero-padded rows per frame and each frame's count
+            return [
+                rows[:count]
+                for result in results
+                for rows, (count,) in zip(result.as_numpy(PYTHON_OUTPUT), result.as_numpy(PYTHON_COUNT_OUTPUT))
+            ]
+        return np.concatenate([result.as_numpy(self.output_names[0]) for result in results])
+
+    def batch_counts(self) -> dict[int, int] | None:
+        """Batches run per size, on the servers that answer: the python model's own counter (it forms its batches
+        from the requests Triton hands over), else Triton's statistics (what its dynamic batcher formed)."""
+        counts: dict[int, int] = {}
+        for server in self.servers:
+            if self.returns_detections:
+                served = metric_batch_counts(server.url, self.metrics_port, self.model_name, self.timeout)
+                if served is None and self._pool is None:
+                    return None
+            else:
+                try:
+                    statistics = server.client.get_inference_statistics(
+                        self.model_name, self.model_version, as_json=True, client_timeout=self.timeout
+                    )
+                except self._server_error as exc:
+                    if self._pool is None:
+                        raise self._fail(exc, server.url) from None
+                    continue
+                served = batch_counts(statistics)
+            for size, count in (served or {}).items():
+                counts[size] = counts.get(size, 0) + count
+        return counts
+
+    def allow_latency(self, seconds: float) -> None:
+        """Requests may take LATENCY_MARGIN x ``seconds`` where that is longer than detection.triton.timeout,
+        which is meant to catch a hung server, not to fail a slow one (see bench's allow_measured_latency)."""
+        self.timeout = max(self.configured_timeout, LATENCY_MARGIN * seconds)
+
+    # -- resources ------------------------------------------------------------------------------------------
+    def peak_memory_bytes(self) -> int | None:
+        used = [local_server_gpu_memory(server.url) for server in self.servers]
+        return sum(b for b in used if b is not None) if any(b is not None for b in used) else None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            for server in self.servers:
+                for region in server.regions:
+                    region.release()
+                server.regions.clear()
+        for server in self.servers:
+            server.client.close()
+
+
+
+
+def connect(config, warn=print_warning, client: type[TritonRequests] = TritonRequests) -> TritonRequests:
+    """A ``client`` of detection.triton's servers whose model takes the config's input size and thresholds."""
+    det = config.detection
+    requests = client(det.triton, warn)
+    try:
+        requests.check_input_size(det.input_size)
+        requests.check_thresholds(det.conf_threshold, det.nms_threshold)
+    except ReidctlError:
+        requests.close()
+        raise
+    return requests
+
+
+class FrameSender:
+    """Frames to a server model that runs NMS, without torch: each frame letterboxed here, sent as one request, its
+    rows rescaled to its pixels (what a Detector over the Triton runner does for such a model). What a bench's client
+    processes run: they only send frames, and torch would cost each ~700 MB."""
+
+    def __init__(self, requests: TritonRequests, test_size: tuple[int, int], conf_threshold: float):
+        self.requests, self.test_size, self.conf_threshold = requests, test_size, conf_threshold
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        canvas, ratio = letterbox_frame(frame, self.test_size)
+        return rescale(self.requests.infer_array(canvas[None]), [ratio], self.conf_threshold)[0]
+
+    def close(self) -> None:
+        self.requests.close()
+
+    def __enter__(self) -> FrameSender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def frame_sender(config, warn=print_warning) -> FrameSender | None:
+    """A FrameSender to the config's servers; None where their model returns predictions that the client turns into
+    detections (its NMS needs torch: run a Detector instead)."""
+    requests = connect(config, warn)
+    if not requests.returns_detections:
+        requests.close()
+        return None
+    return FrameSender(requests, config.detection.input_size, config.detection.conf_threshold)
