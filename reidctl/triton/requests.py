@@ -224,6 +224,18 @@ class TritonRequests:
                 f"rewrite it with `reidctl setup-triton --conf {conf_threshold:g}` and restart the server"
             )
 
+    def check_model_type(self, model_type: str) -> None:
+        """The python model carries its config in its parameters: its YOLOX size must be the one the client names
+        (either may say 'auto', from the checkpoint: nothing to compare then)."""
+        served = self.parameters.get("model_type")
+        if served in (None, "auto") or model_type == "auto" or served == model_type:
+            return
+        raise ReidctlError(
+            f"model '{self.model_name}' on Triton at {self.url} runs YOLOX model_type '{served}' but "
+            f"detection.model_type is '{model_type}': rewrite it with `reidctl setup-triton --model-type {model_type}` "
+            "and restart the server, or name the server's model type"
+        )
+
     def describe(self) -> dict:
         server_model = {key: self.parameters[key] for key in ("fp16", "compile", "device") if key in self.parameters}
         servers = {} if self._pool is None else {"servers": self._pool.report()}
@@ -489,6 +501,7 @@ def connect(config, warn=print_warning, client: type[TritonRequests] = TritonReq
     try:
         requests.check_input_size(det.input_size)
         requests.check_thresholds(det.conf_threshold, det.nms_threshold)
+        requests.check_model_type(det.model_type)
     except ReidctlError:
         requests.close()
         raise

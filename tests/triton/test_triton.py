@@ -409,6 +409,8 @@ def test_client_may_be_stricter_than_the_servers_score_threshold(triton_server, 
             "0.5`",
         ),
         ({"conf_threshold": 0.0}, "but detection.conf_threshold is 0: rewrite it with `reidctl setup-triton --conf 0`"),
+        ({"model_type": "tiny"}, "runs YOLOX model_type 'nano' but detection.model_type is 'tiny': rewrite it with "
+                                 "`reidctl setup-triton --model-type tiny`"),
     ],
 )
 def test_thresholds_the_server_cannot_honour_are_one_line_errors(triton_server, nano_config, thresholds, expected):
