@@ -605,7 +605,7 @@ def recommend_command(
 
     from reidctl.engine.bench_report import load_report
     from reidctl.engine.capacity import CameraPlan
-    from reidctl.engine.recommend import DEPLOY_FILES, Need, config_from_dict, find_bench
+    from reidctl.engine.recommend import DEPLOY_FILES, DEPLOYED_OUTPUTS, Need, config_from_dict, find_bench
     from reidctl.io.sources import read_source_list
 
     need = Need(cameras, fps, latency_ms).validate()
@@ -614,7 +614,8 @@ def recommend_command(
     refuse_shared_paths([("--json", json_path), *deploy_files],
                         [("--bench", path), ("--config", config), ("--model", model), ("--sources", sources_file)])
     if deploy:
-        refuse_foreign_files(deploy, DEPLOY_FILES, "--deploy")
+        outputs = {Path(path).parts[0] for path in DEPLOYED_OUTPUTS.values()}  # what its deploy.sh wrote there
+        refuse_foreign_files(deploy, [*DEPLOY_FILES, *outputs], "--deploy")
     report = load_report(path) if path else None
     base = config_from_dict(report.config) if report else load_config(config)
     config_dict = to_dict(with_model_options(base, model, model_type, num_classes, device, test_size, conf, nms, fp16))

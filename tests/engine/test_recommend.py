@@ -234,6 +234,8 @@ def test_outputs_never_write_over_each_other_or_an_input(tmp_path):
     for _ in range(2):
         assert invoke("recommend", "--cameras", 4, "--bench", bench, "--deploy", deploy).exit_code == 0
     assert sorted(p.name for p in deploy.iterdir()) == ["config.yaml", "deploy.sh"]
+    (deploy / "runs").mkdir()  # what its deploy.sh writes there
+    assert invoke("recommend", "--cameras", 4, "--bench", bench, "--deploy", deploy).exit_code == 0
     (deploy / "notes.txt").write_text("mine")
     result = invoke("recommend", "--cameras", 4, "--bench", bench, "--deploy", deploy)
     assert result.exit_code == 2 and f"--deploy {deploy} holds other files (notes.txt)" in result.output
