@@ -411,7 +411,7 @@ def bench_in_a_terminal(args: list, until: bytes, stop, timeout: float = 240.0) 
             if not signalled and until in printed:
                 stop(process)
                 signalled = True
-        code = process.wait(timeout=60)
+        code = process.wait(timeout=120)  # a stop closes client processes and writes the plot: slow on a busy host
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
