@@ -97,8 +97,24 @@ class DetectionConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """ByteTrack's association (its published defaults and names) and the crops written for ReID."""
+
+    track_thresh: float = 0.5  # high-score detections; a new track needs track_thresh + 0.1
+    track_buffer: int = 30  # frames a lost track is kept, at 30 FPS (scaled by the camera's FPS)
+    match_thresh: float = 0.8  # IoU-distance limit of the first association
+    low_thresh: float = 0.1  # low-score band (low_thresh, track_thresh): second association only
+    min_box_area: float = 10.0  # written tracks: w * h above this
+    aspect_ratio_thresh: float = 1.6  # written tracks: w / h at most this
+    mot20: bool = False  # True: IoU alone (no fusion with the detection score), as ByteTrack on MOT20
+    crops_every: int = 10  # ReID crops: every Nth frame of a track (plus its best-scored frame)
+    crop_size: list[int] = field(default_factory=lambda: [128, 256])  # [width, height] of a crop
+
+
+@dataclass
 class Config:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def _quote(value) -> str:
@@ -242,6 +258,12 @@ def override(config: Config, **detection_values) -> Config:
             values = {k: v for k, v in given[section].items() if v is not None}
             given[section] = dataclasses.replace(getattr(config.detection, section), **values)
     return validate(dataclasses.replace(config, detection=dataclasses.replace(config.detection, **given)))
+
+
+def override_tracking(config: Config, **tracking_values) -> Config:
+    """Apply CLI options on top of the file's tracking section, validated; None means 'not given'."""
+    given = {k: v for k, v in tracking_values.items() if v is not None}
+    return validate(dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, **given)))
 
 
 def to_dict(config: Config) -> dict:
