@@ -49,6 +49,8 @@ class TrackCounts:
 def iou_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1 - IoU of (n, 4) and (m, 4) boxes (x1, y1, x2, y2) as ByteTrack's cython_bbox computes it: +1 on widths
     and heights, the same float64 operations in the same order."""
+    if not len(a) or not len(b):
+        return np.ones((len(a), len(b)))
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
     ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
     area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
@@ -106,7 +108,7 @@ class _Tracks:
     def append(self, other: _Tracks) -> _Tracks:
         return _Tracks(*(np.concatenate([getattr(self, name), getattr(other, name)]) for name in _FIELDS))
 
-    def tlbr(self, rows: np.ndarray) -> np.ndarray:
+    def tlbr(self, rows) -> np.ndarray:
         return tlwh_to_tlbr(kalman.mean_to_tlwh(self.mean[rows]))
 
 
@@ -167,23 +169,24 @@ class ByteTracker:
         confirmed_rows = tracked_rows[t.confirmed[:n_tracked]]
         unconfirmed_rows = tracked_rows[~t.confirmed[:n_tracked]]
         pool = np.concatenate([confirmed_rows, np.arange(n_tracked, n_rows)])
-        self._predict(pool, lost=pool >= n_tracked, steps=steps)
+        if len(pool):
+            self._predict(pool, lost=pool >= n_tracked, steps=steps)
+        pool_tlbr = t.tlbr(pool)
 
         # 1. Confirmed and lost tracks against the high-score detections.
-        cost = iou_distance(t.tlbr(pool), det_tlbr[high])
+        cost = iou_distance(pool_tlbr, det_tlbr[high])
         if not self.config.mot20:
             cost = fuse_score(cost, scores[high])
         matched, matched_dets, unmatched, unmatched_high = linear_assignment(cost, self.config.match_thresh)
         first_rows, first_dets = pool[matched], high[matched_dets]
 
         # 2. Tracked tracks still unmatched against the low-score band; the rest become lost.
-        remaining = pool[unmatched]
-        remaining = remaining[remaining < n_tracked]
+        remaining = unmatched[pool[unmatched] < n_tracked]  # positions in the pool
         matched, matched_dets, unmatched, _ = linear_assignment(
-            iou_distance(t.tlbr(remaining), det_tlbr[low]), SECOND_MATCH_THRESH
+            iou_distance(pool_tlbr[remaining], det_tlbr[low]), SECOND_MATCH_THRESH
         )
-        second_rows, second_dets = remaining[matched], low[matched_dets]
-        newly_lost = remaining[unmatched]
+        second_rows, second_dets = pool[remaining[matched]], low[matched_dets]
+        newly_lost = pool[remaining[unmatched]]
 
         # 3. Unconfirmed tracks (not predicted, as in ByteTrack) against the high-score detections left.
         left = high[unmatched_high]
@@ -206,41 +209,44 @@ class ByteTracker:
         # 4. New tracks from the high-score detections left that reach track_thresh + 0.1.
         born = left[unmatched_left]
         born = born[scores[born] >= self._new]
-        mean, covariance = kalman.initiate(kalman.tlwh_to_xyah(det_tlwh[born]))
-        ids = self._ids_given + 1 + np.arange(len(born))
-        self._ids_given += len(born)
-        frames = np.full(len(born), frame, np.int64)
-        newborn = _Tracks(mean, covariance, ids, scores[born], frames, frames.copy(), np.full(len(born), first),
-                          np.zeros(len(born), bool))
 
-        # 5. The new lists, in ByteTrack's orders.
+        # 5. The new lists, in ByteTrack's orders: tracked (kept, born, found again), then lost (kept, newly lost).
         is_matched = np.zeros(n_rows, bool)
         is_matched[rows] = True
         lost_rows = np.arange(n_tracked, n_rows)
-        found = lost_rows[is_matched[n_tracked:]]
-        still_tracked = tracked_rows[is_matched[:n_tracked]]
         kept_lost = np.concatenate([lost_rows[~is_matched[n_tracked:]], newly_lost])
         kept_lost = kept_lost[~t.barred[kept_lost]]
         expired = kept_lost[(kept_lost >= n_tracked) & (frame - t.last[kept_lost] > self.max_time_lost)]
         t.barred[expired] = True  # after the lost list was filtered: ByteTrack keeps them one more frame
-
-        tracked = t.take(still_tracked).append(newborn).append(t.take(found))
-        lost = t.take(kept_lost)
+        new_tracked = np.concatenate([
+            tracked_rows[is_matched[:n_tracked]], n_rows + np.arange(len(born)), lost_rows[is_matched[n_tracked:]]
+        ])
+        if len(born):
+            t = t.append(self._born(det_tlwh[born], scores[born], frame, first))
 
         # 6. A track both tracked and lost (IoU distance < 0.15): the one tracked for a shorter time goes.
         pairs_tracked, pairs_lost = np.nonzero(
-            iou_distance(tracked.tlbr(slice(None)), lost.tlbr(slice(None))) < DUPLICATE_THRESH
+            iou_distance(t.tlbr(new_tracked), t.tlbr(kept_lost)) < DUPLICATE_THRESH
         )
-        tracked_age = (tracked.last - tracked.start)[pairs_tracked]
-        lost_age = (lost.last - lost.start)[pairs_lost]
-        keep_tracked = np.ones(len(tracked.ids), bool)
+        age = t.last - t.start
+        tracked_age, lost_age = age[new_tracked[pairs_tracked]], age[kept_lost[pairs_lost]]
+        keep_tracked = np.ones(len(new_tracked), bool)
         keep_tracked[pairs_tracked[tracked_age <= lost_age]] = False
-        keep_lost = np.ones(len(lost.ids), bool)
+        keep_lost = np.ones(len(kept_lost), bool)
         keep_lost[pairs_lost[tracked_age > lost_age]] = False
 
         self._n_tracked = int(keep_tracked.sum())
-        self._tracks = tracked.take(keep_tracked).append(lost.take(keep_lost))
+        self._tracks = t.take(np.concatenate([new_tracked[keep_tracked], kept_lost[keep_lost]]))
         return self._written()
+
+    def _born(self, tlwh: np.ndarray, scores: np.ndarray, frame: int, first: bool) -> _Tracks:
+        """New tracks, ids in detection order; confirmed at once only in the tracker's first frame."""
+        mean, covariance = kalman.initiate(kalman.tlwh_to_xyah(tlwh))
+        ids = self._ids_given + 1 + np.arange(len(tlwh))
+        self._ids_given += len(tlwh)
+        frames = np.full(len(tlwh), frame, np.int64)
+        return _Tracks(mean, covariance, ids, scores, frames, frames.copy(), np.full(len(tlwh), first),
+                       np.zeros(len(tlwh), bool))
 
     def _predict(self, rows: np.ndarray, lost: np.ndarray, steps: int) -> None:
         t = self._tracks
