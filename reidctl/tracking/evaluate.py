@@ -63,7 +63,8 @@ def evaluate(gt_dir: Path, results: dict[str, Path]) -> Evaluation:
             raise ReidctlError(f"ground truth of {name} has no seqinfo.ini: {folder / 'seqinfo.ini'}")
     trackeval = _import_trackeval()
     if trackeval is not None:
-        return _with_trackeval(trackeval, pairs)
+        with contextlib.redirect_stdout(io.StringIO()):  # it reports its progress on stdout
+            return _with_trackeval(trackeval, pairs)
     try:
         import motmetrics
     except ImportError:
@@ -102,8 +103,7 @@ def _with_trackeval(trackeval, pairs: dict[str, tuple[Path, Path]]) -> Evaluatio
             "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False, "PLOT_CURVES": False, "DISPLAY_LESS_PROGRESS": True,
         })
         metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(), trackeval.metrics.Identity()]
-        with contextlib.redirect_stdout(io.StringIO()):
-            results, messages = evaluator.evaluate([dataset], metrics)
+        results, _ = evaluator.evaluate([dataset], metrics)
     found = results["MotChallenge2DBox"]["reidctl"]
     evaluation = Evaluation("TrackEval")
     for name in [*pairs, "COMBINED_SEQ"]:
@@ -130,6 +130,18 @@ def _load_mot(path: Path, ground_truth: bool) -> np.ndarray:
     return table[:, :6]
 
 
+def _match_distance(truth: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+    """1 - IoU of (x, y, w, h) boxes, NaN (no match) below IoU 0.5, as MOTChallenge matches. (motmetrics 1.4's own
+    iou_matrix needs NumPy < 2.)"""
+    low = np.maximum(truth[:, None, :2], tracks[None, :, :2])
+    high = np.minimum(truth[:, None, :2] + truth[:, None, 2:4], tracks[None, :, :2] + tracks[None, :, 2:4])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    union = np.prod(truth[:, None, 2:4], axis=2) + np.prod(tracks[None, :, 2:4], axis=2) - inter
+    distance = 1 - inter / np.maximum(union, np.finfo(float).tiny)
+    distance[distance > 0.5] = np.nan
+    return distance
+
+
 def _with_motmetrics(mm, pairs: dict[str, tuple[Path, Path]]) -> Evaluation:
     accumulators = []
     for folder, result in pairs.values():
@@ -137,8 +149,7 @@ def _with_motmetrics(mm, pairs: dict[str, tuple[Path, Path]]) -> Evaluation:
         accumulator = mm.MOTAccumulator(auto_id=True)
         for frame in np.union1d(truth[:, 0], tracks[:, 0]):
             want, got = truth[truth[:, 0] == frame], tracks[tracks[:, 0] == frame]
-            accumulator.update(want[:, 1].astype(int), got[:, 1].astype(int),
-                               mm.distances.iou_matrix(want[:, 2:6], got[:, 2:6], max_iou=0.5))
+            accumulator.update(want[:, 1].astype(int), got[:, 1].astype(int), _match_distance(want[:, 2:], got[:, 2:]))
         accumulators.append(accumulator)
     summary = mm.metrics.create().compute_many(accumulators, metrics=["mota", "idf1"], names=list(pairs),
                                                generate_overall=True)
