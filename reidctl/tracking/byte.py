@@ -29,7 +29,7 @@ import numpy as np
 
 from reidctl.config import TrackingConfig
 from reidctl.errors import ReidctlError
-from reidctl.tracking import kalman
+import reidctl.tracking.kalman as kalman
 
 # Columns of the array ``ByteTracker.update`` returns.
 TRACK_COLUMNS = ("id", "x", "y", "w", "h", "score")
