@@ -210,7 +210,27 @@ def validate(config: Config) -> Config:
             "config key 'detection.triton.url': expected host:port, or several distinct ones (a list or "
             f"comma-separated), got {_quote(d.triton.url)}"
         )
+    _validate_tracking(config.tracking)
     return config
+
+
+def _validate_tracking(t: TrackingConfig) -> None:
+    for key in ("track_thresh", "match_thresh", "low_thresh"):
+        if not 0.0 <= getattr(t, key) <= 1.0:
+            raise ReidctlError(f"config key 'tracking.{key}': expected a value in [0, 1], got {getattr(t, key)}")
+    if t.low_thresh >= t.track_thresh:
+        raise ReidctlError(
+            f"config key 'tracking.low_thresh': expected below tracking.track_thresh ({t.track_thresh}), "
+            f"got {t.low_thresh}"
+        )
+    for key, least in (("track_buffer", 0), ("crops_every", 1)):
+        if getattr(t, key) < least:
+            raise ReidctlError(f"config key 'tracking.{key}': expected at least {least}, got {getattr(t, key)}")
+    if len(t.crop_size) != 2 or any(side < 1 or side > MAX_TEST_SIDE for side in t.crop_size):
+        raise ReidctlError(
+            f"config key 'tracking.crop_size': expected [width, height], each 1 to {MAX_TEST_SIDE}, "
+            f"got {_quote(t.crop_size)}"
+        )
 
 
 def load_config(path: Path | None = None) -> Config:
