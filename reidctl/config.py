@@ -105,8 +105,24 @@ class DetectionConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """ByteTrack's association (its published defaults and names) and the crops written for ReID."""
+
+    track_thresh: float = 0.5  # high-score detections; a new track needs track_thresh + 0.1
+    track_buffer: int = 30  # frames a lost track is kept, at 30 FPS (scaled by the camera's FPS)
+    match_thresh: float = 0.8  # IoU-distance limit of the first association
+    low_thresh: float = 0.1  # low-score band (low_thresh, track_thresh): second association only
+    min_box_area: float = 10.0  # written tracks: w * h above this
+    aspect_ratio_thresh: float = 1.6  # written tracks: w / h at most this
+    mot20: bool = False  # True: IoU alone (no fusion with the detection score), as ByteTrack on MOT20
+    crops_every: int = 10  # ReID crops: every Nth frame of a track (plus its best-scored frame)
+    crop_size: list[int] = field(default_factory=lambda: [128, 256])  # [width, height] of a crop
+
+
+@dataclass
 class Config:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def _quote(value) -> str:
@@ -213,6 +229,7 @@ def validate(config: Config) -> Config:
             "config key 'detection.triton.url': expected host:port (port 1-65535), or several distinct ones (a list "
             f"or comma-separated), got {_quote(d.triton.url)}"
         )
+    _validate_tracking(config.tracking)
     return config
 
 
@@ -220,6 +237,25 @@ def _is_endpoint(url: str) -> bool:
     """host:port with a port of 1-65535 (an IPv6 host in brackets: [::1]:8101)."""
     host, sep, port = url.rpartition(":")
     return bool(sep and host.strip("[]") and port.isdigit() and 1 <= int(port) <= 65535)
+
+
+def _validate_tracking(t: TrackingConfig) -> None:
+    for key in ("track_thresh", "match_thresh", "low_thresh"):
+        if not 0.0 <= getattr(t, key) <= 1.0:
+            raise ReidctlError(f"config key 'tracking.{key}': expected a value in [0, 1], got {getattr(t, key)}")
+    if t.low_thresh >= t.track_thresh:
+        raise ReidctlError(
+            f"config key 'tracking.low_thresh': expected below tracking.track_thresh ({t.track_thresh}), "
+            f"got {t.low_thresh}"
+        )
+    for key, least in (("track_buffer", 0), ("crops_every", 1)):
+        if getattr(t, key) < least:
+            raise ReidctlError(f"config key 'tracking.{key}': expected at least {least}, got {getattr(t, key)}")
+    if len(t.crop_size) != 2 or any(side < 1 or side > MAX_TEST_SIDE for side in t.crop_size):
+        raise ReidctlError(
+            f"config key 'tracking.crop_size': expected [width, height], each 1 to {MAX_TEST_SIDE}, "
+            f"got {_quote(t.crop_size)}"
+        )
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -283,6 +319,12 @@ def override(config: Config, **detection_values) -> Config:
             values = {k: v for k, v in given[section].items() if v is not None}
             given[section] = dataclasses.replace(getattr(config.detection, section), **values)
     return validate(dataclasses.replace(config, detection=dataclasses.replace(config.detection, **given)))
+
+
+def override_tracking(config: Config, **tracking_values) -> Config:
+    """Apply CLI options on top of the file's tracking section, validated; None means 'not given'."""
+    given = {k: v for k, v in tracking_values.items() if v is not None}
+    return validate(dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, **given)))
 
 
 def to_dict(config: Config) -> dict:

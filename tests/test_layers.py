@@ -10,7 +10,7 @@ import reidctl
 
 PACKAGE = Path(reidctl.__file__).parent
 # Lowest first; a module may import its own layer or lower ones. engine's registry reaches backends by name only.
-LAYERS = ["errors", "config", "io", "models", "engine", "export", "triton", "backends", "cli"]
+LAYERS = ["errors", "config", "io", "tracking", "models", "engine", "export", "triton", "backends", "cli"]
 
 
 def module_name(path: Path) -> str:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from reidctl.cli import app
 
-COMMANDS = ["detect", "export-onnx", "build-engine", "setup-triton", "bench", "recommend"]
+COMMANDS = ["detect", "export-onnx", "build-engine", "setup-triton", "bench", "recommend", "track"]
 runner = CliRunner()
 
 
