@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from reidctl.io.formatting import format_texts, jsonl_text_per_value, mot_text_per_value
+from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
 from reidctl.io.sources import Frame
 from reidctl.io.writers import JSONLWriter, MOTWriter
 
@@ -60,8 +60,9 @@ def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int) 
     writer = writer_class(directory / "out.txt")
     for index, rows in enumerate(frames):
         if step > 1 and index % step == 0:
-            batch = [("camera", i, f"camera#{i}", frames[i]) for i in range(index, min(index + step, len(frames)))]
-            writer.formatted.extend(format_texts(writer_class.kind, batch))
+            batch = [("camera", Frame(i, None, f"camera#{i}"), frames[i]) for i in range(index, index + step)
+                     if i < len(frames)]
+            writer.formatted.extend(writer_class.texts(batch))
         writer.write("camera", Frame(index, None, f"camera#{index}"), rows)
     writer.close(publish=True)
     return time.perf_counter() - started

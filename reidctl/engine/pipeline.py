@@ -244,7 +244,7 @@ class Outputs:
         return {"frames": stats["frames"], "rows": stats["rows"], "write_ms": _latency(stats["write_seconds"]),
                 "write_busy_seconds": float(stats["write_seconds"].sum()), "queue_depth": stats["queue_depth"],
                 "queue_capacity": stats["queue_capacity"], "producer_wait_seconds": stats["wait_seconds"],
-                "producer_waits": stats["waits"], "formatted_in_process": stats["formatted_in_process"]}
+                "producer_waits": stats["waits"]}
 
 
 @contextlib.contextmanager

@@ -183,11 +183,3 @@ def jsonl_text_per_value(camera: str, frame_index: int, name: str, detections: n
     """``jsonl_text`` value by value in Python: where the arrays cannot be exact, and the reference measured."""
     rows = [[round(float(v), 5) for v in row] for row in detections]
     return (json.dumps({"camera": camera, "frame": frame_index, "name": name, "detections": rows}) + "\n").encode()
-
-
-def format_texts(kind: str, frames: list[tuple[str, int, str, np.ndarray]]) -> list[bytes]:
-    """The ``kind`` ("mot" or "jsonl") text of each (camera, frame index, frame name, detections), in one pass: plain
-    values only, so that a formatting process can take them."""
-    if kind == "mot":
-        return mot_texts([(index, detections) for _, index, _, detections in frames])
-    return jsonl_texts(frames)

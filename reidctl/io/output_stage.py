@@ -13,15 +13,13 @@ encodes without the interpreter lock). An output that fails stops the stage: it 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import threading
 import time
 from array import array
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +27,9 @@ import numpy as np
 
 from reidctl.errors import ReidctlError, describe_error, first_line
 from reidctl.io.sources import Frame
-from reidctl.io.formatting import format_texts
 from reidctl.io.writers import OutputWriter, TextWriter
 
 DEFAULT_CAPACITY_FRAMES = 64  # frames waiting to be written; each may hold its decoded image (6 MB at 1080p)
-# A step with more detection rows than this has its text formatted in a process of its own (a crowd of 16 cameras:
-# ~8,000 rows); fewer are formatted on the writer thread, where the hand-over would cost more than it saves.
-FORMAT_PROCESS_ROWS = 2048
 RECENT_SAMPLES = 512
 THREAD_NAME = "outputs"
 
@@ -71,8 +65,6 @@ class OutputStage:
         self.wait_seconds = 0.0  # producers blocked on a full queue
         self.waits = 0
         self._pool: ThreadPoolExecutor | None = None
-        self._formatting: ProcessPoolExecutor | None = None  # started for the first step of many rows
-        self.formatted_in_process = 0  # frames
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -103,9 +95,8 @@ class OutputStage:
             self._accepting = False
             self._condition.notify_all()
         self._thread.join()
-        for pool in (self._pool, self._formatting):
-            if pool is not None:
-                pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()
         written, errors = [], []
         for writer in self.writers:
             try:
@@ -123,8 +114,7 @@ class OutputStage:
             samples = np.array(self._write_seconds[-RECENT_SAMPLES:] if recent else self._write_seconds)
             return {"frames": self.frames, "rows": self.rows, "write_seconds": samples,
                     "queue_depth": self._queued, "queue_capacity": self.capacity,
-                    "wait_seconds": self.wait_seconds, "waits": self.waits, "failure": self.failure,
-                    "formatted_in_process": self.formatted_in_process}
+                    "wait_seconds": self.wait_seconds, "waits": self.waits, "failure": self.failure}
 
     # -- the writer thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -155,31 +145,18 @@ class OutputStage:
 
     def _format_step(self, step: list[FinishedFrame]) -> float:
         """Each text writer's text for the step's frames, every kind of text formatted for all its frames at once
-        (16 cameras' MOT files: one pass, not 16); the seconds it took per frame. A step of many rows is formatted
-        in a process of its own, off the interpreter lock that the readers and batch loops share."""
+        (16 cameras' MOT files: one pass, not 16); the seconds it took per frame."""
         started = time.perf_counter()
-        by_kind: dict[str, list[tuple[TextWriter, FinishedFrame]]] = {}
+        by_kind: dict[type, list[tuple[TextWriter, FinishedFrame]]] = {}
         for item in step:
             for writer in self._undoable[item.camera]:
                 if isinstance(writer, TextWriter):
-                    by_kind.setdefault(writer.kind, []).append((writer, item))
-        jobs = [(kind, [(item.camera, item.frame.index, item.frame.name, item.detections) for _, item in pairs])
-                for kind, pairs in by_kind.items()]
-        if sum(len(item.detections) for item in step) > FORMAT_PROCESS_ROWS:
-            texts = list(self._formatter().map(format_texts, *zip(*jobs))) if jobs else []
-            self.formatted_in_process += len(step)
-        else:
-            texts = [format_texts(kind, frames) for kind, frames in jobs]
-        for pairs, kind_texts in zip(by_kind.values(), texts):
-            for (writer, _), text in zip(pairs, kind_texts):
+                    by_kind.setdefault(type(writer), []).append((writer, item))
+        for kind, pairs in by_kind.items():
+            texts = kind.texts([(item.camera, item.frame, item.detections) for _, item in pairs])
+            for (writer, _), text in zip(pairs, texts):
                 writer.formatted.append(text)
         return (time.perf_counter() - started) / max(len(step), 1)
-
-    def _formatter(self) -> ProcessPoolExecutor:
-        if self._formatting is None:
-            self._formatting = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                   initializer=_ignore_interrupts)  # fmt: skip
-        return self._formatting
 
     def _write_step(self, step: list[FinishedFrame]) -> None:
         formatting = self._format_step(step)
@@ -241,10 +218,3 @@ class OutputStage:
             for future in futures:
                 future.result()  # the first failure, once every video had its turn
         return seconds
-
-
-def _ignore_interrupts() -> None:
-    """The formatting process leaves Ctrl-C and SIGTERM (sent to the whole process group) to the run, which formats
-    the frames handed over, publishes, then ends it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)

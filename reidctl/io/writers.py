@@ -19,7 +19,7 @@ import numpy as np
 
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import AtomicFile, ensure_writable_dir
-from reidctl.io.formatting import format_texts
+from reidctl.io.formatting import jsonl_texts, mot_texts
 from reidctl.io.sources import Frame
 from reidctl.io.synthetic import VIDEO_CODECS
 
@@ -137,22 +137,29 @@ class TextWriter(FileWriter):
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    kind = ""  # formatting.format_texts' name for this text
-
     def text(self, camera: str, frame: Frame, detections: np.ndarray) -> bytes:
-        return format_texts(self.kind, [(camera, frame.index, frame.name, detections)])[0]
+        return self.texts([(camera, frame, detections)])[0]
+
+    @staticmethod
+    def texts(frames: list[tuple[str, Frame, np.ndarray]]) -> list[bytes]:
+        """The text of several frames (of any writers of this kind), formatted in one pass."""
+        raise NotImplementedError
 
 
 class MOTWriter(TextWriter):
     """MOT17 detection format: frame,-1,x,y,w,h,score,-1,-1,-1 (1-based frames, score = obj x class)."""
 
-    kind = "mot"
+    @staticmethod
+    def texts(frames):
+        return mot_texts([(frame.index, detections) for _, frame, detections in frames])
 
 
 class JSONLWriter(TextWriter):
     """One JSON object per frame: its camera, 0-based frame index, name and the raw (N, 7) rows."""
 
-    kind = "jsonl"
+    @staticmethod
+    def texts(frames):
+        return jsonl_texts([(camera, frame.index, frame.name, detections) for camera, frame, detections in frames])
 
 
 def draw_detections(image: np.ndarray, detections: np.ndarray) -> np.ndarray:

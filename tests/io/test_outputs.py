@@ -17,8 +17,6 @@ from reidctl.config import load_config
 from reidctl.engine.pipeline import OutputRequest, run_detect
 from reidctl.io.sources import Frame, camera_specs
 from reidctl.io.synthetic import synthetic_frame
-from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
-from reidctl.io.output_stage import OutputStage
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
 
@@ -164,33 +162,3 @@ def test_conflicting_outputs_are_refused_in_one_line(tmp_path, small_config, vid
     filled = [a.format(tmp=tmp_path, video=video_file) for a in args]
     expect_one_line_error(invoke("detect", video_file, *filled, "-c", small_config), message.format(tmp=tmp_path))
     assert not (tmp_path / "x.txt").exists() and not (tmp_path / "o").exists()
-
-
-def test_a_step_of_many_rows_is_formatted_in_a_process_of_its_own(tmp_path):
-    """A crowded step (8 cameras x 400 rows) has its text formatted off this process's interpreter lock; the files
-    hold what formatting each frame here gives, in order."""
-    rng = np.random.default_rng(5)
-    cameras = [f"cam{i}" for i in range(8)]
-    steps = [[(camera, Frame(index, None, f"{index}.jpg"), detector_rows(rng, 400)) for camera in cameras]
-             for index in range(2)]
-    stage = OutputStage({camera: [MOTWriter(tmp_path / f"{camera}.txt")] for camera in cameras},
-                        [JSONLWriter(tmp_path / "all.jsonl")])
-    for step in steps:
-        assert stage.submit(step)
-    written, errors = stage.close()
-    assert not errors and len(written) == 9 and stage.statistics()["formatted_in_process"] == 16
-    for camera in cameras:
-        expected = b"".join(mot_text_per_value(frame.index, rows) for step in steps
-                            for name, frame, rows in step if name == camera)
-        assert (tmp_path / f"{camera}.txt").read_bytes() == expected
-    lines = (tmp_path / "all.jsonl").read_text().splitlines()
-    expected = [jsonl_text_per_value(*item) for step in steps
-                for item in ((name, frame.index, frame.name, rows) for name, frame, rows in step)]
-    assert [json.loads(line) for line in lines] == [json.loads(line) for line in expected]
-
-
-def detector_rows(rng, count: int) -> np.ndarray:
-    corners = rng.uniform(0, 1900, size=(count, 2))
-    sizes = rng.uniform(10, 300, size=(count, 2))
-    scores = rng.uniform(0, 1, size=(count, 2))
-    return np.concatenate([corners, corners + sizes, scores, np.zeros((count, 1))], axis=1).astype(np.float32)
