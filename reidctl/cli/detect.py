@@ -62,7 +62,9 @@ def statistics_table(stats: dict, title: str) -> Table:
     busy = ", ".join(f"{name} {share:.0%}" for name, share in stats["busy"].items())
     limit = f"; busiest: {stats['limiting_stage']} ({busy})" if stats["limiting_stage"] else ""
     stages = ", ".join(f"{name} {ms:.2f}" for name, ms in stats["stages_ms_per_frame"].items() if ms is not None)
-    table.caption = f"{batch}; {stats['detections']} detections{limit}\nms per frame: {stages or '-'}"
+    servers = "".join(f"\nserver {server['url']}: {'live' if server['live'] else 'DOWN'}, {server['cameras']} sending, "
+                      f"{server['cameras_moved_away']} moved away" for server in stats.get("servers", ()))
+    table.caption = f"{batch}; {stats['detections']} detections{limit}\nms per frame: {stages or '-'}{servers}"
     return table
 
 

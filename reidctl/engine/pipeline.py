@@ -382,6 +382,7 @@ class _Run:
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,
             "mean_batch": sum(int(s) * c for s, c in sizes.items()) / batches if batches else None,
             **({"per_device": shares} if shares is not None else {}),
+            **({"servers": servers} if (servers := self.detector.describe().get("servers")) else {}),
             "stages_ms_per_frame": stages,
             "busy": busy,
             "limiting_stage": max(busy, key=busy.get) if frames else None,

@@ -237,13 +237,16 @@ class ServerPool:
             self.shares[index].requests += 1
             self.shares[index].failed_requests += failed
 
-    def mark_down(self, index: int) -> None:
+    def mark_down(self, index: int) -> bool:
+        """True where this call found the server live: the first caller to see it gone says so."""
         with self._lock:
             share = self.shares[index]
-            if share.live:
-                share.live = False
-                share.recheck_after = RECHECK_FIRST_S
-                share.recheck_at = self._clock() + share.recheck_after
+            if not share.live:
+                return False
+            share.live = False
+            share.recheck_after = RECHECK_FIRST_S
+            share.recheck_at = self._clock() + share.recheck_after
+            return True
 
     def move(self, camera) -> int | None:
         """The camera's server is down: the live server it moves to (None: none is live, it stays unplaced)."""

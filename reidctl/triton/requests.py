@@ -319,7 +319,9 @@ class TritonRequests:
 
     def _move(self, seat: _Seat) -> bool:
         """Move this thread off its server, which is down, to a live one (False: none is live)."""
-        self._pool.mark_down(seat.server.index)
+        if self._pool.mark_down(seat.server.index):
+            self._warn(f"warning: Triton server {seat.server.url} stopped answering: its cameras move to the other "
+                       "servers of detection.triton.url until it answers again")
         region = seat.regions.pop(seat.server.index, None)
         if region is not None:  # the server is gone; a region on it is no use, even if it comes back
             with self._lock:

@@ -302,3 +302,22 @@ def test_gpu_cuda_graph_matches_eager(tmp_path, video_file):
     gpu = [json.loads(line)["detections"] for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]
     cpu = [json.loads(line)["detections"] for line in (tmp_path / "cpu.jsonl").read_text().splitlines()]
     assert [len(g) for g in gpu] == pytest.approx([len(c) for c in cpu], rel=0.05)
+
+
+def test_live_table_names_the_busiest_stage_and_a_server_that_is_down(tmp_path, small_config, video_file):
+    """The live table's caption, from a real run's statistics: the stages per frame, the busiest kind of worker, and
+    (several Triton servers) which server is down and how many cameras moved away from it."""
+    from reidctl.cli.detect import statistics_table
+    from reidctl.config import load_config
+    from reidctl.engine.pipeline import OutputRequest, run_detect
+    from reidctl.io.sources import camera_specs
+
+    result = run_detect(load_config(small_config), camera_specs([str(video_file)]), OutputRequest(no_output=True),
+                        warn=lambda line: None)
+    stats = result.summary
+    assert stats["limiting_stage"] in stats["busy"] and stats["stages_ms_per_frame"]["decode"] > 0
+    servers = [{"url": "a:8101", "live": False, "cameras": 0, "cameras_moved_away": 2},
+               {"url": "b:8101", "live": True, "cameras": 4, "cameras_moved_away": 0}]
+    caption = str(statistics_table({**stats, "servers": servers}, "detect").caption)
+    assert f"busiest: {stats['limiting_stage']}" in caption and "ms per frame: decode " in caption
+    assert "server a:8101: DOWN, 0 sending, 2 moved away" in caption and "server b:8101: live, 4 sending" in caption

@@ -59,7 +59,8 @@ def test_cameras_spread_over_two_servers_and_move_when_one_is_killed(tmp_path, n
     results: dict[tuple[int, int], np.ndarray] = {}
     errors: list[Exception] = []
     warmed = threading.Barrier(CAMERAS + 1)
-    with create_detector(config, "triton") as detector:
+    warnings: list[str] = []
+    with create_detector(config, "triton", warn=warnings.append) as detector:
 
         def camera(index: int) -> None:
             try:
@@ -94,6 +95,9 @@ def test_cameras_spread_over_two_servers_and_move_when_one_is_killed(tmp_path, n
     assert [server["url"] for server in spread] == urls
     assert [server["cameras"] for server in spread] == [2, 2]  # stable per camera: two threads each
     assert served_by_a["live"] is False and served_by_b["live"] is True
+    # said once, when the first camera found it gone
+    assert warnings == [f"warning: Triton server {urls[0]} stopped answering: its cameras move to the other servers "
+                        "of detection.triton.url until it answers again"]
     assert served_by_a["cameras_moved_away"] == 2 and served_by_b["cameras_moved_away"] == 0
     assert served_by_a["failed_requests"] == 2 and served_by_b["failed_requests"] == 0  # one each, sent again
     assert served_by_a["cameras_assigned"] == 2 and served_by_b["cameras_assigned"] == 4  # 2 own + 2 moved in
@@ -162,7 +166,9 @@ def test_a_server_down_at_start_is_skipped_and_every_server_gone_is_todays_error
             os.killpg(state.pid, signal.SIGKILL)
         with pytest.raises(ReidctlError) as info:
             detector.detect(frame)
-    assert len(warnings) == 1 and nowhere in warnings[0] and "is not reachable" in warnings[0]
+    assert nowhere in warnings[0] and "is not reachable" in warnings[0]
+    assert [line.split(" stopped answering")[0] for line in warnings[1:]] == [
+        f"warning: Triton server localhost:{state.grpc_port}" for state in states]  # each said once, when found gone
     message = str(info.value)
     assert "\n" not in message
     assert "stopped responding" in message and "no other server of detection.triton.url is live" in message
