@@ -228,6 +228,7 @@ class MOTTrackTextWriter(TextWriter):
     def __init__(self, path: Path, seqinfo_path: Path, info: SequenceInfo):
         super().__init__(path)
         self.seqinfo_path, self.info = Path(seqinfo_path), info
+        self._length_before = info.length  # seqLength before the last frame: what undo_last restores
 
     @staticmethod
     def texts(items):
@@ -235,9 +236,13 @@ class MOTTrackTextWriter(TextWriter):
 
     def _write(self, item) -> None:
         super()._write(item)
-        self.info.length = max(self.info.length, item.frame.index + 1)
+        self._length_before, self.info.length = self.info.length, max(self.info.length, item.frame.index + 1)
         if self.info.height is None and item.image_size:
             self.info.height, self.info.width = item.image_size
+
+    def _undo_last(self) -> None:
+        super()._undo_last()
+        self.info.length = self._length_before
 
     def _publish(self) -> None:
         ensure_writable_dir(self.seqinfo_path.parent)

@@ -3,9 +3,11 @@ run's detections, with every output (MOT17 tracks, JSON lines, video, crops) and
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -38,15 +40,15 @@ def tracks_by_frame(path, camera: str) -> dict[int, np.ndarray]:
             for r in records if r["camera"] == camera}
 
 
-def crop_ids(index) -> set[tuple[str, int]]:
-    """(camera, track id) of every crop in a crops index (Parquet or CSV)."""
+def crop_rows(index) -> list[tuple[str, int, int]]:
+    """(camera, track id, frame) of every crop in a crops index (Parquet or CSV)."""
     if index.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(index).to_pydict()
-        return set(zip(table["camera"], table["track_id"]))
+        return list(zip(table["camera"], table["track_id"], table["frame"]))
     with index.open() as handle:
-        return {(row["camera"], int(row["track_id"])) for row in csv.DictReader(handle)}
+        return [(row["camera"], int(row["track_id"]), int(row["frame"])) for row in csv.DictReader(handle)]
 
 
 def assert_same_tracks(got, want, box_px: float, exact: int) -> None:
@@ -89,7 +91,7 @@ def test_detect_track_gives_what_track_gives_on_its_detections_in_every_output(t
                                  for key in ("active", "lost", "total")}
     records = [json.loads(line) for line in (out / "dets.jsonl").read_text().splitlines()]
     assert all(len(row) == 7 for r in records for row in r["detections"])  # the detections stay
-    cropped = crop_ids(next((out / "crops").glob("index.*")))
+    cropped = {(name, track_id) for name, track_id, _ in crop_rows(next((out / "crops").glob("index.*")))}
     tracked = {(n, int(i)) for n in ("door", "hall") for i in read_mot(out / "mot" / f"{n}.txt")[:, 1]}
     assert cropped and cropped <= tracked
     assert all((out / "crops" / name / f"{track_id:06d}" / "best.jpg").is_file() for name, track_id in cropped)
@@ -137,3 +139,29 @@ def test_a_camera_that_drops_frames_tracks_across_the_gaps(tmp_path, small_confi
     assert f"seqLength={frames[-1] + 1}\n" in (out / "seqinfo.ini").read_text()
     reidctl("track", out / "dets.jsonl", "--fps", 400, "--mot", out / "reference.txt")
     assert_same_tracks(mot, read_mot(out / "reference.txt"), box_px=0.011, exact=2)
+
+
+def test_a_stopped_run_keeps_every_finished_frame_in_every_track_output(tmp_path, small_config):
+    clip = write_video(tmp_path / "long.avi", frames=600, size=(120, 160))
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [*REIDCTL, "detect", f"cam={clip}", "-c", str(small_config), "--track", "--mot", str(out / "t.txt"),
+         "--jsonl", str(out / "dets.jsonl"), "--crops", str(out / "crops"), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A test run started in the background of a non-interactive shell ignores SIGINT, and so would the child.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.stat().st_size > 0 for p in out.glob(".dets.jsonl.*")):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    frames = sorted(tracks_by_frame(out / "dets.jsonl", "cam"))
+    assert 0 < len(frames) < 600 and frames == list(range(len(frames)))
+    assert sorted(set(read_mot(out / "t.txt")[:, 0].astype(int) - 1)) == frames  # every frame has tracks here
+    assert f"seqLength={len(frames)}\n" in (out / "seqinfo.ini").read_text()
+    cropped = {frame for *_, frame in crop_rows(next((out / "crops").glob("index.*")))}
+    assert 0 in cropped and cropped <= set(frames)
+    assert not list(tmp_path.rglob(".*")), "a temporary file survived"
