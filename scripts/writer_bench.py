@@ -25,17 +25,19 @@ from rich.table import Table
 
 from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
 from reidctl.io.sources import Frame
-from reidctl.io.writers import JSONLWriter, MOTWriter
+from reidctl.io.writers import FinishedFrame, JSONLWriter, MOTWriter
 
 
 class PerValueMOTWriter(MOTWriter):
-    def text(self, camera, frame, detections) -> bytes:
-        return mot_text_per_value(frame.index, detections)
+    @staticmethod
+    def texts(items):
+        return [mot_text_per_value(item.frame.index, item.detections) for item in items]
 
 
 class PerValueJSONLWriter(JSONLWriter):
-    def text(self, camera, frame, detections) -> bytes:
-        return jsonl_text_per_value(camera, frame.index, frame.name, detections)
+    @staticmethod
+    def texts(items):
+        return [jsonl_text_per_value(item.camera, item.frame.index, item.frame.name, item.detections) for item in items]
 
 
 STEP = 16  # frames formatted a pass in the output stage's way: a step of 16 cameras
@@ -60,10 +62,10 @@ def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int) 
     writer = writer_class(directory / "out.txt")
     for index, rows in enumerate(frames):
         if step > 1 and index % step == 0:
-            batch = [("camera", Frame(i, None, f"camera#{i}"), frames[i]) for i in range(index, index + step)
-                     if i < len(frames)]
+            batch = [FinishedFrame("camera", Frame(i, None, f"camera#{i}"), frames[i])
+                     for i in range(index, min(index + step, len(frames)))]
             writer.formatted.extend(writer_class.texts(batch))
-        writer.write("camera", Frame(index, None, f"camera#{index}"), rows)
+        writer.write(FinishedFrame("camera", Frame(index, None, f"camera#{index}"), rows))
     writer.close(publish=True)
     return time.perf_counter() - started
 

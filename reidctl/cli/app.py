@@ -145,6 +145,27 @@ Fp16Opt = Annotated[
     Optional[bool], typer.Option("--fp16/--fp32", help="Half precision on the GPU (the CPU always runs fp32).")
 ]
 
+# ByteTrack's options (the tracking: section of the config), shared by `track` and `detect --track`.
+TrackThreshOpt = Annotated[
+    Optional[float], typer.Option("--track-thresh", help="High-score threshold; new tracks need it + 0.1.")
+]
+TrackBufferOpt = Annotated[
+    Optional[int], typer.Option("--track-buffer", help="Frames a lost track is kept, at 30 FPS.")
+]
+MatchThreshOpt = Annotated[
+    Optional[float], typer.Option("--match-thresh", help="IoU-distance limit of the first association.")
+]
+LowThreshOpt = Annotated[
+    Optional[float], typer.Option("--low-thresh", help="Lower end of the low-score band (second association).")
+]
+MinBoxAreaOpt = Annotated[Optional[float], typer.Option("--min-box-area", help="Written tracks: box area above this.")]
+AspectRatioThreshOpt = Annotated[
+    Optional[float], typer.Option("--aspect-ratio-thresh", help="Written tracks: width / height at most this.")
+]
+Mot20Opt = Annotated[
+    Optional[bool], typer.Option("--mot20/--no-mot20", help="IoU alone, without fusing the detection score.")
+]
+
 
 def parse_size(text: str) -> list[int]:
     try:

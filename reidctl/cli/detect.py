@@ -10,15 +10,22 @@ from rich.table import Table
 from reidctl.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
+    AspectRatioThreshOpt,
     ConfigOpt,
     ConfOpt,
     DeviceOpt,
     Fp16Opt,
+    LowThreshOpt,
+    MatchThreshOpt,
+    MinBoxAreaOpt,
     ModelOpt,
     ModelTypeOpt,
+    Mot20Opt,
     NmsOpt,
     NumClassesOpt,
     TestSizeOpt,
+    TrackBufferOpt,
+    TrackThreshOpt,
     build_config,
     command,
     console,
@@ -64,7 +71,10 @@ def statistics_table(stats: dict, title: str) -> Table:
     stages = ", ".join(f"{name} {ms:.2f}" for name, ms in stats["stages_ms_per_frame"].items() if ms is not None)
     servers = "".join(f"\nserver {server['url']}: {'live' if server['live'] else 'DOWN'}, {server['cameras']} sending, "
                       f"{server['cameras_moved_away']} moved away" for server in stats.get("servers", ()))
-    table.caption = f"{batch}; {stats['detections']} detections{limit}\nms per frame: {stages or '-'}{servers}"
+    tracks = stats.get("tracks")
+    tracked = f"; tracks {tracks['active']} active, {tracks['lost']} lost, {tracks['total']} total" if tracks else ""
+    table.caption = (f"{batch}; {stats['detections']} detections{tracked}{limit}\nms per frame: {stages or '-'}"
+                     f"{servers}")
     return table
 
 
@@ -93,12 +103,15 @@ def detect(
         typer.Option(
             "--mot",
             help="MOT17 detections (frame,-1,x,y,w,h,score,-1,-1,-1): a file for one source, a directory (one "
-                 "<camera>.txt each) for several. Default: runs/detect/ when no other output is given.",
+                 "<camera>.txt each) for several. With --track, MOT17 tracks (frame,id,x,y,w,h,score,-1,-1,-1) with a "
+                 "seqinfo.ini beside the file (<camera>/seqinfo.ini for several). Default: runs/detect/ when no "
+                 "other output is given.",
         ),
     ] = None,
     jsonl: Annotated[
         Optional[Path],
-        typer.Option("--jsonl", help="JSON-lines file: one object per frame with its camera, frame and (N, 7) rows."),
+        typer.Option("--jsonl", help="JSON-lines file: one object per frame with its camera, frame and (N, 7) rows "
+                                     "(with --track also its tracks as [id, x, y, w, h, score])."),
     ] = None,
     save_video: Annotated[
         Optional[Path],
@@ -164,6 +177,22 @@ def detect(
             "--strict", help="Stop at an unreadable image or a truncated video instead of warning and going on."
         ),
     ] = False,
+    track: Annotated[
+        bool,
+        typer.Option(
+            "--track",
+            help="Track people per camera with ByteTrack's association (the tracking: config section): --mot writes "
+                 "MOT17 tracks, --jsonl adds each frame's tracks, --save-video draws track ids.",
+        ),
+    ] = False,
+    crops: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--crops",
+            help="Directory for ReID crops of the tracks (<camera>/<track id>/<frame>.jpg, best.jpg, an index); "
+                 "needs --track.",
+        ),
+    ] = None,
     progress: Annotated[
         bool,
         typer.Option(
@@ -180,9 +209,17 @@ def detect(
     conf: ConfOpt = None,
     nms: NmsOpt = None,
     fp16: Fp16Opt = None,
+    track_thresh: TrackThreshOpt = None,
+    track_buffer: TrackBufferOpt = None,
+    match_thresh: MatchThreshOpt = None,
+    low_thresh: LowThreshOpt = None,
+    min_box_area: MinBoxAreaOpt = None,
+    aspect_ratio_thresh: AspectRatioThreshOpt = None,
+    mot20: Mot20Opt = None,
 ) -> None:
     from rich.live import Live
 
+    from reidctl.config import override_tracking
     from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
     from reidctl.io.paths import refuse_shared_paths
     from reidctl.io.sources import camera_specs, read_source_list
@@ -190,12 +227,16 @@ def detect(
     entries = list(sources or []) + (read_source_list(sources_file) if sources_file else [])
     specs = camera_specs(entries)
     outputs = {"--mot": mot, "--jsonl": jsonl, "--save-video": save_video, "--save-images": save_images,
-               "--summary-json": summary_json}
+               "--summary-json": summary_json, "--crops": crops}
     inputs = [("--config", config), ("--model", model), ("--sources", sources_file),
               *((f"camera {spec.name}", spec.source) for spec in specs if not spec.live)]
     refuse_shared_paths(list(outputs.items()), inputs)
-    cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16)
-    request = OutputRequest(mot, jsonl, save_video, save_images, summary_json, no_output)
+    cfg = override_tracking(
+        build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16),
+        track_thresh=track_thresh, track_buffer=track_buffer, match_thresh=match_thresh, low_thresh=low_thresh,
+        min_box_area=min_box_area, aspect_ratio_thresh=aspect_ratio_thresh, mot20=mot20,
+    )
+    request = OutputRequest(mot, jsonl, save_video, save_images, summary_json, no_output, track, crops)
     options = DetectOptions(realtime, max_frames, timeout, strict, max_batch)
     with Live(console=err_console, refresh_per_second=4, transient=True) if progress else nullcontext() as live:
         show = (lambda stats: live.update(statistics_table(stats, "detect"))) if progress else None

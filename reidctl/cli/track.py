@@ -7,7 +7,21 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from reidctl.cli.app import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigOpt, command, console, err_console
+from reidctl.cli.app import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    AspectRatioThreshOpt,
+    ConfigOpt,
+    LowThreshOpt,
+    MatchThreshOpt,
+    MinBoxAreaOpt,
+    Mot20Opt,
+    TrackBufferOpt,
+    TrackThreshOpt,
+    command,
+    console,
+    err_console,
+)
 
 
 def _metric(value) -> str:
@@ -76,27 +90,13 @@ def track(
                                     "HOTA, MOTA and IDF1 (TrackEval; motmetrics without HOTA where it is absent)."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
-    track_thresh: Annotated[
-        Optional[float], typer.Option("--track-thresh", help="High-score threshold; new tracks need it + 0.1.")
-    ] = None,
-    track_buffer: Annotated[
-        Optional[int], typer.Option("--track-buffer", help="Frames a lost track is kept, at 30 FPS.")
-    ] = None,
-    match_thresh: Annotated[
-        Optional[float], typer.Option("--match-thresh", help="IoU-distance limit of the first association.")
-    ] = None,
-    low_thresh: Annotated[
-        Optional[float], typer.Option("--low-thresh", help="Lower end of the low-score band (second association).")
-    ] = None,
-    min_box_area: Annotated[
-        Optional[float], typer.Option("--min-box-area", help="Written tracks: box area above this.")
-    ] = None,
-    aspect_ratio_thresh: Annotated[
-        Optional[float], typer.Option("--aspect-ratio-thresh", help="Written tracks: width / height at most this.")
-    ] = None,
-    mot20: Annotated[
-        Optional[bool], typer.Option("--mot20/--no-mot20", help="IoU alone, without fusing the detection score.")
-    ] = None,
+    track_thresh: TrackThreshOpt = None,
+    track_buffer: TrackBufferOpt = None,
+    match_thresh: MatchThreshOpt = None,
+    low_thresh: LowThreshOpt = None,
+    min_box_area: MinBoxAreaOpt = None,
+    aspect_ratio_thresh: AspectRatioThreshOpt = None,
+    mot20: Mot20Opt = None,
     config: ConfigOpt = None,
 ) -> None:
     from reidctl.config import load_config, override_tracking

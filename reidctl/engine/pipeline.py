@@ -8,14 +8,16 @@ request that the server joins into its own batches. A camera gives its next fram
 finished.
 
 Outputs are written off the detection path: a step's frames are handed to the output stage's writer thread
-(reidctl/io/output_stage.py), which formats and writes them while the next step runs. Nothing handed over is lost,
-and every output holds the same frames: any stop (every camera ended, an error, a full disk, Ctrl-C, SIGTERM) takes
-no frame more, writes every frame handed over, then publishes every output, and the result says why the run stopped.
+(reidctl/io/output_stage.py), which tracks them (with tracking), formats and writes them while the next step runs.
+Nothing handed over is lost, and every output holds the same frames: any stop (every camera ended, an error, a full
+disk, Ctrl-C, SIGTERM) takes no frame more, writes every frame handed over, then publishes every output, and the
+result says why the run stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reidctl.config import TrackingConfig
 from reidctl.engine.cameras import Camera, Hub, TimedFrame
 from reidctl.engine.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
 from reidctl.engine.preprocess import letterbox_frame
@@ -40,6 +43,9 @@ from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, open_
 from reidctl.io.synthetic import VIDEO_CODECS, synthetic_frame
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
+from reidctl.tracking import ByteTracker, TrackCounts
+from reidctl.tracking.outputs import CropsOutput, CropsWriter, MOTTrackTextWriter, SequenceInfo
+from reidctl.tracking.run import DEFAULT_FPS, mot_paths
 
 DEFAULT_OUTPUT_DIR = Path("runs/detect")
 CAMERA_VIDEO_SUFFIX = ".mp4"  # one annotated video per camera in --save-video DIR (mp4v: writes faster than MJPG)
@@ -64,6 +70,8 @@ class OutputRequest:
     images: Path | None = None
     summary_json: Path | None = None
     no_output: bool = False  # no detection output at all (a summary may still be written)
+    track: bool = False  # track each camera: mot holds MOT17 tracking files, jsonl and videos the tracks
+    crops: Path | None = None  # crops of the tracks for ReID (needs track)
 
 
 @dataclass
@@ -80,6 +88,7 @@ class CameraOutputs:
     mot: Path | None = None
     video: Path | None = None
     images: Path | None = None
+    seqinfo: Path | None = None  # tracking: the MOT file's seqinfo.ini
 
 
 @dataclass
@@ -87,6 +96,8 @@ class OutputPlan:
     cameras: dict[str, CameraOutputs]
     jsonl: Path | None = None
     summary_json: Path | None = None
+    track: bool = False
+    crops: Path | None = None
 
     def files(self) -> list[tuple[str, Path]]:
         named = [(f"--{option}", path) for outputs in self.cameras.values()
@@ -118,7 +129,10 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
     single = len(names) == 1
     mot = request.mot
     given = [option for option, path in (("--mot", request.mot), ("--jsonl", request.jsonl),
-                                         ("--save-video", request.video), ("--save-images", request.images)) if path]
+                                         ("--save-video", request.video), ("--save-images", request.images),
+                                         ("--crops", request.crops)) if path]
+    if request.crops is not None and not request.track:
+        raise ReidctlError("--crops needs --track: crops are cut from the tracks")
     if request.no_output and given:
         raise ReidctlError(f"--no-output writes no detection output: drop {', '.join(given)} or --no-output")
     if not given and not request.no_output:
@@ -135,6 +149,8 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
             _refuse_file_name(option, path, f"with {len(names)} cameras it names a directory (one file per camera)")
     if request.images is not None:
         _refuse_file_name("--save-images", request.images, "it names a directory (one image per frame)")
+    if request.crops is not None and request.crops.exists() and not request.crops.is_dir():
+        raise ReidctlError(f"--crops {request.crops} is a file: give a directory")
     if single and request.video and request.video.suffix.lower() not in VIDEO_CODECS:
         raise ReidctlError(f"unsupported video extension '{request.video.suffix}' (use {', '.join(VIDEO_CODECS)})")
     for option, path in (("--jsonl", request.jsonl), ("--summary-json", request.summary_json)):
@@ -143,16 +159,17 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
     def place(path: Path | None, name: str) -> Path | None:  # one camera: the path itself; several: inside it
         return path if path is None or single else path / name
 
+    seqinfo = {name: paths[1] for name, paths in mot_paths(names, mot).items()} if request.track else {}
     cameras = {
         name: CameraOutputs(place(mot, f"{name}.txt"), place(request.video, f"{name}{CAMERA_VIDEO_SUFFIX}"),
-                            place(request.images, name))
+                            place(request.images, name), seqinfo.get(name))
         for name in names
     }
-    plan = OutputPlan(cameras, request.jsonl, request.summary_json)
+    plan = OutputPlan(cameras, request.jsonl, request.summary_json, request.track, request.crops)
     _refuse_shared_paths(plan)
     for _, path in plan.files():
         _check_writable(path.parent)
-    for directory in plan.directories():
+    for directory in [*plan.directories(), *([plan.crops] if plan.crops else [])]:
         _check_writable(directory)
     return plan
 
@@ -199,29 +216,40 @@ def _check_writable(directory: Path) -> None:
 
 
 class Outputs:
-    """Every camera's writers, written on the output stage's thread (``submit`` hands a step's frames over).
+    """Every camera's writers, written on the output stage's thread (``submit`` hands a step's frames over); with
+    ``tracking``, one tracker per camera, updated on that thread too.
 
     ``on_failure`` hears, from that thread, why an output failed (a full disk): the run stops there."""
 
-    def __init__(self, plan: OutputPlan, cameras: list[Camera], on_failure: Callable[[str], None] | None = None):
+    def __init__(self, plan: OutputPlan, cameras: list[Camera], on_failure: Callable[[str], None] | None = None,
+                 tracking: TrackingConfig | None = None):
         self.writers: dict[str, list] = {}
-        self.jsonl = None
+        self.shared: list = []
         self.stage: OutputStage | None = None
+        self.tracking = False
         try:
             for directory in {*(path.parent for _, path in plan.files()), *plan.directories()}:
                 ensure_writable_dir(directory)
-            self.jsonl = JSONLWriter(plan.jsonl) if plan.jsonl else None
+            self.shared += [JSONLWriter(plan.jsonl)] if plan.jsonl else []
+            if plan.crops:
+                self.shared.append(CropsOutput(CropsWriter(plan.crops, tracking.crops_every, tracking.crop_size)))
             for camera in cameras:
                 paths = plan.cameras[camera.name]
                 writers = self.writers[camera.name] = []
-                writers += [MOTWriter(paths.mot)] if paths.mot else []
+                if paths.mot and plan.track:
+                    info = SequenceInfo(camera.name, camera.fps or DEFAULT_FPS)
+                    writers.append(MOTTrackTextWriter(paths.mot, paths.seqinfo, info))
+                elif paths.mot:
+                    writers.append(MOTWriter(paths.mot))
                 writers += [VideoWriter(paths.video, camera.fps)] if paths.video else []
                 writers += [ImageDirWriter(paths.images)] if paths.images else []
-            self.stage = OutputStage(self.writers, [self.jsonl] if self.jsonl else [], on_failure=on_failure)
+            trackers = {camera.name: ByteTracker(tracking, camera.fps or DEFAULT_FPS) for camera in cameras
+                        } if plan.track else None
+            self.stage = OutputStage(self.writers, self.shared, on_failure=on_failure, trackers=trackers)
+            self.tracking = plan.track
         except BaseException:
-            for writer in [w for own in self.writers.values() for w in own] + [self.jsonl]:
-                if writer is not None:
-                    writer.close(publish=False)
+            for writer in [w for own in self.writers.values() for w in own] + self.shared:
+                writer.close(publish=False)
             raise
 
     def submit(self, frames: list[tuple[TimedFrame, object]]) -> bool:
@@ -236,6 +264,10 @@ class Outputs:
     @property
     def failure(self) -> str | None:
         return self.stage.failure
+
+    def tracks(self) -> dict[str, TrackCounts]:
+        """Per tracked camera: its tracks (active, lost, total) after its last frame written."""
+        return self.stage.tracks()
 
     def statistics(self, recent: bool = False) -> dict:
         """The output stage's figures: frames and rows written, per-frame write time (ms), the frames queued and
@@ -369,6 +401,13 @@ class _Run:
         batches = sum(sizes.values()) if sizes else 0
         shares = self.detector.device_shares(since=self.shares_before)
         stages, busy = self._stages(wall, frames, self.outputs.statistics())
+        tracks = self.outputs.tracks() if self.outputs.tracking else None
+        total_tracks = {}
+        if tracks is not None:
+            for camera in cameras:
+                camera["tracks"] = dataclasses.asdict(tracks.get(camera["name"], TrackCounts(0, 0, 0)))
+            total_tracks = {"tracks": {key: sum(camera["tracks"][key] for camera in cameras)
+                                       for key in ("active", "lost", "total")}}
         return {
             "cameras": cameras,
             "frames": frames,
@@ -386,6 +425,7 @@ class _Run:
             "stages_ms_per_frame": stages,
             "busy": busy,
             "limiting_stage": max(busy, key=busy.get) if frames else None,
+            **total_tracks,
         }
 
     def _stages(self, wall: float, frames: int, outputs: dict) -> tuple[dict, dict]:
@@ -476,6 +516,9 @@ def run_detect(
     owned = detector is None
     options = options or DetectOptions()
     plan = plan_outputs([spec.name for spec in specs], request)
+    if plan.track and config.detection.conf_threshold > config.tracking.low_thresh:
+        warn(f"warning: detection.conf_threshold {config.detection.conf_threshold:g} is above tracking.low_thresh "
+             f"{config.tracking.low_thresh:g}: the second association (low-score boxes) gets no detections")
     input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
     sources = open_cameras(specs, options.timeout_s, input_warn)
     hub = Hub()
@@ -494,7 +537,7 @@ def run_detect(
             raise
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
             raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
-        result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update)
+        result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
         return result
     finally:
         hub.stop()
@@ -510,8 +553,8 @@ def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None) -> Callable[[
 
 
 def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,
-         on_update: Callable[[dict], None] | None) -> tuple[DetectResult, bool]:
-    outputs = Outputs(plan, cameras, on_failure=hub.stop)
+         on_update: Callable[[dict], None] | None, tracking: TrackingConfig) -> tuple[DetectResult, bool]:
+    outputs = Outputs(plan, cameras, on_failure=hub.stop, tracking=tracking)
     run = _Run(detector, hub, outputs, max_batch)
     workers: list[threading.Thread] = []
     stopped = None

@@ -183,3 +183,8 @@ def jsonl_text_per_value(camera: str, frame_index: int, name: str, detections: n
     """``jsonl_text`` value by value in Python: where the arrays cannot be exact, and the reference measured."""
     rows = [[round(float(v), 5) for v in row] for row in detections]
     return (json.dumps({"camera": camera, "frame": frame_index, "name": name, "detections": rows}) + "\n").encode()
+
+
+def track_rows(tracks: np.ndarray) -> list[list]:
+    """(M, 6) tracks as JSON rows [id, x, y, w, h, score]: an integer id, values rounded to 5 decimals."""
+    return [[int(row[0]), *row[1:]] for row in np.round(tracks, 5).tolist()]

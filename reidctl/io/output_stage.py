@@ -9,6 +9,9 @@ first, one frame at a time, and a frame that one of them cannot take is taken ba
 which cannot take a frame back, get each frame last, once the others hold it (a step's videos in parallel: OpenCV
 encodes without the interpreter lock). An output that fails stops the stage: it takes no frame more, and the failure
 (``failure``) names the output. ``close`` stops taking frames, writes every frame already handed over, then publishes.
+
+With ``trackers`` (one per camera) each frame is tracked here too, before it is written: on this thread, each camera's
+frames in order, each at its own frame number (a frame the camera dropped is a gap the tracker predicts across).
 """
 
 from __future__ import annotations
@@ -20,33 +23,38 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from reidctl.errors import ReidctlError, describe_error, first_line
 from reidctl.io.sources import Frame
-from reidctl.io.writers import OutputWriter, TextWriter
+from reidctl.io.writers import FinishedFrame, OutputWriter, TextWriter
 
 DEFAULT_CAPACITY_FRAMES = 64  # frames waiting to be written; each may hold its decoded image (6 MB at 1080p)
 RECENT_SAMPLES = 512
 THREAD_NAME = "outputs"
 
 
-@dataclass
-class FinishedFrame:
-    camera: str
-    frame: Frame
-    detections: np.ndarray
+class Tracker(Protocol):
+    """One camera's tracker (reidctl.tracking.ByteTracker): (N, 7) detections of a frame -> its (M, 6) tracks."""
+
+    def update(self, detections: np.ndarray, frame_index: int) -> np.ndarray: ...
+
+    @property
+    def counts(self) -> Any: ...
 
 
 class OutputStage:
     """Writes handed-over frames to ``writers[camera]`` (each camera's own) and ``shared`` (every camera's)."""
 
     def __init__(self, writers: dict[str, list[OutputWriter]], shared: list[OutputWriter],
-                 capacity: int = DEFAULT_CAPACITY_FRAMES, on_failure: Callable[[str], None] | None = None):
+                 capacity: int = DEFAULT_CAPACITY_FRAMES, on_failure: Callable[[str], None] | None = None,
+                 trackers: dict[str, Tracker] | None = None):
         self.capacity = capacity
+        self._trackers = trackers or {}
+        self.track_counts: dict[str, Any] = {}  # per tracked camera, after its last frame written
         self._on_failure = on_failure
         self._undoable = {camera: [w for w in own if w.undoable] + [w for w in shared if w.undoable]
                           for camera, own in writers.items()}
@@ -72,7 +80,8 @@ class OutputStage:
     def submit(self, camera_frames: list[tuple[str, Frame, np.ndarray]]) -> bool:
         """Hand a step's frames over; waits while the queue is full. False once the stage stopped taking frames:
         those frames are not finished."""
-        step = [FinishedFrame(camera, frame if self._draws[camera] else Frame(frame.index, None, frame.name), rows)
+        step = [FinishedFrame(camera, frame if self._draws[camera] else Frame(frame.index, None, frame.name), rows,
+                              frame.image.shape[:2])
                 for camera, frame, rows in camera_frames]  # an image nothing draws on is not kept waiting
         with self._condition:
             if self._queued and self._queued + len(step) > self.capacity and self._accepting:
@@ -116,6 +125,11 @@ class OutputStage:
                     "queue_depth": self._queued, "queue_capacity": self.capacity,
                     "wait_seconds": self.wait_seconds, "waits": self.waits, "failure": self.failure}
 
+    def tracks(self) -> dict[str, Any]:
+        """Per tracked camera: its tracks (active, lost, total) after its last frame written."""
+        with self._condition:
+            return dict(self.track_counts)
+
     # -- the writer thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -143,6 +157,20 @@ class OutputStage:
         if self._on_failure is not None:
             self._on_failure(failure)
 
+    def _track_step(self, step: list[FinishedFrame]) -> float:
+        """Each tracked frame's tracks, in the step's order; the seconds it took per frame."""
+        if not self._trackers:
+            return 0.0
+        started = time.perf_counter()
+        counts = {}
+        for item in step:
+            tracker = self._trackers[item.camera]
+            item.tracks = tracker.update(item.detections, item.frame.index)
+            counts[item.camera] = tracker.counts
+        with self._condition:
+            self.track_counts.update(counts)
+        return (time.perf_counter() - started) / max(len(step), 1)
+
     def _format_step(self, step: list[FinishedFrame]) -> float:
         """Each text writer's text for the step's frames, every kind of text formatted for all its frames at once
         (16 cameras' MOT files: one pass, not 16); the seconds it took per frame."""
@@ -153,13 +181,13 @@ class OutputStage:
                 if isinstance(writer, TextWriter):
                     by_kind.setdefault(type(writer), []).append((writer, item))
         for kind, pairs in by_kind.items():
-            texts = kind.texts([(item.camera, item.frame, item.detections) for _, item in pairs])
+            texts = kind.texts([item for _, item in pairs])
             for (writer, _), text in zip(pairs, texts):
                 writer.formatted.append(text)
         return (time.perf_counter() - started) / max(len(step), 1)
 
     def _write_step(self, step: list[FinishedFrame]) -> None:
-        formatting = self._format_step(step)
+        formatting = self._track_step(step) + self._format_step(step)
         seconds = []
         failure = None
         for item in step:  # outputs that can take a frame back, a frame at a time
@@ -167,7 +195,7 @@ class OutputStage:
             taken = []
             try:
                 for writer in self._undoable[item.camera]:
-                    writer.write(item.camera, item.frame, item.detections)
+                    writer.write(item)
                     taken.append(writer)
             except Exception as exc:  # noqa: BLE001  the others give the frame back; the frames before it stay
                 for writer in taken:
@@ -202,8 +230,7 @@ class OutputStage:
         def write(writer: OutputWriter, positions: list[int]) -> None:
             for position in positions:
                 started = time.perf_counter()
-                item = step[position]
-                writer.write(item.camera, item.frame, item.detections)
+                writer.write(step[position])
                 seconds[position] += time.perf_counter() - started
 
         jobs = [(writers[key], positions) for key, positions in by_writer.items()]

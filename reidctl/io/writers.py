@@ -1,4 +1,4 @@
-"""Detection outputs: MOT17 text, JSON lines, annotated video or images.
+"""Detection outputs: MOT17 text, JSON lines, annotated video or images (with tracks where tracked).
 
 Each writer fills a temporary file (a temporary folder for images) and moves it into place on ``close(publish=True)``.
 A frame is written whole or not at all: a write that fails (a full disk) takes back what it wrote of that frame, and
@@ -8,10 +8,12 @@ frames. Publishing after any stop yields valid files holding every frame written
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,9 +21,20 @@ import numpy as np
 
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import AtomicFile, ensure_writable_dir
-from reidctl.io.formatting import jsonl_texts, mot_texts
+from reidctl.io.formatting import jsonl_texts, mot_texts, track_rows
 from reidctl.io.sources import Frame
 from reidctl.io.synthetic import VIDEO_CODECS
+
+
+@dataclass
+class FinishedFrame:
+    """A camera's frame with its (N, 7) detections and, when tracked, its (M, 6) tracks (id, x, y, w, h, score)."""
+
+    camera: str
+    frame: Frame
+    detections: np.ndarray
+    image_size: tuple[int, int] | None = None  # (height, width): kept where the image itself is not
+    tracks: np.ndarray | None = None
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -37,8 +50,8 @@ def _cannot_write(path: Path, exc: OSError) -> ReidctlError:
 
 
 class OutputWriter:
-    """One output. ``write`` takes one camera's frame with its (N, 7) detections; ``undo_last`` removes the last frame
-    written where the writer can (``undoable``)."""
+    """One output. ``write`` takes one camera's finished frame; ``undo_last`` removes the last frame written where the
+    writer can (``undoable``)."""
 
     undoable = True
     draws = False  # needs the frame's image
@@ -49,9 +62,9 @@ class OutputWriter:
         self.closed = False
         self.failed = False  # a write failed that could not be taken back: the output is not published
 
-    def write(self, camera: str, frame: Frame, detections: np.ndarray) -> None:
+    def write(self, item: FinishedFrame) -> None:
         try:
-            self._write(camera, frame, detections)
+            self._write(item)
         except BaseException:
             self.failed = not self.undoable
             raise
@@ -75,7 +88,7 @@ class OutputWriter:
         finally:
             self._discard()
 
-    def _write(self, camera: str, frame: Frame, detections: np.ndarray) -> None:
+    def _write(self, item: FinishedFrame) -> None:
         raise NotImplementedError
 
     def _undo_last(self) -> None:
@@ -119,8 +132,8 @@ class TextWriter(FileWriter):
         self._last_start = 0  # where the last frame's text begins: undo_last cuts the file there
         self.formatted: deque[bytes] = deque()  # the next frames' text, formatted beforehand (``texts``), in order
 
-    def _write(self, camera, frame, detections) -> None:
-        data = self.formatted.popleft() if self.formatted else self.text(camera, frame, detections)
+    def _write(self, item) -> None:
+        data = self.formatted.popleft() if self.formatted else self.texts([item])[0]
         try:
             _write_all(self._fd, data, self.size)
         except OSError as exc:
@@ -137,11 +150,8 @@ class TextWriter(FileWriter):
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def text(self, camera: str, frame: Frame, detections: np.ndarray) -> bytes:
-        return self.texts([(camera, frame, detections)])[0]
-
     @staticmethod
-    def texts(frames: list[tuple[str, Frame, np.ndarray]]) -> list[bytes]:
+    def texts(items: list[FinishedFrame]) -> list[bytes]:
         """The text of several frames (of any writers of this kind), formatted in one pass."""
         raise NotImplementedError
 
@@ -150,16 +160,41 @@ class MOTWriter(TextWriter):
     """MOT17 detection format: frame,-1,x,y,w,h,score,-1,-1,-1 (1-based frames, score = obj x class)."""
 
     @staticmethod
-    def texts(frames):
-        return mot_texts([(frame.index, detections) for _, frame, detections in frames])
+    def texts(items):
+        return mot_texts([(item.frame.index, item.detections) for item in items])
 
 
 class JSONLWriter(TextWriter):
-    """One JSON object per frame: its camera, 0-based frame index, name and the raw (N, 7) rows."""
+    """One JSON object per frame: its camera, 0-based frame index, name and the raw (N, 7) rows; when tracked, its
+    tracks as [id, x, y, w, h, score] too."""
 
     @staticmethod
-    def texts(frames):
-        return jsonl_texts([(camera, frame.index, frame.name, detections) for camera, frame, detections in frames])
+    def texts(items):
+        texts = jsonl_texts([(item.camera, item.frame.index, item.frame.name, item.detections) for item in items])
+        return [text if item.tracks is None
+                else text[:-2] + b', "tracks": ' + json.dumps(track_rows(item.tracks)).encode() + b"}\n"
+                for item, text in zip(items, texts)]
+
+
+# One color per track id, to follow a person by eye.
+TRACK_COLORS = [(0, 255, 0), (255, 128, 0), (0, 128, 255), (255, 0, 255), (0, 255, 255), (255, 255, 0),
+                (128, 0, 255), (0, 0, 255)]
+
+
+def draw(item: FinishedFrame) -> np.ndarray:
+    """The frame's image with its tracks (box and id) where tracked, else its detections (box and score)."""
+    if item.tracks is None:
+        return draw_detections(item.frame.image, item.detections)
+    return draw_tracks(item.frame.image, item.tracks)
+
+
+def draw_tracks(image: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+    canvas = image.copy()
+    for track_id, x, y, w, h, _ in tracks.tolist():
+        color = TRACK_COLORS[int(track_id) % len(TRACK_COLORS)]
+        cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)), color, 2)
+        cv2.putText(canvas, str(int(track_id)), (int(x), max(int(y) - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1)
+    return canvas
 
 
 def draw_detections(image: np.ndarray, detections: np.ndarray) -> np.ndarray:
@@ -193,8 +228,8 @@ class VideoWriter(FileWriter):
         super().__init__(path)
         self.fourcc, self.fps, self.writer, self.size = fourcc, fps or 30.0, None, None
 
-    def _write(self, camera, frame, detections) -> None:
-        image = frame.image
+    def _write(self, item) -> None:
+        image = draw(item)
         if self.writer is None:
             h, w = image.shape[:2]
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
@@ -203,7 +238,7 @@ class VideoWriter(FileWriter):
         elif image.shape[:2] != self.size:
             image = cv2.resize(image, self.size[::-1])  # a stream that reconnected at another resolution
         self.size = image.shape[:2]
-        if self.writer.write(draw_detections(image, detections)) is False or _disk_full(self.tmp.parent):
+        if self.writer.write(image) is False or _disk_full(self.tmp.parent):
             raise ReidctlError(f"cannot write {self.path}: no space left on device")
 
     def _publishable(self) -> bool:
@@ -242,9 +277,10 @@ class ImageDirWriter(OutputWriter):
         self.tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=self.path))
         self._names: list[str] = []
 
-    def _write(self, camera, frame, detections) -> None:
+    def _write(self, item) -> None:
+        frame = item.frame
         name = f"{frame.index:06d}.jpg" if "#" in frame.name else f"{frame.name}.jpg"
-        ok, encoded = cv2.imencode(".jpg", draw_detections(frame.image, detections))
+        ok, encoded = cv2.imencode(".jpg", draw(item))
         if not ok:
             raise ReidctlError(f"cannot encode image {self.path / name}")
         target = self.tmp / name
@@ -273,3 +309,4 @@ class ImageDirWriter(OutputWriter):
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self._created and not any(self.path.iterdir()):
             self.path.rmdir()
+

@@ -1,4 +1,5 @@
-"""Track outputs: MOT17 tracking files with their seqinfo.ini, JSON lines with track ids, and crops for ReID.
+"""Track outputs: MOT17 tracking files with their seqinfo.ini, JSON lines with track ids, and crops for ReID; and the
+two that `detect --track` writes on its output stage (``MOTTrackTextWriter``, ``CropsOutput``).
 
 Like the detection writers, each fills temporary files and publishes them on ``close(publish=True)``; a frame is
 written whole, so publishing after any stop gives valid files holding every finished frame, and
@@ -21,6 +22,8 @@ import numpy as np
 
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import AtomicFile, ensure_writable_dir, write_text_atomic
+from reidctl.io.formatting import track_rows
+from reidctl.io.writers import OutputWriter, TextWriter
 
 # MOT17 tracking rows: frame (1-based), id, left, top, width, height, score, and -1 for the 3D position.
 MOT_TRACK_ROW = "%d,%d,%.2f,%.2f,%.2f,%.2f,%.5f,-1,-1,-1\n"
@@ -91,8 +94,7 @@ class TrackJSONLWriter:
         self.closed = False
 
     def write(self, camera: str, frame_index: int, tracks: np.ndarray, name: str | None = None) -> None:
-        rows = [[int(row[0]), *row[1:]] for row in np.round(tracks, 5).tolist()]
-        record = {"camera": camera, "frame": frame_index, "name": name, "tracks": rows}
+        record = {"camera": camera, "frame": frame_index, "name": name, "tracks": track_rows(tracks)}
         self._handle.write(json.dumps(record) + "\n")
 
     def close(self, publish: bool = True) -> bool:
@@ -217,3 +219,56 @@ def _has_pyarrow() -> bool:
     except ImportError:
         return False
     return True
+
+
+class MOTTrackTextWriter(TextWriter):
+    """``MOTTrackWriter``'s file and seqinfo.ini for the output stage (`detect --track`): a text output, whose last
+    frame can be taken back."""
+
+    def __init__(self, path: Path, seqinfo_path: Path, info: SequenceInfo):
+        super().__init__(path)
+        self.seqinfo_path, self.info = Path(seqinfo_path), info
+        self._length_before = info.length  # seqLength before the last frame: what undo_last restores
+
+    @staticmethod
+    def texts(items):
+        return [mot_track_text(item.frame.index, item.tracks).encode() for item in items]
+
+    def _write(self, item) -> None:
+        super()._write(item)
+        self._length_before, self.info.length = self.info.length, max(self.info.length, item.frame.index + 1)
+        if self.info.height is None and item.image_size:
+            self.info.height, self.info.width = item.image_size
+
+    def _undo_last(self) -> None:
+        super()._undo_last()
+        self.info.length = self._length_before
+
+    def _publish(self) -> None:
+        ensure_writable_dir(self.seqinfo_path.parent)
+        write_text_atomic(self.seqinfo_path, self.info.ini())
+        super()._publish()
+
+
+class CropsOutput(OutputWriter):
+    """``CropsWriter`` for the output stage, every camera's crops in one directory: written after the outputs that
+    can take a frame back, as videos are, and published whole or not at all."""
+
+    undoable = False
+    draws = True
+
+    def __init__(self, crops: CropsWriter):
+        super().__init__(crops.directory)
+        self.crops = crops
+
+    def _write(self, item) -> None:
+        self.crops.write(item.camera, item.frame.index, item.frame.image, item.tracks)
+
+    def _publishable(self) -> bool:
+        return self.frames > 0
+
+    def _publish(self) -> None:
+        self.crops.close(publish=True)
+
+    def _discard(self) -> None:
+        self.crops.close(publish=False)  # nothing left once published

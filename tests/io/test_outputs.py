@@ -17,7 +17,7 @@ from reidctl.config import load_config
 from reidctl.engine.pipeline import OutputRequest, run_detect
 from reidctl.io.sources import Frame, camera_specs
 from reidctl.io.synthetic import synthetic_frame
-from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
+from reidctl.io.writers import FinishedFrame, ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
 
 def invoke(*args):
@@ -56,9 +56,9 @@ def test_writing_happens_on_the_output_thread_at_hundreds_of_rows_a_frame(tmp_pa
     for writer in (MOTWriter, JSONLWriter, VideoWriter):
         original = writer._write
 
-        def recording(self, camera, frame, detections, original=original, kind=writer.__name__):
+        def recording(self, item, original=original, kind=writer.__name__):
             writers_seen.setdefault(kind, set()).add(threading.current_thread().name)
-            return original(self, camera, frame, detections)
+            return original(self, item)
 
         monkeypatch.setattr(writer, "_write", recording)
     clips = [f"{name}={write_video(tmp_path / f'{name}.avi', frames=8, size=(120, 160))}" for name in ("a", "b")]
@@ -123,16 +123,17 @@ def test_images_of_one_folder_never_overwrite_each_other(tmp_path, small_config)
 
 
 def test_discarded_images_leave_nothing(tmp_path):
+    none = np.zeros((0, 7), np.float32)
     writer = ImageDirWriter(tmp_path / "vis")
     for i in range(3):
-        writer.write("cam", Frame(i, synthetic_frame(i, (60, 80)), f"cam#{i}"), np.zeros((0, 7), np.float32))
+        writer.write(FinishedFrame("cam", Frame(i, synthetic_frame(i, (60, 80)), f"cam#{i}"), none))
     writer.close(publish=False)
     assert not (tmp_path / "vis").exists()
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "mine.txt").write_text("not ours")
     writer = ImageDirWriter(kept)
-    writer.write("cam", Frame(0, synthetic_frame(0, (60, 80)), "cam#0"), np.zeros((0, 7), np.float32))
+    writer.write(FinishedFrame("cam", Frame(0, synthetic_frame(0, (60, 80)), "cam#0"), none))
     writer.close(publish=False)
     assert [p.name for p in kept.iterdir()] == ["mine.txt"]
 
