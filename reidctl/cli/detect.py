@@ -174,7 +174,9 @@ def detect(
     strict: Annotated[
         bool,
         typer.Option(
-            "--strict", help="Stop at an unreadable image or a truncated video instead of warning and going on."
+            "--strict",
+            help="Stop at an unreadable image or a truncated video instead of warning and going on, and refuse to "
+            "start while a stream cannot be opened (without it the other cameras start and the stream is retried).",
         ),
     ] = False,
     track: Annotated[

@@ -39,7 +39,7 @@ from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
-from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, open_source
+from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, UnopenedSource, open_source
 from reidctl.io.synthetic import VIDEO_CODECS, synthetic_frame
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
@@ -296,23 +296,33 @@ def _signals_held() -> Iterator[None]:
 # -- the run -----------------------------------------------------------------------------------------------------
 
 
-def open_cameras(specs: list[CameraSpec], timeout_s: float, warn: Warn | None) -> list[FrameSource]:
-    """Open every source at once (network sources wait up to the timeout each); a one-line error names the first
-    that cannot be opened, and the others are closed again."""
+def open_cameras(specs: list[CameraSpec], timeout_s: float, warn: Warn | None,
+                 strict: bool = False) -> list[FrameSource]:
+    """Open every source at once (network sources wait up to the timeout each). A live source that cannot be opened
+    while another camera can is retried with back-off once the run starts (said in a warning line); a file or
+    folder that cannot be opened, every source failing, or ``strict`` is a one-line error naming the first, and the
+    others are closed again."""
     with ThreadPoolExecutor(max_workers=min(16, len(specs)), thread_name_prefix="open") as pool:
         futures = [pool.submit(open_source, spec.source, timeout_s, warn) for spec in specs]
-    sources, errors = [], []
+    sources: list[FrameSource | None] = []
+    failures: list[tuple[CameraSpec, str]] = []
     for spec, future in zip(specs, futures):
         try:
             sources.append(future.result())
         except ReidctlError as exc:
-            errors.append(str(exc) if len(specs) == 1 else f"camera {spec.name}: {exc}")
-    if errors:
-        for source in sources:
+            sources.append(None)
+            failures.append((spec, str(exc)))
+    retried = not strict and all(spec.live for spec, _ in failures) and len(failures) < len(specs)
+    if failures and not retried:
+        for source in filter(None, sources):
             source.close()
+        errors = [reason if len(specs) == 1 else f"camera {spec.name}: {reason}" for spec, reason in failures]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ReidctlError(errors[0] + more)
-    return sources
+    reasons = {spec.name: reason for spec, reason in failures}
+    for spec, reason in failures:
+        (warn or print)(f"warning: camera {spec.name}: {reason}; the other cameras start, it is retried with back-off")
+    return [source or UnopenedSource(spec.source, reasons[spec.name]) for spec, source in zip(specs, sources)]
 
 
 class _Run:
@@ -520,7 +530,7 @@ def run_detect(
         warn(f"warning: detection.conf_threshold {config.detection.conf_threshold:g} is above tracking.low_thresh "
              f"{config.tracking.low_thresh:g}: the second association (low-score boxes) gets no detections")
     input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
-    sources = open_cameras(specs, options.timeout_s, input_warn)
+    sources = open_cameras(specs, options.timeout_s, input_warn, options.strict)
     hub = Hub()
     cameras = [
         Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,

@@ -59,6 +59,20 @@ class FrameSource:
         self.close()
 
 
+class UnopenedSource(FrameSource):
+    """A live source that could not be opened at start: reading it fails with why, so that its camera reconnects with
+    back-off as a live camera whose stream failed does, while the other cameras run."""
+
+    live = True
+
+    def __init__(self, description: str, reason: str):
+        super().__init__(description, None, None)
+        self.reason = reason
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise ConnectionError(self.reason)
+
+
 def read_image(path: Path) -> np.ndarray:
     if not os.access(path, os.R_OK):
         raise ReidctlError(f"image not readable: {path}")

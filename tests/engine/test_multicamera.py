@@ -261,3 +261,31 @@ def test_triton_server_killed_mid_run_keeps_every_finished_frame(tmp_path, nano_
         assert frames == list(range(len(frames))) and len(frames) < 2000
         assert mot_frames(tmp_path / "mot" / f"{name}.txt") == [f + 1 for f in frames]
     assert not list(tmp_path.glob("**/.*.tmp")) and not list(tmp_path.rglob(".all.jsonl.*"))
+
+
+def test_a_dead_stream_at_start_is_retried_while_the_other_cameras_run(tmp_path, small_config):
+    """One camera's stream is down when the run starts: the good camera runs, the dead one is said once and retried
+    with back-off (as mid-run); --strict keeps the refusal, and a run with no camera that opens is still an error."""
+    clip = write_video(tmp_path / "good.avi", frames=6, size=(120, 160))
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}/stream"
+    specs = camera_specs([f"good={clip}", f"door={dead}"])
+    warnings: list[str] = []
+
+    def stop_once_the_good_camera_ended(stats: dict) -> None:
+        by_name = {camera["name"]: camera for camera in stats["cameras"]}
+        if by_name["good"]["state"] == "ended":
+            assert by_name["door"]["state"] == "reconnecting" and by_name["door"]["frames"] == 0
+            raise KeyboardInterrupt
+
+    result = run_detect(load_config(small_config), specs, OutputRequest(mot=tmp_path / "mot"),
+                        DetectOptions(timeout_s=1.0), warn=warnings.append, on_update=stop_once_the_good_camera_ended)
+    assert result.stopped == "interrupted"
+    assert [camera["frames"] for camera in result.summary["cameras"]] == [6, 0]
+    assert any(line.startswith("warning: camera door: ") and "retried with back-off" in line for line in warnings)
+    assert len((tmp_path / "mot" / "good.txt").read_text().splitlines()) > 0
+    with pytest.raises(ReidctlError, match="camera door: "):
+        run_detect(load_config(small_config), specs, OutputRequest(mot=tmp_path / "strict"),
+                   DetectOptions(timeout_s=1.0, strict=True), warn=warnings.append)
+    with pytest.raises(ReidctlError):
+        run_detect(load_config(small_config), camera_specs([dead]), OutputRequest(mot=tmp_path / "none.txt"),
+                   DetectOptions(timeout_s=1.0), warn=warnings.append)
