@@ -179,21 +179,10 @@ def parse_size(text: str) -> list[int]:
     return parts
 
 
-def build_config(
-    config: Optional[Path] = None,
-    model: Optional[Path] = None,
-    model_type: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    device: Optional[str] = None,
-    test_size: Optional[str] = None,
-    conf: Optional[float] = None,
-    nms: Optional[float] = None,
-    fp16: Optional[bool] = None,
-    **extra,
-) -> Config:
-    """The config file with the command line's overrides applied (validated)."""
-    return with_model_options(load_config(config), model, model_type, num_classes, device, test_size, conf, nms, fp16,
-                              **extra)  # fmt: skip
+def build_config(config: Optional[Path] = None, *model_options, **extra) -> Config:
+    """The config file with the command line's overrides applied (validated): the model options in
+    ``with_model_options``' order, then any other detection settings by name."""
+    return with_model_options(load_config(config), *model_options, **extra)
 
 
 def with_model_options(
