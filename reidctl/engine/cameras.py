@@ -138,6 +138,7 @@ class Camera:
         self.latencies = array("d")  # seconds: decoded -> detections back, one per detected frame
         self.decode_seconds = array("d")  # the reader's time per frame: decoding, then letterboxing
         self.letterbox_seconds = array("d")
+        self.reader_busy_seconds = 0.0  # both, in total
         self.last_done: float | None = None  # when the last frame's detections were back
         self.started = False
         self._next_index = 0  # a live camera's frame numbers run on across reconnections
@@ -198,14 +199,16 @@ class Camera:
     def _decode(self, frames: Iterator[Frame]) -> Frame | None:
         start = time.perf_counter()
         frame = next(frames, None)
-        self.decode_seconds.append(time.perf_counter() - start)
+        self.decode_seconds.append(seconds := time.perf_counter() - start)
+        self.reader_busy_seconds += seconds
         return frame
 
     def _prepare(self, frame: Frame) -> TimedFrame:
         item = TimedFrame(self, frame, time.perf_counter())
         if self.hub.letterbox_size is not None:
             item.canvas, item.ratio = letterbox_frame(frame.image, self.hub.letterbox_size)
-            self.letterbox_seconds.append(time.perf_counter() - item.decoded_at)
+            self.letterbox_seconds.append(seconds := time.perf_counter() - item.decoded_at)
+            self.reader_busy_seconds += seconds
         return item
 
     def _put(self, item: TimedFrame) -> bool:

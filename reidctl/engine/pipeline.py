@@ -334,6 +334,7 @@ class _Run:
         self.batch_sizes: Counter[int] = Counter()
         self.step_seconds = array("d")  # each detect step: upload, model, NMS and rescale of its batch
         self.steps = 0
+        self.step_busy_seconds = 0.0
         # Per frame, from the steps timed stage by stage (one in STAGE_SAMPLE_EVERY): upload, model, NMS + rescale.
         self.stage_seconds: dict[str, array] = {stage: array("d") for stage in DETECT_STAGES}
         self.recent_batches: deque[int] = deque(maxlen=64)
@@ -375,7 +376,8 @@ class _Run:
                 results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch],
                                                         timed)
                 with self.step_lock:
-                    self.step_seconds.append(time.perf_counter() - started)
+                    self.step_seconds.append(seconds := time.perf_counter() - started)
+                    self.step_busy_seconds += seconds
                     self.batch_sizes[len(batch)] += 1
                     self.recent_batches.append(len(batch))
                     for stage, field_name in DETECT_STAGES.items():
@@ -446,13 +448,13 @@ class _Run:
             "decode": _mean_ms([s for c in cameras for s in c.decode_seconds[-4096:]]),
             "letterbox": _mean_ms([s for c in cameras for s in c.letterbox_seconds[-4096:]]),
             **{stage: _mean_ms(seconds[-4096:]) for stage, seconds in self.stage_seconds.items()},
-            "detect_step": (sum(self.step_seconds) * 1000.0 / frames) if frames else None,
+            "detect_step": (self.step_busy_seconds * 1000.0 / frames) if frames else None,
             "write": outputs["write_ms"]["mean"],
         }
         loops = batch_loops(self.detector)
         busy = {
-            "readers": max((sum(c.decode_seconds) + sum(c.letterbox_seconds) for c in cameras), default=0.0) / wall,
-            "detection": sum(self.step_seconds) / (wall * loops),
+            "readers": max((camera.reader_busy_seconds for camera in cameras), default=0.0) / wall,
+            "detection": self.step_busy_seconds / (wall * loops),
             "outputs": outputs["write_busy_seconds"] / wall,  # one writer thread
         }
         return per_frame, {name: round(value, 3) for name, value in busy.items()}
