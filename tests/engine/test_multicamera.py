@@ -136,11 +136,13 @@ def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
     assert len(frames) == camera["frames"] and frames[-1] > len(frames)  # frame numbers keep their place in the file
 
 
-def test_camera_that_cannot_be_opened_is_named_and_nothing_is_written(tmp_path, small_config, video_file, stream_port):
+def test_strict_camera_that_cannot_be_opened_is_named_and_nothing_is_written(tmp_path, small_config, video_file,
+                                                                             stream_port):  # fmt: skip
+    """--strict keeps the refusal (without it the other cameras start and the stream is retried)."""
     out = tmp_path / "out"
     started = time.monotonic()
     result = invoke("detect", f"door={video_file}", f"yard=http://127.0.0.1:{stream_port}/live.ts", "-c", small_config,
-                    "--mot", out, "--timeout", "1", "--no-progress")
+                    "--mot", out, "--timeout", "1", "--no-progress", "--strict")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip() == f"error: camera yard: cannot open stream http://127.0.0.1:{stream_port}/live.ts"
     assert time.monotonic() - started < 30
