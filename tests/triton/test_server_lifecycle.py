@@ -69,7 +69,10 @@ def orphan_a_stub(repository: Path) -> list[watchdog.Stub]:
     stubs = stubs_of(state.pid)
     assert stubs and all(stub.shm_regions for stub in stubs)
     for entry in Path("/proc").iterdir():
-        argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:  # a process that ended while /proc was listed
+            continue
         if any(arg.endswith(b"watchdog.py") for arg in argv) and argv[-2:-1] == [str(state.pid).encode()]:
             os.kill(int(entry.name), signal.SIGKILL)
     for stub in stubs:
