@@ -5,6 +5,7 @@ is imported inside the commands.
 """
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -601,11 +602,18 @@ def recommend_command(
     nms: NmsOpt = None,
 ) -> None:
     """The model options apply on top of the bench file's configuration (or --config's, without one)."""
-    import tempfile
-
     from reidctl.engine.bench_report import load_report
     from reidctl.engine.capacity import CameraPlan
-    from reidctl.engine.recommend import DEPLOY_FILES, DEPLOYED_OUTPUTS, Need, config_from_dict, find_bench
+    from reidctl.engine.recommend import (
+        DEPLOY_FILES,
+        DEPLOYED_OUTPUTS,
+        Need,
+        config_from_dict,
+        find_bench,
+        recommend,
+        who_serves,
+        write_deploy,
+    )
     from reidctl.io.sources import read_source_list
 
     need = Need(cameras, fps, latency_ms).validate()
@@ -622,57 +630,46 @@ def recommend_command(
     if report:
         report.config = config_dict  # what is deployed and verified: the measured setup with the options given here
     plan = CameraPlan(parse_size(resolution), seconds, read_source_list(sources_file) if sources_file else None)
-    work = Path(tempfile.mkdtemp(prefix="reidctl-recommend-"))
-    try:
-        _recommend(need, path, report, config_dict, plan, work, max_cameras, backends, camera_limit, verify, deploy,
-                   json_path)  # fmt: skip
-    finally:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _recommend(need, path, report, config_dict, plan, work, max_cameras, backends, camera_limit, verify, deploy,
-               json_path) -> None:  # fmt: skip
-    from reidctl.engine.recommend import config_from_dict, recommend, who_serves, write_deploy
-
-    if max_cameras:
-        flagged = {b.name for b in report.backends if report.parity_flagged(b)} if report else set()
-        results, searched = _search_capacity(need, config_from_dict(config_dict), plan, backends, camera_limit,
-                                             flagged, work)  # fmt: skip
-        console.print(_capacity_table(results, need.fps, need.latency_ms))
-        best = max((r for r in results if r.outcome), key=lambda r: r.outcome.cameras, default=None)
-        if best:
-            gpu = searched.environment["gpu"]["name"]
-            more = " or more" if best.outcome.at_limit else ""
-            subject, verb = who_serves(searched.environment).rsplit(" ", 1)
-            console.print(
-                f"[bold]{subject} ({escape(gpu)}) {verb} up to {best.outcome.cameras}{more} camera(s) "
-                f"at {need.fps:g} FPS within {need.latency_ms:g} ms on {best.backend}.[/bold]",
-                soft_wrap=True,
-            )
-        report = _merge(report, searched)
-    source = f"{path or 'no bench file'} and this machine's capacity search" if max_cameras else str(path)
-    rec = recommend(need, report, config_dict, source=source)
-    if not rec.measured:
-        console.print(_summary_table(rec.scenario))
-    console.print(_verdict_table(rec))
-    for line in rec.reasoning:
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
-    if rec.choice:
-        mode = f" ({rec.mode})" if rec.mode else ""
-        caveat = "" if rec.measured else " [yellow]- not measured[/yellow]"
-        console.print(f"[bold]Recommended: {rec.choice}{mode}[/bold]{caveat}")
-        console.print(Syntax(rec.config_snippet, "yaml", theme="ansi_dark", background_color="default"))
-    deployed = None
-    if deploy and rec.choice:
-        deployed, script = write_deploy(rec, deploy)
-        console.print(f"wrote {deployed} and {script}", soft_wrap=True)
-    if json_path:
-        write_text_atomic(json_path, json.dumps(rec.to_dict(), indent=2))
-        console.print(f"wrote {json_path}", soft_wrap=True)
-    if verify and not _verify(rec, load_config(deployed) if deployed else config_from_dict(rec.deploy_config or {}),
-                              plan, work):  # fmt: skip
-        raise typer.Exit(EXIT_VERIFY_FAILED)
-    if deploy and not rec.choice:
-        fail(f"nothing written to {deploy}: no backend meets the need")
+    # --verify and --max-cameras generate their clips and write their outputs here; all of it goes at the end
+    with tempfile.TemporaryDirectory(prefix="reidctl-recommend-") as work_dir:
+        work = Path(work_dir)
+        if max_cameras:
+            flagged = {b.name for b in report.backends if report.parity_flagged(b)} if report else set()
+            results, searched = _search_capacity(need, config_from_dict(config_dict), plan, backends, camera_limit,
+                                                 flagged, work)  # fmt: skip
+            console.print(_capacity_table(results, need.fps, need.latency_ms))
+            best = max((r for r in results if r.outcome), key=lambda r: r.outcome.cameras, default=None)
+            if best:
+                gpu = searched.environment["gpu"]["name"]
+                more = " or more" if best.outcome.at_limit else ""
+                subject, verb = who_serves(searched.environment).rsplit(" ", 1)
+                console.print(
+                    f"[bold]{subject} ({escape(gpu)}) {verb} up to {best.outcome.cameras}{more} camera(s) "
+                    f"at {need.fps:g} FPS within {need.latency_ms:g} ms on {best.backend}.[/bold]",
+                    soft_wrap=True,
+                )
+            report = _merge(report, searched)
+        source = f"{path or 'no bench file'} and this machine's capacity search" if max_cameras else str(path)
+        rec = recommend(need, report, config_dict, source=source)
+        if not rec.measured:
+            console.print(_summary_table(rec.scenario))
+        console.print(_verdict_table(rec))
+        for line in rec.reasoning:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if rec.choice:
+            mode = f" ({rec.mode})" if rec.mode else ""
+            caveat = "" if rec.measured else " [yellow]- not measured[/yellow]"
+            console.print(f"[bold]Recommended: {rec.choice}{mode}[/bold]{caveat}")
+            console.print(Syntax(rec.config_snippet, "yaml", theme="ansi_dark", background_color="default"))
+        deployed = None
+        if deploy and rec.choice:
+            deployed, script = write_deploy(rec, deploy)
+            console.print(f"wrote {deployed} and {script}", soft_wrap=True)
+        if json_path:
+            write_text_atomic(json_path, json.dumps(rec.to_dict(), indent=2))
+            console.print(f"wrote {json_path}", soft_wrap=True)
+        if verify and not _verify(rec, load_config(deployed) if deployed else config_from_dict(rec.deploy_config or {}),
+                                  plan, work):  # fmt: skip
+            raise typer.Exit(EXIT_VERIFY_FAILED)
+        if deploy and not rec.choice:
+            fail(f"nothing written to {deploy}: no backend meets the need")

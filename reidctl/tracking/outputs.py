@@ -56,36 +56,8 @@ def mot_track_text(frame_index: int, tracks: np.ndarray) -> str:
     return (MOT_TRACK_ROW * len(tracks)) % tuple(values.ravel().tolist())
 
 
-class MOTTrackWriter:
-    """One camera's MOT17 tracking file (frame,id,x,y,w,h,score,-1,-1,-1), with ``seqinfo`` written on publish."""
-
-    def __init__(self, path: Path, seqinfo_path: Path, info: SequenceInfo):
-        self.path, self.seqinfo_path, self.info = Path(path), Path(seqinfo_path), info
-        self._file = AtomicFile(self.path)
-        self._handle = self._file.tmp.open("w")
-        self.closed = False
-
-    def write(self, frame_index: int, tracks: np.ndarray) -> None:
-        self._handle.write(mot_track_text(frame_index, tracks))  # one write: a frame is whole or absent
-        self.info.length = max(self.info.length, frame_index + 1)
-
-    def close(self, publish: bool = True) -> bool:
-        if self.closed:
-            return False
-        self.closed = True
-        try:
-            self._handle.close()
-            if publish:
-                ensure_writable_dir(self.seqinfo_path.parent)
-                write_text_atomic(self.seqinfo_path, self.info.ini())
-                self._file.commit()
-            return publish
-        finally:
-            self._file.discard()
-
-
-class TrackJSONLWriter:
-    """One JSON object per camera frame: camera, 0-based frame, name, and tracks as [id, x, y, w, h, score]."""
+class _TextFile:
+    """A text file written to a temporary file beside it and renamed into place on ``close(publish=True)``."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -93,10 +65,6 @@ class TrackJSONLWriter:
         self._handle = self._file.tmp.open("w")
         self.closed = False
 
-    def write(self, camera: str, frame_index: int, tracks: np.ndarray, name: str | None = None) -> None:
-        record = {"camera": camera, "frame": frame_index, "name": name, "tracks": track_rows(tracks)}
-        self._handle.write(json.dumps(record) + "\n")
-
     def close(self, publish: bool = True) -> bool:
         if self.closed:
             return False
@@ -104,10 +72,38 @@ class TrackJSONLWriter:
         try:
             self._handle.close()
             if publish:
+                self._before_publish()
                 self._file.commit()
             return publish
         finally:
             self._file.discard()
+
+    def _before_publish(self) -> None:
+        pass
+
+
+class MOTTrackWriter(_TextFile):
+    """One camera's MOT17 tracking file (frame,id,x,y,w,h,score,-1,-1,-1), with ``seqinfo`` written on publish."""
+
+    def __init__(self, path: Path, seqinfo_path: Path, info: SequenceInfo):
+        super().__init__(path)
+        self.seqinfo_path, self.info = Path(seqinfo_path), info
+
+    def write(self, frame_index: int, tracks: np.ndarray) -> None:
+        self._handle.write(mot_track_text(frame_index, tracks))  # one write: a frame is whole or absent
+        self.info.length = max(self.info.length, frame_index + 1)
+
+    def _before_publish(self) -> None:
+        ensure_writable_dir(self.seqinfo_path.parent)
+        write_text_atomic(self.seqinfo_path, self.info.ini())
+
+
+class TrackJSONLWriter(_TextFile):
+    """One JSON object per camera frame: camera, 0-based frame, name, and tracks as [id, x, y, w, h, score]."""
+
+    def write(self, camera: str, frame_index: int, tracks: np.ndarray, name: str | None = None) -> None:
+        record = {"camera": camera, "frame": frame_index, "name": name, "tracks": track_rows(tracks)}
+        self._handle.write(json.dumps(record) + "\n")
 
 
 def _safe_name(name: str) -> str:
