@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -497,6 +498,23 @@ def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) ->
             one.detect_canvases([canvas] * size, [ratio] * size)
 
 
+# How long a thread may hold the interpreter lock while another waits for it. Each frame's trip returns from a
+# dozen native calls (decode, resize, a CUDA launch, a write), and each return waits for the lock until the holder's
+# interval ends: at Python's 5 ms those waits alone outgrew a 16-camera frame budget (docs/PERFORMANCE.md).
+SWITCH_INTERVAL_S = 0.0005
+
+
+@contextlib.contextmanager
+def short_lock_turns() -> Iterator[None]:
+    """Python's thread switch interval at SWITCH_INTERVAL_S for the duration, then back to what it was."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
 def batch_loops(detector: Detector | DetectorPool) -> int:
     """Steps that run at once: one per device in process; through a server, the requests its client keeps in
     flight (the server joins them into its own batches)."""
@@ -549,7 +567,8 @@ def run_detect(
             raise
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
             raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
-        result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
+        with short_lock_turns():
+            result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
         return result
     finally:
         hub.stop()

@@ -136,6 +136,22 @@ def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
     assert len(frames) == camera["frames"] and frames[-1] > len(frames)  # frame numbers keep their place in the file
 
 
+def test_threads_take_short_lock_turns_while_detect_runs_and_python_default_after(tmp_path, small_config):
+    """16 readers, the batch loops and the writer hand the interpreter lock around: at Python's 5 ms interval a
+    thread back from a native call waits too long for it (frames dropped on a 16-core GPU host)."""
+    from reidctl.engine.pipeline import SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    seen = []
+    clip = write_video(tmp_path / "clip.avi", frames=30, size=(120, 160), fps=10.0)
+    result = run_detect(load_config(small_config), camera_specs([str(clip)]), OutputRequest(no_output=True),
+                        DetectOptions(realtime=True), warn=lambda line: None,
+                        on_update=lambda stats: seen.append(sys.getswitchinterval()))
+    assert result.summary["cameras"][0]["frames"] > 0
+    assert seen and set(seen) == {SWITCH_INTERVAL_S} and SWITCH_INTERVAL_S < before
+    assert sys.getswitchinterval() == before
+
+
 def test_strict_camera_that_cannot_be_opened_is_named_and_nothing_is_written(tmp_path, small_config, video_file,
                                                                              stream_port):  # fmt: skip
     """--strict keeps the refusal (without it the other cameras start and the stream is retried)."""
