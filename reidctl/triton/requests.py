@@ -32,7 +32,6 @@ from reidctl.triton.client import (
     ServerPool,
     batch_counts,
     grpc_key_headers,
-    local_server_gpu_memory,
     message_of,
     metric_batch_counts,
     served_model,
@@ -475,11 +474,6 @@ class TritonRequests:
         """Requests may take LATENCY_MARGIN x ``seconds`` where that is longer than detection.triton.timeout,
         which is meant to catch a hung server, not to fail a slow one (see bench's allow_measured_latency)."""
         self.timeout = max(self.configured_timeout, LATENCY_MARGIN * seconds)
-
-    # -- resources ------------------------------------------------------------------------------------------
-    def peak_memory_bytes(self) -> int | None:
-        used = [local_server_gpu_memory(server.url) for server in self.servers]
-        return sum(b for b in used if b is not None) if any(b is not None for b in used) else None
 
     def close(self) -> None:
         if self._closed:
