@@ -52,7 +52,9 @@ class TritonConfig:
     timeout: float = 10.0  # seconds per request
     verbose: bool = False
     max_batch_size: int = 8
-    instances: int = 1  # model instances per GPU; more time-slice the GPU between processes (slower, measured)
+    # Model instances per GPU; more time-slice the GPU between their processes, and each runs slower
+    # (docs/PERFORMANCE.md).
+    instances: int = 1
     # GPUs the instance groups name: null = Triton's default (each GPU the server sees), "all" = the GPUs
     # visible where setup-triton runs, or ids such as [0, 1]
     gpus: list[int] | str | None = None

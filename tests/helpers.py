@@ -1,12 +1,16 @@
-"""Test helpers: small generated checkpoints in ByteTrack's format, configs, real video files, ONNX exports, ports."""
+"""Test helpers: small generated checkpoints in ByteTrack's format, configs, real video files, ONNX exports, ports,
+and the marks of tests that need a GPU or TensorRT."""
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+import torch
 import yaml
 
 from reidctl.config import Config, DetectionConfig, TensorRTConfig
@@ -16,6 +20,30 @@ from reidctl.models.checkpoint import load_model, save_checkpoint
 from reidctl.engine.untrained import lively_yolox
 
 SMALL_TEST_SIZE = (128, 160)
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+# The marks of a test that needs a GPU or TensorRT: the marker selects it (`pytest -m gpu`, `pytest -m tensorrt`),
+# the skip says why it cannot run here.
+GPU_MARKS = (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+TENSORRT_MARKS = (
+    pytest.mark.tensorrt,
+    pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT cannot be installed here (its wheels download from NVIDIA's "
+                                                "package index, which is unreachable)"),
+    *GPU_MARKS,
+)
+
+
+def _marked(marks):
+    def mark(test):
+        for one in marks:
+            test = one(test)
+        return test
+
+    return mark
+
+
+needs_gpu = _marked(GPU_MARKS)  # a test that runs on a CUDA GPU
+needs_tensorrt = _marked(TENSORRT_MARKS)  # a test that builds or runs a TensorRT engine (on a CUDA GPU)
 
 
 def make_checkpoint(path: Path, size: str = "nano", num_classes: int = 1, seed: int = 0) -> Path:

@@ -66,7 +66,7 @@ class PyTorchRunner(Runner):
         self.dtype = torch.float16 if (fp16 and on_gpu) else torch.float32
         if on_gpu:
             # Time cuDNN's convolution algorithms once per input shape (in the warm-up before a graph capture) instead
-            # of taking its heuristic pick: YOLOX-X fp16 compiled, batch 8, 9.19 -> 8.03 ms a batch on an H100.
+            # of taking its heuristic pick: a faster model step (docs/PERFORMANCE.md, the model step by batch size).
             torch.backends.cudnn.benchmark = True
         self.fused = fuse
         if fuse:

@@ -2,9 +2,9 @@
 Inference Server over gRPC (one server or several; see there).
 
 The client works on the host only (OpenCV letterbox, rescale): a second process with GPU work would time-slice
-the GPU with the server's (measured on the H100: slower). The python model returns finished detections (its NMS
-runs on the server), so a response is a few rows; a TensorRT model returns every anchor, which the client's
-shared postprocessing turns into detections.
+the GPU with the server's, and both would run slower (docs/PERFORMANCE.md). The python model returns finished
+detections (its NMS runs on the server), so a response is a few rows; a TensorRT model returns every anchor, which
+the client's shared postprocessing turns into detections.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 
 from reidctl.engine.detector import Backend, Runner, register
 from reidctl.errors import print_warning
+from reidctl.triton.client import PeakWatch, local_servers_gpu_memory
 from reidctl.triton.requests import TritonRequests, availability, connect, frame_sender
 
 TORCH_DTYPES = {"UINT8": torch.uint8, "FP32": torch.float32, "FP16": torch.float16}
@@ -26,10 +27,21 @@ class TritonRunner(TritonRequests, Runner):
     def __init__(self, triton, warn=print_warning):
         super().__init__(triton, warn)
         self.input_dtype = TORCH_DTYPES[self.input_datatype]
+        urls = [server.url for server in self.servers]
+        self._server_memory = PeakWatch(lambda: local_servers_gpu_memory(urls))
+        self._server_memory.start()
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor | list[np.ndarray]:
         predictions = self.infer_array(np.ascontiguousarray(batch.detach().numpy()))
         return predictions if self.returns_detections else torch.from_numpy(predictions)
+
+    def peak_memory_bytes(self) -> int | None:
+        """The most GPU memory the bundled servers started here were seen to hold while this runner was open."""
+        return self._server_memory.sample()
+
+    def close(self) -> None:
+        self._server_memory.stop()
+        super().close()
 
 
 def make_runner(config, warn=print_warning) -> TritonRunner:

@@ -157,9 +157,8 @@ def setup_triton(
         Optional[bool],
         typer.Option(
             "--compile/--no-compile",
-            help="torch.compile the python model: on an H100 a frame's model step takes 2.3 instead of 3.5 ms, for "
-                 "up to a minute and a half more at server start (default: on for a GPU instance, else "
-                 "detection.compile).",
+            help="torch.compile the python model: a faster model step, for a longer server start while it compiles "
+                 "(docs/PERFORMANCE.md). Default: on for a GPU instance, else detection.compile.",
         ),
     ] = None,
     startup_timeout: Annotated[

@@ -2,8 +2,8 @@
 server's runs, each running a share of the cameras with a runner of its own (``ClientProcesses``).
 
 One process's requests are paced by the GIL (each request's serialisation and callbacks hold it): from one client
-process, Triton on two GPUs formed batches of one or two frames, waiting for requests (2× H200, 16 cameras). A run
-through ``ClientProcesses`` splits its cameras and requests over several processes that start together.
+process, a server on several GPUs forms small batches, waiting for requests (docs/PERFORMANCE.md). A run through
+``ClientProcesses`` splits its cameras and requests over several processes that start together.
 Latencies use ``time.perf_counter``, one monotonic clock for every process of the host.
 """
 
@@ -23,7 +23,8 @@ from reidctl.errors import ReidctlError, describe_error, first_line
 
 Tick = Callable[[], None]  # called once per answered request (a progress bar's advance)
 READY_TIMEOUT_S = 300.0  # a process's start: imports, the connection and its first request
-# What one client process may take: one that needs torch (a server model whose NMS runs on the client) ~720 MB
+# What one client process may take: room for one that needs torch (a server model whose NMS runs on the client),
+# the largest kind (docs/PERFORMANCE.md)
 CLIENT_PROCESS_BYTES = 768 << 20
 RUN_TIMEOUT_S = 1800.0  # one closed-loop run
 CLOSE_TIMEOUT_S = 10.0  # the processes' own ending, before they are killed

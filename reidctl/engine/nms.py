@@ -32,7 +32,8 @@ WORD_BITS = 64  # candidates per tile side and bits per mask word
 SCAN_CHUNK = 128  # mask words OR-ed at once by the scan: all later blocks of a 640x640 frame but the last 4
 MASK_WARPS = 4  # warps per mask-kernel program
 SCAN_WARPS = 8  # warps of the one scan program per frame
-# Enough programs of the mask kernel to fill an H100 several times over; each loops over its share of tiles.
+# Programs of the mask kernel: 8 for each of a Hopper GPU's 132 multiprocessors, so that every multiprocessor has
+# work at once; each program loops over its share of tiles.
 PROGRAMS_PER_BATCH = 132 * 8
 
 

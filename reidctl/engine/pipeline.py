@@ -229,7 +229,8 @@ class Outputs:
         self.stage: OutputStage | None = None
         self.tracking = False
         try:
-            for directory in {*(path.parent for _, path in plan.files()), *plan.directories()}:
+            # The image writers create their own folders: knowing they did, a discarded run takes them away again.
+            for directory in {path.parent for _, path in plan.files()}:
                 ensure_writable_dir(directory)
             self.shared += [JSONLWriter(plan.jsonl)] if plan.jsonl else []
             if plan.crops:
@@ -249,7 +250,8 @@ class Outputs:
             self.stage = OutputStage(self.writers, self.shared, on_failure=on_failure, trackers=trackers)
             self.tracking = plan.track
         except BaseException:
-            for writer in [w for own in self.writers.values() for w in own] + self.shared:
+            # The last opened first: a folder that several outputs share is empty when the first of them goes.
+            for writer in reversed([*self.shared, *(w for own in self.writers.values() for w in own)]):
                 writer.close(publish=False)
             raise
 

@@ -47,7 +47,7 @@ def select_detections(
     cxcy, wh = predictions[..., :2], predictions[..., 2:4]
     boxes = torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=-1)
     # Candidate counts stay on the device until the rows come back: waiting for them first would keep the host from
-    # queueing the NMS work while the model still runs (H100, YOLOX-X: +0.3 ms a batch at the worst load).
+    # queueing the NMS work while the model still runs, and every batch would wait for it (docs/PERFORMANCE.md).
     if method == "triton":
         from reidctl.engine.nms import batched_greedy_nms  # imports Triton: only where a GPU runs NMS
 

@@ -27,9 +27,8 @@ def letterbox(
     """uint8 HxWx3 BGR frames -> uint8 (B, H, W, 3) canvas on ``device`` and each frame's scale ratio.
 
     Bilinear with half-pixel centres and no antialiasing, rounded to uint8: ByteTrack's cv2.resize(INTER_LINEAR).
-    On the host that very call runs, on a NumPy canvas: no torch operator, whose OpenMP threads compete for
-    cores with a server on the same host (H100 host beside Triton: 0.26 ms p50 per 640x640 frame, against 9.1 ms
-    with torch's). On a GPU the same formula runs on the device.
+    On the host that very call runs, on a NumPy canvas: no torch operator, whose OpenMP threads would compete for
+    cores with a server on the same host (docs/PERFORMANCE.md). On a GPU the same formula runs on the device.
     """
     device = torch.device(device)
     if device.type == "cpu":

@@ -8,6 +8,7 @@ frames. Publishing after any stop yields valid files holding every frame written
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -265,15 +266,15 @@ class VideoWriter(FileWriter):
 class ImageDirWriter(OutputWriter):
     """Annotated images, one per frame, named after the frame (an image keeps its whole file name: ``a.png.jpg``;
     a video frame its 0-based index: ``000012.jpg``). They wait in a hidden folder inside the directory until
-    published, and vanish with it when the run is discarded."""
+    published, and vanish with it when the run is discarded, as do the directory and its parents where this writer
+    created them and they hold nothing else."""
 
     draws = True
 
     def __init__(self, directory: Path):
         super().__init__(directory)
-        created = not self.path.exists()
+        self._created = list(itertools.takewhile(lambda folder: not folder.exists(), [self.path, *self.path.parents]))
         ensure_writable_dir(self.path)
-        self._created = created
         self.tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=self.path))
         self._names: list[str] = []
 
@@ -307,6 +308,9 @@ class ImageDirWriter(OutputWriter):
 
     def _discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-        if self._created and not any(self.path.iterdir()):
-            self.path.rmdir()
+        for folder in self._created:  # deepest first: a folder that holds anything stays, and so do its parents
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 

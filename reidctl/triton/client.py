@@ -1,5 +1,6 @@
 """What a Triton server says about itself, as its client sees it: health and the served model's description,
-the batches it ran per size, and the GPU memory of a local server; and which of several servers each camera uses.
+the batches it ran per size, and the most GPU memory a local server was seen to hold; and which of several servers
+each camera uses.
 
 The runner (reidctl/backends/triton.py) runs requests; these are the questions asked around them.
 """
@@ -23,6 +24,8 @@ from reidctl.triton.server import START_COMMAND, ServerState, all_running_server
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 SUPPORTED_INPUTS = ("UINT8", "FP16", "FP32")
+# How often a runner asks nvidia-smi what a bundled server started here holds: it tells only the present, not the peak.
+MEMORY_SAMPLE_INTERVAL_S = 1.0
 # A server marked down is checked again after this long, then twice as long each time it is still down, up to the max.
 RECHECK_FIRST_S = 1.0
 RECHECK_MAX_S = 30.0
@@ -152,20 +155,59 @@ def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: f
     return counts
 
 
-def local_server_gpu_memory(url: str) -> int | None:
-    """GPU memory of the bundled server listening on ``url``'s port (and its python stubs), from nvidia-smi;
-    None when that server is not started here or there is no nvidia-smi."""
-    server = _started_here(url)
-    if server is None or shutil.which("nvidia-smi") is None:
+def local_servers_gpu_memory(urls: list[str]) -> int | None:
+    """GPU memory that the bundled servers started here among ``urls`` hold now, with their python stubs, from
+    nvidia-smi; None where none of them is started here, there is no nvidia-smi, or it lists none of their
+    processes."""
+    servers = [server for url in urls if (server := _started_here(url)) is not None]
+    if not servers or shutil.which("nvidia-smi") is None:
         return None
     query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
     try:
         lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         return None
-    pids = set(process_tree(server.pid))
+    pids = {pid for server in servers for pid in process_tree(server.pid)}  # a server reached by two URLs counts once
     used = [int(mib) * 2**20 for pid, mib in (line.split(", ") for line in lines if ", " in line) if int(pid) in pids]
     return sum(used) if used else None
+
+
+class PeakWatch:
+    """The most that ``measure`` was seen to return. Where a reading tells only what is held now (nvidia-smi's
+    memory of a process), ``start`` reads it every ``interval`` seconds on a thread of its own until ``stop``;
+    ``sample`` reads it once more and returns the most seen."""
+
+    def __init__(self, measure: Callable[[], int | None], interval: float = MEMORY_SAMPLE_INTERVAL_S):
+        self._measure, self._interval = measure, interval
+        self._most: int | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> int | None:
+        """Read now; the most seen so far, this reading included (None while nothing was measured)."""
+        reading = self._measure()
+        with self._lock:
+            if reading is not None and (self._most is None or reading > self._most):
+                self._most = reading
+            return self._most
+
+    def start(self) -> None:
+        """Read now and, where that measured something, every ``interval`` seconds until ``stop`` (a reading of
+        None: nothing to watch here, such as a server on another host or no GPU)."""
+        if self.sample() is None:
+            return
+        self._thread = threading.Thread(target=self._sample_until_stopped, name="reidctl-peak-watch", daemon=True)
+        self._thread.start()
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stopped.wait(self._interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 @dataclass

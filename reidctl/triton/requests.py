@@ -32,7 +32,6 @@ from reidctl.triton.client import (
     ServerPool,
     batch_counts,
     grpc_key_headers,
-    local_server_gpu_memory,
     message_of,
     metric_batch_counts,
     served_model,
@@ -41,7 +40,7 @@ from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 
 # A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
 # because a closed loop on a busy CPU (client threads and server sharing cores) queues far longer than N x one
-# request (seen here: 8 cameras of 25 ms frames waiting over 0.5 s).
+# request (docs/PERFORMANCE.md).
 LATENCY_MARGIN = 10.0
 # The first request may carry the server's one-off costs (first run at this input size, CUDA graph capture).
 FIRST_REQUEST_TIMEOUT = 300.0
@@ -476,11 +475,6 @@ class TritonRequests:
         which is meant to catch a hung server, not to fail a slow one (see bench's allow_measured_latency)."""
         self.timeout = max(self.configured_timeout, LATENCY_MARGIN * seconds)
 
-    # -- resources ------------------------------------------------------------------------------------------
-    def peak_memory_bytes(self) -> int | None:
-        used = [local_server_gpu_memory(server.url) for server in self.servers]
-        return sum(b for b in used if b is not None) if any(b is not None for b in used) else None
-
     def close(self) -> None:
         if self._closed:
             return
@@ -513,7 +507,7 @@ def connect(config, warn=print_warning, client: type[TritonRequests] = TritonReq
 class FrameSender:
     """Frames to a server model that runs NMS, without torch: each frame letterboxed here, sent as one request, its
     rows rescaled to its pixels (what a Detector over the Triton runner does for such a model). What a bench's client
-    processes run: they only send frames, and torch would cost each ~700 MB."""
+    processes run: they only send frames, and torch would add its memory to each (docs/PERFORMANCE.md)."""
 
     def __init__(self, requests: TritonRequests, test_size: tuple[int, int], conf_threshold: float):
         self.requests, self.test_size, self.conf_threshold = requests, test_size, conf_threshold

@@ -447,8 +447,8 @@ def _start_watchdog(server_pid: int) -> None:
 
 def python_shared_memory_options(repository: Path, models: list[str]) -> list[str]:
     """The python backend passes tensors to its stubs through a shared-memory pool that starts at 1 MiB and
-    grows by 1 MiB: size it for two full input batches from the start (with a 64 MiB pool the server's input
-    copy of a batch of 8 YOLOX-X frames took 1.7 instead of 2.3 ms on the H100 host)."""
+    grows by 1 MiB: size it for two full input batches from the start, so that the server's input copy of a batch
+    does not wait for the pool to grow (docs/PERFORMANCE.md)."""
     pool = max(2**20, 2 * max(batch_input_bytes(repository, model) for model in models))
     return [
         f"--backend-config=python,shm-default-byte-size={pool}",

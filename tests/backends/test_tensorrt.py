@@ -2,7 +2,6 @@
 reading, which context runs a batch, capture failures) everywhere, the CLI's errors without TensorRT, and real
 engine builds and runs where TensorRT and a GPU exist."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -10,14 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import export, onnx_config, write_config
+from helpers import HAS_TENSORRT, export, needs_tensorrt, onnx_config, write_config
 from reidctl.backends import tensorrt as trt_backend
 from reidctl.cli import app
 from reidctl.engine.detector import available_backends
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.export.onnx import read_onnx
 from reidctl.export.tensorrt import (
-    NO_GPU_REASON,
     TENSORRT_INSTALL_HINT,
     TensorRTLog,
     batch_profile,
@@ -33,7 +31,6 @@ from reidctl.export.tensorrt import (
 from reidctl.io.atomic import write_text_atomic
 
 runner = CliRunner()
-HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="checks the behaviour where TensorRT is not installed")
 
 
@@ -231,18 +228,15 @@ def test_backend_errors_before_tensorrt_is_needed(tmp_path, onnx_fp32):
         trt_backend.make_runner(config)
 
 
-# --- Real TensorRT: these run only where TensorRT is installed and a GPU is present. ---
+# --- Real TensorRT (needs_tensorrt): these run only where TensorRT is installed and a GPU is present. ---
 
 
 @pytest.fixture()
-def tensorrt_gpu():
-    try:  # reidctl's own import: a missing wheel (ImportError) and a broken libnvinfer (OSError) both skip
-        trt = import_tensorrt()
+def tensorrt_module():
+    try:  # reidctl's own import: a wheel whose libnvinfer does not load (OSError) skips as well
+        return import_tensorrt()
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
-    if not torch.cuda.is_available():
-        pytest.skip(NO_GPU_REASON)
-    return trt
 
 
 def gpu_config(onnx_path, engine_path, checkpoint=None, **tensorrt):
@@ -258,8 +252,9 @@ def assert_close_detections(got, expected, box_atol):
         assert distance.min(axis=1).max() <= box_atol
 
 
+@needs_tensorrt
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
-def test_engine_build_and_detect(tmp_path, tensorrt_gpu, nano_checkpoint, frames, fp16):
+def test_engine_build_and_detect(tmp_path, tensorrt_module, nano_checkpoint, frames, fp16):
     from reidctl.engine.detector import create_detector
     from reidctl.export.tensorrt import build_engine
 
@@ -270,7 +265,7 @@ def test_engine_build_and_detect(tmp_path, tensorrt_gpu, nano_checkpoint, frames
                           timing_cache=cache, show_progress=False)
     sidecar = read_sidecar(engine)
     assert sidecar == result.sidecar and cache.is_file()
-    assert sidecar["tensorrt_version"] == tensorrt_gpu.__version__
+    assert sidecar["tensorrt_version"] == tensorrt_module.__version__
     assert sidecar["precision"] == ("fp16" if fp16 else "fp32") and sidecar["metadata"]["decoded"] is True
     assert sidecar["inputs"][0]["name"] == "images" and sidecar["profile"]["max_batch"] == 4
 
@@ -287,7 +282,8 @@ def test_engine_build_and_detect(tmp_path, tensorrt_gpu, nano_checkpoint, frames
         create_detector(config, "tensorrt")
 
 
-def test_workspace_too_small_is_one_line_or_a_complete_engine(tmp_path, tensorrt_gpu, onnx_fp32):
+@needs_tensorrt
+def test_workspace_too_small_is_one_line_or_a_complete_engine(tmp_path, tensorrt_module, onnx_fp32):
     engine = tmp_path / "m.trt"
     config = write_config(tmp_path / "config.yaml", None)
     result = invoke("build-engine", "-c", config, "--onnx", onnx_fp32, "-o", engine, "--workspace", "1", "--fp32",
@@ -299,7 +295,8 @@ def test_workspace_too_small_is_one_line_or_a_complete_engine(tmp_path, tensorrt
         assert not engine.exists() and not sidecar_path(engine).exists()
 
 
-def test_foreign_timing_cache_is_a_warning_and_replaced(tmp_path, tensorrt_gpu, onnx_fp32):
+@needs_tensorrt
+def test_foreign_timing_cache_is_a_warning_and_replaced(tmp_path, tensorrt_module, onnx_fp32):
     from reidctl.export.tensorrt import build_engine
 
     cache = tmp_path / "timing.cache"
@@ -316,7 +313,8 @@ def test_foreign_timing_cache_is_a_warning_and_replaced(tmp_path, tensorrt_gpu, 
     assert not any("timing cache" in w for w in warnings)  # its own cache is taken back without complaint
 
 
-def test_alternating_batch_sizes_replay_their_own_graphs(tmp_path, tensorrt_gpu, nano_checkpoint, frames):
+@needs_tensorrt
+def test_alternating_batch_sizes_replay_their_own_graphs(tmp_path, tensorrt_module, nano_checkpoint, frames):
     from reidctl.engine.detector import create_detector
     from reidctl.export.tensorrt import build_engine
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import make_checkpoint, write_config, write_video
+from helpers import make_checkpoint, needs_gpu, write_config, write_video
 from reidctl.cli import app
 from reidctl.io.synthetic import synthetic_frame
 
@@ -282,7 +282,7 @@ def test_truncated_video_warns(tmp_path, small_config):
     assert f"warning: video {tmp_path / 'cut.avi'} ended after {read} of its 30 announced frames" in result.stderr
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: fp16 + CUDA-graph path")
+@needs_gpu  # the fp16 and CUDA-graph path
 def test_gpu_cuda_graph_matches_eager(tmp_path, video_file):
     checkpoint = make_checkpoint(tmp_path / "n.pth.tar")
     base = [

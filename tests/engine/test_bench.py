@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import free_ports, start_test_server, write_config
+from helpers import TENSORRT_MARKS, free_ports, start_test_server, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.engine.batcher import MicroBatcher
@@ -125,14 +125,13 @@ def _as_configured(config, tmp_path):
 
 # What each backend needs before it can be measured here (an exported model, a running server).
 PREPARE = {"pytorch": _as_configured, "onnxruntime": _onnxruntime, "triton": _triton}
+BACKEND_MARKS = {"triton": [pytest.mark.slow, pytest.mark.xdist_group("triton-server")], "tensorrt": TENSORRT_MARKS}
 
 
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(name, marks=[pytest.mark.slow, pytest.mark.xdist_group("triton-server")])
-        if name == "triton"
-        else name
+        pytest.param(name, marks=BACKEND_MARKS[name]) if name in BACKEND_MARKS else name
         for name in available_backends()
     ],
 )
@@ -140,7 +139,7 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     reason = available_backends()[name]
     if reason:
         assert name == "tensorrt", f"only TensorRT may be missing here, but {name} is: {reason}"
-        pytest.skip(f"TensorRT cannot be installed on this machine: {reason}")
+        pytest.skip(f"TensorRT cannot run here: {reason}")
     assert name in PREPARE, f"backend '{name}' is registered but this test does not know how to prepare it"
     with PREPARE[name](load_config(small_config), tmp_path) as config:
         settings = BenchSettings([name], iters=4, warmup=1, cameras=[2], max_delay_ms=5.0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import assert_same_detections, canonical_rows, write_video
+from helpers import assert_same_detections, canonical_rows, needs_gpu, write_video
 from reidctl.cli import app
 from reidctl.config import load_config, override
 from reidctl.engine.batcher import MicroBatcher
@@ -50,7 +50,7 @@ def test_all_needs_a_gpu():
         resolve_devices("all")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_gpu
 def test_gpu_lists():
     count = torch.cuda.device_count()
     assert resolve_devices("all") == [torch.device("cuda", i) for i in range(count)]
@@ -131,7 +131,7 @@ def test_a_cpu_runs_one_batch_at_a_time(small_config):
         assert pool.concurrency == 2 and pool.describe()["batches_in_flight"] == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA streams exist only there")
+@needs_gpu  # CUDA streams exist only there
 def test_two_batches_in_flight_on_one_gpu_find_what_one_finds(small_config, frames):
     """Two runners on one GPU, each on its own stream, called from two threads at once: the same detections as one
     runner, every batch counted against the one device."""
@@ -183,7 +183,7 @@ def test_a_devices_turn_passes_on_when_the_model_starts_not_when_the_batch_ends(
         pass
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a CPU model has finished when it returns")
+@needs_gpu  # a CPU model has finished when it returns
 def test_frames_that_come_while_the_gpus_model_runs_join_one_batch(small_config, frames):
     """max_delay_ms=0 would start a batch per frame; while the GPU's model runs, the waiting frames join one."""
     config = override(load_config(small_config), device="cuda:0", batches_in_flight=2)

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision
 
+from helpers import needs_gpu
 from reidctl.engine.postprocess import select_detections
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,7 +230,7 @@ def full_size_predictions(frames: int, load: str, seed: int = 0) -> torch.Tensor
     return torch.cat([centres, sizes, scores], dim=-1).cuda()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_gpu
 @pytest.mark.parametrize("load", ["worst", "crowd"])
 def test_full_size_batch_on_gpu_matches_torchvision(load):
     predictions = full_size_predictions(8, load)

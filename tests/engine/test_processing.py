@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import needs_gpu
 from reidctl.engine.frames import rescale
 from reidctl.engine.postprocess import select_detections
 from reidctl.engine.preprocess import bilinear_resize, letterbox, letterbox_frame, letterbox_into, normalize
@@ -152,7 +153,7 @@ def test_detect_canvases_refuses_canvases_of_another_size(small_config, frames):
             detector.detect_canvases([canvas], [ratio])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: pinned staging buffer and CUDA graphs")
+@needs_gpu  # the pinned staging buffer and CUDA graphs exist only there
 def test_pinned_staging_buffer_reused_across_batches_on_gpu(tmp_path, nano_checkpoint, frames):
     """Batches of growing and shrinking size through one reused pinned buffer and the CUDA graphs: each batch gives
     what detect_batch gives on the same canvases (already the input size, so it copies them as they are)."""

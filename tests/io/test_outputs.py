@@ -5,6 +5,7 @@ import json
 import subprocess
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -14,7 +15,8 @@ from typer.testing import CliRunner
 from helpers import write_config, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.engine.pipeline import OutputRequest, run_detect
+from reidctl.engine.pipeline import CameraOutputs, OutputPlan, OutputRequest, Outputs, run_detect
+from reidctl.errors import ReidctlError
 from reidctl.io.sources import Frame, camera_specs
 from reidctl.io.synthetic import synthetic_frame
 from reidctl.io.writers import FinishedFrame, ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
@@ -136,6 +138,25 @@ def test_discarded_images_leave_nothing(tmp_path):
     writer.write(FinishedFrame("cam", Frame(0, synthetic_frame(0, (60, 80)), "cam#0"), none))
     writer.close(publish=False)
     assert [p.name for p in kept.iterdir()] == ["mine.txt"]
+
+
+def test_discarded_images_leave_no_folder_they_created(tmp_path):
+    writer = ImageDirWriter(tmp_path / "run" / "vis")
+    writer.write(FinishedFrame("cam", Frame(0, synthetic_frame(0, (60, 80)), "cam#0"), np.zeros((0, 7), np.float32)))
+    writer.close(publish=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_that_cannot_all_open_leave_no_image_folder(tmp_path):
+    """An output that cannot be opened discards those opened before it: the image folders of the cameras before it
+    go, and the folder that holds them."""
+    images = tmp_path / "vis"
+    plan = OutputPlan({"a": CameraOutputs(images=images / "a"), "b": CameraOutputs(images=images / "b"),
+                       "c": CameraOutputs(video=tmp_path / "c.xyz")})
+    cameras = [SimpleNamespace(name=name, fps=None) for name in plan.cameras]  # what the outputs read of a camera
+    with pytest.raises(ReidctlError, match="unsupported video extension '.xyz'"):
+        Outputs(plan, cameras)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_no_output_writes_only_the_summary(tmp_path, small_config, video_file, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from helpers import free_ports, write_config
+from helpers import free_ports, needs_gpu, write_config
 from reidctl.cli import app
 from reidctl.config import TritonConfig, load_config, override
 from reidctl.engine.detector import create_detector
@@ -119,8 +119,7 @@ def test_cli_gpus_without_a_gpu_is_a_one_line_error(tmp_path, nano_checkpoint, g
     assert not (tmp_path / "repo").exists()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU")
+@needs_gpu
 def test_cli_gpus_all_names_every_visible_gpu(tmp_path, nano_checkpoint):
     config = write_config(tmp_path / "c.yaml", nano_checkpoint, device="auto")
     result = reidctl("setup-triton", "-c", config, "-r", tmp_path / "repo", "--gpus", "all", "--no-compile")
@@ -199,7 +198,7 @@ def gpu_processes() -> dict[int, set[int]]:
     return processes
 
 
-@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.slow
 @pytest.mark.xdist_group("triton-server")
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

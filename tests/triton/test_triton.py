@@ -31,7 +31,7 @@ from reidctl.config import load_config, override
 from reidctl.engine.detector import create_detector
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
-from reidctl.triton.client import metric_batch_counts
+from reidctl.triton.client import grpc_key_headers, metric_batch_counts
 from reidctl.triton.watchdog import python_stubs
 from reidctl.triton.repository import (
     PYTHON_MODEL,
@@ -309,6 +309,15 @@ def test_triton_detector_matches_pytorch(triton_server, nano_config, video_file)
             assert len(expected) > 0
             assert_same_rows(single, expected)
             assert_same_rows(together, expected)
+
+
+def test_a_remote_url_on_the_bundled_servers_port_is_another_server(triton_server):
+    """The bundled server started here is found by host and port, never by the port alone: a remote host on the same
+    port is another server, whose key and GPU memory are not this machine's to report."""
+    port = triton_server.grpc_port
+    key = Path(triton_server.key_file).read_text().strip()
+    assert grpc_key_headers(f"localhost:{port}", None) == {GRPC_KEY_HEADER: key}
+    assert grpc_key_headers(f"triton.example:{port}", None) == {}
 
 
 def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config, video_file):

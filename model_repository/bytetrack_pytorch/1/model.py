@@ -12,8 +12,7 @@ does no GPU work (a second process on the GPU would time-slice it with this one)
 - A batch of every frame waiting (up to max_batch_size) starts when the GPU's previous batch is done with the
   model and fewer than BATCHES_IN_FLIGHT batches are between their start and their last response: at once in
   `execute` when both hold (an idle server adds no hand-over), else from the launcher thread. The requests that
-  arrive while a batch runs join the next one: sixteen cameras in a closed loop formed batches of 4.4 frames on
-  average when Triton's batcher formed them as soon as the model took the previous one, 7.9 this way (H100).
+  arrive while a batch runs join the next one, so that under load the batches fill up.
 - The finisher runs a batch's NMS and answers each request through its response sender, while the next batch's
   model runs. The in-flight bound keeps a slow finisher (the worst load's 8,400 rows a frame) from letting batches
   of one frame start as fast as they come.
@@ -139,8 +138,8 @@ class TritonPythonModel:
         device = self.runner.device
         self.staging = self.copy_stream = self.model_stream = self.finish_stream = None
         if device.type == "cuda":
-            # Host work here is the staging copy: 4 threads copy 8 frames in 1.0 ms instead of 1.8 ms with one
-            # (H100 host), while a full pool of spinning OpenMP threads would take cores from the clients.
+            # Host work here is the staging copy: a few threads copy a batch faster than one (docs/PERFORMANCE.md),
+            # while a full pool of spinning OpenMP threads would take cores from the clients.
             torch.set_num_threads(4)
             self.staging = _Staging(2, (self.max_batch, height, width, 3), device)
             # Frames go to the GPU while a batch runs; one batch's NMS overlaps the next batch's model.
