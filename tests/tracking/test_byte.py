@@ -29,8 +29,8 @@ def run(frames, config=None, fps=30.0, indices=None):
 
 
 def test_iou_adds_one_pixel_to_widths_and_heights_as_cython_bbox():
-    a = np.array([[0.0, 0.0, 9.0, 9.0]])  # 10 x 10 pixels
-    b = np.array([[5.0, 0.0, 14.0, 9.0], [20.0, 20.0, 30.0, 30.0]])
+    a = np.array([[0.0, 0.0, 9.0, 9.0]]).T  # 10 x 10 pixels; boxes are columns
+    b = np.array([[5.0, 0.0, 14.0, 9.0], [20.0, 20.0, 30.0, 30.0]]).T
     assert iou_distance(a, b) == pytest.approx(np.array([[1 - 50 / 150, 1.0]]))
 
 
