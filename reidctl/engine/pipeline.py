@@ -41,7 +41,7 @@ from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, UnopenedSource, open_source
-from reidctl.io.synthetic import VIDEO_CODECS, synthetic_frame
+from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 from reidctl.tracking import ByteTracker, TrackCounts
@@ -152,8 +152,8 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
         _refuse_file_name("--save-images", request.images, "it names a directory (one image per frame)")
     if request.crops is not None and request.crops.exists() and not request.crops.is_dir():
         raise ReidctlError(f"--crops {request.crops} is a file: give a directory")
-    if single and request.video and request.video.suffix.lower() not in VIDEO_CODECS:
-        raise ReidctlError(f"unsupported video extension '{request.video.suffix}' (use {', '.join(VIDEO_CODECS)})")
+    if single and request.video:
+        video_fourcc(request.video)  # refused before any work, not when the writer opens
     for option, path in (("--jsonl", request.jsonl), ("--summary-json", request.summary_json)):
         if path is not None and path.is_dir():
             raise ReidctlError(f"{option} {path} is a directory: give a file path")
