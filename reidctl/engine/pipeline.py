@@ -20,10 +20,8 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from array import array
@@ -39,7 +37,7 @@ from reidctl.engine.detector import DetectionLoad, Detector, DetectorPool, Stage
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error
-from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
+from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, UnopenedSource, open_source
 from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage
@@ -169,9 +167,9 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
     plan = OutputPlan(cameras, request.jsonl, request.summary_json, request.track, request.crops)
     _refuse_shared_paths(plan)
     for _, path in plan.files():
-        _check_writable(path.parent)
+        check_writable_dir(path.parent)
     for directory in [*plan.directories(), *([plan.crops] if plan.crops else [])]:
-        _check_writable(directory)
+        check_writable_dir(directory)
     return plan
 
 
@@ -196,24 +194,6 @@ def _refuse_shared_paths(plan: OutputPlan) -> None:
             if key.is_relative_to(directory.resolve()):
                 raise ReidctlError(f"{option} writes {key.relative_to(directory.resolve())} inside {directory}, where "
                                    "--save-images writes images: give it a path outside that directory")
-
-
-def _check_writable(directory: Path) -> None:
-    """The nearest existing ancestor must be a directory that takes files: a probe file, gone at once, says so
-    (permission bits do not: root passes them, and /proc or a read-only mount still refuse)."""
-    existing = Path(os.path.abspath(directory))
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ReidctlError(f"cannot create output directory {directory}: {existing} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        if existing == Path(os.path.abspath(directory)):
-            raise ReidctlError(f"cannot write into output directory {directory} ({exc.strerror})") from None
-        raise ReidctlError(f"cannot create output directory {directory}: {existing} takes no new files "
-                           f"({exc.strerror})") from None
 
 
 class Outputs:

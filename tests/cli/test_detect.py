@@ -141,7 +141,7 @@ def expect_error(result, message):
         (["detect", ""], "empty source"),
         (["detect"], "no source given"),
         (["detect", "--sources", "{tmp}/missing.txt"], "sources file not found"),
-        (["detect", "{video}", "--mot", "/proc/out.txt"], "cannot write into output directory /proc"),
+        (["detect", "{video}", "--mot", "/proc/out.txt"], "cannot write to /proc: "),
         (["detect", "{video}", "--mot", "{tmp}"], "is a directory: with one source it names a file"),
         (["detect", "{video}", "--jsonl", "{tmp}"], "is a directory: give a file path"),
         (["detect", "{video}", "{video}", "--mot", "{tmp}/corrupt.png"], "with 2 cameras it names a directory"),
