@@ -1,4 +1,4 @@
-"""Device selection shared by the in-process backends."""
+"""Device selection shared by the in-process backends, and the tensor types every backend names."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ import contextlib
 import torch
 
 from reidctl.errors import ReidctlError
+
+# torch's type for each tensor type a model's inputs and outputs may have, by the name Triton gives it (TensorRT's
+# names are the same but for FLOAT and HALF: reidctl.export.tensorrt translates those).
+TORCH_DTYPES = {
+    "FP32": torch.float32,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:

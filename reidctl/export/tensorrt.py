@@ -18,7 +18,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from reidctl import __version__
-from reidctl.engine.device import gpu_description
+from reidctl.engine.device import TORCH_DTYPES, gpu_description
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.export.onnx import OnnxInfo, file_sha256, read_onnx
 from reidctl.io.atomic import atomic_path, ensure_writable_dir
@@ -29,16 +29,7 @@ TENSORRT_INSTALL_HINT = (
 NO_GPU_REASON = "no CUDA GPU is visible here (TensorRT builds and runs engines on an NVIDIA GPU)"
 REBUILD_HINT = "rebuild the engine on this GPU (reidctl build-engine)"
 SIDECAR_FORMAT = 1
-TORCH_DTYPES = {
-    "FLOAT": torch.float32,
-    "HALF": torch.float16,
-    "BF16": torch.bfloat16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "INT8": torch.int8,
-    "UINT8": torch.uint8,
-    "BOOL": torch.bool,
-}
+TENSORRT_TYPE_NAMES = {"FLOAT": "FP32", "HALF": "FP16"}  # TensorRT's names where they differ from TORCH_DTYPES'
 
 
 def import_tensorrt():
@@ -70,7 +61,7 @@ def major_version(version: str) -> int:
 def torch_dtype(trt_dtype) -> torch.dtype:
     """tensorrt.DataType -> torch dtype (by enum name, which is stable across TensorRT 10 and 11)."""
     try:
-        return TORCH_DTYPES[trt_dtype.name]
+        return TORCH_DTYPES[TENSORRT_TYPE_NAMES.get(trt_dtype.name, trt_dtype.name)]
     except KeyError:
         raise ReidctlError(f"TensorRT tensor type {trt_dtype.name} is not supported") from None
 

@@ -2,6 +2,7 @@
 reading, which context runs a batch, capture failures) everywhere, the CLI's errors without TensorRT, and real
 engine builds and runs where TensorRT and a GPU exist."""
 
+import enum
 import importlib.util
 import json
 
@@ -29,6 +30,7 @@ from reidctl.export.tensorrt import (
     read_timing_cache,
     sidecar_path,
     tensorrt_unavailable_reason,
+    torch_dtype,
 )
 from reidctl.io.atomic import write_text_atomic
 
@@ -117,6 +119,16 @@ def test_sidecar_round_trip(tmp_path, onnx_fp32):
     sidecar_path(engine).write_text("{not json")
     with pytest.raises(ReidctlError, match="det.trt.json is not valid JSON: rebuild the engine"):
         read_sidecar(engine)
+
+
+def test_tensorrt_tensor_types_map_to_torch_by_their_names():
+    # tensorrt.DataType is an enum read by its members' names, so an enum of the same names stands for it here
+    data_type = enum.Enum("DataType", ["FLOAT", "HALF", "BF16", "INT32", "INT64", "INT8", "UINT8", "BOOL", "FP8"])
+    assert [torch_dtype(t) for t in list(data_type)[:-1]] == [
+        torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.int8, torch.uint8, torch.bool,
+    ]
+    with pytest.raises(ReidctlError, match="^TensorRT tensor type FP8 is not supported$"):
+        torch_dtype(data_type.FP8)
 
 
 def test_tensorrt_log_keeps_errors_passes_warnings_once_and_drops_chatter():
