@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reidctl.engine.device import on_device
+from reidctl.engine.device import PinnedStaging, on_device
 from reidctl.engine.frames import rescale
 from reidctl.engine.postprocess import select_detections
 from reidctl.engine.preprocess import letterbox, normalize
@@ -161,9 +161,10 @@ class Detector:
         self.nms_threshold = nms_threshold
         self.stage_times: StageTimes | None = None  # set to StageTimes() to record per-stage timings
         self.load = DetectionLoad()
-        self._staging: torch.Tensor | None = None  # pinned host batch for detect_canvases on a GPU
-        self._staging_copied: torch.cuda.Event | None = None  # its last host-to-device copy
-        self._staging_lock = threading.Lock()
+        self._staging: PinnedStaging | None = None  # detect_canvases' batches on their way to a GPU
+        if runner.device.type == "cuda":
+            with on_device(runner.device):
+                self._staging = PinnedStaging((*self.test_size, 3), runner.device)
         self.turn = DeviceTurn()  # a pool's members on one device share theirs
         self._served = [0, 0]  # batches, frames
         self._served_lock = threading.Lock()
@@ -247,25 +248,15 @@ class Detector:
             yield
 
     def _upload(self, canvases: Sequence[np.ndarray]) -> torch.Tensor:
-        """Host canvases -> one (B, H, W, 3) batch on the runner's device. On a GPU: one asynchronous copy from a
-        pinned staging buffer, kept for the next batch (a pageable copy would stage through a driver buffer)."""
-        device = self.runner.device
-        if device.type != "cuda":
+        """Host canvases -> one (B, H, W, 3) batch on the runner's device (on a GPU: one copy from pinned memory)."""
+        if self._staging is None:
             return torch.from_numpy(np.stack(canvases))
-        with self._staging_lock:
-            if self._staging_copied is not None:
-                self._staging_copied.synchronize()  # the previous batch's copy has read the buffer
-            if self._staging is None or len(self._staging) < len(canvases):
-                # Doubling: the warm-up's growing batch sizes allocate a few times, not once each.
-                capacity = max(len(canvases), 2 * len(self._staging) if self._staging is not None else 1)
-                self._staging = torch.empty((capacity, *self.test_size, 3), dtype=torch.uint8, pin_memory=True)
-            staging = self._staging.numpy()
-            for slot, canvas in zip(staging, canvases):
-                np.copyto(slot, canvas)
-            batch = self._staging[: len(canvases)].to(device, non_blocking=True)
-            self._staging_copied = torch.cuda.Event()
-            self._staging_copied.record(torch.cuda.current_stream(device))
-        return batch
+
+        def fill(slots: torch.Tensor) -> None:
+            for slot, canvas in zip(slots.numpy(), canvases):
+                np.copyto(slot, canvas)  # NumPy's one thread: torch's CPU threads would compete with the readers
+
+        return self._staging.to_device(len(canvases), fill)[0]
 
     def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float,
                 times: StageTimes | None) -> list[np.ndarray]:
