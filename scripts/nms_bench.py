@@ -1,4 +1,5 @@
-"""Time select_detections on the GPU: Triton-kernel NMS against torchvision's batched_nms, same inputs.
+"""Time select_detections on the GPU: reidctl's NMS kernels (Triton language) against torchvision's batched_nms,
+same inputs.
 
 Decoded YOLOX predictions for 640x640 frames (8,400 anchors, one class) at three detection loads:
   idle   no anchor reaches conf_threshold;
@@ -110,8 +111,8 @@ def main() -> int:
             predictions = synthetic_predictions(load, batch, device)
             outputs = {m: select_detections(predictions, CONF_THRESHOLD, NMS_THRESHOLD, m) for m in NMS_METHODS}
             reference = outputs["torchvision"]
-            equal = same_rows(outputs["triton"].rows, reference.rows)
-            equal &= outputs["triton"].candidates == reference.candidates
+            equal = same_rows(outputs["kernels"].rows, reference.rows)
+            equal &= outputs["kernels"].candidates == reference.candidates
             mismatches += not equal
             row = {
                 "load": load,
@@ -128,8 +129,8 @@ def main() -> int:
             print(
                 f"{load:>5} b={batch:<2} candidates/frame {row['candidates_per_frame']:7.1f} "
                 f"kept/frame {row['kept_per_frame']:7.1f}  torchvision p50 {row['torchvision_p50_ms']:7.3f} ms "
-                f"p90 {row['torchvision_p90_ms']:7.3f}  triton p50 {row['triton_p50_ms']:7.3f} ms "
-                f"p90 {row['triton_p90_ms']:7.3f}  equal={equal}"
+                f"p90 {row['torchvision_p90_ms']:7.3f}  kernels p50 {row['kernels_p50_ms']:7.3f} ms "
+                f"p90 {row['kernels_p90_ms']:7.3f}  equal={equal}"
             )
     if args.json:
         with atomic_path(args.json) as tmp:

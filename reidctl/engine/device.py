@@ -26,8 +26,8 @@ TORCH_DTYPES = {
 
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:
-    """``device`` made current for the block (on a GPU): Triton kernels and CUDA-graph capture run on the current
-    device, not on their tensors', and a thread serving the second GPU starts with the first one current."""
+    """``device`` made current for the block (on a GPU): Triton-language kernels and CUDA-graph capture run on the
+    current device, not on their tensors', and a thread serving the second GPU starts with the first one current."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
