@@ -87,6 +87,8 @@ class DetectionConfig:
     num_classes: int | None = None
     conf_threshold: float = 0.01
     nms_threshold: float = 0.7
+    # The model's input [height, width]. "test_size" is ByteTrack's name for it, kept for its configs; the code says
+    # input size (``input_size`` below, and every function that takes one).
     test_size: list[int] = field(default_factory=lambda: [640, 640])
     fp16: bool = True
     fuse: bool = True
@@ -101,6 +103,7 @@ class DetectionConfig:
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """The model's input (height, width): the key test_size."""
         return int(self.test_size[0]), int(self.test_size[1])
 
 

@@ -27,7 +27,7 @@ from reidctl.engine.postprocess import NMS_METHODS, select_detections
 from reidctl.io.atomic import atomic_path
 from reidctl.models.yolox import anchor_grids
 
-TEST_SIZE = (640, 640)
+INPUT_SIZE = (640, 640)
 CONF_THRESHOLD = 0.01
 NMS_THRESHOLD = 0.7
 
@@ -35,7 +35,7 @@ NMS_THRESHOLD = 0.7
 def synthetic_predictions(load: str, batch: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     """Decoded (batch, 8400, 6) predictions: cx, cy, w, h, obj, cls with distinct scores."""
     generator = torch.Generator().manual_seed(seed)
-    grids, strides = anchor_grids(TEST_SIZE, torch.float32, torch.device("cpu"))
+    grids, strides = anchor_grids(INPUT_SIZE, torch.float32, torch.device("cpu"))
     anchors = grids.shape[1]
     centres = ((grids + 0.5) * strides).expand(batch, -1, -1).clone()
     obj = torch.rand(batch, anchors, 1, generator=generator) * 0.5 + 0.4
@@ -46,7 +46,7 @@ def synthetic_predictions(load: str, batch: int, device: torch.device, seed: int
     elif load == "worst":
         sizes = strides.expand(batch, -1, 2) * 0.02  # boxes far smaller than the anchor spacing: no overlaps
     elif load == "crowd":
-        people = torch.rand(batch, 60, 2, generator=generator) * torch.tensor(TEST_SIZE[::-1])
+        people = torch.rand(batch, 60, 2, generator=generator) * torch.tensor(INPUT_SIZE[::-1])
         person = torch.randint(0, 60, (batch, anchors), generator=generator)
         centres = torch.gather(people, 1, person[..., None].expand(-1, -1, 2))
         centres += torch.randn(batch, anchors, 2, generator=generator) * 3

@@ -149,14 +149,14 @@ class Detector:
     def __init__(
         self,
         runner: Runner,
-        test_size: tuple[int, int],
+        input_size: tuple[int, int],
         conf_threshold: float = 0.01,
         nms_threshold: float = 0.7,
         stream: torch.cuda.Stream | None = None,
     ):
         self.runner = runner
         self.stream = stream  # a GPU Detector's own CUDA stream (None: the caller's current stream)
-        self.test_size = tuple(test_size)
+        self.input_size = tuple(input_size)
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
         self.stage_times: StageTimes | None = None  # set to StageTimes() to record per-stage timings
@@ -164,7 +164,7 @@ class Detector:
         self._staging: PinnedStaging | None = None  # detect_canvases' batches on their way to a GPU
         if runner.device.type == "cuda":
             with on_device(runner.device):
-                self._staging = PinnedStaging((*self.test_size, 3), runner.device)
+                self._staging = PinnedStaging((*self.input_size, 3), runner.device)
         self.turn = DeviceTurn()  # a pool's members on one device share theirs
         self._served = [0, 0]  # batches, frames
         self._served_lock = threading.Lock()
@@ -220,7 +220,7 @@ class Detector:
             return []  # nothing to run: an empty batch would capture an empty CUDA graph
         start = time.perf_counter()
         with self._placed():
-            canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
+            canvas, ratios = letterbox(frames, self.input_size, self.runner.device)
             return self._detect(canvas, ratios, start, self.stage_times)
 
     def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float],
@@ -228,7 +228,7 @@ class Detector:
         """Detect on frames already letterboxed on the host (``preprocess.letterbox_into``): uint8 (H, W, 3) BGR
         canvases of the input size and each frame's ratio. On a GPU they travel in one copy per batch.
         ``stage_times``: time this call's stages into it (besides ``self.stage_times``)."""
-        shape = (*self.test_size, 3)
+        shape = (*self.input_size, 3)
         if len(canvases) != len(ratios) or not all(
             isinstance(c, np.ndarray) and c.dtype == np.uint8 and c.shape == shape for c in canvases
         ):
@@ -270,7 +270,7 @@ class Detector:
             detections, candidates = rescale(predictions, ratios, self.conf_threshold), None
         else:
             if not self.runner.decoded:
-                predictions = decode_predictions(predictions.float(), self.test_size)
+                predictions = decode_predictions(predictions.float(), self.input_size)
             selection = select_detections(predictions, self.conf_threshold, self.nms_threshold)
             detections, candidates = rescale(selection.rows, ratios), selection.candidates
         self._mark("postprocess", start, times)
@@ -314,7 +314,7 @@ class DetectorPool:
         self.detectors = list(detectors)
         self._devices = list(devices)
         self.runner = self.detectors[0].runner
-        self.test_size = self.detectors[0].test_size
+        self.input_size = self.detectors[0].input_size
         self.concurrency = len(self.detectors)
         self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # FIFO: one thread's calls go round the members
         for index in range(len(self.detectors)):

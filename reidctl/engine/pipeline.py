@@ -471,7 +471,7 @@ def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
 def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) -> None:
     """Run once on every device, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning,
     connections, the pinned staging buffer), through the call the run makes."""
-    canvas, ratio = letterbox_frame(synthetic_frame(0, detector.test_size), detector.test_size)
+    canvas, ratio = letterbox_frame(synthetic_frame(0, detector.input_size), detector.input_size)
     on_gpu = detector.runner.device.type == "cuda"
     for one in detector.members:
         for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
@@ -571,7 +571,7 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     stopped = None
     try:
         run.start()
-        hub.letterbox_size = detector.test_size  # the readers letterbox their frames, in parallel
+        hub.letterbox_size = detector.input_size  # the readers letterbox their frames, in parallel
         workers = [threading.Thread(target=run.batch_loop, name=f"detect-batches-{i}", daemon=True)
                    for i in range(batch_loops(detector))]
         for camera in cameras:

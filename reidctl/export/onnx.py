@@ -267,16 +267,16 @@ class _ExportModule(nn.Module):
     """YOLOX whose raw head output is cast to fp32 and, if asked, decoded: the output is fp32 at every precision
     (fp16 spacing is 0.5 px above 512, too coarse for box coordinates)."""
 
-    def __init__(self, model: YOLOX, test_size: tuple[int, int], decode: bool):
+    def __init__(self, model: YOLOX, input_size: tuple[int, int], decode: bool):
         super().__init__()
         model.head.decode = False
         self.model = model
-        self.test_size = tuple(test_size)
+        self.input_size = tuple(input_size)
         self.decode = decode
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         raw = self.model(images).float()
-        return decode_predictions(raw, self.test_size) if self.decode else raw
+        return decode_predictions(raw, self.input_size) if self.decode else raw
 
 
 def _onnxslim():
@@ -344,7 +344,7 @@ def export_onnx(
     model: YOLOX,
     spec: ModelSpec,
     output: Path,
-    test_size: tuple[int, int],
+    input_size: tuple[int, int],
     *,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
@@ -369,12 +369,12 @@ def export_onnx(
     precision = "fp16" if fp16 else "fp32"
     tolerance = tolerance or TOLERANCES[precision]
     metadata = OnnxMetadata(
-        spec.size, spec.num_classes, tuple(test_size), precision, decode, None if dynamic_batch else batch
+        spec.size, spec.num_classes, tuple(input_size), precision, decode, None if dynamic_batch else batch
     )
-    reference_module = _ExportModule(fuse_conv_bn(model).float().eval(), test_size, decode)
+    reference_module = _ExportModule(fuse_conv_bn(model).float().eval(), input_size, decode)
     export_module = copy.deepcopy(reference_module).half() if fp16 else reference_module
     # A dynamic graph is verified at batch 2, which proves the batch axis really is dynamic.
-    sample = sample_input(2 if dynamic_batch else batch, test_size)
+    sample = sample_input(2 if dynamic_batch else batch, input_size)
     started = time.perf_counter()
     with progress_steps("export-onnx", 4 if simplify else 3, show_progress) as step, atomic_path(Path(output)) as tmp:
         step("tracing the model")

@@ -148,6 +148,7 @@ def test_detect_canvases_refuses_canvases_of_another_size(small_config, frames):
     from reidctl.engine.detector import create_detector
 
     with create_detector(load_config(small_config)) as detector:
+        assert detector.input_size == (128, 160)  # the config's test_size
         canvas, ratio = letterbox_frame(frames[0], (64, 64))
         with pytest.raises(ReidctlError, match="canvases must be uint8 128x160x3"):
             detector.detect_canvases([canvas], [ratio])
