@@ -49,7 +49,7 @@ def export_onnx_command(
         typer.Option(
             "--output",
             "-o",
-            help="ONNX file to write (default: detection.tensorrt.onnx_path, else the engine path with .onnx).",
+            help="ONNX file to write (default: detection.onnx_path, else the TensorRT engine path with .onnx).",
         ),
     ] = None,
     opset: Annotated[
@@ -94,7 +94,7 @@ def export_onnx_command(
         raise ReidctlError("--batch fixes the batch size of a --static-batch graph; add --static-batch")
     cfg = build_config(config, model, model_type, num_classes, test_size=test_size)
     det = cfg.detection
-    target = output or default_onnx_path(det.tensorrt)
+    target = output or default_onnx_path(det)
     from reidctl.io.atomic import check_output_path
     from reidctl.io.paths import refuse_shared_paths
 
@@ -142,8 +142,8 @@ def build_engine_command(
         Optional[Path],
         typer.Option(
             "--onnx",
-            help="ONNX file from `reidctl export-onnx` (default: detection.tensorrt.onnx_path, else the engine path "
-                 "with .onnx).",
+            help="ONNX file from `reidctl export-onnx` (default: detection.onnx_path, else the engine path with "
+                 ".onnx).",
         ),
     ] = None,
     output: Annotated[
@@ -208,9 +208,10 @@ def build_engine_command(
         "opt_batch": opt_batch,
         "max_batch": max_batch,
     }
-    trt_cfg = build_config(config, tensorrt=given).detection.tensorrt
+    det = build_config(config, tensorrt=given).detection
+    trt_cfg = det.tensorrt
     engine_path = output or Path(trt_cfg.engine_path)
-    onnx_path = onnx or default_onnx_path(trt_cfg)
+    onnx_path = onnx or default_onnx_path(det)
     refuse_shared_paths([("--output", engine_path), ("the sidecar of --output", sidecar_path(engine_path))],
                         [("--config", config), ("--onnx", onnx_path)])
     result = build_engine(

@@ -49,11 +49,11 @@ ORT_ERRORS = (
 )
 
 
-def default_onnx_path(tensorrt_config) -> Path:
-    """detection.tensorrt.onnx_path, else the engine path with .onnx (the file export-onnx writes by default)."""
-    if tensorrt_config.onnx_path:
-        return Path(tensorrt_config.onnx_path)
-    return Path(tensorrt_config.engine_path).with_suffix(".onnx")
+def default_onnx_path(detection) -> Path:
+    """detection.onnx_path, else the TensorRT engine path with .onnx: the file export-onnx writes by default."""
+    if detection.onnx_path:
+        return Path(detection.onnx_path)
+    return Path(detection.tensorrt.engine_path).with_suffix(".onnx")
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def _onnxruntime(config, tmp_path):
     onnx_path = tmp_path / "nano.onnx"
     model, spec = load_detection_model(config.detection)
     export_onnx(model, spec, onnx_path, config.detection.input_size, show_progress=False)
-    yield _with_detection(config, tensorrt=dataclasses.replace(config.detection.tensorrt, onnx_path=str(onnx_path)))
+    yield _with_detection(config, onnx_path=str(onnx_path))
 
 
 @contextlib.contextmanager
@@ -161,7 +161,7 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
 
 def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_checkpoint):
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07 not a protobuf")
-    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "corrupt.onnx")})
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, onnx_path=str(tmp_path / "corrupt.onnx"))
     output = tmp_path / "bench.json"
     args = ("--iters", 2, "--warmup", 1, "--cameras", 1, "-c", config, "-o", output, "--no-progress")
     result = invoke("bench", "--backends", "onnxruntime,pytorch", *args)
@@ -175,7 +175,7 @@ def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_chec
 
 def test_all_lists_backends_this_machine_lacks_without_failing(tmp_path, nano_checkpoint):
     # No ONNX file, no Triton server on this port (and no TensorRT here): 'all' measures what can run here.
-    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "none.onnx")},
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, onnx_path=str(tmp_path / "none.onnx"),
                           triton={"url": f"localhost:{free_ports(1)[0]}"})  # fmt: skip
     output = tmp_path / "bench.json"
     result = invoke("bench", "--backends", "all", "--iters", 2, "--warmup", 0, "--cameras", 1, "-c", config,
