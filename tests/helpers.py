@@ -61,7 +61,7 @@ TEST_SIZE = SMALL_TEST_SIZE
 
 def export(checkpoint: Path, output: Path, **options):
     model, spec = load_model(checkpoint, "nano")
-    return export_onnx(model, spec, output, TEST_SIZE, show_progress=False, **options)
+    return export_onnx(model, spec, output, TEST_SIZE, **options)
 
 
 def onnx_config(onnx_path: Path, checkpoint: Path | None = None, **tensorrt) -> Config:

@@ -98,7 +98,7 @@ def _onnxruntime(config, tmp_path):
 
     onnx_path = tmp_path / "nano.onnx"
     model, spec = load_detection_model(config.detection)
-    export_onnx(model, spec, onnx_path, config.detection.input_size, show_progress=False)
+    export_onnx(model, spec, onnx_path, config.detection.input_size)
     yield _with_detection(config, onnx_path=str(onnx_path))
 
 
@@ -144,7 +144,7 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     assert name in PREPARE, f"backend '{name}' is registered but this test does not know how to prepare it"
     with PREPARE[name](load_config(small_config), tmp_path) as config:
         settings = BenchSettings([name], iters=4, warmup=1, cameras=[2], max_delay_ms=5.0)
-        report = run_bench(config, settings, show_progress=False)
+        report = run_bench(config, settings)
         with create_detector(config, name) as detector:
             modes = set(stream_modes(detector))
     (result,) = report.backends
@@ -336,7 +336,7 @@ def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_c
     config = load_config(path)
     with _triton(config, tmp_path) as config:
         settings = BenchSettings(["triton"], iters=8, warmup=0, cameras=[8])
-        (result,) = run_bench(config, settings, show_progress=False).backends
+        (result,) = run_bench(config, settings).backends
         assert result.status == "ok", result.reason
         assert result.multi_stream[0].latency.max_ms > 200  # slower than the configured timeout, and not failed
         with create_detector(config, "triton") as detector:  # the same load with the configured timeout only
@@ -352,7 +352,7 @@ def test_client_processes_split_the_cameras_and_the_server_serves_every_request(
     config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint))
     with _triton(config, tmp_path) as config:
         settings = BenchSettings(["triton"], iters=24, warmup=4, cameras=[3], client_processes=2)
-        report = run_bench(config, settings, show_progress=False)
+        report = run_bench(config, settings)
         unreachable = _with_detection(config, triton=dataclasses.replace(config.detection.triton, url="localhost:9"))
         with pytest.raises(ReidctlError, match="client process: .*localhost:9"):
             ClientProcesses(unreachable, "triton", [synthetic_frame(0, (128, 160))], 2)
