@@ -12,12 +12,13 @@ import reprlib
 import stat
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from reidctl.errors import ReidctlError
+from reidctl.errors import ReidctlError, print_warning
 
 DEFAULT_CONFIG_PATH = Path("configs/config.yaml")
 # A config is a few dozen lines: these limits refuse hostile or mistaken files fast, before they cost time or memory.
@@ -33,7 +34,6 @@ _QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxoth
 @dataclass
 class TensorRTConfig:
     engine_path: str = "models/bytetrack_x_mot17_fp16.trt"
-    onnx_path: str | None = None  # default: the engine path with .onnx
     fp16: bool = True
     workspace: int = 4096  # MiB
     min_batch: int = 1
@@ -85,10 +85,15 @@ class TritonConfig:
 class DetectionConfig:
     backend: str = "pytorch"
     model_path: str | None = None  # ByteTrack checkpoint, e.g. models/bytetrack_x_mot17.pth.tar
+    # Its ONNX export: what export-onnx writes, build-engine and the onnxruntime backend read (default: the TensorRT
+    # engine path with .onnx)
+    onnx_path: str | None = None
     model_type: str = "mot17"
     num_classes: int | None = None
     conf_threshold: float = 0.01
     nms_threshold: float = 0.7
+    # The model's input [height, width]. "test_size" is ByteTrack's name for it, kept for its configs; the code says
+    # input size (``input_size`` below, and every function that takes one).
     test_size: list[int] = field(default_factory=lambda: [640, 640])
     fp16: bool = True
     fuse: bool = True
@@ -103,6 +108,7 @@ class DetectionConfig:
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """The model's input (height, width): the key test_size."""
         return int(self.test_size[0]), int(self.test_size[1])
 
 
@@ -260,13 +266,33 @@ def _validate_tracking(t: TrackingConfig) -> None:
         )
 
 
-def load_config(path: Path | None = None) -> Config:
+def upgrade_detection(detection: dict, warn: Callable[[str], None] = print_warning) -> dict:
+    """A `detection:` mapping with its keys under their names of today: detection.tensorrt.onnx_path, the ONNX file's
+    key before ONNX Runtime read it too, becomes detection.onnx_path (a warning where it is set)."""
+    tensorrt = detection.get("tensorrt")
+    if not isinstance(tensorrt, dict) or "onnx_path" not in tensorrt:
+        return detection
+    old = tensorrt["onnx_path"]
+    upgraded = {**detection, "tensorrt": {k: v for k, v in tensorrt.items() if k != "onnx_path"}}
+    if old is None:  # what records written before the move hold where the key was unset
+        return upgraded
+    if detection.get("onnx_path") not in (None, old):
+        raise ReidctlError(f"config keys 'detection.onnx_path' ({detection['onnx_path']}) and "
+                           f"'detection.tensorrt.onnx_path' ({old}) differ: keep detection.onnx_path alone")
+    warn("warning: config key 'detection.tensorrt.onnx_path' is deprecated: use 'detection.onnx_path'")
+    return {**upgraded, "onnx_path": old}
+
+
+def load_config(path: Path | None = None, warn: Callable[[str], None] = print_warning) -> Config:
     """Read a config file; without one, the built-in defaults (or configs/config.yaml if present)."""
     if path is None:
         if not DEFAULT_CONFIG_PATH.is_file():
             return Config()
         path = DEFAULT_CONFIG_PATH
-    return validate(_build(Config, _read_yaml(Path(path)), ""))
+    data = _read_yaml(Path(path))
+    if isinstance(data, dict) and isinstance(data.get("detection"), dict):
+        data = {**data, "detection": upgrade_detection(data["detection"], warn)}
+    return validate(_build(Config, data, ""))
 
 
 def check_regular_file(path: Path, what: str) -> None:
@@ -315,7 +341,7 @@ def override(config: Config, **detection_values) -> Config:
 
     None means 'not given'. A section (``tensorrt``, ``triton``) takes a dict of its own keys, likewise.
     """
-    given = {k: v for k, v in detection_values.items() if v is not None}
+    given = {k: v for k, v in upgrade_detection(detection_values).items() if v is not None}
     for section in ("tensorrt", "triton"):
         if isinstance(given.get(section), dict):
             values = {k: v for k, v in given[section].items() if v is not None}

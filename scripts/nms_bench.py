@@ -1,4 +1,5 @@
-"""Time select_detections on the GPU: Triton-kernel NMS against torchvision's batched_nms, same inputs.
+"""Time select_detections on the GPU: reidctl's NMS kernels (Triton language) against torchvision's batched_nms,
+same inputs.
 
 Decoded YOLOX predictions for 640x640 frames (8,400 anchors, one class) at three detection loads:
   idle   no anchor reaches conf_threshold;
@@ -26,7 +27,7 @@ from reidctl.engine.postprocess import NMS_METHODS, select_detections
 from reidctl.io.atomic import atomic_path
 from reidctl.models.yolox import anchor_grids
 
-TEST_SIZE = (640, 640)
+INPUT_SIZE = (640, 640)
 CONF_THRESHOLD = 0.01
 NMS_THRESHOLD = 0.7
 
@@ -34,7 +35,7 @@ NMS_THRESHOLD = 0.7
 def synthetic_predictions(load: str, batch: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     """Decoded (batch, 8400, 6) predictions: cx, cy, w, h, obj, cls with distinct scores."""
     generator = torch.Generator().manual_seed(seed)
-    grids, strides = anchor_grids(TEST_SIZE, torch.float32, torch.device("cpu"))
+    grids, strides = anchor_grids(INPUT_SIZE, torch.float32, torch.device("cpu"))
     anchors = grids.shape[1]
     centres = ((grids + 0.5) * strides).expand(batch, -1, -1).clone()
     obj = torch.rand(batch, anchors, 1, generator=generator) * 0.5 + 0.4
@@ -45,7 +46,7 @@ def synthetic_predictions(load: str, batch: int, device: torch.device, seed: int
     elif load == "worst":
         sizes = strides.expand(batch, -1, 2) * 0.02  # boxes far smaller than the anchor spacing: no overlaps
     elif load == "crowd":
-        people = torch.rand(batch, 60, 2, generator=generator) * torch.tensor(TEST_SIZE[::-1])
+        people = torch.rand(batch, 60, 2, generator=generator) * torch.tensor(INPUT_SIZE[::-1])
         person = torch.randint(0, 60, (batch, anchors), generator=generator)
         centres = torch.gather(people, 1, person[..., None].expand(-1, -1, 2))
         centres += torch.randn(batch, anchors, 2, generator=generator) * 3
@@ -110,8 +111,8 @@ def main() -> int:
             predictions = synthetic_predictions(load, batch, device)
             outputs = {m: select_detections(predictions, CONF_THRESHOLD, NMS_THRESHOLD, m) for m in NMS_METHODS}
             reference = outputs["torchvision"]
-            equal = same_rows(outputs["triton"].rows, reference.rows)
-            equal &= outputs["triton"].candidates == reference.candidates
+            equal = same_rows(outputs["kernels"].rows, reference.rows)
+            equal &= outputs["kernels"].candidates == reference.candidates
             mismatches += not equal
             row = {
                 "load": load,
@@ -128,8 +129,8 @@ def main() -> int:
             print(
                 f"{load:>5} b={batch:<2} candidates/frame {row['candidates_per_frame']:7.1f} "
                 f"kept/frame {row['kept_per_frame']:7.1f}  torchvision p50 {row['torchvision_p50_ms']:7.3f} ms "
-                f"p90 {row['torchvision_p90_ms']:7.3f}  triton p50 {row['triton_p50_ms']:7.3f} ms "
-                f"p90 {row['triton_p90_ms']:7.3f}  equal={equal}"
+                f"p90 {row['torchvision_p90_ms']:7.3f}  kernels p50 {row['kernels_p50_ms']:7.3f} ms "
+                f"p90 {row['kernels_p90_ms']:7.3f}  equal={equal}"
             )
     if args.json:
         with atomic_path(args.json) as tmp:

@@ -20,7 +20,7 @@ trap 'python3 -m reidctl setup-triton --repository "$repo" --stop' EXIT
 reidctl bench --backends pytorch,tensorrt,triton --device cuda --iters "$iters" --warmup "$warmup" \
   --cameras "$cameras" --output "$out/bench.json" --no-progress
 
-printf 'detection:\n  tensorrt:\n    onnx_path: %s\n' "$work/x_fp32.onnx" > "$work/ort.yaml"
+printf 'detection:\n  onnx_path: %s\n' "$work/x_fp32.onnx" > "$work/ort.yaml"
 reidctl bench --backends onnxruntime -c "$work/ort.yaml" --iters "$ort_iters" --warmup 5 --cameras 1,4 \
   --output "$out/bench_onnxruntime_cpu.json" --no-progress
 reidctl recommend --cameras 4 --bench "$out/bench.json" --json "$out/recommend_4.json"

@@ -33,4 +33,4 @@ for load in ${COMBINED_LOADS-worst idle crowd}; do  # PyTorch compiled and Trito
     --client-processes "${CLIENT_PROCESSES:-4}" --output "$out/bench_$load.json" --no-progress
   reidctl setup-triton --repository "$repo" --stop >>"$out/steps.txt" 2>&1
 done
-[ -n "${SKIP_NMS:-}" ] || step nms_gpu_tests 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_nms.py
+[ -n "${SKIP_NMS:-}" ] || step nms_gpu_tests 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_nms_kernels.py

@@ -16,7 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/perf_common.sh"
 # config LOAD COMPILE: the config file of that load's checkpoint, written once
 config() {
   local checkpoints=("$work"/*_"$1".pth.tar) file="$work/config_$1.yaml"
-  printf 'detection:\n  model_path: %s\n  device: %s\n  compile: %s\n%s\n  tensorrt:\n    onnx_path: %s\n  triton:\n    repository: %s\n' \
+  printf 'detection:\n  model_path: %s\n  device: %s\n  compile: %s\n%s\n  onnx_path: %s\n  triton:\n    repository: %s\n' \
     "${checkpoints[0]}" "$device" "$2" "${DETECTION:-}" "$work/$1.onnx" "$work/repo_$1" >"$file"
   echo "$file"
 }

@@ -89,19 +89,19 @@ TEST_SIZE = SMALL_TEST_SIZE
 
 def export(checkpoint: Path, output: Path, **options):
     model, spec = load_model(checkpoint, "nano")
-    return export_onnx(model, spec, output, TEST_SIZE, show_progress=False, **options)
+    return export_onnx(model, spec, output, TEST_SIZE, **options)
 
 
 def onnx_config(onnx_path: Path, checkpoint: Path | None = None, **tensorrt) -> Config:
     """In-memory config for the small model whose ONNX is ``onnx_path`` (CPU, test size 128x160)."""
-    detection = DetectionConfig(model_path=str(checkpoint) if checkpoint else None, model_type="nano",
-                                test_size=list(TEST_SIZE), device="cpu",
-                                tensorrt=TensorRTConfig(onnx_path=str(onnx_path), **tensorrt))
+    detection = DetectionConfig(model_path=str(checkpoint) if checkpoint else None, onnx_path=str(onnx_path),
+                                model_type="nano", test_size=list(TEST_SIZE), device="cpu",
+                                tensorrt=TensorRTConfig(**tensorrt))
     return Config(detection=detection)
 
 
 def onnx_config_file(path: Path, onnx_path: Path, checkpoint: Path | None = None, **detection) -> Path:
-    return write_config(path, checkpoint, tensorrt={"onnx_path": str(onnx_path)}, **detection)
+    return write_config(path, checkpoint, onnx_path=str(onnx_path), **detection)
 
 
 def read_frames(video: Path) -> list:

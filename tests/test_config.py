@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reidctl.config import Config, load_config, override
+from reidctl.config import Config, load_config, override, to_dict
 from reidctl.errors import ReidctlError
 
 
@@ -31,6 +31,31 @@ def test_overrides_apply_and_validate():
     assert config.detection.fp16 is True  # None means "not given"
     with pytest.raises(ReidctlError, match="detection.nms_threshold"):
         override(Config(), nms_threshold=1.5)
+
+
+def test_the_onnx_file_has_its_own_key_and_the_old_one_still_reads_with_a_warning(tmp_path):
+    new = tmp_path / "new.yaml"
+    new.write_text("detection:\n  onnx_path: models/x.onnx\n")
+    old = tmp_path / "old.yaml"
+    old.write_text("detection:\n  tensorrt:\n    onnx_path: models/x.onnx\n    fp16: false\n")
+    warnings = []
+    assert load_config(new, warnings.append).detection.onnx_path == "models/x.onnx" and warnings == []
+    config = load_config(old, warnings.append)
+    assert config.detection.onnx_path == "models/x.onnx" and not config.detection.tensorrt.fp16
+    assert warnings == ["warning: config key 'detection.tensorrt.onnx_path' is deprecated: use 'detection.onnx_path'"]
+    assert "onnx_path" not in to_dict(config)["detection"]["tensorrt"]
+
+    # A bench file's record: the old key, unset (as every record before the move holds it) or set.
+    record = to_dict(Config())["detection"]
+    assert override(Config(), **{**record, "tensorrt": {**record["tensorrt"], "onnx_path": None}}) == Config()
+    moved = override(Config(), **{**record, "tensorrt": {**record["tensorrt"], "onnx_path": "models/y.onnx"}})
+    assert moved.detection.onnx_path == "models/y.onnx"
+
+    both = tmp_path / "both.yaml"
+    both.write_text("detection:\n  onnx_path: a.onnx\n  tensorrt:\n    onnx_path: b.onnx\n")
+    with pytest.raises(ReidctlError, match=r"'detection.onnx_path' \(a.onnx\) and 'detection.tensorrt.onnx_path' "
+                                           r"\(b.onnx\) differ: keep detection.onnx_path alone$"):
+        load_config(both)
 
 
 @pytest.mark.parametrize(

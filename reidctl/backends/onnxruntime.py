@@ -63,7 +63,7 @@ class OnnxRuntimeRunner(Runner):
 
 def make_runner(config, warn=print_warning) -> OnnxRuntimeRunner:
     det = config.detection
-    path = default_onnx_path(det.tensorrt)
+    path = default_onnx_path(det)
     if not path.is_file():  # a missing export makes the backend unavailable, not broken
         raise BackendUnavailable(f"ONNX model not found: {path} (create it with `reidctl export-onnx`)")
     info = read_onnx(path)
@@ -75,7 +75,7 @@ def make_runner(config, warn=print_warning) -> OnnxRuntimeRunner:
 register(
     Backend(
         "onnxruntime",
-        "ONNX Runtime on the exported ONNX (detection.tensorrt.onnx_path)",
+        "ONNX Runtime on the exported ONNX (detection.onnx_path)",
         availability=lambda: None,
         make_runner=make_runner,
     )

@@ -23,25 +23,25 @@ _CAPTURE_LOCK = threading.Lock()
 class _CanvasModel(nn.Module):
     """Normalisation + YOLOX + decoding as one module, so a CUDA graph or compiled graph covers all three.
 
-    Its constants (mean/std, anchor grids for ``test_size``) are buffers on the model's device: torch.compile
+    Its constants (mean/std, anchor grids for ``input_size``) are buffers on the model's device: torch.compile
     then sees device tensors instead of tracing their host-side construction.
     """
 
-    def __init__(self, model: YOLOX, dtype: torch.dtype, test_size: tuple[int, int], device: torch.device):
+    def __init__(self, model: YOLOX, dtype: torch.dtype, input_size: tuple[int, int], device: torch.device):
         super().__init__()
         model.head.decode = False
         self.model = model
         self.dtype = dtype
-        self.test_size = tuple(test_size)
+        self.input_size = tuple(input_size)
         for name, value in zip(("mean", "std"), mean_std(device)):
             self.register_buffer(name, value.clone(), persistent=False)
         # Decode in fp32: fp16 spacing is 0.5 px for coordinates above 512.
-        for name, value in zip(("grids", "strides"), anchor_grids(self.test_size, torch.float32, device)):
+        for name, value in zip(("grids", "strides"), anchor_grids(self.input_size, torch.float32, device)):
             self.register_buffer(name, value.clone(), persistent=False)
 
     def forward(self, canvas: torch.Tensor) -> torch.Tensor:
         x = normalize(canvas, self.dtype, (self.mean, self.std)).contiguous(memory_format=torch.channels_last)
-        return decode_predictions(self.model(x).float(), self.test_size, (self.grids, self.strides))
+        return decode_predictions(self.model(x).float(), self.input_size, (self.grids, self.strides))
 
 
 class PyTorchRunner(Runner):
@@ -53,7 +53,7 @@ class PyTorchRunner(Runner):
         model: YOLOX,
         spec: ModelSpec,
         device: torch.device,
-        test_size: tuple[int, int],
+        input_size: tuple[int, int],
         fp16: bool = True,
         fuse: bool = True,
         cuda_graph: bool = True,
@@ -72,7 +72,7 @@ class PyTorchRunner(Runner):
         if fuse:
             fuse_conv_bn(model)
         model = model.to(device=device, dtype=self.dtype).to(memory_format=torch.channels_last).eval()
-        self.module: nn.Module = _CanvasModel(model, self.dtype, test_size, device)
+        self.module: nn.Module = _CanvasModel(model, self.dtype, input_size, device)
         self.compiled = compile
         if compile:
             # Default (automatic) dynamic shapes: the first batch size compiles static, the second recompiles with

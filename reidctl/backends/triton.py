@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from reidctl.engine.detector import Backend, Runner, register
+from reidctl.engine.device import TORCH_DTYPES
 from reidctl.errors import print_warning
 from reidctl.triton.client import PeakWatch, local_servers_gpu_memory
 from reidctl.triton.requests import TritonRequests, availability, connect, frame_sender
-
-TORCH_DTYPES = {"UINT8": torch.uint8, "FP32": torch.float32, "FP16": torch.float16}
 
 
 class TritonRunner(TritonRequests, Runner):

@@ -182,7 +182,7 @@ def parse_size(text: str) -> list[int]:
 def build_config(config: Optional[Path] = None, *model_options, **extra) -> Config:
     """The config file with the command line's overrides applied (validated): the model options in
     ``with_model_options``' order, then any other detection settings by name."""
-    return with_model_options(load_config(config), *model_options, **extra)
+    return with_model_options(load_config(config, warn), *model_options, **extra)
 
 
 def with_model_options(

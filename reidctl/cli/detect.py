@@ -33,6 +33,7 @@ from reidctl.cli.app import (
     fail,
     warn,
 )
+from reidctl.io.sources import DEFAULT_TIMEOUT_S
 
 
 def _ms(value) -> str:
@@ -166,7 +167,7 @@ def detect(
             help="Seconds to wait when opening or reading a network stream before it counts as failed (it then "
                  "reconnects).",
         ),
-    ] = 5.0,
+    ] = DEFAULT_TIMEOUT_S,
     max_batch: Annotated[
         Optional[int],
         typer.Option("--max-batch", min=1, help="Most frames per GPU batch (default: cameras / devices, at most 16)."),

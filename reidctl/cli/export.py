@@ -1,8 +1,10 @@
 """`reidctl export-onnx` and `reidctl build-engine`: the checkpoint -> ONNX -> TensorRT engine chain."""
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -21,12 +23,77 @@ from reidctl.cli.app import (
 from reidctl.errors import ReidctlError
 from reidctl.export.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
+if TYPE_CHECKING:  # imported when used: tensorrt's module imports torch and `reidctl --help` must not
+    from rich.progress import Progress
+
+    from reidctl.export.tensorrt import BuildProgress
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")]
 
 
 def _mib(size_bytes: int) -> str:
     return f"{size_bytes / 2**20:.1f} MiB"
+
+
+@contextlib.contextmanager
+def _progress(*columns) -> Iterator["Progress"]:
+    """A Rich progress display that its callback starts with the first task: a command that fails before any
+    progress leaves no empty display behind."""
+    from rich.progress import Progress
+
+    progress = Progress(*columns, console=console, transient=False)
+    try:
+        yield progress
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
+@contextlib.contextmanager
+def export_bar(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """export-onnx's live bar over the export's steps: the callback export_onnx reports to (None: no bar)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with _progress(SpinnerColumn(), TextColumn("[bold]export-onnx"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.description}"), TimeElapsedColumn()) as progress:
+
+        def show_step(step: str, done: int, total: int) -> None:
+            if not progress.tasks:
+                progress.start()
+                progress.add_task(step, total=total)
+            progress.update(progress.task_ids[0], description=step, completed=done, total=total)
+
+        yield show_step
+
+
+@contextlib.contextmanager
+def build_bar(show: bool) -> Iterator[Callable[["BuildProgress"], None] | None]:
+    """build-engine's live bars: the build's, and one for each TensorRT phase under way, indented by its depth
+    (the callback build_engine reports to; None: no bar)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with _progress(SpinnerColumn(), TextColumn("[bold]build-engine"), TextColumn("{task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn()) as progress:
+        tasks, depths = {}, {}
+
+        def show_phase(report: "BuildProgress") -> None:
+            if report.phase not in tasks:
+                progress.start()
+                depths[report.phase] = 0 if report.parent is None else depths.get(report.parent, 0) + 1
+                tasks[report.phase] = progress.add_task("  " * depths[report.phase] + report.phase, total=report.total)
+            progress.update(tasks[report.phase], completed=report.done, total=report.total)
+            if report.ended and report.parent is not None:  # a TensorRT phase leaves once over; the build stays
+                progress.remove_task(tasks.pop(report.phase))
+                del depths[report.phase]
+
+        yield show_phase
 
 
 def _print_table(title: str, rows: dict) -> None:
@@ -49,7 +116,7 @@ def export_onnx_command(
         typer.Option(
             "--output",
             "-o",
-            help="ONNX file to write (default: detection.tensorrt.onnx_path, else the engine path with .onnx).",
+            help="ONNX file to write (default: detection.onnx_path, else the TensorRT engine path with .onnx).",
         ),
     ] = None,
     opset: Annotated[
@@ -94,26 +161,27 @@ def export_onnx_command(
         raise ReidctlError("--batch fixes the batch size of a --static-batch graph; add --static-batch")
     cfg = build_config(config, model, model_type, num_classes, test_size=test_size)
     det = cfg.detection
-    target = output or default_onnx_path(det.tensorrt)
+    target = output or default_onnx_path(det)
     from reidctl.io.atomic import check_output_path
     from reidctl.io.paths import refuse_shared_paths
 
     refuse_shared_paths([("--output", target)], [("--config", config), ("--model", det.model_path)])
     check_output_path(target)  # before the model is loaded and traced
     yolox, spec = load_detection_model(det, warn)
-    result = export_onnx(
-        yolox,
-        spec,
-        target,
-        det.input_size,
-        opset=opset,
-        fp16=fp16,
-        dynamic_batch=dynamic_batch,
-        batch=batch,
-        simplify=simplify,
-        decode=decode,
-        show_progress=progress,
-    )
+    with export_bar(progress) as on_progress:
+        result = export_onnx(
+            yolox,
+            spec,
+            target,
+            det.input_size,
+            opset=opset,
+            fp16=fp16,
+            dynamic_batch=dynamic_batch,
+            batch=batch,
+            simplify=simplify,
+            decode=decode,
+            on_progress=on_progress,
+        )
     if as_json:
         console.print_json(json.dumps(result.as_dict()))
         return
@@ -142,8 +210,8 @@ def build_engine_command(
         Optional[Path],
         typer.Option(
             "--onnx",
-            help="ONNX file from `reidctl export-onnx` (default: detection.tensorrt.onnx_path, else the engine path "
-                 "with .onnx).",
+            help="ONNX file from `reidctl export-onnx` (default: detection.onnx_path, else the engine path with "
+                 ".onnx).",
         ),
     ] = None,
     output: Annotated[
@@ -208,23 +276,25 @@ def build_engine_command(
         "opt_batch": opt_batch,
         "max_batch": max_batch,
     }
-    trt_cfg = build_config(config, tensorrt=given).detection.tensorrt
+    det = build_config(config, tensorrt=given).detection
+    trt_cfg = det.tensorrt
     engine_path = output or Path(trt_cfg.engine_path)
-    onnx_path = onnx or default_onnx_path(trt_cfg)
+    onnx_path = onnx or default_onnx_path(det)
     refuse_shared_paths([("--output", engine_path), ("the sidecar of --output", sidecar_path(engine_path))],
                         [("--config", config), ("--onnx", onnx_path)])
-    result = build_engine(
-        onnx_path,
-        engine_path,
-        fp16=trt_cfg.fp16,
-        workspace_mib=trt_cfg.workspace,
-        min_batch=trt_cfg.min_batch,
-        opt_batch=trt_cfg.opt_batch,
-        max_batch=trt_cfg.max_batch,
-        timing_cache=timing_cache,
-        show_progress=progress,
-        warn=warn,
-    )
+    with build_bar(progress) as on_progress:
+        result = build_engine(
+            onnx_path,
+            engine_path,
+            fp16=trt_cfg.fp16,
+            workspace_mib=trt_cfg.workspace,
+            min_batch=trt_cfg.min_batch,
+            opt_batch=trt_cfg.opt_batch,
+            max_batch=trt_cfg.max_batch,
+            timing_cache=timing_cache,
+            on_progress=on_progress,
+            warn=warn,
+        )
     if as_json:
         console.print_json(json.dumps(result.as_dict()))
         return

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reidctl.engine.device import on_device
+from reidctl.engine.device import PinnedStaging, on_device
 from reidctl.engine.frames import rescale
 from reidctl.engine.postprocess import select_detections
 from reidctl.engine.preprocess import letterbox, normalize
@@ -149,21 +149,22 @@ class Detector:
     def __init__(
         self,
         runner: Runner,
-        test_size: tuple[int, int],
+        input_size: tuple[int, int],
         conf_threshold: float = 0.01,
         nms_threshold: float = 0.7,
         stream: torch.cuda.Stream | None = None,
     ):
         self.runner = runner
         self.stream = stream  # a GPU Detector's own CUDA stream (None: the caller's current stream)
-        self.test_size = tuple(test_size)
+        self.input_size = tuple(input_size)
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
         self.stage_times: StageTimes | None = None  # set to StageTimes() to record per-stage timings
         self.load = DetectionLoad()
-        self._staging: torch.Tensor | None = None  # pinned host batch for detect_canvases on a GPU
-        self._staging_copied: torch.cuda.Event | None = None  # its last host-to-device copy
-        self._staging_lock = threading.Lock()
+        self._staging: PinnedStaging | None = None  # detect_canvases' batches on their way to a GPU
+        if runner.device.type == "cuda":
+            with on_device(runner.device):
+                self._staging = PinnedStaging((*self.input_size, 3), runner.device)
         self.turn = DeviceTurn()  # a pool's members on one device share theirs
         self._served = [0, 0]  # batches, frames
         self._served_lock = threading.Lock()
@@ -219,7 +220,7 @@ class Detector:
             return []  # nothing to run: an empty batch would capture an empty CUDA graph
         start = time.perf_counter()
         with self._placed():
-            canvas, ratios = letterbox(frames, self.test_size, self.runner.device)
+            canvas, ratios = letterbox(frames, self.input_size, self.runner.device)
             return self._detect(canvas, ratios, start, self.stage_times)
 
     def detect_canvases(self, canvases: Sequence[np.ndarray], ratios: Sequence[float],
@@ -227,7 +228,7 @@ class Detector:
         """Detect on frames already letterboxed on the host (``preprocess.letterbox_into``): uint8 (H, W, 3) BGR
         canvases of the input size and each frame's ratio. On a GPU they travel in one copy per batch.
         ``stage_times``: time this call's stages into it (besides ``self.stage_times``)."""
-        shape = (*self.test_size, 3)
+        shape = (*self.input_size, 3)
         if len(canvases) != len(ratios) or not all(
             isinstance(c, np.ndarray) and c.dtype == np.uint8 and c.shape == shape for c in canvases
         ):
@@ -247,25 +248,15 @@ class Detector:
             yield
 
     def _upload(self, canvases: Sequence[np.ndarray]) -> torch.Tensor:
-        """Host canvases -> one (B, H, W, 3) batch on the runner's device. On a GPU: one asynchronous copy from a
-        pinned staging buffer, kept for the next batch (a pageable copy would stage through a driver buffer)."""
-        device = self.runner.device
-        if device.type != "cuda":
+        """Host canvases -> one (B, H, W, 3) batch on the runner's device (on a GPU: one copy from pinned memory)."""
+        if self._staging is None:
             return torch.from_numpy(np.stack(canvases))
-        with self._staging_lock:
-            if self._staging_copied is not None:
-                self._staging_copied.synchronize()  # the previous batch's copy has read the buffer
-            if self._staging is None or len(self._staging) < len(canvases):
-                # Doubling: the warm-up's growing batch sizes allocate a few times, not once each.
-                capacity = max(len(canvases), 2 * len(self._staging) if self._staging is not None else 1)
-                self._staging = torch.empty((capacity, *self.test_size, 3), dtype=torch.uint8, pin_memory=True)
-            staging = self._staging.numpy()
-            for slot, canvas in zip(staging, canvases):
-                np.copyto(slot, canvas)
-            batch = self._staging[: len(canvases)].to(device, non_blocking=True)
-            self._staging_copied = torch.cuda.Event()
-            self._staging_copied.record(torch.cuda.current_stream(device))
-        return batch
+
+        def fill(slots: torch.Tensor) -> None:
+            for slot, canvas in zip(slots.numpy(), canvases):
+                np.copyto(slot, canvas)  # NumPy's one thread: torch's CPU threads would compete with the readers
+
+        return self._staging.to_device(len(canvases), fill)[0]
 
     def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float,
                 times: StageTimes | None) -> list[np.ndarray]:
@@ -279,7 +270,7 @@ class Detector:
             detections, candidates = rescale(predictions, ratios, self.conf_threshold), None
         else:
             if not self.runner.decoded:
-                predictions = decode_predictions(predictions.float(), self.test_size)
+                predictions = decode_predictions(predictions.float(), self.input_size)
             selection = select_detections(predictions, self.conf_threshold, self.nms_threshold)
             detections, candidates = rescale(selection.rows, ratios), selection.candidates
         self._mark("postprocess", start, times)
@@ -323,7 +314,7 @@ class DetectorPool:
         self.detectors = list(detectors)
         self._devices = list(devices)
         self.runner = self.detectors[0].runner
-        self.test_size = self.detectors[0].test_size
+        self.input_size = self.detectors[0].input_size
         self.concurrency = len(self.detectors)
         self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # FIFO: one thread's calls go round the members
         for index in range(len(self.detectors)):

@@ -1,18 +1,71 @@
-"""Device selection shared by the in-process backends."""
+"""Device selection shared by the in-process backends, the tensor types every backend names, and the pinned host
+buffers that carry frames to a GPU."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Callable
 
 import torch
 
 from reidctl.errors import ReidctlError
 
+# torch's type for each tensor type a model's inputs and outputs may have, by the name Triton gives it (TensorRT's
+# names are the same but for FLOAT and HALF: reidctl.export.tensorrt translates those).
+TORCH_DTYPES = {
+    "FP32": torch.float32,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:
-    """``device`` made current for the block (on a GPU): Triton kernels and CUDA-graph capture run on the current
-    device, not on their tensors', and a thread serving the second GPU starts with the first one current."""
+    """``device`` made current for the block (on a GPU): Triton-language kernels and CUDA-graph capture run on the
+    current device, not on their tensors', and a thread serving the second GPU starts with the first one current."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class PinnedStaging:
+    """Pinned host buffers that carry batches of uint8 frames to a GPU in one asynchronous copy each (a pageable copy
+    would stage through a driver buffer). Batches take the buffers in turn: a buffer is refilled once its last copy
+    has read it, and replaced by a larger one for a larger batch.
+
+    Make it, and call it, with ``device`` current: pinning memory starts a CUDA context on whichever GPU is current.
+    """
+
+    def __init__(self, frame_shape: tuple[int, ...], device: torch.device, frames: int = 1, buffers: int = 1):
+        self.frame_shape = tuple(frame_shape)
+        self.device = device
+        self.buffers = [self._allocate(frames) for _ in range(buffers)]  # pinned (frames, *frame_shape) uint8
+        self._copied: list[torch.cuda.Event | None] = [None] * buffers
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def _allocate(self, frames: int) -> torch.Tensor:
+        return torch.empty((frames, *self.frame_shape), dtype=torch.uint8, pin_memory=True)
+
+    def to_device(self, frames: int, fill: Callable[[torch.Tensor], object]) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """``fill`` writes the batch into the pinned (frames, *frame_shape) tensor it is given; that then goes to the
+        device on the current stream. The batch on the device, and the event that marks its copy done."""
+        with self._lock:
+            turn, self._turn = self._turn, (self._turn + 1) % len(self.buffers)
+            if self._copied[turn] is not None:
+                self._copied[turn].synchronize()  # the last copy from this buffer has read it
+            if len(self.buffers[turn]) < frames:
+                # Doubling: a warm-up's growing batch sizes allocate a few times, not once each.
+                self.buffers[turn] = self._allocate(max(frames, 2 * len(self.buffers[turn])))
+            staged = self.buffers[turn][:frames]
+            fill(staged)
+            batch = staged.to(self.device, non_blocking=True)
+            copied = self._copied[turn] = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(self.device))
+        return batch, copied
 
 
 def resolve_device(name: str) -> torch.device:

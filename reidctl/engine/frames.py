@@ -12,8 +12,8 @@ import numpy as np
 PAD_VALUE = 114
 
 
-def letterbox_ratio(frame_hw: tuple[int, int], test_size: tuple[int, int]) -> float:
-    return min(test_size[0] / frame_hw[0], test_size[1] / frame_hw[1])
+def letterbox_ratio(frame_hw: tuple[int, int], input_size: tuple[int, int]) -> float:
+    return min(input_size[0] / frame_hw[0], input_size[1] / frame_hw[1])
 
 
 def letterbox_into(frame: np.ndarray, canvas: np.ndarray) -> float:
@@ -29,9 +29,9 @@ def letterbox_into(frame: np.ndarray, canvas: np.ndarray) -> float:
     return ratio
 
 
-def letterbox_frame(frame: np.ndarray, test_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+def letterbox_frame(frame: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
     """One frame's host canvas (``letterbox_into`` a new array) and its ratio."""
-    canvas = np.empty((*test_size, 3), dtype=np.uint8)
+    canvas = np.empty((*input_size, 3), dtype=np.uint8)
     return canvas, letterbox_into(frame, canvas)
 
 

@@ -20,10 +20,8 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from array import array
@@ -39,9 +37,9 @@ from reidctl.engine.detector import DetectionLoad, Detector, DetectorPool, Stage
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error
-from reidctl.io.atomic import ensure_writable_dir, write_text_atomic
+from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, UnopenedSource, open_source
-from reidctl.io.synthetic import VIDEO_CODECS, synthetic_frame
+from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 from reidctl.tracking import ByteTracker, TrackCounts
@@ -152,8 +150,8 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
         _refuse_file_name("--save-images", request.images, "it names a directory (one image per frame)")
     if request.crops is not None and request.crops.exists() and not request.crops.is_dir():
         raise ReidctlError(f"--crops {request.crops} is a file: give a directory")
-    if single and request.video and request.video.suffix.lower() not in VIDEO_CODECS:
-        raise ReidctlError(f"unsupported video extension '{request.video.suffix}' (use {', '.join(VIDEO_CODECS)})")
+    if single and request.video:
+        video_fourcc(request.video)  # refused before any work, not when the writer opens
     for option, path in (("--jsonl", request.jsonl), ("--summary-json", request.summary_json)):
         if path is not None and path.is_dir():
             raise ReidctlError(f"{option} {path} is a directory: give a file path")
@@ -169,9 +167,9 @@ def plan_outputs(names: list[str], request: OutputRequest) -> OutputPlan:
     plan = OutputPlan(cameras, request.jsonl, request.summary_json, request.track, request.crops)
     _refuse_shared_paths(plan)
     for _, path in plan.files():
-        _check_writable(path.parent)
+        check_writable_dir(path.parent)
     for directory in [*plan.directories(), *([plan.crops] if plan.crops else [])]:
-        _check_writable(directory)
+        check_writable_dir(directory)
     return plan
 
 
@@ -196,24 +194,6 @@ def _refuse_shared_paths(plan: OutputPlan) -> None:
             if key.is_relative_to(directory.resolve()):
                 raise ReidctlError(f"{option} writes {key.relative_to(directory.resolve())} inside {directory}, where "
                                    "--save-images writes images: give it a path outside that directory")
-
-
-def _check_writable(directory: Path) -> None:
-    """The nearest existing ancestor must be a directory that takes files: a probe file, gone at once, says so
-    (permission bits do not: root passes them, and /proc or a read-only mount still refuse)."""
-    existing = Path(os.path.abspath(directory))
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ReidctlError(f"cannot create output directory {directory}: {existing} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        if existing == Path(os.path.abspath(directory)):
-            raise ReidctlError(f"cannot write into output directory {directory} ({exc.strerror})") from None
-        raise ReidctlError(f"cannot create output directory {directory}: {existing} takes no new files "
-                           f"({exc.strerror})") from None
 
 
 class Outputs:
@@ -493,7 +473,7 @@ def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
 def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) -> None:
     """Run once on every device, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning,
     connections, the pinned staging buffer), through the call the run makes."""
-    canvas, ratio = letterbox_frame(synthetic_frame(0, detector.test_size), detector.test_size)
+    canvas, ratio = letterbox_frame(synthetic_frame(0, detector.input_size), detector.input_size)
     on_gpu = detector.runner.device.type == "cuda"
     for one in detector.members:
         for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
@@ -593,7 +573,7 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     stopped = None
     try:
         run.start()
-        hub.letterbox_size = detector.test_size  # the readers letterbox their frames, in parallel
+        hub.letterbox_size = detector.input_size  # the readers letterbox their frames, in parallel
         workers = [threading.Thread(target=run.batch_loop, name=f"detect-batches-{i}", daemon=True)
                    for i in range(batch_loops(detector))]
         for camera in cameras:

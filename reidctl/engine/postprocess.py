@@ -23,7 +23,7 @@ class Selection:
         return [len(rows) for rows in self.rows]
 
 
-NMS_METHODS = ("triton", "torchvision")
+NMS_METHODS = ("kernels", "torchvision")
 
 
 def select_detections(
@@ -33,11 +33,12 @@ def select_detections(
 
     Rows are x1, y1, x2, y2 in input-canvas pixels, obj_conf, class_conf, class_id, sorted by score. Boxes of
     different frames or classes never suppress each other. On CUDA the whole batch goes through one greedy NMS in
-    Triton kernels (reidctl.engine.nms) and the host waits once, for the kept rows; the CPU keeps torchvision.
+    Triton-language kernels (reidctl.engine.nms_kernels) and the host waits once, for the kept rows; the CPU keeps
+    torchvision.
     A server runs this step and returns its rows; the client finishes with ``rescale``.
-    ``method`` forces one NMS ("triton": CUDA only, "torchvision"), e.g. to compare them on a GPU.
+    ``method`` forces one NMS ("kernels": those, CUDA only; "torchvision"), e.g. to compare them on a GPU.
     """
-    method = method or ("triton" if predictions.is_cuda else "torchvision")
+    method = method or ("kernels" if predictions.is_cuda else "torchvision")
     if method not in NMS_METHODS:
         raise ValueError(f"unknown NMS method '{method}' (known: {', '.join(NMS_METHODS)})")
     predictions = predictions.float()
@@ -48,8 +49,8 @@ def select_detections(
     boxes = torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=-1)
     # Candidate counts stay on the device until the rows come back: waiting for them first would keep the host from
     # queueing the NMS work while the model still runs, and every batch would wait for it (docs/PERFORMANCE.md).
-    if method == "triton":
-        from reidctl.engine.nms import batched_greedy_nms  # imports Triton: only where a GPU runs NMS
+    if method == "kernels":
+        from reidctl.engine.nms_kernels import batched_greedy_nms  # imports the Triton language: only for a GPU
 
         nms = batched_greedy_nms(boxes, scores, class_id, conf_threshold, nms_threshold)
         candidates = nms.candidates

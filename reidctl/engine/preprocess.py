@@ -1,7 +1,7 @@
 """ByteTrack's preprocessing, once, for every backend, on whichever device the backend runs.
 
 Two stages so that a server can take the compact uint8 form:
-  letterbox: resize keeping aspect ratio into ``test_size``, pad bottom/right with 114 -> uint8 (B, H, W, 3) BGR
+  letterbox: resize keeping aspect ratio into ``input_size``, pad bottom/right with 114 -> uint8 (B, H, W, 3) BGR
   normalize: BGR->RGB, /255, (x - mean) / std -> float (B, 3, H, W)
 """
 
@@ -22,7 +22,7 @@ STD = (0.229, 0.224, 0.225)
 
 
 def letterbox(
-    frames: Sequence[np.ndarray], test_size: tuple[int, int], device: torch.device | str = "cpu"
+    frames: Sequence[np.ndarray], input_size: tuple[int, int], device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, list[float]]:
     """uint8 HxWx3 BGR frames -> uint8 (B, H, W, 3) canvas on ``device`` and each frame's scale ratio.
 
@@ -32,11 +32,11 @@ def letterbox(
     """
     device = torch.device(device)
     if device.type == "cpu":
-        canvas = np.empty((len(frames), *test_size, 3), dtype=np.uint8)
+        canvas = np.empty((len(frames), *input_size, 3), dtype=np.uint8)
         return torch.from_numpy(canvas), [letterbox_into(frame, canvas[i]) for i, frame in enumerate(frames)]
-    ratios = [letterbox_ratio(frame.shape[:2], test_size) for frame in frames]
+    ratios = [letterbox_ratio(frame.shape[:2], input_size) for frame in frames]
     sizes = [(int(frame.shape[0] * ratio), int(frame.shape[1] * ratio)) for frame, ratio in zip(frames, ratios)]
-    canvas = torch.full((len(frames), *test_size, 3), PAD_VALUE, dtype=torch.uint8, device=device)
+    canvas = torch.full((len(frames), *input_size, 3), PAD_VALUE, dtype=torch.uint8, device=device)
     for i, (frame, (new_h, new_w)) in enumerate(zip(frames, sizes)):
         source = torch.from_numpy(np.ascontiguousarray(frame)).to(device)
         canvas[i, :new_h, :new_w] = (
@@ -74,8 +74,8 @@ def normalize(
     return ((rgb / 255.0 - mean) / std).to(dtype)
 
 
-def sample_input(batch: int, test_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+def sample_input(batch: int, input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """A normalised fp32 batch made from random uint8 pixels: realistic value ranges, reproducible."""
     generator = torch.Generator().manual_seed(seed)
-    canvas = torch.randint(0, 256, (batch, *test_size, 3), dtype=torch.uint8, generator=generator)
+    canvas = torch.randint(0, 256, (batch, *input_size, 3), dtype=torch.uint8, generator=generator)
     return normalize(canvas)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BackendResult, BenchReport, StreamResult, load_report
-from reidctl.config import Config, override
+from reidctl.config import Config, override, upgrade_detection
 from reidctl.engine.detector import available_backends
 from reidctl.engine.pipeline import OutputRequest
 from reidctl.errors import ReidctlError
@@ -48,7 +48,7 @@ SUMMARY = {
 }
 # Detection keys every snippet carries, and the per-backend keys that are not in a section of their own.
 COMMON_KEYS = ("model_path", "model_type", "test_size", "fp16", "conf_threshold", "nms_threshold", "device")
-BACKEND_KEYS = {"pytorch": ("fuse", "cuda_graph", "compile")}
+BACKEND_KEYS = {"pytorch": ("fuse", "cuda_graph", "compile"), "onnxruntime": ("onnx_path",), "tensorrt": ("onnx_path",)}
 
 
 @dataclass(frozen=True)
@@ -432,14 +432,16 @@ def tensorrt_profile(cameras: int, measured: dict) -> dict:
     return {"min_batch": 1, "opt_batch": max_batch, "max_batch": max_batch}
 
 
-# The config section each backend's artifact is described in (ONNX Runtime reads detection.tensorrt.onnx_path).
+# The config section each backend's artifact is described in (ONNX Runtime's ONNX file is by default the engine
+# path with .onnx).
 BACKEND_SECTION = {"onnxruntime": "tensorrt", "tensorrt": "tensorrt", "triton": "triton"}
 
 
 def deploy_detection(backend: str, config: dict, need: Need) -> dict:
     """The full `detection:` section to deploy ``backend`` for ``need``: the measured config with the backend set
     and the batching sized for the cameras (Triton's dynamic batcher, TensorRT's batch profile)."""
-    det = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.get("detection", {}).items()}
+    measured = upgrade_detection(config.get("detection", {}))
+    det = {k: (dict(v) if isinstance(v, dict) else v) for k, v in measured.items()}
     det["backend"] = backend
     if backend == "triton":
         det["triton"] = det.get("triton", {}) | triton_batching(need.cameras, det.get("triton", {}))
@@ -489,7 +491,7 @@ def deploy_commands(backend: str, config_arg: str, detection: dict, sources: lis
     fp16 = ["--fp16"] if trt.get("fp16", True) else []
     commands = []
     if backend == "onnxruntime":
-        commands.append(f"reidctl export-onnx -c {config_arg}  # the ONNX file detection.tensorrt.onnx_path names")
+        commands.append(f"reidctl export-onnx -c {config_arg}  # the ONNX file detection.onnx_path names")
     if backend == "tensorrt":
         commands.append(f"reidctl export-onnx -c {config_arg} {shlex.join(fp16)}".rstrip())
         batches = ["--min-batch", trt["min_batch"], "--opt-batch", trt["opt_batch"], "--max-batch", trt["max_batch"]]

@@ -6,13 +6,12 @@ size, precision and decode mode from the file's ``metadata_props`` instead of gu
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import onnxruntime as ort
 import torch
 from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from reidctl import __version__
@@ -49,11 +47,11 @@ ORT_ERRORS = (
 )
 
 
-def default_onnx_path(tensorrt_config) -> Path:
-    """detection.tensorrt.onnx_path, else the engine path with .onnx (the file export-onnx writes by default)."""
-    if tensorrt_config.onnx_path:
-        return Path(tensorrt_config.onnx_path)
-    return Path(tensorrt_config.engine_path).with_suffix(".onnx")
+def default_onnx_path(detection) -> Path:
+    """detection.onnx_path, else the TensorRT engine path with .onnx: the file export-onnx writes by default."""
+    if detection.onnx_path:
+        return Path(detection.onnx_path)
+    return Path(detection.tensorrt.engine_path).with_suffix(".onnx")
 
 
 @dataclass(frozen=True)
@@ -210,30 +208,6 @@ def create_session(path: Path, providers: Sequence = ("CPUExecutionProvider",)) 
         raise ReidctlError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
 
 
-@contextlib.contextmanager
-def progress_steps(title: str, total: int, show: bool) -> Iterator[Callable[[str], None]]:
-    """A progress bar over named steps: call ``step(description)`` as each one begins."""
-    columns = [
-        SpinnerColumn(),
-        TextColumn(f"[bold]{title}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, disable=not show, transient=False) as progress:
-        task = progress.add_task("", total=total)
-        started = False
-
-        def step(description: str) -> None:
-            nonlocal started
-            progress.update(task, advance=1 if started else 0, description=description)
-            started = True
-
-        yield step
-        progress.update(task, completed=total, description="done")
-
-
 @dataclass(frozen=True)
 class Tolerance:
     box_rel: float  # |Δ| / max(|reference|, 1) on the four box columns
@@ -267,16 +241,16 @@ class _ExportModule(nn.Module):
     """YOLOX whose raw head output is cast to fp32 and, if asked, decoded: the output is fp32 at every precision
     (fp16 spacing is 0.5 px above 512, too coarse for box coordinates)."""
 
-    def __init__(self, model: YOLOX, test_size: tuple[int, int], decode: bool):
+    def __init__(self, model: YOLOX, input_size: tuple[int, int], decode: bool):
         super().__init__()
         model.head.decode = False
         self.model = model
-        self.test_size = tuple(test_size)
+        self.input_size = tuple(input_size)
         self.decode = decode
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         raw = self.model(images).float()
-        return decode_predictions(raw, self.test_size) if self.decode else raw
+        return decode_predictions(raw, self.input_size) if self.decode else raw
 
 
 def _onnxslim():
@@ -344,7 +318,7 @@ def export_onnx(
     model: YOLOX,
     spec: ModelSpec,
     output: Path,
-    test_size: tuple[int, int],
+    input_size: tuple[int, int],
     *,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
@@ -353,10 +327,13 @@ def export_onnx(
     simplify: bool = True,
     decode: bool = True,
     tolerance: Tolerance | None = None,
-    show_progress: bool = True,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (BatchNorm folded in place) to ``output``, check the graph and verify it with ONNX Runtime
     against the fp32 PyTorch model on the same input. Over ``tolerance`` nothing is written.
+
+    ``on_progress(step, done, total)`` hears each step as it begins, with the steps done before it, and ("done",
+    total, total) once the file is in place.
 
     fp16 graphs are traced on the CPU in half precision (torch's CPU kernels cover YOLOX's layers), so no GPU and
     no separate fp32-to-fp16 graph conversion are needed; the input becomes fp16, the output stays fp32.
@@ -369,14 +346,21 @@ def export_onnx(
     precision = "fp16" if fp16 else "fp32"
     tolerance = tolerance or TOLERANCES[precision]
     metadata = OnnxMetadata(
-        spec.size, spec.num_classes, tuple(test_size), precision, decode, None if dynamic_batch else batch
+        spec.size, spec.num_classes, tuple(input_size), precision, decode, None if dynamic_batch else batch
     )
-    reference_module = _ExportModule(fuse_conv_bn(model).float().eval(), test_size, decode)
+    reference_module = _ExportModule(fuse_conv_bn(model).float().eval(), input_size, decode)
     export_module = copy.deepcopy(reference_module).half() if fp16 else reference_module
     # A dynamic graph is verified at batch 2, which proves the batch axis really is dynamic.
-    sample = sample_input(2 if dynamic_batch else batch, test_size)
+    sample = sample_input(2 if dynamic_batch else batch, input_size)
+    steps = ["tracing the model", *(["simplifying (onnxslim)"] if simplify else []), "checking the graph",
+             "verifying with ONNX Runtime"]
+
+    def step(name: str) -> None:
+        if on_progress:
+            on_progress(name, steps.index(name), len(steps))
+
     started = time.perf_counter()
-    with progress_steps("export-onnx", 4 if simplify else 3, show_progress) as step, atomic_path(Path(output)) as tmp:
+    with atomic_path(Path(output)) as tmp:
         step("tracing the model")
         _trace(export_module, sample.to(torch.float16 if fp16 else torch.float32), tmp, opset, dynamic_batch)
         proto = onnx.load(str(tmp))
@@ -403,6 +387,8 @@ def export_onnx(
                 f"(tolerance {tolerance.box_rel:.0e}), score diff {comparison.score_abs_diff:.2e} "
                 f"(tolerance {tolerance.score_abs:.0e}); nothing written"
             )
+    if on_progress:
+        on_progress("done", len(steps), len(steps))
     return ExportResult(
         Path(output), Path(output).stat().st_size, opset, metadata, comparison, tolerance, time.perf_counter() - started
     )

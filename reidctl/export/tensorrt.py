@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from reidctl import __version__
-from reidctl.engine.device import gpu_description
+from reidctl.engine.device import TORCH_DTYPES, gpu_description
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.export.onnx import OnnxInfo, file_sha256, read_onnx
 from reidctl.io.atomic import atomic_path, ensure_writable_dir
@@ -29,16 +28,7 @@ TENSORRT_INSTALL_HINT = (
 NO_GPU_REASON = "no CUDA GPU is visible here (TensorRT builds and runs engines on an NVIDIA GPU)"
 REBUILD_HINT = "rebuild the engine on this GPU (reidctl build-engine)"
 SIDECAR_FORMAT = 1
-TORCH_DTYPES = {
-    "FLOAT": torch.float32,
-    "HALF": torch.float16,
-    "BF16": torch.bfloat16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "INT8": torch.int8,
-    "UINT8": torch.uint8,
-    "BOOL": torch.bool,
-}
+TENSORRT_TYPE_NAMES = {"FLOAT": "FP32", "HALF": "FP16"}  # TensorRT's names where they differ from TORCH_DTYPES'
 
 
 def import_tensorrt():
@@ -70,7 +60,7 @@ def major_version(version: str) -> int:
 def torch_dtype(trt_dtype) -> torch.dtype:
     """tensorrt.DataType -> torch dtype (by enum name, which is stable across TensorRT 10 and 11)."""
     try:
-        return TORCH_DTYPES[trt_dtype.name]
+        return TORCH_DTYPES[TENSORRT_TYPE_NAMES.get(trt_dtype.name, trt_dtype.name)]
     except KeyError:
         raise ReidctlError(f"TensorRT tensor type {trt_dtype.name} is not supported") from None
 
@@ -287,29 +277,42 @@ def save_timing_cache(config, path: Path, warn: Callable[[str], None]) -> None:
         warn(f"warning: timing cache {path} not updated: {first_line(exc)}")
 
 
-def _progress_monitor(trt, progress: Progress):
-    """Rich tasks for TensorRT's build phases (TensorRT calls these from its own threads; Rich is thread-safe)."""
+@dataclass(frozen=True)
+class BuildProgress:
+    """Where an engine build is: ``phase``, the build itself (``parent`` None) or one of TensorRT's phases within
+    ``parent``, has ``done`` of ``total`` steps done (``total`` None: unknown); ``ended`` once it is over."""
 
-    class RichProgressMonitor(trt.IProgressMonitor):
+    phase: str
+    parent: str | None
+    done: int
+    total: int | None
+    ended: bool = False
+
+
+def _progress_monitor(trt, build: str, on_progress: Callable[[BuildProgress], None]):
+    """TensorRT's build phases, within the phase ``build``, told to ``on_progress`` (from TensorRT's own threads)."""
+
+    class PhaseMonitor(trt.IProgressMonitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
-            self.tasks: dict[str, int] = {}
+            self.phases: dict[str, tuple[str, int]] = {}  # parent and steps of each phase under way
 
         def phase_start(self, phase_name, parent_phase, num_steps):
-            indent = "  " if parent_phase else ""
-            self.tasks[phase_name] = progress.add_task(f"{indent}{phase_name}", total=num_steps)
+            self.phases[phase_name] = (parent_phase or build, num_steps)
+            on_progress(BuildProgress(phase_name, parent_phase or build, 0, num_steps))
 
         def step_complete(self, phase_name, step):
-            if phase_name in self.tasks:
-                progress.update(self.tasks[phase_name], completed=step + 1)
+            if phase_name in self.phases:
+                parent, steps = self.phases[phase_name]
+                on_progress(BuildProgress(phase_name, parent, step + 1, steps))
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
-            task = self.tasks.pop(phase_name, None)
-            if task is not None:
-                progress.remove_task(task)
+            if phase_name in self.phases:
+                parent, steps = self.phases.pop(phase_name)
+                on_progress(BuildProgress(phase_name, parent, steps, steps, ended=True))
 
-    return RichProgressMonitor()
+    return PhaseMonitor()
 
 
 def _io_tensors(count: int, get) -> list[dict]:
@@ -341,10 +344,14 @@ def build_engine(
     opt_batch: int,
     max_batch: int,
     timing_cache: Path | None = None,
-    show_progress: bool = True,
+    on_progress: Callable[[BuildProgress], None] | None = None,
     warn: Callable[[str], None] = print,
 ) -> BuildResult:
-    """Build ``engine_path`` (and its sidecar) from ``onnx_path``; nothing is written if any step fails."""
+    """Build ``engine_path`` (and its sidecar) from ``onnx_path``; nothing is written if any step fails.
+
+    ``on_progress`` hears the build as a phase named after TensorRT's version and the precision, and TensorRT's own
+    phases within it.
+    """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     info = read_onnx(onnx_path)
     if info.metadata is None:
@@ -387,14 +394,14 @@ def build_engine(
     if timing_cache:
         attach_timing_cache(config, timing_cache, warn)
 
-    columns = [SpinnerColumn(), TextColumn("[bold]build-engine"), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+    build = f"TensorRT {trt.__version__}, {plan.precision}"
+    if on_progress:
+        on_progress(BuildProgress(build, None, 0, None))
         if hasattr(trt, "IProgressMonitor"):
-            config.progress_monitor = _progress_monitor(trt, progress)
-        task = progress.add_task(f"TensorRT {trt.__version__}, {plan.precision}", total=None)
-        serialized = builder.build_serialized_network(network, config)
-        progress.update(task, total=1, completed=1)
+            config.progress_monitor = _progress_monitor(trt, build, on_progress)
+    serialized = builder.build_serialized_network(network, config)
+    if on_progress:
+        on_progress(BuildProgress(build, None, 1, 1, ended=True))
     if serialized is None:
         raise ReidctlError(f"TensorRT could not build the engine: {logger.last_error()} "
                            f"(workspace {workspace_mib} MiB; a larger --workspace may help)")

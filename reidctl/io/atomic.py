@@ -20,24 +20,37 @@ def ensure_writable_dir(directory: Path) -> None:
         raise ReidctlError(f"output directory is not writable: {directory}")
 
 
-def check_output_path(path: Path) -> Path:
-    """Fail in one line, before any work, where ``path`` could not be written atomically later.
+def check_writable_dir(directory: Path) -> None:
+    """Fail in one line, creating nothing, where ``directory`` could not take new files (made first if missing).
 
-    A file is actually created and removed in its directory: root passes ``os.access`` even where writes fail
-    (``/proc``, a read-only mount).
+    A probe file, gone at once, is created in its nearest existing ancestor: permission bits do not tell, since
+    root passes ``os.access`` where writes still fail (``/proc``, a read-only mount).
     """
+    given = Path(os.path.abspath(directory))
+    existing = given
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ReidctlError(f"cannot create output directory {directory}: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        if existing == given:
+            raise ReidctlError(f"cannot write to {directory}: {exc.strerror}") from None
+        raise ReidctlError(f"cannot create output directory {directory}: {existing} takes no new files "
+                           f"({exc.strerror})") from None
+
+
+def check_output_path(path: Path) -> Path:
+    """Fail in one line, before any work, where ``path`` could not be written atomically later."""
     path = Path(path)
     if path.is_dir():
         raise ReidctlError(f"output {path} is a directory: give a file name")
     if path.exists() and not path.is_file():
         raise ReidctlError(f"output {path} is not a regular file")
     ensure_writable_dir(path.parent)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-    except OSError as exc:
-        raise ReidctlError(f"cannot write to {path.parent}: {exc.strerror}") from None
-    os.close(fd)
-    os.unlink(probe)
+    check_writable_dir(path.parent)
     return path
 
 

@@ -13,6 +13,14 @@ from reidctl.io.atomic import atomic_path
 VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}
 
 
+def video_fourcc(path: Path) -> str:
+    """The codec OpenCV writes a video file with, chosen by its extension; a one-line error for any other."""
+    fourcc = VIDEO_CODECS.get(Path(path).suffix.lower())
+    if fourcc is None:
+        raise ReidctlError(f"unsupported video extension '{Path(path).suffix}' (use {', '.join(VIDEO_CODECS)})")
+    return fourcc
+
+
 def synthetic_frame(index: int, size: tuple[int, int]) -> np.ndarray:
     """A uint8 BGR frame of ``size`` (height, width): noisy background, two moving person-sized shapes."""
     h, w = size
@@ -28,9 +36,7 @@ def synthetic_frame(index: int, size: tuple[int, int]) -> np.ndarray:
 def write_synthetic_video(path: Path, frames: int = 30, size: tuple[int, int] = (640, 640), fps: float = 30.0) -> Path:
     """Write a real video file (MJPG .avi, mp4v .mp4) with OpenCV, atomically."""
     path = Path(path)
-    fourcc = VIDEO_CODECS.get(path.suffix.lower())
-    if fourcc is None:
-        raise ReidctlError(f"unsupported video extension '{path.suffix}' (use {', '.join(VIDEO_CODECS)})")
+    fourcc = video_fourcc(path)
     with atomic_path(path) as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (size[1], size[0]))
         if not writer.isOpened():

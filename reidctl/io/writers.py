@@ -24,7 +24,7 @@ from reidctl.errors import ReidctlError
 from reidctl.io.atomic import AtomicFile, ensure_writable_dir
 from reidctl.io.formatting import jsonl_texts, mot_texts, track_rows
 from reidctl.io.sources import Frame
-from reidctl.io.synthetic import VIDEO_CODECS
+from reidctl.io.synthetic import video_fourcc
 
 
 @dataclass
@@ -223,9 +223,7 @@ class VideoWriter(FileWriter):
     draws = True
 
     def __init__(self, path: Path, fps: float | None):
-        fourcc = VIDEO_CODECS.get(Path(path).suffix.lower())
-        if fourcc is None:
-            raise ReidctlError(f"unsupported video extension '{Path(path).suffix}' (use {', '.join(VIDEO_CODECS)})")
+        fourcc = video_fourcc(path)
         super().__init__(path)
         self.fourcc, self.fps, self.writer, self.size = fourcc, fps or 30.0, None, None
 

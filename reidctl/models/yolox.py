@@ -218,7 +218,7 @@ class YOLOXHead(nn.Module):
 
 @functools.lru_cache(maxsize=32)
 def anchor_grids(
-    test_size: tuple[int, int], dtype: torch.dtype, device: torch.device
+    input_size: tuple[int, int], dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor-point grid (1, anchors, 2) and stride (1, anchors, 1) for an input size, cached on the device.
 
@@ -226,7 +226,7 @@ def anchor_grids(
     """
     grids, strides = [], []
     for stride in STRIDES:
-        h, w = test_size[0] // stride, test_size[1] // stride
+        h, w = input_size[0] // stride, input_size[1] // stride
         yv, xv = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         grids.append(torch.stack((xv, yv), 2).reshape(-1, 2))
         strides.append(torch.full((h * w, 1), stride))
@@ -237,7 +237,7 @@ def anchor_grids(
 
 
 def decode_predictions(
-    raw: torch.Tensor, test_size: tuple[int, int], grids: tuple[torch.Tensor, torch.Tensor] | None = None
+    raw: torch.Tensor, input_size: tuple[int, int], grids: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Raw head output (B, anchors, 5 + classes) -> centre/size in input pixels, scores untouched.
 
@@ -246,9 +246,9 @@ def decode_predictions(
     if grids is not None:
         grids, strides = grids
     elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        grids, strides = anchor_grids.__wrapped__(test_size, raw.dtype, raw.device)  # constants in the graph
+        grids, strides = anchor_grids.__wrapped__(input_size, raw.dtype, raw.device)  # constants in the graph
     else:
-        grids, strides = anchor_grids(test_size, raw.dtype, raw.device)
+        grids, strides = anchor_grids(input_size, raw.dtype, raw.device)
     xy = (raw[..., :2] + grids) * strides
     wh = torch.exp(raw[..., 2:4]) * strides
     return torch.cat([xy, wh, raw[..., 4:]], dim=-1)

@@ -194,14 +194,14 @@ class TritonRequests:
                 "(inputs, outputs, batching or parameters): give every server the same model repository"
             )
 
-    def check_input_size(self, test_size: tuple[int, int]) -> None:
+    def check_input_size(self, input_size: tuple[int, int]) -> None:
         """The model's fixed input size must be the Detector's letterbox size."""
         dims = self.input_shape[1:] if self.max_batch_size > 0 else self.input_shape
         height_width = dims[:2] if self.input_format == "canvas" else dims[1:3]
-        if all(d > 0 for d in height_width) and tuple(height_width) != tuple(test_size):
+        if all(d > 0 for d in height_width) and tuple(height_width) != tuple(input_size):
             raise ReidctlError(
                 f"model '{self.model_name}' takes {height_width[0]}x{height_width[1]} input but detection.test_size "
-                f"is {test_size[0]}x{test_size[1]}"
+                f"is {input_size[0]}x{input_size[1]}"
             )
 
     def check_thresholds(self, conf_threshold: float, nms_threshold: float) -> None:
@@ -509,11 +509,11 @@ class FrameSender:
     rows rescaled to its pixels (what a Detector over the Triton runner does for such a model). What a bench's client
     processes run: they only send frames, and torch would add its memory to each (docs/PERFORMANCE.md)."""
 
-    def __init__(self, requests: TritonRequests, test_size: tuple[int, int], conf_threshold: float):
-        self.requests, self.test_size, self.conf_threshold = requests, test_size, conf_threshold
+    def __init__(self, requests: TritonRequests, input_size: tuple[int, int], conf_threshold: float):
+        self.requests, self.input_size, self.conf_threshold = requests, input_size, conf_threshold
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
-        canvas, ratio = letterbox_frame(frame, self.test_size)
+        canvas, ratio = letterbox_frame(frame, self.input_size)
         return rescale(self.requests.infer_array(canvas[None]), [ratio], self.conf_threshold)[0]
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 reading, which context runs a batch, capture failures) everywhere, the CLI's errors without TensorRT, and real
 engine builds and runs where TensorRT and a GPU exist."""
 
+import enum
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.export.onnx import read_onnx
 from reidctl.export.tensorrt import (
     TENSORRT_INSTALL_HINT,
+    BuildProgress,
     TensorRTLog,
     batch_profile,
     check_engine_compatibility,
@@ -27,6 +29,7 @@ from reidctl.export.tensorrt import (
     read_timing_cache,
     sidecar_path,
     tensorrt_unavailable_reason,
+    torch_dtype,
 )
 from reidctl.io.atomic import write_text_atomic
 
@@ -114,6 +117,35 @@ def test_sidecar_round_trip(tmp_path, onnx_fp32):
     sidecar_path(engine).write_text("{not json")
     with pytest.raises(ReidctlError, match="det.trt.json is not valid JSON: rebuild the engine"):
         read_sidecar(engine)
+
+
+def test_tensorrt_tensor_types_map_to_torch_by_their_names():
+    # tensorrt.DataType is an enum read by its members' names, so an enum of the same names stands for it here
+    data_type = enum.Enum("DataType", ["FLOAT", "HALF", "BF16", "INT32", "INT64", "INT8", "UINT8", "BOOL", "FP8"])
+    assert [torch_dtype(t) for t in list(data_type)[:-1]] == [
+        torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.int8, torch.uint8, torch.bool,
+    ]
+    with pytest.raises(ReidctlError, match="^TensorRT tensor type FP8 is not supported$"):
+        torch_dtype(data_type.FP8)
+
+
+def test_build_engine_bar_keeps_the_build_and_lets_each_tensorrt_phase_go_once_over(capsys):
+    from reidctl.cli.export import build_bar
+
+    build = "TensorRT 10.9.0, fp16"
+    with build_bar(True) as show:
+        show(BuildProgress(build, None, 0, None))
+        show(BuildProgress("Building engine", build, 0, 3))
+        show(BuildProgress("Tactic search", "Building engine", 0, 40))
+        show(BuildProgress("Tactic search", "Building engine", 40, 40, ended=True))
+        show(BuildProgress("Building engine", build, 2, 3))
+        show(BuildProgress("Serializing", "Building engine", 1, 5))
+    build_line, building, serializing = capsys.readouterr().out.splitlines()  # the display as it ended
+    assert f"build-engine {build} " in build_line and " 0/? " in build_line  # steps unknown until it ends
+    assert "build-engine   Building engine " in building and " 2/3 " in building
+    assert "build-engine     Serializing " in serializing and " 1/5 " in serializing  # within Building engine
+    with build_bar(False) as show:
+        assert show is None  # --no-progress: build_engine hears nothing
 
 
 def test_tensorrt_log_keeps_errors_passes_warnings_once_and_drops_chatter():
@@ -261,8 +293,14 @@ def test_engine_build_and_detect(tmp_path, tensorrt_module, nano_checkpoint, fra
     onnx_path = export(nano_checkpoint, tmp_path / "m.onnx", fp16=fp16).path
     engine = tmp_path / "m.trt"
     cache = tmp_path / "timing.cache"
+    reports = []
     result = build_engine(onnx_path, engine, fp16=fp16, workspace_mib=1024, min_batch=1, opt_batch=2, max_batch=4,
-                          timing_cache=cache, show_progress=False)
+                          timing_cache=cache, on_progress=reports.append)
+    build = reports[0]
+    assert build.parent is None and build.phase.startswith(f"TensorRT {tensorrt_gpu.__version__}, ")
+    assert reports[-1] == BuildProgress(build.phase, None, 1, 1, ended=True)
+    phases = reports[1:-1]  # TensorRT's own, each ended once started
+    assert phases and {r.phase for r in phases if r.done == 0} == {r.phase for r in phases if r.ended}
     sidecar = read_sidecar(engine)
     assert sidecar == result.sidecar and cache.is_file()
     assert sidecar["tensorrt_version"] == tensorrt_module.__version__
@@ -303,13 +341,13 @@ def test_foreign_timing_cache_is_a_warning_and_replaced(tmp_path, tensorrt_modul
     cache.write_bytes(b"not a timing cache of this TensorRT and GPU")
     warnings = []
     build_engine(onnx_fp32, tmp_path / "m.trt", fp16=False, workspace_mib=1024, min_batch=1, opt_batch=1,
-                 max_batch=2, timing_cache=cache, show_progress=False, warn=warnings.append)
+                 max_batch=2, timing_cache=cache, warn=warnings.append)
     assert any(w.startswith(f"warning: timing cache {cache} cannot be used") for w in warnings)
     assert read_sidecar(tmp_path / "m.trt") is not None
     assert cache.read_bytes() != b"not a timing cache of this TensorRT and GPU"  # replaced by this GPU's timings
     warnings.clear()
     build_engine(onnx_fp32, tmp_path / "m2.trt", fp16=False, workspace_mib=1024, min_batch=1, opt_batch=1,
-                 max_batch=2, timing_cache=cache, show_progress=False, warn=warnings.append)
+                 max_batch=2, timing_cache=cache, warn=warnings.append)
     assert not any("timing cache" in w for w in warnings)  # its own cache is taken back without complaint
 
 
@@ -320,8 +358,7 @@ def test_alternating_batch_sizes_replay_their_own_graphs(tmp_path, tensorrt_modu
 
     onnx_path = export(nano_checkpoint, tmp_path / "m.onnx").path
     engine = tmp_path / "m.trt"
-    build_engine(onnx_path, engine, fp16=False, workspace_mib=1024, min_batch=1, opt_batch=2, max_batch=4,
-                 show_progress=False)
+    build_engine(onnx_path, engine, fp16=False, workspace_mib=1024, min_batch=1, opt_batch=2, max_batch=4)
     config = gpu_config(onnx_path, engine, nano_checkpoint, cuda_graph=True)
     with create_detector(config, "tensorrt") as trt_detector, create_detector(config, "onnxruntime") as reference:
         for count in (1, 4, 1, 4, 2):

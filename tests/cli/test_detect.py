@@ -12,10 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from helpers import make_checkpoint, needs_gpu, write_config, write_video
 from reidctl.cli import app
+from reidctl.io.sources import DEFAULT_TIMEOUT_S
 from reidctl.io.synthetic import synthetic_frame
 
 runner = CliRunner()
@@ -141,7 +143,7 @@ def expect_error(result, message):
         (["detect", ""], "empty source"),
         (["detect"], "no source given"),
         (["detect", "--sources", "{tmp}/missing.txt"], "sources file not found"),
-        (["detect", "{video}", "--mot", "/proc/out.txt"], "cannot write into output directory /proc"),
+        (["detect", "{video}", "--mot", "/proc/out.txt"], "cannot write to /proc: "),
         (["detect", "{video}", "--mot", "{tmp}"], "is a directory: with one source it names a file"),
         (["detect", "{video}", "--jsonl", "{tmp}"], "is a directory: give a file path"),
         (["detect", "{video}", "{video}", "--mot", "{tmp}/corrupt.png"], "with 2 cameras it names a directory"),
@@ -174,6 +176,12 @@ def test_help_is_the_manual():
     detect_help = invoke("detect", "--help").output
     for option in ("--backend", "--mot", "--jsonl", "--save-video", "--config", "--model", "--device"):
         assert option in detect_help
+
+
+def test_detect_waits_on_a_stream_as_long_as_the_sources_do_by_default():
+    detect = typer.main.get_command(app).commands["detect"]
+    (timeout,) = [option for option in detect.params if option.name == "timeout"]
+    assert timeout.default == DEFAULT_TIMEOUT_S
 
 
 def test_bad_output_is_refused_before_any_source_is_opened(tmp_path, small_config):

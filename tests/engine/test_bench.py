@@ -98,8 +98,8 @@ def _onnxruntime(config, tmp_path):
 
     onnx_path = tmp_path / "nano.onnx"
     model, spec = load_detection_model(config.detection)
-    export_onnx(model, spec, onnx_path, config.detection.input_size, show_progress=False)
-    yield _with_detection(config, tensorrt=dataclasses.replace(config.detection.tensorrt, onnx_path=str(onnx_path)))
+    export_onnx(model, spec, onnx_path, config.detection.input_size)
+    yield _with_detection(config, onnx_path=str(onnx_path))
 
 
 @contextlib.contextmanager
@@ -143,7 +143,7 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     assert name in PREPARE, f"backend '{name}' is registered but this test does not know how to prepare it"
     with PREPARE[name](load_config(small_config), tmp_path) as config:
         settings = BenchSettings([name], iters=4, warmup=1, cameras=[2], max_delay_ms=5.0)
-        report = run_bench(config, settings, show_progress=False)
+        report = run_bench(config, settings)
         with create_detector(config, name) as detector:
             modes = set(stream_modes(detector))
     (result,) = report.backends
@@ -160,7 +160,7 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
 
 def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_checkpoint):
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07 not a protobuf")
-    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "corrupt.onnx")})
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, onnx_path=str(tmp_path / "corrupt.onnx"))
     output = tmp_path / "bench.json"
     args = ("--iters", 2, "--warmup", 1, "--cameras", 1, "-c", config, "-o", output, "--no-progress")
     result = invoke("bench", "--backends", "onnxruntime,pytorch", *args)
@@ -174,7 +174,7 @@ def test_failed_backend_is_recorded_and_the_others_still_run(tmp_path, nano_chec
 
 def test_all_lists_backends_this_machine_lacks_without_failing(tmp_path, nano_checkpoint):
     # No ONNX file, no Triton server on this port (and no TensorRT here): 'all' measures what can run here.
-    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(tmp_path / "none.onnx")},
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, onnx_path=str(tmp_path / "none.onnx"),
                           triton={"url": f"localhost:{free_ports(1)[0]}"})  # fmt: skip
     output = tmp_path / "bench.json"
     result = invoke("bench", "--backends", "all", "--iters", 2, "--warmup", 0, "--cameras", 1, "-c", config,
@@ -335,7 +335,7 @@ def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_c
     config = load_config(path)
     with _triton(config, tmp_path) as config:
         settings = BenchSettings(["triton"], iters=8, warmup=0, cameras=[8])
-        (result,) = run_bench(config, settings, show_progress=False).backends
+        (result,) = run_bench(config, settings).backends
         assert result.status == "ok", result.reason
         assert result.multi_stream[0].latency.max_ms > 200  # slower than the configured timeout, and not failed
         with create_detector(config, "triton") as detector:  # the same load with the configured timeout only
@@ -351,7 +351,7 @@ def test_client_processes_split_the_cameras_and_the_server_serves_every_request(
     config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint))
     with _triton(config, tmp_path) as config:
         settings = BenchSettings(["triton"], iters=24, warmup=4, cameras=[3], client_processes=2)
-        report = run_bench(config, settings, show_progress=False)
+        report = run_bench(config, settings)
         unreachable = _with_detection(config, triton=dataclasses.replace(config.detection.triton, url="localhost:9"))
         with pytest.raises(ReidctlError, match="client process: .*localhost:9"):
             ClientProcesses(unreachable, "triton", [synthetic_frame(0, (128, 160))], 2)

@@ -64,8 +64,7 @@ def perturbed_onnx(tmp_path_factory, nano_checkpoint):
 
 
 def _onnx_config(config, onnx_path):
-    tensorrt = dataclasses.replace(config.detection.tensorrt, onnx_path=str(onnx_path))
-    return dataclasses.replace(config, detection=dataclasses.replace(config.detection, tensorrt=tensorrt))
+    return dataclasses.replace(config, detection=dataclasses.replace(config.detection, onnx_path=str(onnx_path)))
 
 
 def test_identical_export_passes_and_perturbed_one_is_flagged(small_config, onnx_fp32, perturbed_onnx, frames):
@@ -86,7 +85,7 @@ def test_identical_export_passes_and_perturbed_one_is_flagged(small_config, onnx
 def test_bench_parity_flags_the_backend_and_recommend_never_chooses_it(
     tmp_path, nano_checkpoint, perturbed_onnx, frames, video_file
 ):
-    config = write_config(tmp_path / "c.yaml", nano_checkpoint, tensorrt={"onnx_path": str(perturbed_onnx)})
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, onnx_path=str(perturbed_onnx))
     output = tmp_path / "bench.json"
     result = invoke(
         "bench",

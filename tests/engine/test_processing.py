@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import needs_gpu
+from reidctl.engine.device import PinnedStaging
 from reidctl.engine.frames import rescale
 from reidctl.engine.postprocess import select_detections
 from reidctl.engine.preprocess import bilinear_resize, letterbox, letterbox_frame, letterbox_into, normalize
@@ -148,6 +149,7 @@ def test_detect_canvases_refuses_canvases_of_another_size(small_config, frames):
     from reidctl.engine.detector import create_detector
 
     with create_detector(load_config(small_config)) as detector:
+        assert detector.input_size == (128, 160)  # the config's test_size
         canvas, ratio = letterbox_frame(frames[0], (64, 64))
         with pytest.raises(ReidctlError, match="canvases must be uint8 128x160x3"):
             detector.detect_canvases([canvas], [ratio])
@@ -173,4 +175,20 @@ def test_pinned_staging_buffer_reused_across_batches_on_gpu(tmp_path, nano_check
             assert [len(rows) for rows in got] == [len(rows) for rows in expected]
             for ours, theirs in zip(got, expected):
                 np.testing.assert_array_equal(ours, theirs)
-        assert detector._staging.is_pinned() and len(detector._staging) == 6  # grown once: 3, then 6
+        (buffer,) = detector._staging.buffers
+        assert buffer.is_pinned() and len(buffer) == 6  # grown twice: from 1 to 3, then 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: pinned memory")
+def test_pinned_staging_takes_its_buffers_in_turn_and_each_copy_is_whole():
+    """The Triton model's use: two buffers, requests of several frames joined into each batch."""
+    device = torch.device("cuda", 0)
+    staging = PinnedStaging((4, 5, 3), device, frames=2, buffers=2)
+    batches = [torch.randint(0, 256, (frames, 4, 5, 3), dtype=torch.uint8) for frames in (2, 1, 2, 3)]
+    # The third batch refills the first buffer, the fourth grows the second: earlier copies keep their frames.
+    copies = [staging.to_device(len(batch), lambda slots, b=batch: torch.cat([b[:1], b[1:]], out=slots))
+              for batch in batches]
+    for batch, (on_device, copied) in zip(batches, copies):
+        copied.synchronize()
+        assert on_device.device == device and torch.equal(on_device.cpu(), batch)
+    assert [len(buffer) for buffer in staging.buffers] == [2, 4] and all(b.is_pinned() for b in staging.buffers)

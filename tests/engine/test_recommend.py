@@ -393,12 +393,14 @@ def test_bench_files_of_schema_version_1_are_still_read(tmp_path):
     assert rec.choice == "pytorch" and verdicts(rec)["pytorch"].estimate.load == "closed"
 
 
-def test_onnxruntime_snippet_keeps_the_onnx_path(tmp_path):
+@pytest.mark.parametrize("section", ["detection", "tensorrt"])  # tensorrt: a record of the key before the move
+def test_onnxruntime_snippet_keeps_the_onnx_path(tmp_path, section):
     config = to_dict(Config())
-    config["detection"]["tensorrt"]["onnx_path"] = "models/x.onnx"
+    (config["detection"] if section == "detection" else config["detection"]["tensorrt"])["onnx_path"] = "models/x.onnx"
     bench = write_bench(tmp_path / "b.json", backend("onnxruntime", ("sequential", 1, 70.0, 20.0)))
     data = json.loads(bench.read_text())
     data["config"] = config
     bench.write_text(json.dumps(data))
     rec = recommend(Need(1, 30, 100), bench, {}, ALL_HERE)
-    assert yaml.safe_load(rec.config_snippet)["detection"]["tensorrt"]["onnx_path"] == "models/x.onnx"
+    snippet = yaml.safe_load(rec.config_snippet)["detection"]
+    assert snippet["onnx_path"] == "models/x.onnx" and "onnx_path" not in snippet["tensorrt"]

@@ -116,20 +116,33 @@ def test_raw_output_detects_the_same_as_decoded(tmp_path, nano_checkpoint, onnx_
 
 
 def test_failed_verification_writes_nothing(tmp_path, nano_checkpoint):
+    steps = []
     with pytest.raises(ReidctlError, match="ONNX Runtime disagrees with PyTorch: .*nothing written"):
-        export(nano_checkpoint, tmp_path / "m.onnx", fp16=True, tolerance=Tolerance(1e-7, 1e-7))
+        export(nano_checkpoint, tmp_path / "m.onnx", fp16=True, tolerance=Tolerance(1e-7, 1e-7),
+               on_progress=lambda *step: steps.append(step))
     assert list(tmp_path.iterdir()) == []
+    assert steps == [("tracing the model", 0, 4), ("simplifying (onnxslim)", 1, 4), ("checking the graph", 2, 4),
+                     ("verifying with ONNX Runtime", 3, 4)]  # and no "done": no file
 
 
 def test_cli_export_follows_config_and_prints_table(tmp_path, monkeypatch, nano_checkpoint):
     monkeypatch.chdir(tmp_path)
     onnx_path = Path("models/nano.onnx")
-    config = write_config(tmp_path / "config.yaml", nano_checkpoint, tensorrt={"onnx_path": str(onnx_path)})
+    config = write_config(tmp_path / "config.yaml", nano_checkpoint, onnx_path=str(onnx_path))
     result = invoke("export-onnx", "-c", config, "--no-progress")
     assert result.exit_code == 0, result.output
     for text in ("ONNX export", "models/nano.onnx", "fp32", "dynamic", "decoded", "Max abs diff", "Export time"):
         assert text in result.output
-    assert read_onnx(onnx_path).metadata.model_type == "nano"
+    assert read_onnx(onnx_path).metadata.model_type == "nano" and "deprecated" not in result.stderr
+
+    # The key before detection.onnx_path: still followed, with a warning. The bar ends at its last step.
+    old_key = write_config(tmp_path / "old.yaml", nano_checkpoint, tensorrt={"onnx_path": "models/old.onnx"})
+    result = invoke("export-onnx", "-c", old_key, "--no-simplify")
+    assert result.exit_code == 0, result.output
+    (bar,) = [line for line in result.stdout.splitlines() if " export-onnx " in line]
+    assert " 3/3 done " in bar
+    assert read_onnx(Path("models/old.onnx")).metadata.model_type == "nano"
+    assert "config key 'detection.tensorrt.onnx_path' is deprecated: use 'detection.onnx_path'" in result.stderr
 
     engine_named = tmp_path / "engines" / "det.trt"
     config = write_config(tmp_path / "c2.yaml", nano_checkpoint, tensorrt={"engine_path": str(engine_named)})

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from reidctl.cli import app
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import check_output_path
+from reidctl.io.atomic import check_output_path, check_writable_dir
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,15 @@ def test_a_writable_path_passes_and_leaves_no_probe(tmp_path):
     assert list(target.parent.iterdir()) == []
     with pytest.raises(ReidctlError, match="is a directory"):
         check_output_path(target.parent)
+
+
+def test_a_missing_output_directory_is_probed_at_its_nearest_ancestor_and_not_made(tmp_path):
+    check_writable_dir(tmp_path / "new" / "deeper")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ReidctlError, match=r"cannot create output directory .*/file/d: .*/file is a file$"):
+        check_writable_dir(tmp_path / "file" / "d")
+    with pytest.raises(ReidctlError, match=r"^cannot create output directory /proc/x/y: /proc takes no new files \("):
+        check_writable_dir(Path("/proc/x/y"))
+    with pytest.raises(ReidctlError, match=r"^cannot write to /proc: "):
+        check_writable_dir(Path("/proc"))

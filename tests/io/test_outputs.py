@@ -18,7 +18,8 @@ from reidctl.config import load_config
 from reidctl.engine.pipeline import CameraOutputs, OutputPlan, OutputRequest, Outputs, run_detect
 from reidctl.errors import ReidctlError
 from reidctl.io.sources import Frame, camera_specs
-from reidctl.io.synthetic import synthetic_frame
+from reidctl.errors import ReidctlError
+from reidctl.io.synthetic import synthetic_frame, video_fourcc, write_synthetic_video
 from reidctl.io.writers import FinishedFrame, ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
 
@@ -122,6 +123,15 @@ def test_images_of_one_folder_never_overwrite_each_other(tmp_path, small_config)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["p1.jpg.jpg", "p1.png.jpg", "p2.jpg.jpg",
                                                                     "p2.png.jpg"]
+
+
+def test_every_video_writer_refuses_an_extension_without_a_codec_and_writes_nothing(tmp_path):
+    for opens in (lambda path: VideoWriter(path, 30.0), write_synthetic_video):
+        with pytest.raises(ReidctlError, match=r"^unsupported video extension '\.gif' \(use \.avi, \.mp4, \.mkv\)$"):
+            opens(tmp_path / "v.gif")
+    assert list(tmp_path.iterdir()) == []
+    clip = write_synthetic_video(tmp_path / "clip.MP4", frames=2, size=(64, 64))  # an extension's case is no matter
+    assert video_fourcc(clip) == "mp4v" and cv2.VideoCapture(str(clip)).get(cv2.CAP_PROP_FRAME_COUNT) == 2
 
 
 def test_discarded_images_leave_nothing(tmp_path):

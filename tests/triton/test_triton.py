@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 import yaml
@@ -29,9 +30,10 @@ from helpers import SMALL_TEST_SIZE, assert_same_detections, free_ports, make_ch
 from reidctl.cli import app
 from reidctl.config import load_config, override
 from reidctl.engine.detector import create_detector
+from reidctl.engine.device import TORCH_DTYPES
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
-from reidctl.triton.client import grpc_key_headers, metric_batch_counts
+from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_batch_counts
 from reidctl.triton.watchdog import python_stubs
 from reidctl.triton.repository import (
     PYTHON_MODEL,
@@ -138,6 +140,12 @@ def triton_server(tmp_path_factory, triton_cache, nano_config):
 
 
 # -- the repository ----------------------------------------------------------------------------------------------
+def test_every_input_type_the_client_accepts_has_a_torch_type():
+    assert {name: TORCH_DTYPES.get(name) for name in SUPPORTED_INPUTS} == {
+        "UINT8": torch.uint8, "FP16": torch.float16, "FP32": torch.float32,
+    }
+
+
 def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_checkpoint):
     engine = tmp_path / "yolox_nano.trt"
     engine.write_bytes(b"serialized engine bytes")

@@ -53,6 +53,7 @@ from torch.utils.dlpack import to_dlpack  # noqa: E402
 
 from reidctl.backends.pytorch import make_runner  # noqa: E402
 from reidctl.config import override  # noqa: E402
+from reidctl.engine.device import PinnedStaging  # noqa: E402
 from reidctl.engine.postprocess import DETECTION_COLUMNS, select_detections  # noqa: E402
 from reidctl.triton.repository import (  # noqa: E402
     BATCH_METRIC,
@@ -66,27 +67,6 @@ from reidctl.triton.repository import (  # noqa: E402
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 BATCHES_IN_FLIGHT = 2  # one batch's model runs while the one before it is finished (NMS, responses)
 WAITING_BATCHES = 2  # `execute` holds its requests (and Triton queues the next) while this many full batches wait
-
-
-class _Staging:
-    """Pinned host buffers, each reused once its copy to the GPU is done."""
-
-    def __init__(self, count: int, shape: tuple[int, ...], device: torch.device):
-        self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
-        self.copied: list[torch.cuda.Event | None] = [None] * count
-        self.device = device
-        self.turn = 0
-
-    def to_device(self, frames: list[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event]:
-        """The frames as one device tensor, copied on the current stream, and the event that marks the copy done."""
-        index, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
-        if self.copied[index] is not None:
-            self.copied[index].synchronize()
-        staged = torch.cat(frames, out=self.buffers[index][: sum(len(f) for f in frames)])
-        batch = staged.to(self.device, non_blocking=True)
-        self.copied[index] = torch.cuda.Event()
-        self.copied[index].record()
-        return batch, self.copied[index]
 
 
 @dataclass
@@ -141,7 +121,7 @@ class TritonPythonModel:
             # Host work here is the staging copy: a few threads copy a batch faster than one (docs/PERFORMANCE.md),
             # while a full pool of spinning OpenMP threads would take cores from the clients.
             torch.set_num_threads(4)
-            self.staging = _Staging(2, (self.max_batch, height, width, 3), device)
+            self.staging = PinnedStaging((height, width, 3), device, frames=self.max_batch, buffers=2)
             # Frames go to the GPU while a batch runs; one batch's NMS overlaps the next batch's model.
             self.copy_stream, self.model_stream, self.finish_stream = (torch.cuda.Stream(device) for _ in range(3))
         if self.runner.use_cuda_graph:
@@ -180,7 +160,9 @@ class TritonPythonModel:
                     staged, copied = torch.cat(frames), None
                 else:
                     with torch.cuda.stream(self.copy_stream):
-                        staged, copied = self.staging.to_device(frames)
+                        staged, copied = self.staging.to_device(
+                            sum(len(f) for f in frames), lambda slots: torch.cat(frames, out=slots)
+                        )
         except Exception as exc:  # every request gets the failure instead of the server seeing a crash
             _fail(senders, exc)
             return None

@@ -1,8 +1,8 @@
-"""Batched greedy NMS (reidctl.engine.nms, Triton kernels) against torchvision.ops.batched_nms.
+"""Batched greedy NMS (reidctl.engine.nms_kernels, Triton-language kernels) against torchvision.ops.batched_nms.
 
-Without a GPU the kernels run in Triton's interpreter, which is chosen when a kernel is defined, so TRITON_INTERPRET=1
-must be set before reidctl.engine.nms is imported: one subprocess per module runs every case and returns the kept
-anchors. With CUDA, the same comparison runs at full size (8 frames of 8,400 anchors).
+Without a GPU the kernels run in the Triton language's interpreter, which is chosen when a kernel is defined, so
+TRITON_INTERPRET=1 must be set before reidctl.engine.nms_kernels is imported: one subprocess per module runs every
+case and returns the kept anchors. With CUDA, the same comparison runs at full size (8 frames of 8,400 anchors).
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ ROOT = Path(__file__).resolve().parents[2]
 INTERPRETER_RUN = """
 import sys
 import torch
-from reidctl.engine import nms
+from reidctl.engine import nms_kernels
 from reidctl.engine.postprocess import select_detections
 
 cases = torch.load(sys.argv[1])
 results = {}
 for name, case in cases.items():
-    nms.SCAN_CHUNK = case.get("chunk", 4)
+    nms_kernels.SCAN_CHUNK = case.get("chunk", 4)
     if "predictions" in case:
-        selection = select_detections(case["predictions"], case["conf"], case["iou"], method="triton")
+        selection = select_detections(case["predictions"], case["conf"], case["iou"], method="kernels")
         results[name] = {"rows": selection.rows, "candidates": selection.candidates}
         continue
-    kept = nms.batched_greedy_nms(case["boxes"], case["scores"], case["classes"], case["conf"], case["iou"])
+    kept = nms_kernels.batched_greedy_nms(case["boxes"], case["scores"], case["classes"], case["conf"], case["iou"])
     results[name] = {
         "kept": [kept.order[b][kept.keep[b]].tolist() for b in range(len(kept.keep))],
         "candidates": kept.candidates.tolist(),
@@ -146,7 +146,7 @@ def cases() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def interpreted(cases, tmp_path_factory) -> dict[str, dict]:
-    """Every case through the Triton kernels in the interpreter, on the CPU."""
+    """Every case through the kernels in the Triton language's interpreter, on the CPU."""
     folder = tmp_path_factory.mktemp("nms")
     torch.save(cases, folder / "cases.pt")
     python_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -234,7 +234,7 @@ def full_size_predictions(frames: int, load: str, seed: int = 0) -> torch.Tensor
 @pytest.mark.parametrize("load", ["worst", "crowd"])
 def test_full_size_batch_on_gpu_matches_torchvision(load):
     predictions = full_size_predictions(8, load)
-    ours = select_detections(predictions, 0.01, 0.7, method="triton")
+    ours = select_detections(predictions, 0.01, 0.7, method="kernels")
     expected = select_detections(predictions, 0.01, 0.7, method="torchvision")
     assert ours.candidates == expected.candidates == [8400] * 8
     assert ours.kept == expected.kept

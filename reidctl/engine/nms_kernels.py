@@ -2,7 +2,7 @@
 
 ``torchvision.ops.nms`` walks its suppression mask one box at a time in a single thread block: 8,400 sequential
 steps for a YOLOX frame whose every anchor passes the threshold, and ``batched_nms`` loops over groups in Python
-above 5,000 boxes. Here the work is split in two Triton kernels over the dense (frames, anchors) layout:
+above 5,000 boxes. Here the work is split in two Triton-language kernels over the dense (frames, anchors) layout:
 
 1. ``_suppression_mask_kernel``: for each frame, in 64x64 tiles of score-sorted candidates, bit j of word
    ``mask[b, i, j // 64]`` says that candidate i suppresses candidate j (j after i, same class, IoU > threshold).
@@ -57,7 +57,7 @@ def batched_greedy_nms(
     """Class-aware greedy NMS of (B, A, 4) x1y1x2y2 boxes, (B, A) scores and class ids, per frame.
 
     Anchors scored below ``score_threshold`` are not candidates. Runs on CUDA tensors (or on CPU tensors when
-    Triton's interpreter is enabled with TRITON_INTERPRET=1).
+    the Triton language's interpreter is enabled with TRITON_INTERPRET=1).
     """
     batch, anchors = scores.shape
     device = scores.device
