@@ -297,7 +297,7 @@ def test_engine_build_and_detect(tmp_path, tensorrt_module, nano_checkpoint, fra
     result = build_engine(onnx_path, engine, fp16=fp16, workspace_mib=1024, min_batch=1, opt_batch=2, max_batch=4,
                           timing_cache=cache, on_progress=reports.append)
     build = reports[0]
-    assert build.parent is None and build.phase.startswith(f"TensorRT {tensorrt_gpu.__version__}, ")
+    assert build.parent is None and build.phase.startswith(f"TensorRT {tensorrt_module.__version__}, ")
     assert reports[-1] == BuildProgress(build.phase, None, 1, 1, ended=True)
     phases = reports[1:-1]  # TensorRT's own, each ended once started
     assert phases and {r.phase for r in phases if r.done == 0} == {r.phase for r in phases if r.ended}

@@ -18,7 +18,6 @@ from reidctl.config import load_config
 from reidctl.engine.pipeline import CameraOutputs, OutputPlan, OutputRequest, Outputs, run_detect
 from reidctl.errors import ReidctlError
 from reidctl.io.sources import Frame, camera_specs
-from reidctl.errors import ReidctlError
 from reidctl.io.synthetic import synthetic_frame, video_fourcc, write_synthetic_video
 from reidctl.io.writers import FinishedFrame, ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 
