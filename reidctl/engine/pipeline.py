@@ -535,12 +535,14 @@ def run_detect(
     warn: Warn = print,
     on_update: Callable[[dict], None] | None = None,
     detector: Detector | DetectorPool | None = None,
+    sources: list[FrameSource] | None = None,
 ) -> DetectResult:
     """Detect on every camera until each has ended or the run stops; publish every finished frame either way.
 
     ``warn`` takes warning lines; ``on_update`` gets the live statistics about every half second (main thread).
     ``detector``: one the caller made and keeps (runs one after another share it), else one of ``config`` is made
-    and closed here. Errors before the first frame (a source that cannot be opened, a bad output path, a backend
+    and closed here. ``sources``: one open source per spec (bench's frames in memory), played instead of opening
+    the specs' sources. Errors before the first frame (a source that cannot be opened, a bad output path, a backend
     that cannot run) raise a ReidctlError and write nothing.
     """
     owned = detector is None
@@ -550,7 +552,8 @@ def run_detect(
         warn(f"warning: detection.conf_threshold {config.detection.conf_threshold:g} is above tracking.low_thresh "
              f"{config.tracking.low_thresh:g}: the second association (low-score boxes) gets no detections")
     input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
-    sources = open_cameras(specs, options.timeout_s, input_warn, options.strict)
+    if sources is None:
+        sources = open_cameras(specs, options.timeout_s, input_warn, options.strict)
     hub = Hub()
     cameras = [
         Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,
