@@ -115,7 +115,7 @@ class DetectResult:
     summary: dict
     written: list[Path] = field(default_factory=list)
     stopped: str | None = None  # None: every camera ended; "interrupted", "terminated", or the error's message
-    latencies: list[float] = field(default_factory=list)  # seconds, every finished frame: decoded -> detections
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # seconds per camera: each frame decoded -> done
 
     @property
     def failed(self) -> bool:
@@ -632,6 +632,6 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     if plan.summary_json:
         write_text_atomic(plan.summary_json, json.dumps(summary, indent=2))
         written.append(plan.summary_json)
-    latencies = [seconds for camera in cameras for seconds in camera.latencies]
+    latencies = {camera.name: list(camera.latencies) for camera in cameras}
     return DetectResult(summary, written, stopped, latencies), any(worker.is_alive() for worker in workers)
 
