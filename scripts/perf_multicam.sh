@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Many cameras in one `reidctl detect` on the GPU: 16 generated 1080p MPEG-4 clips as 16 cameras, in real time at
-# 30 FPS and as fast as the detector goes (with `reidctl bench`'s micro-batched 16-camera figure on the same frames
+# 30 FPS and as fast as the detector goes (with `reidctl bench`'s in-process 16-camera figure on the same frames
 # in the same run), 4 cameras in real time through the bundled Triton server, one camera alone, and decoding.
 # Run after `source scripts/gpu_setup.sh`; each step is bounded and logged, a failed step does not stop the others.
 # Usage: scripts/perf_multicam.sh OUT_DIR   (FRAMES per clip at 30 FPS; SIZE, DEVICE and MODEL, e.g.

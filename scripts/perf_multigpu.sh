@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Scale-out on one host: 16 and 32 cameras on one GPU and on two, in the same run — `reidctl bench`'s micro-batcher
+# Scale-out on one host: 16 and 32 cameras on one GPU and on two, in the same run — `reidctl bench`'s pipeline runs
 # (closed loop) in process, then the bundled Triton server with an instance on GPU 0 only and on every GPU — and one
 # `reidctl detect` of 32 generated 1080p cameras spread over both GPUs. Run after `source scripts/gpu_setup.sh` on a
 # host with two GPUs; each step is bounded and logged, a failed step does not stop the others.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The deployment's pipeline on the GPU, per detection load: `reidctl detect` of N generated 1080p MPEG-4 clips as N
 # cameras, in real time at 30 FPS and flat out, with the MOT and JSON-lines outputs on (and flat out without any), beside
-# `reidctl bench --source`'s micro-batched figure on the same frames in the same run; the same cameras through the
+# `reidctl bench --source`'s in-process figure on the same frames in the same run; the same cameras through the
 # bundled Triton server. Run after `source scripts/gpu_setup.sh`; each step is bounded and logged, a failed step does
 # not stop the others. Usage: scripts/perf_pipeline.sh OUT_DIR PART
 #   PART pytorch: idle and crowd (LOADS) through PyTorch with torch.compile, and the worst load flat out

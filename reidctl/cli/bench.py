@@ -47,7 +47,9 @@ EXIT_VERIFY_FAILED = 1  # a measured FAIL; bad input exits 2
 JitterOpt = Annotated[
     float,
     typer.Option(
-        "--jitter", help="Open loop: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter < 1)."
+        "--jitter",
+        help="Open loop through a server: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter "
+        "< 1). In-process runs play their cameras at a fixed rate, as `detect --realtime` does.",
     ),
 ]
 
@@ -97,8 +99,8 @@ def _several_devices(report: BenchReport) -> bool:
 
 def _multi_table(report: BenchReport) -> Table:
     table = Table(
-        title="Multi-Stream Results, closed loop (saturation: a camera sends its next frame when its result "
-        "is back), latency per request in ms"
+        title="Multi-Stream Results, closed loop (saturation: a camera's next frame follows its last one), "
+        "latency per request in ms"
     )
     per_device = _several_devices(report)
     columns = ("Backend", "Mode", "Cameras", "Total FPS", *(("FPS per Device",) if per_device else ()),
@@ -127,8 +129,9 @@ def _multi_table(report: BenchReport) -> Table:
 def _open_loop_table(report: BenchReport) -> Table:
     budget = report.settings.get("latency_ms")
     table = Table(
-        title=f"Open Loop Results: each camera sends on its own clock; latency in ms from a frame's send "
-        f"time; late: over {budget:g} ms; dropped: due while the camera's last frame was in flight"
+        title=f"Open Loop Results: each camera sends at its rate; latency in ms from a frame's send time (pipeline: "
+        f"from its reader having it); late: over {budget:g} ms; dropped: due while the camera's last frame was in "
+        "flight (pipeline: replaced by the camera's next frame before a batch took it)"
     )
     columns = (
         "Backend",
@@ -211,7 +214,7 @@ def _backend_table(report: BenchReport) -> Table:
 @command(
     "bench",
     "Measure every backend on this machine: single- and multi-stream latency (avg/min/max/std/P50/P95/P99), FPS and "
-    "GPU memory.",
+    "GPU memory; in process the cameras go through `reidctl detect`'s pipeline.",
 )
 def bench(
     backends: Annotated[
@@ -223,7 +226,14 @@ def bench(
     iters: Annotated[
         int, typer.Option("--iters", help="Measured requests per run (single stream, each camera count and mode).")
     ] = 1000,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed requests before each run.")] = 100,
+    warmup: Annotated[
+        int,
+        typer.Option(
+            "--warmup",
+            help="Untimed requests before each run (in-process multi-stream runs: a first, unrecorded run of "
+            "detect's pipeline).",
+        ),
+    ] = 100,
     cameras: Annotated[
         str, typer.Option("--cameras", help="Concurrent camera counts for the multi-stream runs, e.g. 1,4,16.")
     ] = "1,4",
@@ -232,30 +242,29 @@ def bench(
         typer.Option(
             "--source",
             "-s",
-            help="Video file, image or image folder to take frames from (up to 64, cycled). Default: synthetic frames.",
+            help="Video file, image or image folder to take frames from (up to 64, decoded before any run and "
+            "cycled). Default: synthetic frames.",
         ),
     ] = None,
     frame_size: Annotated[
         Optional[str], typer.Option("--frame-size", help="Synthetic frame size HEIGHTxWIDTH (default: the test size).")
     ] = None,
     max_batch: Annotated[
-        int, typer.Option("--max-batch", help="Largest batch the in-process micro-batcher forms.")
-    ] = 8,
-    max_delay_ms: Annotated[
-        float,
+        Optional[int],
         typer.Option(
-            "--max-delay-ms",
-            help="How long the micro-batcher waits for more frames after the first, in ms (0: take what is waiting; "
-                 "under load frames queue while the GPU works, so batches form by themselves).",
+            "--max-batch",
+            min=1,
+            help="Largest batch of the in-process multi-stream runs, as `detect --max-batch` (default: detect's, the "
+            "cameras shared by the devices, at most 16).",
         ),
-    ] = 0.0,
+    ] = None,
     fps: Annotated[
         Optional[float],
         typer.Option(
             "--fps",
-            help="Open loop: each camera sends frames at this rate on its own clock (a fixed period), for every"
-            " camera"
-            " count of --cameras; late and dropped frames are counted.",
+            help="Open loop: each camera sends frames at this rate, for every camera count of --cameras (in "
+            "process: detect's pipeline with the cameras in real time, as `detect --realtime`; through a server: a "
+            "client thread per camera on its own clock); late and dropped frames are counted.",
         ),
     ] = None,
     seconds: Annotated[
@@ -336,7 +345,6 @@ def bench(
         source=source,
         frame_size=tuple(parse_size(frame_size)) if frame_size else None,
         max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
         fps=fps,
         seconds=seconds,
         latency_ms=latency_ms,

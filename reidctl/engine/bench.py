@@ -3,13 +3,17 @@
 Per backend:
   single stream   one frame in host memory -> (N, 7) on the host, back to back: end to end, then a second pass
                   with per-stage timing (it synchronises the GPU between stages, so it is not the end-to-end figure);
-  multi stream    N cameras in a closed loop (each submits its next frame when its result is back): saturation,
+  multi stream    N cameras in a closed loop (each camera's next frame follows its last one): saturation,
                   "sequential"  one thread serves the cameras round-robin, one frame at a time (the reference's mode);
-                  "batched"     N camera threads share an in-process MicroBatcher (in-process runners);
+                  "pipeline"    `reidctl detect`'s pipeline (in-process runners): the frames, held in memory, played
+                                as N cameras (each from a frame of its own) by its readers, which letterbox them
+                                (nothing is decoded), its batch loops and its output stage with no output;
                   "concurrent"  N client threads call the runner at once and the server batches (remote runners);
-  open loop       N cameras at F FPS each on their own clock (``--fps``), through the batcher or the server as
-                  above: achieved FPS, latency from each frame's send time, frames late and frames dropped (a
-                  camera whose previous frame is still in flight drops the next one: nothing queues without bound);
+  open loop       N cameras at F FPS each (``--fps``): in process detect's pipeline as above with the cameras in real
+                  time (``detect --realtime``: a frame that no batch took before the camera's next one is dropped);
+                  through a server, client threads on their own clocks (a camera whose previous frame is still in
+                  flight drops the next one): achieved FPS, latency, frames late and frames dropped (nothing queues
+                  without bound);
   parity          (``--parity``, parity.py) every backend and precision's detections against PyTorch fp32;
   memory          the runner's peak accelerator memory.
 A backend that cannot run here is listed with the reason; one that fails is recorded as failed and the rest still run.
@@ -29,7 +33,6 @@ import platform
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +43,6 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from reidctl.config import Config, to_dict
-from reidctl.engine.batcher import MicroBatcher
 from reidctl.engine.clients import ClientProcesses, Tick, closed_loop
 from reidctl.engine.bench_report import (
     DEFAULT_BENCH_PATH,
@@ -53,10 +55,11 @@ from reidctl.engine.bench_report import (
 )
 from reidctl.engine.detector import Detector, DetectorPool, StageTimes, available_backends, create_detector, get_backend
 from reidctl.engine.device import gpu_description, resolve_devices
+from reidctl.engine.pipeline import DetectOptions, DetectResult, OutputRequest, run_detect
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import BackendUnavailable, ReidctlError, Terminated, describe_error, first_line
 from reidctl.io.atomic import check_output_path
-from reidctl.io.sources import open_source
+from reidctl.io.sources import CameraSpec, MemorySource, open_source
 from reidctl.io.synthetic import synthetic_frame
 
 MAX_SOURCE_FRAMES = 64  # frames held in host memory and cycled; decoding never counts in a latency
@@ -173,32 +176,100 @@ def measure_sequential(
     return StreamResult("sequential", cameras, iters, wall, iters / wall, LatencySummary.from_samples(samples))
 
 
-def warm_batch_sizes(
-    detector: Detector | DetectorPool, frames: Sequence[np.ndarray], max_batch: int, cameras: int
-) -> None:
-    """Every batch size a run of ``cameras`` can form, once on each device: one-off costs (e.g. CUDA-graph
-    capture) stay out."""
-    for one in detector.members:
-        for size in range(2, min(max_batch, cameras) + 1):
-            one.detect_batch([frames[i % len(frames)] for i in range(size)])
+def split_frames(total: int, cameras: int) -> list[int]:
+    """``total`` frames shared out over the cameras, the first ones taking one more where it does not divide."""
+    return [total // cameras + (camera < total % cameras) for camera in range(cameras)]
 
 
-def measure_batched(
-    detector: Detector, frames: Sequence[np.ndarray], cameras: int, settings: BenchSettings, tick: Tick
-) -> StreamResult:
-    warm_batch_sizes(detector, frames, settings.max_batch, cameras)
-    batcher = MicroBatcher(detector, settings.max_batch, settings.max_delay_ms)
-    with batcher:
-        serve = lambda frame: batcher.submit(frame).result()  # noqa: E731
-        closed_loop(serve, frames, cameras, settings.warmup, tick)
-        batcher.batch_sizes.clear()  # the workers are idle: every warm-up future has been answered
-        shares = detector.device_shares()
-        latencies, wall = closed_loop(serve, frames, cameras, settings.iters, tick)
-        sizes = dict(Counter(batcher.batch_sizes))
-    summary = LatencySummary.from_samples(latencies)
-    result = StreamResult("batched", cameras, len(latencies), wall, len(latencies) / wall, summary, sizes)
-    result.per_device = detector.device_shares(since=shares)
+def play_in_pipeline(
+    config: Config,
+    detector: Detector | DetectorPool,
+    frames: Sequence[np.ndarray],
+    counts: Sequence[int],
+    max_batch: int | None,
+    tick: Tick,
+    fps: float | None = None,
+) -> DetectResult:
+    """`reidctl detect`'s pipeline, no output, on ``frames`` played as one camera per count (``counts[i]`` frames
+    each): as fast as the batches take them, or with ``fps`` in real time at that rate. A stop (Ctrl-C, SIGTERM)
+    raises again once the run has ended; a failed run is an error."""
+    sources = [MemorySource(frames, count, phase=camera, fps=fps) for camera, count in enumerate(counts)]
+    specs = [CameraSpec(f"cam{camera + 1}", source.description) for camera, source in enumerate(sources)]
+    options = DetectOptions(realtime=fps is not None, max_batch=max_batch)
+    ticked = 0
+
+    def advance(statistics: dict) -> None:
+        nonlocal ticked
+        for _ in range(statistics["frames"] - ticked):
+            tick()
+        ticked = statistics["frames"]
+
+    bench_load = detector.load  # run_detect counts the load of its own frames: added to the bench's afterwards
+    try:
+        done = run_detect(config, specs, OutputRequest(no_output=True), options, on_update=advance,
+                          detector=detector, sources=sources)  # fmt: skip
+    finally:
+        run_load, detector.load = detector.load, bench_load
+    bench_load.merge(run_load)
+    advance(done.summary)
+    if done.stopped in ("interrupted", "terminated"):
+        raise Terminated() if done.stopped == "terminated" else KeyboardInterrupt()
+    if done.failed:
+        raise ReidctlError(f"detect's pipeline failed: {done.stopped}")
+    return done
+
+
+def pipeline_result(done: DetectResult, fps: float | None = None, latency_ms: float | None = None) -> StreamResult:
+    """A `run_detect` run as a bench record (mode "pipeline"): a closed loop, or with ``fps`` an open-loop run of
+    cameras at that rate, a frame answered later than ``latency_ms`` being late. Latency runs from the moment a
+    camera's reader had the frame."""
+    summary = done.summary
+    latencies = [seconds for camera in done.latencies.values() for seconds in camera]
+    wall = summary["wall_seconds"]
+    sizes = {int(size): count for size, count in (summary["batch_sizes"] or {}).items()}
+    result = StreamResult(
+        "pipeline", len(summary["cameras"]), len(latencies), wall, summary["frames"] / wall if wall else 0.0,
+        LatencySummary.from_samples(latencies) if latencies else NOTHING_SERVED, sizes or None,
+        per_device=summary.get("per_device"),
+    )  # fmt: skip
+    if fps is None:
+        return result
+    budget_s = latency_ms / 1000.0
+    result.per_camera = [
+        CameraStats(
+            camera=index,
+            due=camera["frames"] + camera["dropped"],  # every frame the camera played: detected or dropped
+            served=camera["frames"],
+            dropped=camera["dropped"],
+            late=sum(seconds > budget_s for seconds in done.latencies[camera["name"]]),
+            achieved_fps=camera["fps"] or 0.0,
+            p50_ms=camera["latency_ms"]["p50"],
+            p95_ms=camera["latency_ms"]["p95"],
+            p99_ms=camera["latency_ms"]["p99"],
+        )
+        for index, camera in enumerate(summary["cameras"])
+    ]
+    result.load, result.fps_per_camera, result.latency_budget_ms = "open", fps, latency_ms
+    result.dropped = summary["dropped"]
+    result.late = sum(camera.late for camera in result.per_camera)
     return result
+
+
+def measure_pipeline(
+    detector: Detector | DetectorPool,
+    frames: Sequence[np.ndarray],
+    cameras: int,
+    settings: BenchSettings,
+    tick: Tick,
+    config: Config,
+) -> StreamResult:
+    """``cameras`` cameras through detect's pipeline as fast as it takes their frames: the warm-up frames in a first
+    run, unrecorded, then the measured frames (each run also starts with detect's own warm-up of one-off costs, e.g.
+    a CUDA graph per batch size)."""
+    if settings.warmup:
+        play_in_pipeline(config, detector, frames, split_frames(settings.warmup, cameras), settings.max_batch, tick)
+    done = play_in_pipeline(config, detector, frames, split_frames(settings.iters, cameras), settings.max_batch, tick)
+    return pipeline_result(done)
 
 
 def _settled_batch_counts(detector: Detector) -> dict[int, int] | None:
@@ -248,8 +319,7 @@ def measure_concurrent(
     return StreamResult("concurrent", cameras, len(latencies), wall, len(latencies) / wall, summary, sizes)
 
 
-MODES = {"sequential": measure_sequential, "batched": measure_batched, "concurrent": measure_concurrent}
-OPEN_LOOP_WARMUP_S = 0.5  # each open-loop run starts with this much unrecorded load (the batcher's first batches)
+OPEN_LOOP_WARMUP_S = 0.5  # each open-loop run starts with this much unrecorded load (the first batches)
 REMOTE_WARMUP_ROUNDS = 5  # closed-loop requests per camera a server gets before an open-loop run
 
 
@@ -261,7 +331,9 @@ class OpenLoopLoad:
     fps: float
     seconds: float
     latency_ms: float  # budget: answered later than this is late
-    jitter: float = 0.0  # each send time moves by a uniform +-jitter/2 of the period (seeded per camera)
+    # Each send time moves by a uniform +-jitter/2 of the period (seeded per camera); client threads only: detect's
+    # readers play at a fixed rate.
+    jitter: float = 0.0
     warmup_s: float = OPEN_LOOP_WARMUP_S
 
 
@@ -355,41 +427,37 @@ def open_loop(
     return [stats for stats, _ in results], [sample for _, samples in results for sample in samples]
 
 
-@contextlib.contextmanager
-def serving(detector: Detector, frames: Sequence[np.ndarray], max_batch: int, max_delay_ms: float, cameras: int):
-    """How cameras reach ``detector``: a remote runner is called from each camera's thread (its server batches);
-    an in-process one through a MicroBatcher, its batch sizes up to ``cameras`` run once first. A server first
-    gets a few closed-loop rounds from ``cameras`` threads: its one-off costs at a new concurrency (e.g. the python
-    backend growing its shared memory for larger batches) must not count as dropped frames.
-    Yields (mode, serve, batch sizes seen so far)."""
-    if detector.runner.batches_remotely:
-        closed_loop(detector.detect, frames, cameras, REMOTE_WARMUP_ROUNDS * cameras, lambda: None)
-        before = _settled_batch_counts(detector)
-        yield "concurrent", detector.detect, lambda: _batches_since(before, _settled_batch_counts(detector))
-        return
-    warm_batch_sizes(detector, frames, max_batch, cameras)
-    with MicroBatcher(detector, max_batch, max_delay_ms) as batcher:
-        yield "batched", lambda frame: batcher.submit(frame).result(), lambda: dict(Counter(batcher.batch_sizes))
-
-
 def run_open_loop(
-    detector: Detector,
+    config: Config,
+    detector: Detector | DetectorPool,
     frames: Sequence[np.ndarray],
     load: OpenLoopLoad,
-    max_batch: int,
-    max_delay_ms: float,
+    max_batch: int | None = None,
     tick: Tick = lambda: None,
 ) -> StreamResult:
-    """One open-loop point: ``load.cameras`` cameras at ``load.fps`` each, for ``load.seconds``."""
+    """One open-loop point: ``load.cameras`` cameras at ``load.fps`` each, for ``load.seconds`` after
+    ``load.warmup_s`` of the same load, unrecorded. In process: detect's pipeline with the cameras in real time
+    (``load.jitter`` does not apply: they play at their rate, as detect's do). Through a server: client threads on
+    their own clocks, after a few closed-loop rounds from as many threads (its one-off costs at a new concurrency,
+    e.g. the python backend growing its shared memory for larger batches, must not count as dropped frames)."""
+    if not detector.runner.batches_remotely:
+
+        def frames_in(seconds: float) -> list[int]:  # each camera's
+            return [round(seconds * load.fps)] * load.cameras
+
+        if load.warmup_s:
+            play_in_pipeline(config, detector, frames, frames_in(load.warmup_s), max_batch, tick, load.fps)
+        done = play_in_pipeline(config, detector, frames, frames_in(load.seconds), max_batch, tick, load.fps)
+        return pipeline_result(done, load.fps, load.latency_ms)
     allow_measured_latency(detector, frames[0], load.cameras)
-    with serving(detector, frames, max_batch, max_delay_ms, load.cameras) as (mode, serve, batch_sizes):
-        shares = detector.device_shares()
-        cameras, latencies = open_loop(serve, frames, load, tick)
-        sizes = batch_sizes()  # the warm-up's batches included: the open loop has no idle point between the two
-        per_device = detector.device_shares(since=shares)  # the same
+    closed_loop(detector.detect, frames, load.cameras, REMOTE_WARMUP_ROUNDS * load.cameras, lambda: None)
+    before = _settled_batch_counts(detector)
+    cameras, latencies = open_loop(detector.detect, frames, load, tick)
+    # The warm-up's batches included: the open loop has no idle point between the two.
+    sizes = _batches_since(before, _settled_batch_counts(detector))
     summary = LatencySummary.from_samples(latencies) if latencies else NOTHING_SERVED
     return StreamResult(
-        mode,
+        "concurrent",
         load.cameras,
         len(latencies),
         load.seconds,
@@ -403,7 +471,6 @@ def run_open_loop(
         dropped=sum(c.dropped for c in cameras),
         late=sum(c.late for c in cameras),
         per_camera=cameras,
-        per_device=per_device,
     )
 
 
@@ -412,7 +479,7 @@ NOTHING_SERVED = LatencySummary(0, math.inf, math.inf, math.inf, 0.0, math.inf, 
 
 
 def stream_modes(detector: Detector) -> tuple[str, ...]:
-    return ("concurrent",) if detector.runner.batches_remotely else ("sequential", "batched")
+    return ("concurrent",) if detector.runner.batches_remotely else ("sequential", "pipeline")
 
 
 def planned_requests(settings: BenchSettings, modes: Sequence[str]) -> int:
@@ -442,6 +509,7 @@ def allow_measured_latency(detector: Detector, frame: np.ndarray, cameras: int) 
 
 
 def _measure_backend(
+    config: Config,
     result: BackendResult,
     detector: Detector,
     frames: Sequence[np.ndarray],
@@ -451,7 +519,11 @@ def _measure_backend(
 ) -> None:
     """Fill ``result`` step by step, so that a failure keeps what was measured before it."""
     modes = stream_modes(detector)
-    measures = {**MODES, "concurrent": functools.partial(measure_concurrent, clients=clients)}
+    measures = {
+        "sequential": measure_sequential,
+        "pipeline": functools.partial(measure_pipeline, config=config),
+        "concurrent": functools.partial(measure_concurrent, clients=clients),
+    }
     task = progress.add_task(result.name, total=planned_requests(settings, modes), phase="single stream")
     tick = lambda: progress.advance(task)  # noqa: E731
     result.runner = detector.describe()
@@ -468,8 +540,7 @@ def _measure_backend(
         if settings.fps:
             progress.update(task, phase=f"open loop, {cameras} camera{plural} at {settings.fps:g} FPS")
             load = open_loop_load(settings, cameras)
-            run = run_open_loop(detector, frames, load, settings.max_batch, settings.max_delay_ms, tick)
-            result.multi_stream.append(run)
+            result.multi_stream.append(run_open_loop(config, detector, frames, load, settings.max_batch, tick))
     result.peak_memory_bytes = detector.peak_memory_bytes()
     result.runner = detector.describe()  # again: what the runner counted (e.g. per Triton server) is known now
     load = detector.load
@@ -504,7 +575,7 @@ def bench_backend(
             if detector.runner.batches_remotely and settings.client_processes > 1 and settings.saturation:
                 clients = stack.enter_context(ClientProcesses(config, name, frames, settings.client_processes,
                                                               get_backend(name).frame_sender))
-            _measure_backend(result, detector, frames, settings, progress, clients)
+            _measure_backend(config, result, detector, frames, settings, progress, clients)
     except BackendUnavailable as exc:  # e.g. the server is not reachable
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results

@@ -33,8 +33,9 @@ class BenchSettings:
     cameras: list[int] = field(default_factory=lambda: [1, 4])
     source: str | None = None  # video, image or image folder; None: synthetic frames
     frame_size: tuple[int, int] | None = None  # synthetic frame (height, width); None: the test size
-    max_batch: int = 8  # in-process micro-batcher
-    max_delay_ms: float = 0.0  # greedy: batch what is waiting, never wait for more
+    # Largest batch of the in-process pipeline runs (detect's --max-batch); None: detect's default. Files written
+    # before the pipeline replaced bench's micro-batcher also hold its max_delay_ms, which nothing reads.
+    max_batch: int | None = None
     named: bool = True  # backends named by the user (not 'all'): each one not measured is an error
     fps: float | None = None  # open loop: each camera sends frames at this rate on its own clock
     seconds: float = 3.0  # measured time of each open-loop run
@@ -48,7 +49,7 @@ class BenchSettings:
 
     def validate(self) -> BenchSettings:
         for name in ("iters", "max_batch", "client_processes"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ReidctlError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ReidctlError(f"--warmup must be 0 or more, got {self.warmup}")
@@ -56,8 +57,6 @@ class BenchSettings:
             raise ReidctlError(f"--cameras must be positive camera counts, got {self.cameras}")
         if self.client_processes > 1:
             check_client_processes(self.client_processes, self.cameras)
-        if self.max_delay_ms < 0:
-            raise ReidctlError(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
         if self.frame_size is not None and (self.source is not None or min(self.frame_size) <= 0):
             raise ReidctlError("--frame-size sets the size of synthetic frames: give positive sizes and no --source")
         check_open_loop(self.fps, self.seconds, self.latency_ms, self.jitter)
@@ -96,15 +95,19 @@ class CameraStats:
     """One camera of an open-loop run."""
 
     camera: int
-    due: int  # frames whose send time fell in the measured window
+    due: int  # frames whose send time fell in the measured window (detect's pipeline: every frame played)
     served: int
-    dropped: int  # due while the camera's previous frame was still in flight
+    # Client threads: due while the camera's previous frame was still in flight; detect's pipeline: replaced by the
+    # camera's next frame before a batch took it.
+    dropped: int
     late: int  # answered later than the latency budget
     achieved_fps: float
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
-    send_lag_p99_ms: float  # how late the frames left against their schedule (the client's own pacing)
+    # Client threads: how late the frames left against their schedule (the client's own pacing); None: not measured
+    # (detect's pipeline, whose readers pace the frames)
+    send_lag_p99_ms: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,13 +119,13 @@ class CameraStats:
 
 @dataclass
 class StreamResult:
-    mode: str  # sequential | batched | concurrent
+    mode: str  # sequential | pipeline | concurrent (files from before the pipeline mode: "batched", in process)
     cameras: int
     requests: int
     wall_s: float
     throughput_fps: float  # all cameras together (open loop: frames answered per second of the measured window)
     latency: LatencySummary  # per request: submit -> result (open loop: the frame's send time -> result)
-    batch_sizes: dict[int, int] | None = None  # batch size -> batches run (micro-batcher, or the server's batcher)
+    batch_sizes: dict[int, int] | None = None  # batch size -> batches run (detect's batch loops, or the server's)
     load: str = "closed"  # closed: a camera sends when its last result is back (saturation); open: on its clock
     fps_per_camera: float | None = None  # open loop: the rate each camera sends at
     latency_budget_ms: float | None = None  # open loop: what counts as late

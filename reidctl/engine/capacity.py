@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.config import Config
-from reidctl.engine.bench import NOTHING_SERVED, environment
+from reidctl.engine.bench import environment, pipeline_result
 from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult
 from reidctl.engine.detector import Detector, DetectorPool, create_detector, get_backend
 from reidctl.engine.device import resolve_devices
 from reidctl.engine.pipeline import DetectOptions, run_detect
 from reidctl.engine.recommend import deployed_outputs
-from reidctl.engine.stats import LatencySummary
 from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, camera_specs
 from reidctl.io.synthetic import write_synthetic_video
@@ -143,19 +142,9 @@ def run_deployment(
         done = run_detect(config, specs, deployed_outputs(outputs), options, backend, warn=warn, detector=detector)
     finally:
         shutil.rmtree(outputs, ignore_errors=True)
-    summary = done.summary
     if done.failed:
         raise ReidctlError(f"the deployment's pipeline failed: {done.stopped}")
-    latency = LatencySummary.from_samples(done.latencies) if done.latencies else NOTHING_SERVED
-    wall = summary["wall_seconds"]
-    sizes = {int(size): count for size, count in (summary["batch_sizes"] or {}).items()}
-    result = StreamResult(
-        "pipeline", cameras, len(done.latencies), wall, summary["frames"] / wall if wall else 0.0, latency,
-        sizes or None, load="open", fps_per_camera=fps, latency_budget_ms=latency_ms, dropped=summary["dropped"],
-        late=sum(seconds * 1000.0 > latency_ms for seconds in done.latencies),
-        per_device=summary.get("per_device"),
-    )  # fmt: skip
-    return PipelineRun(result, summary, done.stopped)
+    return PipelineRun(pipeline_result(done, fps, latency_ms), done.summary, done.stopped)
 
 
 @dataclass

@@ -102,41 +102,13 @@ class DetectionLoad:
     def kept_per_frame(self) -> float | None:
         return self.kept / self.frames if self.frames else None
 
-
-class DeviceTurn:
-    """A device's batches are formed one at a time, and the device's last model is known (``model_running``):
-    what the micro-batcher needs to let frames that come while every device's model runs join one batch."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._model_done: torch.cuda.Event | None = None  # the device's last model (None: none, or a CPU runner)
-        self._holder: int | None = None  # the thread holding the turn
-
-    @contextlib.contextmanager
-    def taken(self):
-        """Hold the turn to form a batch. It passes on as soon as this thread's next model has started
-        (``model_started``), or at the end of the block."""
-        self._lock.acquire()
-        self._holder = threading.get_ident()
-        try:
-            yield
-        finally:
-            self._pass_on()
-
-    def model_running(self) -> bool:
-        """Whether the device's last model is still running (a CPU runner's has always finished)."""
-        done = self._model_done
-        return done is not None and not done.query()
-
-    def model_started(self, model_done: torch.cuda.Event | None) -> None:
-        """A model has been queued on the device (``model_done``: its end, None once it has run)."""
-        self._model_done = model_done
-        self._pass_on()
-
-    def _pass_on(self) -> None:
-        if self._holder == threading.get_ident():  # only the holder may: other threads' models just move the mark
-            self._holder = None
-            self._lock.release()
+    def merge(self, other: DetectionLoad) -> None:
+        """Count ``other``'s frames too (a run that counted its own, e.g. a `run_detect` run)."""
+        with self._lock:
+            self.frames += other.frames
+            self.kept += other.kept
+            known = other.candidates is not None and self.candidates is not None
+            self.candidates = self.candidates + other.candidates if known else None
 
 
 class Detector:
@@ -165,7 +137,6 @@ class Detector:
         if runner.device.type == "cuda":
             with on_device(runner.device):
                 self._staging = PinnedStaging((*self.input_size, 3), runner.device)
-        self.turn = DeviceTurn()  # a pool's members on one device share theirs
         self._served = [0, 0]  # batches, frames
         self._served_lock = threading.Lock()
 
@@ -264,7 +235,6 @@ class Detector:
         batch = canvas if self.runner.input_format == "canvas" else normalize(canvas, self.runner.input_dtype)
         start = self._mark("preprocess", start, times)
         predictions = self.runner.infer(batch)
-        self.turn.model_started(self._model_done())
         start = self._mark("inference", start, times)
         if self.runner.returns_detections:
             detections, candidates = rescale(predictions, ratios, self.conf_threshold), None
@@ -279,14 +249,6 @@ class Detector:
             self._served[0] += 1
             self._served[1] += len(detections)
         return detections
-
-    def _model_done(self) -> torch.cuda.Event | None:
-        """An event at the end of the model just queued on the current stream (None where it has already run)."""
-        if self.runner.device.type != "cuda" or self.runner.returns_detections:
-            return None
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(self.runner.device))
-        return event
 
     def close(self) -> None:
         self.runner.close()
@@ -319,9 +281,6 @@ class DetectorPool:
         self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # FIFO: one thread's calls go round the members
         for index in range(len(self.detectors)):
             self._idle.put(index)
-        turns = [DeviceTurn() for _ in self._devices]
-        for index, detector in enumerate(self.detectors):
-            detector.turn = turns[index % len(self._devices)]
         self.load = self.detectors[0].load  # one count for every member (DetectionLoad is thread-safe)
 
     @property

@@ -113,7 +113,7 @@ class DetectResult:
     summary: dict
     written: list[Path] = field(default_factory=list)
     stopped: str | None = None  # None: every camera ended; "interrupted", "terminated", or the error's message
-    latencies: list[float] = field(default_factory=list)  # seconds, every finished frame: decoded -> detections
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # seconds per camera: each frame decoded -> done
 
     @property
     def failed(self) -> bool:
@@ -517,12 +517,14 @@ def run_detect(
     warn: Warn = print,
     on_update: Callable[[dict], None] | None = None,
     detector: Detector | DetectorPool | None = None,
+    sources: list[FrameSource] | None = None,
 ) -> DetectResult:
     """Detect on every camera until each has ended or the run stops; publish every finished frame either way.
 
     ``warn`` takes warning lines; ``on_update`` gets the live statistics about every half second (main thread).
     ``detector``: one the caller made and keeps (runs one after another share it), else one of ``config`` is made
-    and closed here. Errors before the first frame (a source that cannot be opened, a bad output path, a backend
+    and closed here. ``sources``: one open source per spec (bench's frames in memory), played instead of opening
+    the specs' sources. Errors before the first frame (a source that cannot be opened, a bad output path, a backend
     that cannot run) raise a ReidctlError and write nothing.
     """
     owned = detector is None
@@ -532,7 +534,8 @@ def run_detect(
         warn(f"warning: detection.conf_threshold {config.detection.conf_threshold:g} is above tracking.low_thresh "
              f"{config.tracking.low_thresh:g}: the second association (low-score boxes) gets no detections")
     input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
-    sources = open_cameras(specs, options.timeout_s, input_warn, options.strict)
+    if sources is None:
+        sources = open_cameras(specs, options.timeout_s, input_warn, options.strict)
     hub = Hub()
     cameras = [
         Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,
@@ -611,6 +614,6 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     if plan.summary_json:
         write_text_atomic(plan.summary_json, json.dumps(summary, indent=2))
         written.append(plan.summary_json)
-    latencies = [seconds for camera in cameras for seconds in camera.latencies]
+    latencies = {camera.name: list(camera.latencies) for camera in cameras}
     return DetectResult(summary, written, stopped, latencies), any(worker.is_alive() for worker in workers)
 

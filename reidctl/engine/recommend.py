@@ -126,7 +126,7 @@ class Recommendation:
     environment: dict = field(default_factory=dict)
     capacity: dict | None = None  # what this machine serves at the need's FPS (see machine_capacity)
     deploy_config: dict | None = None  # the full config to deploy (the chosen backend's)
-    batcher: dict | None = None  # the in-process micro-batcher the bench measured with
+    max_batch: int | None = None  # the largest batch of the bench's in-process runs (None: detect's default)
 
     def to_dict(self) -> dict:
         return {
@@ -455,22 +455,25 @@ def config_from_dict(config: dict) -> Config:
     return override(Config(), **config.get("detection", {}))
 
 
-def _batcher_note(mode: str | None, batcher: dict | None) -> str:
-    if mode != "batched" or not batcher:
+# Modes measured in process with batches across cameras: "batched" in bench files from before detect's pipeline
+# replaced bench's micro-batcher.
+IN_PROCESS_BATCHED_MODES = ("pipeline", "batched")
+
+
+def _in_process_note(mode: str | None, max_batch: int | None) -> str:
+    """For a choice measured in process: what serves the cameras, and the largest batch it was measured with."""
+    if mode not in IN_PROCESS_BATCHED_MODES:
         return ""
-    return (
-        f"# measured with the in-process micro-batcher (max batch {batcher.get('max_batch', 8)}, "
-        f"max delay {batcher.get('max_delay_ms', 0.0):g} ms): "
-        "serve the cameras through reidctl.engine.batcher.MicroBatcher\n"
-    )
+    batches = f" (batches of at most {max_batch} frames: detect --max-batch {max_batch})" if max_batch else ""
+    return f"# measured in process{batches}: the cameras are served by `reidctl detect`\n"
 
 
-def config_snippet(backend: str, mode: str | None, config: dict, need: Need, batcher: dict | None = None) -> str:
+def config_snippet(backend: str, mode: str | None, config: dict, need: Need, max_batch: int | None = None) -> str:
     """The `detection:` section to put in configs/config.yaml for ``backend``."""
     full = deploy_detection(backend, config, need)
     keys = ("backend", *COMMON_KEYS, *BACKEND_KEYS.get(backend, ()), BACKEND_SECTION.get(backend))
     section = {key: full[key] for key in keys if key in full}
-    header = "# configs/config.yaml\n" + _batcher_note(mode, batcher)
+    header = "# configs/config.yaml\n" + _in_process_note(mode, max_batch)
     return header + yaml.safe_dump({"detection": section}, sort_keys=False, default_flow_style=None)
 
 
@@ -533,7 +536,7 @@ def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
     header = (
         f"# reidctl recommend: {need.cameras} camera(s) x {need.fps:g} FPS, P99 <= {need.latency_ms:g} ms "
         f"-> {rec.choice}{' (not measured)' if not rec.measured else ''}\n"
-    ) + _batcher_note(rec.mode, rec.batcher)
+    ) + _in_process_note(rec.mode, rec.max_batch)
     write_text_atomic(config_path, header + yaml.safe_dump(rec.deploy_config, sort_keys=False, default_flow_style=None))
     commands = deploy_commands(rec.choice, DEPLOY_CONFIG, rec.deploy_config["detection"])
     usage = (f"usage: sh deploy.sh CAMERA [CAMERA ...]: the {need.cameras} camera(s), each a video file, camera "
@@ -571,7 +574,7 @@ def recommend(
     if bench is None:
         chosen, scenario, verdicts, lines = recommend_unmeasured(need, availability)
         rec = Recommendation(need, False, chosen, None, lines, verdicts, None, scenario=scenario)
-        return _with_config(rec, config, None)
+        return _with_config(rec, config)
     report = bench if isinstance(bench, BenchReport) else load_report(bench)
     source = source or str(bench)
     chosen, verdicts, lines = recommend_measured(report, need, availability)
@@ -587,13 +590,13 @@ def recommend(
         bench_path=None if isinstance(bench, BenchReport) else str(bench),
         environment=report.environment,
         capacity=machine_capacity(report, need, availability),
-        batcher={key: report.settings[key] for key in ("max_batch", "max_delay_ms") if key in report.settings},
+        max_batch=report.settings.get("max_batch"),
     )
-    return _with_config(rec, report.config, rec.batcher)
+    return _with_config(rec, report.config)
 
 
-def _with_config(rec: Recommendation, config: dict, batcher: dict | None) -> Recommendation:
+def _with_config(rec: Recommendation, config: dict) -> Recommendation:
     if rec.choice:
-        rec.config_snippet = config_snippet(rec.choice, rec.mode, config, rec.need, batcher)
+        rec.config_snippet = config_snippet(rec.choice, rec.mode, config, rec.need, rec.max_batch)
         rec.deploy_config = {"detection": deploy_detection(rec.choice, config, rec.need)}
     return rec

@@ -1,4 +1,5 @@
-"""Frame sources: an image, a directory of images, a video file, a camera index or an RTSP/HTTP URL.
+"""Frame sources: an image, a directory of images, a video file, a camera index or an RTSP/HTTP URL, and frames
+already in memory (``MemorySource``: what `reidctl bench` plays as cameras).
 
 A *camera* is a named source (``name=source`` on the command line or in a sources file). Network sources open with
 FFmpeg's open and read timeouts, so a dead or stalled stream fails within the timeout instead of hanging.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -71,6 +72,23 @@ class UnopenedSource(FrameSource):
 
     def __iter__(self) -> Iterator[Frame]:
         raise ConnectionError(self.reason)
+
+
+class MemorySource(FrameSource):
+    """Frames decoded beforehand, played as a camera: ``count`` frames going round ``frames`` from position ``phase``
+    (each camera its own), then the end, as a file of that many frames. Nothing is decoded: a reader only letterboxes
+    them. ``fps`` is the rate ``realtime`` plays them at (None: as fast as the detector takes them)."""
+
+    def __init__(self, frames: Sequence[np.ndarray], count: int, phase: int = 0, fps: float | None = None):
+        if not frames:
+            raise ReidctlError("no frames to play")
+        super().__init__(f"{len(frames)} frames in memory", count, fps)
+        self.frames = frames
+        self.phase = phase
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index in range(self.total):
+            yield Frame(index, self.frames[(self.phase + index) % len(self.frames)], f"memory#{index}")
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`reidctl bench` end to end on real backends, the micro-batcher with real camera threads, and bad input."""
+"""`reidctl bench` end to end on real backends, frames in memory played as cameras through detect's pipeline, and
+bad input."""
 
 import contextlib
 import dataclasses
@@ -14,15 +15,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import TENSORRT_MARKS, free_ports, start_test_server, write_config
+from helpers import TENSORRT_MARKS, assert_same_detections, free_ports, start_test_server, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.engine.batcher import MicroBatcher
 from reidctl.engine.bench import measure_concurrent, run_bench, stream_modes
 from reidctl.engine.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
 from reidctl.engine.clients import ClientProcesses, closed_loop
 from reidctl.engine.detector import available_backends, create_detector, get_backend
+from reidctl.engine.pipeline import OutputRequest, run_detect
 from reidctl.errors import ReidctlError
+from reidctl.io.sources import CameraSpec, MemorySource
 from reidctl.io.synthetic import synthetic_frame
 from reidctl.triton.requests import frame_sender
 
@@ -69,7 +71,7 @@ def test_bench_cli_writes_json_plot_and_tables(tmp_path, small_config, video_fil
     assert set(backend["stages"]) == {"preprocess", "inference", "postprocess"}
     assert all(stage["count"] == 6 for stage in backend["stages"].values())
     runs = {(m["mode"], m["cameras"]): m for m in backend["multi_stream"]}
-    assert set(runs) == {("sequential", 1), ("batched", 1), ("sequential", 3), ("batched", 3)}
+    assert set(runs) == {("sequential", 1), ("pipeline", 1), ("sequential", 3), ("pipeline", 3)}
     # The load NMS faced, over every frame measured: every frame of the test model has candidates.
     load = backend["detection_load"]
     assert load["candidates_per_frame"] >= load["kept_per_frame"] > 0
@@ -77,9 +79,10 @@ def test_bench_cli_writes_json_plot_and_tables(tmp_path, small_config, video_fil
     for run in runs.values():
         assert run["requests"] == 6 and run["latency"]["count"] == 6
         assert run["throughput_fps"] == pytest.approx(6 / run["wall_s"])
-    batched = runs[("batched", 3)]
-    assert sum(int(size) * count for size, count in batched["batch_sizes"].items()) == 6
-    assert max(int(size) for size in batched["batch_sizes"]) <= 3  # a batch never exceeds the camera count
+    pipeline = runs[("pipeline", 3)]
+    assert sum(int(size) * count for size, count in pipeline["batch_sizes"].items()) == 6  # the warm-up's left out
+    assert max(int(size) for size in pipeline["batch_sizes"]) <= 3  # a batch never exceeds the camera count
+    assert data["settings"]["max_batch"] is None and "max_delay_ms" not in data["settings"]  # detect's default
 
     plot = output.with_suffix(".png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -142,8 +145,8 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
         pytest.skip(f"TensorRT cannot run here: {reason}")
     assert name in PREPARE, f"backend '{name}' is registered but this test does not know how to prepare it"
     with PREPARE[name](load_config(small_config), tmp_path) as config:
-        settings = BenchSettings([name], iters=4, warmup=1, cameras=[2], max_delay_ms=5.0)
-        report = run_bench(config, settings)
+        settings = BenchSettings([name], iters=4, warmup=1, cameras=[2])
+        report = run_bench(config, settings, show_progress=False)
         with create_detector(config, name) as detector:
             modes = set(stream_modes(detector))
     (result,) = report.backends
@@ -154,7 +157,7 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     for stream in result.multi_stream:
         if stream.mode == "sequential":
             assert stream.batch_sizes is None
-        else:  # the batches formed (by the micro-batcher or the server) account for every frame
+        else:  # the batches formed (by detect's batch loops or the server) account for every frame
             assert sum(size * count for size, count in stream.batch_sizes.items()) == 4
 
 
@@ -261,46 +264,28 @@ def _frames_of_distinct_scale(count: int) -> list[np.ndarray]:
     return [synthetic_frame(i, (240, 320 + 48 * i)) for i in range(count)]
 
 
-def _canonical(detections: np.ndarray) -> np.ndarray:
-    return detections[np.lexsort(detections.T[::-1])]  # row order among equal scores is not defined
-
-
-def test_micro_batcher_forms_batches_and_returns_each_caller_its_result(small_config):
-    cameras, per_camera = 4, 3
-    frames = _frames_of_distinct_scale(cameras)
-    with create_detector(load_config(small_config)) as detector:
-        expected = [_canonical(detector.detect(frame)) for frame in frames]
-        results: dict[int, list[np.ndarray]] = {}
-        start = threading.Barrier(cameras)
-
-        def camera(index: int) -> None:
-            start.wait()
-            results[index] = [batcher.submit(frames[index]).result(timeout=60) for _ in range(per_camera)]
-
-        with MicroBatcher(detector, max_batch=8, max_delay_ms=50.0) as batcher:
-            threads = [threading.Thread(target=camera, args=(i,)) for i in range(cameras)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        assert sum(batcher.batch_sizes) == cameras * per_camera
-        assert max(batcher.batch_sizes) > 1, batcher.batch_sizes
-        for index in range(cameras):
-            for result in results[index]:
-                assert np.allclose(_canonical(result), expected[index], atol=1e-3)
-        assert not np.allclose(expected[0][:, :4].max(), expected[1][:, :4].max())  # the check can tell frames apart
-
-
-def test_micro_batcher_passes_failures_to_callers_and_keeps_serving(small_config):
-    with (
-        create_detector(load_config(small_config)) as detector,
-        MicroBatcher(detector, max_delay_ms=0) as batcher,
-    ):
-        with pytest.raises(ReidctlError, match="uint8"):
-            batcher.submit(np.zeros((64, 64, 3), np.float32)).result(timeout=60)
-        assert batcher.submit(synthetic_frame(0, (64, 64))).result(timeout=60).shape[1] == 7
-    with pytest.raises(ReidctlError, match="closed"):
-        batcher.submit(synthetic_frame(0, (64, 64)))
+def test_frames_in_memory_play_as_cameras_through_detects_pipeline(tmp_path, small_config):
+    """Each camera plays its own count of frames from a phase of its own; batches form across the cameras, and
+    every camera's frame gets its own detections."""
+    frames = _frames_of_distinct_scale(4)
+    counts = [3, 5, 4, 0]  # a camera with nothing to play ends at once
+    jsonl = tmp_path / "d.jsonl"
+    config = load_config(small_config)
+    with create_detector(config) as detector:
+        expected = [detector.detect(frame) for frame in frames]
+        sources = [MemorySource(frames, count, phase=camera) for camera, count in enumerate(counts)]
+        specs = [CameraSpec(f"cam{camera}", source.description) for camera, source in enumerate(sources)]
+        result = run_detect(config, specs, OutputRequest(jsonl=jsonl), detector=detector, sources=sources)
+    assert result.stopped is None and [c["frames"] for c in result.summary["cameras"]] == counts
+    assert result.summary["cameras"][0]["source"] == "4 frames in memory" and result.summary["dropped"] == 0
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) == sum(counts)
+    for record in records:  # camera c's frame i is frames[(c + i) % 4]
+        camera = int(record["camera"].removeprefix("cam"))
+        want = expected[(camera + record["frame"]) % len(frames)]
+        assert_same_detections(record["detections"], want, threshold=config.detection.conf_threshold)
+    assert max(int(size) for size in result.summary["batch_sizes"]) > 1  # frames of several cameras in one batch
+    assert not np.allclose(expected[0][:, :4].max(), expected[1][:, :4].max())  # the check can tell frames apart
 
 
 def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(small_config):

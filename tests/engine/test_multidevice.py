@@ -1,7 +1,6 @@
 """Several devices in one process: device lists, and batches spread over one runner per device (cpu,cpu here)."""
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,8 +11,7 @@ from typer.testing import CliRunner
 from helpers import assert_same_detections, canonical_rows, needs_gpu, write_video
 from reidctl.cli import app
 from reidctl.config import load_config, override
-from reidctl.engine.batcher import MicroBatcher
-from reidctl.engine.detector import Detector, DeviceTurn, create_detector
+from reidctl.engine.detector import Detector, create_detector
 from reidctl.engine.device import resolve_devices
 from reidctl.errors import ReidctlError
 
@@ -102,7 +100,7 @@ def test_batches_smaller_than_the_cameras_lose_no_frame(tmp_path, small_config):
     assert [c["frames"] for c in data["cameras"]] == [6, 6, 6] and data["batch_sizes"] == {"1": 18}
 
 
-def test_bench_batched_on_two_devices_records_each_devices_share(tmp_path, small_config, video_file):
+def test_bench_pipeline_on_two_devices_records_each_devices_share(tmp_path, small_config, video_file):
     output = tmp_path / "bench.json"
     result = invoke("bench", "--backends", "pytorch", "--iters", 12, "--warmup", 2, "--cameras", 4,
                     "--device", "cpu,cpu", "--source", video_file, "-c", small_config, "-o", output,
@@ -113,11 +111,11 @@ def test_bench_batched_on_two_devices_records_each_devices_share(tmp_path, small
     (backend,) = data["backends"]
     assert backend["runner"]["devices"] == ["cpu", "cpu"] and "cpu,cpu" in result.output  # Runs as
     runs = {run["mode"]: run for run in backend["multi_stream"]}
-    shares = runs["batched"]["per_device"]
+    shares = runs["pipeline"]["per_device"]
     assert [share["device"] for share in shares] == ["cpu", "cpu"]
     assert sum(share["frames"] for share in shares) == 12  # the measured requests, the warm-up left out
-    assert sum(share["batches"] for share in shares) == sum(runs["batched"]["batch_sizes"].values())
-    assert all(share["batches"] > 0 for share in shares), shares  # two workers: both devices ran batches
+    assert sum(share["batches"] for share in shares) == sum(runs["pipeline"]["batch_sizes"].values())
+    assert all(share["batches"] > 0 for share in shares), shares  # two batch loops: both devices ran batches
     assert "per_device" not in runs["sequential"]  # one caller at a time: no spreading to report
 
 
@@ -150,55 +148,6 @@ def test_two_batches_in_flight_on_one_gpu_find_what_one_finds(small_config, fram
     for want, got in zip(expected, found):
         for rows, same in zip(want, got):
             assert_same_detections(same, rows, threshold=config.detection.conf_threshold)
-
-
-def test_a_devices_turn_passes_on_when_the_model_starts_not_when_the_batch_ends():
-    """The next batch on a device is formed only after the last one's model has started: not at once (it would
-    split the waiting frames), not after the last batch's NMS (the NMS would no longer overlap the next model)."""
-    turn = DeviceTurn()
-    model_started, batch_ended, entered = threading.Event(), threading.Event(), threading.Event()
-
-    def first_batch():
-        with turn.taken():
-            model_started.wait(10)
-            turn.model_started(None)  # None: a CPU model, already run
-            batch_ended.wait(10)
-
-    def next_batch():
-        with turn.taken():
-            entered.set()
-
-    threads = [threading.Thread(target=first_batch), threading.Thread(target=next_batch)]
-    threads[0].start()
-    threads[1].start()
-    assert not entered.wait(0.3)  # the first batch has the turn and its model has not started
-    turn.model_started(None)  # another thread's model does not pass a turn it does not hold
-    assert not entered.wait(0.3)
-    model_started.set()
-    assert entered.wait(10)  # the turn passed on while the first batch still runs
-    batch_ended.set()
-    for thread in threads:
-        thread.join(10)
-    with turn.taken():  # every turn was given back
-        pass
-
-
-@needs_gpu  # a CPU model has finished when it returns
-def test_frames_that_come_while_the_gpus_model_runs_join_one_batch(small_config, frames):
-    """max_delay_ms=0 would start a batch per frame; while the GPU's model runs, the waiting frames join one."""
-    config = override(load_config(small_config), device="cuda:0", batches_in_flight=2)
-    with create_detector(config) as pool, MicroBatcher(pool, max_batch=8, max_delay_ms=0) as batcher:
-        expected = [pool.detect(frame) for frame in frames[:4]]
-        torch.cuda._sleep(500_000_000)  # ~0.3 s of GPU time on the device's current stream: a model still running
-        running = torch.cuda.Event()
-        running.record()
-        pool.members[0].turn.model_started(running)
-        assert pool.members[0].turn.model_running()
-        futures = [batcher.submit(frame) for frame in frames[:4]]
-        found = [future.result(timeout=60) for future in futures]
-        assert running.query() and batcher.batch_sizes == [4]
-    for want, got in zip(expected, found):
-        assert_same_detections(got, want, threshold=config.detection.conf_threshold)
 
 
 def test_capacity_sentence_names_the_gpu_count():

@@ -34,11 +34,11 @@ def backend(name: str, *runs: tuple[str, int, float, float]) -> BackendResult:
     return BackendResult(name, "ok", runner={"device": "cuda:0"}, single_stream=latency(10), multi_stream=streams)
 
 
-def write_bench(path, *backends: BackendResult, version: int = 1):
+def write_bench(path, *backends: BackendResult, version: int = 1, settings: dict | None = None):
     report = BenchReport(
         created="2026-11-25T00:00:00+00:00",
         environment={"gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}},
-        settings={"max_batch": 8, "max_delay_ms": 2.0},
+        settings={"max_batch": 8} if settings is None else settings,
         config=to_dict(Config()),
         backends=list(backends),
         schema_version=version,
@@ -89,7 +89,7 @@ def test_headroom_decides_between_backends_that_meet_the_need(tmp_path, pytorch_
 def test_throughput_short_of_cameras_times_fps_is_rejected(tmp_path):
     bench = write_bench(
         tmp_path / "b.json",
-        backend("pytorch", ("sequential", 4, 100.0, 40.0), ("batched", 4, 110.0, 45.0)),
+        backend("pytorch", ("sequential", 4, 100.0, 40.0), ("pipeline", 4, 110.0, 45.0)),
         backend("triton", ("concurrent", 4, 250.0, 35.0)),
     )
     rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
@@ -104,19 +104,35 @@ def test_throughput_short_of_cameras_times_fps_is_rejected(tmp_path):
     assert triton["max_queue_delay_ms"] == 0.5
 
 
-def test_p99_over_budget_is_rejected_and_batched_mode_can_carry_a_backend(tmp_path):
+def test_p99_over_budget_is_rejected_and_the_pipeline_mode_can_carry_a_backend(tmp_path):
     bench = write_bench(
         tmp_path / "b.json",
-        backend("pytorch", ("sequential", 4, 150.0, 180.0), ("batched", 4, 160.0, 60.0)),
+        backend("pytorch", ("sequential", 4, 150.0, 180.0), ("pipeline", 4, 160.0, 60.0)),
         backend("onnxruntime", ("sequential", 4, 200.0, 150.0)),
     )
     rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
-    assert rec.choice == "pytorch" and rec.mode == "batched"
-    assert "micro-batcher" in rec.config_snippet
+    assert rec.choice == "pytorch" and rec.mode == "pipeline"
+    assert rec.config_snippet.splitlines()[1] == ("# measured in process (batches of at most 8 frames: detect "
+                                                  "--max-batch 8): the cameras are served by `reidctl detect`")
     assert (verdicts(rec)["onnxruntime"].verdict, verdicts(rec)["onnxruntime"].detail) == (
         "P99 over budget",
         "P99 150.0 ms > 100 ms",
     )
+    # bench's default max batch is detect's: nothing to add to detect's command line
+    default = write_bench(tmp_path / "d.json", backend("pytorch", ("pipeline", 4, 160.0, 60.0)),
+                          settings={"max_batch": None})
+    note = recommend(Need(4, 30, 100), default, {}, ALL_HERE).config_snippet.splitlines()[1]
+    assert note == "# measured in process: the cameras are served by `reidctl detect`"
+
+
+def test_bench_files_from_before_the_pipeline_mode_are_still_read(tmp_path):
+    """Their in-process mode was "batched" (bench's micro-batcher) and their settings hold its max_delay_ms."""
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("sequential", 4, 100.0, 80.0),
+                                                     ("batched", 4, 160.0, 60.0)),
+                        version=2, settings={"max_batch": 8, "max_delay_ms": 2.0})  # fmt: skip
+    rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
+    assert rec.choice == "pytorch" and rec.mode == "batched"
+    assert "the cameras are served by `reidctl detect`" in rec.config_snippet and "delay" not in rec.config_snippet
 
 
 def test_backend_not_installed_here_is_not_recommended(tmp_path):
@@ -216,7 +232,7 @@ def test_cli_with_bench_file_and_json(tmp_path):
 
 
 def test_outputs_never_write_over_each_other_or_an_input(tmp_path):
-    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("batched", 4, 400.0, 20.0)))
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("pipeline", 4, 400.0, 20.0)))
     before = bench.read_text()
     deploy = tmp_path / "deploy"
     deploy.mkdir()
@@ -243,7 +259,7 @@ def test_outputs_never_write_over_each_other_or_an_input(tmp_path):
 
 def test_tables_in_a_pipe_keep_every_number_and_name_whole(tmp_path):
     """Rich assumes 80 columns where stdout is no terminal and cut cells ('165.…', 'Camer…'): a log keeps them."""
-    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("batched", 16, 123456789.125, 98765.4321)))
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("pipeline", 16, 123456789.125, 98765.4321)))
     command = [sys.executable, "-m", "reidctl", "recommend", "--cameras", "16", "--bench", str(bench)]
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONPATH": ROOT}
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)  # stdout: a pipe
@@ -328,8 +344,8 @@ def open_run(name_mode: str, cameras: int, fps: float, p99_ms: float, dropped: i
 
 def test_open_loop_runs_answer_before_saturation(tmp_path):
     """Saturation says pytorch is fast enough; at camera rate its P99 is over budget at 8 cameras: triton is chosen."""
-    pytorch = backend("pytorch", ("batched", 8, 400.0, 40.0))
-    pytorch.multi_stream.append(open_run("batched", 8, 30, 140.0))
+    pytorch = backend("pytorch", ("pipeline", 8, 400.0, 40.0))
+    pytorch.multi_stream.append(open_run("pipeline", 8, 30, 140.0))
     triton = backend("triton", ("concurrent", 8, 300.0, 60.0))
     triton.multi_stream += [open_run("concurrent", 16, 30, 80.0)]
     bench = write_bench(tmp_path / "b.json", pytorch, triton, version=2)
@@ -343,11 +359,11 @@ def test_open_loop_runs_answer_before_saturation(tmp_path):
 
 
 def test_dropped_frames_fail_an_open_loop_run(tmp_path):
-    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("batched", 4, 400.0, 20.0)), version=2)
+    bench = write_bench(tmp_path / "b.json", backend("pytorch", ("pipeline", 4, 400.0, 20.0)), version=2)
     rec = recommend(Need(4, 30, 100), bench, {}, ALL_HERE)
     assert rec.choice == "pytorch"
-    dropping = backend("pytorch", ("batched", 4, 400.0, 20.0))
-    dropping.multi_stream.append(open_run("batched", 2, 30, 20.0, dropped=3))  # fails with fewer: fails with 4
+    dropping = backend("pytorch", ("pipeline", 4, 400.0, 20.0))
+    dropping.multi_stream.append(open_run("pipeline", 2, 30, 20.0, dropped=3))  # fails with fewer: fails with 4
     rec = recommend(Need(4, 30, 100), write_bench(tmp_path / "d.json", dropping, version=2), {}, ALL_HERE)
     assert rec.choice is None and verdicts(rec)["pytorch"].verdict == "drops frames"
 
@@ -355,7 +371,7 @@ def test_dropped_frames_fail_an_open_loop_run(tmp_path):
 def test_a_backend_whose_detections_diverge_is_never_chosen(tmp_path):
     from reidctl.engine.bench_report import ParityResult
 
-    pytorch = backend("pytorch", ("batched", 4, 400.0, 20.0))
+    pytorch = backend("pytorch", ("pipeline", 4, 400.0, 20.0))
     pytorch.runner["precision"] = "fp16"
     bench = write_bench(tmp_path / "b.json", pytorch, backend("triton", ("concurrent", 4, 400.0, 20.0)), version=2)
     data = json.loads(bench.read_text())
