@@ -676,7 +676,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"suites:\n{suites}\n\nA check on a CPU: scripts/perf.py pipeline-pytorch /tmp/p --device cpu "
-               "--cameras 2 --frames 20 --size 120x160 --model-args \"--model-type nano --test-size 128x160\"")
+               "--cameras 2 --frames 20 --size 120x160 --iters 10 --warmup 2 "
+               "--model-args \"--model-type nano --test-size 128x160\"")
     parser.add_argument("suite", choices=SUITES, metavar="SUITE", help="one of the suites below")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="logs, results and summary.json")
     parser.add_argument("--cameras", help="camera counts of bench's runs, comma-separated (the clips: the largest)")
