@@ -6,7 +6,7 @@ DEMO_DIR ?= runs/demo
 # Test workers: two pay on a 2-core machine (the Triton tests mostly wait on their server).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint ffmpeg clean
+.PHONY: install demo test lint ffmpeg perf clean
 
 $(BIN)/reidctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ lint: install
 
 test: lint ffmpeg
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# One measurement suite of docs/PERFORMANCE.md (`scripts/perf.py --help` lists them), e.g.
+#   make perf SUITE=pipeline-pytorch OUT=runs/perf/pipeline-pytorch PERF_ARGS="--device cpu --cameras 2"
+# The project's environment where there is one; on the GPU machine (scripts/gpu_setup.sh) its own python3.
+PERF_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+OUT ?= runs/perf/$(SUITE)
+perf:
+	@test -n "$(SUITE)" || { echo "usage: make perf SUITE=NAME [OUT=DIR] [PERF_ARGS=...]"; exit 2; }
+	$(PERF_PYTHON) scripts/perf.py $(SUITE) $(OUT) $(PERF_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

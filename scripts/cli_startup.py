@@ -3,7 +3,7 @@
 Each runs in a fresh interpreter, as a user's shell would start it; the table shows the median wall time of
 ``--repeat`` runs and the peak resident memory. Goal: <= 0.5 s and <= 100 MiB each on a 2-core CPU machine.
 
-    python scripts/cli_startup.py [--repeat 5]
+    PYTHONPATH=$PWD python scripts/cli_startup.py [--repeat 5]
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ hand frames to the detection loop: threads through a queue (a reference), proces
 bytes, the least a process reader must pay). Prints total frames per second for every combination, counted once
 every reader has delivered its first frame (start-up stays out).
 
-    python scripts/decode_bench.py --size 1080x1920 --frames 240 --readers 1,4,16 --codec mp4v
-    python scripts/decode_bench.py --clip camera.mp4 --decoders opencv,pyav --workers thread,process
+    PYTHONPATH=$PWD python scripts/decode_bench.py --size 1080x1920 --frames 240 --readers 1,4,16 --codec mp4v
+    PYTHONPATH=$PWD python scripts/decode_bench.py --clip camera.mp4 --decoders opencv,pyav --workers thread,process
 
 PyAV (PyPI `av`) is measured where it can be imported; it is not a dependency of reidctl.
 """

@@ -1,7 +1,7 @@
 """Write synthetic clips for demos and benchmarks (codec from the extension: .mp4 MPEG-4, .avi MJPG).
 
-    python scripts/make_clip.py OUT.avi [--frames N] [--size HxW] [--fps F]
-    python scripts/make_clip.py clips/cam.mp4 --size 1080x1920 --fps 30 --frames 900 --count 16   # cam01..cam16.mp4
+    PYTHONPATH=$PWD python scripts/make_clip.py OUT.avi [--frames N] [--size HxW] [--fps F]
+    PYTHONPATH=$PWD python scripts/make_clip.py clips/cam.mp4 --size 1080x1920 --frames 900 --count 16  # cam01..16.mp4
 """
 
 import argparse

@@ -10,7 +10,8 @@
          so that the boxes do not overlap and NMS keeps nearly all.
 
 Prints the candidates and kept detections per frame measured with each written checkpoint.
-Usage: python scripts/make_load_checkpoints.py --output-dir models/loads [--model-type mot17] [--size 640 640]
+Usage: PYTHONPATH=$PWD python scripts/make_load_checkpoints.py --output-dir models/loads [--model-type mot17] \\
+         [--size 640 640]
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reidctl.engine.bench import SYNTHETIC_FRAMES
 from reidctl.engine.postprocess import select_detections

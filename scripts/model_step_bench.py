@@ -3,7 +3,8 @@ cuDNN's algorithm search on or off and with or without torch.compile: what kerne
 
 Each variant belongs in a process of its own (cuDNN's choices and torch.compile's settings are per process).
 Prints one JSON line: milliseconds per batch and frames per second for each batch size.
-Usage: python scripts/model_step_bench.py [--compile] [--freezing] [--cudnn-benchmark on|off] [--model-type mot17]
+Usage: PYTHONPATH=$PWD python scripts/model_step_bench.py [--compile] [--freezing] [--cudnn-benchmark on|off] \\
+         [--model-type mot17]
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reidctl.backends.pytorch import PyTorchRunner
 from reidctl.config import load_config, override

@@ -8,7 +8,8 @@ Decoded YOLOX predictions for 640x640 frames (8,400 anchors, one class) at three
 Each case is timed with CUDA events (median and p90 of --iters runs after --warmup), and the two methods'
 kept rows must be equal. With --model-ms, each run first queues a GPU stand-in for the model of that many ms, as
 the Detector does, and the time it adds beyond the stand-in alone is reported: there the host queues the NMS
-kernels while the model runs. Usage: python scripts/nms_bench.py [--batches 1,8] [--iters 200] [--json out.json]
+kernels while the model runs.
+Usage: PYTHONPATH=$PWD python scripts/nms_bench.py [--batches 1,8] [--iters 200] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reidctl.engine.postprocess import NMS_METHODS, select_detections
 from reidctl.io.atomic import atomic_path

@@ -5,7 +5,7 @@
 Prints the median and P99 of ``ByteTracker.update`` over ``--frames`` frames after a warm-up.
 Goal: a median <= 0.5 ms on a 2-core CPU machine.
 
-    python scripts/track_bench.py [--frames 3000]
+    PYTHONPATH=$PWD python scripts/track_bench.py [--frames 3000]
 """
 
 from __future__ import annotations

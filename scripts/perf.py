@@ -1,0 +1,725 @@
+#!/usr/bin/env python3
+"""Run one measurement suite of docs/PERFORMANCE.md: scripts/perf.py SUITE OUT_DIR [options].
+
+A suite is a declared list of steps (name, time bound, command). Each step runs the reidctl CLI
+(`python -m reidctl ...`) or a script of scripts/ with this interpreter, from the repository root with the tree on
+PYTHONPATH, as a user would. Its output goes to OUT_DIR/<step>.log; it is ended after its bound, and a failed step
+does not stop the others. A step that needs what this machine lacks (GPUs, TensorRT) is skipped, with the reason.
+
+Fixtures are made once in the work directory and reused by later runs: the generated clips (scripts/make_clip.py),
+the load checkpoints (scripts/make_load_checkpoints.py) and config files. The bundled Triton server is a fixture of
+the steps that talk to it: `reidctl setup-triton --repository R ... --start` before them, `--stop` after them, on a
+failure or Ctrl-C too. At the end a table of every step and its headline figures is printed; OUT_DIR/summary.json
+holds the same (the suite's current result, rewritten after each step).
+
+Standard library only: it runs on the GPU machine's own python3 before anything else is set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADS = ("idle", "crowd", "worst")
+STOP_TIMEOUT_S = 120
+KILL_GRACE_S = 10
+# The children import reidctl and the scripts' modules from this tree, whatever is installed.
+CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
+             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+GPU_PROBE = ("import json, torch; "
+             "print(json.dumps([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]))")
+
+
+@dataclass
+class Step:
+    """One bounded command; ``output`` is the JSON result the summary takes its figures from."""
+
+    name: str
+    timeout_s: int
+    argv: list[str]
+    output: Path | None = None
+    stdout: Path | None = None  # the command prints its result: stdout goes here, stderr to the log
+    needs_gpus: int = 0
+    needs_module: str | None = None  # e.g. tensorrt, which cannot be installed on every machine
+
+
+@dataclass
+class Served:
+    """Steps that talk to the bundled Triton server: it is started with ``setup_args`` before them and stopped after."""
+
+    name: str
+    repository: Path
+    setup_args: list[str]
+    steps: list[Step]
+    needs_gpus: int = 0
+    timeout_s: int = 300  # a first start compiles the server model: 60-105 s on an H100 or H200
+
+
+@dataclass
+class Settings:
+    cameras: str = "16"  # camera counts of bench's runs, comma-separated; the generated clips: the largest
+    frames: int = 240  # frames per generated clip, at 30 FPS
+    size: str = "1080x1920"  # generated clips' HEIGHTxWIDTH
+    device: str = "cuda"
+    model_args: str = "--model-type mot17"
+    loads: str = "idle,crowd,worst"
+    iters: int = 300
+    warmup: int = 30
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` or ``name=VALUE`` in a command line."""
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class Context:
+    """What a suite's steps are made of: the settings, the result and work directories, and the fixtures."""
+
+    def __init__(self, settings: Settings, out_dir: Path, work_dir: Path, checkpoints_dir: Path | None):
+        self.settings = settings
+        self.out_dir = out_dir
+        self.work_dir = work_dir
+        self.checkpoints_dir = checkpoints_dir
+        self.model = shlex.split(settings.model_args)
+        self.detection = ["--device", settings.device, *self.model]
+        self.iterations = ["--iters", str(settings.iters), "--warmup", str(settings.warmup)]
+        self.camera_count = max(int(n) for n in settings.cameras.split(","))
+        self.loads = settings.loads.split(",")
+        self.gpus_needed = 1 if settings.device.startswith("cuda") else 0  # by a step on --device
+        # torch.compile on a CPU takes minutes and measures nothing the GPU figures need.
+        self.compiles = self.gpus_needed > 0
+        self.fixtures: dict[str, Step] = {}  # made before the suite's steps, once each
+
+    @staticmethod
+    def reidctl(*args) -> list[str]:
+        return [sys.executable, "-m", "reidctl", *map(str, args)]
+
+    @staticmethod
+    def script(name: str, *args) -> list[str]:
+        return [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)]
+
+    def needs(self, gpus: int | None) -> int:
+        """GPUs a step needs: as given, else those of a step on --device."""
+        return self.gpus_needed if gpus is None else gpus
+
+    def result(self, name: str) -> Path:
+        return self.out_dir / name
+
+    def repository(self, name: str) -> Path:
+        return self.work_dir / "repositories" / name
+
+    def clips(self, count: int, size: str | None = None, suffix: str = ".mp4") -> list[Path]:
+        """``count`` copies of a generated clip (.mp4 MPEG-4, .avi MJPG), written unless a run before left them."""
+        size = size or self.settings.size
+        directory = self.work_dir / "clips" / f"{count}_{size}_{self.settings.frames}f{suffix.replace('.', '_')}"
+        paths = [directory / f"cam{i:02d}{suffix}" for i in range(1, count + 1)]
+        if not all(path.is_file() for path in paths):
+            target = paths[0] if count == 1 else directory / f"cam{suffix}"  # make_clip numbers several copies
+            self.fixtures.setdefault(directory.name, Step(
+                f"clips_{directory.name}", 240, self.script(
+                    "make_clip", target, "--size", size, "--fps", 30, "--frames", self.settings.frames,
+                    "--count", count)))
+        return paths
+
+    def checkpoint(self, load: str) -> Path:
+        """The ByteTrack-format checkpoint that puts ``load`` on NMS: from --checkpoints, or written once."""
+        if self.checkpoints_dir:
+            found = sorted(self.checkpoints_dir.glob(f"*_{load}.pth.tar"))
+            if not found:
+                sys.exit(f"error: {self.checkpoints_dir} has no *_{load}.pth.tar")
+            return found[0]
+        # make_load_checkpoints.py takes the model's type and input size as --model-type and --size H W.
+        model_type = option_value(self.model, "--model-type") or "mot17"
+        test_size = option_value(self.model, "--test-size") or "640x640"
+        directory = self.work_dir / "loads" / f"{model_type}_{test_size}"
+        path = directory / f"{model_type.lower()}_{load}.pth.tar"
+        if not path.is_file():
+            self.fixtures.setdefault("load_checkpoints", Step("load_checkpoints", 300, self.script(
+                "make_load_checkpoints", "--output-dir", directory, "--model-type", model_type,
+                "--size", *test_size.lower().split("x"))))
+        return path
+
+    def config(self, name: str, **detection) -> Path:
+        """A config file with these detection settings (written as JSON, which YAML reads as it is)."""
+        path = self.work_dir / "configs" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"detection": detection}, indent=2, default=str) + "\n")
+        return path
+
+    def compile_config(self) -> Path:
+        return self.config("compile", compile=self.compiles)
+
+    def detect(self, name: str, clips: list[Path], *options, outputs: tuple[str, ...] = ("mot",),
+               timeout_s: int = 150, needs_gpus: int | None = None) -> Step:
+        """`reidctl detect` of the clips as cameras, its summary in OUT_DIR/NAME.json; ``outputs``: mot, jsonl."""
+        written = self.work_dir / "outputs" / name
+        paths = {"mot": written / ("mot" if len(clips) > 1 else "mot.txt"), "jsonl": written / "detections.jsonl"}
+        output_args = [arg for kind in outputs for arg in (f"--{kind}", paths[kind])] or ["--no-output"]
+        summary = self.result(f"{name}.json")
+        argv = self.reidctl("detect", *clips, *options, *output_args, "--no-progress", "--summary-json", summary)
+        return Step(name, timeout_s, argv, output=summary, needs_gpus=self.needs(needs_gpus))
+
+    def bench(self, name: str, *options, timeout_s: int = 200, needs_gpus: int | None = None) -> Step:
+        """`reidctl bench`, its report in OUT_DIR/NAME.json."""
+        report = self.result(f"{name}.json")
+        argv = self.reidctl("bench", *options, "--output", report, "--no-progress")
+        return Step(name, timeout_s, argv, output=report, needs_gpus=self.needs(needs_gpus))
+
+    def recommend(self, name: str, *options, timeout_s: int = 60, needs_gpus: int = 0) -> Step:
+        """`reidctl recommend`, its answer in OUT_DIR/NAME.json."""
+        answer = self.result(f"{name}.json")
+        return Step(name, timeout_s, self.reidctl("recommend", *options, "--json", answer), output=answer,
+                    needs_gpus=needs_gpus)
+
+    def triton(self, name: str, steps: list[Step], *setup_args, needs_gpus: int | None = None) -> Served:
+        return Served(name, self.repository(name), [*map(str, setup_args)], steps,
+                      needs_gpus=self.needs(needs_gpus))
+
+
+# The suites. Each builds its steps from the settings; the fixtures it asks for are made first.
+
+def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
+    cameras = ctx.clips(ctx.camera_count)
+    steps: list[Step | Served] = []
+    for load in ctx.loads:
+        detection = ["-c", ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load)]
+        detect = ["--backend", "pytorch", *detection]
+        steps.append(ctx.bench(f"bench_{load}", "--backends", "pytorch", *detection, "--source", cameras[0],
+                               *ctx.iterations, "--cameras", ctx.settings.cameras))
+        if load == "worst":  # a row for every anchor: writing them is the limit, so this one runs without outputs
+            steps.append(ctx.detect(f"detect_pytorch_fast_{load}_nooutput", cameras, *detect, outputs=()))
+        else:
+            steps.append(ctx.detect(f"detect_pytorch_rt_{load}", cameras, *detect, "--realtime",
+                                    outputs=("mot", "jsonl")))
+        if load == "crowd":  # the tracker's place in the pipeline, measured at the crowd load
+            steps.append(ctx.detect(f"detect_pytorch_rt_{load}_track", cameras, *detect, "--realtime", "--track",
+                                    outputs=("mot", "jsonl")))
+        steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
+    return steps
+
+
+def pipeline_triton(ctx: Context) -> list[Step | Served]:
+    cameras = ctx.clips(ctx.camera_count)
+    groups: list[Step | Served] = []
+    for load in ctx.loads:
+        model = [*ctx.model, "--model", ctx.checkpoint(load)]
+        detect = ["--backend", "triton", "--device", ctx.settings.device, *model]
+        steps = [ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
+        for in_flight in (2, 1):  # fewer requests in flight from detect's batch loops than its default 4
+            config = ctx.config(f"triton_in_flight_{in_flight}", triton={"max_in_flight": in_flight})
+            steps.append(ctx.detect(f"detect_triton_rt_{load}_in_flight_{in_flight}", cameras, *detect, "-c", config,
+                                    "--realtime", outputs=("mot", "jsonl")))
+        steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
+        groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
+    return groups
+
+
+def loads(ctx: Context) -> list[Step | Served]:
+    steps: list[Step | Served] = [
+        ctx.bench(f"bench_pytorch_{load}", "--backends", "pytorch", *ctx.detection, "--model", ctx.checkpoint(load),
+                  *ctx.iterations, "--cameras", ctx.settings.cameras)
+        for load in ctx.loads
+    ]
+    for load in ctx.loads:  # PyTorch compiled and the server, one bench per load
+        model = [*ctx.model, "--model", ctx.checkpoint(load)]
+        bench = ctx.bench(f"bench_{load}", "--backends", "pytorch,triton", "-c", ctx.compile_config(),
+                          "--device", ctx.settings.device, *model, *ctx.iterations, "--cameras", ctx.settings.cameras,
+                          "--client-processes", 4, timeout_s=300)
+        steps.append(ctx.triton(f"triton_{load}", [bench], "--device", ctx.settings.device, *model))
+    return steps
+
+
+def nms(ctx: Context) -> list[Step | Served]:
+    return [
+        Step("nms_bench", 120, ctx.script("nms_bench", "--iters", 200, "--json", ctx.result("nms_bench.json")),
+             needs_gpus=1),
+        Step("nms_bench_after_model", 120, ctx.script(
+            "nms_bench", "--iters", 100, "--model-ms", 3, "--json", ctx.result("nms_bench_after_model.json")),
+            needs_gpus=1),
+        Step("nms_gpu_tests", 180, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                    str(ROOT / "tests" / "engine" / "test_nms_kernels.py")], needs_gpus=1),
+    ]
+
+
+# One process each: cuDNN's choices and torch.compile's settings hold for the whole process.
+MODEL_STEP_VARIANTS = {
+    "graph": ["--cudnn-benchmark", "off"],
+    "graph_search": ["--cudnn-benchmark", "on"],
+    "compile": ["--compile", "--cudnn-benchmark", "off"],
+    "compile_search": ["--compile", "--cudnn-benchmark", "on"],
+    "compile_search_freezing": ["--compile", "--freezing", "--cudnn-benchmark", "on"],
+}
+
+
+def model_step(ctx: Context) -> list[Step | Served]:
+    model_type = option_value(ctx.model, "--model-type") or "mot17"
+    return [
+        Step(f"model_step_{name}", 330, ctx.script("model_step_bench", *options, "--model-type", model_type,
+                                                   "--sizes", "1,2,4,5,8", "--iters", 100),
+             stdout=ctx.result(f"model_step_{name}.json"), needs_gpus=1)
+        for name, options in MODEL_STEP_VARIANTS.items()
+    ]
+
+
+def multicam(ctx: Context) -> list[Step | Served]:
+    count = ctx.camera_count
+    cameras = ctx.clips(count)
+    detect = ["--backend", "pytorch", *ctx.detection]
+    through_server = cameras[:4]
+    return [
+        ctx.detect(f"detect_pytorch_rt{count}", cameras, *detect, "--realtime", timeout_s=120),
+        ctx.detect(f"detect_pytorch_fast{count}", cameras, *detect, timeout_s=120),
+        ctx.bench(f"bench_pytorch_{count}_clip", "--backends", "pytorch", *ctx.detection, "--source", cameras[0],
+                  *ctx.iterations, "--cameras", count),
+        ctx.detect("detect_pytorch_one", cameras[:1], *detect, timeout_s=60),
+        ctx.triton("triton", [
+            ctx.detect(f"detect_triton_rt{len(through_server)}", through_server, "--backend", "triton", *ctx.model,
+                       "--realtime", timeout_s=120),
+        ], *ctx.detection),
+        Step("decode", 120, ctx.script("decode_bench", "--clip", cameras[0], "--readers", "1,4,16", "--decoders",
+                                       "opencv", "--workers", "thread", "--json", ctx.result("decode.json"))),
+    ]
+
+
+def capacity(ctx: Context) -> list[Step | Served]:
+    count = ctx.camera_count
+    cameras = ctx.clips(count)
+    config = ctx.config("capacity", device=ctx.settings.device, compile=ctx.compiles,
+                        triton={"repository": ctx.repository("triton")})
+    common = ["-c", config, *ctx.model]
+    need = ["--cameras", count, "--fps", 30, "--latency-ms", 100]
+    open_loop = ctx.bench(f"bench_open{count}", *common, "-b", "pytorch,triton", "--source", cameras[0],
+                          "--iters", 20, "--warmup", 5, *need, "--seconds", 3, "--parity")
+    return [
+        ctx.detect(f"detect_pytorch_compile_rt{count}", cameras, *common, "--backend", "pytorch", "--realtime"),
+        ctx.triton("triton", [
+            open_loop,
+            ctx.recommend(f"verify{count}", *common, "--bench", open_loop.output, *need, "--verify", "--seconds", 5,
+                          "--deploy", ctx.result("deploy"), timeout_s=150, needs_gpus=ctx.gpus_needed),
+        ], *common),
+    ]
+
+
+def parity(ctx: Context) -> list[Step | Served]:
+    # Parity compares precisions and runtimes, not speed: no compile.
+    config = ctx.config("parity_crowd", model_path=ctx.checkpoint("crowd"), device=ctx.settings.device,
+                        compile=False, onnx_path=ctx.work_dir / "crowd.onnx",
+                        triton={"repository": ctx.repository("triton")})
+    common = ["-c", config, *ctx.model]
+    return [
+        Step("export_onnx", 120, ctx.reidctl("export-onnx", *common, "--no-progress")),
+        ctx.triton("triton", [
+            ctx.bench("bench_parity_crowd", *common, "-b", "pytorch,onnxruntime,triton", "--parity",
+                      "--iters", 10, "--warmup", 2, "--cameras", 1, timeout_s=150),
+        ], *common),
+    ]
+
+
+def max_cameras(ctx: Context) -> list[Step | Served]:
+    groups: list[Step | Served] = []
+    for load in ctx.loads:
+        name = f"triton_{load}"
+        config = ctx.config(f"max_cameras_{load}", model_path=ctx.checkpoint(load), device=ctx.settings.device,
+                            compile=ctx.compiles, triton={"repository": ctx.repository(name)})
+        common = ["-c", config, *ctx.model]
+        search = ctx.recommend(f"capacity_{load}", *common, "--cameras", ctx.camera_count, "--fps", 30,
+                               "--latency-ms", 100, "--max-cameras", "-b", "pytorch,triton", "--camera-limit", 48,
+                               "--seconds", 3, timeout_s=300, needs_gpus=ctx.gpus_needed)
+        groups.append(ctx.triton(name, [search], *common))
+    return groups
+
+
+def multigpu(ctx: Context) -> list[Step | Served]:
+    # One device against two of the same kind; on a CPU, cpu against cpu,cpu checks the commands.
+    asked = ctx.settings.device
+    one, two = ("cuda:0", "cuda:0,1") if ctx.gpus_needed else (asked, f"{asked},{asked}")
+    tag = {one: one.replace(":", "_"), two: two.replace(":", "_").replace(",", "_")}
+    needs = {one: ctx.gpus_needed, two: 2 * ctx.gpus_needed}
+    bench = [*ctx.model, *ctx.iterations, "--cameras", ctx.settings.cameras]
+    steps: list[Step | Served] = [
+        ctx.bench(f"bench_{tag[device]}", "--backends", "pytorch", "--device", device, *bench,
+                  needs_gpus=needs[device])
+        for device in (one, two)
+    ]
+    steps.append(ctx.detect(f"detect_{tag[two]}_{ctx.camera_count}", ctx.clips(ctx.camera_count),
+                            "--backend", "pytorch", "--device", two, *ctx.model, needs_gpus=needs[two]))
+    for gpus, needed in (("0", 1), ("all", 2)):  # the server's instances on GPU 0 only, then one on every GPU
+        served = ctx.bench(f"bench_triton_gpus_{gpus}", "--backends", "triton", *bench, "--client-processes", 4)
+        steps.append(ctx.triton(f"triton_gpus_{gpus}", [served], *ctx.model, "--gpus", gpus, needs_gpus=needed))
+    return steps
+
+
+def backends(ctx: Context) -> list[Step | Served]:
+    onnx = {precision: ctx.work_dir / f"model_{precision}.onnx" for precision in ("fp16", "fp32")}
+    engine = ctx.work_dir / "model_fp16.trt"
+    steps: list[Step | Served] = [
+        Step(f"export_{precision}", 300, ctx.reidctl("export-onnx", *ctx.model, f"--{precision}", "--output", path,
+                                                     "--no-progress", "--json"),
+             stdout=ctx.result(f"export_{precision}.json"))
+        for precision, path in onnx.items()
+    ]
+    steps.append(Step("build_engine", 1200, ctx.reidctl("build-engine", "--onnx", onnx["fp16"], "--output", engine,
+                                                        "--fp16", "--workspace", 4096, "--no-progress"),
+                      needs_gpus=1, needs_module="tensorrt"))
+    measured = ["pytorch", *(["tensorrt"] if importable("tensorrt") else []), "triton"]
+    engine_config = ctx.config("engine", tensorrt={"engine_path": engine})
+    every_backend = ctx.bench("bench", "--backends", ",".join(measured), "-c", engine_config, *ctx.detection,
+                              *ctx.iterations, "--cameras", ctx.settings.cameras, timeout_s=400)
+    steps += [
+        ctx.triton("triton", [every_backend], *ctx.detection),
+        ctx.bench("bench_pytorch_compile", "--backends", "pytorch", "-c", ctx.compile_config(), *ctx.detection,
+                  *ctx.iterations, "--cameras", ctx.settings.cameras, timeout_s=300),
+        # The GPU machine's ONNX Runtime has the CPU provider only: measured there on purpose, with fewer frames.
+        ctx.bench("bench_onnxruntime_cpu", "--backends", "onnxruntime", "-c",
+                  ctx.config("onnxruntime", onnx_path=onnx["fp32"]), *ctx.model, "--device", "cpu",
+                  "--iters", 50, "--warmup", 5, "--cameras", "1,4", timeout_s=300, needs_gpus=0),
+    ]
+    steps += [ctx.recommend(f"recommend_{count}", "--cameras", count, "--bench", every_backend.output)
+              for count in (4, 16)]
+    return steps
+
+
+def triton(ctx: Context) -> list[Step | Served]:
+    def bench(name: str, *options) -> Step:
+        return ctx.bench(name, "--backends", "triton", *ctx.model, *options, *ctx.iterations,
+                         "--cameras", ctx.settings.cameras)
+
+    delay = ctx.config("queue_delay_2ms", triton={"max_queue_delay_ms": 2.0})
+    clip = ctx.clips(1, suffix=".avi")
+    return [
+        ctx.triton("triton", [
+            bench("bench_triton"),
+            ctx.detect("detect_triton_clip", clip, "--backend", "triton", *ctx.model),
+        ], *ctx.detection),
+        ctx.triton("triton_max_batch_16", [bench("bench_triton_max_batch_16")], *ctx.detection,
+                   "--max-batch-size", 16),
+        ctx.triton("triton_queue_delay_2ms", [bench("bench_triton_queue_delay_2ms", "-c", delay)], "-c", delay,
+                   *ctx.detection),
+    ]
+
+
+def detect(ctx: Context) -> list[Step | Served]:
+    sizes = dict.fromkeys(["640x640", ctx.settings.size])  # the network's input size, then the cameras'
+    return [ctx.detect(f"detect_{size}", ctx.clips(1, size=size, suffix=".avi"), *ctx.detection, "--fp16")
+            for size in sizes]
+
+
+def host(ctx: Context) -> list[Step | Served]:
+    return [
+        Step("writer_bench", 300, ctx.script("writer_bench", "--json"), stdout=ctx.result("writer_bench.json")),
+        Step("track_bench", 300, ctx.script("track_bench")),
+        Step("decode_bench", 300, ctx.script("decode_bench", "--size", ctx.settings.size, "--frames",
+                                             ctx.settings.frames, "--readers", "1,2,4", "--json",
+                                             ctx.result("decode_bench.json"))),
+        Step("cli_startup", 300, ctx.script("cli_startup")),
+    ]
+
+
+@dataclass
+class Suite:
+    about: str  # what it measures; docs/PERFORMANCE.md names the suite beside each figure it reproduces
+    build: Callable[[Context], list[Step | Served]]
+    defaults: dict = field(default_factory=dict)  # settings other than Settings' own defaults
+
+
+SUITES = {
+    "pipeline-pytorch": Suite(
+        "detect of N 1080p clips as N cameras per load through PyTorch (compile): real time and flat out with the "
+        "MOT and JSON-lines outputs, --track at crowd, worst without outputs; bench --source on the same frames",
+        pipeline_pytorch),
+    "pipeline-triton": Suite(
+        "the same cameras through the bundled server per load: real time (max_in_flight 4, 2, 1) and flat out",
+        pipeline_triton, {"loads": "idle,crowd"}),
+    "loads": Suite(
+        "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",
+        loads, {"cameras": "1,16", "iters": 1000, "warmup": 100}),
+    "nms": Suite("the GPU NMS against torchvision at the three loads, alone and behind a 3 ms model; its GPU tests",
+                 nms),
+    "model-step": Suite("the PyTorch runner's model step per batch size: CUDA graph or compile, cuDNN search on/off",
+                        model_step),
+    "multicam": Suite(
+        "N 1080p cameras in one detect (real time, flat out), bench on their frames, one camera, 4 cameras through "
+        "the server, decoding", multicam, {"frames": 300}),
+    "capacity": Suite(
+        "N cameras at 30 FPS: detect in real time (compile), open-loop bench of PyTorch and the server with parity, "
+        "recommend --verify", capacity, {"frames": 300}),
+    "parity": Suite("bench --parity at the crowd load: PyTorch fp32/fp16, ONNX Runtime, the server", parity),
+    "max-cameras": Suite("recommend --max-cameras for PyTorch (compile) and the server at each load", max_cameras,
+                         {"loads": "idle,worst"}),
+    "multigpu": Suite(
+        "one GPU against two: bench in process and through the server (instances on GPU 0, then on all), detect "
+        "of N 1080p cameras on both", multigpu, {"cameras": "16,32", "frames": 150, "iters": 2000, "warmup": 60}),
+    "backends": Suite(
+        "every backend: ONNX exports, TensorRT engine (where installed), bench of PyTorch, TensorRT, the server and "
+        "PyTorch compiled, ONNX Runtime on the CPU, recommend for 4 and 16 cameras", backends,
+        {"cameras": "1,4,16", "iters": 1000, "warmup": 100}),
+    "triton": Suite(
+        "the bundled server: bench at max_batch_size 8 and 16 and a 2 ms queue delay, detect of a 1080p clip",
+        triton, {"cameras": "1,4,16", "iters": 1000, "warmup": 100, "frames": 300}),
+    "detect": Suite("detect of one 640x640 and one --size clip, end to end", detect, {"frames": 300}),
+    "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up", host, {"frames": 120}),
+}
+
+
+def number(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def figures(path: Path | None) -> list[str]:
+    """Headline numbers of a detect summary, a bench report or a recommendation; none for other results."""
+    try:
+        data = json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    if "limiting_stage" in data:  # detect --summary-json
+        load, latency = data.get("detection_load") or {}, data.get("latency_ms") or {}
+        return [f"{number(data.get('fps'))} FPS, {data.get('dropped')} dropped, P99 {number(latency.get('p99'))} ms, "
+                f"batch {number(data.get('mean_batch'), '.2f')}, "
+                f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}"]
+    if "backends" in data:  # bench --output
+        lines = []
+        for backend in data["backends"]:
+            if backend.get("status") != "ok":
+                lines.append(f"{backend.get('name')}: {backend.get('status')} {backend.get('reason') or ''}".strip())
+                continue
+            runs = [f"P50 {number((backend.get('single_stream') or {}).get('p50_ms'), '.2f')} ms"]
+            for run in backend.get("multi_stream") or []:
+                dropped = "" if run.get("dropped") is None else f", {run['dropped']} dropped"
+                cameras = f"{run['cameras']} camera" + ("s" if run["cameras"] != 1 else "")
+                runs.append(f"{cameras} {number(run['throughput_fps'])} FPS ({run['mode']}{dropped})")
+            lines.append(f"{backend['name']}: " + "; ".join(runs))
+        lines += [f"parity {row['backend']} {row['precision']}: {row['status']}, {row['matched']} of "
+                  f"{row['reference_boxes']} matched"
+                  for row in data.get("parity") or [] if row["status"] != "reference"]
+        return lines
+    if "choice" in data:  # recommend --json
+        return [(data.get("capacity") or {}).get("line") or f"chose {data['choice']} ({data.get('mode')})"]
+    return []
+
+
+def visible_gpus() -> list[str]:
+    try:
+        probe = subprocess.run([sys.executable, "-c", GPU_PROBE], capture_output=True, text=True, timeout=120,
+                               env=CHILD_ENV, cwd=ROOT)
+        return json.loads(probe.stdout.splitlines()[-1]) if probe.returncode == 0 else []
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        return []
+
+
+def end_process_group(child: subprocess.Popen) -> None:
+    """SIGTERM to the step's process group (its own session), SIGKILL if it is still there after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        try:
+            child.wait(KILL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def signals_ignored():
+    """A second Ctrl-C must not leave the server running: its stop finishes first (it has its own bound)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Runner:
+    def __init__(self, suite: str, settings: Settings, out_dir: Path, work_dir: Path, dry_run: bool):
+        self.out_dir = out_dir
+        self.dry_run = dry_run
+        self.gpus = visible_gpus()
+        self.results: list[dict] = []
+        self.summary = {"suite": suite, "about": SUITES[suite].about, "command": shlex.join(sys.argv),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "interrupted": False,
+                        "settings": dataclasses.asdict(settings), "work_dir": str(work_dir),
+                        "machine": {"host": platform.node(), "python": platform.python_version(),
+                                    "cpus": os.cpu_count(), "gpus": self.gpus},
+                        "steps": self.results}
+
+    def missing(self, step: Step) -> str | None:
+        if step.needs_module and not importable(step.needs_module):
+            return f"needs {step.needs_module}, not installed here"
+        if step.needs_gpus > len(self.gpus):
+            return f"needs {step.needs_gpus} GPU(s), {len(self.gpus)} here"
+        return None
+
+    def record(self, step: Step, status: str, exit_code: int | None = None, seconds: float = 0.0,
+               reason: str | None = None) -> dict:
+        result = {"name": step.name, "status": status, "exit_code": exit_code, "seconds": round(seconds, 1),
+                  "reason": reason, "command": shlex.join(step.argv),
+                  "log": f"{step.name}.log" if status not in ("skipped", "planned") else None,
+                  "output": str(step.output) if step.output else None,
+                  "figures": figures(step.output) if status not in ("skipped", "planned") else []}
+        self.results.append(result)
+        if not self.dry_run:
+            detail = f" ({reason})" if reason else f" (exit {exit_code})" if exit_code else ""
+            print(f"{step.name}: {status}{detail}" + ("" if status == "skipped" else f" after {seconds:.0f} s"),
+                  flush=True)
+        self.write_summary()
+        return result
+
+    def step(self, step: Step) -> dict:
+        reason = self.missing(step)
+        if self.dry_run:
+            print(f"$ {shlex.join(step.argv)}  # {reason or f'{step.timeout_s} s'}")
+        if reason:
+            return self.record(step, "skipped", reason=reason)
+        if self.dry_run:
+            return self.record(step, "planned")
+        for stale in (step.output, step.stdout):  # a run before left it: this run's failure must not show its figures
+            if stale:
+                stale.unlink(missing_ok=True)
+        log_path = self.out_dir / f"{step.name}.log"
+        started = time.monotonic()
+        with open(log_path, "w") as log, open(step.stdout, "w") if step.stdout else contextlib.nullcontext(log) as out:
+            log.write(f"$ {shlex.join(step.argv)}\n")
+            log.flush()
+            # A session of its own: a timeout or Ctrl-C ends the whole step (its workers too), and the terminal's
+            # Ctrl-C reaches this runner only, which then ends the step and stops the server in order.
+            child = subprocess.Popen(step.argv, cwd=ROOT, env=CHILD_ENV, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=log, start_new_session=True)
+            try:
+                exit_code = child.wait(step.timeout_s)
+            except subprocess.TimeoutExpired:
+                end_process_group(child)
+                return self.record(step, "timed out", seconds=time.monotonic() - started,
+                                   reason=f"ended after its {step.timeout_s} s bound")
+            except KeyboardInterrupt:
+                end_process_group(child)
+                self.record(step, "interrupted", seconds=time.monotonic() - started)
+                raise
+        return self.record(step, "ok" if exit_code == 0 else "failed", exit_code, time.monotonic() - started)
+
+    def served(self, served: Served) -> None:
+        setup = Context.reidctl("setup-triton", "--repository", served.repository)
+        start = Step(f"{served.name}_start", served.timeout_s, [*setup, *served.setup_args, "--start"],
+                     needs_gpus=served.needs_gpus)
+        started = None
+        try:
+            started = self.step(start)
+            for step in served.steps:
+                if started["status"] in ("ok", "planned"):
+                    self.step(step)
+                else:
+                    self.record(step, "skipped", reason=started["reason"] or f"{start.name} {started['status']}")
+        finally:
+            if started is None or started["status"] != "skipped":  # the start ran, maybe halfway: always stop
+                with signals_ignored():
+                    self.step(Step(f"{served.name}_stop", STOP_TIMEOUT_S, [*setup, "--stop"]))
+
+    def run(self, item: Step | Served) -> None:
+        if isinstance(item, Served):
+            self.served(item)
+        else:
+            self.step(item)
+
+    def write_summary(self) -> None:
+        path = self.out_dir / "summary.json"
+        path.with_suffix(".json.tmp").write_text(json.dumps(self.summary, indent=2) + "\n")
+        path.with_suffix(".json.tmp").replace(path)  # a reader never sees half a file
+
+    def finish(self, interrupted: bool) -> int:
+        self.summary.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), interrupted=interrupted)
+        self.write_summary()
+        width = max([len(result["name"]) for result in self.results] + [4])
+        print(f"\n{'step':<{width}}  {'status':<11}  {'s':>5}  figures")
+        for result in self.results:
+            lines = result["figures"] or [result["reason"] or ""]
+            print(f"{result['name']:<{width}}  {result['status']:<11}  {result['seconds']:>5.0f}  {lines[0]}")
+            for line in lines[1:]:
+                print(f"{'':<{width + 22}}  {line}")
+        print(f"\n{self.out_dir / 'summary.json'}")
+        if interrupted:
+            return 130
+        return 1 if any(result["status"] in ("failed", "timed out") for result in self.results) else 0
+
+
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: the server is stopped and the summary written
+
+
+def parse_args() -> argparse.Namespace:
+    suites = "\n".join(f"  {name:<17} {suite.about}" for name, suite in SUITES.items())
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"suites:\n{suites}\n\nA check on a CPU: scripts/perf.py pipeline-pytorch /tmp/p --device cpu "
+               "--cameras 2 --frames 20 --size 120x160 --iters 10 --warmup 2 "
+               "--model-args \"--model-type nano --test-size 128x160\"")
+    parser.add_argument("suite", choices=SUITES, metavar="SUITE", help="one of the suites below")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="logs, results and summary.json")
+    parser.add_argument("--cameras", help="camera counts of bench's runs, comma-separated (the clips: the largest)")
+    parser.add_argument("--frames", type=int, help="frames per generated clip")
+    parser.add_argument("--size", help="generated clips' HEIGHTxWIDTH (default 1080x1920)")
+    parser.add_argument("--device", help="cuda (default), cuda:N or cpu")
+    parser.add_argument("--model-args", help="model options for every command (default \"--model-type mot17\"); "
+                                             "one option alone as --model-args=--fp32")
+    parser.add_argument("--loads", help="detection loads, comma-separated, of idle, crowd, worst")
+    parser.add_argument("--iters", type=int, help="bench's measured requests per run")
+    parser.add_argument("--warmup", type=int, help="bench's untimed requests before each run")
+    parser.add_argument("--checkpoints", type=Path, help="existing load checkpoints (*_idle.pth.tar, ...) to use "
+                                                         "instead of writing them")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "reidctl-perf",
+                        help="fixtures, reused by later runs (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="print the steps' commands, run nothing")
+    args = parser.parse_args()
+    if args.loads and not set(args.loads.split(",")) <= set(LOADS):
+        parser.error(f"--loads: a comma list of {', '.join(LOADS)}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if getattr(args, f.name) is not None}
+    settings = dataclasses.replace(Settings(), **{**SUITES[args.suite].defaults, **given})
+    out_dir, work_dir = args.out_dir.resolve(), args.work_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    context = Context(settings, out_dir, work_dir, args.checkpoints and args.checkpoints.resolve())
+    plan = SUITES[args.suite].build(context)
+    runner = Runner(args.suite, settings, out_dir, work_dir, args.dry_run)
+    if not args.dry_run:
+        shutil.rmtree(work_dir / "outputs", ignore_errors=True)  # detect's outputs of a run before
+    signal.signal(signal.SIGTERM, interrupt)
+    interrupted = False
+    try:
+        for item in [*context.fixtures.values(), *plan]:
+            runner.run(item)
+    except KeyboardInterrupt:
+        interrupted = True
+    return runner.finish(interrupted)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
