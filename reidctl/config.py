@@ -26,6 +26,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_NESTING = 32  # the YAML composer recurses once per level: 100,000 levels overflow the stack
 MAX_ALIASES = 32  # aliases share nodes, so a few dozen can stand for billions of values ("billion laughs")
 MAX_TEST_SIDE = 4096
+DEFAULT_TIMEOUT_S = 5.0  # how long a network source may take to open or to give its next frame
 # Values quoted in errors: a bounded repr (a shared-alias structure's full repr would never finish).
 _QUOTE = reprlib.Repr()
 _QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother = 2, 4, 4, 60, 60

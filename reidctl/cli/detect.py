@@ -33,7 +33,7 @@ from reidctl.cli.app import (
     fail,
     warn,
 )
-from reidctl.io.sources import DEFAULT_TIMEOUT_S
+from reidctl.config import DEFAULT_TIMEOUT_S
 
 
 def _ms(value) -> str:

@@ -31,14 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reidctl.config import TrackingConfig
+from reidctl.config import DEFAULT_TIMEOUT_S, TrackingConfig
 from reidctl.engine.cameras import Camera, Hub, TimedFrame
 from reidctl.engine.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
 from reidctl.engine.preprocess import letterbox_frame
 from reidctl.engine.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
-from reidctl.io.sources import DEFAULT_TIMEOUT_S, CameraSpec, FrameSource, UnopenedSource, open_source
+from reidctl.io.sources import CameraSpec, FrameSource, UnopenedSource, open_source
 from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter

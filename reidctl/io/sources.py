@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from reidctl.config import check_regular_file
+from reidctl.config import DEFAULT_TIMEOUT_S, check_regular_file
 from reidctl.errors import ReidctlError
 
 # OpenCV's own warnings would repeat, unformatted, what the one-line errors below say.
@@ -25,7 +25,6 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://")
-DEFAULT_TIMEOUT_S = 5.0
 CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 Warn = Callable[[str], None] | None  # takes a warning about the input (a frame skipped...); None: raise instead
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from helpers import make_checkpoint, needs_gpu, write_config, write_video
 from reidctl.cli import app
-from reidctl.io.sources import DEFAULT_TIMEOUT_S
+from reidctl.config import DEFAULT_TIMEOUT_S
 from reidctl.io.synthetic import synthetic_frame
 
 runner = CliRunner()
