@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from reidctl.engine.bench import SYNTHETIC_FRAMES
-from reidctl.engine.postprocess import select_detections
-from reidctl.engine.preprocess import letterbox, normalize, sample_input
+from reidctl.apps.bench import SYNTHETIC_FRAMES
+from reidctl.core.postprocess import select_detections
+from reidctl.core.preprocess import letterbox, normalize, sample_input
 from reidctl.errors import ReidctlError
 from reidctl.io.synthetic import synthetic_frame
 from reidctl.models.checkpoint import load_model, resolve_spec, save_checkpoint
-from reidctl.engine.untrained import lively_yolox
+from reidctl.core.untrained import lively_yolox
 from reidctl.models.yolox import YOLOX, build_yolox
 
 LOADS = ("idle", "crowd", "worst")

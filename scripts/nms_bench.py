@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reidctl.engine.postprocess import NMS_METHODS, select_detections
+from reidctl.core.postprocess import NMS_METHODS, select_detections
 from reidctl.io.atomic import atomic_path
 from reidctl.models.yolox import anchor_grids
 

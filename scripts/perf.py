@@ -262,7 +262,7 @@ def nms(ctx: Context) -> list[Step | Served]:
             "nms_bench", "--iters", 100, "--model-ms", 3, "--json", ctx.result("nms_bench_after_model.json")),
             needs_gpus=1),
         Step("nms_gpu_tests", 180, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                    str(ROOT / "tests" / "engine" / "test_nms_kernels.py")], needs_gpus=1),
+                                    str(ROOT / "tests" / "core" / "test_nms_kernels.py")], needs_gpus=1),
     ]
 
 

@@ -17,7 +17,7 @@ from reidctl.config import Config, DetectionConfig, TensorRTConfig
 from reidctl.export.onnx import export_onnx
 from reidctl.io.synthetic import write_synthetic_video
 from reidctl.models.checkpoint import load_model, save_checkpoint
-from reidctl.engine.untrained import lively_yolox
+from reidctl.core.untrained import lively_yolox
 
 SMALL_TEST_SIZE = (128, 160)
 

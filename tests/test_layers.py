@@ -15,11 +15,13 @@ import pytest
 import reidctl
 
 PACKAGE = Path(reidctl.__file__).parent
-# Lowest first; a module may import its own layer or lower ones.
-LAYERS = ["errors", "config", "io", "tracking", "models", "engine", "export", "triton", "backends", "cli"]
+# Lowest first; a module may import its own layer or lower ones. core is what every backend, the export and the Triton
+# client share (the Detector, pre- and postprocessing, devices); apps are what reidctl does with them (detect's
+# pipeline, bench, capacity, recommend, parity).
+LAYERS = ["errors", "config", "io", "tracking", "models", "core", "export", "triton", "backends", "apps", "cli"]
 # The one module that imports modules by name: the backend registry reaches backends (a higher layer) that way, so
 # that using one backend never imports the others.
-REGISTRY = "reidctl.engine.detector"
+REGISTRY = "reidctl.core.detector"
 IMPORT_FUNCTIONS = {"import_module", "__import__"}
 MODULE_NAME = re.compile(r"reidctl(\.\w+)+")
 
@@ -133,15 +135,15 @@ def test_only_the_registry_imports_by_name():
 @pytest.mark.parametrize(
     ("file", "added", "reported"),
     [
-        ("engine/stats.py", "from ..cli import app\n", "reidctl.engine.stats -> reidctl.cli"),
+        ("apps/stats.py", "from ..cli import app\n", "reidctl.apps.stats -> reidctl.cli"),
         ("io/atomic.py", 'import importlib\nimportlib.import_module("reidctl.cli.bench")\n',
          "reidctl.io.atomic imports by name, line {line}: importlib.import_module('reidctl.cli.bench')"),
-        ("models/loader.py", "def late():\n    from ..engine import detector\n",
-         "reidctl.models.loader -> reidctl.engine.detector"),
+        ("models/loader.py", "def late():\n    from ..core import detector\n",
+         "reidctl.models.loader -> reidctl.core.detector"),
         ("tracking/__init__.py", "from .. import triton\n", "reidctl.tracking -> reidctl.triton"),
-        ("io/writers.py", "from ..engine.pipeline import Outputs\n", "reidctl.io.writers -> reidctl.engine.pipeline"),
-        ("io/paths.py", "__import__('reidctl.engine.pipeline')\n",
-         "reidctl.io.paths imports by name, line {line}: __import__('reidctl.engine.pipeline')"),
+        ("io/writers.py", "from ..apps.pipeline import Outputs\n", "reidctl.io.writers -> reidctl.apps.pipeline"),
+        ("io/paths.py", "__import__('reidctl.apps.pipeline')\n",
+         "reidctl.io.paths imports by name, line {line}: __import__('reidctl.apps.pipeline')"),
         ("config.py", "import importlib.util\nimportlib.util.find_spec('reidctl.triton.server')\n",
          "reidctl.config imports by name, line {line}: importlib.util.find_spec('reidctl.triton.server')"),
     ],
@@ -154,10 +156,10 @@ def test_a_way_around_the_layers_is_reported(file, added, reported):
 
 
 def test_relative_imports_resolve_against_the_package():
-    assert imported_names("from . import nms\nfrom .frames import rescale\n", "reidctl.engine.stats", False) == {
-        "reidctl.engine", "reidctl.engine.nms", "reidctl.engine.frames", "reidctl.engine.frames.rescale"}
+    assert imported_names("from . import nms\nfrom .frames import rescale\n", "reidctl.core.detector", False) == {
+        "reidctl.core", "reidctl.core.nms", "reidctl.core.frames", "reidctl.core.frames.rescale"}
     assert imported_names("from . import detect\n", "reidctl.cli", True) == {"reidctl.cli", "reidctl.cli.detect"}
-    assert imported_names("from ..errors import ReidctlError\n", "reidctl.engine.stats", False) == {
+    assert imported_names("from ..errors import ReidctlError\n", "reidctl.apps.stats", False) == {
         "reidctl.errors", "reidctl.errors.ReidctlError"}
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from reidctl.engine.detector import Backend, Runner, register
-from reidctl.engine.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
+from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, print_warning
 from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx
 from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches

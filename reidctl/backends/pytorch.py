@@ -7,9 +7,9 @@ import threading
 import torch
 from torch import nn
 
-from reidctl.engine.detector import Backend, Runner, register
-from reidctl.engine.device import resolve_device
-from reidctl.engine.preprocess import mean_std, normalize
+from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.device import resolve_device
+from reidctl.core.preprocess import mean_std, normalize
 from reidctl.errors import print_warning
 from reidctl.models.checkpoint import ModelSpec
 from reidctl.models.loader import fuse_conv_bn, load_detection_model

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from reidctl.engine.detector import Backend, Runner, register
-from reidctl.engine.device import resolve_device
+from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.device import resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
 from reidctl.export.onnx import OnnxMetadata
 from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches

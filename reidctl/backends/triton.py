@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reidctl.engine.detector import Backend, Runner, register
-from reidctl.engine.device import TORCH_DTYPES
+from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import print_warning
 from reidctl.triton.client import PeakWatch, local_servers_gpu_memory
 from reidctl.triton.requests import TritonRequests, availability, connect, frame_sender

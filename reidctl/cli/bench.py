@@ -36,7 +36,7 @@ from reidctl.cli.app import (
     with_model_options,
 )
 from reidctl.config import load_config, to_dict
-from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, BenchSettings, parse_cameras, plot_path_for
+from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, BenchReport, BenchSettings, parse_cameras, plot_path_for
 from reidctl.io.atomic import write_text_atomic
 from reidctl.io.paths import refuse_foreign_files, refuse_shared_paths
 
@@ -330,7 +330,7 @@ def bench(
     nms: NmsOpt = None,
     fp16: Fp16Opt = None,
 ) -> None:
-    from reidctl.engine.bench import benchmark, parse_backends
+    from reidctl.apps.bench import benchmark, parse_backends
 
     refuse_shared_paths([("--output", output), ("the plot of --output", plot_path_for(output))],
                         [("--config", config), ("--model", model), ("--source", source)])
@@ -420,7 +420,7 @@ def _verdict_table(rec) -> Table:
 
 
 def _summary_table(scenario: str) -> Table:
-    from reidctl.engine.recommend import SUMMARY
+    from reidctl.apps.recommend import SUMMARY
 
     table = Table(title="Reference guide summary (not measured here)")
     for column in ("Scenario", "Recommended Backend", "Reason"):
@@ -454,8 +454,8 @@ def _capacity_table(results, fps: float, latency_ms: float) -> Table:
 
 def _search_capacity(need, config, plan, backends: str, limit: int, flagged: set[str], directory: Path):
     """--max-cameras: the search through the deployment's pipeline per backend here; the results and their report."""
-    from reidctl.engine.bench import parse_backends
-    from reidctl.engine.capacity import capacity_report, measure_capacity
+    from reidctl.apps.bench import parse_backends
+    from reidctl.apps.capacity import capacity_report, measure_capacity
 
     names = [name for name in parse_backends(backends)[0] if name not in flagged]
     results = []
@@ -500,7 +500,7 @@ def _load_line(summary: dict) -> str:
 
 
 def _verify(rec, config, plan, directory: Path) -> bool:
-    from reidctl.engine.capacity import run_deployment
+    from reidctl.apps.capacity import run_deployment
 
     need = rec.need
     if not rec.choice:
@@ -610,9 +610,9 @@ def recommend_command(
     nms: NmsOpt = None,
 ) -> None:
     """The model options apply on top of the bench file's configuration (or --config's, without one)."""
-    from reidctl.engine.bench_report import load_report
-    from reidctl.engine.capacity import CameraPlan
-    from reidctl.engine.recommend import (
+    from reidctl.apps.bench_report import load_report
+    from reidctl.apps.capacity import CameraPlan
+    from reidctl.apps.recommend import (
         DEPLOY_FILES,
         DEPLOYED_OUTPUTS,
         Need,

@@ -223,7 +223,7 @@ def detect(
     from rich.live import Live
 
     from reidctl.config import override_tracking
-    from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
+    from reidctl.apps.pipeline import DetectOptions, OutputRequest, run_detect
     from reidctl.io.paths import refuse_shared_paths
     from reidctl.io.sources import camera_specs, read_source_list
 

@@ -24,7 +24,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from reidctl import __version__
-from reidctl.engine.preprocess import sample_input
+from reidctl.core.preprocess import sample_input
 from reidctl.errors import ReidctlError, first_line
 from reidctl.export.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from reidctl.io.atomic import atomic_path

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from reidctl import __version__
-from reidctl.engine.device import TORCH_DTYPES, gpu_description
+from reidctl.core.device import TORCH_DTYPES, gpu_description
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.export.onnx import OnnxInfo, file_sha256, read_onnx
 from reidctl.io.atomic import atomic_path, ensure_writable_dir

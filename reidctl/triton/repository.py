@@ -344,7 +344,7 @@ def server_compiles(detection: DetectionConfig) -> bool:
 
 
 def python_model_config(detection: DetectionConfig):
-    from reidctl.engine.postprocess import DETECTION_COLUMNS
+    from reidctl.core.postprocess import DETECTION_COLUMNS
 
     config = _new_config(PYTHON_MODEL, detection.triton, python_instance_kind(detection))
     config.backend = "python"

@@ -1,5 +1,5 @@
 """Requests to Triton Inference Server over gRPC, on NumPy arrays: the Triton backend's runner
-(reidctl/backends/triton.py) and the client processes of a bench (reidctl/engine/clients.py), which send frames
+(reidctl/backends/triton.py) and the client processes of a bench (reidctl/apps/clients.py), which send frames
 and so import no torch.
 
 Several streams reach the server's dynamic batcher at once when they call one TritonRequests from several threads
@@ -25,7 +25,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from reidctl.engine.frames import letterbox_frame, rescale
+from reidctl.core.frames import letterbox_frame, rescale
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
 from reidctl.triton.client import (
     LOCAL_HOSTS,

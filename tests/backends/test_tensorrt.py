@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from helpers import HAS_TENSORRT, export, needs_tensorrt, onnx_config, write_config
 from reidctl.backends import tensorrt as trt_backend
 from reidctl.cli import app
-from reidctl.engine.detector import available_backends
+from reidctl.core.detector import available_backends
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.export.onnx import read_onnx
 from reidctl.export.tensorrt import (
@@ -287,7 +287,7 @@ def assert_close_detections(got, expected, box_atol):
 @needs_tensorrt
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_engine_build_and_detect(tmp_path, tensorrt_module, nano_checkpoint, frames, fp16):
-    from reidctl.engine.detector import create_detector
+    from reidctl.core.detector import create_detector
     from reidctl.export.tensorrt import build_engine
 
     onnx_path = export(nano_checkpoint, tmp_path / "m.onnx", fp16=fp16).path
@@ -353,7 +353,7 @@ def test_foreign_timing_cache_is_a_warning_and_replaced(tmp_path, tensorrt_modul
 
 @needs_tensorrt
 def test_alternating_batch_sizes_replay_their_own_graphs(tmp_path, tensorrt_module, nano_checkpoint, frames):
-    from reidctl.engine.detector import create_detector
+    from reidctl.core.detector import create_detector
     from reidctl.export.tensorrt import build_engine
 
     onnx_path = export(nano_checkpoint, tmp_path / "m.onnx").path

@@ -84,7 +84,7 @@ def test_image_folder_with_annotated_images(tmp_path, small_config):
 
 def test_single_image_matches_python_api(tmp_path, nano_checkpoint, small_config):
     from reidctl.config import load_config
-    from reidctl.engine.detector import create_detector
+    from reidctl.core.detector import create_detector
 
     image = synthetic_frame(3, (150, 210))
     cv2.imwrite(str(tmp_path / "one.png"), image)
@@ -317,7 +317,7 @@ def test_live_table_names_the_busiest_stage_and_a_server_that_is_down(tmp_path, 
     (several Triton servers) which server is down and how many cameras moved away from it."""
     from reidctl.cli.detect import statistics_table
     from reidctl.config import load_config
-    from reidctl.engine.pipeline import OutputRequest, run_detect
+    from reidctl.apps.pipeline import OutputRequest, run_detect
     from reidctl.io.sources import camera_specs
 
     result = run_detect(load_config(small_config), camera_specs([str(video_file)]), OutputRequest(no_output=True),

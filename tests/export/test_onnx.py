@@ -14,10 +14,10 @@ import reidctl
 
 from helpers import TEST_SIZE, export, onnx_config, write_config
 from reidctl.cli import app
-from reidctl.engine.detector import create_detector
-from reidctl.engine.preprocess import letterbox, normalize
+from reidctl.core.detector import create_detector
+from reidctl.core.preprocess import letterbox, normalize
 from reidctl.errors import ReidctlError
-from reidctl.engine.preprocess import sample_input
+from reidctl.core.preprocess import sample_input
 from reidctl.export.onnx import (
     TOLERANCES,
     OnnxMetadata,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from helpers import write_config, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.engine.pipeline import CameraOutputs, OutputPlan, OutputRequest, Outputs, run_detect
+from reidctl.apps.pipeline import CameraOutputs, OutputPlan, OutputRequest, Outputs, run_detect
 from reidctl.errors import ReidctlError
 from reidctl.io.sources import Frame, camera_specs
 from reidctl.io.synthetic import synthetic_frame, video_fourcc, write_synthetic_video

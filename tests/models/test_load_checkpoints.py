@@ -10,7 +10,7 @@ from pathlib import Path
 from helpers import write_config
 
 from reidctl.config import load_config
-from reidctl.engine.detector import create_detector
+from reidctl.core.detector import create_detector
 from reidctl.io.synthetic import synthetic_frame
 
 ROOT = Path(__file__).resolve().parents[2]

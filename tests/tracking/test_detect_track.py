@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from helpers import write_config, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.engine.pipeline import OutputRequest, run_detect
+from reidctl.apps.pipeline import OutputRequest, run_detect
 from reidctl.io.output_stage import THREAD_NAME
 from reidctl.io.sources import camera_specs
 from reidctl.tracking import ByteTracker

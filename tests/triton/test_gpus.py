@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from helpers import free_ports, needs_gpu, write_config
 from reidctl.cli import app
 from reidctl.config import TritonConfig, load_config, override
-from reidctl.engine.detector import create_detector
+from reidctl.core.detector import create_detector
 from reidctl.errors import ReidctlError
 from reidctl.triton.repository import (
     DEFAULT_IMAGE,

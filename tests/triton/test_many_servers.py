@@ -12,7 +12,7 @@ import pytest
 
 from helpers import free_ports, read_frames, start_test_server, write_config
 from reidctl.config import load_config
-from reidctl.engine.detector import create_detector
+from reidctl.core.detector import create_detector
 from reidctl.errors import ReidctlError
 from reidctl.triton.client import RECHECK_FIRST_S
 from reidctl.triton.repository import write_repository

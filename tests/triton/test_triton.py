@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 from helpers import SMALL_TEST_SIZE, assert_same_detections, free_ports, make_checkpoint, write_config, write_video
 from reidctl.cli import app
 from reidctl.config import load_config, override
-from reidctl.engine.detector import create_detector
-from reidctl.engine.device import TORCH_DTYPES
+from reidctl.core.detector import create_detector
+from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
 from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_batch_counts

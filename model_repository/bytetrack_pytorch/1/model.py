@@ -53,8 +53,8 @@ from torch.utils.dlpack import to_dlpack  # noqa: E402
 
 from reidctl.backends.pytorch import make_runner  # noqa: E402
 from reidctl.config import override  # noqa: E402
-from reidctl.engine.device import PinnedStaging  # noqa: E402
-from reidctl.engine.postprocess import DETECTION_COLUMNS, select_detections  # noqa: E402
+from reidctl.core.device import PinnedStaging  # noqa: E402
+from reidctl.core.postprocess import DETECTION_COLUMNS, select_detections  # noqa: E402
 from reidctl.triton.repository import (  # noqa: E402
     BATCH_METRIC,
     PYTHON_COUNT_OUTPUT,

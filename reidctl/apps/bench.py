@@ -43,8 +43,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from reidctl.config import Config, to_dict
-from reidctl.engine.clients import ClientProcesses, Tick, closed_loop
-from reidctl.engine.bench_report import (
+from reidctl.apps.clients import ClientProcesses, Tick, closed_loop
+from reidctl.apps.bench_report import (
     DEFAULT_BENCH_PATH,
     BackendResult,
     BenchReport,
@@ -53,10 +53,10 @@ from reidctl.engine.bench_report import (
     StreamResult,
     plot_path_for,
 )
-from reidctl.engine.detector import Detector, DetectorPool, StageTimes, available_backends, create_detector, get_backend
-from reidctl.engine.device import gpu_description, resolve_devices
-from reidctl.engine.pipeline import DetectOptions, DetectResult, OutputRequest, run_detect
-from reidctl.engine.stats import LatencySummary
+from reidctl.core.detector import Detector, DetectorPool, StageTimes, available_backends, create_detector, get_backend
+from reidctl.core.device import gpu_description, resolve_devices
+from reidctl.apps.pipeline import DetectOptions, DetectResult, OutputRequest, run_detect
+from reidctl.apps.stats import LatencySummary
 from reidctl.errors import BackendUnavailable, ReidctlError, Terminated, describe_error, first_line
 from reidctl.io.atomic import check_output_path
 from reidctl.io.sources import CameraSpec, MemorySource, open_source
@@ -611,7 +611,7 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
             stopped = stop_name(exc)
     parity = []
     if settings.parity and not stopped:
-        from reidctl.engine.parity import run_parity
+        from reidctl.apps.parity import run_parity
 
         tolerances = settings.parity_tolerance, settings.parity_score_tolerance
         parity = run_parity(config, settings.backends, frames, *tolerances)
@@ -633,6 +633,6 @@ def benchmark(
     for path in (output, plot_path_for(output)):
         check_output_path(path)  # fail before the measurements, not after them
     report = run_bench(config, settings, show_progress)
-    from reidctl.engine.bench_plot import write_report  # matplotlib: only when a report is written
+    from reidctl.apps.bench_plot import write_report  # matplotlib: only when a report is written
 
     return report, write_report(report, output)

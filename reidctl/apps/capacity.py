@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.config import Config
-from reidctl.engine.bench import environment, pipeline_result
-from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult
-from reidctl.engine.detector import Detector, DetectorPool, create_detector, get_backend
-from reidctl.engine.device import resolve_devices
-from reidctl.engine.pipeline import DetectOptions, run_detect
-from reidctl.engine.recommend import deployed_outputs
+from reidctl.apps.bench import environment, pipeline_result
+from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult
+from reidctl.core.detector import Detector, DetectorPool, create_detector, get_backend
+from reidctl.core.device import resolve_devices
+from reidctl.apps.pipeline import DetectOptions, run_detect
+from reidctl.apps.recommend import deployed_outputs
 from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, camera_specs
 from reidctl.io.synthetic import write_synthetic_video

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import needs_gpu
-from reidctl.engine.device import PinnedStaging
-from reidctl.engine.frames import rescale
-from reidctl.engine.postprocess import select_detections
-from reidctl.engine.preprocess import bilinear_resize, letterbox, letterbox_frame, letterbox_into, normalize
+from reidctl.core.device import PinnedStaging
+from reidctl.core.frames import rescale
+from reidctl.core.postprocess import select_detections
+from reidctl.core.preprocess import bilinear_resize, letterbox, letterbox_frame, letterbox_into, normalize
 from reidctl.errors import ReidctlError
 
 
@@ -132,7 +132,7 @@ def test_selection_groups_rows_by_frame_when_scores_interleave():
 
 def test_detector_counts_candidates_and_kept_per_frame(small_config, frames):
     from reidctl.config import load_config
-    from reidctl.engine.detector import create_detector
+    from reidctl.core.detector import create_detector
 
     with create_detector(load_config(small_config)) as detector:
         first = detector.detect_batch(frames[:3])
@@ -146,7 +146,7 @@ def test_detector_counts_candidates_and_kept_per_frame(small_config, frames):
 
 def test_detect_canvases_refuses_canvases_of_another_size(small_config, frames):
     from reidctl.config import load_config
-    from reidctl.engine.detector import create_detector
+    from reidctl.core.detector import create_detector
 
     with create_detector(load_config(small_config)) as detector:
         assert detector.input_size == (128, 160)  # the config's test_size
@@ -161,7 +161,7 @@ def test_pinned_staging_buffer_reused_across_batches_on_gpu(tmp_path, nano_check
     what detect_batch gives on the same canvases (already the input size, so it copies them as they are)."""
     from helpers import write_config
     from reidctl.config import load_config
-    from reidctl.engine.detector import create_detector
+    from reidctl.core.detector import create_detector
 
     # One Detector: its own staging buffer is what is checked.
     config = load_config(write_config(tmp_path / "gpu.yaml", nano_checkpoint, device="cuda", fp16=False,

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reidctl.engine.device import PinnedStaging, on_device
-from reidctl.engine.frames import rescale
-from reidctl.engine.postprocess import select_detections
-from reidctl.engine.preprocess import letterbox, normalize
+from reidctl.core.device import PinnedStaging, on_device
+from reidctl.core.frames import rescale
+from reidctl.core.postprocess import select_detections
+from reidctl.core.preprocess import letterbox, normalize
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.models.yolox import decode_predictions
 
@@ -377,7 +377,7 @@ class Backend:
     availability: Callable[[], str | None]  # None when usable, else why not
     make_runner: Callable[..., Runner]
     # (config, warn) -> an object with detect(frame) and close() that imports no torch, or None where the backend
-    # needs it: what client processes that only send frames to a server run (engine/clients.py)
+    # needs it: what client processes that only send frames to a server run (apps/clients.py)
     frame_sender: Callable[..., object | None] | None = None
 
 
@@ -419,7 +419,7 @@ def create_detector(
     A list of devices (detection.device 'cuda:0,1', 'all'), or a GPU with detection.batches_in_flight above 1, gives
     a DetectorPool: on each device one in-process runner per batch in flight, each Detector on its own CUDA stream.
     """
-    from reidctl.engine.device import resolve_devices
+    from reidctl.core.device import resolve_devices
 
     det = config.detection
     chosen = get_backend(backend or det.backend)

@@ -1,6 +1,6 @@
 """`reidctl detect`'s engine: many cameras through one Detector into every output, with live statistics.
 
-One reader thread per camera decodes on the CPU and letterboxes right after (reidctl/engine/cameras.py). Every
+One reader thread per camera decodes on the CPU and letterboxes right after (reidctl/apps/cameras.py). Every
 backend gets one ``detect_canvases`` call per step holding the newest frame of every camera that has one, as
 DeepStream's stream muxer does. Several steps run at once: in process one batch loop per device (a DetectorPool);
 through a server one per request its client keeps in flight (detection.triton.max_in_flight), each step one
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.config import DEFAULT_TIMEOUT_S, TrackingConfig
-from reidctl.engine.cameras import Camera, Hub, TimedFrame
-from reidctl.engine.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
-from reidctl.engine.preprocess import letterbox_frame
-from reidctl.engine.stats import LatencySummary
+from reidctl.apps.cameras import Camera, Hub, TimedFrame
+from reidctl.core.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
+from reidctl.core.preprocess import letterbox_frame
+from reidctl.apps.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import CameraSpec, FrameSource, UnopenedSource, open_source

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from reidctl.config import Config, override
-from reidctl.engine.bench_report import ParityResult
-from reidctl.engine.detector import create_detector, get_backend
-from reidctl.engine.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
+from reidctl.apps.bench_report import ParityResult
+from reidctl.core.detector import create_detector, get_backend
+from reidctl.core.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
 from reidctl.errors import BackendUnavailable, describe_error, first_line
 
 MATCH_IOU = 0.9

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from helpers import assert_same_detections, canonical_rows, needs_gpu, write_video
 from reidctl.cli import app
 from reidctl.config import load_config, override
-from reidctl.engine.detector import Detector, create_detector
-from reidctl.engine.device import resolve_devices
+from reidctl.core.detector import Detector, create_detector
+from reidctl.core.device import resolve_devices
 from reidctl.errors import ReidctlError
 
 
@@ -151,7 +151,7 @@ def test_two_batches_in_flight_on_one_gpu_find_what_one_finds(small_config, fram
 
 
 def test_capacity_sentence_names_the_gpu_count():
-    from reidctl.engine.recommend import who_serves
+    from reidctl.apps.recommend import who_serves
 
     assert who_serves({"device": "cuda:0", "devices": ["cuda:0"]}) == "This machine serves"
     assert who_serves({"device": "cpu"}) == "This machine serves"  # reports from before device lists

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.config import check_regular_file
-from reidctl.engine.clients import check_client_processes
-from reidctl.engine.stats import LatencySummary
+from reidctl.apps.clients import check_client_processes
+from reidctl.apps.stats import LatencySummary
 from reidctl.errors import ReidctlError
 
 # 2: open-loop runs (cameras on their own clock) beside the closed-loop ones, and the parity check.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reidctl.engine.preprocess import letterbox_frame
+from reidctl.core.preprocess import letterbox_frame
 from reidctl.errors import ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, Frame, FrameSource
 

@@ -100,7 +100,7 @@ def _client_main(config, backend: str, frames, commands, results, barrier, frame
     try:
         detector = frame_sender(config, quiet) if frame_sender else None
         if detector is None:
-            from reidctl.engine.detector import create_detector
+            from reidctl.core.detector import create_detector
 
             detector = create_detector(config, backend, warn=quiet)
         detector.detect(frames[0])  # the connection and the first request's one-off costs, before any run

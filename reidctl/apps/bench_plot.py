@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BenchReport, plot_path_for
+from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, BenchReport, plot_path_for
 from reidctl.io.atomic import atomic_path, write_text_atomic
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reidctl.engine.preprocess import letterbox, normalize
-from reidctl.engine.untrained import lively_yolox
+from reidctl.core.preprocess import letterbox, normalize
+from reidctl.core.untrained import lively_yolox
 from reidctl.io.synthetic import synthetic_frame
 
 SIZE = (256, 256)

@@ -1,7 +1,7 @@
-"""Batched greedy NMS (reidctl.engine.nms_kernels, Triton-language kernels) against torchvision.ops.batched_nms.
+"""Batched greedy NMS (reidctl.core.nms_kernels, Triton-language kernels) against torchvision.ops.batched_nms.
 
 Without a GPU the kernels run in the Triton language's interpreter, which is chosen when a kernel is defined, so
-TRITON_INTERPRET=1 must be set before reidctl.engine.nms_kernels is imported: one subprocess per module runs every
+TRITON_INTERPRET=1 must be set before reidctl.core.nms_kernels is imported: one subprocess per module runs every
 case and returns the kept anchors. With CUDA, the same comparison runs at full size (8 frames of 8,400 anchors).
 """
 
@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 from helpers import needs_gpu
-from reidctl.engine.postprocess import select_detections
+from reidctl.core.postprocess import select_detections
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INTERPRETER_RUN = """
 import sys
 import torch
-from reidctl.engine import nms_kernels
-from reidctl.engine.postprocess import select_detections
+from reidctl.core import nms_kernels
+from reidctl.core.postprocess import select_detections
 
 cases = torch.load(sys.argv[1])
 results = {}

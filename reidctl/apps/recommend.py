@@ -22,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from reidctl.engine.bench_report import DEFAULT_BENCH_PATH, BackendResult, BenchReport, StreamResult, load_report
+from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, BackendResult, BenchReport, StreamResult, load_report
 from reidctl.config import Config, override, upgrade_detection
-from reidctl.engine.detector import available_backends
-from reidctl.engine.pipeline import OutputRequest
+from reidctl.core.detector import available_backends
+from reidctl.apps.pipeline import OutputRequest
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import write_text_atomic
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from helpers import SMALL_TEST_SIZE, canonical_rows, free_ports, read_frames, start_test_server, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.engine.detector import create_detector
-from reidctl.engine.pipeline import DetectOptions, OutputRequest, run_detect
+from reidctl.core.detector import create_detector
+from reidctl.apps.pipeline import DetectOptions, OutputRequest, run_detect
 from reidctl.errors import ReidctlError
 from reidctl.io.sources import camera_specs, read_source_list
 from reidctl.io.synthetic import synthetic_frame
@@ -139,7 +139,7 @@ def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
 def test_threads_take_short_lock_turns_while_detect_runs_and_python_default_after(tmp_path, small_config):
     """16 readers, the batch loops and the writer hand the interpreter lock around: at Python's 5 ms interval a
     thread back from a native call waits too long for it (frames dropped on a 16-core GPU host)."""
-    from reidctl.engine.pipeline import SWITCH_INTERVAL_S
+    from reidctl.apps.pipeline import SWITCH_INTERVAL_S
 
     before = sys.getswitchinterval()
     seen = []

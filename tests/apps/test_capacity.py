@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from reidctl.cli import app
 from reidctl.config import load_config, to_dict
-from reidctl.engine.bench import OpenLoopLoad, open_loop, run_open_loop
-from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult, load_report
-from reidctl.engine.capacity import CameraPlan, measure_capacity, search_max_cameras
-from reidctl.engine.detector import create_detector
-from reidctl.engine.recommend import Need, deploy_commands, deploy_detection
-from reidctl.engine.stats import LatencySummary
+from reidctl.apps.bench import OpenLoopLoad, open_loop, run_open_loop
+from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult, load_report
+from reidctl.apps.capacity import CameraPlan, measure_capacity, search_max_cameras
+from reidctl.core.detector import create_detector
+from reidctl.apps.recommend import Need, deploy_commands, deploy_detection
+from reidctl.apps.stats import LatencySummary
 from reidctl.io.synthetic import synthetic_frame
 
 runner = CliRunner()

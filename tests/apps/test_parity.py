@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from helpers import export, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.engine.bench_report import load_report
-from reidctl.engine.parity import compare_frame, run_parity
+from reidctl.apps.bench_report import load_report
+from reidctl.apps.parity import compare_frame, run_parity
 
 runner = CliRunner()
 

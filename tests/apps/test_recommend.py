@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from reidctl.cli import app
 from reidctl.config import Config, to_dict
-from reidctl.engine.bench_report import BackendResult, BenchReport, StreamResult
-from reidctl.engine.recommend import Need, recommend
-from reidctl.engine.stats import LatencySummary
+from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult
+from reidctl.apps.recommend import Need, recommend
+from reidctl.apps.stats import LatencySummary
 
 runner = CliRunner()
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -369,7 +369,7 @@ def test_dropped_frames_fail_an_open_loop_run(tmp_path):
 
 
 def test_a_backend_whose_detections_diverge_is_never_chosen(tmp_path):
-    from reidctl.engine.bench_report import ParityResult
+    from reidctl.apps.bench_report import ParityResult
 
     pytorch = backend("pytorch", ("pipeline", 4, 400.0, 20.0))
     pytorch.runner["precision"] = "fp16"

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from reidctl.engine.stats import LatencySummary
+from reidctl.apps.stats import LatencySummary
 
 
 def test_percentiles_interpolate_linearly_and_std_is_population():

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from helpers import TENSORRT_MARKS, assert_same_detections, free_ports, start_test_server, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.engine.bench import measure_concurrent, run_bench, stream_modes
-from reidctl.engine.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
-from reidctl.engine.clients import ClientProcesses, closed_loop
-from reidctl.engine.detector import available_backends, create_detector, get_backend
-from reidctl.engine.pipeline import OutputRequest, run_detect
+from reidctl.apps.bench import measure_concurrent, run_bench, stream_modes
+from reidctl.apps.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
+from reidctl.apps.clients import ClientProcesses, closed_loop
+from reidctl.core.detector import available_backends, create_detector, get_backend
+from reidctl.apps.pipeline import OutputRequest, run_detect
 from reidctl.errors import ReidctlError
 from reidctl.io.sources import CameraSpec, MemorySource
 from reidctl.io.synthetic import synthetic_frame

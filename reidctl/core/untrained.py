@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reidctl.engine.preprocess import sample_input
+from reidctl.core.preprocess import sample_input
 from reidctl.models.yolox import YOLOX, build_yolox
 
 CALIBRATION_SIZE = (128, 160)

@@ -33,7 +33,7 @@ def select_detections(
 
     Rows are x1, y1, x2, y2 in input-canvas pixels, obj_conf, class_conf, class_id, sorted by score. Boxes of
     different frames or classes never suppress each other. On CUDA the whole batch goes through one greedy NMS in
-    Triton-language kernels (reidctl.engine.nms_kernels) and the host waits once, for the kept rows; the CPU keeps
+    Triton-language kernels (reidctl.core.nms_kernels) and the host waits once, for the kept rows; the CPU keeps
     torchvision.
     A server runs this step and returns its rows; the client finishes with ``rescale``.
     ``method`` forces one NMS ("kernels": those, CUDA only; "torchvision"), e.g. to compare them on a GPU.
@@ -50,7 +50,7 @@ def select_detections(
     # Candidate counts stay on the device until the rows come back: waiting for them first would keep the host from
     # queueing the NMS work while the model still runs, and every batch would wait for it (docs/PERFORMANCE.md).
     if method == "kernels":
-        from reidctl.engine.nms_kernels import batched_greedy_nms  # imports the Triton language: only for a GPU
+        from reidctl.core.nms_kernels import batched_greedy_nms  # imports the Triton language: only for a GPU
 
         nms = batched_greedy_nms(boxes, scores, class_id, conf_threshold, nms_threshold)
         candidates = nms.candidates

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reidctl.engine.frames import PAD_VALUE, letterbox_into, letterbox_ratio
-from reidctl.engine.frames import letterbox_frame as letterbox_frame  # where the camera readers import it from
+from reidctl.core.frames import PAD_VALUE, letterbox_into, letterbox_ratio
+from reidctl.core.frames import letterbox_frame as letterbox_frame  # where the camera readers import it from
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -1,0 +1,1 @@
+"""Applications on the core: detect's pipeline, bench, capacity, recommend and parity."""
