@@ -18,8 +18,9 @@ from reidctl.triton.client import RECHECK_FIRST_S
 from reidctl.triton.repository import write_repository
 from reidctl.triton.server import Ports, start_server, stop_server
 
-# Real Triton servers start here: these tests share one test worker with the other server tests.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server")]
+# Real Triton servers start here: beside the server lifecycle tests, so that the two server groups may run on two
+# workers at once (a start ends only the stubs of dead servers of its own cache, and these tests kill servers).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server-lifecycle")]
 
 CAMERAS = 4
 FRAMES_PER_CAMERA = 60

@@ -15,9 +15,10 @@ from reidctl.triton import watchdog
 from reidctl.triton.repository import write_repository
 from reidctl.triton.server import CACHE_ENV, cache_dir, stop_server
 
-# Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
-# left in the server cache never meets another test's server mid-run.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server")]
+# Real Triton servers start here, from a cache of this module's own (below): another worker's servers, started from
+# other caches, never end the stubs these tests leave on purpose. A group of their own, so that the two server
+# groups may run on two workers at once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server-lifecycle")]
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
