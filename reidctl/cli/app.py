@@ -1,10 +1,12 @@
 """The Typer application and what every command shares: config options and one-line errors."""
 
+import contextlib
 import functools
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -12,6 +14,9 @@ from rich.markup import escape
 
 from reidctl.config import Config, load_config, override
 from reidctl.errors import ReidctlError, Terminated
+
+if TYPE_CHECKING:  # imported when a progress display is made
+    from rich.progress import Progress
 
 app = typer.Typer(
     name="reidctl",
@@ -66,6 +71,20 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
 def warn(message: str) -> None:
     """A warning line on stderr, printed as written (no Rich markup: messages hold paths and 'pkg[extra]')."""
     err_console.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def live_progress(*columns) -> Iterator["Progress"]:
+    """A Rich progress display that its callback starts with the first task: a command that fails before any
+    progress leaves no empty display behind."""
+    from rich.progress import Progress
+
+    progress = Progress(*columns, console=console, transient=False)
+    try:
+        yield progress
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 def _terminate(signum, frame) -> None:
