@@ -131,8 +131,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="ByteTrack/YOLOX checkpoint (.pth.tar); overrides detection.model_path. Without one the weights are "
-             "untrained.",
+        help="ByteTrack/YOLOX checkpoint (.pth.tar); overrides detection.model_path. "
+             "Without one the weights are untrained.",
     ),
 ]
 ModelTypeOpt = Annotated[
@@ -151,8 +151,9 @@ DeviceOpt = Annotated[
     Optional[str],
     typer.Option(
         "--device",
-        help="auto, cpu, cuda, cuda:N, a list (cuda:0,1) or all (every visible GPU). A list runs one runner per "
-        "device and spreads batches across them (in-process backends; cpu,cpu exercises this without a GPU).",
+        help="auto, cpu, cuda, cuda:N, a list (cuda:0,1) or all (every visible GPU). "
+        "A list runs one runner per device and spreads batches across them "
+        "(in-process backends; cpu,cpu exercises this without a GPU).",
     ),
 ]
 TestSizeOpt = Annotated[

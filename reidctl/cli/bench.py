@@ -40,8 +40,8 @@ JitterOpt = Annotated[
     float,
     typer.Option(
         "--jitter",
-        help="Open loop through a server: each send time moves by up to +-jitter/2 of the frame period (0 <= jitter "
-        "< 1). In-process runs play their cameras at a fixed rate, as `detect --realtime` does.",
+        help="Open loop through a server: each send time moves by up to +-jitter/2 of the frame period "
+        "(0 <= jitter < 1). In-process runs play their cameras at a fixed rate, as `detect --realtime` does.",
     ),
 ]
 
@@ -70,8 +70,8 @@ def bench_bar(show: bool) -> Iterator[Callable[[str, str, int, int], None] | Non
 
 @command(
     "bench",
-    "Measure every backend on this machine: single- and multi-stream latency (avg/min/max/std/P50/P95/P99), FPS and "
-    "GPU memory; in process the cameras go through `reidctl detect`'s pipeline.",
+    "Measure every backend on this machine: single- and multi-stream latency (avg/min/max/std/P50/P95/P99), "
+    "FPS and GPU memory; in process the cameras go through `reidctl detect`'s pipeline.",
 )
 def bench(
     backends: Annotated[
@@ -87,8 +87,8 @@ def bench(
         int,
         typer.Option(
             "--warmup",
-            help="Untimed requests before each run (in-process multi-stream runs: a first, unrecorded run of "
-            "detect's pipeline).",
+            help="Untimed requests before each run "
+            "(in-process multi-stream runs: a first, unrecorded run of detect's pipeline).",
         ),
     ] = 100,
     cameras: Annotated[
@@ -99,8 +99,8 @@ def bench(
         typer.Option(
             "--source",
             "-s",
-            help="Video file, image or image folder to take frames from (up to 64, decoded before any run and "
-            "cycled). Default: synthetic frames.",
+            help="Video file, image or image folder to take frames from "
+            "(up to 64, decoded before any run and cycled). Default: synthetic frames.",
         ),
     ] = None,
     frame_size: Annotated[
@@ -111,17 +111,17 @@ def bench(
         typer.Option(
             "--max-batch",
             min=1,
-            help="Largest batch of the in-process multi-stream runs, as `detect --max-batch` (default: detect's, the "
-            "cameras shared by the devices, at most 16).",
+            help="Largest batch of the in-process multi-stream runs, as `detect --max-batch` "
+            "(default: detect's, the cameras shared by the devices, at most 16).",
         ),
     ] = None,
     fps: Annotated[
         Optional[float],
         typer.Option(
             "--fps",
-            help="Open loop: each camera sends frames at this rate, for every camera count of --cameras (in "
-            "process: detect's pipeline with the cameras in real time, as `detect --realtime`; through a server: a "
-            "client thread per camera on its own clock); late and dropped frames are counted.",
+            help="Open loop: each camera sends frames at this rate, for every camera count of --cameras "
+            "(in process: detect's pipeline with the cameras in real time, as `detect --realtime`; "
+            "through a server: a client thread per camera on its own clock); late and dropped frames are counted.",
         ),
     ] = None,
     seconds: Annotated[
@@ -145,18 +145,16 @@ def bench(
         bool,
         typer.Option(
             "--parity",
-            help="Run the same frames through every backend and precision and compare the detections with"
-            " PyTorch "
-            "fp32; a backend that diverges is flagged and never recommended.",
+            help="Run the same frames through every backend and precision "
+            "and compare the detections with PyTorch fp32; a backend that diverges is flagged and never recommended.",
         ),
     ] = False,
     parity_tolerance: Annotated[
         float,
         typer.Option(
             "--parity-tolerance",
-            help="Most boxes missed or extra (scores >= 0.1), as a fraction of the reference's"
-            " boxes, before a backend"
-            " is flagged.",
+            help="Most boxes missed or extra (scores >= 0.1), as a fraction of the reference's boxes, "
+            "before a backend is flagged.",
         ),
     ] = 0.02,
     parity_score_tolerance: Annotated[
@@ -169,8 +167,9 @@ def bench(
         int,
         typer.Option(
             "--client-processes",
-            help="Processes that send a server's closed-loop requests, the cameras split over them: one Python "
-                 "process's requests are paced by its GIL, which can leave a server on several GPUs waiting.",
+            help="Processes that send a server's closed-loop requests, the cameras split over them: "
+                 "one Python process's requests are paced by its GIL, "
+                 "which can leave a server on several GPUs waiting.",
         ),
     ] = 1,
     output: Annotated[

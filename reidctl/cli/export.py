@@ -111,8 +111,8 @@ def export_onnx_command(
         bool,
         typer.Option(
             "--fp16/--fp32",
-            help="Export the graph in half precision (fp16 input and weights, fp32 output); TensorRT 11 needs this "
-                 "for fp16 engines.",
+            help="Export the graph in half precision (fp16 input and weights, fp32 output); "
+                 "TensorRT 11 needs this for fp16 engines.",
         ),
     ] = False,
     dynamic_batch: Annotated[
@@ -127,8 +127,8 @@ def export_onnx_command(
         bool,
         typer.Option(
             "--decode/--no-decode",
-            help="Decode boxes inside the graph (output (B, anchors, 5+C) in input pixels); --no-decode keeps the "
-                 "raw head output as ByteTrack's export does.",
+            help="Decode boxes inside the graph (output (B, anchors, 5+C) in input pixels); "
+                 "--no-decode keeps the raw head output as ByteTrack's export does.",
         ),
     ] = True,
     as_json: JsonOpt = False,
@@ -195,8 +195,8 @@ def build_engine_command(
         Optional[Path],
         typer.Option(
             "--onnx",
-            help="ONNX file from `reidctl export-onnx` (default: detection.onnx_path, else the engine path with "
-                 ".onnx).",
+            help="ONNX file from `reidctl export-onnx` "
+                 "(default: detection.onnx_path, else the engine path with .onnx).",
         ),
     ] = None,
     output: Annotated[
@@ -204,8 +204,8 @@ def build_engine_command(
         typer.Option(
             "--output",
             "-o",
-            help="Engine file to write (default: detection.tensorrt.engine_path); its sidecar <engine>.json is "
-                 "written beside it.",
+            help="Engine file to write (default: detection.tensorrt.engine_path); "
+                 "its sidecar <engine>.json is written beside it.",
         ),
     ] = None,
     fp16: Annotated[

@@ -74,9 +74,9 @@ def _print_verdict(check) -> None:
 
 @command(
     "recommend",
-    "Recommend a backend for N cameras at F FPS within a latency budget, from `reidctl bench` "
-    "results (or the reference decision tree); find the most cameras this machine serves, verify, "
-    "write what to deploy.",
+    "Recommend a backend for N cameras at F FPS within a latency budget, "
+    "from `reidctl bench` results (or the reference decision tree); "
+    "find the most cameras this machine serves, verify, write what to deploy.",
 )
 def recommend_command(
     cameras: Annotated[int, typer.Option("--cameras", help="Number of cameras to serve.")] = 1,
@@ -86,8 +86,8 @@ def recommend_command(
         Optional[Path],
         typer.Option(
             "--bench",
-            help=f"Bench result JSON (default: {DEFAULT_BENCH_PATH} if present; without one the reference decision "
-                 "tree answers).",
+            help=f"Bench result JSON (default: {DEFAULT_BENCH_PATH} if present; "
+                 "without one the reference decision tree answers).",
         ),
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the recommendation as JSON.")] = None,
@@ -95,9 +95,10 @@ def recommend_command(
         bool,
         typer.Option(
             "--max-cameras",
-            help="Search, per backend here, the most cameras at --fps that keep P99 within --latency-ms with no "
-            "frame dropped, each run what deploy.sh runs (detect's readers, batch loops and outputs on generated clips "
-            "or --sources, in real time; doubling, then bisection), and recommend from those runs too.",
+            help="Search, per backend here, the most cameras at --fps "
+            "that keep P99 within --latency-ms with no frame dropped, each run what deploy.sh runs "
+            "(detect's readers, batch loops and outputs on generated clips or --sources, in real time; "
+            "doubling, then bisection), and recommend from those runs too.",
         ),
     ] = False,
     backends: Annotated[
@@ -111,9 +112,11 @@ def recommend_command(
         bool,
         typer.Option(
             "--verify",
-            help="Run what deploy.sh runs (detect with its outputs, the cameras in real time: generated clips at "
-            "--resolution, or --sources) at --cameras x --fps on this machine; print PASS or FAIL with the measured "
-            "P99, dropped frames, the busiest stage and the detection load, and exit 1 on FAIL.",
+            help="Run what deploy.sh runs "
+            "(detect with its outputs, the cameras in real time: generated clips at --resolution, or --sources) "
+            "at --cameras x --fps on this machine; "
+            "print PASS or FAIL with the measured P99, dropped frames, the busiest stage and the detection load, "
+            "and exit 1 on FAIL.",
         ),
     ] = False,
     deploy: Annotated[
@@ -132,8 +135,8 @@ def recommend_command(
         str,
         typer.Option(
             "--resolution",
-            help="HxW of the clip --verify and --max-cameras generate for every camera, when --sources is not "
-            "given: the cameras' resolution.",
+            help="HxW of the clip --verify and --max-cameras generate for every camera, "
+            "when --sources is not given: the cameras' resolution.",
         ),
     ] = "1080x1920",
     sources_file: Annotated[

@@ -71,8 +71,8 @@ def _print_written(repository: Path, written) -> None:
 
 @command(
     "setup-triton",
-    "Write the Triton model repository (TensorRT and PyTorch models, docker-compose.yml); start, stop or check the "
-    "bundled server.",
+    "Write the Triton model repository (TensorRT and PyTorch models, docker-compose.yml); "
+    "start, stop or check the bundled server.",
 )
 def setup_triton_command(
     repository: Annotated[
@@ -83,16 +83,16 @@ def setup_triton_command(
         Optional[Path],
         typer.Option(
             "--engine",
-            help="TensorRT engine copied to bytetrack_tensorrt/1/model.plan (default: "
-                 "detection.tensorrt.engine_path if it exists).",
+            help="TensorRT engine copied to bytetrack_tensorrt/1/model.plan "
+                 "(default: detection.tensorrt.engine_path if it exists).",
         ),
     ] = None,
     start: Annotated[
         bool,
         typer.Option(
             "--start",
-            help="After writing, start the bundled Triton server in the background (its files are installed into "
-                 "the cache on first use).",
+            help="After writing, start the bundled Triton server in the background "
+                 "(its files are installed into the cache on first use).",
         ),
     ] = False,
     stop: Annotated[
@@ -134,9 +134,9 @@ def setup_triton_command(
         Optional[str],
         typer.Option(
             "--gpus",
-            help="GPUs the models' instance groups name, each with detection.triton.instances instances: 'all' "
-            "(the GPUs visible here) or ids such as 0,1 (default: detection.triton.gpus; unset, Triton places them on "
-            "every GPU it sees).",
+            help="GPUs the models' instance groups name, each with detection.triton.instances instances: "
+            "'all' (the GPUs visible here) or ids such as 0,1 "
+            "(default: detection.triton.gpus; unset, Triton places them on every GPU it sees).",
         ),
     ] = None,
     replicas: Annotated[
@@ -144,8 +144,9 @@ def setup_triton_command(
         typer.Option(
             "--replicas",
             min=1,
-            help="Servers in docker-compose.yml, replica i on GPU i and on the configured ports "
-            "+ 10*i (gRPC 8101, 8111, 8121...); the bundled server stays one.",
+            help="Servers in docker-compose.yml, "
+            "replica i on GPU i and on the configured ports + 10*i (gRPC 8101, 8111, 8121...); "
+            "the bundled server stays one.",
         ),
     ] = 1,
     listen: Annotated[
@@ -153,10 +154,10 @@ def setup_triton_command(
         typer.Option(
             "--listen",
             metavar="ADDRESS",
-            help="Address the bundled server and docker-compose.yml's ports listen on (default: "
-            "detection.triton.listen, 127.0.0.1: this host only). 0.0.0.0 exposes inference, health, statistics "
-            "and metrics to every network this host is on (said with a warning); loading models and shared memory "
-            "still need the server's key.",
+            help="Address the bundled server and docker-compose.yml's ports listen on "
+            "(default: detection.triton.listen, 127.0.0.1: this host only). "
+            "0.0.0.0 exposes inference, health, statistics and metrics to every network this host is on "
+            "(said with a warning); loading models and shared memory still need the server's key.",
         ),
     ] = None,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
