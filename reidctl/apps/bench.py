@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from reidctl.config import Config, to_dict
 from reidctl.apps.clients import ClientProcesses, Tick, closed_loop
@@ -72,6 +71,8 @@ VERSIONED_PACKAGES = {
     "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
     "tritonclient": ("tritonclient",),
 }
+# Told each backend's progress: (backend, the phase under way, requests done, requests planned).
+OnProgress = Callable[[str, str, int, int], None]
 
 
 def parse_backends(text: str) -> tuple[list[str], bool]:
@@ -508,13 +509,37 @@ def allow_measured_latency(detector: Detector, frame: np.ndarray, cameras: int) 
         detector.runner.allow_latency(cameras * (time.perf_counter() - start))
 
 
+class _Meter:
+    """One backend's progress, told to ``on_progress`` at each phase and each answered request (camera threads tick
+    it at once)."""
+
+    def __init__(self, backend: str, total: int, on_progress: OnProgress | None):
+        self.backend, self.total, self.on_progress = backend, total, on_progress
+        self.phase, self.done = "", 0
+        self._lock = threading.Lock()
+
+    def start(self, phase: str) -> None:
+        with self._lock:
+            self.phase = phase
+            self._tell()
+
+    def tick(self) -> None:
+        with self._lock:
+            self.done += 1
+            self._tell()
+
+    def _tell(self) -> None:
+        if self.on_progress:
+            self.on_progress(self.backend, self.phase, self.done, self.total)
+
+
 def _measure_backend(
     config: Config,
     result: BackendResult,
     detector: Detector,
     frames: Sequence[np.ndarray],
     settings: BenchSettings,
-    progress: Progress,
+    on_progress: OnProgress | None,
     clients: ClientProcesses | None = None,
 ) -> None:
     """Fill ``result`` step by step, so that a failure keeps what was measured before it."""
@@ -524,28 +549,29 @@ def _measure_backend(
         "pipeline": functools.partial(measure_pipeline, config=config),
         "concurrent": functools.partial(measure_concurrent, clients=clients),
     }
-    task = progress.add_task(result.name, total=planned_requests(settings, modes), phase="single stream")
-    tick = lambda: progress.advance(task)  # noqa: E731
+    meter = _Meter(result.name, planned_requests(settings, modes), on_progress)
+    tick = meter.tick
+    meter.start("single stream")
     result.runner = detector.describe()
     allow_measured_latency(detector, frames[0], max(settings.cameras))
     tick()
     result.single_stream = measure_single(detector, frames, settings.warmup, settings.iters, tick)
-    progress.update(task, phase="stages")
+    meter.start("stages")
     result.stages = measure_stages(detector, frames, settings.iters, tick)
     for cameras in settings.cameras:
         plural = "s" if cameras > 1 else ""
         for mode in modes if settings.saturation else ():
-            progress.update(task, phase=f"{mode}, {cameras} camera{plural}")
+            meter.start(f"{mode}, {cameras} camera{plural}")
             result.multi_stream.append(measures[mode](detector, frames, cameras, settings, tick))
         if settings.fps:
-            progress.update(task, phase=f"open loop, {cameras} camera{plural} at {settings.fps:g} FPS")
+            meter.start(f"open loop, {cameras} camera{plural} at {settings.fps:g} FPS")
             load = open_loop_load(settings, cameras)
             result.multi_stream.append(run_open_loop(config, detector, frames, load, settings.max_batch, tick))
     result.peak_memory_bytes = detector.peak_memory_bytes()
     result.runner = detector.describe()  # again: what the runner counted (e.g. per Triton server) is known now
     load = detector.load
     result.detection_load = {"candidates_per_frame": load.candidates_per_frame, "kept_per_frame": load.kept_per_frame}
-    progress.update(task, phase="done")
+    meter.start("done")
 
 
 def bench_backend(
@@ -553,7 +579,7 @@ def bench_backend(
     name: str,
     frames: Sequence[np.ndarray],
     settings: BenchSettings,
-    progress: Progress,
+    on_progress: OnProgress | None,
     devices: Sequence[torch.device],
     into: list[BackendResult],
 ) -> None:
@@ -575,7 +601,7 @@ def bench_backend(
             if detector.runner.batches_remotely and settings.client_processes > 1 and settings.saturation:
                 clients = stack.enter_context(ClientProcesses(config, name, frames, settings.client_processes,
                                                               get_backend(name).frame_sender))
-            _measure_backend(config, result, detector, frames, settings, progress, clients)
+            _measure_backend(config, result, detector, frames, settings, on_progress, clients)
     except BackendUnavailable as exc:  # e.g. the server is not reachable
         result.status, result.reason = "unavailable", str(exc)
     except Exception as exc:  # noqa: BLE001  one backend's failure must not cost the others' results
@@ -589,26 +615,18 @@ def stop_name(stop: KeyboardInterrupt) -> str:
     return "terminated" if isinstance(stop, Terminated) else "interrupted"
 
 
-def run_bench(config: Config, settings: BenchSettings, show_progress: bool = True) -> BenchReport:
+def run_bench(config: Config, settings: BenchSettings, on_progress: OnProgress | None = None) -> BenchReport:
+    """Every backend of ``settings`` measured, each one's progress told to ``on_progress``."""
     settings.validate()
     devices = resolve_devices(config.detection.device)
     frames, frames_from = load_frames(settings, config.detection.input_size)
-    columns = [
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[phase]}"),
-        TimeElapsedColumn(),
-    ]
     results: list[BackendResult] = []
     stopped = None
-    with Progress(*columns, disable=not show_progress) as progress:
-        try:
-            for name in settings.backends:
-                bench_backend(config, name, frames, settings, progress, devices, results)
-        except KeyboardInterrupt as exc:  # what was measured is kept, the report marked partial
-            stopped = stop_name(exc)
+    try:
+        for name in settings.backends:
+            bench_backend(config, name, frames, settings, on_progress, devices, results)
+    except KeyboardInterrupt as exc:  # what was measured is kept, the report marked partial
+        stopped = stop_name(exc)
     parity = []
     if settings.parity and not stopped:
         from reidctl.apps.parity import run_parity
@@ -627,12 +645,12 @@ def run_bench(config: Config, settings: BenchSettings, show_progress: bool = Tru
 
 
 def benchmark(
-    config: Config, settings: BenchSettings, output: Path = DEFAULT_BENCH_PATH, show_progress: bool = True
+    config: Config, settings: BenchSettings, output: Path = DEFAULT_BENCH_PATH, on_progress: OnProgress | None = None
 ) -> tuple[BenchReport, Path]:
     """Measure, then write the JSON and the plot: what `reidctl bench` (and `make demo`) runs."""
     for path in (output, plot_path_for(output)):
         check_output_path(path)  # fail before the measurements, not after them
-    report = run_bench(config, settings, show_progress)
+    report = run_bench(config, settings, on_progress)
     from reidctl.apps.bench_plot import write_report  # matplotlib: only when a report is written
 
     return report, write_report(report, output)

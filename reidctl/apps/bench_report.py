@@ -298,6 +298,22 @@ class BenchReport:
         named = self.settings.get("named", True)
         return [b for b in self.backends if b.status == "failed" or (b.status == "unavailable" and named)]
 
+    def kept(self) -> tuple[list[BackendResult], list[BackendResult]]:
+        """The backends whose results the file keeps: those measured whole, and those not measured whose single
+        stream was measured before they failed or stopped (partial)."""
+        return [b for b in self.backends if b.status == "ok"], [b for b in self.not_measured() if b.single_stream]
+
+    def merge(self, other: BenchReport) -> BenchReport:
+        """This report with ``other``'s multi-stream runs added to its backends' of the same name (a backend it
+        lacks joins it when ``other`` has runs of it); returns this report."""
+        by_name = {b.name: b for b in self.backends}
+        for found in other.backends:
+            if found.name in by_name:
+                by_name[found.name].multi_stream.extend(found.multi_stream)
+            elif found.multi_stream:
+                self.backends.append(found)
+        return self
+
     @classmethod
     def from_dict(cls, data: dict) -> BenchReport:
         return cls(
@@ -310,6 +326,16 @@ class BenchReport:
             parity=[ParityResult.from_dict(p) for p in data.get("parity") or []],
             stopped=data.get("stopped"),
         )
+
+
+def serving_devices(environment: dict) -> tuple[str, str]:
+    """The subject and verb of a capacity sentence about a report's machine: ("This machine", "serves"), or with
+    several devices ("2 GPUs", "serve")."""
+    devices = environment.get("devices") or [environment.get("device", "")]
+    if len(devices) == 1:
+        return "This machine", "serves"
+    kind = "GPUs" if all(str(device).startswith("cuda") for device in devices) else "devices"
+    return f"{len(devices)} {kind}", "serve"
 
 
 def load_report(path: Path) -> BenchReport:

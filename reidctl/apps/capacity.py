@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reidctl.config import Config
-from reidctl.apps.bench import environment, pipeline_result
+from reidctl.config import Config, load_config, to_dict
+from reidctl.apps.bench import environment, parse_backends, pipeline_result
 from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult
 from reidctl.core.detector import Detector, DetectorPool, create_detector, get_backend
 from reidctl.core.device import resolve_devices
 from reidctl.apps.pipeline import DetectOptions, run_detect
-from reidctl.apps.recommend import deployed_outputs
+from reidctl.apps.recommend import Need, Recommendation, config_from_dict, deployed_outputs
 from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, camera_specs
 from reidctl.io.synthetic import write_synthetic_video
@@ -199,3 +199,71 @@ def capacity_report(config: dict, device: str, results: Sequence[CapacityResult]
         config=config,
         backends=[BackendResult(r.backend, r.status, r.reason, multi_stream=list(r.runs)) for r in results],
     )
+
+
+@dataclass
+class CapacitySearch:
+    """`recommend --max-cameras`: each backend's search, its runs as a report, and the report to recommend from."""
+
+    results: list[CapacityResult]
+    searched: BenchReport  # the search's runs alone
+    report: BenchReport  # the bench file's results with the search's runs added (the search's alone without one)
+
+    @property
+    def best(self) -> CapacityResult | None:
+        """The backend that served the most cameras (None: no backend could be searched)."""
+        return max((r for r in self.results if r.outcome), key=lambda r: r.outcome.cameras, default=None)
+
+
+def search_capacity(
+    config: Config,
+    need: Need,
+    plan: CameraPlan,
+    backends: str,
+    directory: Path,
+    limit: int = DEFAULT_LIMIT,
+    bench: BenchReport | None = None,
+    on_run: Callable[[str, StreamResult], None] = lambda backend, run: None,
+) -> CapacitySearch:
+    """Search the capacity at ``need``'s FPS and budget of each backend of ``backends`` ('all' or a comma list) that
+    ``bench``'s parity check did not flag, and add the runs to ``bench``."""
+    flagged = {b.name for b in bench.backends if bench.parity_flagged(b)} if bench else set()
+    names = [name for name in parse_backends(backends)[0] if name not in flagged]
+    results = [measure_capacity(config, name, need.fps, need.latency_ms, plan, directory, limit, on_run=on_run)
+               for name in names]  # fmt: skip
+    settings = {"fps": need.fps, "latency_ms": need.latency_ms, "seconds": plan.seconds, "cameras_from":
+                plan.describe(need.cameras, need.fps)}  # fmt: skip
+    searched = capacity_report(to_dict(config), config.detection.device, results, settings)
+    return CapacitySearch(results, searched, bench.merge(searched) if bench else searched)
+
+
+@dataclass
+class Verification:
+    """`recommend --verify`: the chosen backend run as deploy.sh runs it at the need, on this machine."""
+
+    need: Need
+    backend: str | None  # None: nothing was chosen, nothing ran, and the check fails
+    cameras_from: str  # what the cameras were
+    run: PipelineRun | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.run is not None and self.run.passes(self.need.latency_ms)
+
+
+def verify_choice(
+    rec: Recommendation,
+    plan: CameraPlan,
+    directory: Path,
+    deployed: Path | None = None,
+    on_start: Callable[[Verification], None] = lambda check: None,
+) -> Verification:
+    """Run ``rec``'s choice with what is deployed: the config file written at ``deployed``, else ``rec``'s deploy
+    config. ``on_start`` hears of the run before it begins."""
+    need = rec.need
+    check = Verification(need, rec.choice, plan.describe(need.cameras, need.fps))
+    if rec.choice:
+        config = load_config(deployed) if deployed else config_from_dict(rec.deploy_config or {})
+        on_start(check)
+        check.run = run_deployment(config, rec.choice, plan, need.cameras, need.fps, need.latency_ms, directory)
+    return check

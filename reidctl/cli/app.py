@@ -1,10 +1,12 @@
 """The Typer application and what every command shares: config options and one-line errors."""
 
+import contextlib
 import functools
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -12,6 +14,9 @@ from rich.markup import escape
 
 from reidctl.config import Config, load_config, override
 from reidctl.errors import ReidctlError, Terminated
+
+if TYPE_CHECKING:  # imported when a progress display is made
+    from rich.progress import Progress
 
 app = typer.Typer(
     name="reidctl",
@@ -68,6 +73,20 @@ def warn(message: str) -> None:
     err_console.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
+@contextlib.contextmanager
+def live_progress(*columns) -> Iterator["Progress"]:
+    """A Rich progress display that its callback starts with the first task: a command that fails before any
+    progress leaves no empty display behind."""
+    from rich.progress import Progress
+
+    progress = Progress(*columns, console=console, transient=False)
+    try:
+        yield progress
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
 def _terminate(signum, frame) -> None:
     raise Terminated()
 
@@ -112,8 +131,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="ByteTrack/YOLOX checkpoint (.pth.tar); overrides detection.model_path. Without one the weights are "
-             "untrained.",
+        help="ByteTrack/YOLOX checkpoint (.pth.tar); overrides detection.model_path. "
+             "Without one the weights are untrained.",
     ),
 ]
 ModelTypeOpt = Annotated[
@@ -132,8 +151,9 @@ DeviceOpt = Annotated[
     Optional[str],
     typer.Option(
         "--device",
-        help="auto, cpu, cuda, cuda:N, a list (cuda:0,1) or all (every visible GPU). A list runs one runner per "
-        "device and spreads batches across them (in-process backends; cpu,cpu exercises this without a GPU).",
+        help="auto, cpu, cuda, cuda:N, a list (cuda:0,1) or all (every visible GPU). "
+        "A list runs one runner per device and spreads batches across them "
+        "(in-process backends; cpu,cpu exercises this without a GPU).",
     ),
 ]
 TestSizeOpt = Annotated[

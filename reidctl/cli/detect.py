@@ -86,8 +86,8 @@ def detect(
     sources: Annotated[
         Optional[list[str]],
         typer.Argument(
-            help="Cameras: image, directory of images, video file, camera index (0) or rtsp:// / http:// URL, each "
-                 "optionally NAME=SOURCE.",
+            help="Cameras: image, directory of images, video file, camera index (0) or rtsp:// / http:// URL, "
+                 "each optionally NAME=SOURCE.",
             show_default=False,
         ),
     ] = None,
@@ -103,10 +103,11 @@ def detect(
         Optional[Path],
         typer.Option(
             "--mot",
-            help="MOT17 detections (frame,-1,x,y,w,h,score,-1,-1,-1): a file for one source, a directory (one "
-                 "<camera>.txt each) for several. With --track, MOT17 tracks (frame,id,x,y,w,h,score,-1,-1,-1) with a "
-                 "seqinfo.ini beside the file (<camera>/seqinfo.ini for several). Default: runs/detect/ when no "
-                 "other output is given.",
+            help="MOT17 detections (frame,-1,x,y,w,h,score,-1,-1,-1): a file for one source, "
+                 "a directory (one <camera>.txt each) for several. "
+                 "With --track, MOT17 tracks (frame,id,x,y,w,h,score,-1,-1,-1) "
+                 "with a seqinfo.ini beside the file (<camera>/seqinfo.ini for several). "
+                 "Default: runs/detect/ when no other output is given.",
         ),
     ] = None,
     jsonl: Annotated[
@@ -132,8 +133,8 @@ def detect(
         Optional[Path],
         typer.Option(
             "--summary-json",
-            help="Write the summary (per camera and in total: frames, FPS, latency, dropped, reconnects, batch "
-                 "sizes) as JSON.",
+            help="Write the summary "
+                 "(per camera and in total: frames, FPS, latency, dropped, reconnects, batch sizes) as JSON.",
         ),
     ] = None,
     no_output: Annotated[
@@ -155,8 +156,8 @@ def detect(
         bool,
         typer.Option(
             "--realtime",
-            help="Play files at their own frame rate, as cameras would: frames the detector could not take in time "
-                 "are dropped and counted.",
+            help="Play files at their own frame rate, as cameras would: "
+                 "frames the detector could not take in time are dropped and counted.",
         ),
     ] = False,
     timeout: Annotated[
@@ -164,8 +165,8 @@ def detect(
         typer.Option(
             "--timeout",
             min=0.1,
-            help="Seconds to wait when opening or reading a network stream before it counts as failed (it then "
-                 "reconnects).",
+            help="Seconds to wait when opening or reading a network stream before it counts as failed "
+                 "(it then reconnects).",
         ),
     ] = DEFAULT_TIMEOUT_S,
     max_batch: Annotated[
@@ -176,16 +177,17 @@ def detect(
         bool,
         typer.Option(
             "--strict",
-            help="Stop at an unreadable image or a truncated video instead of warning and going on, and refuse to "
-            "start while a stream cannot be opened (without it the other cameras start and the stream is retried).",
+            help="Stop at an unreadable image or a truncated video instead of warning and going on, "
+            "and refuse to start while a stream cannot be opened "
+            "(without it the other cameras start and the stream is retried).",
         ),
     ] = False,
     track: Annotated[
         bool,
         typer.Option(
             "--track",
-            help="Track people per camera with ByteTrack's association (the tracking: config section): --mot writes "
-                 "MOT17 tracks, --jsonl adds each frame's tracks, --save-video draws track ids.",
+            help="Track people per camera with ByteTrack's association (the tracking: config section): "
+                 "--mot writes MOT17 tracks, --jsonl adds each frame's tracks, --save-video draws track ids.",
         ),
     ] = False,
     crops: Annotated[

@@ -18,14 +18,13 @@ from reidctl.cli.app import (
     build_config,
     command,
     console,
+    live_progress,
     warn,
 )
 from reidctl.errors import ReidctlError
 from reidctl.export.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 if TYPE_CHECKING:  # imported when used: tensorrt's module imports torch and `reidctl --help` must not
-    from rich.progress import Progress
-
     from reidctl.export.tensorrt import BuildProgress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
@@ -37,20 +36,6 @@ def _mib(size_bytes: int) -> str:
 
 
 @contextlib.contextmanager
-def _progress(*columns) -> Iterator["Progress"]:
-    """A Rich progress display that its callback starts with the first task: a command that fails before any
-    progress leaves no empty display behind."""
-    from rich.progress import Progress
-
-    progress = Progress(*columns, console=console, transient=False)
-    try:
-        yield progress
-    finally:
-        if progress.live.is_started:
-            progress.stop()
-
-
-@contextlib.contextmanager
 def export_bar(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
     """export-onnx's live bar over the export's steps: the callback export_onnx reports to (None: no bar)."""
     if not show:
@@ -58,7 +43,7 @@ def export_bar(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with _progress(SpinnerColumn(), TextColumn("[bold]export-onnx"), BarColumn(), MofNCompleteColumn(),
+    with live_progress(SpinnerColumn(), TextColumn("[bold]export-onnx"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.description}"), TimeElapsedColumn()) as progress:
 
         def show_step(step: str, done: int, total: int) -> None:
@@ -79,7 +64,7 @@ def build_bar(show: bool) -> Iterator[Callable[["BuildProgress"], None] | None]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with _progress(SpinnerColumn(), TextColumn("[bold]build-engine"), TextColumn("{task.description}"), BarColumn(),
+    with live_progress(SpinnerColumn(), TextColumn("[bold]build-engine"), TextColumn("{task.description}"), BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn()) as progress:
         tasks, depths = {}, {}
 
@@ -126,8 +111,8 @@ def export_onnx_command(
         bool,
         typer.Option(
             "--fp16/--fp32",
-            help="Export the graph in half precision (fp16 input and weights, fp32 output); TensorRT 11 needs this "
-                 "for fp16 engines.",
+            help="Export the graph in half precision (fp16 input and weights, fp32 output); "
+                 "TensorRT 11 needs this for fp16 engines.",
         ),
     ] = False,
     dynamic_batch: Annotated[
@@ -142,8 +127,8 @@ def export_onnx_command(
         bool,
         typer.Option(
             "--decode/--no-decode",
-            help="Decode boxes inside the graph (output (B, anchors, 5+C) in input pixels); --no-decode keeps the "
-                 "raw head output as ByteTrack's export does.",
+            help="Decode boxes inside the graph (output (B, anchors, 5+C) in input pixels); "
+                 "--no-decode keeps the raw head output as ByteTrack's export does.",
         ),
     ] = True,
     as_json: JsonOpt = False,
@@ -210,8 +195,8 @@ def build_engine_command(
         Optional[Path],
         typer.Option(
             "--onnx",
-            help="ONNX file from `reidctl export-onnx` (default: detection.onnx_path, else the engine path with "
-                 ".onnx).",
+            help="ONNX file from `reidctl export-onnx` "
+                 "(default: detection.onnx_path, else the engine path with .onnx).",
         ),
     ] = None,
     output: Annotated[
@@ -219,8 +204,8 @@ def build_engine_command(
         typer.Option(
             "--output",
             "-o",
-            help="Engine file to write (default: detection.tensorrt.engine_path); its sidecar <engine>.json is "
-                 "written beside it.",
+            help="Engine file to write (default: detection.tensorrt.engine_path); "
+                 "its sidecar <engine>.json is written beside it.",
         ),
     ] = None,
     fp16: Annotated[

@@ -56,8 +56,8 @@ def track(
         list[Path],
         typer.Argument(
             help="Detections: detect's JSON lines (.jsonl, many cameras) or MOT17 detection files "
-                 "(frame,-1,x,y,w,h,score,-1,-1,-1; one camera each, named by the file, or by <seq> in "
-                 "<seq>/det/det.txt).",
+                 "(frame,-1,x,y,w,h,score,-1,-1,-1; one camera each, "
+                 "named by the file, or by <seq> in <seq>/det/det.txt).",
             show_default=False,
         ),
     ],
@@ -76,18 +76,25 @@ def track(
     ] = None,
     summary_json: Annotated[
         Optional[Path],
-        typer.Option("--summary-json", help="Write the summary (per camera: frames, detections, tracks, "
-                                            "evaluation) as JSON."),
+        typer.Option(
+            "--summary-json", help="Write the summary (per camera: frames, detections, tracks, evaluation) as JSON."
+        ),
     ] = None,
     fps: Annotated[
         Optional[float],
-        typer.Option("--fps", min=0.001, help="Camera frame rate, which scales track_buffer (default: seqinfo.ini "
-                                             "beside a MOT file, else 30)."),
+        typer.Option(
+            "--fps",
+            min=0.001,
+            help="Camera frame rate, which scales track_buffer (default: seqinfo.ini beside a MOT file, else 30).",
+        ),
     ] = None,
     eval_dir: Annotated[
         Optional[Path],
-        typer.Option("--eval", help="MOTChallenge ground truth (<seq>/gt/gt.txt and <seq>/seqinfo.ini): report "
-                                    "HOTA, MOTA and IDF1 (TrackEval; motmetrics without HOTA where it is absent)."),
+        typer.Option(
+            "--eval",
+            help="MOTChallenge ground truth (<seq>/gt/gt.txt and <seq>/seqinfo.ini): "
+                 "report HOTA, MOTA and IDF1 (TrackEval; motmetrics without HOTA where it is absent).",
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
     track_thresh: TrackThreshOpt = None,

@@ -1,6 +1,5 @@
 """`reidctl setup-triton`: write the Triton model repository; start, stop or check the bundled server."""
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,7 +22,6 @@ from reidctl.cli.app import (
     console,
     warn,
 )
-from reidctl.config import override
 from reidctl.errors import ReidctlError
 from reidctl.triton.repository import DEFAULT_IMAGE
 
@@ -33,26 +31,26 @@ def _endpoints(state) -> str:
             f"{state.host}:{state.metrics_port} (listening on {state.listen})")
 
 
-def _print_status(status: dict, as_json: bool) -> None:
+def _print_status(status, as_json: bool) -> None:
     if as_json:
-        console.print_json(json.dumps(status))
+        console.print_json(json.dumps(status.to_dict()))
         return
-    if not status["running"]:
+    state = status.state
+    if state is None:
         console.print(
-            f"no Triton server is running for {status['repository']} (start one with `reidctl setup-triton --start`)"
+            f"no Triton server is running for {status.repository} (start one with `reidctl setup-triton --start`)"
         )
         return
-    from reidctl.triton.server import ServerState, reason_line
+    from reidctl.triton.server import reason_line
 
-    state = ServerState(**{field.name: status[field.name] for field in dataclasses.fields(ServerState)})
     console.print(
-        f"Triton server (pid {state.pid}) {'ready' if status['ready'] else 'NOT ready'}: {_endpoints(state)}; log "
+        f"Triton server (pid {state.pid}) {'ready' if status.ready else 'NOT ready'}: {_endpoints(state)}; log "
         f"{state.log}"
     )
-    table = Table(title=f"Models in {status['repository']}")
+    table = Table(title=f"Models in {status.repository}")
     for column in ("Model", "Version", "State", "Reason"):
         table.add_column(column)
-    for model in status["model_states"]:
+    for model in status.model_states:
         table.add_row(
             model.get("name", ""),
             model.get("version", "-"),
@@ -62,12 +60,21 @@ def _print_status(status: dict, as_json: bool) -> None:
     console.print(table)
 
 
+def _print_written(repository: Path, written) -> None:
+    table = Table(title=f"Triton model repository {repository}")
+    table.add_column("File")
+    table.add_column("What")
+    for item in written:
+        table.add_row(str(item.path), item.what)
+    console.print(table)
+
+
 @command(
     "setup-triton",
-    "Write the Triton model repository (TensorRT and PyTorch models, docker-compose.yml); start, stop or check the "
-    "bundled server.",
+    "Write the Triton model repository (TensorRT and PyTorch models, docker-compose.yml); "
+    "start, stop or check the bundled server.",
 )
-def setup_triton(
+def setup_triton_command(
     repository: Annotated[
         Optional[Path],
         typer.Option("--repository", "-r", help="Model repository directory (default: detection.triton.repository)."),
@@ -76,16 +83,16 @@ def setup_triton(
         Optional[Path],
         typer.Option(
             "--engine",
-            help="TensorRT engine copied to bytetrack_tensorrt/1/model.plan (default: "
-                 "detection.tensorrt.engine_path if it exists).",
+            help="TensorRT engine copied to bytetrack_tensorrt/1/model.plan "
+                 "(default: detection.tensorrt.engine_path if it exists).",
         ),
     ] = None,
     start: Annotated[
         bool,
         typer.Option(
             "--start",
-            help="After writing, start the bundled Triton server in the background (its files are installed into "
-                 "the cache on first use).",
+            help="After writing, start the bundled Triton server in the background "
+                 "(its files are installed into the cache on first use).",
         ),
     ] = False,
     stop: Annotated[
@@ -127,9 +134,9 @@ def setup_triton(
         Optional[str],
         typer.Option(
             "--gpus",
-            help="GPUs the models' instance groups name, each with detection.triton.instances instances: 'all' "
-            "(the GPUs visible here) or ids such as 0,1 (default: detection.triton.gpus; unset, Triton places them on "
-            "every GPU it sees).",
+            help="GPUs the models' instance groups name, each with detection.triton.instances instances: "
+            "'all' (the GPUs visible here) or ids such as 0,1 "
+            "(default: detection.triton.gpus; unset, Triton places them on every GPU it sees).",
         ),
     ] = None,
     replicas: Annotated[
@@ -137,8 +144,9 @@ def setup_triton(
         typer.Option(
             "--replicas",
             min=1,
-            help="Servers in docker-compose.yml, replica i on GPU i and on the configured ports "
-            "+ 10*i (gRPC 8101, 8111, 8121...); the bundled server stays one.",
+            help="Servers in docker-compose.yml, "
+            "replica i on GPU i and on the configured ports + 10*i (gRPC 8101, 8111, 8121...); "
+            "the bundled server stays one.",
         ),
     ] = 1,
     listen: Annotated[
@@ -146,10 +154,10 @@ def setup_triton(
         typer.Option(
             "--listen",
             metavar="ADDRESS",
-            help="Address the bundled server and docker-compose.yml's ports listen on (default: "
-            "detection.triton.listen, 127.0.0.1: this host only). 0.0.0.0 exposes inference, health, statistics "
-            "and metrics to every network this host is on (said with a warning); loading models and shared memory "
-            "still need the server's key.",
+            help="Address the bundled server and docker-compose.yml's ports listen on "
+            "(default: detection.triton.listen, 127.0.0.1: this host only). "
+            "0.0.0.0 exposes inference, health, statistics and metrics to every network this host is on "
+            "(said with a warning); loading models and shared memory still need the server's key.",
         ),
     ] = None,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
@@ -180,8 +188,7 @@ def setup_triton(
     conf: ConfOpt = None,
     nms: NmsOpt = None,
 ) -> None:
-    from reidctl.triton.repository import server_compiles, write_repository
-    from reidctl.triton.server import Ports, running_server, server_status, start_server, stop_server
+    from reidctl.triton.server import setup_triton
 
     if sum((start, stop, status)) > 1:
         raise ReidctlError("choose one of --start, --stop and --status")
@@ -198,50 +205,34 @@ def setup_triton(
         fp16,
         triton={"max_batch_size": max_batch_size, "gpus": gpus, "listen": listen, **ports},
     )
-    if compile_model is None:  # the default depends on where the server model runs
-        compile_model = server_compiles(cfg.detection)
-    cfg = override(cfg, compile=compile_model)
-    triton = cfg.detection.triton
-    repo = Path(repository or triton.repository)
+    action = "status" if status else "stop" if stop else "start" if start else None
+    spinner = console.status("starting Triton server")  # shown once the start reports progress
 
-    if status:
-        _print_status(server_status(repo), json_output)
-        return
-    if stop:
-        stopped = stop_server(repo)
+    def on_progress(message: str) -> None:
+        spinner.start()
+        spinner.update(f"starting Triton server: {message}")
+
+    try:
+        done = setup_triton(cfg, repository, action, engine, image, replicas, compile_model, startup_timeout,
+                            on_written=_print_written, on_progress=on_progress, warn=warn)  # fmt: skip
+    finally:
+        spinner.stop()
+    repo, server = done.repository, done.server
+    if done.done == "status":
+        _print_status(done.status, json_output)
+    elif done.done == "stopped":
         console.print(
-            f"stopped Triton server (pid {stopped.pid})"
-            if stopped
+            f"stopped Triton server (pid {server.pid})"
+            if server
             else f"no Triton server is running for {repo.resolve()}"
         )
-        return
-    running = running_server(repo) if start else None
-    if running:
-        console.print(
-            f"Triton server already running (pid {running.pid}) for {running.repository}: {_endpoints(running)}"
-        )
-        return
-
-    written = write_repository(cfg, repo, engine, image, warn=warn, replicas=replicas)
-    table = Table(title=f"Triton model repository {repo}")
-    table.add_column("File")
-    table.add_column("What")
-    for item in written:
-        table.add_row(str(item.path), item.what)
-    console.print(table)
-    if not start:
+    elif done.done == "running":
+        console.print(f"Triton server already running (pid {server.pid}) for {server.repository}: {_endpoints(server)}")
+    elif done.done == "written":
         console.print("start the bundled server with `reidctl setup-triton --start`, or NVIDIA's container: "
                       f"cd {repo} && docker compose up -d")  # fmt: skip
-        return
-
-    with console.status("starting Triton server") as spinner:
-        state = start_server(
-            repo,
-            Ports(triton.http_port, triton.grpc_port, triton.metrics_port),
-            timeout=startup_timeout,
-            on_progress=lambda message: spinner.update(f"starting Triton server: {message}"),
-            warn=warn,
-            listen=triton.listen,
+    else:
+        console.print(
+            f"Triton server ready (pid {server.pid}) serving {', '.join(server.models)}: {_endpoints(server)}"
         )
-    console.print(f"Triton server ready (pid {state.pid}) serving {', '.join(state.models)}: {_endpoints(state)}")
-    console.print(f"log: {state.log}; stop it with `reidctl setup-triton --stop`")
+        console.print(f"log: {server.log}; stop it with `reidctl setup-triton --stop`")

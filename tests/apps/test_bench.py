@@ -146,7 +146,7 @@ def test_bench_measures_every_registered_backend(name, tmp_path, small_config):
     assert name in PREPARE, f"backend '{name}' is registered but this test does not know how to prepare it"
     with PREPARE[name](load_config(small_config), tmp_path) as config:
         settings = BenchSettings([name], iters=4, warmup=1, cameras=[2])
-        report = run_bench(config, settings, show_progress=False)
+        report = run_bench(config, settings)
         with create_detector(config, name) as detector:
             modes = set(stream_modes(detector))
     (result,) = report.backends

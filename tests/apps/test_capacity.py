@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from reidctl.cli import app
 from reidctl.config import load_config, to_dict
 from reidctl.apps.bench import OpenLoopLoad, open_loop, run_open_loop
-from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult, load_report
-from reidctl.apps.capacity import CameraPlan, measure_capacity, search_max_cameras
+from reidctl.apps.bench_report import BackendResult, BenchReport, ParityResult, StreamResult, load_report
+from reidctl.apps.capacity import CameraPlan, measure_capacity, search_capacity, search_max_cameras
 from reidctl.core.detector import create_detector
 from reidctl.apps.recommend import Need, deploy_commands, deploy_detection
 from reidctl.apps.stats import LatencySummary
@@ -125,6 +125,48 @@ def test_measured_capacity_search_on_this_machine(tmp_path, small_config):
     assert all(run.mode == "pipeline" and run.requests == 5 * run.cameras for run in roomy.runs)
     tight = measure_capacity(config, "pytorch", 5.0, 1.0, plan, tmp_path, limit=4)
     assert tight.outcome.cameras == 0 and [run.cameras for run in tight.runs] == [1]
+
+
+def test_max_cameras_searches_this_machine_and_recommends_from_its_runs(tmp_path, small_config):
+    result = invoke("recommend", "-c", small_config, "--cameras", 2, "--fps", 4, "--latency-ms", 1000, "--max-cameras",
+                    "-b", "pytorch", "--camera-limit", 2, "--seconds", 0.5, "--resolution", "120x160")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "never failed: may serve more" in result.output
+    assert "This machine (cpu) serves up to 2 or more camera(s) at 4 FPS within 1000 ms on pytorch." in result.output
+    assert "From no bench file and this machine's capacity search" in result.output
+    assert "Recommended: pytorch (pipeline)" in result.output
+
+
+def test_the_search_leaves_out_what_parity_flagged_and_adds_its_runs_to_the_bench_file(tmp_path, small_config):
+    bench = load_report(saturated_bench(tmp_path / "bench.json", small_config))
+    config, plan, need = load_config(small_config), CameraPlan((120, 160), seconds=0.5), Need(1, 4.0, 1000.0)
+    bench.parity = [ParityResult("pytorch", "fp32", "ok", flagged=True)]
+    flagged = search_capacity(config, need, plan, "pytorch", tmp_path, limit=1, bench=bench)
+    assert flagged.results == [] and flagged.best is None and flagged.report is bench
+    bench.parity = []
+    searched = search_capacity(config, need, plan, "pytorch", tmp_path, limit=1, bench=bench)
+    assert searched.best.backend == "pytorch" and searched.report is bench
+    (pytorch,) = bench.backends
+    assert [(run.load, run.cameras) for run in pytorch.multi_stream] == [("closed", 16), ("open", 1)]
+
+
+def test_merging_adds_each_backends_runs_and_the_backends_a_report_lacks():
+    def report(*backends):
+        return BenchReport("2026-11-25T00:00:00+00:00", {}, {}, {}, list(backends))
+
+    closed = StreamResult("pipeline", 4, 10, 1.0, 10.0, LatencySummary.from_samples([0.01]))
+    opened = StreamResult("pipeline", 2, 10, 1.0, 10.0, LatencySummary.from_samples([0.02]), load="open")
+    bench = report(BackendResult("pytorch", "ok", multi_stream=[closed]))
+    searched = report(
+        BackendResult("pytorch", "ok", multi_stream=[opened]),
+        BackendResult("onnxruntime", "ok", multi_stream=[opened]),
+        BackendResult("tensorrt", "unavailable", "not here"),  # no runs: not added
+    )
+    assert bench.merge(searched) is bench
+    assert [(b.name, b.multi_stream) for b in bench.backends] == [
+        ("pytorch", [closed, opened]),
+        ("onnxruntime", [opened]),
+    ]
 
 
 def saturated_bench(path, config_path, name="pytorch", mode="pipeline", cameras=16, fps=5000.0, p99_ms=5.0):

@@ -156,3 +156,12 @@ def test_capacity_sentence_names_the_gpu_count():
     assert who_serves({"device": "cuda:0", "devices": ["cuda:0"]}) == "This machine serves"
     assert who_serves({"device": "cpu"}) == "This machine serves"  # reports from before device lists
     assert who_serves({"devices": ["cuda:0", "cuda:1"]}) == "2 GPUs serve"
+
+
+def test_capacity_sentence_parts_name_the_device_count():
+    from reidctl.apps.bench_report import serving_devices
+
+    assert serving_devices({"device": "cuda:0", "devices": ["cuda:0"]}) == ("This machine", "serves")
+    assert serving_devices({"device": "cpu"}) == ("This machine", "serves")  # reports from before device lists
+    assert serving_devices({"devices": ["cuda:0", "cuda:1"]}) == ("2 GPUs", "serve")
+    assert serving_devices({"devices": ["cpu", "cpu"]}) == ("2 devices", "serve")
