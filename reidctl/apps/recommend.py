@@ -4,12 +4,12 @@ With a bench result, the answer comes from its multi-stream measurements. Open-l
 clock) at the requested FPS answer first: a backend qualifies when a run with at least that many cameras dropped
 nothing and kept P99 within the budget (or is ruled out by one with at most that many that did not). Otherwise the
 closed-loop (saturation) runs answer: a backend qualifies when its total throughput covers cameras x fps and its
-P99 fits the budget. The simplest qualifying backend with headroom wins (pytorch < onnxruntime < tensorrt <
-triton; an open-loop pass has its queueing measured, a saturation figure needs HEADROOM over the need), then the
-one with the most margin; when none has headroom, the simplest that qualifies at all, said to run near
-saturation. A backend whose detections diverge from PyTorch fp32 (bench --parity) is never chosen. Without a bench
-result, the reference guide's decision tree answers, marked as not measured. Either way a backend that cannot run
-here is not chosen.
+P99 fits the budget. The simplest qualifying backend with headroom wins (simplicity as the backends' registry
+records rank it: pytorch < onnxruntime < tensorrt < triton; an open-loop pass has its queueing measured, a
+saturation figure needs HEADROOM over the need), then the one with the most margin; when none has headroom, the
+simplest that qualifies at all, said to run near saturation. A backend whose detections diverge from PyTorch fp32
+(bench --parity) is never chosen. Without a bench result, the reference guide's decision tree answers, marked as
+not measured. Either way a backend that cannot run here is not chosen.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import yaml
 
 from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, BackendResult, BenchReport, StreamResult, load_report
 from reidctl.config import Config, override, upgrade_detection
-from reidctl.core.detector import available_backends
+from reidctl.core.detector import Artifact, available_backends, get_backend, registered_backends
 from reidctl.apps.pipeline import OutputRequest
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import write_text_atomic
 
-SIMPLICITY = ("pytorch", "onnxruntime", "tensorrt", "triton")  # simplest to set up and run first
 # Throughput over the need a choice should keep: bench measures a closed loop, i.e. the saturated throughput, and
 # cameras at their fixed rate on a backend at 99% load queue without bound (the queue grows as load / (1 - load)).
 HEADROOM = 1.2
@@ -46,9 +45,8 @@ SUMMARY = {
     "Low latency required": ("triton", "CUDA Graphs optimization"),
     "Production deployment": ("triton", "Monitoring, versioning, scalability"),
 }
-# Detection keys every snippet carries, and the per-backend keys that are not in a section of their own.
+# Detection keys every snippet carries (a backend's own keys come from its record).
 COMMON_KEYS = ("model_path", "model_type", "test_size", "fp16", "conf_threshold", "nms_threshold", "device")
-BACKEND_KEYS = {"pytorch": ("fuse", "cuda_graph", "compile"), "onnxruntime": ("onnx_path",), "tensorrt": ("onnx_path",)}
 
 
 @dataclass(frozen=True)
@@ -145,8 +143,10 @@ class Recommendation:
         }
 
 
-def simplicity_rank(backend: str) -> int:
-    return SIMPLICITY.index(backend) if backend in SIMPLICITY else len(SIMPLICITY)
+def simplicity_rank(backend: str) -> float:
+    """Its record's place in the simplicity order; after every registered backend where it is not one here."""
+    record = registered_backends().get(backend)
+    return record.simplicity if record else math.inf
 
 
 def why_not_here(backend: str, availability: dict[str, str | None]) -> str | None:
@@ -329,7 +329,7 @@ def recommend_measured(
     roomy = [v for v in meeting if v.estimate.roomy(need)]
     chosen = (roomy or meeting)[0] if meeting else None
     if chosen:
-        order = f"simplicity: {' < '.join(SIMPLICITY)}"
+        order = f"simplicity: {' < '.join(registered_backends())}"
         lines.append(f"Chosen: {_describe(chosen, need)}.")
         if roomy:
             room = f"with {HEADROOM:g}x throughput headroom"
@@ -397,7 +397,8 @@ def recommend_unmeasured(
     chosen = pick
     why = why_not_here(pick, availability)
     if why:
-        simpler = [b for b in SIMPLICITY[: simplicity_rank(pick)][::-1] if not why_not_here(b, availability)]
+        simpler = [name for name in reversed(registered_backends())
+                   if simplicity_rank(name) < simplicity_rank(pick) and not why_not_here(name, availability)]
         chosen = simpler[0] if simpler else None
         fallback = (
             f"falling back to {chosen}, the next simpler backend available."
@@ -432,9 +433,8 @@ def tensorrt_profile(cameras: int, measured: dict) -> dict:
     return {"min_batch": 1, "opt_batch": max_batch, "max_batch": max_batch}
 
 
-# The config section each backend's artifact is described in (ONNX Runtime's ONNX file is by default the engine
-# path with .onnx).
-BACKEND_SECTION = {"onnxruntime": "tensorrt", "tensorrt": "tensorrt", "triton": "triton"}
+# How the artifacts that batch to a limit are sized for the cameras, in the section that describes them.
+BATCH_SIZING = {Artifact.ENGINE: tensorrt_profile, Artifact.SERVER_MODEL: triton_batching}
 
 
 def deploy_detection(backend: str, config: dict, need: Need) -> dict:
@@ -443,10 +443,10 @@ def deploy_detection(backend: str, config: dict, need: Need) -> dict:
     measured = upgrade_detection(config.get("detection", {}))
     det = {k: (dict(v) if isinstance(v, dict) else v) for k, v in measured.items()}
     det["backend"] = backend
-    if backend == "triton":
-        det["triton"] = det.get("triton", {}) | triton_batching(need.cameras, det.get("triton", {}))
-    if backend == "tensorrt":
-        det["tensorrt"] = det.get("tensorrt", {}) | tensorrt_profile(need.cameras, det.get("tensorrt", {}))
+    record = get_backend(backend)
+    if record.artifact in BATCH_SIZING:
+        section = det.get(record.config_section, {})
+        det[record.config_section] = section | BATCH_SIZING[record.artifact](need.cameras, section)
     return det
 
 
@@ -471,7 +471,8 @@ def _in_process_note(mode: str | None, max_batch: int | None) -> str:
 def config_snippet(backend: str, mode: str | None, config: dict, need: Need, max_batch: int | None = None) -> str:
     """The `detection:` section to put in configs/config.yaml for ``backend``."""
     full = deploy_detection(backend, config, need)
-    keys = ("backend", *COMMON_KEYS, *BACKEND_KEYS.get(backend, ()), BACKEND_SECTION.get(backend))
+    record = get_backend(backend)
+    keys = ("backend", *COMMON_KEYS, *record.config_keys, record.config_section)
     section = {key: full[key] for key in keys if key in full}
     header = "# configs/config.yaml\n" + _in_process_note(mode, max_batch)
     return header + yaml.safe_dump({"detection": section}, sort_keys=False, default_flow_style=None)
@@ -490,19 +491,20 @@ def deployed_outputs(directory: Path) -> OutputRequest:
 def deploy_commands(backend: str, config_arg: str, detection: dict, sources: list[str] | None = None) -> list[str]:
     """What to run, in order, to deploy ``backend``: ``config_arg`` is the config path as a shell word; every value
     taken from the config or a bench file is quoted. Without ``sources``, detect takes the script's arguments."""
-    trt = detection.get("tensorrt", {})
-    fp16 = ["--fp16"] if trt.get("fp16", True) else []
+    record = get_backend(backend)
+    section = detection.get(record.config_section, {}) if record.config_section else {}
     commands = []
-    if backend == "onnxruntime":
+    if record.artifact is Artifact.ONNX:
         commands.append(f"reidctl export-onnx -c {config_arg}  # the ONNX file detection.onnx_path names")
-    if backend == "tensorrt":
+    if record.artifact is Artifact.ENGINE:
+        fp16 = ["--fp16"] if section.get("fp16", True) else []
         commands.append(f"reidctl export-onnx -c {config_arg} {shlex.join(fp16)}".rstrip())
-        batches = ["--min-batch", trt["min_batch"], "--opt-batch", trt["opt_batch"], "--max-batch", trt["max_batch"]]
+        batches = ["--min-batch", section["min_batch"], "--opt-batch", section["opt_batch"],
+                   "--max-batch", section["max_batch"]]
         commands.append(f"reidctl build-engine -c {config_arg} {_shell_words(*(fp16 or ['--fp32']), *batches)}")
-    if backend == "triton":
-        triton = detection["triton"]
+    if record.artifact is Artifact.SERVER_MODEL:
         commands.append(
-            f"reidctl setup-triton -c {config_arg} {_shell_words('--max-batch-size', triton['max_batch_size'])} "
+            f"reidctl setup-triton -c {config_arg} {_shell_words('--max-batch-size', section['max_batch_size'])} "
             f"--start  # queue delay and preferred batch sizes: from the config"
         )
     cameras = _shell_words(*sources) if sources else '"$@"'
