@@ -23,7 +23,7 @@ from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult
 from reidctl.core.detector import Detector, DetectorPool, create_detector, get_backend
 from reidctl.core.device import resolve_devices
 from reidctl.apps.pipeline import DetectOptions, run_detect
-from reidctl.apps.recommend import deployed_outputs
+from reidctl.apps.deploy import deployed_outputs
 from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, camera_specs
 from reidctl.io.synthetic import write_synthetic_video
