@@ -358,3 +358,8 @@ def override_tracking(config: Config, **tracking_values) -> Config:
 
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
+
+
+def config_from_dict(config: dict) -> Config:
+    """A Config from its dict form (``to_dict``'s, as a bench file records it), validated like a file."""
+    return override(Config(), **config.get("detection", {}))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reidctl.config import Config, load_config, override, to_dict
+from reidctl.config import Config, config_from_dict, load_config, override, to_dict
 from reidctl.errors import ReidctlError
 
 
@@ -31,6 +31,15 @@ def test_overrides_apply_and_validate():
     assert config.detection.fp16 is True  # None means "not given"
     with pytest.raises(ReidctlError, match="detection.nms_threshold"):
         override(Config(), nms_threshold=1.5)
+
+
+def test_a_config_comes_back_from_its_dict_form_validated():
+    config = override(Config(), conf_threshold=0.3, test_size=[320, 480], triton={"max_batch_size": 16})
+    assert config_from_dict(to_dict(config)).detection == config.detection
+    record = to_dict(config)
+    record["detection"]["nms_threshold"] = 1.5  # a bench file's record is checked like a file
+    with pytest.raises(ReidctlError, match="detection.nms_threshold"):
+        config_from_dict(record)
 
 
 def test_the_onnx_file_has_its_own_key_and_the_old_one_still_reads_with_a_warning(tmp_path):

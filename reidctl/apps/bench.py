@@ -52,7 +52,15 @@ from reidctl.apps.bench_report import (
     StreamResult,
     plot_path_for,
 )
-from reidctl.core.detector import Detector, DetectorPool, StageTimes, available_backends, create_detector, get_backend
+from reidctl.core.detector import (
+    Detector,
+    DetectorPool,
+    StageTimes,
+    available_backends,
+    create_detector,
+    get_backend,
+    registered_backends,
+)
 from reidctl.core.device import gpu_description, resolve_devices
 from reidctl.apps.pipeline import DetectOptions, DetectResult, OutputRequest, run_detect
 from reidctl.apps.stats import LatencySummary
@@ -64,13 +72,6 @@ from reidctl.io.synthetic import synthetic_frame
 MAX_SOURCE_FRAMES = 64  # frames held in host memory and cycled; decoding never counts in a latency
 SYNTHETIC_FRAMES = 16
 STAGES = tuple(f.name for f in dataclasses.fields(StageTimes))
-# Package versions recorded with every result: the distributions each backend may come from.
-VERSIONED_PACKAGES = {
-    "torch": ("torch",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
-    "tritonclient": ("tritonclient",),
-}
 # Told each backend's progress: (backend, the phase under way, requests done, requests planned).
 OnProgress = Callable[[str, str, int, int], None]
 
@@ -110,8 +111,14 @@ def environment(devices: Sequence[torch.device]) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "versions": {package: _installed_version(dists) for package, dists in VERSIONED_PACKAGES.items()},
+        "versions": installed_versions(),
     }
+
+
+def installed_versions() -> dict[str, str | None]:
+    """The version of each backend's package, recorded with every result (None: not installed)."""
+    return {backend.packages[0]: _installed_version(backend.packages)
+            for backend in registered_backends().values() if backend.packages}
 
 
 def _installed_version(distributions: Sequence[str]) -> str | None:

@@ -365,6 +365,12 @@ def load_report(path: Path) -> BenchReport:
         raise ReidctlError(f"bench file {path} is malformed ({exc.__class__.__name__}: {exc})") from None
 
 
+def find_bench(path: Path | None) -> Path | None:
+    """The given bench file, else the last one at the default path if there is one."""
+    if path is not None:
+        return Path(path)
+    return DEFAULT_BENCH_PATH if DEFAULT_BENCH_PATH.is_file() else None
+
 
 def plot_path_for(json_path: Path) -> Path:
     return Path(json_path).with_suffix(".png")

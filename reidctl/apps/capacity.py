@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reidctl.config import Config, load_config, to_dict
+from reidctl.config import Config, config_from_dict, load_config, to_dict
 from reidctl.apps.bench import environment, parse_backends, pipeline_result
 from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult
 from reidctl.core.detector import Detector, DetectorPool, create_detector, get_backend
 from reidctl.core.device import resolve_devices
 from reidctl.apps.pipeline import DetectOptions, run_detect
-from reidctl.apps.recommend import Need, Recommendation, config_from_dict, deployed_outputs
+from reidctl.apps.deploy import deployed_outputs
+from reidctl.apps.recommend import Need, Recommendation
 from reidctl.errors import BackendUnavailable, ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, camera_specs
 from reidctl.io.synthetic import write_synthetic_video

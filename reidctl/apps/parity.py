@@ -18,13 +18,18 @@ import torch
 
 from reidctl.config import Config, override
 from reidctl.apps.bench_report import ParityResult
-from reidctl.core.detector import create_detector, get_backend
-from reidctl.core.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
+from reidctl.core.detector import Artifact, create_detector, get_backend, registered_backends
+from reidctl.core.device import ONNXRUNTIME_CUDA_PROVIDER, resolve_device
 from reidctl.errors import BackendUnavailable, describe_error, first_line
 
 MATCH_IOU = 0.9
 COUNTED_SCORE = 0.1  # ByteTrack's low score threshold: boxes below it are never used by the tracker
-REFERENCE = ("pytorch", "fp32")
+REFERENCE_PRECISION = "fp32"
+
+
+def reference_backend() -> str:
+    """The simplest backend that runs the checkpoint itself, in the model's own code: in fp32 it is the reference."""
+    return next(name for name, backend in registered_backends().items() if backend.artifact is Artifact.CHECKPOINT)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,16 +108,18 @@ def compare(
 
 
 def variants(config: Config, backends: Sequence[str]) -> list[tuple[str, str | None, Config]]:
-    """(backend, precision, config) to compare: PyTorch in fp16 where it runs in fp16 (a GPU), every other backend
-    as configured (its artifact decides its precision). ONNX Runtime without its CUDA provider runs its artifact on
-    the CPU provider: the same graph and weights, and the table says where it ran."""
+    """(backend, precision, config) to compare: a backend whose precision the config sets (PyTorch) in fp16 where
+    it runs in fp16 (a GPU; fp32 is the reference's), every other backend as configured (its artifact decides its
+    precision). One that runs here but not on the GPU (ONNX Runtime without its CUDA provider) runs its artifact on
+    the CPU: the same graph and weights, and the table says where it ran."""
     on_gpu = resolve_device(config.detection.device).type == "cuda"
     found = []
     for name in backends:
-        if name == "pytorch":
+        backend = get_backend(name)
+        if backend.precision_from_config:
             if on_gpu:
-                found.append(("pytorch", "fp16", override(config, fp16=True)))
-        elif name == "onnxruntime" and on_gpu and not onnxruntime_has_cuda():
+                found.append((name, "fp16", override(config, fp16=True)))
+        elif on_gpu and backend.cpu_only_here():
             found.append((name, None, override(config, device="cpu")))
         else:
             found.append((name, None, config))
@@ -160,11 +167,13 @@ def run_parity(
     config: Config, backends: Sequence[str], frames: Sequence[np.ndarray], tolerance: float, score_tolerance: float
 ) -> list[ParityResult]:
     """The reference (PyTorch fp32 on the configured device), then every other backend and precision."""
+    reference_name = reference_backend()
     with full_fp32():
-        reference, _, reference_device = detect_all(override(config, fp16=False), "pytorch", frames)
+        reference, _, reference_device = detect_all(override(config, fp16=False), reference_name, frames)
     results = [
         ParityResult(
-            *REFERENCE,
+            reference_name,
+            REFERENCE_PRECISION,
             "reference",
             frames=len(frames),
             reference_boxes=int(sum((scores(r) >= COUNTED_SCORE).sum() for r in reference)),

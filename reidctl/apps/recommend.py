@@ -4,51 +4,32 @@ With a bench result, the answer comes from its multi-stream measurements. Open-l
 clock) at the requested FPS answer first: a backend qualifies when a run with at least that many cameras dropped
 nothing and kept P99 within the budget (or is ruled out by one with at most that many that did not). Otherwise the
 closed-loop (saturation) runs answer: a backend qualifies when its total throughput covers cameras x fps and its
-P99 fits the budget. The simplest qualifying backend with headroom wins (pytorch < onnxruntime < tensorrt <
-triton; an open-loop pass has its queueing measured, a saturation figure needs HEADROOM over the need), then the
-one with the most margin; when none has headroom, the simplest that qualifies at all, said to run near
-saturation. A backend whose detections diverge from PyTorch fp32 (bench --parity) is never chosen. Without a bench
-result, the reference guide's decision tree answers, marked as not measured. Either way a backend that cannot run
-here is not chosen.
+P99 fits the budget. The simplest qualifying backend with headroom wins (simplicity as the backends' registry
+records rank it: pytorch < onnxruntime < tensorrt < triton; an open-loop pass has its queueing measured, a
+saturation figure needs HEADROOM over the need), then the one with the most margin; when none has headroom, the
+simplest that qualifies at all, said to run near saturation. A backend whose detections diverge from PyTorch fp32
+(bench --parity) is never chosen. Without a bench result, the reference guide's decision tree answers
+(apps/reference.py), marked as not measured. Either way a backend that cannot run here is not chosen. What
+deploying the choice takes is apps/deploy.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, BackendResult, BenchReport, StreamResult, load_report
-from reidctl.config import Config, override, upgrade_detection
-from reidctl.core.detector import available_backends
-from reidctl.apps.pipeline import OutputRequest
+from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult, load_report, serving_devices
+from reidctl.apps.deploy import config_snippet, deploy_detection
+from reidctl.apps.reference import SUMMARY, decision_tree
+from reidctl.core.detector import available_backends, registered_backends
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import write_text_atomic
 
-SIMPLICITY = ("pytorch", "onnxruntime", "tensorrt", "triton")  # simplest to set up and run first
 # Throughput over the need a choice should keep: bench measures a closed loop, i.e. the saturated throughput, and
 # cameras at their fixed rate on a backend at 99% load queue without bound (the queue grows as load / (1 - load)).
 HEADROOM = 1.2
-LOW_LATENCY_MS = 30.0  # the reference's "Need low latency (< 30ms)? -> Triton"
 NOT_REGISTERED = "not registered in this reidctl"
-
-# The reference guide's "Summary" table: scenario -> (backend, reason).
-SUMMARY = {
-    "Development": ("pytorch", "Easy debugging"),
-    "Single camera (< 20 FPS)": ("pytorch", "Simple setup"),
-    "Single camera (20-30 FPS)": ("tensorrt", "Best single-stream performance"),
-    "2-3 cameras": ("tensorrt", "Good balance"),
-    "4+ cameras": ("triton", "Dynamic batching advantage"),
-    "Low latency required": ("triton", "CUDA Graphs optimization"),
-    "Production deployment": ("triton", "Monitoring, versioning, scalability"),
-}
-# Detection keys every snippet carries, and the per-backend keys that are not in a section of their own.
-COMMON_KEYS = ("model_path", "model_type", "test_size", "fp16", "conf_threshold", "nms_threshold", "device")
-BACKEND_KEYS = {"pytorch": ("fuse", "cuda_graph", "compile"), "onnxruntime": ("onnx_path",), "tensorrt": ("onnx_path",)}
 
 
 @dataclass(frozen=True)
@@ -145,8 +126,10 @@ class Recommendation:
         }
 
 
-def simplicity_rank(backend: str) -> int:
-    return SIMPLICITY.index(backend) if backend in SIMPLICITY else len(SIMPLICITY)
+def simplicity_rank(backend: str) -> float:
+    """Its record's place in the simplicity order; after every registered backend where it is not one here."""
+    record = registered_backends().get(backend)
+    return record.simplicity if record else math.inf
 
 
 def why_not_here(backend: str, availability: dict[str, str | None]) -> str | None:
@@ -269,11 +252,7 @@ def _describe(v: Verdict, need: Need) -> str:
 
 def who_serves(environment: dict) -> str:
     """The subject of a capacity sentence: 'This machine serves', or with several devices '2 GPUs serve'."""
-    devices = environment.get("devices") or [environment.get("device", "")]
-    if len(devices) == 1:
-        return "This machine serves"
-    kind = "GPUs" if all(str(device).startswith("cuda") for device in devices) else "devices"
-    return f"{len(devices)} {kind} serve"
+    return " ".join(serving_devices(environment))
 
 
 def machine_capacity(report: BenchReport, need: Need, availability: dict[str, str | None]) -> dict | None:
@@ -329,7 +308,7 @@ def recommend_measured(
     roomy = [v for v in meeting if v.estimate.roomy(need)]
     chosen = (roomy or meeting)[0] if meeting else None
     if chosen:
-        order = f"simplicity: {' < '.join(SIMPLICITY)}"
+        order = f"simplicity: {' < '.join(registered_backends())}"
         lines.append(f"Chosen: {_describe(chosen, need)}.")
         if roomy:
             room = f"with {HEADROOM:g}x throughput headroom"
@@ -367,15 +346,6 @@ def recommend_measured(
     return chosen, verdicts, lines
 
 
-def decision_tree(need: Need) -> str:
-    """The reference's decision tree: a low-latency budget first, then camera count and FPS; a SUMMARY scenario."""
-    if need.latency_ms < LOW_LATENCY_MS:
-        return "Low latency required"
-    if need.cameras == 1:
-        return "Single camera (< 20 FPS)" if need.fps < 20 else "Single camera (20-30 FPS)"
-    return "2-3 cameras" if need.cameras <= 3 else "4+ cameras"
-
-
 def _tree_verdict(name: str, chosen: str | None, availability: dict[str, str | None]) -> Verdict:
     if name == chosen:
         return Verdict(name, True, "chosen (decision tree)")
@@ -387,7 +357,7 @@ def _tree_verdict(name: str, chosen: str | None, availability: dict[str, str | N
 def recommend_unmeasured(
     need: Need, availability: dict[str, str | None]
 ) -> tuple[str | None, str, list[Verdict], list[str]]:
-    scenario = decision_tree(need)
+    scenario = decision_tree(need.cameras, need.fps, need.latency_ms)
     pick, reason = SUMMARY[scenario]
     lines = [
         "NOT MEASURED: no bench result, so this follows the reference guide's decision tree (Tesla V100 figures), "
@@ -397,7 +367,8 @@ def recommend_unmeasured(
     chosen = pick
     why = why_not_here(pick, availability)
     if why:
-        simpler = [b for b in SIMPLICITY[: simplicity_rank(pick)][::-1] if not why_not_here(b, availability)]
+        simpler = [name for name in reversed(registered_backends())
+                   if simplicity_rank(name) < simplicity_rank(pick) and not why_not_here(name, availability)]
         chosen = simpler[0] if simpler else None
         fallback = (
             f"falling back to {chosen}, the next simpler backend available."
@@ -410,154 +381,6 @@ def recommend_unmeasured(
         for name in sorted(availability, key=lambda n: (simplicity_rank(n), n))
     ]
     return chosen, scenario, verdicts, lines
-
-
-def triton_batching(cameras: int, measured: dict) -> dict:
-    """Dynamic batching for N closed-loop cameras: a batch never exceeds N, so max_batch_size covers N."""
-    max_batch = max(int(measured.get("max_batch_size", 1)), 1 << (cameras - 1).bit_length())
-    return {
-        "max_batch_size": max_batch,
-        "max_queue_delay_ms": measured.get("max_queue_delay_ms", 0.5),
-        "preferred_batch_sizes": [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch],
-    }
-
-
-def _next_power_of_two(value: int) -> int:
-    return 1 << (max(value, 1) - 1).bit_length()
-
-
-def tensorrt_profile(cameras: int, measured: dict) -> dict:
-    """The engine's dynamic-batch profile for N cameras: up to the next power of two >= N, tuned for it."""
-    max_batch = max(int(measured.get("max_batch", 1)), _next_power_of_two(cameras))
-    return {"min_batch": 1, "opt_batch": max_batch, "max_batch": max_batch}
-
-
-# The config section each backend's artifact is described in (ONNX Runtime's ONNX file is by default the engine
-# path with .onnx).
-BACKEND_SECTION = {"onnxruntime": "tensorrt", "tensorrt": "tensorrt", "triton": "triton"}
-
-
-def deploy_detection(backend: str, config: dict, need: Need) -> dict:
-    """The full `detection:` section to deploy ``backend`` for ``need``: the measured config with the backend set
-    and the batching sized for the cameras (Triton's dynamic batcher, TensorRT's batch profile)."""
-    measured = upgrade_detection(config.get("detection", {}))
-    det = {k: (dict(v) if isinstance(v, dict) else v) for k, v in measured.items()}
-    det["backend"] = backend
-    if backend == "triton":
-        det["triton"] = det.get("triton", {}) | triton_batching(need.cameras, det.get("triton", {}))
-    if backend == "tensorrt":
-        det["tensorrt"] = det.get("tensorrt", {}) | tensorrt_profile(need.cameras, det.get("tensorrt", {}))
-    return det
-
-
-def config_from_dict(config: dict) -> Config:
-    """A Config from its dict form (a bench file's record), validated like a file."""
-    return override(Config(), **config.get("detection", {}))
-
-
-# Modes measured in process with batches across cameras: "batched" in bench files from before detect's pipeline
-# replaced bench's micro-batcher.
-IN_PROCESS_BATCHED_MODES = ("pipeline", "batched")
-
-
-def _in_process_note(mode: str | None, max_batch: int | None) -> str:
-    """For a choice measured in process: what serves the cameras, and the largest batch it was measured with."""
-    if mode not in IN_PROCESS_BATCHED_MODES:
-        return ""
-    batches = f" (batches of at most {max_batch} frames: detect --max-batch {max_batch})" if max_batch else ""
-    return f"# measured in process{batches}: the cameras are served by `reidctl detect`\n"
-
-
-def config_snippet(backend: str, mode: str | None, config: dict, need: Need, max_batch: int | None = None) -> str:
-    """The `detection:` section to put in configs/config.yaml for ``backend``."""
-    full = deploy_detection(backend, config, need)
-    keys = ("backend", *COMMON_KEYS, *BACKEND_KEYS.get(backend, ()), BACKEND_SECTION.get(backend))
-    section = {key: full[key] for key in keys if key in full}
-    header = "# configs/config.yaml\n" + _in_process_note(mode, max_batch)
-    return header + yaml.safe_dump({"detection": section}, sort_keys=False, default_flow_style=None)
-
-
-DEPLOY_CONFIG = '"$DEPLOY_DIR/config.yaml"'  # deploy.sh finds its config beside itself, wherever it is run from
-# What deploy.sh's detect writes, relative to its folder; `recommend --verify` runs the same into a folder of its own.
-DEPLOYED_OUTPUTS = {"--mot": "runs/mot", "--jsonl": "runs/detections.jsonl"}
-
-
-def deployed_outputs(directory: Path) -> OutputRequest:
-    """The outputs of deploy.sh's detect, written under ``directory``."""
-    return OutputRequest(mot=directory / DEPLOYED_OUTPUTS["--mot"], jsonl=directory / DEPLOYED_OUTPUTS["--jsonl"])
-
-
-def deploy_commands(backend: str, config_arg: str, detection: dict, sources: list[str] | None = None) -> list[str]:
-    """What to run, in order, to deploy ``backend``: ``config_arg`` is the config path as a shell word; every value
-    taken from the config or a bench file is quoted. Without ``sources``, detect takes the script's arguments."""
-    trt = detection.get("tensorrt", {})
-    fp16 = ["--fp16"] if trt.get("fp16", True) else []
-    commands = []
-    if backend == "onnxruntime":
-        commands.append(f"reidctl export-onnx -c {config_arg}  # the ONNX file detection.onnx_path names")
-    if backend == "tensorrt":
-        commands.append(f"reidctl export-onnx -c {config_arg} {shlex.join(fp16)}".rstrip())
-        batches = ["--min-batch", trt["min_batch"], "--opt-batch", trt["opt_batch"], "--max-batch", trt["max_batch"]]
-        commands.append(f"reidctl build-engine -c {config_arg} {_shell_words(*(fp16 or ['--fp32']), *batches)}")
-    if backend == "triton":
-        triton = detection["triton"]
-        commands.append(
-            f"reidctl setup-triton -c {config_arg} {_shell_words('--max-batch-size', triton['max_batch_size'])} "
-            f"--start  # queue delay and preferred batch sizes: from the config"
-        )
-    cameras = _shell_words(*sources) if sources else '"$@"'
-    # The cameras in real time and the outputs below the deploy folder: what `recommend --verify` runs.
-    outputs = " ".join(f'{option} "$DEPLOY_DIR/{path}"' for option, path in DEPLOYED_OUTPUTS.items())
-    commands.append(f"reidctl detect {cameras} {_shell_words('--backend', backend)} -c {config_arg} --realtime "
-                    f"{outputs}")
-    return commands
-
-
-def _shell_words(*values) -> str:
-    return shlex.join(str(value) for value in values)
-
-
-def _comment(line: str) -> str:
-    """A shell comment of one line, whatever ``line`` holds."""
-    return "# " + " ".join(str(line).split())
-
-
-DEPLOY_FILES = ("config.yaml", "deploy.sh")  # what --deploy writes into its folder
-
-
-def write_deploy(rec: Recommendation, directory: Path) -> tuple[Path, Path]:
-    """``directory``/config.yaml (loads with --config) and ``directory``/deploy.sh (the commands, in order; the
-    cameras as its arguments)."""
-    if not rec.choice or rec.deploy_config is None:
-        raise ReidctlError("nothing to deploy: no backend was chosen")
-    directory = Path(directory)
-    config_path, script_path = (directory / name for name in DEPLOY_FILES)
-    need = rec.need
-    header = (
-        f"# reidctl recommend: {need.cameras} camera(s) x {need.fps:g} FPS, P99 <= {need.latency_ms:g} ms "
-        f"-> {rec.choice}{' (not measured)' if not rec.measured else ''}\n"
-    ) + _in_process_note(rec.mode, rec.max_batch)
-    write_text_atomic(config_path, header + yaml.safe_dump(rec.deploy_config, sort_keys=False, default_flow_style=None))
-    commands = deploy_commands(rec.choice, DEPLOY_CONFIG, rec.deploy_config["detection"])
-    usage = (f"usage: sh deploy.sh CAMERA [CAMERA ...]: the {need.cameras} camera(s), each a video file, camera "
-             "index or RTSP/HTTP URL (NAME=URL names it)")
-    script = [
-        "#!/bin/sh",
-        *(_comment(line) for line in rec.reasoning),
-        "set -e",
-        'DEPLOY_DIR=$(cd "$(dirname "$0")" && pwd)',
-        f'[ "$#" -gt 0 ] || {{ echo {shlex.quote(usage)} >&2; exit 2; }}',
-        *commands,
-    ]
-    write_text_atomic(script_path, "\n".join(script) + "\n")
-    return config_path, script_path
-
-
-def find_bench(path: Path | None) -> Path | None:
-    """The given bench file, else the last one at the default path if there is one."""
-    if path is not None:
-        return Path(path)
-    return DEFAULT_BENCH_PATH if DEFAULT_BENCH_PATH.is_file() else None
 
 
 def recommend(
@@ -597,6 +420,6 @@ def recommend(
 
 def _with_config(rec: Recommendation, config: dict) -> Recommendation:
     if rec.choice:
-        rec.config_snippet = config_snippet(rec.choice, rec.mode, config, rec.need, rec.max_batch)
-        rec.deploy_config = {"detection": deploy_detection(rec.choice, config, rec.need)}
+        rec.config_snippet = config_snippet(rec.choice, rec.mode, config, rec.need.cameras, rec.max_batch)
+        rec.deploy_config = {"detection": deploy_detection(rec.choice, config, rec.need.cameras)}
     return rec

@@ -1,4 +1,5 @@
-"""What the ONNX Runtime and TensorRT runners share: reading an artifact's contract and batching to its limits."""
+"""What the ONNX Runtime and TensorRT runners share: reading an artifact's decode mode and batching to its limits
+(the input size it takes, every backend's, is checked by create_detector: reidctl/core/artifact_checks.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from reidctl.errors import ReidctlError
 from reidctl.export.onnx import OnnxMetadata
 
 
@@ -24,15 +24,6 @@ def artifact_decoded(metadata: OnnxMetadata | None, detection, source: Path, war
     warn(f"warning: {source} has no reidctl metadata: input size and precision taken from the graph, outputs assumed "
          f"{'decoded' if decoded else 'raw as in ByteTrack exports'} (detection.tensorrt.decoded)")
     return decoded
-
-
-def check_input_size(artifact_size: tuple[int, int], detection, source: Path) -> None:
-    """The Detector letterboxes to detection.test_size; an artifact built for another size cannot take that."""
-    height, width = artifact_size
-    if tuple(artifact_size) != detection.input_size:
-        configured = "x".join(str(s) for s in detection.input_size)
-        raise ReidctlError(f"{source} takes {height}x{width} input but detection.test_size is {configured}: "
-                           f"pass --test-size {height}x{width} or set detection.test_size: [{height}, {width}]")
 
 
 def infer_in_batches(

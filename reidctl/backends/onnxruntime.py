@@ -3,16 +3,15 @@ installed, else the CPU). A compiled, deployable path without TensorRT."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.detector import Artifact, Backend, Runner, register
 from reidctl.core.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, print_warning
 from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx
-from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches
+from reidctl.backends.artifact import artifact_decoded, infer_in_batches
 
 
 def session_providers(device_name: str) -> list:
@@ -35,6 +34,8 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, info: OnnxInfo, session: ort.InferenceSession, decoded: bool):
         self.info = info
+        self.artifact_name = str(info.path)
+        self.input_size = info.input_size
         self.session = session
         self.input_dtype = info.input_dtype
         self.decoded = decoded
@@ -67,7 +68,6 @@ def make_runner(config, warn=print_warning) -> OnnxRuntimeRunner:
     if not path.is_file():  # a missing export makes the backend unavailable, not broken
         raise BackendUnavailable(f"ONNX model not found: {path} (create it with `reidctl export-onnx`)")
     info = read_onnx(path)
-    check_input_size(info.input_size, det, path)
     decoded = artifact_decoded(info.metadata, det, path, warn)
     return OnnxRuntimeRunner(info, create_session(path, session_providers(det.device)), decoded)
 
@@ -78,5 +78,11 @@ register(
         "ONNX Runtime on the exported ONNX (detection.onnx_path)",
         availability=lambda: None,
         make_runner=make_runner,
+        simplicity=1,
+        artifact=Artifact.ONNX,
+        config_keys=("onnx_path",),
+        config_section="tensorrt",  # its ONNX file is by default the engine path with .onnx
+        cpu_only_here=lambda: not onnxruntime_has_cuda(),
+        packages=("onnxruntime", "onnxruntime-gpu"),
     )
 )

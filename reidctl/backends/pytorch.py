@@ -7,7 +7,7 @@ import threading
 import torch
 from torch import nn
 
-from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.detector import Artifact, Backend, Runner, register
 from reidctl.core.device import resolve_device
 from reidctl.core.preprocess import mean_std, normalize
 from reidctl.errors import print_warning
@@ -138,4 +138,16 @@ def make_runner(config, warn=print_warning) -> PyTorchRunner:
     return PyTorchRunner(model, spec, device, det.input_size, det.fp16, det.fuse, det.cuda_graph, det.compile)
 
 
-register(Backend("pytorch", "PyTorch eager (CUDA graphs on GPU)", availability=lambda: None, make_runner=make_runner))
+register(
+    Backend(
+        "pytorch",
+        "PyTorch eager (CUDA graphs on GPU)",
+        availability=lambda: None,
+        make_runner=make_runner,
+        simplicity=0,
+        artifact=Artifact.CHECKPOINT,
+        config_keys=("fuse", "cuda_graph", "compile"),
+        precision_from_config=True,
+        packages=("torch",),
+    )
+)

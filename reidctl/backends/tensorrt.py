@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.detector import Artifact, Backend, Runner, register
 from reidctl.core.device import resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
 from reidctl.export.onnx import OnnxMetadata
-from reidctl.backends.artifact import artifact_decoded, check_input_size, infer_in_batches
+from reidctl.backends.artifact import artifact_decoded, infer_in_batches
 from reidctl.export.tensorrt import (
     REBUILD_HINT,
     check_engine_compatibility,
@@ -82,6 +82,7 @@ class TensorRTRunner(Runner):
                  precision: str | None = None, warn: Callable[[str], None] = print):
         trt = import_tensorrt()
         self.engine_path = Path(engine_path)
+        self.artifact_name = str(self.engine_path)
         self.device = device
         self.decoded = decoded
         self.warn = warn
@@ -273,14 +274,8 @@ def make_runner(config, warn=print_warning) -> TensorRTRunner:
     if sidecar and sidecar.get("metadata"):
         metadata = OnnxMetadata.from_dict(sidecar["metadata"], sidecar_path(engine_path))
     decoded = artifact_decoded(metadata, det, engine_path, warn)
-    runner = TensorRTRunner(engine_path, device, decoded, det.tensorrt.cuda_graph,
-                            sidecar.get("precision") if sidecar else None, warn)
-    try:
-        check_input_size(runner.input_size, det, engine_path)
-    except ReidctlError:
-        runner.close()
-        raise
-    return runner
+    return TensorRTRunner(engine_path, device, decoded, det.tensorrt.cuda_graph,
+                          sidecar.get("precision") if sidecar else None, warn)
 
 
 register(
@@ -289,5 +284,10 @@ register(
         "TensorRT engine (detection.tensorrt.engine_path), CUDA graphs",
         availability=tensorrt_unavailable_reason,
         make_runner=make_runner,
+        simplicity=2,
+        artifact=Artifact.ENGINE,
+        config_keys=("onnx_path",),
+        config_section="tensorrt",
+        packages=("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
     )
 )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reidctl.core.detector import Backend, Runner, register
+from reidctl.core.detector import Artifact, Backend, Runner, register
 from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import print_warning
 from reidctl.triton.client import PeakWatch, local_servers_gpu_memory
-from reidctl.triton.requests import TritonRequests, availability, connect, frame_sender
+from reidctl.triton.requests import TritonRequests, availability, frame_sender
 
 
 class TritonRunner(TritonRequests, Runner):
@@ -44,7 +44,7 @@ class TritonRunner(TritonRequests, Runner):
 
 
 def make_runner(config, warn=print_warning) -> TritonRunner:
-    return connect(config, warn, TritonRunner)
+    return TritonRunner(config.detection.triton, warn)
 
 
 register(
@@ -53,6 +53,10 @@ register(
         "Triton Inference Server over gRPC (dynamic batching)",
         availability=availability,
         make_runner=make_runner,
+        simplicity=3,
+        artifact=Artifact.SERVER_MODEL,
+        config_section="triton",
+        packages=("tritonclient",),
         frame_sender=frame_sender,
     )
 )

@@ -31,7 +31,7 @@ from reidctl.cli.app import (
     with_model_options,
 )
 from reidctl.cli.tables import capacity_table, summary_table, verdict_table
-from reidctl.config import load_config, to_dict
+from reidctl.config import config_from_dict, load_config, to_dict
 from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, serving_devices
 from reidctl.io.atomic import write_text_atomic
 from reidctl.io.paths import refuse_foreign_files, refuse_shared_paths
@@ -158,17 +158,10 @@ def recommend_command(
     nms: NmsOpt = None,
 ) -> None:
     """The model options apply on top of the bench file's configuration (or --config's, without one)."""
-    from reidctl.apps.bench_report import load_report
+    from reidctl.apps.bench_report import find_bench, load_report
     from reidctl.apps.capacity import CameraPlan, search_capacity, verify_choice
-    from reidctl.apps.recommend import (
-        DEPLOY_FILES,
-        DEPLOYED_OUTPUTS,
-        Need,
-        config_from_dict,
-        find_bench,
-        recommend,
-        write_deploy,
-    )
+    from reidctl.apps.deploy import DEPLOY_FILES, DEPLOYED_OUTPUTS, write_deploy
+    from reidctl.apps.recommend import Need, recommend
     from reidctl.io.sources import read_source_list
 
     need = Need(cameras, fps, latency_ms).validate()

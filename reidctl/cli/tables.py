@@ -201,7 +201,7 @@ def verdict_table(rec) -> Table:
 
 
 def summary_table(scenario: str) -> Table:
-    from reidctl.apps.recommend import SUMMARY
+    from reidctl.apps.reference import SUMMARY
 
     table = Table(title="Reference guide summary (not measured here)")
     for column in ("Scenario", "Recommended Backend", "Reason"):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
+import functools
 import importlib
+import importlib.util
+import pkgutil
 import queue
 import threading
 import time
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from reidctl.core.artifact_checks import checked
 from reidctl.core.device import PinnedStaging, on_device
 from reidctl.core.frames import rescale
 from reidctl.core.postprocess import select_detections
@@ -37,9 +42,13 @@ class Runner(ABC):
     ``infer`` returns (B, anchors, 5 + classes); ``decoded`` says whether boxes are already in input pixels.
     A runner whose model applies the thresholds and NMS itself (a server) sets ``returns_detections``: its
     ``infer`` returns each frame's ``select_detections`` rows, and the Detector only rescales them.
+    ``create_detector`` checks every runner against the config (reidctl.core.artifact_checks): the input size its
+    artifact was built for, then ``check_config``.
     """
 
     name: str = "runner"
+    artifact_name: str = "the model"  # what it runs, as an error names it: a file, a server's model
+    input_size: tuple[int, int] | None = None  # (height, width) its artifact takes; None: any
     input_format: str = "tensor"
     input_dtype: torch.dtype = torch.float32
     decoded: bool = True
@@ -63,6 +72,9 @@ class Runner(ABC):
     def batch_counts(self) -> dict[int, int] | None:
         """Batches the serving side has executed so far, by batch size (None where no server batches)."""
         return None
+
+    def check_config(self, detection) -> None:
+        """Raise where the artifact cannot serve ``detection`` for a reason of its own, beyond its input size."""
 
     def close(self) -> None:
         """Free what the runner holds; safe to call twice."""
@@ -368,27 +380,45 @@ class DetectorPool:
         self.close()
 
 
+class Artifact(enum.Enum):
+    """What a backend runs, and so what deploying it prepares (apps/deploy.py)."""
+
+    CHECKPOINT = "checkpoint"  # the checkpoint itself, in the model's own code: nothing to prepare
+    ONNX = "onnx"  # the ONNX export (`reidctl export-onnx`)
+    ENGINE = "engine"  # a TensorRT engine built from the ONNX export for a batch profile (`reidctl build-engine`)
+    SERVER_MODEL = "server model"  # a model that a Triton server serves and batches (`reidctl setup-triton`)
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Backend:
-    """A registered backend: how to check it can run here and how to build its runner from the config."""
+    """A registered backend: how to check it can run here, how to build its runner from the config, and the facts
+    by which recommend, parity, bench and deploy treat it (they name no backend)."""
 
     name: str
     description: str
     availability: Callable[[], str | None]  # None when usable, else why not
     make_runner: Callable[..., Runner]
+    simplicity: int  # its place among the backends, simplest to set up and run first: recommend prefers the simplest
+    artifact: Artifact
+    config_keys: tuple[str, ...] = ()  # its detection keys outside any section: what its config snippet carries
+    config_section: str | None = None  # the detection section that describes its artifact
+    precision_from_config: bool = False  # detection.fp16 sets its precision (else its artifact does)
+    # True where it runs here, but not on a GPU (ONNX Runtime without its CUDA provider): parity runs it on the CPU
+    cpu_only_here: Callable[[], bool] = _never
+    packages: tuple[str, ...] = ()  # the distributions it may come from; the first names it in a bench file
     # (config, warn) -> an object with detect(frame) and close() that imports no torch, or None where the backend
     # needs it: what client processes that only send frames to a server run (apps/clients.py)
     frame_sender: Callable[..., object | None] | None = None
 
 
-# Built-in backends by name: a backend's module is imported when it is asked for (it registers itself), so using
-# one backend never pays for the others' imports, and this module imports no backend.
-BUILTIN_BACKENDS = {
-    "pytorch": "reidctl.backends.pytorch",
-    "onnxruntime": "reidctl.backends.onnxruntime",
-    "tensorrt": "reidctl.backends.tensorrt",
-    "triton": "reidctl.backends.triton",
-}
+# The built-in backends are the modules of reidctl.backends, each named after the backend it registers (helper
+# modules register none). A module is imported when its backend is asked for, so using one backend never pays for the
+# others' imports, and this module imports no backend.
+BACKENDS_PACKAGE = "reidctl.backends"
 BACKENDS: dict[str, Backend] = {}
 
 
@@ -397,19 +427,30 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
+@functools.cache
+def _backend_modules() -> tuple[str, ...]:
+    package = importlib.util.find_spec(BACKENDS_PACKAGE)
+    return tuple(module.name for module in pkgutil.iter_modules(package.submodule_search_locations))
+
+
 def get_backend(name: str) -> Backend:
-    if name not in BACKENDS and name in BUILTIN_BACKENDS:
-        importlib.import_module(BUILTIN_BACKENDS[name])
+    if name not in BACKENDS and name in _backend_modules():
+        importlib.import_module(f"{BACKENDS_PACKAGE}.{name}")
     if name not in BACKENDS:
-        known = ", ".join(dict.fromkeys([*BUILTIN_BACKENDS, *BACKENDS]))
-        raise ReidctlError(f"unknown backend '{name}' (known: {known})")
+        raise ReidctlError(f"unknown backend '{name}' (known: {', '.join(registered_backends())})")
     return BACKENDS[name]
 
 
+def registered_backends() -> dict[str, Backend]:
+    """Every backend by name, simplest first (each built-in backend's module imported)."""
+    for module in _backend_modules():
+        importlib.import_module(f"{BACKENDS_PACKAGE}.{module}")
+    return dict(sorted(BACKENDS.items(), key=lambda item: (item[1].simplicity, item[0])))
+
+
 def available_backends() -> dict[str, str | None]:
-    """Every backend name -> None if it can run here, else the reason it cannot."""
-    names = dict.fromkeys([*BUILTIN_BACKENDS, *BACKENDS])
-    return {name: get_backend(name).availability() for name in names}
+    """Every backend name, simplest first -> None if it can run here, else the reason it cannot."""
+    return {name: backend.availability() for name, backend in registered_backends().items()}
 
 
 def create_detector(
@@ -418,6 +459,7 @@ def create_detector(
     """The Detector for ``config.detection`` on ``backend`` (default: the config's backend); warnings go to ``warn``.
     A list of devices (detection.device 'cuda:0,1', 'all'), or a GPU with detection.batches_in_flight above 1, gives
     a DetectorPool: on each device one in-process runner per batch in flight, each Detector on its own CUDA stream.
+    Every runner is checked against the config here (``checked``), whatever its backend.
     """
     from reidctl.core.device import resolve_devices
 
@@ -430,21 +472,20 @@ def create_detector(
     in_flight = det.batches_in_flight if devices[0].type == "cuda" else 1  # a CPU runner already uses every core
     pooled = len(devices) * in_flight > 1
     detectors: list[Detector] = []
-    try:
+    with contextlib.ExitStack() as on_failure:  # closes every runner made so far, unless the whole build succeeds
         for device in [device for _ in range(in_flight) for device in devices]:  # interleaved: calls go round the GPUs
             one = dataclasses.replace(config, detection=dataclasses.replace(det, device=str(device)))
-            runner = chosen.make_runner(one, warn)
+            runner = checked(chosen.make_runner(one, warn), det)
+            on_failure.callback(runner.close)
             if runner.batches_remotely:  # a server forms the batches and keeps them in flight itself
                 if len(devices) > 1:
-                    runner.close()
                     raise ReidctlError(f"a device list runs in-process backends only; '{chosen.name}' runs in a server")
-                return Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
+                detector = Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold)
+                on_failure.pop_all()
+                return detector
             stream = torch.cuda.Stream(device) if pooled and device.type == "cuda" else None
             detectors.append(Detector(runner, det.input_size, det.conf_threshold, det.nms_threshold, stream))
-    except BaseException:
-        for detector in detectors:
-            detector.close()
-        raise
+        on_failure.pop_all()
     if len(detectors) == 1:
         return detectors[0]
     return DetectorPool(detectors, [str(device) for device in devices])

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from reidctl.core.artifact_checks import checked
 from reidctl.core.frames import letterbox_frame, rescale
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
 from reidctl.triton.client import (
@@ -194,15 +195,21 @@ class TritonRequests:
                 "(inputs, outputs, batching or parameters): give every server the same model repository"
             )
 
-    def check_input_size(self, input_size: tuple[int, int]) -> None:
-        """The model's fixed input size must be the Detector's letterbox size."""
+    @property
+    def artifact_name(self) -> str:
+        return f"model '{self.model_name}'"
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The model's fixed (height, width); None where either is dynamic."""
         dims = self.input_shape[1:] if self.max_batch_size > 0 else self.input_shape
         height_width = dims[:2] if self.input_format == "canvas" else dims[1:3]
-        if all(d > 0 for d in height_width) and tuple(height_width) != tuple(input_size):
-            raise ReidctlError(
-                f"model '{self.model_name}' takes {height_width[0]}x{height_width[1]} input but detection.test_size "
-                f"is {input_size[0]}x{input_size[1]}"
-            )
+        return tuple(height_width) if all(d > 0 for d in height_width) else None
+
+    def check_config(self, detection) -> None:
+        """What the served model must agree with besides its input size (checked with it: core/artifact_checks.py)."""
+        self.check_thresholds(detection.conf_threshold, detection.nms_threshold)
+        self.check_model_type(detection.model_type)
 
     def check_thresholds(self, conf_threshold: float, nms_threshold: float) -> None:
         """A model that applies NMS on the server must use the client's IoU threshold and a score threshold no
@@ -488,22 +495,6 @@ class TritonRequests:
             server.client.close()
 
 
-
-
-def connect(config, warn=print_warning, client: type[TritonRequests] = TritonRequests) -> TritonRequests:
-    """A ``client`` of detection.triton's servers whose model takes the config's input size and thresholds."""
-    det = config.detection
-    requests = client(det.triton, warn)
-    try:
-        requests.check_input_size(det.input_size)
-        requests.check_thresholds(det.conf_threshold, det.nms_threshold)
-        requests.check_model_type(det.model_type)
-    except ReidctlError:
-        requests.close()
-        raise
-    return requests
-
-
 class FrameSender:
     """Frames to a server model that runs NMS, without torch: each frame letterboxed here, sent as one request, its
     rows rescaled to its pixels (what a Detector over the Triton runner does for such a model). What a bench's client
@@ -529,7 +520,7 @@ class FrameSender:
 def frame_sender(config, warn=print_warning) -> FrameSender | None:
     """A FrameSender to the config's servers; None where their model returns predictions that the client turns into
     detections (its NMS needs torch: run a Detector instead)."""
-    requests = connect(config, warn)
+    requests = checked(TritonRequests(config.detection.triton, warn), config.detection)
     if not requests.returns_detections:
         requests.close()
         return None

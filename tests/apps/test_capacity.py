@@ -13,8 +13,8 @@ from reidctl.config import load_config, to_dict
 from reidctl.apps.bench import OpenLoopLoad, open_loop, run_open_loop
 from reidctl.apps.bench_report import BackendResult, BenchReport, ParityResult, StreamResult, load_report
 from reidctl.apps.capacity import CameraPlan, measure_capacity, search_capacity, search_max_cameras
+from reidctl.apps.recommend import Need
 from reidctl.core.detector import create_detector
-from reidctl.apps.recommend import Need, deploy_commands, deploy_detection
 from reidctl.apps.stats import LatencySummary
 from reidctl.io.synthetic import synthetic_frame
 
@@ -306,23 +306,3 @@ def test_deploy_writes_a_config_that_loads_and_commands_that_run(tmp_path, small
         8,
         16,
     ]
-
-
-def test_deploy_quotes_what_comes_from_a_bench_file(tmp_path, small_config):
-    """Values from a bench file (which anyone may hand over) reach deploy.sh only as quoted words or comments."""
-    detection = deploy_detection("triton", to_dict(load_config(small_config)), Need(4, 30, 100))
-    detection["triton"]["max_batch_size"] = "8; touch pwned"
-    setup, detect = deploy_commands("triton", '"$DEPLOY_DIR/config.yaml"', detection, ["cam one", "rtsp://h/s?a=1&b=$(x)"])
-    assert shlex.split(setup, comments=True)[4:6] == ["--max-batch-size", "8; touch pwned"]
-    assert shlex.split(detect)[2:4] == ["cam one", "rtsp://h/s?a=1&b=$(x)"]
-
-
-def test_emitted_build_engine_command_parses(tmp_path, small_config):
-    """TensorRT cannot run here: the emitted build-engine line gets past option parsing to the missing library."""
-    detection = deploy_detection("tensorrt", to_dict(load_config(small_config)), Need(12, 30, 100))
-    assert (detection["tensorrt"]["min_batch"], detection["tensorrt"]["max_batch"]) == (1, 16)
-    export, build, detect = deploy_commands("tensorrt", shlex.quote(str(small_config)), detection)
-    assert export.startswith("reidctl export-onnx -c") and export.endswith("--fp16")
-    result = invoke(*shlex.split(build, comments=True)[1:])
-    assert result.exit_code == 2 and "No such option" not in result.output and "Usage" not in result.output
-    assert result.output.startswith("error: ONNX model not found")  # the command's own check, after parsing
