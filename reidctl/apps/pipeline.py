@@ -584,7 +584,9 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
         for worker in workers:
             worker.start()
         while any(worker.is_alive() for worker in workers):
-            hub.stopping.wait(UPDATE_INTERVAL_S)
+            deadline = time.monotonic() + UPDATE_INTERVAL_S
+            for worker in workers:  # back as soon as the last batch loop ends: the run's wall time has no idle tail
+                worker.join(max(0.0, deadline - time.monotonic()))
             if on_update:
                 on_update(run.statistics(recent=True))
             if hub.stopping.is_set():
