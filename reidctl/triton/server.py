@@ -38,8 +38,8 @@ from reidctl.triton.access import (
     restricted_api_options,
 )
 from reidctl.triton.install import cache_dir, install_server_files, python_backend_dir, server_environment
+from reidctl.triton.compose import DEFAULT_IMAGE
 from reidctl.triton.repository import (
-    DEFAULT_IMAGE,
     WrittenFile,
     batch_input_bytes,
     served_models,
