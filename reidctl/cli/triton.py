@@ -23,7 +23,7 @@ from reidctl.cli.app import (
     warn,
 )
 from reidctl.errors import ReidctlError
-from reidctl.triton.repository import DEFAULT_IMAGE
+from reidctl.triton.compose import DEFAULT_IMAGE
 
 
 def _endpoints(state) -> str:

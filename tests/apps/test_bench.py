@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from helpers import TENSORRT_MARKS, assert_same_detections, free_ports, start_test_server, write_config
 from reidctl.cli import app
 from reidctl.config import load_config
-from reidctl.apps.bench import measure_concurrent, run_bench, stream_modes
+from reidctl.apps.bench import run_bench, stream_modes
+from reidctl.apps.bench_streams import measure_concurrent
 from reidctl.apps.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
 from reidctl.apps.clients import ClientProcesses, closed_loop
 from reidctl.core.detector import available_backends, create_detector, get_backend

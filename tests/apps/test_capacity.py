@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from reidctl.cli import app
 from reidctl.config import load_config, to_dict
-from reidctl.apps.bench import OpenLoopLoad, open_loop, run_open_loop
+from reidctl.apps.bench_streams import OpenLoopLoad, open_loop, run_open_loop
 from reidctl.apps.bench_report import BackendResult, BenchReport, ParityResult, StreamResult, load_report
 from reidctl.apps.capacity import CameraPlan, measure_capacity, search_capacity, search_max_cameras
 from reidctl.apps.recommend import Need

@@ -16,12 +16,11 @@ from reidctl.cli import app
 from reidctl.config import TritonConfig, load_config, override
 from reidctl.core.detector import create_detector
 from reidctl.errors import ReidctlError
+from reidctl.triton.compose import DEFAULT_IMAGE, compose_file
 from reidctl.triton.repository import (
-    DEFAULT_IMAGE,
     PYTHON_MODEL,
     TENSORRT_MODEL,
     check_replicas,
-    compose_file,
     instance_device,
     placed_on_gpus,
     python_model_config,
@@ -160,10 +159,12 @@ def test_replicas_are_services_on_their_own_gpu_and_ports(tmp_path, nano_checkpo
 
 def test_one_server_on_named_gpus_sees_them_all(tmp_path):
     """Inside a container given every GPU, Triton numbers them as the host does: the groups' ids hold."""
-    services = yaml.safe_load(compose_file(TritonConfig(gpus=[0, 1]), tmp_path, DEFAULT_IMAGE))["services"]
+    compose = compose_file(TritonConfig(gpus=[0, 1]), tmp_path, DEFAULT_IMAGE, TENSORRT_MODEL)
+    services = yaml.safe_load(compose)["services"]
     assert list(services) == ["triton"]
     assert services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
-    default = yaml.safe_load(compose_file(TritonConfig(), tmp_path, DEFAULT_IMAGE))["services"]["triton"]
+    compose = compose_file(TritonConfig(), tmp_path, DEFAULT_IMAGE, TENSORRT_MODEL)
+    default = yaml.safe_load(compose)["services"]["triton"]
     assert default["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
 
 

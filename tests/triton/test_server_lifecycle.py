@@ -13,7 +13,8 @@ from helpers import free_ports, start_test_server
 from reidctl.config import load_config
 from reidctl.triton import watchdog
 from reidctl.triton.repository import write_repository
-from reidctl.triton.server import CACHE_ENV, cache_dir, stop_server
+from reidctl.triton.install import CACHE_ENV, cache_dir
+from reidctl.triton.server import stop_server
 
 # Real Triton servers start here, from a cache of this module's own (below): another worker's servers, started from
 # other caches, never end the stubs these tests leave on purpose. A group of their own, so that the two server

@@ -12,15 +12,8 @@ from helpers import write_config
 from reidctl.cli import app
 from reidctl.config import TritonConfig, load_config
 from reidctl.errors import ReidctlError
-from reidctl.triton.repository import (
-    DEFAULT_IMAGE,
-    TENSORRT_MODEL,
-    image_tensorrt_warning,
-    read_model_config,
-    same_tensorrt_release,
-    tensorrt_model_io,
-    write_repository,
-)
+from reidctl.triton.compose import DEFAULT_IMAGE, image_tensorrt_warning, same_tensorrt_release
+from reidctl.triton.repository import TENSORRT_MODEL, read_model_config, tensorrt_model_io, write_repository
 
 ANCHORS = (128 // 8) * (160 // 8) + (128 // 16) * (160 // 16) + (128 // 32) * (160 // 32)
 FP32 = grpcclient.model_config_pb2.TYPE_FP32

@@ -44,14 +44,8 @@ from reidctl.triton.repository import (
     render,
     write_repository,
 )
-from reidctl.triton.server import (
-    Ports,
-    install_server_files,
-    python_backend_dir,
-    running_server,
-    start_server,
-    stop_server,
-)
+from reidctl.triton.install import install_server_files, python_backend_dir
+from reidctl.triton.server import Ports, running_server, start_server, stop_server
 
 # Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
 # left in the server cache never meets another test's server mid-run.
