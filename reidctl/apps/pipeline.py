@@ -343,8 +343,9 @@ class _Run:
         for item, detections in frames:
             item.camera.record(done - item.decoded_at, len(detections), done)
 
-    def batch_loop(self) -> None:
-        """One detect step over the newest frame of every camera that has one (through a server: one request)."""
+    def batch_loop(self, ended: threading.Event) -> None:
+        """One detect step over the newest frame of every camera that has one (through a server: one request),
+        until the run stops or every camera has ended; ``ended`` is set on the way out."""
         try:
             while not self.hub.stopping.is_set():
                 batch = self.hub.take_batch(self.max_batch)
@@ -369,6 +370,8 @@ class _Run:
                 self.hub.release(batch)
         except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
             self.hub.stop(describe_error(exc))
+        finally:
+            ended.set()
 
     def server_batches(self) -> dict[int, int] | None:
         if self.server_batches_before is None:
@@ -572,21 +575,24 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
          on_update: Callable[[dict], None] | None, tracking: TrackingConfig) -> tuple[DetectResult, bool]:
     outputs = Outputs(plan, cameras, on_failure=hub.stop, tracking=tracking)
     run = _Run(detector, hub, outputs, max_batch)
-    workers: list[threading.Thread] = []
+    # The main thread waits on events, not Thread.join: before Python 3.13, a join that Ctrl-C interrupts marks a
+    # running thread as ended, and leaving the interpreter under a step still running aborts the process.
+    loops_ended: list[threading.Event] = []
     stopped = None
     try:
         run.start()
         hub.letterbox_size = detector.input_size  # the readers letterbox their frames, in parallel
-        workers = [threading.Thread(target=run.batch_loop, name=f"detect-batches-{i}", daemon=True)
-                   for i in range(batch_loops(detector))]
+        loops_ended = [threading.Event() for _ in range(batch_loops(detector))]
+        workers = [threading.Thread(target=run.batch_loop, args=(ended,), name=f"detect-batches-{i}", daemon=True)
+                   for i, ended in enumerate(loops_ended)]
         for camera in cameras:
             camera.start()
         for worker in workers:
             worker.start()
-        while any(worker.is_alive() for worker in workers):
+        while not all(ended.is_set() for ended in loops_ended):
             deadline = time.monotonic() + UPDATE_INTERVAL_S
-            for worker in workers:  # back as soon as the last batch loop ends: the run's wall time has no idle tail
-                worker.join(max(0.0, deadline - time.monotonic()))
+            for ended in loops_ended:  # back as soon as the last batch loop ends: the run's wall time has no idle tail
+                ended.wait(max(0.0, deadline - time.monotonic()))
             if on_update:
                 on_update(run.statistics(recent=True))
             if hub.stopping.is_set():
@@ -599,8 +605,8 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
             hub.stop()
             written, publish_errors = outputs.close()
             deadline = time.monotonic() + WORKER_JOIN_S
-            for worker in workers:
-                worker.join(max(0.0, deadline - time.monotonic()))
+            for ended in loops_ended:
+                ended.wait(max(0.0, deadline - time.monotonic()))
             for camera in cameras:
                 camera.join(max(0.0, deadline - time.monotonic()))
     # A failed output (a full disk) is an error, even where Ctrl-C stopped the run first.
@@ -617,5 +623,5 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
         write_text_atomic(plan.summary_json, json.dumps(summary, indent=2))
         written.append(plan.summary_json)
     latencies = {camera.name: list(camera.latencies) for camera in cameras}
-    return DetectResult(summary, written, stopped, latencies), any(worker.is_alive() for worker in workers)
+    return DetectResult(summary, written, stopped, latencies), not all(ended.is_set() for ended in loops_ended)
 
