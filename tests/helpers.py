@@ -4,6 +4,7 @@ and the marks of tests that need a GPU or TensorRT."""
 from __future__ import annotations
 
 import importlib.util
+import signal
 import socket
 from pathlib import Path
 
@@ -157,3 +158,9 @@ def canonical_rows(rows) -> np.ndarray:
     """Detection rows (N, 7) in a canonical order: two equal scores may come out of NMS in either order."""
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
     return rows[np.lexsort(np.round(rows, 2).T[::-1])]
+
+
+def take_sigint() -> None:
+    """For a command started by a test (``preexec_fn``): a test run started in the background of a non-interactive
+    shell ignores SIGINT, and so would the command, which then never sees the Ctrl-C a test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import TENSORRT_MARKS, assert_same_detections, free_ports, start_test_server, write_config
+from helpers import (TENSORRT_MARKS, assert_same_detections, free_ports, start_test_server, take_sigint,
+                     write_config)
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.apps.bench import run_bench, stream_modes
@@ -380,7 +381,7 @@ def bench_in_a_terminal(args: list, until: bytes, stop, timeout: float = 240.0) 
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "reidctl", "bench", *map(str, args)], stdin=subprocess.DEVNULL,
                                stdout=slave, stderr=slave, env=os.environ | {"PYTHONPATH": ROOT, "COLUMNS": "200"},
-                               start_new_session=True)  # fmt: skip
+                               start_new_session=True, preexec_fn=take_sigint)  # fmt: skip
     os.close(slave)
     printed, signalled, deadline = b"", False, time.monotonic() + timeout
     try:

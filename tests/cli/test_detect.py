@@ -15,7 +15,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from helpers import make_checkpoint, needs_gpu, write_config, write_video
+from helpers import make_checkpoint, needs_gpu, take_sigint, write_config, write_video
 from reidctl.cli import app
 from reidctl.config import DEFAULT_TIMEOUT_S
 from reidctl.io.synthetic import synthetic_frame
@@ -229,8 +229,7 @@ def test_signal_publishes_every_finished_frame_in_every_output(tmp_path, small_c
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # A test run started in the background of a non-interactive shell ignores SIGINT, and so would the child.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=take_sigint,
     )
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.stat().st_size > 0 for p in tmp_path.glob(".all.jsonl.*")):

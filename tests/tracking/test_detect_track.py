@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from typer.testing import CliRunner
 
-from helpers import write_config, write_video
+from helpers import take_sigint, write_config, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.apps.pipeline import OutputRequest, run_detect
@@ -148,8 +148,7 @@ def test_a_stopped_run_keeps_every_finished_frame_in_every_track_output(tmp_path
         [*REIDCTL, "detect", f"cam={clip}", "-c", str(small_config), "--track", "--mot", str(out / "t.txt"),
          "--jsonl", str(out / "dets.jsonl"), "--crops", str(out / "crops"), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # A test run started in the background of a non-interactive shell ignores SIGINT, and so would the child.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=take_sigint,
     )
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.stat().st_size > 0 for p in out.glob(".dets.jsonl.*")):
