@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The tests run in parallel workers, each starting commands and servers of its own: one compute thread per process
+# keeps them from crowding the cores (OpenMP threads spin while they wait, so an overfull machine runs far slower).
+# Set before torch is imported; the commands and servers the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
