@@ -1,9 +1,12 @@
 """The Typer application and what every command shares: config options and one-line errors."""
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import signal
 import threading
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -12,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from reidctl.config import Config, load_config, override
+from reidctl.config import Config, load_config, override, override_tracking
 from reidctl.errors import ReidctlError, Terminated
 
 if TYPE_CHECKING:  # imported when a progress display is made
@@ -95,6 +98,7 @@ def command(name: str, help_text: str):
     """Register a CLI command whose ReidctlError becomes a one-line error instead of a traceback.
 
     SIGTERM is handled as Ctrl-C (raised in the main thread), so a stopped command cleans up as after Ctrl-C.
+    A parameter typed with an option group (``ModelOptions``, …) stands for the group's options, declared once.
     """
 
     def register(fn):
@@ -114,9 +118,48 @@ def command(name: str, help_text: str):
                 if in_main:
                     signal.signal(signal.SIGTERM, previous)
 
-        return app.command(name, help=help_text)(wrapper)
+        return app.command(name, help=help_text)(_with_option_groups(wrapper))
 
     return register
+
+
+def option_group(cls):
+    """Options that several commands share, as a frozen dataclass whose fields are Annotated Typer options: a
+    command parameter of this type shows them as options and receives them as one value."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    cls.option_group = True
+    return cls
+
+
+def _with_option_groups(fn):
+    """``fn`` with each option-group parameter shown to Typer as the group's fields, and called with the group."""
+    signature = inspect.signature(fn, eval_str=True)
+    shown, groups = [], {}
+    for parameter in signature.parameters.values():
+        group = parameter.annotation
+        if not getattr(group, "option_group", False):
+            shown.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            continue
+        hints = typing.get_type_hints(group, include_extras=True)
+        fields = [field.name for field in dataclasses.fields(group)]
+        groups[parameter.name] = (group, fields)
+        shown += [inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=hints[field])
+                  for field in fields]
+    if not groups:
+        return fn
+    names = [parameter.name for parameter in shown]
+    assert len(names) == len(set(names)), f"{fn.__name__}: an option group repeats an option name"
+
+    @functools.wraps(fn)
+    def grouped(**kwargs):
+        for name, (group, fields) in groups.items():
+            kwargs[name] = group(**{field: kwargs.pop(field) for field in fields})
+        return fn(**kwargs)
+
+    grouped.__signature__ = signature.replace(parameters=shown)
+    grouped.__annotations__ = {parameter.name: parameter.annotation for parameter in shown}
+    del grouped.__wrapped__  # Typer reads the signature above, not fn's
+    return grouped
 
 
 # Options shared by the commands that build a detector. None means "take the config's value".
@@ -199,34 +242,59 @@ def parse_size(text: str) -> list[int]:
     return parts
 
 
-def build_config(config: Optional[Path] = None, *model_options, **extra) -> Config:
-    """The config file with the command line's overrides applied (validated): the model options in
-    ``with_model_options``' order, then any other detection settings by name."""
-    return with_model_options(load_config(config, warn), *model_options, **extra)
+@option_group
+class ModelOptions:
+    """The model a command builds: a config file, and the checkpoint and input size on top of it."""
+
+    config: ConfigOpt = None
+    model: ModelOpt = None
+    model_type: ModelTypeOpt = None
+    num_classes: NumClassesOpt = None
+    test_size: TestSizeOpt = None
+
+    def load(self, inference: "InferenceOptions | None" = None, **extra) -> Config:
+        """The config file (or the built-in defaults) with these options, ``inference``'s and ``extra``'s
+        detection settings applied (validated)."""
+        return self.apply(load_config(self.config, warn), inference, **extra)
+
+    def apply(self, base: Config, inference: "InferenceOptions | None" = None, **extra) -> Config:
+        """``base`` with these options, ``inference``'s and ``extra``'s detection settings applied (validated)."""
+        inference = inference or InferenceOptions()
+        return override(
+            base,
+            model_path=str(self.model) if self.model else None,
+            model_type=self.model_type,
+            num_classes=self.num_classes,
+            test_size=parse_size(self.test_size) if self.test_size else None,
+            device=inference.device,
+            conf_threshold=inference.conf,
+            nms_threshold=inference.nms,
+            fp16=inference.fp16,
+            **extra,
+        )
 
 
-def with_model_options(
-    base: Config,
-    model: Optional[Path] = None,
-    model_type: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    device: Optional[str] = None,
-    test_size: Optional[str] = None,
-    conf: Optional[float] = None,
-    nms: Optional[float] = None,
-    fp16: Optional[bool] = None,
-    **extra,
-) -> Config:
-    """``base`` with the command line's model options applied (validated)."""
-    return override(
-        base,
-        model_path=str(model) if model else None,
-        model_type=model_type,
-        num_classes=num_classes,
-        device=device,
-        test_size=parse_size(test_size) if test_size else None,
-        conf_threshold=conf,
-        nms_threshold=nms,
-        fp16=fp16,
-        **extra,
-    )
+@option_group
+class InferenceOptions:
+    """Where and how the model runs."""
+
+    device: DeviceOpt = None
+    conf: ConfOpt = None
+    nms: NmsOpt = None
+    fp16: Fp16Opt = None
+
+
+@option_group
+class TrackingOptions:
+    """ByteTrack's settings (the config's tracking: section)."""
+
+    track_thresh: TrackThreshOpt = None
+    track_buffer: TrackBufferOpt = None
+    match_thresh: MatchThreshOpt = None
+    low_thresh: LowThreshOpt = None
+    min_box_area: MinBoxAreaOpt = None
+    aspect_ratio_thresh: AspectRatioThreshOpt = None
+    mot20: Mot20Opt = None
+
+    def apply(self, config: Config) -> Config:
+        return override_tracking(config, **dataclasses.asdict(self))

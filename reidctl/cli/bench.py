@@ -12,19 +12,12 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, BenchSettings, parse_cameras, plot_path_for
 from reidctl.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
-    ConfigOpt,
-    ConfOpt,
-    DeviceOpt,
-    Fp16Opt,
-    ModelOpt,
-    ModelTypeOpt,
-    NmsOpt,
-    NumClassesOpt,
-    TestSizeOpt,
-    build_config,
+    InferenceOptions,
+    ModelOptions,
     command,
     console,
     err_console,
@@ -33,7 +26,6 @@ from reidctl.cli.app import (
     parse_size,
 )
 from reidctl.cli.tables import backend_table, multi_table, open_loop_table, parity_table, single_table, stage_table
-from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, BenchSettings, parse_cameras, plot_path_for
 from reidctl.io.paths import refuse_shared_paths
 
 JitterOpt = Annotated[
@@ -176,21 +168,14 @@ def bench(
         Path, typer.Option("--output", "-o", help="Result JSON; the plot is written beside it as .png.")
     ] = DEFAULT_BENCH_PATH,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the live progress bar.")] = True,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    model_type: ModelTypeOpt = None,
-    num_classes: NumClassesOpt = None,
-    device: DeviceOpt = None,
-    test_size: TestSizeOpt = None,
-    conf: ConfOpt = None,
-    nms: NmsOpt = None,
-    fp16: Fp16Opt = None,
+    model_options: ModelOptions = ModelOptions(),
+    inference: InferenceOptions = InferenceOptions(),
 ) -> None:
     from reidctl.apps.bench import benchmark, parse_backends
 
     refuse_shared_paths([("--output", output), ("the plot of --output", plot_path_for(output))],
-                        [("--config", config), ("--model", model), ("--source", source)])
-    cfg = build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16)
+                        [("--config", model_options.config), ("--model", model_options.model), ("--source", source)])
+    cfg = model_options.load(inference)
     names, named = parse_backends(backends)
     settings = BenchSettings(
         backends=names,

@@ -10,23 +10,9 @@ from rich.table import Table
 from reidctl.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
-    AspectRatioThreshOpt,
-    ConfigOpt,
-    ConfOpt,
-    DeviceOpt,
-    Fp16Opt,
-    LowThreshOpt,
-    MatchThreshOpt,
-    MinBoxAreaOpt,
-    ModelOpt,
-    ModelTypeOpt,
-    Mot20Opt,
-    NmsOpt,
-    NumClassesOpt,
-    TestSizeOpt,
-    TrackBufferOpt,
-    TrackThreshOpt,
-    build_config,
+    InferenceOptions,
+    ModelOptions,
+    TrackingOptions,
     command,
     console,
     err_console,
@@ -205,26 +191,12 @@ def detect(
             help="Show the live table (per camera FPS, latency, dropped frames, reconnects).",
         ),
     ] = True,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    model_type: ModelTypeOpt = None,
-    num_classes: NumClassesOpt = None,
-    device: DeviceOpt = None,
-    test_size: TestSizeOpt = None,
-    conf: ConfOpt = None,
-    nms: NmsOpt = None,
-    fp16: Fp16Opt = None,
-    track_thresh: TrackThreshOpt = None,
-    track_buffer: TrackBufferOpt = None,
-    match_thresh: MatchThreshOpt = None,
-    low_thresh: LowThreshOpt = None,
-    min_box_area: MinBoxAreaOpt = None,
-    aspect_ratio_thresh: AspectRatioThreshOpt = None,
-    mot20: Mot20Opt = None,
+    model_options: ModelOptions = ModelOptions(),
+    inference: InferenceOptions = InferenceOptions(),
+    tracking: TrackingOptions = TrackingOptions(),
 ) -> None:
     from rich.live import Live
 
-    from reidctl.config import override_tracking
     from reidctl.apps.pipeline import DetectOptions, OutputRequest, run_detect
     from reidctl.io.paths import refuse_shared_paths
     from reidctl.io.sources import camera_specs, read_source_list
@@ -233,14 +205,10 @@ def detect(
     specs = camera_specs(entries)
     outputs = {"--mot": mot, "--jsonl": jsonl, "--save-video": save_video, "--save-images": save_images,
                "--summary-json": summary_json, "--crops": crops}
-    inputs = [("--config", config), ("--model", model), ("--sources", sources_file),
+    inputs = [("--config", model_options.config), ("--model", model_options.model), ("--sources", sources_file),
               *((f"camera {spec.name}", spec.source) for spec in specs if not spec.live)]
     refuse_shared_paths(list(outputs.items()), inputs)
-    cfg = override_tracking(
-        build_config(config, model, model_type, num_classes, device, test_size, conf, nms, fp16),
-        track_thresh=track_thresh, track_buffer=track_buffer, match_thresh=match_thresh, low_thresh=low_thresh,
-        min_box_area=min_box_area, aspect_ratio_thresh=aspect_ratio_thresh, mot20=mot20,
-    )
+    cfg = tracking.apply(model_options.load(inference))
     request = OutputRequest(mot, jsonl, save_video, save_images, summary_json, no_output, track, crops)
     options = DetectOptions(realtime, max_frames, timeout, strict, max_batch)
     with Live(console=err_console, refresh_per_second=4, transient=True) if progress else nullcontext() as live:

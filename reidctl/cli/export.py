@@ -11,11 +11,7 @@ from rich.table import Table
 
 from reidctl.cli.app import (
     ConfigOpt,
-    ModelOpt,
-    ModelTypeOpt,
-    NumClassesOpt,
-    TestSizeOpt,
-    build_config,
+    ModelOptions,
     command,
     console,
     live_progress,
@@ -133,24 +129,20 @@ def export_onnx_command(
     ] = True,
     as_json: JsonOpt = False,
     progress: ProgressOpt = True,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    model_type: ModelTypeOpt = None,
-    num_classes: NumClassesOpt = None,
-    test_size: TestSizeOpt = None,
+    model_options: ModelOptions = ModelOptions(),
 ) -> None:
     from reidctl.export.onnx import default_onnx_path, export_onnx
     from reidctl.models.loader import load_detection_model
 
     if dynamic_batch and batch != 1:
         raise ReidctlError("--batch fixes the batch size of a --static-batch graph; add --static-batch")
-    cfg = build_config(config, model, model_type, num_classes, test_size=test_size)
+    cfg = model_options.load()
     det = cfg.detection
     target = output or default_onnx_path(det)
     from reidctl.io.atomic import check_output_path
     from reidctl.io.paths import refuse_shared_paths
 
-    refuse_shared_paths([("--output", target)], [("--config", config), ("--model", det.model_path)])
+    refuse_shared_paths([("--output", target)], [("--config", model_options.config), ("--model", det.model_path)])
     check_output_path(target)  # before the model is loaded and traced
     yolox, spec = load_detection_model(det, warn)
     with export_bar(progress) as on_progress:
@@ -261,7 +253,7 @@ def build_engine_command(
         "opt_batch": opt_batch,
         "max_batch": max_batch,
     }
-    det = build_config(config, tensorrt=given).detection
+    det = ModelOptions(config).load(tensorrt=given).detection
     trt_cfg = det.tensorrt
     engine_path = output or Path(trt_cfg.engine_path)
     onnx_path = onnx or default_onnx_path(det)

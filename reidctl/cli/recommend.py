@@ -14,25 +14,17 @@ import typer
 from rich.markup import escape
 from rich.syntax import Syntax
 
+from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, serving_devices
 from reidctl.cli.app import (
-    ConfigOpt,
-    ConfOpt,
-    DeviceOpt,
-    Fp16Opt,
-    ModelOpt,
-    ModelTypeOpt,
-    NmsOpt,
-    NumClassesOpt,
-    TestSizeOpt,
+    InferenceOptions,
+    ModelOptions,
     command,
     console,
     fail,
     parse_size,
-    with_model_options,
 )
 from reidctl.cli.tables import capacity_table, summary_table, verdict_table
 from reidctl.config import config_from_dict, load_config, to_dict
-from reidctl.apps.bench_report import DEFAULT_BENCH_PATH, serving_devices
 from reidctl.io.atomic import write_text_atomic
 from reidctl.io.paths import refuse_foreign_files, refuse_shared_paths
 
@@ -147,15 +139,8 @@ def recommend_command(
             "repeated up to the camera count, instead of generated clips.",
         ),
     ] = None,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    model_type: ModelTypeOpt = None,
-    num_classes: NumClassesOpt = None,
-    device: DeviceOpt = None,
-    test_size: TestSizeOpt = None,
-    fp16: Fp16Opt = None,
-    conf: ConfOpt = None,
-    nms: NmsOpt = None,
+    model_options: ModelOptions = ModelOptions(),
+    inference: InferenceOptions = InferenceOptions(),
 ) -> None:
     """The model options apply on top of the bench file's configuration (or --config's, without one)."""
     from reidctl.apps.bench_report import find_bench, load_report
@@ -168,13 +153,14 @@ def recommend_command(
     path = find_bench(bench_file)
     deploy_files = [("--deploy", deploy / name) for name in DEPLOY_FILES] if deploy else []
     refuse_shared_paths([("--json", json_path), *deploy_files],
-                        [("--bench", path), ("--config", config), ("--model", model), ("--sources", sources_file)])
+                        [("--bench", path), ("--config", model_options.config), ("--model", model_options.model),
+                         ("--sources", sources_file)])
     if deploy:
         outputs = {Path(path).parts[0] for path in DEPLOYED_OUTPUTS.values()}  # what its deploy.sh wrote there
         refuse_foreign_files(deploy, [*DEPLOY_FILES, *outputs], "--deploy")
     report = load_report(path) if path else None
-    base = config_from_dict(report.config) if report else load_config(config)
-    config_dict = to_dict(with_model_options(base, model, model_type, num_classes, device, test_size, conf, nms, fp16))
+    base = config_from_dict(report.config) if report else load_config(model_options.config)
+    config_dict = to_dict(model_options.apply(base, inference))
     if report:
         report.config = config_dict  # what is deployed and verified: the measured setup with the options given here
     plan = CameraPlan(parse_size(resolution), seconds, read_source_list(sources_file) if sources_file else None)

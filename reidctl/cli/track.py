@@ -10,14 +10,8 @@ from rich.table import Table
 from reidctl.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
-    AspectRatioThreshOpt,
     ConfigOpt,
-    LowThreshOpt,
-    MatchThreshOpt,
-    MinBoxAreaOpt,
-    Mot20Opt,
-    TrackBufferOpt,
-    TrackThreshOpt,
+    TrackingOptions,
     command,
     console,
     err_console,
@@ -97,22 +91,13 @@ def track(
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
-    track_thresh: TrackThreshOpt = None,
-    track_buffer: TrackBufferOpt = None,
-    match_thresh: MatchThreshOpt = None,
-    low_thresh: LowThreshOpt = None,
-    min_box_area: MinBoxAreaOpt = None,
-    aspect_ratio_thresh: AspectRatioThreshOpt = None,
-    mot20: Mot20Opt = None,
+    tracking: TrackingOptions = TrackingOptions(),
     config: ConfigOpt = None,
 ) -> None:
-    from reidctl.config import load_config, override_tracking
+    from reidctl.config import load_config
     from reidctl.tracking.run import TrackRequest, run_track
 
-    cfg = override_tracking(
-        load_config(config), track_thresh=track_thresh, track_buffer=track_buffer, match_thresh=match_thresh,
-        low_thresh=low_thresh, min_box_area=min_box_area, aspect_ratio_thresh=aspect_ratio_thresh, mot20=mot20,
-    )
+    cfg = tracking.apply(load_config(config))
     result = run_track(cfg.tracking, detections, TrackRequest(mot, jsonl, summary_json, eval_dir, fps))
     if json_output:
         console.print_json(json.dumps(result.summary))

@@ -8,16 +8,8 @@ import typer
 from rich.table import Table
 
 from reidctl.cli.app import (
-    ConfigOpt,
-    ConfOpt,
-    DeviceOpt,
-    Fp16Opt,
-    ModelOpt,
-    ModelTypeOpt,
-    NmsOpt,
-    NumClassesOpt,
-    TestSizeOpt,
-    build_config,
+    InferenceOptions,
+    ModelOptions,
     command,
     console,
     warn,
@@ -178,33 +170,16 @@ def setup_triton_command(
         ),
     ] = 300.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print --status as JSON.")] = False,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    model_type: ModelTypeOpt = None,
-    num_classes: NumClassesOpt = None,
-    device: DeviceOpt = None,
-    test_size: TestSizeOpt = None,
-    fp16: Fp16Opt = None,
-    conf: ConfOpt = None,
-    nms: NmsOpt = None,
+    model_options: ModelOptions = ModelOptions(),
+    inference: InferenceOptions = InferenceOptions(),
 ) -> None:
     from reidctl.triton.server import setup_triton
 
     if sum((start, stop, status)) > 1:
         raise ReidctlError("choose one of --start, --stop and --status")
     ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
-    cfg = build_config(
-        config,
-        model,
-        model_type,
-        num_classes,
-        device,
-        test_size,
-        conf,
-        nms,
-        fp16,
-        triton={"max_batch_size": max_batch_size, "gpus": gpus, "listen": listen, **ports},
-    )
+    triton = {"max_batch_size": max_batch_size, "gpus": gpus, "listen": listen, **ports}
+    cfg = model_options.load(inference, triton=triton)
     action = "status" if status else "stop" if stop else "start" if start else None
     spinner = console.status("starting Triton server")  # shown once the start reports progress
 
