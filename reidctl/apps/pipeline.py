@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -30,6 +31,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from reidctl.config import DEFAULT_TIMEOUT_S, TrackingConfig
 from reidctl.apps.cameras import Camera, Hub, TimedFrame
@@ -500,6 +503,24 @@ def short_lock_turns() -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
+@contextlib.contextmanager
+def model_threads_beside_readers(detector: Detector | DetectorPool, cameras: int) -> Iterator[None]:
+    """A model on the CPU computes with at most the cores the cameras' readers leave (one each, at least one for
+    the model) for the duration, then with what it had. Its threads wait for each other at every layer: one that
+    a reader or the writer took its core from stalls them all, and a crowded run went at a third of its speed
+    (docs/PERFORMANCE.md)."""
+    if detector.runner.device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(min(previous, max(1, (cores - cameras) // detector.concurrency)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def batch_loops(detector: Detector | DetectorPool) -> int:
     """Steps that run at once: one per device in process; through a server, the requests its client keeps in
     flight (the server joins them into its own batches)."""
@@ -555,7 +576,7 @@ def run_detect(
             raise
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
             raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
-        with short_lock_turns():
+        with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)):
             result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
         return result
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from helpers import SMALL_TEST_SIZE, canonical_rows, free_ports, read_frames, start_test_server, write_video
@@ -150,6 +151,24 @@ def test_threads_take_short_lock_turns_while_detect_runs_and_python_default_afte
     assert result.summary["cameras"][0]["frames"] > 0
     assert seen and set(seen) == {SWITCH_INTERVAL_S} and SWITCH_INTERVAL_S < before
     assert sys.getswitchinterval() == before
+
+
+def test_a_model_on_the_cpu_leaves_the_readers_their_cores_and_has_its_threads_back_after(tmp_path, small_config):
+    """On the CPU the model's threads wait for each other at every layer, so a reader taking a core from one of
+    them stalls all: the run gives each camera's reader a core (the model keeps at least one)."""
+    cores = len(os.sched_getaffinity(0))
+    clips = [str(write_video(tmp_path / f"c{i}.avi", frames=20, size=(120, 160))) for i in range(2)]
+    before = torch.get_num_threads()
+    seen = []
+    torch.set_num_threads(cores)
+    try:
+        run_detect(load_config(small_config), camera_specs(clips), OutputRequest(no_output=True),
+                   DetectOptions(realtime=True), warn=lambda line: None,
+                   on_update=lambda stats: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {max(1, cores - 2)}
+        assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_strict_camera_that_cannot_be_opened_is_named_and_nothing_is_written(tmp_path, small_config, video_file,
