@@ -3,13 +3,15 @@
   idle   YOLOX's initialisation as built: almost no anchor reaches conf_threshold;
   crowd  an untrained YOLOX whose activations stay alive (reidctl.models.untrained; plain initialisation gives every
          anchor the same score), its objectness and class biases calibrated on the project's synthetic frames so
-         that about --crowd candidates per frame reach conf_threshold; boxes of ~8 strides, so neighbouring
-         candidates overlap and NMS has work to do (boxes fixed at their anchors: the same boxes on any frame);
+         that about --crowd candidates per frame reach conf_threshold, about --people of them on the coarsest level
+         (the largest boxes) as people a tracker follows (>= --person-score, ByteTrack's track_thresh 0.5 + 0.1
+         to start a track); boxes of ~8 strides, so neighbouring candidates overlap and NMS has work to
+         do (boxes fixed at their anchors: the same boxes on any frame);
   worst  objectness and class biases -1.0 (sigmoid(-1)^2 = 0.072 >= 0.01, with the weights' spread checked on the
          frames) so every anchor is a candidate, and the width/height regression bias -6 (boxes of ~0.02 stride)
          so that the boxes do not overlap and NMS keeps nearly all.
 
-Prints the candidates and kept detections per frame measured with each written checkpoint.
+Prints the candidates, kept detections and kept people per frame measured with each written checkpoint.
 Usage: PYTHONPATH=$PWD python scripts/make_load_checkpoints.py --output-dir models/loads [--model-type mot17] \\
          [--size 640 640]
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,8 +45,9 @@ def frames_tensor(count: int, size: tuple[int, int]) -> torch.Tensor:
     return normalize(canvas)
 
 
-def score_logits(model: YOLOX, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Objectness (frames, anchors) and class (frames, classes, anchors) logits of the frames without their biases."""
+def score_logits(model: YOLOX, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per level, finest first: objectness (frames, anchors) and class (frames, classes, anchors) logits of the
+    frames without their biases."""
     head = model.head
     captured: dict[str, list[torch.Tensor]] = {"obj": [], "cls": []}
 
@@ -58,54 +62,72 @@ def score_logits(model: YOLOX, batch: torch.Tensor) -> tuple[torch.Tensor, torch
     finally:
         for hook in hooks:
             hook.remove()
-    # The head's anchor order: levels one after another, each flattened row by row.
-    obj, cls = (torch.cat([out.flatten(start_dim=2) for out in captured[key]], dim=2) for key in ("obj", "cls"))
-    return obj[:, 0], cls
+    obj = [out.flatten(start_dim=2)[:, 0] for out in captured["obj"]]
+    return obj, [out.flatten(start_dim=2) for out in captured["cls"]]
 
 
-def calibrate_score_bias(model: YOLOX, batch: torch.Tensor, target: float, conf: float) -> float:
-    """Bisection on one bias for objectness and classes for ``target`` candidates per frame.
-
-    Both move: with YOLOX's prior (class probability ~0.01) no objectness alone reaches a threshold of 0.01.
-    """
-    obj, cls = score_logits(model, batch)
-
-    def candidates(bias: float) -> float:
-        scores = torch.sigmoid(obj + bias) * torch.sigmoid(cls + bias).max(dim=1).values
-        return float((scores >= conf).sum()) / len(batch)
-
-    low, high = -30.0, 30.0
+def bisect(count: Callable[[float], float], target: float, low: float, high: float) -> float:
+    """The smallest value in [low, high] where ``count`` (rising with it) reaches ``target``, to float precision."""
     for _ in range(50):
         middle = (low + high) / 2
-        low, high = (middle, high) if candidates(middle) < target else (low, middle)
+        low, high = (middle, high) if count(middle) < target else (low, middle)
     return high
+
+
+def calibrate_scores(model: YOLOX, batch: torch.Tensor, target: float, conf: float, people: float,
+                     person_score: float) -> list[float]:
+    """One bias per level for objectness and classes together: the coarsest level's (the largest boxes) scores
+    ``people`` of its anchors per frame at ``person_score`` or more, the finer levels' bias brings the candidates at
+    ``conf`` to ``target`` per frame in all. Without people every level takes the one bias.
+
+    Both scores move: with YOLOX's prior (class probability ~0.01) no objectness alone reaches a threshold of 0.01.
+    """
+    obj, cls = score_logits(model, batch)
+    frames, levels = len(batch), len(obj)
+
+    def passing(level: int, bias: float, threshold: float) -> float:
+        scores = torch.sigmoid(obj[level] + bias) * torch.sigmoid(cls[level] + bias).max(dim=1).values
+        return float((scores >= threshold).sum()) / frames
+
+    if people <= 0:
+        return [bisect(lambda bias: sum(passing(level, bias, conf) for level in range(levels)), target, -30.0,
+                       30.0)] * levels
+    people_bias = bisect(lambda bias: passing(levels - 1, bias, person_score), people, -30.0, 30.0)
+    left = target - passing(levels - 1, people_bias, conf)
+    if left <= 0:
+        raise ReidctlError(f"{people:g} people per frame bring more than --crowd {target:g} candidates: ask for fewer")
+    bias = bisect(lambda bias: sum(passing(level, bias, conf) for level in range(levels - 1)), left, -30.0, 30.0)
+    return [bias] * (levels - 1) + [people_bias]
 
 
 def set_head_bias(
     model: YOLOX,
-    obj: float | None = None,
-    cls: float | None = None,
+    score: float | list[float] | None = None,
     size: float | None = None,
     fixed_boxes: bool = False,
 ) -> None:
     """Set the head's score and log-size biases; ``fixed_boxes`` also zeroes the box weights, so that on any frame
     every box sits at its anchor with the bias's size (a lively model's box outputs grow large on frames it was not
-    calibrated on: its exponentiated sizes overflow, and its offsets lose precision across backends)."""
+    calibrated on: its exponentiated sizes overflow, and its offsets lose precision across backends). ``score``:
+    the objectness and class bias, one for every level or one per level."""
     head = model.head
+    levels = len(head.obj_preds)
+    scores = score if isinstance(score, list) or score is None else [score] * levels
     with torch.no_grad():
-        for level in range(len(head.obj_preds)):
-            if obj is not None:
-                head.obj_preds[level].bias.fill_(obj)
-            if cls is not None:
-                head.cls_preds[level].bias.fill_(cls)
+        for level in range(levels):
+            if scores is not None:
+                head.obj_preds[level].bias.fill_(scores[level])
+                head.cls_preds[level].bias.fill_(scores[level])
             if size is not None:
                 head.reg_preds[level].bias[2:4] = size  # log width and height, in strides
             if fixed_boxes:
                 head.reg_preds[level].weight.zero_()
 
 
-def measure(path: Path, model_type: str, batch: torch.Tensor, conf: float, nms: float) -> tuple[float, float, int]:
-    """Candidates and kept detections per frame with the written checkpoint, and the anchors per frame."""
+def measure(path: Path, model_type: str, batch: torch.Tensor, conf: float, nms: float,
+            person_score: float) -> tuple[float, float, float, int]:
+    """Candidates, kept detections and kept ones of ``person_score`` or more per frame with the written checkpoint,
+    and the anchors per frame."""
     model, _ = load_model(path, model_type)
     with torch.inference_mode():
         predictions = model(batch)
@@ -113,7 +135,9 @@ def measure(path: Path, model_type: str, batch: torch.Tensor, conf: float, nms: 
         raise ReidctlError(f"{path} gives non-finite boxes or scores on the synthetic frames")
     selection = select_detections(predictions, conf, nms)
     frames = len(batch)
-    return sum(selection.candidates) / frames, sum(selection.kept) / frames, predictions.shape[1]
+    people = sum(int((rows[:, 4] * rows[:, 5] >= person_score).sum()) for rows in selection.rows)
+    return (sum(selection.candidates) / frames, sum(selection.kept) / frames, people / frames,
+            predictions.shape[1])
 
 
 def main() -> int:
@@ -125,6 +149,10 @@ def main() -> int:
         "--frames", type=int, default=SYNTHETIC_FRAMES, help="synthetic frames to calibrate and measure on (bench's)"
     )
     parser.add_argument("--crowd", type=float, default=1500.0, help="candidates per frame wanted for 'crowd'")
+    parser.add_argument("--people", type=float, default=40.0,
+                        help="of the crowd's candidates, how many per frame score as people (0: none); NMS keeps fewer")
+    parser.add_argument("--person-score", type=float, default=0.6,
+                        help="score of a person: ByteTrack's track_thresh 0.5 + 0.1, what starts a track")
     parser.add_argument("--conf", type=float, default=0.01, help="conf_threshold the loads are defined at")
     parser.add_argument("--nms", type=float, default=0.7, help="nms_threshold for the kept figures")
     parser.add_argument("--seed", type=int, default=0)
@@ -140,19 +168,21 @@ def main() -> int:
         torch.manual_seed(args.seed)
         model = build_yolox(spec.size, spec.num_classes).eval()
         save_checkpoint(model, paths["idle"])
-        set_head_bias(model, obj=WORST_SCORE_BIAS, cls=WORST_SCORE_BIAS, size=WORST_SIZE_BIAS)
+        set_head_bias(model, score=WORST_SCORE_BIAS, size=WORST_SIZE_BIAS)
         save_checkpoint(model, paths["worst"])
         # Calibrated on random pixels too: export-onnx checks its graph on them, and a model whose BatchNorm never
         # saw their range saturates there, where rounding differences between runtimes grow without bound.
         calibration = torch.cat([batch, sample_input(2, size)])
         model = lively_yolox(spec.size, spec.num_classes, args.seed, calibration=calibration)
         set_head_bias(model, size=CROWD_SIZE_BIAS, fixed_boxes=True)
-        bias = calibrate_score_bias(model, batch, args.crowd, args.conf)
-        set_head_bias(model, obj=bias, cls=bias)
+        set_head_bias(model, score=calibrate_scores(model, batch, args.crowd, args.conf, args.people,
+                                                    args.person_score))
         save_checkpoint(model, paths["crowd"])
         for load, path in paths.items():
-            candidates, kept, anchors = measure(path, args.model_type, batch, args.conf, args.nms)
-            print(f"{load:>5}: {path}  candidates/frame {candidates:.1f} of {anchors} anchors, kept/frame {kept:.1f}")
+            candidates, kept, people, anchors = measure(path, args.model_type, batch, args.conf, args.nms,
+                                                        args.person_score)
+            print(f"{load:>5}: {path}  candidates/frame {candidates:.1f} of {anchors} anchors, kept/frame {kept:.1f}, "
+                  f"people/frame {people:.1f}")
             if load == "worst" and candidates < anchors:
                 missing = anchors - candidates
                 raise ReidctlError(f"the worst load left {missing:.0f} anchors per frame below {args.conf}")
