@@ -164,3 +164,9 @@ def take_sigint() -> None:
     """For a command started by a test (``preexec_fn``): a test run started in the background of a non-interactive
     shell ignores SIGINT, and so would the command, which then never sees the Ctrl-C a test sends."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def own_warnings(warnings: list[str]) -> list[str]:
+    """A server start's warnings without the one any start may give when a server that a test running beside it
+    killed has left its shared memory (removed by the start, which says so)."""
+    return [line for line in warnings if "left by a server that is gone" not in line]
