@@ -66,8 +66,9 @@ def score_logits(model: YOLOX, batch: torch.Tensor) -> tuple[list[torch.Tensor],
     return obj, [out.flatten(start_dim=2) for out in captured["cls"]]
 
 
-def bisect(count: Callable[[float], float], target: float, low: float, high: float) -> float:
-    """The smallest value in [low, high] where ``count`` (rising with it) reaches ``target``, to float precision."""
+def bisect(count: Callable[[float], float], target: float, low: float = -30.0, high: float = 30.0) -> float:
+    """The smallest value in [low, high] (by default a score bias's range) where ``count`` (rising with it) reaches
+    ``target``, to float precision."""
     for _ in range(50):
         middle = (low + high) / 2
         low, high = (middle, high) if count(middle) < target else (low, middle)
@@ -89,15 +90,16 @@ def calibrate_scores(model: YOLOX, batch: torch.Tensor, target: float, conf: flo
         scores = torch.sigmoid(obj[level] + bias) * torch.sigmoid(cls[level] + bias).max(dim=1).values
         return float((scores >= threshold).sum()) / frames
 
+    def candidates(first_levels: int, bias: float) -> float:
+        return sum(passing(level, bias, conf) for level in range(first_levels))
+
     if people <= 0:
-        return [bisect(lambda bias: sum(passing(level, bias, conf) for level in range(levels)), target, -30.0,
-                       30.0)] * levels
-    people_bias = bisect(lambda bias: passing(levels - 1, bias, person_score), people, -30.0, 30.0)
+        return [bisect(lambda bias: candidates(levels, bias), target)] * levels
+    people_bias = bisect(lambda bias: passing(levels - 1, bias, person_score), people)
     left = target - passing(levels - 1, people_bias, conf)
     if left <= 0:
         raise ReidctlError(f"{people:g} people per frame bring more than --crowd {target:g} candidates: ask for fewer")
-    bias = bisect(lambda bias: sum(passing(level, bias, conf) for level in range(levels - 1)), left, -30.0, 30.0)
-    return [bias] * (levels - 1) + [people_bias]
+    return [bisect(lambda bias: candidates(levels - 1, bias), left)] * (levels - 1) + [people_bias]
 
 
 def set_head_bias(
