@@ -2,7 +2,9 @@
 
 Detection hands each step's frames over (``submit``) and goes on at once; a writer thread takes the steps in the order
 they came, so each camera's frames keep their order. The hand-off queue holds at most ``capacity`` frames: a producer
-that finds it full waits, and the time it waited is counted (the outputs are then what limits the run).
+that finds it full waits, and the time it waited is counted (the outputs are then what limits the run). The text
+of a step's frames is formatted in a process of its own (reidctl/io/formatter.py), away from the interpreter lock
+that detection holds.
 
 Every frame reaches all of its outputs or none: the outputs that can take a frame back (text, images) are written
 first, one frame at a time, and a frame that one of them cannot take is taken back from the others; annotated videos,
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from reidctl.errors import ReidctlError, describe_error, first_line
+from reidctl.io.formatter import FormattingProcess
 from reidctl.io.sources import Frame
 from reidctl.io.writers import FinishedFrame, OutputWriter, TextWriter
 
@@ -73,6 +76,8 @@ class OutputStage:
         self.wait_seconds = 0.0  # producers blocked on a full queue
         self.waits = 0
         self._pool: ThreadPoolExecutor | None = None
+        text_kinds = {type(w) for w in self.writers if isinstance(w, TextWriter)}
+        self._formatter = FormattingProcess(sorted(text_kinds, key=lambda kind: kind.__name__)) if text_kinds else None
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -106,6 +111,8 @@ class OutputStage:
         self._thread.join()
         if self._pool is not None:
             self._pool.shutdown()
+        if self._formatter is not None:
+            self._formatter.close()
         written, errors = [], []
         for writer in self.writers:
             try:
@@ -173,17 +180,18 @@ class OutputStage:
 
     def _format_step(self, step: list[FinishedFrame]) -> float:
         """Each text writer's text for the step's frames, every kind of text formatted for all its frames at once
-        (16 cameras' MOT files: one pass, not 16); the seconds it took per frame."""
+        (16 cameras' MOT files: one pass, not 16), in the formatting process; the seconds it took per frame."""
         started = time.perf_counter()
         by_kind: dict[type, list[tuple[TextWriter, FinishedFrame]]] = {}
         for item in step:
             for writer in self._undoable[item.camera]:
                 if isinstance(writer, TextWriter):
                     by_kind.setdefault(type(writer), []).append((writer, item))
-        for kind, pairs in by_kind.items():
-            texts = kind.texts([item for _, item in pairs])
-            for (writer, _), text in zip(pairs, texts):
-                writer.formatted.append(text)
+        if by_kind:
+            jobs = [(kind, [item for _, item in pairs]) for kind, pairs in by_kind.items()]
+            for pairs, texts in zip(by_kind.values(), self._formatter.texts(jobs)):
+                for (writer, _), text in zip(pairs, texts):
+                    writer.formatted.append(text)
         return (time.perf_counter() - started) / max(len(step), 1)
 
     def _write_step(self, step: list[FinishedFrame]) -> None:

@@ -51,8 +51,8 @@ def mot_frames(path: Path) -> list[int]:
 
 
 def test_writing_happens_on_the_output_thread_at_hundreds_of_rows_a_frame(tmp_path, nano_checkpoint, monkeypatch):
-    """Every anchor is a candidate at this threshold: hundreds of rows a frame, formatted and written by the output
-    stage's thread while the batch loops (detect-device-*) only hand frames over."""
+    """Every anchor is a candidate at this threshold: hundreds of rows a frame, written by the output stage's thread
+    (formatted by its child process) while the batch loops (detect-device-*) only hand frames over."""
     config = load_config(write_config(tmp_path / "c.yaml", nano_checkpoint, conf_threshold=0.00005))
     writers_seen: dict[str, set[str]] = {}
     for writer in (MOTWriter, JSONLWriter, VideoWriter):
