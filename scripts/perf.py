@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fnmatch
 import importlib.util
 import json
 import os
@@ -667,6 +668,22 @@ class Runner:
         return 1 if any(result["status"] in ("failed", "timed out") for result in self.results) else 0
 
 
+def chosen(plan: list[Step | Served], patterns: list[str]) -> list[Step | Served]:
+    """The plan's steps whose names match a pattern; a server group is kept for the steps of it that match."""
+    def matches(step: Step) -> bool:
+        return any(fnmatch.fnmatchcase(step.name, pattern) for pattern in patterns)
+
+    kept: list[Step | Served] = []
+    for item in plan:
+        if isinstance(item, Served):
+            steps = [step for step in item.steps if matches(step)]
+            if steps:
+                kept.append(dataclasses.replace(item, steps=steps))
+        elif matches(item):
+            kept.append(item)
+    return kept
+
+
 def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: the server is stopped and the summary written
 
@@ -693,6 +710,8 @@ def parse_args() -> argparse.Namespace:
                                                          "instead of writing them")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "reidctl-perf",
                         help="fixtures, reused by later runs (default: %(default)s)")
+    parser.add_argument("--steps", help="only the steps whose names match one of these comma-separated patterns "
+                                        "(e.g. 'detect_*_rt_crowd*'); the fixtures they need are still made")
     parser.add_argument("--dry-run", action="store_true", help="print the steps' commands, run nothing")
     args = parser.parse_args()
     if args.loads and not set(args.loads.split(",")) <= set(LOADS):
@@ -708,6 +727,8 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     context = Context(settings, out_dir, work_dir, args.checkpoints and args.checkpoints.resolve())
     plan = SUITES[args.suite].build(context)
+    if args.steps:
+        plan = chosen(plan, args.steps.split(","))
     runner = Runner(args.suite, settings, out_dir, work_dir, args.dry_run)
     if not args.dry_run:
         shutil.rmtree(work_dir / "outputs", ignore_errors=True)  # detect's outputs of a run before

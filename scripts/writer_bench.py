@@ -2,8 +2,9 @@
 
 Each writer (MOT17 text, JSON lines) writes ``--frames`` frames of ``--rows`` detection rows (float32, boxes in
 pixels, scores in [0, 1], as a detector gives them) through its real writer to a temporary file, and publishes it;
-the best of ``--repeats`` runs counts. Measured both ways: NumPy a frame at a time (what the writers do) and value by
-value in Python (the formatting the writers used before, kept as their fallback).
+the best of ``--repeats`` runs counts. Measured three ways: NumPy a frame at a time or a step's 16 frames at once,
+value by value in Python (the formatting the writers used before, kept as their fallback), and as `detect`'s output
+stage does: a step's frames formatted at once in its formatting process.
 
     PYTHONPATH=$PWD python scripts/writer_bench.py --rows 520 --frames 400
     PYTHONPATH=$PWD python scripts/writer_bench.py --json
@@ -23,6 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from reidctl.io.formatter import FormattingProcess, format_jobs
 from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
 from reidctl.io.sources import Frame
 from reidctl.io.writers import FinishedFrame, JSONLWriter, MOTWriter
@@ -41,10 +43,11 @@ class PerValueJSONLWriter(JSONLWriter):
 
 
 STEP = 16  # frames formatted a pass in the output stage's way: a step of 16 cameras
+IN_CHILD = f"numpy, {STEP} frames a pass, in the formatting process"  # what `detect`'s output stage does
 WRITERS = {("MOT17", "numpy", 1): MOTWriter, ("MOT17", f"numpy, {STEP} frames a pass", STEP): MOTWriter,
-           ("MOT17", "python per value", 1): PerValueMOTWriter,
+           ("MOT17", IN_CHILD, STEP): MOTWriter, ("MOT17", "python per value", 1): PerValueMOTWriter,
            ("JSONL", "numpy", 1): JSONLWriter, ("JSONL", f"numpy, {STEP} frames a pass", STEP): JSONLWriter,
-           ("JSONL", "python per value", 1): PerValueJSONLWriter}
+           ("JSONL", IN_CHILD, STEP): JSONLWriter, ("JSONL", "python per value", 1): PerValueJSONLWriter}
 
 
 def detector_rows(rows: int, seed: int) -> np.ndarray:
@@ -55,16 +58,19 @@ def detector_rows(rows: int, seed: int) -> np.ndarray:
     return np.concatenate([corners, corners + sizes, scores, np.zeros((rows, 1))], axis=1).astype(np.float32)
 
 
-def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int) -> float:
+def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int,
+            process: FormattingProcess | None) -> float:
     """Seconds to write every frame through a new writer and publish its file; with ``step`` above 1, the frames'
-    text formatted ``step`` frames a pass, as the output stage does for a step's cameras."""
+    text formatted ``step`` frames a pass, as the output stage does for a step's cameras (by ``process``, if given,
+    a started formatting process)."""
     started = time.perf_counter()
     writer = writer_class(directory / "out.txt")
     for index, rows in enumerate(frames):
         if step > 1 and index % step == 0:
             batch = [FinishedFrame("camera", Frame(i, None, f"camera#{i}"), frames[i])
                      for i in range(index, min(index + step, len(frames)))]
-            writer.formatted.extend(writer_class.texts(batch))
+            jobs = [(writer_class, batch)]
+            writer.formatted.extend((process.texts(jobs) if process else format_jobs(jobs))[0])
         writer.write(FinishedFrame("camera", Frame(index, None, f"camera#{index}"), rows))
     writer.close(publish=True)
     return time.perf_counter() - started
@@ -83,7 +89,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         for (output, way, step), writer_class in WRITERS.items():
             count = max(args.frames // 8, 1) if way == "python per value" else args.frames  # the slow way: fewer
-            best = min(measure(writer_class, frames[:count], Path(directory), step) for _ in range(args.repeats))
+            process = FormattingProcess([writer_class]) if way == IN_CHILD else None
+            best = min(measure(writer_class, frames[:count], Path(directory), step, process)
+                       for _ in range(args.repeats))
+            if process:
+                process.close()
             rows = count * args.rows
             results.append({"output": output, "formatting": way, "rows_per_frame": args.rows, "frames": count,
                             "rows_per_second": rows / best, "ms_per_frame": best / count * 1000})

@@ -179,7 +179,7 @@ def test_pinned_staging_buffer_reused_across_batches_on_gpu(tmp_path, nano_check
         assert buffer.is_pinned() and len(buffer) == 6  # grown twice: from 1 to 3, then 6
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: pinned memory")
+@needs_gpu  # pinned memory
 def test_pinned_staging_takes_its_buffers_in_turn_and_each_copy_is_whole():
     """The Triton model's use: two buffers, requests of several frames joined into each batch."""
     device = torch.device("cuda", 0)
