@@ -30,7 +30,7 @@ from reidctl.export.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from reidctl.io.atomic import atomic_path
 from reidctl.models.checkpoint import ModelSpec
 from reidctl.models.loader import fuse_conv_bn
-from reidctl.models.yolox import YOLOX, decode_predictions
+from reidctl.models.yolox import STRIDES, YOLOX, decode_predictions
 
 INPUT_NAME = "images"  # as in ByteTrack's ONNX
 OUTPUT_NAME = "output"
@@ -210,7 +210,7 @@ def create_session(path: Path, providers: Sequence = ("CPUExecutionProvider",)) 
 
 @dataclass(frozen=True)
 class Tolerance:
-    box_rel: float  # |Δ| / max(|reference|, 1) on the four box columns
+    box_rel: float  # |Δ| / max(|reference|, box scale) on the four box columns (compare_outputs)
     score_abs: float  # |Δ| on objectness and class scores
 
 
@@ -228,12 +228,20 @@ class Comparison:
         return self.box_rel_diff <= tolerance.box_rel and self.score_abs_diff <= tolerance.score_abs
 
 
-def compare_outputs(actual: np.ndarray, reference: np.ndarray) -> Comparison:
-    """How far detector outputs (B, anchors, 5 + classes) are from a reference of the same shape."""
+def box_scale(decoded: bool) -> float:
+    """The smallest value a box column's difference is taken relative to. A decoded box is the head's output in grid
+    cells times its level's stride, so its error is the head's error times up to the coarsest stride (32 px), however
+    small the coordinate: an fp16 error of 1e-3 cells near the origin is 0.03 px."""
+    return float(STRIDES[-1]) if decoded else 1.0
+
+
+def compare_outputs(actual: np.ndarray, reference: np.ndarray, decoded: bool) -> Comparison:
+    """How far detector outputs (B, anchors, 5 + classes) are from a reference of the same shape; ``decoded``: boxes
+    in input pixels (else raw head output, in grid cells)."""
     if actual.shape != reference.shape:
         raise ReidctlError(f"output shape {actual.shape} differs from the reference's {reference.shape}")
     diff = np.abs(actual.astype(np.float64) - reference.astype(np.float64))
-    box_rel = diff[..., :4] / np.maximum(np.abs(reference[..., :4]), 1.0)
+    box_rel = diff[..., :4] / np.maximum(np.abs(reference[..., :4]), box_scale(decoded))
     return Comparison(float(diff.max()), float(box_rel.max()), float(diff[..., 4:].max()))
 
 
@@ -380,7 +388,7 @@ def export_onnx(
         step("verifying with ONNX Runtime")
         session = create_session(tmp)
         actual = session.run(None, {INPUT_NAME: sample.numpy().astype(np.float16 if fp16 else np.float32)})[0]
-        comparison = compare_outputs(actual, reference)
+        comparison = compare_outputs(actual, reference, decode)
         if not comparison.within(tolerance):
             raise ReidctlError(
                 f"ONNX Runtime disagrees with PyTorch: box rel. diff {comparison.box_rel_diff:.2e} "

@@ -72,8 +72,8 @@ def test_export_is_valid_and_matches_pytorch(tmp_path, nano_checkpoint, frames, 
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     output = session.run(None, {"images": images.numpy().astype(np.float16 if fp16 else np.float32)})[0]
     assert output.dtype == np.float32 and output.shape == (rows, 420, 6)
-    assert compare_outputs(output, reference).within(TOLERANCES[precision])
-    assert not compare_outputs(output, other_frames).within(TOLERANCES[precision])  # the check can tell frames apart
+    assert compare_outputs(output, reference, decoded=True).within(TOLERANCES[precision])
+    assert not compare_outputs(output, other_frames, decoded=True).within(TOLERANCES[precision])  # the check can tell frames apart
     if not dynamic:
         other_batch = sample_input(batch + 1, TEST_SIZE).numpy().astype(np.float16 if fp16 else np.float32)
         with pytest.raises(Exception, match="invalid dimensions"):
@@ -184,3 +184,18 @@ def test_cli_export_bad_input(tmp_path, nano_checkpoint):
         result = invoke("export-onnx", "-c", config, "-o", out, "--no-progress", *extra)
         assert message in one_line_error(result), (extra, result.output)
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_decoded_boxes_are_compared_at_the_coarsest_strides_scale():
+    """A decoded coordinate's error is the head's error (in grid cells) times its stride: 0.03 px near the origin is
+    fp16's resolution at stride 32, a whole pixel is not; raw head output stays compared in cells."""
+    reference = np.zeros((1, 1, 6), np.float32)
+    reference[0, 0, :4] = (0.3, 0.3, 20.0, 40.0)
+    fp16 = TOLERANCES["fp16"]
+    near = reference.copy()
+    near[0, 0, 1] += 0.03
+    assert compare_outputs(near, reference, decoded=True).within(fp16)
+    assert not compare_outputs(near, reference, decoded=False).within(fp16)
+    far = reference.copy()
+    far[0, 0, 1] += 1.0
+    assert not compare_outputs(far, reference, decoded=True).within(fp16)
