@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from reidctl.io.formatter import FormattingProcess, format_jobs
+from reidctl.io.formatter import FormattingProcess, track_and_format
 from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
 from reidctl.io.sources import Frame
 from reidctl.io.writers import FinishedFrame, JSONLWriter, MOTWriter
@@ -69,8 +69,9 @@ def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int,
         if step > 1 and index % step == 0:
             batch = [FinishedFrame("camera", Frame(i, None, f"camera#{i}"), frames[i])
                      for i in range(index, min(index + step, len(frames)))]
-            jobs = [(writer_class, batch)]
-            writer.formatted.extend((process.texts(jobs) if process else format_jobs(jobs))[0])
+            jobs = [(writer_class, list(range(len(batch))))]
+            result = process.run(batch, jobs) if process else track_and_format(batch, jobs, None)
+            writer.formatted.extend(result.texts[0])
         writer.write(FinishedFrame("camera", Frame(index, None, f"camera#{index}"), rows))
     writer.close(publish=True)
     return time.perf_counter() - started

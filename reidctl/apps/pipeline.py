@@ -8,7 +8,8 @@ request that the server joins into its own batches. A camera gives its next fram
 finished.
 
 Outputs are written off the detection path: a step's frames are handed to the output stage's writer thread
-(reidctl/io/output_stage.py), which tracks them (with tracking), formats and writes them while the next step runs.
+(reidctl/io/output_stage.py), which has them tracked (with tracking) and formatted in its own process, and writes
+them while the next step runs.
 Nothing handed over is lost, and every output holds the same frames: any stop (every camera ended, an error, a full
 disk, Ctrl-C, SIGTERM) takes no frame more, writes every frame handed over, then publishes every output, and the
 result says why the run stopped.
@@ -201,7 +202,7 @@ def _refuse_shared_paths(plan: OutputPlan) -> None:
 
 class Outputs:
     """Every camera's writers, written on the output stage's thread (``submit`` hands a step's frames over); with
-    ``tracking``, one tracker per camera, updated on that thread too.
+    ``tracking``, one tracker per camera, updated in the output stage's formatting process.
 
     ``on_failure`` hears, from that thread, why an output failed (a full disk): the run stops there."""
 

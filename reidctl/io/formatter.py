@@ -1,14 +1,17 @@
-"""Text outputs formatted in a process of its own, beside the interpreter that runs detection.
+"""The output stage's work on a step's frames (tracking, then text) in a process of its own, beside the interpreter
+that runs detection.
 
-NumPy formats a step's rows in about a hundred array operations. Each releases the interpreter lock and must take it
-back, and in `detect` the lock is shared with every camera's reader, the batch loops and the writer thread: each
-return waits for another thread's turn, so formatting slowed from 0.35 ms to 2-3 ms a frame on a busy host. Here a
-step's formatting is one request to a child process (`python -m reidctl.io.formatter`): a pickled message each way
-over pipes, a few turns at the lock instead of a hundred.
+NumPy formats a step's rows in about a hundred array operations, and a tracker's update is dozens more per camera.
+Each releases the interpreter lock and must take it back, and in `detect` the lock is shared with every camera's
+reader, the batch loops and the writer thread: each return waits for another thread's turn, so this work slowed from
+0.35 ms to 2-3 ms a frame on a busy host. Here a step is one request to a child process
+(`python -m reidctl.io.formatter`): a pickled message each way over pipes, a few turns at the lock instead of hundreds.
 
-The child only turns rows into text (each writer kind's ``texts``); the writer thread still writes every file, so
-every guarantee of the outputs stays where it is. A child that cannot start, dies or fails a request is not needed:
-that step, and every later one, is formatted in the calling thread as before, with the same text.
+The child tracks each camera (it holds the trackers from its start) and turns rows into text (each writer kind's
+``texts``); the writer thread still writes every file, so every guarantee of the outputs stays where it is. Without
+tracking, a child that cannot start, dies or fails a request is not needed: that step, and every later one, is
+formatted in the calling thread, with the same text. With tracking, a child that dies took the tracks with it: the
+stage stops with an error that says so (every frame written before is kept).
 """
 
 from __future__ import annotations
@@ -24,16 +27,35 @@ import subprocess
 import sys
 from typing import Any
 
+from reidctl.errors import ReidctlError
+
 HEADER = struct.Struct("<Q")  # each message: its length, then the pickled object
 PIPE_BYTES = 1 << 20  # a pipe that holds a step's text (16 cameras x 520 rows ~ 1 MB) is read in one call
 CLOSE_TIMEOUT_S = 5.0
+# A step with fewer rows is formatted in the calling thread: a request's round trip would cost more than the text.
+ROWS_WORTH_A_REQUEST = 256
 
-# A request: per writer kind (a TextWriter class), the frames to format; the answer: per kind, the frames' texts.
-Jobs = list[tuple[type, list[Any]]]
+# What to format: per writer kind (a TextWriter class), the positions of its frames among the step's.
+Jobs = list[tuple[type, list[int]]]
 
 
-def format_jobs(jobs: Jobs) -> list[list[bytes]]:
-    return [kind.texts(items) for kind, items in jobs]
+@dataclasses.dataclass
+class StepResult:
+    texts: list[list[bytes]]  # per job, its frames' texts
+    tracks: list[Any] | None  # per frame, its tracks, where tracked
+    counts: dict[str, Any]  # per tracked camera, its track counts after the step
+
+
+def track_and_format(items: list, jobs: Jobs, trackers: dict[str, Any] | None) -> StepResult:
+    """Track the step's frames (each camera's in order) where ``trackers`` are given, then format each job."""
+    counts = {}
+    if trackers:
+        for item in items:
+            tracker = trackers[item.camera]
+            item.tracks = tracker.update(item.detections, item.frame.index)
+            counts[item.camera] = tracker.counts
+    texts = [kind.texts([items[i] for i in positions]) for kind, positions in jobs]
+    return StepResult(texts, [item.tracks for item in items] if trackers else None, counts)
 
 
 def _enlarge(fd: int) -> None:
@@ -65,11 +87,14 @@ def _receive(fd: int) -> Any:
 
 
 class FormattingProcess:
-    """The child that formats the output stage's text; ``texts`` falls back to this thread once it is gone."""
+    """The child that tracks and formats the output stage's steps; ``run`` falls back to the calling thread where it
+    can (the module docstring says when)."""
 
-    def __init__(self, kinds: list[type]):
-        """``kinds``: the writer kinds it will format, imported by the child now rather than at the first step."""
-        self._warming = False
+    def __init__(self, kinds: list[type], trackers: dict[str, Any] | None = None):
+        """``kinds``: the writer kinds it will format; ``trackers``: one per tracked camera, handed to the child.
+        Returns once the child is ready (it imports what it formats with), so that no step waits for its start."""
+        self._trackers = trackers or None
+        self._holds_tracks = False  # the child holds the trackers' state: it cannot be formatted around
         try:
             self._child: subprocess.Popen | None = subprocess.Popen(
                 [sys.executable, "-m", "reidctl.io.formatter"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -79,33 +104,50 @@ class FormattingProcess:
             return
         _enlarge(self._child.stdin.fileno())
         _enlarge(self._child.stdout.fileno())
-        with contextlib.suppress(OSError):
-            _send(self._child.stdin.fileno(), [(kind, []) for kind in kinds])
-            self._warming = True
+        try:
+            _send(self._child.stdin.fileno(), (kinds, self._trackers))
+            ready = _receive(self._child.stdout.fileno()) is True
+        except (OSError, EOFError, pickle.PickleError):
+            ready = False
+        if not ready:
+            self.close()  # formatted and tracked in the calling thread from the start: nothing is lost
+            return
+        self._holds_tracks = self._trackers is not None
 
     @property
     def pid(self) -> int | None:
-        """The child's process id; None once this thread formats."""
+        """The child's process id; None once the calling thread does the work."""
         return None if self._child is None else self._child.pid
 
-    def texts(self, jobs: Jobs) -> list[list[bytes]]:
-        """Per job, its frames' texts: from the child, or formatted here where it cannot answer."""
-        if self._child is not None:
-            # The frames' images stay here: only their index and name are text.
-            sent = [(kind, [dataclasses.replace(item, frame=dataclasses.replace(item.frame, image=None))
-                            for item in items]) for kind, items in jobs]
-            try:
-                if self._warming:
-                    self._warming = False
-                    _receive(self._child.stdout.fileno())
-                _send(self._child.stdin.fileno(), sent)
-                answer = _receive(self._child.stdout.fileno())
-            except (OSError, EOFError, pickle.PickleError):
-                answer = None
-            if isinstance(answer, list):
-                return answer
-            self.close()  # it died, or could not format these frames: this thread does, and says why if it fails
-        return format_jobs(jobs)
+    def run(self, items: list, jobs: Jobs) -> StepResult:
+        """Track (where tracked) and format a step's frames ``items`` (FinishedFrame); sets each item's tracks."""
+        rows = sum(len(item.detections) for item in items)
+        if self._child is None or (rows < ROWS_WORTH_A_REQUEST and not self._holds_tracks):
+            return track_and_format(items, jobs, self._trackers)
+        # The frames' images stay here: only their index and name are text.
+        sent = [dataclasses.replace(item, frame=dataclasses.replace(item.frame, image=None)) for item in items]
+        try:
+            _send(self._child.stdin.fileno(), (sent, jobs))
+            answer = _receive(self._child.stdout.fileno())
+        except (OSError, EOFError, pickle.PickleError):
+            answer = None
+        if isinstance(answer, StepResult):
+            for item, tracks in zip(items, answer.tracks or ()):
+                item.tracks = tracks
+            return answer
+        if isinstance(answer, Exception):
+            raise answer  # the frames' own error (a tracker's, say), as this thread would have raised it
+        why = self._ending()
+        self.close()
+        if self._holds_tracks:
+            raise ReidctlError(f"the output stage's formatting process ended ({why}): its tracks are lost")
+        return track_and_format(items, jobs, None)
+
+    def _ending(self) -> str:
+        code = self._child.poll() if self._child is not None else None
+        if code is None:
+            return "it stopped answering"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
     def close(self) -> None:
         child, self._child = self._child, None
@@ -122,20 +164,31 @@ class FormattingProcess:
 
 
 def main() -> None:
-    """The child: answer requests until the parent closes its end (or dies)."""
+    """The child: take the kinds and trackers, say it is ready, then answer steps until the parent closes its end
+    (or dies)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, answers = sys.stdin.fileno(), sys.stdout.fileno()
+    try:
+        _kinds, trackers = _receive(requests)  # unpickling the kinds imports their modules
+    except EOFError:
+        return
+    _send(answers, True)
     while True:
         try:
-            jobs = _receive(requests)
+            items, jobs = _receive(requests)
         except EOFError:
             return
         try:
-            answer: Any = format_jobs(jobs)
-        except Exception as exc:  # noqa: BLE001  the parent formats these frames itself and reports the error
-            answer = f"{type(exc).__name__}: {exc}"
-        _send(answers, answer)
+            answer: Any = track_and_format(items, jobs, trackers)
+        except Exception as exc:  # noqa: BLE001  the parent raises it
+            answer = exc
+        try:
+            _send(answers, answer)
+        except (pickle.PickleError, TypeError, AttributeError):  # an exception that does not pickle: its words do
+            _send(answers, ReidctlError(f"{type(answer).__name__}: {answer}"))
 
 
 if __name__ == "__main__":
-    main()
+    from reidctl.io.formatter import main as module_main  # answers pickle as reidctl.io.formatter's, not __main__'s
+
+    module_main()

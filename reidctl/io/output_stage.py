@@ -2,9 +2,9 @@
 
 Detection hands each step's frames over (``submit``) and goes on at once; a writer thread takes the steps in the order
 they came, so each camera's frames keep their order. The hand-off queue holds at most ``capacity`` frames: a producer
-that finds it full waits, and the time it waited is counted (the outputs are then what limits the run). The text
-of a step's frames is formatted in a process of its own (reidctl/io/formatter.py), away from the interpreter lock
-that detection holds.
+that finds it full waits, and the time it waited is counted (the outputs are then what limits the run). A step's
+frames are tracked (with tracking) and their text formatted in a process of its own (reidctl/io/formatter.py), away
+from the interpreter lock that detection holds.
 
 Every frame reaches all of its outputs or none: the outputs that can take a frame back (text, images) are written
 first, one frame at a time, and a frame that one of them cannot take is taken back from the others; annotated videos,
@@ -12,8 +12,8 @@ which cannot take a frame back, get each frame last, once the others hold it (a 
 encodes without the interpreter lock). An output that fails stops the stage: it takes no frame more, and the failure
 (``failure``) names the output. ``close`` stops taking frames, writes every frame already handed over, then publishes.
 
-With ``trackers`` (one per camera) each frame is tracked here too, before it is written: on this thread, each camera's
-frames in order, each at its own frame number (a frame the camera dropped is a gap the tracker predicts across).
+With ``trackers`` (one per camera) each frame is tracked too, before it is written: each camera's frames in order, each
+at its own frame number (a frame the camera dropped is a gap the tracker predicts across).
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ class OutputStage:
                  capacity: int = DEFAULT_CAPACITY_FRAMES, on_failure: Callable[[str], None] | None = None,
                  trackers: dict[str, Tracker] | None = None):
         self.capacity = capacity
-        self._trackers = trackers or {}
         self.track_counts: dict[str, Any] = {}  # per tracked camera, after its last frame written
         self._on_failure = on_failure
         self._undoable = {camera: [w for w in own if w.undoable] + [w for w in shared if w.undoable]
@@ -76,8 +75,8 @@ class OutputStage:
         self.wait_seconds = 0.0  # producers blocked on a full queue
         self.waits = 0
         self._pool: ThreadPoolExecutor | None = None
-        text_kinds = {type(w) for w in self.writers if isinstance(w, TextWriter)}
-        self._formatter = FormattingProcess(sorted(text_kinds, key=lambda kind: kind.__name__)) if text_kinds else None
+        text_kinds = sorted({type(w) for w in self.writers if isinstance(w, TextWriter)}, key=lambda k: k.__name__)
+        self._formatter = FormattingProcess(text_kinds, trackers) if text_kinds or trackers else None
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -164,38 +163,30 @@ class OutputStage:
         if self._on_failure is not None:
             self._on_failure(failure)
 
-    def _track_step(self, step: list[FinishedFrame]) -> float:
-        """Each tracked frame's tracks, in the step's order; the seconds it took per frame."""
-        if not self._trackers:
+    def _prepare_step(self, step: list[FinishedFrame]) -> float:
+        """Track each tracked frame (each camera's in order), then make each text writer's text for the step's
+        frames, every kind of text for all its frames at once (16 cameras' MOT files: one pass, not 16); both in the
+        formatting process. The seconds it took per frame."""
+        if self._formatter is None:
             return 0.0
         started = time.perf_counter()
-        counts = {}
-        for item in step:
-            tracker = self._trackers[item.camera]
-            item.tracks = tracker.update(item.detections, item.frame.index)
-            counts[item.camera] = tracker.counts
-        with self._condition:
-            self.track_counts.update(counts)
-        return (time.perf_counter() - started) / max(len(step), 1)
-
-    def _format_step(self, step: list[FinishedFrame]) -> float:
-        """Each text writer's text for the step's frames, every kind of text formatted for all its frames at once
-        (16 cameras' MOT files: one pass, not 16), in the formatting process; the seconds it took per frame."""
-        started = time.perf_counter()
-        by_kind: dict[type, list[tuple[TextWriter, FinishedFrame]]] = {}
-        for item in step:
+        by_kind: dict[type, list[tuple[TextWriter, int]]] = {}
+        for position, item in enumerate(step):
             for writer in self._undoable[item.camera]:
                 if isinstance(writer, TextWriter):
-                    by_kind.setdefault(type(writer), []).append((writer, item))
-        if by_kind:
-            jobs = [(kind, [item for _, item in pairs]) for kind, pairs in by_kind.items()]
-            for pairs, texts in zip(by_kind.values(), self._formatter.texts(jobs)):
-                for (writer, _), text in zip(pairs, texts):
-                    writer.formatted.append(text)
+                    by_kind.setdefault(type(writer), []).append((writer, position))
+        jobs = [(kind, [position for _, position in pairs]) for kind, pairs in by_kind.items()]
+        result = self._formatter.run(step, jobs)
+        for pairs, texts in zip(by_kind.values(), result.texts):
+            for (writer, _), text in zip(pairs, texts):
+                writer.formatted.append(text)
+        if result.counts:
+            with self._condition:
+                self.track_counts.update(result.counts)
         return (time.perf_counter() - started) / max(len(step), 1)
 
     def _write_step(self, step: list[FinishedFrame]) -> None:
-        formatting = self._track_step(step) + self._format_step(step)
+        formatting = self._prepare_step(step)
         seconds = []
         failure = None
         for item in step:  # outputs that can take a frame back, a frame at a time

@@ -73,7 +73,8 @@ def test_export_is_valid_and_matches_pytorch(tmp_path, nano_checkpoint, frames, 
     output = session.run(None, {"images": images.numpy().astype(np.float16 if fp16 else np.float32)})[0]
     assert output.dtype == np.float32 and output.shape == (rows, 420, 6)
     assert compare_outputs(output, reference, decoded=True).within(TOLERANCES[precision])
-    assert not compare_outputs(output, other_frames, decoded=True).within(TOLERANCES[precision])  # the check can tell frames apart
+    # the check can tell frames apart
+    assert not compare_outputs(output, other_frames, decoded=True).within(TOLERANCES[precision])
     if not dynamic:
         other_batch = sample_input(batch + 1, TEST_SIZE).numpy().astype(np.float16 if fp16 else np.float32)
         with pytest.raises(Exception, match="invalid dimensions"):

@@ -17,7 +17,6 @@ from helpers import take_sigint, write_config, write_video
 from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.apps.pipeline import OutputRequest, run_detect
-from reidctl.io.output_stage import THREAD_NAME
 from reidctl.io.sources import camera_specs
 from reidctl.tracking import ByteTracker
 
@@ -98,8 +97,9 @@ def test_detect_track_gives_what_track_gives_on_its_detections_in_every_output(t
     assert not list(tmp_path.rglob(".*")), "a temporary file survived"
 
 
-def test_the_tracker_runs_on_the_outputs_thread_and_a_high_conf_threshold_warns(tmp_path, nano_checkpoint,
-                                                                                  monkeypatch):
+def test_the_tracker_runs_in_the_output_stages_process_and_a_high_conf_threshold_warns(tmp_path, nano_checkpoint,
+                                                                                        monkeypatch):
+    """Off the detection path: the output stage's formatting process tracks, so no thread of this one does."""
     threads = set()
     update = ByteTracker.update
 
@@ -113,7 +113,7 @@ def test_the_tracker_runs_on_the_outputs_thread_and_a_high_conf_threshold_warns(
     warnings = []
     result = run_detect(config, camera_specs(clips), OutputRequest(mot=tmp_path / "mot", track=True),
                         warn=warnings.append)
-    assert result.stopped is None and threads == {THREAD_NAME}
+    assert result.stopped is None and threads == set()
     assert [w for w in warnings if "conf_threshold 0.3 is above tracking.low_thresh 0.1" in w], warnings
     assert set(c["name"] for c in result.summary["cameras"]) == {"a", "b"} and result.summary["tracks"]["total"] > 0
 
