@@ -144,8 +144,9 @@ class FormattingProcess:
         return track_and_format(items, jobs, None)
 
     def _ending(self) -> str:
-        code = self._child.poll() if self._child is not None else None
-        if code is None:
+        try:
+            code = self._child.wait(CLOSE_TIMEOUT_S)  # its end of the pipe closed: it is ending, if not yet reaped
+        except subprocess.TimeoutExpired:
             return "it stopped answering"
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
