@@ -134,6 +134,7 @@ class Camera:
         self.frames = 0  # detected and written
         self.detections = 0
         self.dropped = 0
+        self.drop_times = array("d")  # when each dropped frame was replaced (perf_counter seconds)
         self.reconnects = 0
         self.latencies = array("d")  # seconds: decoded -> detections back, one per detected frame
         self.decode_seconds = array("d")  # the reader's time per frame: decoding, then letterboxing
@@ -218,6 +219,7 @@ class Camera:
                 self.hub.condition.wait_for(lambda: self.waiting is None or self._halted())
             elif self.waiting is not None:
                 self.dropped += 1
+                self.drop_times.append(time.perf_counter())
             if self._halted():
                 return False
             self.waiting = item

@@ -415,6 +415,7 @@ class _Run:
             "frames": frames,
             "detections": sum(camera.detections for camera in self.hub.cameras),
             "dropped": sum(camera.dropped for camera in self.hub.cameras),
+            **({} if recent else {"dropped_by_second": _drops_by_second(self.hub.cameras, self.started)}),
             "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
             "fps": frames / wall if wall > 0 else None,
             "latency_ms": _latency(all_latencies),
@@ -448,6 +449,13 @@ class _Run:
             "outputs": outputs["write_busy_seconds"] / wall,  # one writer thread
         }
         return per_frame, {name: round(value, 3) for name, value in busy.items()}
+
+
+def _drops_by_second(cameras: list[Camera], started: float) -> dict[str, int]:
+    """Frames dropped in each second of the run (every camera's, counted from the start; seconds with none left out):
+    drops spread over the run point at a steady shortfall, drops bunched in one second at a stall."""
+    seconds = Counter(max(int(at - started), 0) for camera in cameras for at in camera.drop_times)
+    return {str(second): count for second, count in sorted(seconds.items())}
 
 
 def _mean_ms(seconds) -> float | None:

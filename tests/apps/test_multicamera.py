@@ -131,7 +131,9 @@ def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
     result = invoke("detect", clip, "-c", small_config, "--realtime", "--mot", tmp_path / "d.txt",
                     "--summary-json", summary, "--no-progress")
     assert result.exit_code == 0, result.output
-    camera = json.loads(summary.read_text())["cameras"][0]
+    written = json.loads(summary.read_text())
+    camera = written["cameras"][0]
+    assert sum(written["dropped_by_second"].values()) == camera["dropped"] == written["dropped"]
     frames = mot_frames(tmp_path / "d.txt")
     assert camera["dropped"] > 0 and camera["frames"] + camera["dropped"] <= 120
     assert len(frames) == camera["frames"] and frames[-1] > len(frames)  # frame numbers keep their place in the file
