@@ -4,10 +4,11 @@ Each writer (MOT17 text, JSON lines) writes ``--frames`` frames of ``--rows`` de
 pixels, scores in [0, 1], as a detector gives them) through its real writer to a temporary file, and publishes it;
 the best of ``--repeats`` runs counts. Measured three ways: NumPy a frame at a time or a step's 16 frames at once,
 value by value in Python (the formatting the writers used before, kept as their fallback), and as `detect`'s output
-stage does: a step's frames formatted at once in its formatting process.
+stage does: a step's frames formatted at once in its formatting process, which appends the text to the file too.
 
     PYTHONPATH=$PWD python scripts/writer_bench.py --rows 520 --frames 400
     PYTHONPATH=$PWD python scripts/writer_bench.py --json
+    PYTHONPATH=$PWD python scripts/writer_bench.py --busy-threads 2   # beside threads that hold the interpreter
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from reidctl.apps.pipeline import SWITCH_INTERVAL_S
 from reidctl.io.formatter import FormattingProcess, track_and_format
 from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
 from reidctl.io.sources import Frame
@@ -69,12 +73,19 @@ def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int,
         if step > 1 and index % step == 0:
             batch = [FinishedFrame("camera", Frame(i, None, f"camera#{i}"), frames[i])
                      for i in range(index, min(index + step, len(frames)))]
-            jobs = [(writer_class, list(range(len(batch))))]
-            result = process.run(batch, jobs) if process else track_and_format(batch, jobs, None)
-            writer.formatted.extend(result.texts[0])
+            jobs = [(writer_class, list(range(len(batch))), [0] * len(batch))]
+            if process:  # it appends the text to the file itself, and the writer takes the lengths
+                writer.formatted.extend(process.run(batch, jobs, {0: (str(writer.tmp), writer.size)}).lengths[0])
+            else:
+                writer.formatted.extend(track_and_format(batch, jobs, None).texts[0])
         writer.write(FinishedFrame("camera", Frame(index, None, f"camera#{index}"), rows))
     writer.close(publish=True)
     return time.perf_counter() - started
+
+
+def keep_the_interpreter_busy(stop: threading.Event) -> None:
+    while not stop.is_set():
+        sum(range(1000))
 
 
 def main() -> None:
@@ -82,8 +93,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=520, help="detection rows per frame")
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--busy-threads", type=int, default=0,
+                        help="threads that keep the interpreter lock busy meanwhile, as detect's readers and batch "
+                             "loops do (pure Python, with detect's 0.5 ms switch interval)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args()
+    stop = threading.Event()
+    for _ in range(args.busy_threads):
+        threading.Thread(target=keep_the_interpreter_busy, args=(stop,), daemon=True).start()
+    if args.busy_threads:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     frames = [detector_rows(args.rows, seed) for seed in range(16)]
     frames = [frames[i % len(frames)] for i in range(args.frames)]
     results = []
@@ -98,8 +117,9 @@ def main() -> None:
             rows = count * args.rows
             results.append({"output": output, "formatting": way, "rows_per_frame": args.rows, "frames": count,
                             "rows_per_second": rows / best, "ms_per_frame": best / count * 1000})
+    stop.set()
     machine = {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
-               "machine": platform.machine()}
+               "machine": platform.machine(), "busy_threads": args.busy_threads}
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
         return

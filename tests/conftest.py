@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 # The tests run in parallel workers, each starting commands and servers of its own: one compute thread per process
@@ -39,3 +40,16 @@ def onnx_fp32(tmp_path_factory, nano_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def frames(video_file) -> list:
     return read_frames(video_file)
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A real 200 KiB file system (tmpfs): it fills within a few frames of crowded MOT text or video."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

@@ -111,3 +111,11 @@ def write_secret(path: Path, text: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def write_all(fd: int, data: bytes, offset: int) -> None:
+    """Every byte of ``data`` at ``offset``, or an OSError (a write may take part of it when the disk fills)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 from reidctl.errors import ReidctlError
+from reidctl.io.atomic import write_all
 
 HEADER = struct.Struct("<Q")  # each message: its length, then the pickled object
 PIPE_BYTES = 1 << 20  # a pipe that holds a step's text (16 cameras x 520 rows ~ 1 MB) is read in one call
@@ -35,15 +36,18 @@ CLOSE_TIMEOUT_S = 5.0
 # A step with fewer rows is formatted in the calling thread: a request's round trip would cost more than the text.
 ROWS_WORTH_A_REQUEST = 256
 
-# What to format: per writer kind (a TextWriter class), the positions of its frames among the step's.
-Jobs = list[tuple[type, list[int]]]
+# What to format: per writer kind (a TextWriter class), the positions of its frames among the step's and, per frame,
+# the key of the writer it goes to. Where the text goes: per writer key, its temporary file and where it ends.
+Jobs = list[tuple[type, list[int], list[int]]]
+Targets = dict[int, tuple[str, int]]
 
 
 @dataclasses.dataclass
 class StepResult:
-    texts: list[list[bytes]]  # per job, its frames' texts
+    texts: list[list[bytes]] | None  # per job, its frames' texts; None where the process wrote them itself
     tracks: list[Any] | None  # per frame, its tracks, where tracked
     counts: dict[str, Any]  # per tracked camera, its track counts after the step
+    lengths: list[list[int]] | None = None  # per job, the bytes written for each frame, where the process wrote them
 
 
 def track_and_format(items: list, jobs: Jobs, trackers: dict[str, Any] | None) -> StepResult:
@@ -54,8 +58,29 @@ def track_and_format(items: list, jobs: Jobs, trackers: dict[str, Any] | None) -
             tracker = trackers[item.camera]
             item.tracks = tracker.update(item.detections, item.frame.index)
             counts[item.camera] = tracker.counts
-    texts = [kind.texts([items[i] for i in positions]) for kind, positions in jobs]
+    texts = [kind.texts([items[i] for i in positions]) for kind, positions, _ in jobs]
     return StepResult(texts, [item.tracks for item in items] if trackers else None, counts)
+
+
+def write_texts(result: StepResult, jobs: Jobs, targets: Targets, files: dict[str, int]) -> None:
+    """Append each writer's frames' text to its file, one write per writer, and keep only the lengths in ``result``.
+    Where a write fails (a full disk) ``result`` keeps the text: the writer thread then writes the step itself, a frame
+    at a time over what was appended here, and so fails at the frame the disk cannot take (a text writer cuts its
+    file to the frames it took, on a failure and before publishing)."""
+    by_writer: dict[int, list[bytes]] = {}
+    for (_, _, keys), texts in zip(jobs, result.texts):
+        for key, text in zip(keys, texts):
+            by_writer.setdefault(key, []).append(text)
+    try:
+        for key, texts in by_writer.items():
+            path, offset = targets[key]
+            if path not in files:
+                files[path] = os.open(path, os.O_WRONLY)
+            write_all(files[path], b"".join(texts), offset)
+    except OSError:
+        return
+    result.lengths = [[len(text) for text in texts] for texts in result.texts]
+    result.texts = None
 
 
 def _enlarge(fd: int) -> None:
@@ -119,15 +144,16 @@ class FormattingProcess:
         """The child's process id; None once the calling thread does the work."""
         return None if self._child is None else self._child.pid
 
-    def run(self, items: list, jobs: Jobs) -> StepResult:
-        """Track (where tracked) and format a step's frames ``items`` (FinishedFrame); sets each item's tracks."""
+    def run(self, items: list, jobs: Jobs, targets: Targets) -> StepResult:
+        """Track (where tracked) and format a step's frames ``items`` (FinishedFrame), and write the text to
+        ``targets`` where the process can (else the result holds the text); sets each item's tracks."""
         rows = sum(len(item.detections) for item in items)
         if self._child is None or (rows < ROWS_WORTH_A_REQUEST and not self._holds_tracks):
             return track_and_format(items, jobs, self._trackers)
         # The frames' images stay here: only their index and name are text.
         sent = [dataclasses.replace(item, frame=dataclasses.replace(item.frame, image=None)) for item in items]
         try:
-            _send(self._child.stdin.fileno(), (sent, jobs))
+            _send(self._child.stdin.fileno(), (sent, jobs, targets))
             answer = _receive(self._child.stdout.fileno())
         except (OSError, EOFError, pickle.PickleError):
             answer = None
@@ -174,13 +200,15 @@ def main() -> None:
     except EOFError:
         return
     _send(answers, True)
+    files: dict[str, int] = {}  # the writers' temporary files, open for writing
     while True:
         try:
-            items, jobs = _receive(requests)
+            items, jobs, targets = _receive(requests)
         except EOFError:
             return
         try:
             answer: Any = track_and_format(items, jobs, trackers)
+            write_texts(answer, jobs, targets, files)
         except Exception as exc:  # noqa: BLE001  the parent raises it
             answer = exc
         try:

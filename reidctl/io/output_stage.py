@@ -165,8 +165,9 @@ class OutputStage:
 
     def _prepare_step(self, step: list[FinishedFrame]) -> float:
         """Track each tracked frame (each camera's in order), then make each text writer's text for the step's
-        frames, every kind of text for all its frames at once (16 cameras' MOT files: one pass, not 16); both in the
-        formatting process. The seconds it took per frame."""
+        frames, every kind of text for all its frames at once (16 cameras' MOT files: one pass, not 16), and append
+        it to each file; all of it in the formatting process, which leaves each text writer only its frames' lengths
+        to take (or, where this thread formats, the text to write). The seconds it took per frame."""
         if self._formatter is None:
             return 0.0
         started = time.perf_counter()
@@ -175,11 +176,13 @@ class OutputStage:
             for writer in self._undoable[item.camera]:
                 if isinstance(writer, TextWriter):
                     by_kind.setdefault(type(writer), []).append((writer, position))
-        jobs = [(kind, [position for _, position in pairs]) for kind, pairs in by_kind.items()]
-        result = self._formatter.run(step, jobs)
-        for pairs, texts in zip(by_kind.values(), result.texts):
-            for (writer, _), text in zip(pairs, texts):
-                writer.formatted.append(text)
+        jobs = [(kind, [position for _, position in pairs], [id(writer) for writer, _ in pairs])
+                for kind, pairs in by_kind.items()]
+        targets = {id(writer): (str(writer.tmp), writer.size) for pairs in by_kind.values() for writer, _ in pairs}
+        result = self._formatter.run(step, jobs, targets)
+        for pairs, entries in zip(by_kind.values(), result.texts if result.lengths is None else result.lengths):
+            for (writer, _), entry in zip(pairs, entries):
+                writer.formatted.append(entry)
         if result.counts:
             with self._condition:
                 self.track_counts.update(result.counts)

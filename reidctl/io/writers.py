@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from reidctl.errors import ReidctlError
-from reidctl.io.atomic import AtomicFile, ensure_writable_dir
+from reidctl.io.atomic import AtomicFile, ensure_writable_dir, write_all
 from reidctl.io.formatting import jsonl_texts, mot_texts, track_rows
 from reidctl.io.sources import Frame
 from reidctl.io.synthetic import video_fourcc
@@ -36,14 +36,6 @@ class FinishedFrame:
     detections: np.ndarray
     image_size: tuple[int, int] | None = None  # (height, width): kept where the image itself is not
     tracks: np.ndarray | None = None
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    """Every byte of ``data`` at ``offset``, or an OSError (a write may take part of it when the disk fills)."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _cannot_write(path: Path, exc: OSError) -> ReidctlError:
@@ -131,16 +123,22 @@ class TextWriter(FileWriter):
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
         self.size = 0
         self._last_start = 0  # where the last frame's text begins: undo_last cuts the file there
-        self.formatted: deque[bytes] = deque()  # the next frames' text, formatted beforehand (``texts``), in order
+        # The next frames' text, in order, made beforehand: the text itself, or the length of the text that the output
+        # stage's formatting process already wrote at the file's end (reidctl/io/formatter.py).
+        self.formatted: deque[bytes | int] = deque()
 
     def _write(self, item) -> None:
-        data = self.formatted.popleft() if self.formatted else self.texts([item])[0]
-        try:
-            _write_all(self._fd, data, self.size)
-        except OSError as exc:
-            os.ftruncate(self._fd, self.size)
-            raise _cannot_write(self.path, exc) from None
-        self._last_start, self.size = self.size, self.size + len(data)
+        entry = self.formatted.popleft() if self.formatted else self.texts([item])[0]
+        if isinstance(entry, int):
+            length = entry
+        else:
+            try:
+                write_all(self._fd, entry, self.size)
+            except OSError as exc:
+                os.ftruncate(self._fd, self.size)
+                raise _cannot_write(self.path, exc) from None
+            length = len(entry)
+        self._last_start, self.size = self.size, self.size + length
 
     def _undo_last(self) -> None:
         self.size = self._last_start
@@ -149,7 +147,10 @@ class TextWriter(FileWriter):
     def _flush(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            try:
+                os.ftruncate(fd, self.size)  # text written ahead for frames this output never took
+            finally:
+                os.close(fd)
 
     @staticmethod
     def texts(items: list[FinishedFrame]) -> list[bytes]:
@@ -286,7 +287,7 @@ class ImageDirWriter(OutputWriter):
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
-                _write_all(fd, encoded.tobytes(), 0)
+                write_all(fd, encoded.tobytes(), 0)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -1,5 +1,6 @@
 """The output stage tracks and formats a step's frames in a child process; what it writes does not depend on it."""
 
+import json
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ from reidctl.errors import ReidctlError
 from reidctl.io.formatter import ROWS_WORTH_A_REQUEST, FormattingProcess, track_and_format
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.sources import Frame
-from reidctl.io.writers import FinishedFrame, JSONLWriter, MOTWriter
+from reidctl.io.writers import FinishedFrame, ImageDirWriter, JSONLWriter, MOTWriter
 from reidctl.tracking import ByteTracker
 from reidctl.tracking.outputs import MOTTrackTextWriter, SequenceInfo
 
@@ -42,15 +43,16 @@ def trackers() -> dict[str, ByteTracker]:
 def expected_texts(steps: list[int], tracked: bool) -> dict[str, bytes]:
     """Each file's text, tracked and formatted in this thread."""
     items = [FinishedFrame(camera, frame, detections) for index in steps for camera, frame, detections in step(index)]
-    track_and_format(items, [], trackers() if tracked else None)
+    track_and_format(items, [], trackers() if tracked else None)  # sets each item's tracks
     kind = MOTTrackTextWriter if tracked else MOTWriter
     texts = {camera: b"".join(kind.texts([item for item in items if item.camera == camera])) for camera in CAMERAS}
     return texts | {"all.jsonl": b"".join(JSONLWriter.texts(items))}
 
 
-def run_stage(tmp_path, steps: list[int], between=None, tracked: bool = False, fails: bool = False) -> dict[str, bytes]:
+def run_stage(tmp_path, steps: list[int], between=None, tracked: bool = False, fails: bool = False,
+              mot_dir=None) -> dict[str, bytes]:
     def mot(camera):
-        path = tmp_path / f"{camera}.txt"
+        path = (mot_dir or tmp_path) / f"{camera}.txt"
         info = tmp_path / f"{camera}.ini"
         return MOTTrackTextWriter(path, info, SequenceInfo(camera, 30.0)) if tracked else MOTWriter(path)
 
@@ -112,23 +114,66 @@ def test_a_tracking_child_killed_mid_run_stops_the_stage_with_every_frame_before
     assert texts == {"a.txt": expected["a"], "b.txt": expected["b"], "all.jsonl": expected["all.jsonl"]}
 
 
-def test_a_trackers_error_in_the_child_is_raised_as_this_thread_would():
+def test_a_full_disk_under_the_childs_writes_keeps_the_same_frames_in_every_output(tmp_path, full_disk):
+    """The child's one write per file fails on a full disk: it takes its step's text back, and the writer thread
+    writes that step a frame at a time, so the stage stops at the first frame the disk cannot take, with every output
+    holding the frames before it."""
+    texts = run_stage(tmp_path, list(range(60)), mot_dir=full_disk, fails=True)
+    frames = {name: sorted({int(line.split(b",")[0]) - 1 for line in text.splitlines()})
+              for name, text in texts.items() if name.endswith(".txt")}
+    records = [json.loads(line) for line in texts["all.jsonl"].splitlines()]
+    assert 0 < len(records) < 120  # the disk filled before the last step
+    for camera in CAMERAS:
+        assert frames[f"{camera}.txt"] == [r["frame"] for r in records if r["camera"] == camera]
+    expected = expected_texts(list(range(60)), tracked=False)
+    for camera in CAMERAS:  # each file is a whole prefix of what it would hold
+        assert expected[camera].startswith(texts[f"{camera}.txt"])
+
+
+def test_text_the_child_wrote_for_frames_no_output_took_is_cut_before_publishing(tmp_path, full_disk):
+    """Camera a's images fill the disk: the stage stops at a frame of a, and camera b's frame of that step, whose
+    text the child had already appended, is not in b's file either."""
+    writers = {"a": [MOTWriter(tmp_path / "a.txt"), ImageDirWriter(full_disk / "images")],
+               "b": [MOTWriter(tmp_path / "b.txt")]}
+    stage = OutputStage(writers, [JSONLWriter(tmp_path / "all.jsonl")])
+    for index in range(200):
+        if not stage.submit(step(index)):
+            break
+    stage.close()
+    assert stage.failure is not None and "No space left on device" in stage.failure
+    records = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    for camera in CAMERAS:
+        lines = (tmp_path / f"{camera}.txt").read_text().splitlines()
+        assert sorted({int(line.split(",")[0]) - 1 for line in lines}) == [
+            r["frame"] for r in records if r["camera"] == camera]
+    images = len(list((full_disk / "images").iterdir()))
+    assert 0 < images == len([r for r in records if r["camera"] == "a"]) < 200
+
+
+def test_a_trackers_error_in_the_child_is_raised_as_this_thread_would(tmp_path):
     process = FormattingProcess([MOTWriter], trackers())
     later, earlier = (FinishedFrame("a", Frame(index, None, "a"), rows(4, index)) for index in (5, 3))
-    process.run([later], [(MOTWriter, [0])])
+    (tmp_path / "a.txt").touch()
+    job, target = [(MOTWriter, [0], [1])], {1: (str(tmp_path / "a.txt"), 0)}
+    process.run([later], job, target)
     with pytest.raises(ReidctlError, match="tracker: frame 3 does not follow frame 5"):
-        process.run([earlier], [(MOTWriter, [0])])
+        process.run([earlier], job, target)
     process.close()
 
 
-def test_the_child_ignores_ctrl_c_and_ends_with_its_parent_end():
+def test_the_child_writes_at_the_offset_given_ignores_ctrl_c_and_ends_with_its_parent_end(tmp_path):
     process = FormattingProcess([MOTWriter])
     pid = process.pid
     items = [FinishedFrame("a", Frame(0, None, "a#0"), rows(ROWS_WORTH_A_REQUEST, 0))]
-    first = process.run(items, [(MOTWriter, [0])]).texts
+    text = MOTWriter.texts(items)[0]
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"kept\n")
+    job = [(MOTWriter, [0], [7])]
+    assert process.run(items, job, {7: (str(path), 5)}).lengths == [[len(text)]]
     os.kill(pid, signal.SIGINT)  # a terminal's Ctrl-C goes to the parent; the child must not end before it
     time.sleep(0.2)
-    assert process.run(items, [(MOTWriter, [0])]).texts == first and process.pid == pid
+    assert process.run(items, job, {7: (str(path), 5 + len(text))}).lengths == [[len(text)]] and process.pid == pid
+    assert path.read_bytes() == b"kept\n" + text + text
     process.close()
     assert process.pid is None
     with pytest.raises(ProcessLookupError):

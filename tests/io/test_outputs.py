@@ -2,7 +2,6 @@
 disk included), images that never overwrite each other, and paths refused before any work."""
 
 import json
-import subprocess
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,19 +30,6 @@ def expect_one_line_error(result, message):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.output
-
-
-@pytest.fixture()
-def full_disk(tmp_path):
-    """A real 200 KiB file system (tmpfs): it fills within a few frames of crowded MOT text or video."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
 def mot_frames(path: Path) -> list[int]:
