@@ -8,8 +8,8 @@ request that the server joins into its own batches. A camera gives its next fram
 finished.
 
 Outputs are written off the detection path: a step's frames are handed to the output stage's writer thread
-(reidctl/io/output_stage.py), which has them tracked (with tracking) and formatted in its own process, and writes
-them while the next step runs.
+(reidctl/io/output_stage.py), which has them tracked (with tracking), formatted and their text appended in its own
+process, and writes the rest while the next step runs.
 Nothing handed over is lost, and every output holds the same frames: any stop (every camera ended, an error, a full
 disk, Ctrl-C, SIGTERM) takes no frame more, writes every frame handed over, then publishes every output, and the
 result says why the run stopped.

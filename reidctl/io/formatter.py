@@ -1,16 +1,19 @@
-"""The output stage's work on a step's frames (tracking, then text) in a process of its own, beside the interpreter
-that runs detection.
+"""The output stage's work on a step's frames (tracking, text, appending it) in a process of its own, beside the
+interpreter that runs detection.
 
-NumPy formats a step's rows in about a hundred array operations, and a tracker's update is dozens more per camera.
-Each releases the interpreter lock and must take it back, and in `detect` the lock is shared with every camera's
-reader, the batch loops and the writer thread: each return waits for another thread's turn, so this work slowed from
-0.35 ms to 2-3 ms a frame on a busy host. Here a step is one request to a child process
+NumPy formats a step's rows in about a hundred array operations, a tracker's update is dozens more per camera, and
+each frame's text is a write to each file. Each of these releases the interpreter lock and must take it back, and
+in `detect` the lock is shared with every camera's reader, the batch loops and the writer thread: each return waits
+for another thread's turn (docs/MULTICAMERA.md measures it). Here a step is one request to a child process
 (`python -m reidctl.io.formatter`): a pickled message each way over pipes, a few turns at the lock instead of hundreds.
 
-The child tracks each camera (it holds the trackers from its start) and turns rows into text (each writer kind's
-``texts``); the writer thread still writes every file, so every guarantee of the outputs stays where it is. Without
-tracking, a child that cannot start, dies or fails a request is not needed: that step, and every later one, is
-formatted in the calling thread, with the same text. With tracking, a child that dies took the tracks with it: the
+The child tracks each camera (it holds the trackers from its start), turns rows into text (each writer kind's
+``texts``) and appends each file's text at the end the writer thread gave it, one write per file. The writer thread
+then takes each frame into every output by its text's length, and keeps every guarantee of the outputs: a frame in
+all of them or none, and each text file cut to the frames it took before it is published.
+
+Without tracking, a child that cannot start or dies is not needed: that step, and every later one, is formatted and
+written by the calling thread, with the same text. With tracking, a child that dies took the tracks with it: the
 stage stops with an error that says so (every frame written before is kept).
 """
 

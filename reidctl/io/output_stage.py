@@ -3,8 +3,8 @@
 Detection hands each step's frames over (``submit``) and goes on at once; a writer thread takes the steps in the order
 they came, so each camera's frames keep their order. The hand-off queue holds at most ``capacity`` frames: a producer
 that finds it full waits, and the time it waited is counted (the outputs are then what limits the run). A step's
-frames are tracked (with tracking) and their text formatted in a process of its own (reidctl/io/formatter.py), away
-from the interpreter lock that detection holds.
+frames are tracked (with tracking), and their text formatted and appended to the files, in a process of its own
+(reidctl/io/formatter.py), away from the interpreter lock that detection holds.
 
 Every frame reaches all of its outputs or none: the outputs that can take a frame back (text, images) are written
 first, one frame at a time, and a frame that one of them cannot take is taken back from the others; annotated videos,
