@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
 
 import reidctl
 from reidctl.config import Config, DetectionConfig, override
@@ -339,7 +338,8 @@ def config_from_parameters(parameters: dict[str, str]) -> Config:
         text = parameters.get(name, "")
         if text == "":
             continue
-        values[name] = text if hints[name] in (str, str | None) else yaml.safe_load(text)
+        # JSON, as written: YAML 1.1 would read "5e-05" (a threshold of 0.00005) as a string
+        values[name] = text if hints[name] in (str, str | None) else json.loads(text)
     return override(Config(), **values)
 
 

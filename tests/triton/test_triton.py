@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from helpers import (SMALL_TEST_SIZE, assert_same_detections, free_ports, make_checkpoint, own_warnings, write_config,
                      write_video)
 from reidctl.cli import app
-from reidctl.config import load_config, override
+from reidctl.config import Config, load_config, override
 from reidctl.core.detector import create_detector
 from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import BackendUnavailable, ReidctlError
@@ -41,6 +41,7 @@ from reidctl.triton.repository import (
     TENSORRT_MODEL,
     batch_input_bytes,
     config_from_parameters,
+    python_model_parameters,
     read_model_config,
     render,
     write_repository,
@@ -209,6 +210,14 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert compose["volumes"] == [f"{repository.resolve()}:/models:ro"]
     assert compose["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert f"--load-model={TENSORRT_MODEL}" in compose["command"]
+
+
+def test_the_server_models_parameters_read_back_as_written():
+    """A threshold that JSON writes in exponent form ("5e-05") comes back a number, not a string."""
+    detection = override(Config(), conf_threshold=0.00005, test_size=[128, 160], fp16=True, device="cpu").detection
+    rebuilt = config_from_parameters(python_model_parameters(detection)).detection
+    assert (rebuilt.conf_threshold, rebuilt.test_size, rebuilt.fp16, rebuilt.device) == (0.00005, [128, 160], True,
+                                                                                         "cpu")
 
 
 def test_without_sidecar_triton_completes_the_tensorrt_io(tmp_path, nano_checkpoint):
