@@ -433,6 +433,9 @@ def detect(ctx: Context) -> list[Step | Served]:
 def host(ctx: Context) -> list[Step | Served]:
     return [
         Step("writer_bench", 300, ctx.script("writer_bench", "--json"), stdout=ctx.result("writer_bench.json")),
+        Step("writer_bench_busy", 300, ctx.script("writer_bench", "--json", "--busy-threads", 1, "--frames", 320,
+                                                  "--repeats", 3), stdout=ctx.result("writer_bench_busy.json")),
+        Step("hub_bench", 300, ctx.script("hub_bench", "--step-ms", 5), stdout=ctx.result("hub_bench.json")),
         Step("track_bench", 300, ctx.script("track_bench")),
         Step("decode_bench", 300, ctx.script("decode_bench", "--size", ctx.settings.size, "--frames",
                                              ctx.settings.frames, "--readers", "1,2,4", "--json",

@@ -42,10 +42,14 @@ class TimedFrame:
 
 
 class Hub:
-    """What the readers and the detection loop share: one condition over every camera's waiting frame."""
+    """What the readers and the detection loops share: one lock over every camera's waiting frame. The batch loops
+    wait on ``condition`` (a frame ready, a camera released, the end); a reader that must not drop frames waits on
+    its camera's own ``space``. Each change wakes only who it concerns: with one condition for all, every frame put,
+    taken or released woke every reader too, each to take the interpreter lock and sleep again."""
 
     def __init__(self):
-        self.condition = threading.Condition()
+        self.lock = threading.RLock()
+        self.condition = threading.Condition(self.lock)
         self.stopping = threading.Event()  # stop now: no frame more is taken
         self.closing = threading.Event()  # readers stop; frames already handed on are still detected
         self.failure: str | None = None  # why the run stops early (an error)
@@ -71,6 +75,8 @@ class Hub:
             self.failure = failure
         self.closing.set()
         self.condition.notify_all()
+        for camera in self.cameras:
+            camera.space.notify_all()
 
     def done(self) -> bool:
         """Every camera has ended and no frame waits (call with the condition held)."""
@@ -97,6 +103,7 @@ class Hub:
             batch = [camera.take_locked() for camera in chosen]
             for item in batch:
                 item.camera.in_flight = True
+                item.camera.space.notify()
             if batch:
                 self._next = (self.cameras.index(batch[-1].camera) + 1) % count
             self.condition.notify_all()
@@ -128,6 +135,7 @@ class Camera:
         self._open_source = open_source
         self._warn = warn
         self.waiting: TimedFrame | None = None
+        self.space = threading.Condition(hub.lock)  # this camera's reader waits here for ``waiting`` to be taken
         self.in_flight = False  # a frame of this camera is being detected (Hub.take_batch until Hub.release)
         self.ended = False  # no frame will come any more
         self.state = "running"  # running | reconnecting | ended | failed | stopped
@@ -216,7 +224,7 @@ class Camera:
         """Hand one frame on; False once the camera or the run has stopped."""
         with self.hub.condition:
             if self.lossless:
-                self.hub.condition.wait_for(lambda: self.waiting is None or self._halted())
+                self.space.wait_for(lambda: self.waiting is None or self._halted())
             elif self.waiting is not None:
                 self.dropped += 1
                 self.drop_times.append(time.perf_counter())
@@ -262,6 +270,7 @@ class Camera:
             with self.hub.condition:
                 self.ended, self.waiting = True, None
                 self.hub.condition.notify_all()
+                self.space.notify_all()
 
     def recent_latencies(self, count: int = 512) -> np.ndarray:
         return np.array(self.latencies[-count:])  # a slice is a copy: the detection side keeps appending
