@@ -208,7 +208,9 @@ def main() -> None:
         try:
             items, jobs, targets = _receive(requests)
         except EOFError:
-            return
+            # Every write was made before its answer: nothing is left to flush, and the interpreter's teardown
+            # would keep the writer thread's close() waiting for tens of milliseconds.
+            os._exit(0)
         try:
             answer: Any = track_and_format(items, jobs, trackers)
             write_texts(answer, jobs, targets, files)
