@@ -18,12 +18,15 @@ def letterbox_ratio(frame_hw: tuple[int, int], input_size: tuple[int, int]) -> f
 
 def letterbox_into(frame: np.ndarray, canvas: np.ndarray) -> float:
     """Letterbox one uint8 HxWx3 BGR frame on the host into ``canvas`` (H, W, 3), whose shape is the network input
-    size; returns the frame's scale ratio. cv2.resize releases the GIL, so camera reader threads run this in parallel.
+    size; returns the frame's scale ratio. cv2.resize releases the GIL, so camera reader threads run this in parallel;
+    it resizes straight into the canvas (a view of it, rows apart), not into a new array copied after.
     """
     ratio = letterbox_ratio(frame.shape[:2], canvas.shape[:2])
     new_h, new_w = int(frame.shape[0] * ratio), int(frame.shape[1] * ratio)
-    same = (new_h, new_w) == frame.shape[:2]
-    canvas[:new_h, :new_w] = frame if same else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if (new_h, new_w) == frame.shape[:2]:
+        canvas[:new_h, :new_w] = frame
+    else:
+        cv2.resize(frame, (new_w, new_h), dst=canvas[:new_h, :new_w], interpolation=cv2.INTER_LINEAR)
     canvas[new_h:] = PAD_VALUE
     canvas[:new_h, new_w:] = PAD_VALUE
     return ratio
