@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import pickle
 import signal
@@ -87,7 +86,9 @@ def write_texts(result: StepResult, jobs: Jobs, targets: Targets, files: dict[st
 
 
 def _enlarge(fd: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):  # Linux only, and capped by fs.pipe-max-size
+    with contextlib.suppress(ImportError, OSError, AttributeError):  # Linux only, and capped by fs.pipe-max-size
+        import fcntl
+
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
