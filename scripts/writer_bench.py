@@ -9,6 +9,7 @@ stage does: a step's frames formatted at once in its formatting process, which a
     PYTHONPATH=$PWD python scripts/writer_bench.py --rows 520 --frames 400
     PYTHONPATH=$PWD python scripts/writer_bench.py --json
     PYTHONPATH=$PWD python scripts/writer_bench.py --busy-threads 2   # beside threads that hold the interpreter
+    PYTHONPATH=$PWD python scripts/writer_bench.py --step-rows 32,128,256,1024 --busy-threads 1
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reidctl.apps.pipeline import SWITCH_INTERVAL_S
+from reidctl.io import formatter
 from reidctl.io.formatter import FormattingProcess, track_and_format
 from reidctl.io.formatting import jsonl_text_per_value, mot_text_per_value
 from reidctl.io.sources import Frame
@@ -83,6 +85,36 @@ def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int,
     return time.perf_counter() - started
 
 
+def step_costs(step_rows: list[int], directory: Path, steps: int = 30) -> list[dict]:
+    """Mean ms a step of 16 frames (MOT and JSONL text made and written to a file), by the writer thread and by the
+    formatting process, for each count of rows a step: where the one gets cheaper than the other."""
+    formatter.ROWS_WORTH_A_REQUEST = 0  # the process takes every step, whatever its rows
+    path = directory / "step.txt"
+    path.touch()
+    process = FormattingProcess([JSONLWriter, MOTWriter])
+    jobs = [(MOTWriter, list(range(STEP)), [0] * STEP), (JSONLWriter, list(range(STEP)), [1] * STEP)]
+    results = []
+    for rows in step_rows:
+        items = [FinishedFrame(f"camera{i}", Frame(i, None, f"camera{i}#{i}"), detector_rows(rows // STEP, i))
+                 for i in range(STEP)]
+        costs = {}
+        for way in ("writer thread", "formatting process"):
+            started = time.perf_counter()
+            for _ in range(steps):
+                if way == "formatting process":
+                    process.run(items, jobs, {0: (str(path), 0), 1: (str(path), 0)})
+                    continue
+                fd = os.open(path, os.O_WRONLY)
+                for texts in track_and_format(items, jobs, None).texts:
+                    for text in texts:
+                        os.pwrite(fd, text, 0)
+                os.close(fd)
+            costs[way] = (time.perf_counter() - started) / steps * 1000
+        results.append({"rows_per_step": rows, "ms_per_step": costs})
+    process.close()
+    return results
+
+
 def keep_the_interpreter_busy(stop: threading.Event) -> None:
     while not stop.is_set():
         sum(range(1000))
@@ -96,6 +128,8 @@ def main() -> None:
     parser.add_argument("--busy-threads", type=int, default=0,
                         help="threads that keep the interpreter lock busy meanwhile, as detect's readers and batch "
                              "loops do (pure Python, with detect's 0.5 ms switch interval)")
+    parser.add_argument("--step-rows", help="instead: mean ms a step of 16 frames with these rows (comma-separated) "
+                                            "takes in the writer thread and in the formatting process, as JSON")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args()
     stop = threading.Event()
@@ -103,6 +137,12 @@ def main() -> None:
         threading.Thread(target=keep_the_interpreter_busy, args=(stop,), daemon=True).start()
     if args.busy_threads:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+    if args.step_rows:
+        with tempfile.TemporaryDirectory() as directory:
+            costs = step_costs([int(rows) for rows in args.step_rows.split(",")], Path(directory))
+        stop.set()
+        print(json.dumps({"busy_threads": args.busy_threads, "steps": costs}, indent=2))
+        return
     frames = [detector_rows(args.rows, seed) for seed in range(16)]
     frames = [frames[i % len(frames)] for i in range(args.frames)]
     results = []

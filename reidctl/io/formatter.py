@@ -35,8 +35,10 @@ from reidctl.io.atomic import write_all
 HEADER = struct.Struct("<Q")  # each message: its length, then the pickled object
 PIPE_BYTES = 1 << 20  # a pipe that holds a step's text (16 cameras x 520 rows ~ 1 MB) is read in one call
 CLOSE_TIMEOUT_S = 5.0
-# A step with fewer rows is formatted in the calling thread: a request's round trip would cost more than the text.
-ROWS_WORTH_A_REQUEST = 256
+# A step with fewer rows is formatted in the calling thread. Its arrays (rows x 4 values) are below the 500 elements
+# from which NumPy gives up the interpreter lock, so formatting it takes few turns at the lock, and costs less than a
+# request's round trip (docs/MULTICAMERA.md has the measurement).
+ROWS_WORTH_A_REQUEST = 128
 
 # What to format: per writer kind (a TextWriter class), the positions of its frames among the step's and, per frame,
 # the key of the writer it goes to. Where the text goes: per writer key, its temporary file and where it ends.
