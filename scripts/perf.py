@@ -435,6 +435,8 @@ def host(ctx: Context) -> list[Step | Served]:
         Step("writer_bench", 300, ctx.script("writer_bench", "--json"), stdout=ctx.result("writer_bench.json")),
         Step("writer_bench_busy", 300, ctx.script("writer_bench", "--json", "--busy-threads", 1, "--frames", 320,
                                                   "--repeats", 3), stdout=ctx.result("writer_bench_busy.json")),
+        Step("writer_step_rows", 300, ctx.script("writer_bench", "--step-rows", "32,128,256,1024", "--busy-threads", 1),
+             stdout=ctx.result("writer_step_rows.json")),
         Step("hub_bench", 300, ctx.script("hub_bench", "--step-ms", 5), stdout=ctx.result("hub_bench.json")),
         Step("track_bench", 300, ctx.script("track_bench")),
         Step("decode_bench", 300, ctx.script("decode_bench", "--size", ctx.settings.size, "--frames",
