@@ -33,7 +33,7 @@ from reidctl.errors import ReidctlError
 from reidctl.io.atomic import write_all
 
 HEADER = struct.Struct("<Q")  # each message: its length, then the pickled object
-PIPE_BYTES = 1 << 20  # a pipe that holds a whole request (16 cameras x 520 rows ~ 0.3 MB) takes it in one write
+PIPE_BYTES = 1 << 20  # a pipe that holds a whole request (16 cameras x 520 rows ~ 0.25 MB) takes it in one write
 CLOSE_TIMEOUT_S = 5.0
 # A step with fewer rows is formatted in the calling thread. Its arrays (rows x 4 values) are below the 500 elements
 # from which NumPy gives up the interpreter lock, so formatting it takes few turns at the lock, and costs less than a
