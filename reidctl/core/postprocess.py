@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision
 
 DETECTION_COLUMNS = ("x1", "y1", "x2", "y2", "obj_conf", "class_conf", "class_id")
 
@@ -57,6 +56,8 @@ def select_detections(
         frame_idx, position = nms.keep.nonzero(as_tuple=True)
         anchor_idx = nms.order[frame_idx, position]
     else:
+        import torchvision  # only here: the GPU's kernels and a server's NMS never need it, and it takes seconds
+
         candidate = scores >= conf_threshold
         candidates = candidate.sum(dim=1)
         frame_idx, anchor_idx = torch.nonzero(candidate, as_tuple=True)

@@ -1,5 +1,8 @@
 """Shared pre/post-processing against independent NumPy implementations of ByteTrack's formulas."""
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -192,3 +195,14 @@ def test_pinned_staging_takes_its_buffers_in_turn_and_each_copy_is_whole():
         copied.synchronize()
         assert on_device.device == device and torch.equal(on_device.cpu(), batch)
     assert [len(buffer) for buffer in staging.buffers] == [2, 4] and all(b.is_pinned() for b in staging.buffers)
+
+
+def test_detects_engine_loads_torchvision_only_for_its_nms():
+    """A GPU's NMS kernels and a server's NMS never need torchvision, whose import takes seconds: importing detect's
+    engine leaves it out, and NMS on the CPU brings it in."""
+    probe = ("import sys, torch, reidctl.apps.pipeline as p; before = 'torchvision' in sys.modules; "
+             "from reidctl.core.postprocess import select_detections; "
+             "select_detections(torch.rand(1, 8, 6), 0.1, 0.5); print(before, 'torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
+
