@@ -47,7 +47,9 @@ class StreamServer:
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not self._listening():
-            assert time.monotonic() < deadline and self.process.poll() is None, "ffmpeg did not start listening"
+            assert time.monotonic() < deadline, "ffmpeg did not start listening"
+            if self.process.poll() is not None:  # the port is not free yet (a killed server's socket lingers): again
+                self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.05)
 
     def _listening(self) -> bool:
