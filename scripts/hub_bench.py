@@ -22,29 +22,16 @@ import numpy as np
 
 from reidctl.apps.cameras import Camera, Hub
 from reidctl.apps.pipeline import SWITCH_INTERVAL_S
-from reidctl.io.sources import CameraSpec, Frame, FrameSource
+from reidctl.io.sources import CameraSpec, MemorySource
 
 BATCH_LOOPS = 2
-
-
-class FramesInMemory(FrameSource):
-    def __init__(self, count: int):
-        super().__init__("memory", count, None)
-        self.count = count
-        self.image = np.zeros((8, 8, 3), np.uint8)
-
-    def __iter__(self):
-        for index in range(self.count):
-            yield Frame(index, self.image, f"memory#{index}")
-
-    def close(self) -> None:
-        pass
 
 
 def run(cameras: int, frames: int, step_s: float) -> tuple[float, float]:
     """(frames a second, CPU seconds a frame) of one run."""
     hub = Hub()
-    members = [Camera(CameraSpec(f"cam{i}", "memory"), FramesInMemory(frames), hub, lambda: None, print)
+    image = np.zeros((8, 8, 3), np.uint8)
+    members = [Camera(CameraSpec(f"cam{i}", "memory"), MemorySource([image], frames), hub, lambda: None, print)
                for i in range(cameras)]
 
     def batch_loop() -> None:

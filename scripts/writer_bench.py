@@ -77,7 +77,7 @@ def measure(writer_class, frames: list[np.ndarray], directory: Path, step: int,
                      for i in range(index, min(index + step, len(frames)))]
             jobs = [(writer_class, list(range(len(batch))), [0] * len(batch))]
             if process:  # it appends the text to the file itself, and the writer takes the lengths
-                writer.formatted.extend(process.run(batch, jobs, {0: (str(writer.tmp), writer.size)}).lengths[0])
+                writer.formatted.extend(process.run(batch, jobs, {0: (str(writer.tmp), writer.size)}).texts[0])
             else:
                 writer.formatted.extend(track_and_format(batch, jobs, None).texts[0])
         writer.write(FinishedFrame("camera", Frame(index, None, f"camera#{index}"), rows))

@@ -48,10 +48,11 @@ Targets = dict[int, tuple[str, int]]
 
 @dataclasses.dataclass
 class StepResult:
-    texts: list[list[bytes]] | None  # per job, its frames' texts; None where the process wrote them itself
+    # Per job, for each frame what its text writer takes (TextWriter.formatted): the text, or the length of the text
+    # the process already appended to the file.
+    texts: list[list[bytes | int]]
     tracks: list[Any] | None  # per frame, its tracks, where tracked
     counts: dict[str, Any]  # per tracked camera, its track counts after the step
-    lengths: list[list[int]] | None = None  # per job, the bytes written for each frame, where the process wrote them
 
 
 def track_and_format(items: list, jobs: Jobs, trackers: dict[str, Any] | None) -> StepResult:
@@ -67,7 +68,7 @@ def track_and_format(items: list, jobs: Jobs, trackers: dict[str, Any] | None) -
 
 
 def write_texts(result: StepResult, jobs: Jobs, targets: Targets, files: dict[str, int]) -> None:
-    """Append each writer's frames' text to its file, one write per writer, and keep only the lengths in ``result``.
+    """Append each writer's frames' text to its file, one write per writer, and leave only the lengths in ``result``.
     Where a write fails (a full disk) ``result`` keeps the text: the writer thread then writes the step itself, a frame
     at a time over what was appended here, and so fails at the frame the disk cannot take (a text writer cuts its
     file to the frames it took, on a failure and before publishing)."""
@@ -83,8 +84,7 @@ def write_texts(result: StepResult, jobs: Jobs, targets: Targets, files: dict[st
             write_all(files[path], b"".join(texts), offset)
     except OSError:
         return
-    result.lengths = [[len(text) for text in texts] for texts in result.texts]
-    result.texts = None
+    result.texts = [[len(text) for text in texts] for texts in result.texts]
 
 
 def _enlarge(fd: int) -> None:

@@ -180,7 +180,7 @@ class OutputStage:
                 for kind, pairs in by_kind.items()]
         targets = {id(writer): (str(writer.tmp), writer.size) for pairs in by_kind.values() for writer, _ in pairs}
         result = self._formatter.run(step, jobs, targets)
-        for pairs, entries in zip(by_kind.values(), result.texts if result.lengths is None else result.lengths):
+        for pairs, entries in zip(by_kind.values(), result.texts):
             for (writer, _), entry in zip(pairs, entries):
                 writer.formatted.append(entry)
         if result.counts:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 import reidctl
 from reidctl.config import Config, DetectionConfig, override
 from reidctl.errors import ReidctlError

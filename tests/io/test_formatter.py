@@ -169,10 +169,10 @@ def test_the_child_writes_at_the_offset_given_ignores_ctrl_c_and_ends_with_its_p
     path = tmp_path / "a.txt"
     path.write_bytes(b"kept\n")
     job = [(MOTWriter, [0], [7])]
-    assert process.run(items, job, {7: (str(path), 5)}).lengths == [[len(text)]]
+    assert process.run(items, job, {7: (str(path), 5)}).texts == [[len(text)]]
     os.kill(pid, signal.SIGINT)  # a terminal's Ctrl-C goes to the parent; the child must not end before it
     time.sleep(0.2)
-    assert process.run(items, job, {7: (str(path), 5 + len(text))}).lengths == [[len(text)]] and process.pid == pid
+    assert process.run(items, job, {7: (str(path), 5 + len(text))}).texts == [[len(text)]] and process.pid == pid
     assert path.read_bytes() == b"kept\n" + text + text
     process.close()
     assert process.pid is None
