@@ -206,6 +206,7 @@ class Context:
 
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
+    one_in_flight = ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1)
     steps: list[Step | Served] = []
     for load in ctx.loads:
         detection = ["-c", ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load)]
@@ -214,12 +215,13 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                                *ctx.iterations, "--cameras", ctx.settings.cameras))
         if load == "worst":  # a row for every anchor: writing them is the limit, so this one runs without outputs
             steps.append(ctx.detect(f"detect_pytorch_fast_{load}_nooutput", cameras, *detect, outputs=()))
-        else:
-            steps.append(ctx.detect(f"detect_pytorch_rt_{load}", cameras, *detect, "--realtime",
-                                    outputs=("mot", "jsonl")))
-        if load == "crowd":  # the tracker's place in the pipeline, measured at the crowd load
-            steps.append(ctx.detect(f"detect_pytorch_rt_{load}_track", cameras, *detect, "--realtime", "--track",
-                                    outputs=("mot", "jsonl")))
+        for tracking in ((), ("--track",)) if load == "crowd" else ((),) if load == "idle" else ():
+            # the default two batches in flight on the GPU, then one; --track at the crowd load
+            name = f"detect_pytorch_rt_{load}" + ("_track" if tracking else "")
+            for suffix, config in (("", ctx.compile_config()), ("_in_flight_1", one_in_flight)):
+                steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
+                                        "--model", ctx.checkpoint(load), "--realtime", *tracking,
+                                        outputs=("mot", "jsonl")))
         steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
     return steps
 

@@ -143,6 +143,7 @@ class Camera:
         self.detections = 0
         self.dropped = 0
         self.drop_times = array("d")  # when each dropped frame was replaced (perf_counter seconds)
+        self.late_times = array("d")  # when a paced reader handed on a frame over one frame late (behind its clock)
         self.reconnects = 0
         self.latencies = array("d")  # seconds: decoded -> detections back, one per detected frame
         self.decode_seconds = array("d")  # the reader's time per frame: decoding, then letterboxing
@@ -195,6 +196,8 @@ class Camera:
                     delay = started + (frame.index - first_index) * interval - time.perf_counter()
                     if delay > 0 and self.hub.closing.wait(delay):
                         return "stopped"
+                    if delay < -interval:
+                        self.late_times.append(time.perf_counter())
                 if not self._put(self._prepare(frame)):
                     return "stopped"
         except ReidctlError:

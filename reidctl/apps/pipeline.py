@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -320,6 +321,8 @@ class _Run:
         self.step_lock = threading.Lock()  # the batch loops (one per device) count their steps under it
         self.batch_sizes: Counter[int] = Counter()
         self.step_seconds = array("d")  # each detect step: upload, model, NMS and rescale of its batch
+        self.step_ends = array("d")  # when each step ended (perf_counter seconds)
+        self.step_frames = array("i")  # each step's batch size
         self.steps = 0
         self.step_busy_seconds = 0.0
         # Per frame, from the steps timed stage by stage (one in STAGE_SAMPLE_EVERY): upload, model, NMS + rescale.
@@ -364,7 +367,9 @@ class _Run:
                 results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch],
                                                         timed)
                 with self.step_lock:
-                    self.step_seconds.append(seconds := time.perf_counter() - started)
+                    self.step_seconds.append(seconds := (ended_at := time.perf_counter()) - started)
+                    self.step_ends.append(ended_at)
+                    self.step_frames.append(len(batch))
                     self.step_busy_seconds += seconds
                     self.batch_sizes[len(batch)] += 1
                     self.recent_batches.append(len(batch))
@@ -415,7 +420,7 @@ class _Run:
             "frames": frames,
             "detections": sum(camera.detections for camera in self.hub.cameras),
             "dropped": sum(camera.dropped for camera in self.hub.cameras),
-            **({} if recent else {"dropped_by_second": _drops_by_second(self.hub.cameras, self.started)}),
+            **({} if recent else {"by_second": self._by_second()}),
             "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
             "fps": frames / wall if wall > 0 else None,
             "latency_ms": _latency(all_latencies),
@@ -430,6 +435,32 @@ class _Run:
             "limiting_stage": max(busy, key=busy.get) if frames else None,
             **total_tracks,
         }
+
+    def _by_second(self) -> dict[str, dict]:
+        """Each second of the run, from its start: frames dropped and frames a paced reader handed on over a frame
+        late (every camera's), the detect steps that ended, their frames and mean time. Drops spread over the run
+        point at a steady shortfall, drops bunched in one second at a stall; late frames at the readers (decoding
+        behind the cameras' clocks), long steps at detection."""
+        seconds: dict[int, dict] = {}
+
+        def second(at: float) -> dict:
+            return seconds.setdefault(max(int(at - self.started), 0),
+                                      {"dropped": 0, "late": 0, "steps": 0, "frames": 0, "step_ms": 0.0})
+
+        for camera in self.hub.cameras:
+            for kind, times in (("dropped", camera.drop_times), ("late", camera.late_times)):
+                for at in times:
+                    second(at)[kind] += 1
+        with self.step_lock:
+            steps = list(zip(self.step_ends, self.step_frames, self.step_seconds))
+        for ended, frames, step_seconds in steps:
+            entry = second(ended)
+            entry["steps"] += 1
+            entry["frames"] += frames
+            entry["step_ms"] += step_seconds * 1000.0
+        for entry in seconds.values():
+            entry["step_ms"] = round(entry["step_ms"] / entry["steps"], 2) if entry["steps"] else None
+        return {str(key): seconds[key] for key in sorted(seconds)}
 
     def _stages(self, wall: float, frames: int, outputs: dict) -> tuple[dict, dict]:
         """Each host stage's mean time per frame (ms), and how busy each kind of worker was (its share of the run's
@@ -451,11 +482,6 @@ class _Run:
         return per_frame, {name: round(value, 3) for name, value in busy.items()}
 
 
-def _drops_by_second(cameras: list[Camera], started: float) -> dict[str, int]:
-    """Frames dropped in each second of the run (every camera's, counted from the start; seconds with none left out):
-    drops spread over the run point at a steady shortfall, drops bunched in one second at a stall."""
-    seconds = Counter(max(int(at - started), 0) for camera in cameras for at in camera.drop_times)
-    return {str(second): count for second, count in sorted(seconds.items())}
 
 
 def _mean_ms(seconds) -> float | None:
@@ -510,6 +536,21 @@ def short_lock_turns() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+@contextlib.contextmanager
+def setup_frozen_out_of_collection() -> Iterator[None]:
+    """Every object made before the run (imported modules, the model and its compiled code: hundreds of thousands)
+    frozen out of the garbage collector's passes for the duration, then given back. A full pass over them holds the
+    interpreter lock for 0.1 s and more (105 ms on the development machine with only the imports), and each one
+    stalled every camera at once: 16 cameras dropped 3-8 frames each, the most in the first second after a
+    compiled model's warm-up (docs/PERFORMANCE.md). The run's own objects are still collected."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -585,7 +626,8 @@ def run_detect(
             raise
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
             raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
-        with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)):
+        with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)), \
+                setup_frozen_out_of_collection():
             result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
         return result
     finally:

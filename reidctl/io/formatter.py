@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import pickle
 import signal
@@ -205,6 +206,7 @@ def main() -> None:
         _kinds, trackers = _receive(requests)  # unpickling the kinds imports their modules
     except EOFError:
         return
+    gc.freeze()  # the imports stay out of the collector's passes, which would hold steps up
     _send(answers, True)
     files: dict[str, int] = {}  # the writers' temporary files, open for writing
     while True:

@@ -24,6 +24,7 @@ checkpoint, model type, test size, device, precision and thresholds.
 """
 
 import collections
+import gc
 import json
 import os
 import queue
@@ -142,6 +143,10 @@ class TritonPythonModel:
             threading.Thread(target=target, name=name, daemon=True)
             for target, name in ((self._launch_batches, "reidctl-launcher"), (self._finish_batches, "reidctl-finisher"))
         ]
+        # What loading made (torch, the compiled model) stays out of the garbage collector's passes: a full pass over
+        # it holds this process's interpreter lock for a tenth of a second and more, and every request waits.
+        gc.collect()
+        gc.freeze()
         for thread in self.threads:
             thread.start()
 
