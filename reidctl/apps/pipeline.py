@@ -438,14 +438,14 @@ class _Run:
 
     def _by_second(self) -> dict[str, dict]:
         """Each second of the run, from its start: frames dropped and frames a paced reader handed on over a frame
-        late (every camera's), the detect steps that ended, their frames and mean time. Drops spread over the run
-        point at a steady shortfall, drops bunched in one second at a stall; late frames at the readers (decoding
-        behind the cameras' clocks), long steps at detection."""
+        late (every camera's), the detect steps that ended, their frames, mean and longest time. Drops spread over
+        the run point at a steady shortfall, drops bunched in one second at a stall; late frames at the readers
+        (decoding behind the cameras' clocks), long steps at detection (one long step: a stall)."""
         seconds: dict[int, dict] = {}
 
         def second(at: float) -> dict:
-            return seconds.setdefault(max(int(at - self.started), 0),
-                                      {"dropped": 0, "late": 0, "steps": 0, "frames": 0, "step_ms": 0.0})
+            return seconds.setdefault(max(int(at - self.started), 0), {"dropped": 0, "late": 0, "steps": 0,
+                                                                       "frames": 0, "step_ms": 0.0, "step_ms_max": 0.0})
 
         for camera in self.hub.cameras:
             for kind, times in (("dropped", camera.drop_times), ("late", camera.late_times)):
@@ -458,6 +458,7 @@ class _Run:
             entry["steps"] += 1
             entry["frames"] += frames
             entry["step_ms"] += step_seconds * 1000.0
+            entry["step_ms_max"] = round(max(entry["step_ms_max"], step_seconds * 1000.0), 2)
         for entry in seconds.values():
             entry["step_ms"] = round(entry["step_ms"] / entry["steps"], 2) if entry["steps"] else None
         return {str(key): seconds[key] for key in sorted(seconds)}
