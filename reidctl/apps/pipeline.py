@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import heapq
 import json
 import math
 import os
@@ -420,7 +421,7 @@ class _Run:
             "frames": frames,
             "detections": sum(camera.detections for camera in self.hub.cameras),
             "dropped": sum(camera.dropped for camera in self.hub.cameras),
-            **({} if recent else {"by_second": self._by_second()}),
+            **({} if recent else {"by_second": self._by_second(), "slowest_steps": self._slowest_steps()}),
             "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
             "fps": frames / wall if wall > 0 else None,
             "latency_ms": _latency(all_latencies),
@@ -462,6 +463,14 @@ class _Run:
         for entry in seconds.values():
             entry["step_ms"] = round(entry["step_ms"] / entry["steps"], 2) if entry["steps"] else None
         return {str(key): seconds[key] for key in sorted(seconds)}
+
+    def _slowest_steps(self, count: int = 5) -> list[dict]:
+        """The run's longest detect steps: when each ended (seconds from the start), its time and frames. A stall
+        that ``by_second`` shows as one slow second is one step here, or many."""
+        with self.step_lock:
+            steps = list(zip(self.step_seconds, self.step_ends, self.step_frames))
+        return [{"ended_s": round(ended - self.started, 3), "ms": round(seconds * 1000.0, 2), "frames": frames}
+                for seconds, ended, frames in heapq.nlargest(count, steps)]
 
     def _stages(self, wall: float, frames: int, outputs: dict) -> tuple[dict, dict]:
         """Each host stage's mean time per frame (ms), and how busy each kind of worker was (its share of the run's
