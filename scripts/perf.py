@@ -508,7 +508,10 @@ def figures(path: Path | None) -> list[str]:
         return []
     if "limiting_stage" in data:  # detect --summary-json
         load, latency = data.get("detection_load") or {}, data.get("latency_ms") or {}
-        return [f"{number(data.get('fps'))} FPS, {data.get('dropped')} dropped, P99 {number(latency.get('p99'))} ms, "
+        dropped = f"{data.get('dropped')} dropped"
+        if data.get("dropped") and "by_second" in data:  # where a run's drops bunch (a summary before it has none)
+            dropped += f" ({data['by_second'].get('0', {}).get('dropped', 0)} in second 0)"
+        return [f"{number(data.get('fps'))} FPS, {dropped}, P99 {number(latency.get('p99'))} ms, "
                 f"batch {number(data.get('mean_batch'), '.2f')}, "
                 f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}"]
     if "backends" in data:  # bench --output

@@ -1,0 +1,44 @@
+"""scripts/perf.py: every declared suite builds its steps, and a detect summary's headline says where drops fell."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import perf  # noqa: E402
+
+
+@pytest.mark.parametrize("suite", sorted(perf.SUITES))
+def test_every_suite_plans_its_steps_without_running_them(tmp_path, suite):
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "perf.py"), suite, str(tmp_path / "out"),
+                          "--dry-run", "--device", "cpu", "--work-dir", str(tmp_path / "work")],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    steps = json.loads((tmp_path / "out" / "summary.json").read_text())["steps"]
+    assert steps and all(step["status"] in ("planned", "skipped") for step in steps)
+    assert not (tmp_path / "work" / "clips").exists()  # a dry run makes no fixture
+
+
+def test_pipeline_pytorch_runs_real_time_with_two_batches_in_flight_and_with_one(tmp_path):
+    context = perf.Context(perf.Settings(loads="idle,crowd"), tmp_path, tmp_path, None)
+    steps = {step.name: step for step in perf.pipeline_pytorch(context)}
+    for name in ("detect_pytorch_rt_idle", "detect_pytorch_rt_crowd", "detect_pytorch_rt_crowd_track"):
+        default, one = steps[name].argv, steps[f"{name}_in_flight_1"].argv
+        assert "--realtime" in default and "--realtime" in one
+        one_config = json.loads(Path(one[one.index("-c") + 1]).read_text())
+        assert one_config["detection"]["batches_in_flight"] == 1
+        assert "batches_in_flight" not in json.loads(Path(default[default.index("-c") + 1]).read_text())["detection"]
+
+
+def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second(tmp_path):
+    summary = {"limiting_stage": "detection", "fps": 470.0, "dropped": 36, "latency_ms": {"p99": 52.4},
+               "mean_batch": 2.27, "detection_load": {"kept_per_frame": 0.0},
+               "by_second": {"0": {"dropped": 30}, "1": {"dropped": 6}}}
+    path = tmp_path / "detect.json"
+    path.write_text(json.dumps(summary))
+    assert perf.figures(path) == ["470.0 FPS, 36 dropped (30 in second 0), P99 52.4 ms, batch 2.27, kept 0/frame, "
+                                  "busiest detection"]
