@@ -161,7 +161,10 @@ class Camera:
         self._thread.start()
 
     def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
+        """Wait for the reader to end; a reader that never began (the run stopped while the cameras were starting)
+        has nothing to wait for."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
 
     def _read(self) -> None:
         failed = False

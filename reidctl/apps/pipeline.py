@@ -660,6 +660,7 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     # The main thread waits on events, not Thread.join: before Python 3.13, a join that Ctrl-C interrupts marks a
     # running thread as ended, and leaving the interpreter under a step still running aborts the process.
     loops_ended: list[threading.Event] = []
+    workers: list[threading.Thread] = []
     stopped = None
     try:
         run.start()
@@ -685,6 +686,9 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     finally:
         with _signals_held():
             hub.stop()
+            for worker, ended in zip(workers, loops_ended):
+                if worker.ident is None:  # never began (Ctrl-C while the run started): nothing to wait for
+                    ended.set()
             written, publish_errors = outputs.close()
             deadline = time.monotonic() + WORKER_JOIN_S
             for ended in loops_ended:

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from helpers import SMALL_TEST_SIZE, canonical_rows, free_ports, read_frames, start_test_server, write_video
 from reidctl.cli import app
+from reidctl.apps.cameras import Camera, Hub
 from reidctl.config import load_config
 from reidctl.core.detector import create_detector
 from reidctl.apps.pipeline import DetectOptions, OutputRequest, run_detect
@@ -169,6 +170,36 @@ def test_short_lock_turns_and_a_frozen_setup_while_detect_runs_and_python_defaul
     assert min(frozen for _, frozen in seen) >= made_before // 2  # what was garbage already is collected first
     assert sys.getswitchinterval() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_ctrl_c_while_the_cameras_start_ends_the_run_without_waiting_for_batch_loops_never_begun(
+        tmp_path, small_config, monkeypatch):
+    """Ctrl-C between two cameras' starts: the second reader and the batch loops never began, so the run waits for
+    none of them (joining a thread never started raises) and does not keep the model as if a step still ran on it."""
+    from reidctl.apps import pipeline
+
+    started, start = [], Camera.start
+
+    def start_then_interrupt(camera):
+        if started:
+            raise KeyboardInterrupt
+        started.append(camera)
+        start(camera)
+
+    monkeypatch.setattr(Camera, "start", start_then_interrupt)
+    clips = [str(write_video(tmp_path / f"c{i}.avi", frames=10, size=(120, 160))) for i in range(2)]
+    config = load_config(small_config)
+    detector = create_detector(config)
+    hub, specs = Hub(), camera_specs(clips)
+    cameras = [Camera(spec, source, hub, lambda: None, lambda line: None)
+               for spec, source in zip(specs, pipeline.open_cameras(specs, 5.0, None))]
+    try:
+        plan = pipeline.plan_outputs([spec.name for spec in specs], OutputRequest(no_output=True))
+        result, left_running = pipeline._run(detector, hub, cameras, plan, 2, None, config.tracking)
+    finally:
+        detector.close()
+        cameras[1].source.close()  # never started: its reader did not close it
+    assert result.stopped == "interrupted" and not left_running
 
 
 def test_a_model_on_the_cpu_leaves_the_readers_their_cores_and_has_its_threads_back_after(tmp_path, small_config):
