@@ -552,9 +552,8 @@ def short_lock_turns() -> Iterator[None]:
 def setup_frozen_out_of_collection() -> Iterator[None]:
     """Every object made before the run (imported modules, the model and its compiled code: hundreds of thousands)
     frozen out of the garbage collector's passes for the duration, then given back. A full pass over them holds the
-    interpreter lock for 0.1 s and more (105 ms on the development machine with only the imports), and each one
-    stalled every camera at once: 16 cameras dropped 3-8 frames each, the most in the first second after a
-    compiled model's warm-up (docs/PERFORMANCE.md). The run's own objects are still collected."""
+    interpreter lock throughout, and every camera waits for it at once (docs/PERFORMANCE.md has what it cost). The
+    run's own objects are still collected."""
     gc.collect()
     gc.freeze()
     try:

@@ -144,7 +144,7 @@ class TritonPythonModel:
             for target, name in ((self._launch_batches, "reidctl-launcher"), (self._finish_batches, "reidctl-finisher"))
         ]
         # What loading made (torch, the compiled model) stays out of the garbage collector's passes: a full pass over
-        # it holds this process's interpreter lock for a tenth of a second and more, and every request waits.
+        # it holds this process's interpreter lock throughout, and every request waits.
         gc.collect()
         gc.freeze()
         for thread in self.threads:
