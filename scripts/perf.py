@@ -535,6 +535,33 @@ def figures(path: Path | None) -> list[str]:
     return []
 
 
+# What each GPU does while a step runs, every 100 ms: its clocks and power show whether a run's first seconds wait
+# for the GPU to speed up, and its utilisation whether the GPU or the host is the limit.
+GPU_TRACE_FIELDS = "timestamp,index,clocks.sm,clocks.mem,utilization.gpu,power.draw,temperature.gpu"
+
+
+@contextlib.contextmanager
+def gpu_trace(path: Path, gpus: int):
+    """nvidia-smi's samples of every GPU into ``path`` (CSV) for the duration of a step that uses ``gpus`` GPUs;
+    nothing where it uses none or nvidia-smi is missing."""
+    tool = shutil.which("nvidia-smi") if gpus else None
+    if tool is None:
+        yield
+        return
+    with open(path, "w") as trace:
+        sampler = subprocess.Popen([tool, f"--query-gpu={GPU_TRACE_FIELDS}", "--format=csv", "-lms", "100"],
+                                   stdout=trace, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            sampler.terminate()
+            try:
+                sampler.wait(KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                sampler.kill()
+                sampler.wait()
+
+
 def visible_gpus() -> list[str]:
     try:
         probe = subprocess.run([sys.executable, "-c", GPU_PROBE], capture_output=True, text=True, timeout=120,
@@ -615,7 +642,10 @@ class Runner:
                 stale.unlink(missing_ok=True)
         log_path = self.out_dir / f"{step.name}.log"
         started = time.monotonic()
-        with open(log_path, "w") as log, open(step.stdout, "w") if step.stdout else contextlib.nullcontext(log) as out:
+        with contextlib.ExitStack() as scope:
+            log = scope.enter_context(open(log_path, "w"))
+            out = scope.enter_context(open(step.stdout, "w")) if step.stdout else log
+            scope.enter_context(gpu_trace(self.out_dir / f"{step.name}.gpu.csv", step.needs_gpus))
             log.write(f"$ {shlex.join(step.argv)}\n")
             log.flush()
             # A session of its own: a timeout or Ctrl-C ends the whole step (its workers too), and the terminal's

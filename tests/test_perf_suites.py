@@ -1,8 +1,10 @@
 """scripts/perf.py: every declared suite builds its steps, and a detect summary's headline says where drops fell."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,26 @@ def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second(tmp_path
     path.write_text(json.dumps(summary))
     assert perf.figures(path) == ["470.0 FPS, 36 dropped (30 in second 0), P99 52.4 ms, batch 2.27, kept 0/frame, "
                                   "busiest detection"]
+
+
+def test_a_gpu_step_is_traced_by_nvidia_smi_while_it_runs_and_the_sampler_ends_with_it(tmp_path, monkeypatch):
+    """No GPU here, so a stand-in nvidia-smi (a shell loop printing what it was asked for) takes its place on PATH."""
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text('#!/bin/sh\necho "$1"\nwhile true; do echo sample; sleep 0.05; done\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    trace = tmp_path / "step.gpu.csv"
+    with perf.gpu_trace(trace, gpus=1):
+        deadline = time.monotonic() + 10
+        while trace.read_text().count("sample") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = trace.read_text().splitlines()
+    assert lines[0] == f"--query-gpu={perf.GPU_TRACE_FIELDS}" and lines.count("sample") >= 2
+    time.sleep(0.3)
+    assert trace.read_text().splitlines() == lines  # the sampler ended with the step
+
+    untraced = tmp_path / "cpu_step.gpu.csv"
+    with perf.gpu_trace(untraced, gpus=0):
+        pass
+    assert not untraced.exists()
