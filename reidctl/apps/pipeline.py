@@ -492,8 +492,6 @@ class _Run:
         return per_frame, {name: round(value, 3) for name, value in busy.items()}
 
 
-
-
 def _mean_ms(seconds) -> float | None:
     return 1000.0 * sum(seconds) / len(seconds) if len(seconds) else None
 
