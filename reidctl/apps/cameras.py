@@ -27,6 +27,20 @@ from reidctl.core.preprocess import letterbox_frame
 from reidctl.errors import ReidctlError, describe_error, first_line
 from reidctl.io.sources import CameraSpec, Frame, FrameSource
 
+# A run's records grow with every frame and step; a deployment runs for days. Each record keeps its newest entries:
+# whole-run figures (latency percentiles, by_second) cover at least the last SAMPLES_KEPT (a camera at 30 FPS: 2.4
+# hours), per-stage means the last STAGE_SAMPLES_KEPT.
+SAMPLES_KEPT = 1 << 18
+STAGE_SAMPLES_KEPT = 4096
+
+
+def trim(samples: array, kept: int) -> None:
+    """Once ``samples`` holds twice ``kept`` entries, drop the oldest ``kept``: at most 2 x ``kept`` stay, and the
+    cost is one move of ``kept`` entries every ``kept`` appends."""
+    if len(samples) >= 2 * kept:
+        del samples[:kept]
+
+
 RECONNECT_FIRST_DELAY_S = 0.25
 RECONNECT_MAX_DELAY_S = 8.0
 FOLDER_FPS = 30.0  # the rate at which ``realtime`` plays an image folder, which has none of its own
@@ -201,6 +215,7 @@ class Camera:
                         return "stopped"
                     if delay < -interval:
                         self.late_times.append(time.perf_counter())
+                        trim(self.late_times, SAMPLES_KEPT)
                 if not self._put(self._prepare(frame)):
                     return "stopped"
         except ReidctlError:
@@ -215,6 +230,7 @@ class Camera:
         start = time.perf_counter()
         frame = next(frames, None)
         self.decode_seconds.append(seconds := time.perf_counter() - start)
+        trim(self.decode_seconds, STAGE_SAMPLES_KEPT)
         self.reader_busy_seconds += seconds
         return frame
 
@@ -223,6 +239,7 @@ class Camera:
         if self.hub.letterbox_size is not None:
             item.canvas, item.ratio = letterbox_frame(frame.image, self.hub.letterbox_size)
             self.letterbox_seconds.append(seconds := time.perf_counter() - item.decoded_at)
+            trim(self.letterbox_seconds, STAGE_SAMPLES_KEPT)
             self.reader_busy_seconds += seconds
         return item
 
@@ -234,6 +251,7 @@ class Camera:
             elif self.waiting is not None:
                 self.dropped += 1
                 self.drop_times.append(time.perf_counter())
+                trim(self.drop_times, SAMPLES_KEPT)
             if self._halted():
                 return False
             self.waiting = item
@@ -271,6 +289,7 @@ class Camera:
         self.frames += 1
         self.detections += detections
         self.latencies.append(latency_s)
+        trim(self.latencies, SAMPLES_KEPT)
         self.last_done = done
         if self.max_frames is not None and self.frames >= self.max_frames:
             with self.hub.condition:

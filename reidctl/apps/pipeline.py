@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from reidctl.config import DEFAULT_TIMEOUT_S, TrackingConfig
-from reidctl.apps.cameras import Camera, Hub, TimedFrame
+from reidctl.apps.cameras import SAMPLES_KEPT, STAGE_SAMPLES_KEPT, Camera, Hub, TimedFrame, trim
 from reidctl.core.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
 from reidctl.core.preprocess import letterbox_frame
 from reidctl.apps.stats import LatencySummary
@@ -371,11 +371,14 @@ class _Run:
                     self.step_seconds.append(seconds := (ended_at := time.perf_counter()) - started)
                     self.step_ends.append(ended_at)
                     self.step_frames.append(len(batch))
+                    for samples in (self.step_seconds, self.step_ends, self.step_frames):  # trimmed alike: aligned
+                        trim(samples, SAMPLES_KEPT)
                     self.step_busy_seconds += seconds
                     self.batch_sizes[len(batch)] += 1
                     self.recent_batches.append(len(batch))
                     for stage, field_name in DETECT_STAGES.items():
                         self.stage_seconds[stage].extend(s / len(batch) for s in getattr(timed, field_name, ()))
+                        trim(self.stage_seconds[stage], STAGE_SAMPLES_KEPT)
                 self.finish(batch, results)
                 self.hub.release(batch)
         except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
@@ -477,9 +480,9 @@ class _Run:
         wall time; readers: the busiest camera's): the busiest names the stage that limits the run."""
         cameras = self.hub.cameras
         per_frame = {
-            "decode": _mean_ms([s for c in cameras for s in c.decode_seconds[-4096:]]),
-            "letterbox": _mean_ms([s for c in cameras for s in c.letterbox_seconds[-4096:]]),
-            **{stage: _mean_ms(seconds[-4096:]) for stage, seconds in self.stage_seconds.items()},
+            "decode": _mean_ms([s for c in cameras for s in c.decode_seconds[-STAGE_SAMPLES_KEPT:]]),
+            "letterbox": _mean_ms([s for c in cameras for s in c.letterbox_seconds[-STAGE_SAMPLES_KEPT:]]),
+            **{stage: _mean_ms(seconds[-STAGE_SAMPLES_KEPT:]) for stage, seconds in self.stage_seconds.items()},
             "detect_step": (self.step_busy_seconds * 1000.0 / frames) if frames else None,
             "write": outputs["write_ms"]["mean"],
         }

@@ -202,6 +202,25 @@ def test_ctrl_c_while_the_cameras_start_ends_the_run_without_waiting_for_batch_l
     assert result.stopped == "interrupted" and not left_running
 
 
+def test_a_long_run_keeps_its_newest_records_and_counts_every_frame(tmp_path, small_config, monkeypatch):
+    """A deployment runs for days: latencies, drops and step records keep their newest entries only (here 8 to 16,
+    as SAMPLES_KEPT asks), while the frame counts and the detections written cover the whole run."""
+    from reidctl.apps import cameras, pipeline
+
+    for module in (cameras, pipeline):
+        monkeypatch.setattr(module, "SAMPLES_KEPT", 8)
+        monkeypatch.setattr(module, "STAGE_SAMPLES_KEPT", 4)
+    clip = write_video(tmp_path / "long.avi", frames=60, size=(120, 160))
+    result = run_detect(load_config(small_config), camera_specs([str(clip)]), OutputRequest(mot=tmp_path / "d.txt"),
+                        DetectOptions(max_batch=1), warn=lambda line: None)
+    summary = result.summary
+    assert summary["frames"] == summary["cameras"][0]["frames"] == 60 and len(mot_frames(tmp_path / "d.txt")) == 60
+    (latencies,) = result.latencies.values()
+    assert 8 <= len(latencies) < 16
+    steps = sum(second["steps"] for second in summary["by_second"].values())
+    assert 8 <= steps < 16 and sum(summary["batch_sizes"].values()) == 60  # the batch sizes are counts: whole run
+
+
 def test_a_model_on_the_cpu_leaves_the_readers_their_cores_and_has_its_threads_back_after(tmp_path, small_config):
     """On the CPU the model's threads wait for each other at every layer, so a reader taking a core from one of
     them stalls all: the run gives each camera's reader a core (the model keeps at least one)."""
