@@ -34,9 +34,10 @@ SAMPLES_KEPT = 1 << 18
 STAGE_SAMPLES_KEPT = 4096
 
 
-def trim(samples: array, kept: int) -> None:
-    """Once ``samples`` holds twice ``kept`` entries, drop the oldest ``kept``: at most 2 x ``kept`` stay, and the
-    cost is one move of ``kept`` entries every ``kept`` appends."""
+def append_kept(samples: array, value: float, kept: int) -> None:
+    """Append ``value``; once ``samples`` holds twice ``kept`` entries, drop the oldest ``kept``: at most 2 x ``kept``
+    stay, and the cost is one move of ``kept`` entries every ``kept`` appends."""
+    samples.append(value)
     if len(samples) >= 2 * kept:
         del samples[:kept]
 
@@ -214,8 +215,7 @@ class Camera:
                     if delay > 0 and self.hub.closing.wait(delay):
                         return "stopped"
                     if delay < -interval:
-                        self.late_times.append(time.perf_counter())
-                        trim(self.late_times, SAMPLES_KEPT)
+                        append_kept(self.late_times, time.perf_counter(), SAMPLES_KEPT)
                 if not self._put(self._prepare(frame)):
                     return "stopped"
         except ReidctlError:
@@ -229,8 +229,7 @@ class Camera:
     def _decode(self, frames: Iterator[Frame]) -> Frame | None:
         start = time.perf_counter()
         frame = next(frames, None)
-        self.decode_seconds.append(seconds := time.perf_counter() - start)
-        trim(self.decode_seconds, STAGE_SAMPLES_KEPT)
+        append_kept(self.decode_seconds, seconds := time.perf_counter() - start, STAGE_SAMPLES_KEPT)
         self.reader_busy_seconds += seconds
         return frame
 
@@ -238,8 +237,7 @@ class Camera:
         item = TimedFrame(self, frame, time.perf_counter())
         if self.hub.letterbox_size is not None:
             item.canvas, item.ratio = letterbox_frame(frame.image, self.hub.letterbox_size)
-            self.letterbox_seconds.append(seconds := time.perf_counter() - item.decoded_at)
-            trim(self.letterbox_seconds, STAGE_SAMPLES_KEPT)
+            append_kept(self.letterbox_seconds, seconds := time.perf_counter() - item.decoded_at, STAGE_SAMPLES_KEPT)
             self.reader_busy_seconds += seconds
         return item
 
@@ -250,8 +248,7 @@ class Camera:
                 self.space.wait_for(lambda: self.waiting is None or self._halted())
             elif self.waiting is not None:
                 self.dropped += 1
-                self.drop_times.append(time.perf_counter())
-                trim(self.drop_times, SAMPLES_KEPT)
+                append_kept(self.drop_times, time.perf_counter(), SAMPLES_KEPT)
             if self._halted():
                 return False
             self.waiting = item
@@ -288,8 +285,7 @@ class Camera:
         """One frame finished (written to every output); the camera ends at ``max_frames``."""
         self.frames += 1
         self.detections += detections
-        self.latencies.append(latency_s)
-        trim(self.latencies, SAMPLES_KEPT)
+        append_kept(self.latencies, latency_s, SAMPLES_KEPT)
         self.last_done = done
         if self.max_frames is not None and self.frames >= self.max_frames:
             with self.hub.condition:

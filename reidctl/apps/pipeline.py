@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from reidctl.config import DEFAULT_TIMEOUT_S, TrackingConfig
-from reidctl.apps.cameras import SAMPLES_KEPT, STAGE_SAMPLES_KEPT, Camera, Hub, TimedFrame, trim
+from reidctl.apps.cameras import SAMPLES_KEPT, STAGE_SAMPLES_KEPT, Camera, Hub, TimedFrame, append_kept
 from reidctl.core.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
 from reidctl.core.preprocess import letterbox_frame
 from reidctl.apps.stats import LatencySummary
@@ -368,17 +368,17 @@ class _Run:
                 results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch],
                                                         timed)
                 with self.step_lock:
-                    self.step_seconds.append(seconds := (ended_at := time.perf_counter()) - started)
-                    self.step_ends.append(ended_at)
-                    self.step_frames.append(len(batch))
-                    for samples in (self.step_seconds, self.step_ends, self.step_frames):  # trimmed alike: aligned
-                        trim(samples, SAMPLES_KEPT)
+                    ended_at = time.perf_counter()
+                    # Appended and trimmed alike, so that the three stay aligned.
+                    append_kept(self.step_seconds, seconds := ended_at - started, SAMPLES_KEPT)
+                    append_kept(self.step_ends, ended_at, SAMPLES_KEPT)
+                    append_kept(self.step_frames, len(batch), SAMPLES_KEPT)
                     self.step_busy_seconds += seconds
                     self.batch_sizes[len(batch)] += 1
                     self.recent_batches.append(len(batch))
                     for stage, field_name in DETECT_STAGES.items():
-                        self.stage_seconds[stage].extend(s / len(batch) for s in getattr(timed, field_name, ()))
-                        trim(self.stage_seconds[stage], STAGE_SAMPLES_KEPT)
+                        for stage_seconds in getattr(timed, field_name, ()):
+                            append_kept(self.stage_seconds[stage], stage_seconds / len(batch), STAGE_SAMPLES_KEPT)
                 self.finish(batch, results)
                 self.hub.release(batch)
         except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
@@ -455,25 +455,27 @@ class _Run:
             for kind, times in (("dropped", camera.drop_times), ("late", camera.late_times)):
                 for at in times:
                     second(at)[kind] += 1
-        with self.step_lock:
-            steps = list(zip(self.step_ends, self.step_frames, self.step_seconds))
-        for ended, frames, step_seconds in steps:
+        for step_seconds, ended, frames in self._step_records():
             entry = second(ended)
             entry["steps"] += 1
             entry["frames"] += frames
             entry["step_ms"] += step_seconds * 1000.0
-            entry["step_ms_max"] = round(max(entry["step_ms_max"], step_seconds * 1000.0), 2)
+            entry["step_ms_max"] = max(entry["step_ms_max"], step_seconds * 1000.0)
         for entry in seconds.values():
             entry["step_ms"] = round(entry["step_ms"] / entry["steps"], 2) if entry["steps"] else None
+            entry["step_ms_max"] = round(entry["step_ms_max"], 2)
         return {str(key): seconds[key] for key in sorted(seconds)}
 
     def _slowest_steps(self, count: int = 5) -> list[dict]:
         """The run's longest detect steps: when each ended (seconds from the start), its time and frames. A stall
         that ``by_second`` shows as one slow second is one step here, or many."""
-        with self.step_lock:
-            steps = list(zip(self.step_seconds, self.step_ends, self.step_frames))
         return [{"ended_s": round(ended - self.started, 3), "ms": round(seconds * 1000.0, 2), "frames": frames}
-                for seconds, ended, frames in heapq.nlargest(count, steps)]
+                for seconds, ended, frames in heapq.nlargest(count, self._step_records())]
+
+    def _step_records(self) -> list[tuple[float, float, int]]:
+        """Each kept step's (seconds, when it ended, frames), copied under the lock the batch loops append under."""
+        with self.step_lock:
+            return list(zip(self.step_seconds, self.step_ends, self.step_frames))
 
     def _stages(self, wall: float, frames: int, outputs: dict) -> tuple[dict, dict]:
         """Each host stage's mean time per frame (ms), and how busy each kind of worker was (its share of the run's
