@@ -204,6 +204,11 @@ class Context:
 
 # The suites. Each builds its steps from the settings; the fixtures it asks for are made first.
 
+# pipeline-pytorch's real-time runs per load: without tracking, and at the crowd load with --track too (the worst
+# load's row for every anchor is more than real time can write).
+REAL_TIME_TRACKING = {"idle": ((),), "crowd": ((), ("--track",))}
+
+
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
     one_in_flight = ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1)
@@ -215,8 +220,8 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                                *ctx.iterations, "--cameras", ctx.settings.cameras))
         if load == "worst":  # a row for every anchor: writing them is the limit, so this one runs without outputs
             steps.append(ctx.detect(f"detect_pytorch_fast_{load}_nooutput", cameras, *detect, outputs=()))
-        for tracking in ((), ("--track",)) if load == "crowd" else ((),) if load == "idle" else ():
-            # the default two batches in flight on the GPU, then one; --track at the crowd load
+        for tracking in REAL_TIME_TRACKING.get(load, ()):
+            # the default two batches in flight on the GPU, then one
             name = f"detect_pytorch_rt_{load}" + ("_track" if tracking else "")
             for suffix, config in (("", ctx.compile_config()), ("_in_flight_1", one_in_flight)):
                 steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
@@ -550,16 +555,12 @@ def gpu_trace(path: Path, gpus: int):
         return
     with open(path, "w") as trace:
         sampler = subprocess.Popen([tool, f"--query-gpu={GPU_TRACE_FIELDS}", "--format=csv", "-lms", "100"],
-                                   stdout=trace, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                                   stdout=trace, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)  # ended as a step is, after it
         try:
             yield
         finally:
-            sampler.terminate()
-            try:
-                sampler.wait(KILL_GRACE_S)
-            except subprocess.TimeoutExpired:
-                sampler.kill()
-                sampler.wait()
+            end_process_group(sampler)
 
 
 def visible_gpus() -> list[str]:
