@@ -41,12 +41,18 @@ def trackers() -> dict[str, ByteTracker]:
 
 
 def expected_texts(steps: list[int], tracked: bool) -> dict[str, bytes]:
-    """Each file's text, tracked and formatted in this thread."""
+    """Each file's text (by its name), tracked and formatted in this thread."""
     items = [FinishedFrame(camera, frame, detections) for index in steps for camera, frame, detections in step(index)]
     track_and_format(items, [], trackers() if tracked else None)  # sets each item's tracks
     kind = MOTTrackTextWriter if tracked else MOTWriter
-    texts = {camera: b"".join(kind.texts([item for item in items if item.camera == camera])) for camera in CAMERAS}
+    texts = {f"{camera}.txt": b"".join(kind.texts([item for item in items if item.camera == camera]))
+             for camera in CAMERAS}
     return texts | {"all.jsonl": b"".join(JSONLWriter.texts(items))}
+
+
+def mot_frames(text: bytes) -> list[int]:
+    """The frame indices a MOT file holds (its frame numbers count from 1)."""
+    return sorted({int(line.split(b",")[0]) - 1 for line in text.splitlines()})
 
 
 def run_stage(tmp_path, steps: list[int], between=None, tracked: bool = False, fails: bool = False,
@@ -76,8 +82,7 @@ def test_the_stage_works_in_its_child_and_writes_what_this_thread_would(tmp_path
     texts = run_stage(tmp_path, list(range(6)), lambda stage, index: pids.append(stage._formatter.pid), tracked)
     assert done_here == []  # every step was tracked and formatted by the child
     assert len(set(pids)) == 1 and pids[0] not in (None, os.getpid())
-    expected = expected_texts(list(range(6)), tracked)
-    assert texts == {"a.txt": expected["a"], "b.txt": expected["b"], "all.jsonl": expected["all.jsonl"]}
+    assert texts == expected_texts(list(range(6)), tracked)
     if tracked:
         assert b'"tracks": [[1, ' in texts["all.jsonl"]
 
@@ -94,9 +99,7 @@ def test_a_child_killed_mid_run_loses_no_frame(tmp_path):
             wait_for_frames(stage, 6)
             os.kill(stage._formatter.pid, signal.SIGKILL)
 
-    texts = run_stage(tmp_path, list(range(8)), kill_after_three_steps)
-    expected = expected_texts(list(range(8)), tracked=False)
-    assert texts == {"a.txt": expected["a"], "b.txt": expected["b"], "all.jsonl": expected["all.jsonl"]}
+    assert run_stage(tmp_path, list(range(8)), kill_after_three_steps) == expected_texts(list(range(8)), tracked=False)
 
 
 def test_a_tracking_child_killed_mid_run_stops_the_stage_with_every_frame_before_kept(tmp_path):
@@ -110,8 +113,7 @@ def test_a_tracking_child_killed_mid_run_stops_the_stage_with_every_frame_before
 
     texts = run_stage(tmp_path, list(range(8)), kill_after_three_steps, tracked=True, fails=True)
     assert failures == ["the output stage's formatting process ended (killed by signal 9): its tracks are lost"]
-    expected = expected_texts(list(range(3)), tracked=True)
-    assert texts == {"a.txt": expected["a"], "b.txt": expected["b"], "all.jsonl": expected["all.jsonl"]}
+    assert texts == expected_texts(list(range(3)), tracked=True)
 
 
 def test_a_full_disk_under_the_childs_writes_keeps_the_same_frames_in_every_output(tmp_path, full_disk):
@@ -119,15 +121,14 @@ def test_a_full_disk_under_the_childs_writes_keeps_the_same_frames_in_every_outp
     writes that step a frame at a time, so the stage stops at the first frame the disk cannot take, with every output
     holding the frames before it."""
     texts = run_stage(tmp_path, list(range(60)), mot_dir=full_disk, fails=True)
-    frames = {name: sorted({int(line.split(b",")[0]) - 1 for line in text.splitlines()})
-              for name, text in texts.items() if name.endswith(".txt")}
+    frames = {name: mot_frames(text) for name, text in texts.items() if name.endswith(".txt")}
     records = [json.loads(line) for line in texts["all.jsonl"].splitlines()]
     assert 0 < len(records) < 120  # the disk filled before the last step
     for camera in CAMERAS:
         assert frames[f"{camera}.txt"] == [r["frame"] for r in records if r["camera"] == camera]
     expected = expected_texts(list(range(60)), tracked=False)
     for camera in CAMERAS:  # each file is a whole prefix of what it would hold
-        assert expected[camera].startswith(texts[f"{camera}.txt"])
+        assert expected[f"{camera}.txt"].startswith(texts[f"{camera}.txt"])
 
 
 def test_text_the_child_wrote_for_frames_no_output_took_is_cut_before_publishing(tmp_path, full_disk):
@@ -143,8 +144,7 @@ def test_text_the_child_wrote_for_frames_no_output_took_is_cut_before_publishing
     assert stage.failure is not None and "No space left on device" in stage.failure
     records = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     for camera in CAMERAS:
-        lines = (tmp_path / f"{camera}.txt").read_text().splitlines()
-        assert sorted({int(line.split(",")[0]) - 1 for line in lines}) == [
+        assert mot_frames((tmp_path / f"{camera}.txt").read_bytes()) == [
             r["frame"] for r in records if r["camera"] == camera]
     images = len(list((full_disk / "images").iterdir()))
     assert 0 < images == len([r for r in records if r["camera"] == "a"]) < 200
