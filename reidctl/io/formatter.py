@@ -36,6 +36,9 @@ from reidctl.io.atomic import write_all
 HEADER = struct.Struct("<Q")  # each message: its length, then the pickled object
 PIPE_BYTES = 1 << 20  # a pipe that holds a whole request (16 cameras x 520 rows ~ 0.25 MB) takes it in one write
 CLOSE_TIMEOUT_S = 5.0
+# The child's arrays are small: NumPy's BLAS and OpenMP thread pools would only start a thread per core that spins
+# after the imports, on every core at once, while the cameras start (docs/PERFORMANCE.md).
+ONE_THREAD_POOLS = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 # A step with fewer rows is formatted in the calling thread. Its arrays (rows x 4 values) are below the 500 elements
 # from which NumPy gives up the interpreter lock, so formatting it takes few turns at the lock, and costs less than a
 # request's round trip (docs/MULTICAMERA.md has the measurement).
@@ -130,6 +133,7 @@ class FormattingProcess:
         try:
             self._child: subprocess.Popen | None = subprocess.Popen(
                 [sys.executable, "-m", "reidctl.io.formatter"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                env={**os.environ, **ONE_THREAD_POOLS},
                 start_new_session=True)  # a terminal's Ctrl-C or a group's SIGTERM reaches the parent only
         except OSError:
             self._child = None

@@ -178,3 +178,16 @@ def test_the_child_writes_at_the_offset_given_ignores_ctrl_c_and_ends_with_its_p
     assert process.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the child's threads in Linux's /proc")
+def test_the_child_starts_no_thread_pool_that_would_spin_beside_the_cameras(monkeypatch):
+    """NumPy's BLAS starts a thread per core at import, each spinning a while: the child works on small arrays in
+    its one thread, and its start must not take the cores the cameras' readers start on."""
+    for name in formatter.ONE_THREAD_POOLS:  # as a user's shell has them (the test session sets one)
+        monkeypatch.delenv(name, raising=False)
+    process = FormattingProcess([MOTWriter], trackers())
+    try:
+        assert os.listdir(f"/proc/{process.pid}/task") == [str(process.pid)]
+    finally:
+        process.close()
