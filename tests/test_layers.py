@@ -21,7 +21,7 @@ PACKAGE = Path(reidctl.__file__).parent
 LAYERS = ["errors", "config", "io", "tracking", "models", "core", "export", "triton", "backends", "apps", "cli"]
 # The one module that imports modules by name: the backend registry reaches backends (a higher layer) that way, so
 # that using one backend never imports the others.
-REGISTRY = "reidctl.core.detector"
+REGISTRY = "reidctl.core.registry"
 IMPORT_FUNCTIONS = {"import_module", "__import__"}
 MODULE_NAME = re.compile(r"reidctl(\.\w+)+")
 

@@ -56,14 +56,8 @@ from reidctl.apps.bench_report import (
     BenchSettings,
     plot_path_for,
 )
-from reidctl.core.detector import (
-    Detector,
-    StageTimes,
-    available_backends,
-    create_detector,
-    get_backend,
-    registered_backends,
-)
+from reidctl.core.detector import Detector, StageTimes, create_detector
+from reidctl.core.registry import available_backends, get_backend, registered_backends
 from reidctl.core.device import gpu_description, resolve_devices
 from reidctl.apps.stats import LatencySummary
 from reidctl.errors import BackendUnavailable, ReidctlError, Terminated, describe_error, first_line

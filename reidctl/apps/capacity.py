@@ -21,7 +21,8 @@ from reidctl.config import Config, config_from_dict, load_config, to_dict
 from reidctl.apps.bench import environment, parse_backends
 from reidctl.apps.bench_streams import pipeline_result
 from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult
-from reidctl.core.detector import Detector, DetectorPool, create_detector, get_backend
+from reidctl.core.detector import Detector, DetectorPool, create_detector
+from reidctl.core.registry import get_backend
 from reidctl.core.device import resolve_devices
 from reidctl.apps.pipeline import DetectOptions, run_detect
 from reidctl.apps.deploy import deployed_outputs

@@ -13,7 +13,7 @@ import yaml
 
 from reidctl.apps.pipeline import OutputRequest
 from reidctl.config import upgrade_detection
-from reidctl.core.detector import Artifact, get_backend
+from reidctl.core.registry import Artifact, get_backend
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import write_text_atomic
 

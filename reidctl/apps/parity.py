@@ -18,20 +18,13 @@ import torch
 
 from reidctl.config import Config, override
 from reidctl.apps.bench_report import ParityResult
-from reidctl.core.detector import Artifact, create_detector, get_backend, registered_backends
+from reidctl.core.detector import create_detector
+from reidctl.core.registry import REFERENCE_PRECISION, get_backend, reference_backend
 from reidctl.core.device import ONNXRUNTIME_CUDA_PROVIDER, resolve_device
 from reidctl.errors import BackendUnavailable, describe_error, first_line
 
 MATCH_IOU = 0.9
 COUNTED_SCORE = 0.1  # ByteTrack's low score threshold: boxes below it are never used by the tracker
-REFERENCE_PRECISION = "fp32"
-
-
-def reference_backend() -> str:
-    """The simplest backend that runs the checkpoint itself, in the model's own code: in fp32 it is the reference."""
-    return next(name for name, backend in registered_backends().items() if backend.artifact is Artifact.CHECKPOINT)
-
-
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (N, 4+) with every box of ``b`` (M, 4+), x1 y1 x2 y2."""
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])

@@ -4,13 +4,12 @@ With a bench result, the answer comes from its multi-stream measurements. Open-l
 clock) at the requested FPS answer first: a backend qualifies when a run with at least that many cameras dropped
 nothing and kept P99 within the budget (or is ruled out by one with at most that many that did not). Otherwise the
 closed-loop (saturation) runs answer: a backend qualifies when its total throughput covers cameras x fps and its
-P99 fits the budget. The simplest qualifying backend with headroom wins (simplicity as the backends' registry
-records rank it: pytorch < onnxruntime < tensorrt < triton; an open-loop pass has its queueing measured, a
-saturation figure needs HEADROOM over the need), then the one with the most margin; when none has headroom, the
-simplest that qualifies at all, said to run near saturation. A backend whose detections diverge from PyTorch fp32
-(bench --parity) is never chosen. Without a bench result, the reference guide's decision tree answers
-(apps/reference.py), marked as not measured. Either way a backend that cannot run here is not chosen. What
-deploying the choice takes is apps/deploy.py's.
+P99 fits the budget. The simplest qualifying backend with headroom wins (the order comes from each backend's
+registry record, its simplicity; an open-loop pass has its queueing measured, a saturation figure needs HEADROOM
+over the need), then the one with the most margin; when none has headroom, the simplest that qualifies at all,
+said to run near saturation. A backend whose detections diverge from PyTorch fp32 (bench --parity) is never chosen.
+Without a bench result, the reference guide's decision tree answers (apps/reference.py), marked as not measured.
+Either way a backend that cannot run here is not chosen. What deploying the choice takes is apps/deploy.py's.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from pathlib import Path
 from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult, load_report, serving_devices
 from reidctl.apps.deploy import config_snippet, deploy_detection
 from reidctl.apps.reference import SUMMARY, decision_tree
-from reidctl.core.detector import available_backends, registered_backends
+from reidctl.core.registry import REFERENCE_PRECISION, available_backends, reference_backend, registered_backends
 from reidctl.errors import ReidctlError
 
 # Throughput over the need a choice should keep: bench measures a closed loop, i.e. the saturated throughput, and
@@ -224,7 +223,8 @@ def judge_measured(report: BenchReport, need: Need, availability: dict[str, str 
         if here:
             verdict, detail, meets = "unavailable here", here, False
         elif diverged:
-            verdict, detail, meets = "detections diverge", f"parity against pytorch fp32: {diverged.describe()}", False
+            against = f"parity against {reference_backend()} {REFERENCE_PRECISION}"
+            verdict, detail, meets = "detections diverge", f"{against}: {diverged.describe()}", False
         elif best.meets(need):
             verdict, detail, meets = "meets", "", True
         else:

@@ -1,1 +1,1 @@
-"""Built-in backends, one module each; reidctl.core.detector imports one by name when it is asked for."""
+"""Built-in backends, one module each; reidctl.core.registry imports one by name when it is asked for."""

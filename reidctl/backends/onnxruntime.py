@@ -7,7 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from reidctl.core.detector import Artifact, Backend, Runner, register
+from reidctl.core.detector import Runner
+from reidctl.core.registry import Artifact, Backend, register
 from reidctl.core.device import ONNXRUNTIME_CUDA_PROVIDER, onnxruntime_has_cuda, resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, print_warning
 from reidctl.export.onnx import OnnxInfo, create_session, default_onnx_path, read_onnx

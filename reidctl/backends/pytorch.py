@@ -7,7 +7,8 @@ import threading
 import torch
 from torch import nn
 
-from reidctl.core.detector import Artifact, Backend, Runner, register
+from reidctl.core.detector import Runner
+from reidctl.core.registry import Artifact, Backend, register
 from reidctl.core.device import resolve_device
 from reidctl.core.preprocess import mean_std, normalize
 from reidctl.errors import print_warning

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from reidctl.core.detector import Artifact, Backend, Runner, register
+from reidctl.core.detector import Runner
+from reidctl.core.registry import Artifact, Backend, register
 from reidctl.core.device import resolve_device
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line, print_warning
 from reidctl.export.onnx import OnnxMetadata

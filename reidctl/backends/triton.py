@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reidctl.core.detector import Artifact, Backend, Runner, register
+from reidctl.core.detector import Runner
+from reidctl.core.registry import Artifact, Backend, register
 from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import print_warning
 from reidctl.triton.client import PeakWatch, local_servers_gpu_memory

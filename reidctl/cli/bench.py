@@ -25,6 +25,7 @@ from reidctl.cli.app import (
     live_progress,
     parse_size,
 )
+from reidctl.core.registry import REFERENCE_PRECISION, reference_backend
 from reidctl.cli.tables import backend_table, multi_table, open_loop_table, parity_table, single_table, stage_table
 from reidctl.io.paths import refuse_shared_paths
 
@@ -209,8 +210,8 @@ def bench(
     for p in report.parity:
         if p.flagged:
             console.print(
-                f"[bold red]parity:[/] detections diverge from pytorch fp32 - {escape(p.describe())}; "
-                "`reidctl recommend` will not choose it",
+                f"[bold red]parity:[/] detections diverge from {reference_backend()} {REFERENCE_PRECISION} - "
+                f"{escape(p.describe())}; `reidctl recommend` will not choose it",
                 soft_wrap=True,
             )
     console.print(f"wrote {output} and {plot}", soft_wrap=True)

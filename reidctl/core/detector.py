@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
-import functools
-import importlib
-import importlib.util
-import pkgutil
 import queue
 import threading
 import time
@@ -29,6 +24,7 @@ from reidctl.core.device import PinnedStaging, on_device
 from reidctl.core.frames import rescale
 from reidctl.core.postprocess import select_detections
 from reidctl.core.preprocess import letterbox, normalize
+from reidctl.core.registry import get_backend
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.models.yolox import decode_predictions
 
@@ -380,79 +376,6 @@ class DetectorPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class Artifact(enum.Enum):
-    """What a backend runs, and so what deploying it prepares (apps/deploy.py)."""
-
-    CHECKPOINT = "checkpoint"  # the checkpoint itself, in the model's own code: nothing to prepare
-    ONNX = "onnx"  # the ONNX export (`reidctl export-onnx`)
-    ENGINE = "engine"  # a TensorRT engine built from the ONNX export for a batch profile (`reidctl build-engine`)
-    SERVER_MODEL = "server model"  # a model that a Triton server serves and batches (`reidctl setup-triton`)
-
-
-def _never() -> bool:
-    return False
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A registered backend: how to check it can run here, how to build its runner from the config, and the facts
-    by which recommend, parity, bench and deploy treat it (they name no backend)."""
-
-    name: str
-    description: str
-    availability: Callable[[], str | None]  # None when usable, else why not
-    make_runner: Callable[..., Runner]
-    simplicity: int  # its place among the backends, simplest to set up and run first: recommend prefers the simplest
-    artifact: Artifact
-    config_keys: tuple[str, ...] = ()  # its detection keys outside any section: what its config snippet carries
-    config_section: str | None = None  # the detection section that describes its artifact
-    precision_from_config: bool = False  # detection.fp16 sets its precision (else its artifact does)
-    # True where it runs here, but not on a GPU (ONNX Runtime without its CUDA provider): parity runs it on the CPU
-    cpu_only_here: Callable[[], bool] = _never
-    packages: tuple[str, ...] = ()  # the distributions it may come from; the first names it in a bench file
-    # (config, warn) -> an object with detect(frame) and close() that imports no torch, or None where the backend
-    # needs it: what client processes that only send frames to a server run (apps/clients.py)
-    frame_sender: Callable[..., object | None] | None = None
-
-
-# The built-in backends are the modules of reidctl.backends, each named after the backend it registers (helper
-# modules register none). A module is imported when its backend is asked for, so using one backend never pays for the
-# others' imports, and this module imports no backend.
-BACKENDS_PACKAGE = "reidctl.backends"
-BACKENDS: dict[str, Backend] = {}
-
-
-def register(backend: Backend) -> Backend:
-    BACKENDS[backend.name] = backend
-    return backend
-
-
-@functools.cache
-def _backend_modules() -> tuple[str, ...]:
-    package = importlib.util.find_spec(BACKENDS_PACKAGE)
-    return tuple(module.name for module in pkgutil.iter_modules(package.submodule_search_locations))
-
-
-def get_backend(name: str) -> Backend:
-    if name not in BACKENDS and name in _backend_modules():
-        importlib.import_module(f"{BACKENDS_PACKAGE}.{name}")
-    if name not in BACKENDS:
-        raise ReidctlError(f"unknown backend '{name}' (known: {', '.join(registered_backends())})")
-    return BACKENDS[name]
-
-
-def registered_backends() -> dict[str, Backend]:
-    """Every backend by name, simplest first (each built-in backend's module imported)."""
-    for module in _backend_modules():
-        importlib.import_module(f"{BACKENDS_PACKAGE}.{module}")
-    return dict(sorted(BACKENDS.items(), key=lambda item: (item[1].simplicity, item[0])))
-
-
-def available_backends() -> dict[str, str | None]:
-    """Every backend name, simplest first -> None if it can run here, else the reason it cannot."""
-    return {name: backend.availability() for name, backend in registered_backends().items()}
 
 
 def create_detector(

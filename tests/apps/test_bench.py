@@ -23,7 +23,8 @@ from reidctl.apps.bench import run_bench, stream_modes
 from reidctl.apps.bench_streams import measure_concurrent
 from reidctl.apps.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
 from reidctl.apps.clients import ClientProcesses, closed_loop
-from reidctl.core.detector import available_backends, create_detector, get_backend
+from reidctl.core.detector import create_detector
+from reidctl.core.registry import available_backends, get_backend
 from reidctl.apps.pipeline import OutputRequest, run_detect
 from reidctl.errors import ReidctlError
 from reidctl.io.sources import CameraSpec, MemorySource

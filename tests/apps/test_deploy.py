@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from reidctl.apps.deploy import DEPLOY_CONFIG, deploy_commands, deploy_detection
 from reidctl.cli import app
 from reidctl.config import Config, load_config, to_dict
-from reidctl.core.detector import registered_backends
+from reidctl.core.registry import registered_backends
 
 runner = CliRunner()
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from helpers import assert_same_detections, export, onnx_config, onnx_config_file
 from reidctl.backends.onnxruntime import make_runner, session_providers
 from reidctl.cli import app
-from reidctl.core.detector import available_backends, create_detector
+from reidctl.core.detector import create_detector
+from reidctl.core.registry import available_backends
 from reidctl.errors import ReidctlError
 
 runner = CliRunner()

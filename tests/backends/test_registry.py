@@ -7,14 +7,8 @@ import pytest
 
 from helpers import onnx_config
 from reidctl.core.artifact_checks import check_input_size
-from reidctl.core.detector import (
-    BACKENDS,
-    available_backends,
-    create_detector,
-    get_backend,
-    register,
-    registered_backends,
-)
+from reidctl.core.detector import create_detector
+from reidctl.core.registry import BACKENDS, available_backends, get_backend, register, registered_backends
 from reidctl.errors import ReidctlError
 
 

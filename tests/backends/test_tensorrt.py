@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from helpers import HAS_TENSORRT, export, needs_tensorrt, onnx_config, write_config
 from reidctl.backends import tensorrt as trt_backend
 from reidctl.cli import app
-from reidctl.core.detector import available_backends
+from reidctl.core.registry import available_backends
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.export.onnx import read_onnx
 from reidctl.export.tensorrt import (
