@@ -173,7 +173,7 @@ def setup_triton_command(
     model_options: ModelOptions = ModelOptions(),
     inference: InferenceOptions = InferenceOptions(),
 ) -> None:
-    from reidctl.triton.server import setup_triton
+    from reidctl.triton.setup import setup_triton
 
     if sum((start, stop, status)) > 1:
         raise ReidctlError("choose one of --start, --stop and --status")

@@ -6,7 +6,8 @@ Two models, one repository:
 
 The committed ``model_repository/`` holds the python model's source; config.pbtxt files are rendered here from the
 config, as protobuf messages of Triton's own schema, so what is written is what Triton parses.
-docker-compose.yml and its .env come from reidctl.triton.compose.
+docker-compose.yml and its .env come from reidctl.triton.compose, the GPUs the models use from
+reidctl.triton.placement.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import shutil
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import reidctl
@@ -33,6 +34,7 @@ from reidctl.triton.compose import (
     replica_ports,
     write_compose_key,
 )
+from reidctl.triton.placement import GPUS_KEY, gpu_placement, gpus_text, placed_on_gpus, visible_gpu_count
 
 PYTHON_MODEL = "bytetrack_pytorch"
 TENSORRT_MODEL = "bytetrack_tensorrt"
@@ -42,7 +44,6 @@ PYTHON_COUNT_OUTPUT = "num_detections"
 # The python model's counter of the batches it runs, labelled by their frames, on the server's metrics port: Triton's
 # own statistics count the model's execute calls, which only hand frames over to its batches.
 BATCH_METRIC = "reidctl_batches"
-GPUS_KEY = "detection.triton.gpus"
 
 TEMPLATE_DIR = Path(reidctl.__file__).resolve().parents[1] / "model_repository"
 PYTHON_MODEL_SOURCE = TEMPLATE_DIR / PYTHON_MODEL / "1" / "model.py"
@@ -165,75 +166,6 @@ def tensorrt_model_io(sidecar_data: dict | None, sidecar: Path, triton) -> Tenso
 
 def _without_batch(tensors: list[TensorSpec]) -> list[TensorSpec]:
     return [TensorSpec(t.name, t.dims[1:], t.data_type) for t in tensors]
-
-
-def visible_gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def resolve_gpus(value: list[int] | str | None, visible: int) -> list[int] | None:
-    """``detection.triton.gpus`` as the GPU ids the instance groups name, checked against the ``visible`` GPUs here.
-
-    None keeps Triton's default (``count`` instances on each GPU the server sees); "all" is every visible GPU;
-    ids come as a list or as text such as "0,1" (the command line's --gpus).
-    """
-    if value is None:
-        return None
-    where = f"--gpus {_gpus_text(value)} ({GPUS_KEY})"
-    ids = None if value == "all" else _gpu_ids(value)
-    if ids is not None and (not ids or len(set(ids)) != len(ids) or min(ids) < 0):
-        raise ReidctlError(f"{where}: expected all or distinct GPU ids such as 0,1")
-    if visible == 0:
-        raise ReidctlError(
-            f"{where}: no CUDA GPU is visible here; run setup-triton on the GPU host or leave --gpus out"
-        )
-    if ids is None:
-        return list(range(visible))
-    if max(ids) >= visible:
-        raise ReidctlError(f"{where}: GPU {max(ids)} does not exist here ({visible} visible: 0..{visible - 1})")
-    return ids
-
-
-def _gpus_text(value) -> str:
-    return ",".join(str(i) for i in value) if isinstance(value, list) else str(value)
-
-
-def _gpu_ids(value: list[int] | str) -> list[int]:
-    """Ids from a list or from text such as "0,1"; text that is no such list gives none (refused by the caller)."""
-    if isinstance(value, list):
-        return value
-    try:
-        return [int(part) for part in value.split(",")]
-    except ValueError:
-        return []
-
-
-def placed_on_gpus(detection: DetectionConfig, visible: Callable[[], int]) -> DetectionConfig:
-    """``detection`` with ``triton.gpus`` resolved; ``visible`` counts the GPUs here, asked only when GPUs are named."""
-    if detection.triton.gpus is None:
-        return detection
-    gpus = resolve_gpus(detection.triton.gpus, visible())
-    if detection.device == "cpu":
-        raise ReidctlError(
-            "--gpus places the models on GPUs, but detection.device is cpu: use --device auto or leave --gpus out"
-        )
-    return replace(detection, triton=replace(detection.triton, gpus=gpus))
-
-
-def gpu_placement(triton) -> str:
-    """Where the instance groups put the models when ``triton.gpus`` (resolved) names GPUs, in words."""
-    plural = "s" if triton.instances > 1 else ""
-    return f"{triton.instances} instance{plural} on each of GPUs {_gpus_text(triton.gpus)}"
-
-
-def instance_device(configured: str, instance_kind: str, device_id: str) -> str:
-    """The device a python-model instance runs on: the GPU Triton placed it on (a KIND_GPU instance gets its id
-    in ``model_instance_device_id``), so each instance of a multi-GPU group uses its own GPU; else the config's."""
-    if instance_kind == "GPU" and configured != "cpu":
-        return f"cuda:{int(device_id)}"
-    return configured
 
 
 def _new_config(name: str, triton, kind: str, batching: bool = True):
@@ -365,7 +297,7 @@ def check_replicas(triton, replicas: int) -> None:
         # Docker numbers a container's GPUs from 0: a group naming GPU 1 would not load in a one-GPU replica.
         raise ReidctlError(
             f"--replicas {replicas} gives each server one GPU, GPU 0 inside its container, but "
-            f"{GPUS_KEY} names GPUs {_gpus_text(triton.gpus)}: leave --gpus out"
+            f"{GPUS_KEY} names GPUs {gpus_text(triton.gpus)}: leave --gpus out"
         )
     ports = [port for replica in range(replicas) for port in replica_ports(triton, replica).values()]
     shared = sorted({port for port in ports if ports.count(port) > 1})

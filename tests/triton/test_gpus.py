@@ -17,16 +17,14 @@ from reidctl.config import TritonConfig, load_config, override
 from reidctl.core.detector import create_detector
 from reidctl.errors import ReidctlError
 from reidctl.triton.compose import DEFAULT_IMAGE, compose_file
+from reidctl.triton.placement import instance_device, placed_on_gpus, resolve_gpus
 from reidctl.triton.repository import (
     PYTHON_MODEL,
     TENSORRT_MODEL,
     check_replicas,
-    instance_device,
-    placed_on_gpus,
     python_model_config,
     read_model_config,
     render,
-    resolve_gpus,
     tensorrt_model_config,
     tensorrt_model_io,
     write_repository,

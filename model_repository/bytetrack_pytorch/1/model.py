@@ -56,13 +56,13 @@ from reidctl.backends.pytorch import make_runner  # noqa: E402
 from reidctl.config import override  # noqa: E402
 from reidctl.core.device import PinnedStaging  # noqa: E402
 from reidctl.core.postprocess import DETECTION_COLUMNS, select_detections  # noqa: E402
+from reidctl.triton.placement import instance_device  # noqa: E402
 from reidctl.triton.repository import (  # noqa: E402
     BATCH_METRIC,
     PYTHON_COUNT_OUTPUT,
     PYTHON_INPUT,
     PYTHON_OUTPUT,
     config_from_parameters,
-    instance_device,
 )
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
