@@ -185,6 +185,16 @@ class Context:
         argv = self.reidctl("detect", *clips, *options, *output_args, "--no-progress", "--summary-json", summary)
         return Step(name, timeout_s, argv, output=summary, needs_gpus=self.needs(needs_gpus))
 
+    def timeline(self, name: str, clips: list[Path], *options) -> Step:
+        """`reidctl detect` of the clips with --mot and --jsonl through scripts/start_timeline.py: its first seconds
+        tenth by tenth in OUT_DIR/NAME/timeline.json, its summary in OUT_DIR/NAME/summary.json."""
+        written, out = self.work_dir / "outputs" / name, self.result(name)
+        argv = self.script("start_timeline", out, "--", *clips, *options, "--mot", written / "mot",
+                           "--jsonl", written / "detections.jsonl", "--no-progress",
+                           "--summary-json", out / "summary.json")
+        return Step(name, 150, argv, output=out / "summary.json", stdout=self.result(f"{name}.txt"),
+                    needs_gpus=self.needs(None))
+
     def bench(self, name: str, *options, timeout_s: int = 200, needs_gpus: int | None = None) -> Step:
         """`reidctl bench`, its report in OUT_DIR/NAME.json."""
         report = self.result(f"{name}.json")
@@ -227,6 +237,8 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                 steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
                                         "--model", ctx.checkpoint(load), "--realtime", *tracking,
                                         outputs=("mot", "jsonl")))
+        if load in REAL_TIME_TRACKING:  # the same real-time run, its first seconds traced
+            steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
         steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
     return steps
 
@@ -463,7 +475,8 @@ class Suite:
 SUITES = {
     "pipeline-pytorch": Suite(
         "detect of N 1080p clips as N cameras per load through PyTorch (compile): real time and flat out with the "
-        "MOT and JSON-lines outputs, --track at crowd, worst without outputs; bench --source on the same frames",
+        "MOT and JSON-lines outputs, --track at crowd, worst without outputs; bench --source on the same frames; "
+        "each real-time load's first seconds traced (scripts/start_timeline.py)",
         pipeline_pytorch),
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: real time (max_in_flight 4, 2, 1) and flat out",

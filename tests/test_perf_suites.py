@@ -67,3 +67,23 @@ def test_a_gpu_step_is_traced_by_nvidia_smi_while_it_runs_and_the_sampler_ends_w
     with perf.gpu_trace(untraced, gpus=0):
         pass
     assert not untraced.exists()
+
+
+def test_the_start_timeline_traces_a_real_time_detect_tenth_by_tenth(tmp_path, small_config, video_file):
+    """scripts/start_timeline.py runs detect itself, hooked into the pipeline: its rows must add up to what detect's
+    own summary counted, so a rename in the pipeline that leaves a hook recording nothing fails here."""
+    out = tmp_path / "timeline"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "start_timeline.py"), str(out), "--seconds", "20", "--",
+         str(video_file), str(video_file), "-c", str(small_config), "--device", "cpu", "--realtime",
+         "--mot", str(tmp_path / "mot"), "--no-progress", "--summary-json", str(out / "summary.json")],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    timeline = json.loads((out / "timeline.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    rows = timeline["rows"]
+    assert [row["t_s"] for row in rows[:3]] == [0.0, 0.1, 0.2]
+    assert sum(row["frames"] for row in rows) == sum(step["frames"] for step in timeline["steps"]) == summary["frames"]
+    assert sum(row["dropped"] for row in rows) == len(timeline["dropped_s"]) == summary["dropped"]
+    assert sum(row["decodes"] for row in rows) == len(timeline["decodes"]) >= summary["frames"]
+    assert timeline["host_busy"] and all(0.0 <= share <= 1.0 for _, share in timeline["host_busy"])
