@@ -86,10 +86,10 @@ def parse_backends(text: str) -> tuple[list[str], bool]:
     return list(dict.fromkeys(get_backend(n).name for n in names)), True
 
 
-def load_frames(settings: BenchSettings, test_size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
+def load_frames(settings: BenchSettings, input_size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
     """Frames to cycle through, decoded up front, and a description of where they came from."""
     if settings.source is None:
-        size = settings.frame_size or test_size
+        size = settings.frame_size or input_size
         return [synthetic_frame(i, size) for i in range(SYNTHETIC_FRAMES)], f"synthetic {size[0]}x{size[1]}"
     with open_source(settings.source) as source:
         frames = [frame.image for _, frame in zip(range(MAX_SOURCE_FRAMES), source)]
