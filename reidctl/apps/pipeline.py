@@ -47,6 +47,7 @@ from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_tex
 from reidctl.io.sources import CameraSpec, FrameSource, UnopenedSource, open_source
 from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage
+from reidctl.io.paths import refuse_shared_paths
 from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWriter
 from reidctl.tracking import ByteTracker, TrackCounts
 from reidctl.tracking.outputs import CropsOutput, CropsWriter, MOTTrackTextWriter, SequenceInfo
@@ -187,18 +188,14 @@ def _refuse_file_name(option: str, path: Path, needs: str) -> None:
 
 
 def _refuse_shared_paths(plan: OutputPlan) -> None:
-    seen: dict[Path, str] = {}
-    for option, path in plan.files():
-        key = path.resolve()
-        if key in seen:
-            raise ReidctlError(f"{seen[key]} and {option} both write {path}: give each output its own path")
-        seen[key] = option
+    """io.paths' rule again on every camera's paths: the CLI saw only the paths given, and a folder given for several
+    cameras (or the default output) names one per camera. Nothing else may go inside a --save-images folder."""
+    refuse_shared_paths([*plan.files(), *(("--save-images", directory) for directory in plan.directories())])
     for directory in plan.directories():
-        if directory.resolve() in seen:
-            raise ReidctlError(f"{seen[directory.resolve()]} writes {directory}, where --save-images writes images")
-        for key, option in seen.items():
-            if key.is_relative_to(directory.resolve()):
-                raise ReidctlError(f"{option} writes {key.relative_to(directory.resolve())} inside {directory}, where "
+        folder = directory.resolve()
+        for option, path in plan.files():
+            if path.resolve().is_relative_to(folder):
+                raise ReidctlError(f"{option} writes {path.resolve().relative_to(folder)} inside {directory}, where "
                                    "--save-images writes images: give it a path outside that directory")
 
 

@@ -12,12 +12,12 @@ from reidctl.errors import ReidctlError
 
 
 def ensure_writable_dir(directory: Path) -> None:
+    """Make ``directory`` (its parents too) and fail in one line where it could not take new files."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReidctlError(f"cannot create output directory {directory}: {exc.strerror}") from None
-    if not os.access(directory, os.W_OK):
-        raise ReidctlError(f"output directory is not writable: {directory}")
+    check_writable_dir(directory)
 
 
 def check_writable_dir(directory: Path) -> None:
@@ -50,7 +50,6 @@ def check_output_path(path: Path) -> Path:
     if path.exists() and not path.is_file():
         raise ReidctlError(f"output {path} is not a regular file")
     ensure_writable_dir(path.parent)
-    check_writable_dir(path.parent)
     return path
 
 

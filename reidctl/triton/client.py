@@ -7,6 +7,7 @@ The runner (reidctl/backends/triton.py) runs requests; these are the questions a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -119,11 +120,22 @@ def batch_counts(statistics: dict) -> dict[int, int]:
 
 
 def _started_here(url: str) -> ServerState | None:
-    """The bundled server started on this machine that ``url`` reaches (a local host, its gRPC port), if any."""
+    """The bundled server started on this machine that ``url`` reaches (its gRPC port, on its address), if any."""
     host, _, port = url.rpartition(":")
-    if host not in LOCAL_HOSTS:
-        return None
-    return next((state for state in all_running_servers() if str(state.grpc_port) == port), None)
+    return next((state for state in all_running_servers()
+                 if str(state.grpc_port) == port and _reaches(host, state.listen)), None)
+
+
+def _reaches(host: str, listen: str) -> bool:
+    """Whether a URL's ``host`` names the address a server here listens on: that address itself, or a loopback name
+    where it listens on loopback or on every interface (a server bound to one other address is not on loopback)."""
+    served = ipaddress.ip_address(listen)
+    try:
+        if ipaddress.ip_address(host.strip("[]")) == served:  # any spelling of one address, IPv6 in brackets
+            return True
+    except ValueError:  # a host name: only the loopback ones are known to point here
+        pass
+    return host in LOCAL_HOSTS and (served.is_loopback or served.is_unspecified)
 
 
 def grpc_key_headers(url: str, key_file: str | None) -> dict[str, str]:
