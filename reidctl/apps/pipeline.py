@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reidctl.config import DEFAULT_TIMEOUT_S, TrackingConfig
@@ -531,6 +532,20 @@ def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) ->
             one.detect_canvases([canvas] * size, [ratio] * size)
 
 
+# Room above a frame's pixels for what an allocator adds to such a block (alignment, its header).
+ALLOCATION_MARGIN = 1 << 16
+
+
+def frames_from_the_heap(sources: list[FrameSource]) -> None:
+    """Make and free one block the size of the largest frame before the readers start. glibc's malloc maps each block
+    that large on its own, and unmaps it when freed, until it has freed one: then it raises its threshold and later
+    blocks of that size come from its heaps. Unmapping changes the process's page tables under every thread; with
+    the cameras' first frames all mapped and unmapped at once, every thread of the run waited on it."""
+    largest = max((source.frame_bytes or 0 for source in sources), default=0)
+    if largest:
+        np.empty(largest + ALLOCATION_MARGIN, np.uint8)  # freed at once: what raises the threshold
+
+
 # How long a thread may hold the interpreter lock while another waits for it. Each frame's trip returns from a
 # dozen native calls (decode, resize, a CUDA launch, a write), and each return waits for the lock until the holder's
 # interval ends: at Python's 5 ms those waits alone outgrew a 16-camera frame budget (docs/PERFORMANCE.md).
@@ -631,6 +646,7 @@ def run_detect(
         max_batch = options.max_batch or default_max_batch(len(cameras), batch_loops(detector))
         try:
             _warm_up(detector, len(cameras), max_batch)
+            frames_from_the_heap(sources)
         except (ReidctlError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here

@@ -40,6 +40,7 @@ class FrameSource:
     """Iterates frames; ``total`` is known for files and folders, None for live sources."""
 
     live = False
+    frame_bytes: int | None = None  # a decoded frame's size where known before reading (the first frame's)
 
     def __init__(self, description: str, total: int | None, fps: float | None):
         self.description = description
@@ -83,6 +84,7 @@ class MemorySource(FrameSource):
             raise ReidctlError("no frames to play")
         super().__init__(f"{len(frames)} frames in memory", count, fps)
         self.frames = frames
+        self.frame_bytes = max(frame.nbytes for frame in frames)
         self.phase = phase
 
     def __iter__(self) -> Iterator[Frame]:
@@ -147,6 +149,7 @@ class VideoSource(FrameSource):
         super().__init__(description, None if live or count <= 0 else count, fps if 0 < fps < 1000 else None)
         self.capture = capture
         self.first = first
+        self.frame_bytes = first.nbytes
         self.warn = warn
         self.stem = Path(description).name if not live else "stream"
 
