@@ -646,11 +646,11 @@ def run_detect(
         max_batch = options.max_batch or default_max_batch(len(cameras), batch_loops(detector))
         try:
             _warm_up(detector, len(cameras), max_batch)
-            frames_from_the_heap(sources)
         except (ReidctlError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
             raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
+        frames_from_the_heap(sources)
         with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)), \
                 setup_frozen_out_of_collection():
             result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
