@@ -2,8 +2,8 @@
 
 Runs `reidctl detect` with the given arguments in this process and records, besides its own summary:
   each reader's decodes (start, end), each detect step (end, time, frames), each dropped frame, the host's busy
-  share from /proc/stat every 50 ms (all cores together), and where nvidia-smi exists the GPU's SM clock and
-  utilisation every 50 ms.
+  share from /proc/stat every 50 ms (all cores together), and where nvidia-smi exists the GPU's clocks and
+  utilisation every 100 ms (scripts/perf.py's trace of a GPU step).
 Prints one row per 100 ms of the first ``--seconds`` and writes everything to OUT/timeline.json (times in seconds
 from the run's start). A run that drops frames only at its start shows here whether the readers, the steps or the
 host were slow then (docs/PERFORMANCE.md, "Real time at start-up").
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import reidctl.apps.cameras as cameras
 import reidctl.apps.pipeline as pipeline
+from perf import gpu_trace  # this folder's measurement runner: its nvidia-smi trace of a GPU step
 from reidctl.cli import app
 
 SAMPLE_S = 0.05
@@ -74,16 +73,6 @@ class Recorder:
         self._stop.set()
 
 
-def gpu_sampler(path: Path) -> tuple[subprocess.Popen | None, float]:
-    """nvidia-smi every 50 ms into ``path``, and the offset from time.time() to time.perf_counter()."""
-    offset = time.time() - time.perf_counter()
-    if shutil.which("nvidia-smi") is None:
-        return None, offset
-    query = "timestamp,clocks.sm,utilization.gpu,power.draw"
-    return subprocess.Popen(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader",
-                             "-lms", str(int(SAMPLE_S * 1000))], stdout=path.open("w")), offset
-
-
 def rows(recorder: Recorder, run: pipeline._Run, seconds: float) -> list[dict]:
     started = run.started
     steps = [(s, end, n) for s, end, n in zip(run.step_seconds, run.step_ends, run.step_frames)]
@@ -122,13 +111,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     recorder = Recorder()
     recorder.install()
-    smi, offset = gpu_sampler(args.out / "gpu.csv")
+    offset = time.time() - time.perf_counter()  # gpu.csv's time stamps are wall clock
     try:
-        app(["detect", *detect_args], prog_name="reidctl", standalone_mode=False)
+        with gpu_trace(args.out / "gpu.csv", gpus=1):
+            app(["detect", *detect_args], prog_name="reidctl", standalone_mode=False)
     finally:
         recorder.stop()
-        if smi is not None:
-            smi.terminate()
     if not recorder.runs:
         sys.exit("error: detect ended before its run started")
     run = recorder.runs[-1]
@@ -142,7 +130,7 @@ def main() -> None:
         "decodes": [{"camera": name, "start_s": round(start - run.started, 4), "ms": round(1000 * (end - start), 2)}
                     for name, start, end in recorder.decodes],
         "host_busy": [(round(at - run.started, 3), round(share, 3)) for at, share in recorder.busy],
-        "gpu_csv_wall_clock_at_start": run.started + offset,  # gpu.csv's time stamps are wall clock
+        "gpu_csv_wall_clock_at_start": run.started + offset,
     }
     (args.out / "timeline.json").write_text(json.dumps(timeline) + "\n")
     header = list(table[0]) if table else []
