@@ -25,6 +25,8 @@ from reidctl.errors import BackendUnavailable, describe_error, first_line
 
 MATCH_IOU = 0.9
 COUNTED_SCORE = 0.1  # ByteTrack's low score threshold: boxes below it are never used by the tracker
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (N, 4+) with every box of ``b`` (M, 4+), x1 y1 x2 y2."""
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])

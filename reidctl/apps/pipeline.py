@@ -192,11 +192,12 @@ def _refuse_shared_paths(plan: OutputPlan) -> None:
     """io.paths' rule again on every camera's paths: the CLI saw only the paths given, and a folder given for several
     cameras (or the default output) names one per camera. Nothing else may go inside a --save-images folder."""
     refuse_shared_paths([*plan.files(), *(("--save-images", directory) for directory in plan.directories())])
+    files = [(option, path.resolve()) for option, path in plan.files()]
     for directory in plan.directories():
         folder = directory.resolve()
-        for option, path in plan.files():
-            if path.resolve().is_relative_to(folder):
-                raise ReidctlError(f"{option} writes {path.resolve().relative_to(folder)} inside {directory}, where "
+        for option, path in files:
+            if path.is_relative_to(folder):
+                raise ReidctlError(f"{option} writes {path.relative_to(folder)} inside {directory}, where "
                                    "--save-images writes images: give it a path outside that directory")
 
 
