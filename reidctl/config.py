@@ -73,7 +73,7 @@ class TritonConfig:
     # The key of a server not started here (its restricted APIs, e.g. shared memory): the bare key, or the .env
     # that setup-triton writes beside docker-compose.yml. A server started here is found by its port.
     key_file: str | None = None
-    max_in_flight: int = 4  # requests one client keeps in flight
+    max_in_flight: int = 2  # requests one client keeps in flight
 
     @property
     def urls(self) -> list[str]:
@@ -104,6 +104,10 @@ class DetectionConfig:
     # Batches each GPU runs at once, each on its own runner and CUDA stream: one batch's host work overlaps the
     # next one's model (in-process backends; a CPU runs one)
     batches_in_flight: int = 2
+    # Niceness added to the cameras' reader threads and their decoders (Linux): on a busy host the batch loops, the
+    # outputs and a local server finish the frames already read before new ones are decoded. 0 (the default) runs
+    # them alike: on one H200 with 16 cameras, 10 was no better (docs/PERFORMANCE.md)
+    reader_niceness: int = 0
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
 
@@ -221,6 +225,8 @@ def validate(config: Config) -> Config:
             raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
     if d.batches_in_flight < 1:
         raise ReidctlError(f"config key 'detection.batches_in_flight': expected at least 1, got {d.batches_in_flight}")
+    if not 0 <= d.reader_niceness <= 19:
+        raise ReidctlError(f"config key 'detection.reader_niceness': expected 0-19, got {d.reader_niceness}")
     if d.num_classes is not None and d.num_classes < 1:
         raise ReidctlError(f"config key 'detection.num_classes': expected at least 1 class, got {d.num_classes}")
     ports = {"http_port": d.triton.http_port, "grpc_port": d.triton.grpc_port, "metrics_port": d.triton.metrics_port}

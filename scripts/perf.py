@@ -221,7 +221,12 @@ REAL_TIME_TRACKING = {"idle": ((),), "crowd": ((), ("--track",))}
 
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
-    one_in_flight = ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1)
+    # each real-time run with the defaults, then with one batch in flight on the GPU, then with the readers yielding
+    # the CPU (niceness 10)
+    variants = {"": ctx.compile_config(),
+                "_in_flight_1": ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1),
+                "_readers_niceness_10": ctx.config("compile_readers_niceness_10", compile=ctx.compiles,
+                                                   reader_niceness=10)}
     steps: list[Step | Served] = []
     for load in ctx.loads:
         detection = ["-c", ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load)]
@@ -231,9 +236,8 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
         if load == "worst":  # a row for every anchor: writing them is the limit, so this one runs without outputs
             steps.append(ctx.detect(f"detect_pytorch_fast_{load}_nooutput", cameras, *detect, outputs=()))
         for tracking in REAL_TIME_TRACKING.get(load, ()):
-            # the default two batches in flight on the GPU, then one
             name = f"detect_pytorch_rt_{load}" + ("_track" if tracking else "")
-            for suffix, config in (("", ctx.compile_config()), ("_in_flight_1", one_in_flight)):
+            for suffix, config in variants.items():
                 steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
                                         "--model", ctx.checkpoint(load), "--realtime", *tracking,
                                         outputs=("mot", "jsonl")))
@@ -250,9 +254,12 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         model = [*ctx.model, "--model", ctx.checkpoint(load)]
         detect = ["--backend", "triton", "--device", ctx.settings.device, *model]
         steps = [ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
-        for in_flight in (2, 1):  # fewer requests in flight from detect's batch loops than its default 4
-            config = ctx.config(f"triton_in_flight_{in_flight}", triton={"max_in_flight": in_flight})
-            steps.append(ctx.detect(f"detect_triton_rt_{load}_in_flight_{in_flight}", cameras, *detect, "-c", config,
+        # more and fewer requests in flight from detect's batch loops than its default 2, and the readers yielding
+        # the CPU (niceness 10)
+        variants = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n}) for n in (4, 1)}
+        variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
+        for suffix, config in variants.items():
+            steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
@@ -479,7 +486,8 @@ SUITES = {
         "each real-time load's first seconds traced (scripts/start_timeline.py)",
         pipeline_pytorch),
     "pipeline-triton": Suite(
-        "the same cameras through the bundled server per load: real time (max_in_flight 4, 2, 1) and flat out",
+        "the same cameras through the bundled server per load: real time (max_in_flight 2, 4, 1; the readers at "
+        "niceness 10) and flat out",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

@@ -75,6 +75,7 @@ def test_the_onnx_file_has_its_own_key_and_the_old_one_still_reads_with_a_warnin
         ("detection:\n  test_size: [640]\n", "detection.test_size"),
         ("detection:\n  fp16: 1\n", "config key 'detection.fp16': expected bool"),
         ("detection:\n  batches_in_flight: 0\n", "config key 'detection.batches_in_flight': expected at least 1"),
+        ("detection:\n  reader_niceness: 20\n", "config key 'detection.reader_niceness': expected 0-19"),
         ("detection: [1, 2\n", "is not valid YAML at line"),
         ("- 1\n- 2\n", "expected a mapping"),
     ],

@@ -25,15 +25,18 @@ def test_every_suite_plans_its_steps_without_running_them(tmp_path, suite):
     assert not (tmp_path / "work" / "clips").exists()  # a dry run makes no fixture
 
 
-def test_pipeline_pytorch_runs_real_time_with_two_batches_in_flight_and_with_one(tmp_path):
+def test_pipeline_pytorch_runs_real_time_with_the_defaults_then_one_batch_in_flight_then_readers_not_lowered(tmp_path):
     context = perf.Context(perf.Settings(loads="idle,crowd"), tmp_path, tmp_path, None)
     steps = {step.name: step for step in perf.pipeline_pytorch(context)}
+
+    def detection(argv: list[str]) -> dict:
+        return json.loads(Path(argv[argv.index("-c") + 1]).read_text())["detection"]
+
     for name in ("detect_pytorch_rt_idle", "detect_pytorch_rt_crowd", "detect_pytorch_rt_crowd_track"):
-        default, one = steps[name].argv, steps[f"{name}_in_flight_1"].argv
-        assert "--realtime" in default and "--realtime" in one
-        one_config = json.loads(Path(one[one.index("-c") + 1]).read_text())
-        assert one_config["detection"]["batches_in_flight"] == 1
-        assert "batches_in_flight" not in json.loads(Path(default[default.index("-c") + 1]).read_text())["detection"]
+        default, one, level = (steps[name + suffix].argv for suffix in ("", "_in_flight_1", "_readers_niceness_10"))
+        assert all("--realtime" in argv for argv in (default, one, level))
+        assert detection(one)["batches_in_flight"] == 1 and detection(level)["reader_niceness"] == 10
+        assert not {"batches_in_flight", "reader_niceness"} & set(detection(default))
 
 
 def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second(tmp_path):

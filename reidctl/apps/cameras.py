@@ -25,7 +25,7 @@ import numpy as np
 
 from reidctl.core.preprocess import letterbox_frame
 from reidctl.errors import ReidctlError, describe_error, first_line
-from reidctl.io.sources import CameraSpec, Frame, FrameSource
+from reidctl.io.sources import CameraSpec, Frame, FrameSource, lower_thread_priority
 
 # A run's records grow with every frame and step; a deployment runs for days. Each record keeps its newest entries:
 # whole-run figures (latency percentiles, by_second) cover at least the last SAMPLES_KEPT (a camera at 30 FPS: 2.4
@@ -72,6 +72,9 @@ class Hub:
         # Set before the readers start: each reader letterboxes its frames on the CPU to this size right after
         # decoding, in parallel, instead of the detection step (a 1080p frame is 6 MB; its 640x640 canvas 1.2 MB).
         self.letterbox_size: tuple[int, int] | None = None
+        # Added to each reader's niceness: under a busy host, a frame being detected or written goes first, and
+        # new frames are decoded on what is left (detection.reader_niceness).
+        self.reader_niceness = 0
         self._next = 0  # round-robin start, so that no camera waits behind the others when batches are full
 
     def stop(self, failure: str | None = None) -> None:
@@ -182,6 +185,7 @@ class Camera:
             self._thread.join(timeout_s)
 
     def _read(self) -> None:
+        lower_thread_priority(self.hub.reader_niceness)  # a live source reopened here starts its decoders so too
         failed = False
         try:
             while not self._halted():

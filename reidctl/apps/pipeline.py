@@ -45,7 +45,7 @@ from reidctl.core.preprocess import letterbox_frame
 from reidctl.apps.stats import LatencySummary
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
-from reidctl.io.sources import CameraSpec, FrameSource, UnopenedSource, open_source
+from reidctl.io.sources import CameraSpec, FrameSource, UnopenedSource, lower_thread_priority, open_source
 from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.paths import refuse_shared_paths
@@ -285,12 +285,14 @@ def _signals_held() -> Iterator[None]:
 
 
 def open_cameras(specs: list[CameraSpec], timeout_s: float, warn: Warn | None,
-                 strict: bool = False) -> list[FrameSource]:
+                 strict: bool = False, reader_niceness: int = 0) -> list[FrameSource]:
     """Open every source at once (network sources wait up to the timeout each). A live source that cannot be opened
     while another camera can is retried with back-off once the run starts (said in a warning line); a file or
     folder that cannot be opened, every source failing, or ``strict`` is a one-line error naming the first, and the
-    others are closed again."""
-    with ThreadPoolExecutor(max_workers=min(16, len(specs)), thread_name_prefix="open") as pool:
+    others are closed again. The opening threads run at ``reader_niceness``, so the decoder threads a video starts
+    there inherit it (see ``lower_thread_priority``)."""
+    with ThreadPoolExecutor(max_workers=min(16, len(specs)), thread_name_prefix="open",
+                            initializer=lower_thread_priority, initargs=(reader_niceness,)) as pool:
         futures = [pool.submit(open_source, spec.source, timeout_s, warn) for spec in specs]
     sources: list[FrameSource | None] = []
     failures: list[tuple[CameraSpec, str]] = []
@@ -634,8 +636,10 @@ def run_detect(
              f"{config.tracking.low_thresh:g}: the second association (low-score boxes) gets no detections")
     input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
     if sources is None:
-        sources = open_cameras(specs, options.timeout_s, input_warn, options.strict)
+        sources = open_cameras(specs, options.timeout_s, input_warn, options.strict,
+                               config.detection.reader_niceness)
     hub = Hub()
+    hub.reader_niceness = config.detection.reader_niceness
     cameras = [
         Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,
                options.max_frames)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,19 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://")
 CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 Warn = Callable[[str], None] | None  # takes a warning about the input (a frame skipped...); None: raise instead
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Let the calling thread, and the threads it starts from now on (a video's decoder threads), yield the CPU to the
+    process's other threads: its niceness goes up by ``niceness`` (Linux, where niceness is per thread; raising it
+    needs no privilege). Elsewhere, where it would be the whole process's, nothing changes."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+    except OSError:  # a sandbox that refuses it: the thread runs as it was
+        pass
 
 
 @dataclass
