@@ -6,7 +6,7 @@ Runs `reidctl detect` with the given arguments in this process and records, besi
   utilisation every 100 ms (scripts/perf.py's trace of a GPU step).
 Prints one row per 100 ms of the first ``--seconds`` and writes everything to OUT/timeline.json (times in seconds
 from the run's start). A run that drops frames only at its start shows here whether the readers, the steps or the
-host were slow then (docs/PERFORMANCE.md, "Real time at start-up").
+host were slow then (docs/PERFORMANCE.md, the `timeline_pytorch_rt_LOAD` steps).
 
     PYTHONPATH=$PWD python scripts/start_timeline.py OUT --seconds 1.5 -- \\
         cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --jsonl out/d.jsonl --no-progress
