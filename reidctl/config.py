@@ -41,7 +41,6 @@ class TensorRTConfig:
     opt_batch: int = 8
     max_batch: int = 16
     cuda_graph: bool = True
-    decoded: bool | None = None  # output decoded? None: from the ONNX/engine metadata, raw (ByteTrack export) without
 
 
 @dataclass
@@ -89,6 +88,9 @@ class DetectionConfig:
     # Its ONNX export: what export-onnx writes, build-engine and the onnxruntime backend read (default: the TensorRT
     # engine path with .onnx)
     onnx_path: str | None = None
+    # Whether an ONNX export's or engine's output is decoded, for a file without reidctl's metadata (the metadata
+    # wins where there is some). None: raw, as ByteTrack's own exports are.
+    decoded: bool | None = None
     model_type: str = "mot17"
     num_classes: int | None = None
     conf_threshold: float = 0.01
@@ -273,21 +275,27 @@ def _validate_tracking(t: TrackingConfig) -> None:
         )
 
 
+# Keys of the ONNX file that once sat under detection.tensorrt, from before ONNX Runtime read that file too.
+KEYS_MOVED_FROM_TENSORRT = ("onnx_path", "decoded")
+
+
 def upgrade_detection(detection: dict, warn: Callable[[str], None] = print_warning) -> dict:
-    """A `detection:` mapping with its keys under their names of today: detection.tensorrt.onnx_path, the ONNX file's
-    key before ONNX Runtime read it too, becomes detection.onnx_path (a warning where it is set)."""
+    """A `detection:` mapping with its keys under their names of today: detection.tensorrt.onnx_path and
+    detection.tensorrt.decoded become detection.onnx_path and detection.decoded (a warning for each that is set)."""
     tensorrt = detection.get("tensorrt")
-    if not isinstance(tensorrt, dict) or "onnx_path" not in tensorrt:
+    if not isinstance(tensorrt, dict):
         return detection
-    old = tensorrt["onnx_path"]
-    upgraded = {**detection, "tensorrt": {k: v for k, v in tensorrt.items() if k != "onnx_path"}}
-    if old is None:  # what records written before the move hold where the key was unset
-        return upgraded
-    if detection.get("onnx_path") not in (None, old):
-        raise ReidctlError(f"config keys 'detection.onnx_path' ({detection['onnx_path']}) and "
-                           f"'detection.tensorrt.onnx_path' ({old}) differ: keep detection.onnx_path alone")
-    warn("warning: config key 'detection.tensorrt.onnx_path' is deprecated: use 'detection.onnx_path'")
-    return {**upgraded, "onnx_path": old}
+    upgraded = {**detection, "tensorrt": {k: v for k, v in tensorrt.items() if k not in KEYS_MOVED_FROM_TENSORRT}}
+    for key in KEYS_MOVED_FROM_TENSORRT:
+        old = tensorrt.get(key)
+        if old is None:  # absent, or what records written before the move hold where the key was unset
+            continue
+        if detection.get(key) not in (None, old):
+            raise ReidctlError(f"config keys 'detection.{key}' ({detection[key]}) and 'detection.tensorrt.{key}' "
+                               f"({old}) differ: keep detection.{key} alone")
+        warn(f"warning: config key 'detection.tensorrt.{key}' is deprecated: use 'detection.{key}'")
+        upgraded[key] = old
+    return upgraded
 
 
 def load_config(path: Path | None = None, warn: Callable[[str], None] = print_warning) -> Config:

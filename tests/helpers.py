@@ -93,10 +93,10 @@ def export(checkpoint: Path, output: Path, **options):
     return export_onnx(model, spec, output, TEST_SIZE, **options)
 
 
-def onnx_config(onnx_path: Path, checkpoint: Path | None = None, **tensorrt) -> Config:
+def onnx_config(onnx_path: Path, checkpoint: Path | None = None, decoded: bool | None = None, **tensorrt) -> Config:
     """In-memory config for the small model whose ONNX is ``onnx_path`` (CPU, test size 128x160)."""
     detection = DetectionConfig(model_path=str(checkpoint) if checkpoint else None, onnx_path=str(onnx_path),
-                                model_type="nano", test_size=list(TEST_SIZE), device="cpu",
+                                decoded=decoded, model_type="nano", test_size=list(TEST_SIZE), device="cpu",
                                 tensorrt=TensorRTConfig(**tensorrt))
     return Config(detection=detection)
 

@@ -1,5 +1,6 @@
 """The configuration schema: the shipped file, defaults, overrides and errors that name the key."""
 
+import json
 import os
 import re
 import time
@@ -42,28 +43,31 @@ def test_a_config_comes_back_from_its_dict_form_validated():
         config_from_dict(record)
 
 
-def test_the_onnx_file_has_its_own_key_and_the_old_one_still_reads_with_a_warning(tmp_path):
+@pytest.mark.parametrize("key, value, other", [("onnx_path", "models/x.onnx", "b.onnx"), ("decoded", True, False)])
+def test_the_onnx_files_keys_have_their_own_place_and_the_old_ones_still_read_with_a_warning(tmp_path, key, value,
+                                                                                              other):
+    text = json.dumps(value)  # YAML reads JSON's scalars as they are
     new = tmp_path / "new.yaml"
-    new.write_text("detection:\n  onnx_path: models/x.onnx\n")
+    new.write_text(f"detection:\n  {key}: {text}\n")
     old = tmp_path / "old.yaml"
-    old.write_text("detection:\n  tensorrt:\n    onnx_path: models/x.onnx\n    fp16: false\n")
+    old.write_text(f"detection:\n  tensorrt:\n    {key}: {text}\n    fp16: false\n")
     warnings = []
-    assert load_config(new, warnings.append).detection.onnx_path == "models/x.onnx" and warnings == []
+    assert getattr(load_config(new, warnings.append).detection, key) == value and warnings == []
     config = load_config(old, warnings.append)
-    assert config.detection.onnx_path == "models/x.onnx" and not config.detection.tensorrt.fp16
-    assert warnings == ["warning: config key 'detection.tensorrt.onnx_path' is deprecated: use 'detection.onnx_path'"]
-    assert "onnx_path" not in to_dict(config)["detection"]["tensorrt"]
+    assert getattr(config.detection, key) == value and not config.detection.tensorrt.fp16
+    assert warnings == [f"warning: config key 'detection.tensorrt.{key}' is deprecated: use 'detection.{key}'"]
+    assert key not in to_dict(config)["detection"]["tensorrt"]
 
     # A bench file's record: the old key, unset (as every record before the move holds it) or set.
     record = to_dict(Config())["detection"]
-    assert override(Config(), **{**record, "tensorrt": {**record["tensorrt"], "onnx_path": None}}) == Config()
-    moved = override(Config(), **{**record, "tensorrt": {**record["tensorrt"], "onnx_path": "models/y.onnx"}})
-    assert moved.detection.onnx_path == "models/y.onnx"
+    assert override(Config(), **{**record, "tensorrt": {**record["tensorrt"], key: None}}) == Config()
+    moved = override(Config(), **{**record, "tensorrt": {**record["tensorrt"], key: value}})
+    assert getattr(moved.detection, key) == value
 
     both = tmp_path / "both.yaml"
-    both.write_text("detection:\n  onnx_path: a.onnx\n  tensorrt:\n    onnx_path: b.onnx\n")
-    with pytest.raises(ReidctlError, match=r"'detection.onnx_path' \(a.onnx\) and 'detection.tensorrt.onnx_path' "
-                                           r"\(b.onnx\) differ: keep detection.onnx_path alone$"):
+    both.write_text(f"detection:\n  {key}: {json.dumps(other)}\n  tensorrt:\n    {key}: {text}\n")
+    with pytest.raises(ReidctlError, match=rf"'detection.{key}' \({other}\) and 'detection.tensorrt.{key}' "
+                                           rf"\({value}\) differ: keep detection.{key} alone$"):
         load_config(both)
 
 

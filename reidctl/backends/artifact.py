@@ -13,16 +13,16 @@ from reidctl.export.onnx import OnnxMetadata
 
 def artifact_decoded(metadata: OnnxMetadata | None, detection, source: Path, warn: Callable[[str], None]) -> bool:
     """Whether the artifact's output is decoded: from its metadata; without metadata from
-    ``detection.tensorrt.decoded``, else assumed raw, as ByteTrack's own export is (one warning line)."""
-    configured = detection.tensorrt.decoded
+    ``detection.decoded``, else assumed raw, as ByteTrack's own export is (one warning line)."""
+    configured = detection.decoded
     if metadata is not None:
         if configured is not None and configured != metadata.decoded:
-            warn(f"warning: detection.tensorrt.decoded is {str(configured).lower()} but {source} was exported with "
+            warn(f"warning: detection.decoded is {str(configured).lower()} but {source} was exported with "
                  f"decoded={str(metadata.decoded).lower()}; using the file's metadata")
         return metadata.decoded
     decoded = bool(configured)
     warn(f"warning: {source} has no reidctl metadata: input size and precision taken from the graph, outputs assumed "
-         f"{'decoded' if decoded else 'raw as in ByteTrack exports'} (detection.tensorrt.decoded)")
+         f"{'decoded' if decoded else 'raw as in ByteTrack exports'} (detection.decoded)")
     return decoded
 
 

@@ -356,7 +356,7 @@ def build_engine(
     info = read_onnx(onnx_path)
     if info.metadata is None:
         warn(f"warning: {onnx_path} has no reidctl metadata: the engine's sidecar will lack model type, classes and "
-             "decode mode (the TensorRT backend then uses detection.tensorrt.decoded)")
+             "decode mode (the TensorRT backend then uses detection.decoded)")
     if workspace_mib < 1:
         raise ReidctlError(f"workspace must be at least 1 MiB, got {workspace_mib}")
     profile = batch_profile(info.batch, min_batch, opt_batch, max_batch)

@@ -78,7 +78,7 @@ def test_file_without_metadata_falls_back_with_one_warning(tmp_path, nano_checkp
     assert len(warnings) == 1 and "has no reidctl metadata" in warnings[0] and "raw" in warnings[0]
     assert detector_runner.decoded is False
 
-    # A decoded export without metadata needs detection.tensorrt.decoded: true.
+    # A decoded export without metadata needs detection.decoded: true.
     decoded = strip_metadata(onnx_fp32, tmp_path / "decoded.onnx")
     with create_detector(onnx_config(onnx_fp32), "onnxruntime") as reference, \
             create_detector(onnx_config(raw), "onnxruntime") as bytetrack_style, \
