@@ -227,12 +227,14 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                 "_in_flight_1": ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1),
                 "_readers_niceness_10": ctx.config("compile_readers_niceness_10", compile=ctx.compiles,
                                                    reader_niceness=10)}
+    # bench plays as many frames as detect reads (every camera's clip), so that flat out both are timed as long
+    same_frames = ["--iters", str(ctx.camera_count * ctx.settings.frames), "--warmup", str(ctx.settings.warmup)]
     steps: list[Step | Served] = []
     for load in ctx.loads:
         detection = ["-c", ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load)]
         detect = ["--backend", "pytorch", *detection]
         steps.append(ctx.bench(f"bench_{load}", "--backends", "pytorch", *detection, "--source", cameras[0],
-                               *ctx.iterations, "--cameras", ctx.settings.cameras))
+                               *same_frames, "--cameras", ctx.settings.cameras))
         if load == "worst":  # a row for every anchor: writing them is the limit, so this one runs without outputs
             steps.append(ctx.detect(f"detect_pytorch_fast_{load}_nooutput", cameras, *detect, outputs=()))
         for tracking in REAL_TIME_TRACKING.get(load, ()):

@@ -28,6 +28,8 @@ def test_every_suite_plans_its_steps_without_running_them(tmp_path, suite):
 def test_pipeline_pytorch_runs_real_time_with_the_defaults_then_one_batch_in_flight_then_readers_not_lowered(tmp_path):
     context = perf.Context(perf.Settings(loads="idle,crowd"), tmp_path, tmp_path, None)
     steps = {step.name: step for step in perf.pipeline_pytorch(context)}
+    bench = steps["bench_crowd"].argv  # as many frames as the detect runs read: 16 cameras of 240 frames
+    assert bench[bench.index("--iters") + 1] == "3840" and bench[bench.index("--cameras") + 1] == "16"
 
     def detection(argv: list[str]) -> dict:
         return json.loads(Path(argv[argv.index("-c") + 1]).read_text())["detection"]
