@@ -53,7 +53,7 @@ class TritonConfig:
     verbose: bool = False
     max_batch_size: int = 8
     # Model instances per GPU; more time-slice the GPU between their processes, and each runs slower
-    # (docs/PERFORMANCE.md).
+    # (docs/PERFORMANCE.md, figures behind choices).
     instances: int = 1
     # GPUs the instance groups name: null = Triton's default (each GPU the server sees), "all" = the GPUs
     # visible where setup-triton runs, or ids such as [0, 1]

@@ -549,9 +549,10 @@ def frames_from_the_heap(sources: list[FrameSource]) -> None:
         np.empty(largest + ALLOCATION_MARGIN, np.uint8)  # freed at once: what raises the threshold
 
 
-# How long a thread may hold the interpreter lock while another waits for it. Each frame's trip returns from a
-# dozen native calls (decode, resize, a CUDA launch, a write), and each return waits for the lock until the holder's
-# interval ends: at Python's 5 ms those waits alone outgrew a 16-camera frame budget (docs/PERFORMANCE.md).
+# How long a thread may hold the interpreter lock while another waits for it. Each frame's trip returns from many
+# native calls (decode, resize, a CUDA launch, a write), and each return waits for the lock until the holder's
+# interval ends: at Python's default interval those waits alone outgrew the frame budget of the deployment's cameras
+# (docs/PERFORMANCE.md, figures behind choices).
 SWITCH_INTERVAL_S = 0.0005
 
 

@@ -67,7 +67,8 @@ class PyTorchRunner(Runner):
         self.dtype = torch.float16 if (fp16 and on_gpu) else torch.float32
         if on_gpu:
             # Time cuDNN's convolution algorithms once per input shape (in the warm-up before a graph capture) instead
-            # of taking its heuristic pick: a faster model step (docs/PERFORMANCE.md, the model step by batch size).
+            # of taking its heuristic pick: a faster model step (docs/PERFORMANCE.md, figures behind choices: the model
+            # step by batch size).
             torch.backends.cudnn.benchmark = True
         self.fused = fuse
         if fuse:

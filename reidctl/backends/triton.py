@@ -2,9 +2,9 @@
 Inference Server over gRPC (one server or several; see there).
 
 The client works on the host only (OpenCV letterbox, rescale): a second process with GPU work would time-slice
-the GPU with the server's, and both would run slower (docs/PERFORMANCE.md). The python model returns finished
-detections (its NMS runs on the server), so a response is a few rows; a TensorRT model returns every anchor, which
-the client's shared postprocessing turns into detections.
+the GPU with the server's, and both would run slower (docs/PERFORMANCE.md, figures behind choices). The python model
+returns finished detections (its NMS runs on the server), so a response is a few rows; a TensorRT model returns
+every anchor, which the client's shared postprocessing turns into detections.
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ def setup_triton_command(
         typer.Option(
             "--compile/--no-compile",
             help="torch.compile the python model: a faster model step, for a longer server start while it compiles "
-                 "(docs/PERFORMANCE.md). Default: on for a GPU instance, else detection.compile.",
+                 "(docs/PERFORMANCE.md, figures behind choices). Default: on for a GPU instance, else "
+                 "detection.compile.",
         ),
     ] = None,
     startup_timeout: Annotated[

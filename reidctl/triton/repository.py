@@ -232,7 +232,8 @@ def python_instance_kind(detection: DetectionConfig) -> str:
 
 def server_compiles(detection: DetectionConfig) -> bool:
     """The python model's default: torch.compile on a GPU instance, where a long-lived server repays the minute
-    it takes at start with a faster model step (docs/PERFORMANCE.md); elsewhere the config's ``compile``."""
+    it takes at start with a faster model step (docs/PERFORMANCE.md, figures behind choices); elsewhere the config's
+    ``compile``."""
     return detection.compile or python_instance_kind(detection) == "GPU"
 
 
