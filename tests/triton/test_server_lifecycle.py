@@ -155,7 +155,8 @@ def test_shared_memory_whose_server_and_stubs_are_gone_is_removed_and_a_held_reg
                                           Path(f"/proc/{stub.pid}/stat").read_text().split()[2] != "Z"
                                           for stub in stubs))  # fmt: skip
         regions = [Path(f"/dev/shm/{region}") for stub in stubs for region in stub.shm_regions]
-        assert all(region.exists() for region in regions), "the regions should outlive their server here"
+        # No check that they outlived their server: a server that another test starts or stops on this host meanwhile
+        # removes the same unheld regions by the same rule, and the held one must survive that too.
         stop_server(repository)
         assert not any(region.exists() for region in regions)
         assert held.exists()
