@@ -28,7 +28,7 @@ def letterbox(
 
     Bilinear with half-pixel centres and no antialiasing, rounded to uint8: ByteTrack's cv2.resize(INTER_LINEAR).
     On the host that very call runs, on a NumPy canvas: no torch operator, whose OpenMP threads would compete for
-    cores with a server on the same host (docs/PERFORMANCE.md). On a GPU the same formula runs on the device.
+    cores with a server on the same host. On a GPU the same formula runs on the device.
     """
     device = torch.device(device)
     if device.type == "cpu":

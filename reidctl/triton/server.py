@@ -278,7 +278,7 @@ def _start_watchdog(server_pid: int) -> None:
 def python_shared_memory_options(repository: Path, models: list[str]) -> list[str]:
     """The python backend passes tensors to its stubs through a shared-memory pool that starts at 1 MiB and
     grows by 1 MiB: size it for two full input batches from the start, so that the server's input copy of a batch
-    does not wait for the pool to grow (docs/PERFORMANCE.md)."""
+    does not wait for the pool to grow."""
     pool = max(2**20, 2 * max(batch_input_bytes(repository, model) for model in models))
     return [
         f"--backend-config=python,shm-default-byte-size={pool}",

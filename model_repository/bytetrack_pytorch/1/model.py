@@ -119,7 +119,7 @@ class TritonPythonModel:
         device = self.runner.device
         self.staging = self.copy_stream = self.model_stream = self.finish_stream = None
         if device.type == "cuda":
-            # Host work here is the staging copy: a few threads copy a batch faster than one (docs/PERFORMANCE.md),
+            # Host work here is the staging copy: a few threads copy a batch faster than one,
             # while a full pool of spinning OpenMP threads would take cores from the clients.
             torch.set_num_threads(4)
             self.staging = PinnedStaging((height, width, 3), device, frames=self.max_batch, buffers=2)
