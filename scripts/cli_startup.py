@@ -1,7 +1,9 @@
-"""How fast `reidctl --help` and every `reidctl COMMAND --help` answer, and how much memory they take.
+"""How fast `reidctl --help` and every `reidctl COMMAND --help` answer, and how much memory they take; and what a
+bench client process takes once it has imported what it runs (reidctl.apps.clients' CLIENT_PROCESS_BYTES).
 
 Each runs in a fresh interpreter, as a user's shell would start it; the table shows the median wall time of
-``--repeat`` runs and the peak resident memory. Goal: <= 0.5 s and <= 100 MiB each on a 2-core CPU machine.
+``--repeat`` runs and the peak resident memory. Goal for the commands: <= 0.5 s and <= 100 MiB each on a 2-core CPU
+machine.
 
     PYTHONPATH=$PWD python scripts/cli_startup.py [--repeat 5]
 """
@@ -16,11 +18,16 @@ import sys
 import time
 
 COMMANDS = ["", "detect", "export-onnx", "build-engine", "setup-triton", "bench", "recommend"]
+# A bench client process's imports: one that only sends frames (FrameSender) and one that runs a Detector over the
+# Triton runner (a server model whose NMS runs on the client), which brings torch.
+CLIENT_IMPORTS = {
+    "client, frames only": "import reidctl.apps.clients, reidctl.triton.requests",
+    "client with a Detector": "import reidctl.apps.clients, reidctl.core.detector, reidctl.backends.triton",
+}
 
 
-def measure(command: str, repeat: int) -> tuple[float, float]:
-    """Median seconds and peak MiB of `python -m reidctl [command] --help`."""
-    args = [sys.executable, "-m", "reidctl", *([command] if command else []), "--help"]
+def measure(args: list[str], repeat: int) -> tuple[float, float]:
+    """Median seconds and peak MiB of running ``args``."""
     times, peaks = [], []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -40,8 +47,11 @@ def main() -> None:
     repeat = parser.parse_args().repeat
     print(f"{'command':<28} {'median s':>9} {'peak MiB':>9}")
     for command in COMMANDS:
-        seconds, mib = measure(command, repeat)
+        seconds, mib = measure([sys.executable, "-m", "reidctl", *([command] if command else []), "--help"], repeat)
         print(f"{('reidctl ' + command).strip() + ' --help':<28} {seconds:>9.3f} {mib:>9.1f}")
+    for name, imports in CLIENT_IMPORTS.items():
+        seconds, mib = measure([sys.executable, "-c", imports], repeat)
+        print(f"{name:<28} {seconds:>9.3f} {mib:>9.1f}")
 
 
 if __name__ == "__main__":

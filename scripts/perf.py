@@ -518,7 +518,8 @@ SUITES = {
         "the bundled server: bench at max_batch_size 8 and 16 and a 2 ms queue delay, detect of a 1080p clip",
         triton, {"cameras": "1,4,16", "iters": 1000, "warmup": 100, "frames": 300}),
     "detect": Suite("detect of one 640x640 and one --size clip, end to end", detect, {"frames": 300}),
-    "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up", host, {"frames": 120}),
+    "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory",
+                  host, {"frames": 120}),
 }
 
 
