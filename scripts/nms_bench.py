@@ -8,7 +8,9 @@ Decoded YOLOX predictions for 640x640 frames (8,400 anchors, one class) at three
 Each case is timed with CUDA events (median and p90 of --iters runs after --warmup), and the two methods'
 kept rows must be equal. With --model-ms, each run first queues a GPU stand-in for the model of that many ms, as
 the Detector does, and the time it adds beyond the stand-in alone is reported: there the host queues the NMS
-kernels while the model runs.
+kernels while the model runs. With --counts-first, the host also waits for each frame's candidate count before it
+queues the NMS (what select_detections avoids: it keeps the counts on the device until the rows come back), so the
+time that wait adds shows against a run without it.
 Usage: PYTHONPATH=$PWD python scripts/nms_bench.py [--batches 1,8] [--iters 200] [--json out.json]
 """
 
@@ -58,15 +60,20 @@ def synthetic_predictions(load: str, batch: int, device: torch.device, seed: int
 
 
 def time_ms(
-    predictions: torch.Tensor | None, method: str, warmup: int, iters: int, model_cycles: int = 0
+    predictions: torch.Tensor | None, method: str, warmup: int, iters: int, model_cycles: int = 0,
+    counts_first: bool = False,
 ) -> list[float]:
-    """Milliseconds per run of [model stand-in, then] select_detections; None: the stand-in alone."""
+    """Milliseconds per run of [model stand-in, then] select_detections; None: the stand-in alone. ``counts_first``:
+    the host waits for the frames' candidate counts before it queues select_detections."""
     times = []
     for run in range(warmup + iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         if model_cycles:
             torch.cuda._sleep(model_cycles)
+        if predictions is not None and counts_first:
+            scores = predictions[..., 4] * predictions[..., 5:].max(dim=-1).values
+            (scores >= CONF_THRESHOLD).sum(dim=1).tolist()  # the host waits here, for the model too
         if predictions is not None:
             select_detections(predictions, CONF_THRESHOLD, NMS_THRESHOLD, method)  # ends with a host sync
         end.record()
@@ -94,6 +101,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--model-ms", type=float, default=0.0, help="GPU stand-in for the model before each run")
+    parser.add_argument("--counts-first", action="store_true",
+                        help="the host waits for the candidate counts before queueing each run's NMS")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -104,7 +113,8 @@ def main() -> int:
     cycles = sleep_cycles(args.model_ms) if args.model_ms else 0
     model_alone = float(np.median(time_ms(None, "", args.warmup, args.iters, cycles))) if cycles else 0.0
     print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", end="")
-    print(f", after a {model_alone:.2f} ms model stand-in (times are what NMS adds)" if cycles else "")
+    print(f", after a {model_alone:.2f} ms model stand-in (times are what NMS adds)" if cycles else "",
+          ", waiting for the candidate counts first" if args.counts_first else "", sep="")
     for load in args.loads.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             predictions = synthetic_predictions(load, batch, device)
@@ -121,7 +131,8 @@ def main() -> int:
                 "equal": equal,
             }
             for method in NMS_METHODS:
-                times = np.array(time_ms(predictions, method, args.warmup, args.iters, cycles)) - model_alone
+                times = np.array(time_ms(predictions, method, args.warmup, args.iters, cycles,
+                                         args.counts_first)) - model_alone
                 row[f"{method}_p50_ms"] = float(np.median(times))
                 row[f"{method}_p90_ms"] = float(np.percentile(times, 90))
             results.append(row)
@@ -133,7 +144,8 @@ def main() -> int:
             )
     if args.json:
         with atomic_path(args.json) as tmp:
-            summary = {"gpu": torch.cuda.get_device_name(device), "model_ms": model_alone, "results": results}
+            summary = {"gpu": torch.cuda.get_device_name(device), "model_ms": model_alone,
+                       "counts_first": args.counts_first, "results": results}
             tmp.write_text(json.dumps(summary, indent=2))
     if mismatches:
         print(f"error: {mismatches} case(s) kept different rows", file=sys.stderr)

@@ -229,7 +229,11 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                                                    reader_niceness=10)}
     # bench plays as many frames as detect reads (every camera's clip), so that flat out both are timed as long
     same_frames = ["--iters", str(ctx.camera_count * ctx.settings.frames), "--warmup", str(ctx.settings.warmup)]
-    steps: list[Step | Served] = []
+    # what the host's cores decode with nothing else running: the cameras' readers on one clip, threads as detect's
+    steps: list[Step | Served] = [
+        Step("decode_readers", 300, ctx.script("decode_bench", "--clip", cameras[0], "--readers", ctx.camera_count,
+                                               "--decoders", "opencv", "--workers", "thread",
+                                               "--json", ctx.result("decode_readers.json")))]
     for load in ctx.loads:
         detection = ["-c", ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load)]
         detect = ["--backend", "pytorch", *detection]
@@ -290,6 +294,10 @@ def nms(ctx: Context) -> list[Step | Served]:
         Step("nms_bench_after_model", 120, ctx.script(
             "nms_bench", "--iters", 100, "--model-ms", 3, "--json", ctx.result("nms_bench_after_model.json")),
             needs_gpus=1),
+        # the same, the host waiting for the candidate counts before it queues the NMS (what the Detector avoids)
+        Step("nms_bench_after_model_counts_first", 120, ctx.script(
+            "nms_bench", "--iters", 100, "--model-ms", 3, "--counts-first",
+            "--json", ctx.result("nms_bench_after_model_counts_first.json")), needs_gpus=1),
         Step("nms_gpu_tests", 180, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                     str(ROOT / "tests" / "core" / "test_nms_kernels.py")], needs_gpus=1),
     ]
@@ -443,6 +451,7 @@ def triton(ctx: Context) -> list[Step | Served]:
     return [
         ctx.triton("triton", [
             bench("bench_triton"),
+            bench("bench_triton_client_processes_4", "--client-processes", 4),  # the cameras over 4 processes
             ctx.detect("detect_triton_clip", clip, "--backend", "triton", *ctx.model),
         ], *ctx.detection),
         ctx.triton("triton_max_batch_16", [bench("bench_triton_max_batch_16")], *ctx.detection,
@@ -494,8 +503,8 @@ SUITES = {
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",
         loads, {"cameras": "1,16", "iters": 1000, "warmup": 100}),
-    "nms": Suite("the GPU NMS against torchvision at the three loads, alone and behind a 3 ms model; its GPU tests",
-                 nms),
+    "nms": Suite("the GPU NMS against torchvision at the three loads, alone and behind a 3 ms model (also with the "
+                 "host waiting for the candidate counts first); its GPU tests", nms),
     "model-step": Suite("the PyTorch runner's model step per batch size: CUDA graph or compile, cuDNN search on/off",
                         model_step),
     "multicam": Suite(
@@ -515,7 +524,8 @@ SUITES = {
         "PyTorch compiled, ONNX Runtime on the CPU, recommend for 4 and 16 cameras", backends,
         {"cameras": "1,4,16", "iters": 1000, "warmup": 100}),
     "triton": Suite(
-        "the bundled server: bench at max_batch_size 8 and 16 and a 2 ms queue delay, detect of a 1080p clip",
+        "the bundled server: bench at max_batch_size 8 (from one client process and from 4) and 16 and a 2 ms "
+        "queue delay, detect of a 1080p clip",
         triton, {"cameras": "1,4,16", "iters": 1000, "warmup": 100, "frames": 300}),
     "detect": Suite("detect of one 640x640 and one --size clip, end to end", detect, {"frames": 300}),
     "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory",

@@ -56,6 +56,11 @@ class Runner(ABC):
     @abstractmethod
     def infer(self, batch: torch.Tensor) -> torch.Tensor | list[np.ndarray]: ...
 
+    def input_array(self, frames: int) -> np.ndarray | None:
+        """Where the calling thread may write its next batch of ``frames`` uint8 canvases (a host runner of the
+        "canvas" format), which its next ``infer`` then reads in place; None: the Detector makes the batch."""
+        return None
+
     def describe(self) -> dict:
         """What runs, for tables and JSON (precision, device, artifact...)."""
         return {"backend": self.name, "device": str(self.device)}
@@ -230,17 +235,22 @@ class Detector:
             yield
 
     def _upload(self, canvases: Sequence[np.ndarray]) -> torch.Tensor:
-        """Host canvases -> one (B, H, W, 3) batch on the runner's device (on a GPU: one copy from pinned memory)."""
-        if self._staging is None:
-            return torch.from_numpy(np.stack(canvases))
+        """Host canvases -> one (B, H, W, 3) batch on the runner's device (on a GPU: one copy from pinned memory;
+        on the host: written where the runner reads it, a server's shared memory region, if it has such a place)."""
 
-        def fill(slots: torch.Tensor) -> None:
+        def fill(batch: np.ndarray) -> None:
             # One native call for the whole batch, on one thread: each call that gives up the interpreter lock waits
             # to take it back behind the cameras' readers (a copy per frame waited once per frame), and torch's CPU
             # threads would compete with the readers for cores.
-            cv2.vconcat(list(canvases), dst=slots.numpy().reshape(-1, *slots.shape[2:]))
+            cv2.vconcat(list(canvases), dst=batch.reshape(-1, *batch.shape[2:]))
 
-        return self._staging.to_device(len(canvases), fill)[0]
+        if self._staging is not None:
+            return self._staging.to_device(len(canvases), lambda slots: fill(slots.numpy()))[0]
+        batch = self.runner.input_array(len(canvases)) if self.runner.input_format == "canvas" else None
+        if batch is None:
+            batch = np.empty((len(canvases), *self.input_size, 3), dtype=np.uint8)
+        fill(batch)
+        return torch.from_numpy(batch)
 
     def _detect(self, canvas: torch.Tensor, ratios: list[float], start: float,
                 times: StageTimes | None) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import mmap
 import os
 import threading
 import weakref
@@ -38,6 +39,7 @@ from reidctl.triton.client import (
     served_model,
 )
 from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
+from reidctl.triton.watchdog import SHM_DIR
 
 # A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
 # because a closed loop on a busy CPU (client threads and server sharing cores) queues far longer than N x one
@@ -55,7 +57,6 @@ _camera_ids = itertools.count()
 def availability() -> str | None:
     try:
         import tritonclient.grpc  # noqa: F401
-        import tritonclient.utils.shared_memory  # noqa: F401
     except Exception as exc:  # protobuf version clashes raise more than ImportError
         return f"tritonclient[grpc] cannot be imported ({type(exc).__name__}: {first_line(exc, 120)})"
     return None
@@ -68,30 +69,54 @@ def _gone_status(exc: Exception) -> bool:
 
 
 class _SharedInput:
-    """One thread's system shared memory region for input batches, grown on demand."""
+    """One thread's system shared memory region for input batches, grown on demand. A batch may be written into it
+    in place (``view``), which its request then sends without a copy.
 
-    def __init__(self, client, shm, headers: dict[str, str]):
-        self.client, self.shm, self.headers = client, shm, headers
-        self.handle = None
+    The region is a mapping of its own, never closed here: each view holds it, so a view that outlives the region
+    (a request that moves to another server copies its batch from the old one) still reads mapped memory; the
+    mapping goes with its last holder, the region's name when it is released."""
+
+    def __init__(self, client, headers: dict[str, str]):
+        self.client, self.headers = client, headers
+        self.mapping: mmap.mmap | None = None
         self.name = ""
         self.size = 0
+        self.address = 0  # where the mapping starts in this process
 
     def ensure(self, byte_size: int) -> None:
         if byte_size <= self.size:
             return
         self.release()
         self.name = f"reidctl_{os.getpid()}_{next(_region_ids)}"
-        self.handle = self.shm.create_shared_memory_region(self.name, f"/{self.name}", byte_size)
+        path = f"{SHM_DIR}/{self.name}"
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)  # this user's only
+        try:
+            os.ftruncate(descriptor, byte_size)
+            self.mapping = mmap.mmap(descriptor, byte_size)
+        except OSError:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(descriptor)
         self.size = byte_size
+        self.address = self.view((1,), np.uint8).ctypes.data
         self.client.register_system_shared_memory(self.name, f"/{self.name}", byte_size, headers=self.headers)
 
+    def view(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        return np.ndarray(shape, dtype, buffer=self.mapping)
+
+    def holds(self, array: np.ndarray) -> bool:
+        """``array`` is a view of this region from its start (a batch written in place)."""
+        return self.mapping is not None and array.ctypes.data == self.address and array.nbytes <= self.size
+
     def release(self) -> None:
-        if self.handle is None:
+        if self.mapping is None:
             return
         with contextlib.suppress(Exception):  # the server may be gone; the local region goes regardless
             self.client.unregister_system_shared_memory(self.name, headers=self.headers, client_timeout=HEALTH_TIMEOUT)
-        self.shm.destroy_shared_memory_region(self.handle)
-        self.handle, self.size = None, 0
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{SHM_DIR}/{self.name}")
+        self.mapping, self.size, self.address = None, 0, 0
 
 
 class _Server:
@@ -124,10 +149,9 @@ class TritonRequests:
 
     def __init__(self, triton, warn=print_warning):
         import tritonclient.grpc as grpcclient
-        import tritonclient.utils.shared_memory as shm
         from tritonclient.utils import InferenceServerException
 
-        self._grpc, self._shm, self._server_error = grpcclient, shm, InferenceServerException
+        self._grpc, self._server_error = grpcclient, InferenceServerException
         urls = triton.urls
         self.url = ", ".join(urls)
         self.model_name = triton.model_name
@@ -345,10 +369,31 @@ class TritonRequests:
         server = seat.server
         region = seat.regions.get(server.index)
         if region is None:
-            region = seat.regions[server.index] = _SharedInput(server.client, self._shm, server.headers)
+            region = seat.regions[server.index] = _SharedInput(server.client, server.headers)
             with self._lock:
                 server.regions.append(region)
         return region
+
+    def _region_bytes(self, frames: int, frame_bytes: int) -> int:
+        """A region holds the model's largest batch from the start: a larger batch would replace it (unregister,
+        create, register again), and the first batches of a run grow frame by frame as the cameras start."""
+        return max(frames, self.max_batch_size) * frame_bytes
+
+    def input_array(self, frames: int) -> np.ndarray | None:
+        """Where this thread may write its next batch of ``frames`` canvases, which its next request then sends
+        without a copy: a view of its shared memory region. None where inputs do not travel through one."""
+        if self._closed or self.input_format != "canvas" or self.input_size is None:
+            return None
+        seat = self._seat()
+        if not seat.server.use_shared_memory:
+            return None
+        shape = (frames, *self.input_size, 3)
+        region = self._region(seat)
+        try:
+            region.ensure(self._region_bytes(frames, int(np.prod(shape[1:]))))
+        except (self._server_error, OSError):
+            return None  # the request meets the same failure, and handles it (_inputs_for)
+        return region.view(shape, np.uint8)
 
     def _inputs_for(self, array: np.ndarray, seat: _Seat) -> list:
         """One InferInput per request in the batch's chunks; through this thread's shared memory if enabled."""
@@ -358,14 +403,15 @@ class TritonRequests:
         if seat.server.use_shared_memory:
             try:
                 region = self._region(seat)
-                region.ensure(array.nbytes)
-                self._shm.set_shared_memory_region(region.handle, [array])
+                if not region.holds(array):
+                    region.ensure(self._region_bytes(len(array), array.nbytes // max(1, len(array))))
+                    np.copyto(region.view(array.shape, array.dtype), array)
                 offset = 0
                 for item, part in zip(inputs, parts):
                     item.set_shared_memory(region.name, part.nbytes, offset)
                     offset += part.nbytes
                 return inputs
-            except (self._server_error, self._shm.SharedMemoryException) as exc:
+            except (self._server_error, OSError) as exc:
                 if _gone_status(exc):  # the server, not its shared memory: infer decides what follows
                     raise
                 # e.g. a server in a container without the host's IPC namespace: send the bytes instead

@@ -31,6 +31,7 @@ from helpers import (SMALL_TEST_SIZE, assert_same_detections, free_ports, make_c
 from reidctl.cli import app
 from reidctl.config import Config, load_config, override
 from reidctl.core.detector import create_detector
+from reidctl.core.frames import letterbox_frame
 from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
@@ -321,6 +322,42 @@ def test_triton_detector_matches_pytorch(triton_server, nano_config, video_file)
             assert len(expected) > 0
             assert_same_rows(single, expected)
             assert_same_rows(together, expected)
+
+
+def test_letterboxed_batches_go_through_one_region_written_in_place(triton_server, nano_config, video_file):
+    """detect's batches (canvases letterboxed by the readers) are written straight into the thread's shared memory
+    region, which holds the model's largest batch from the first request: batches of any size give the in-process
+    detections, and no batch replaces the region."""
+    config = triton_config(nano_config, triton_server.grpc_port)
+    frames = video_frames(video_file)[:9]
+    size = config.detection.input_size
+    canvases, ratios = zip(*(letterbox_frame(frame, size) for frame in frames))
+    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
+    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
+
+    def own_regions() -> dict:
+        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
+        return {name: int(region["byte_size"]) for name, region in regions.items()
+                if name.startswith(f"reidctl_{os.getpid()}_")}
+
+    with create_detector(config, "pytorch") as reference, create_detector(config, "triton") as remote:
+        expected = reference.detect_canvases(canvases, ratios)
+        seen, first = [], 0
+        for count in (1, 3, 5):  # growing batches, as when a run's cameras start
+            got = remote.detect_canvases(canvases[first : first + count], ratios[first : first + count])
+            for rows, want in zip(got, expected[first : first + count]):
+                assert_same_rows(rows, want)
+            seen.append(own_regions())
+            first += count
+        batch = remote.runner.input_array(2)
+        batch[:] = 7  # what the next request sends is what the server's region holds
+        (name, byte_size), = seen[0].items()
+        assert (Path("/dev/shm") / name).read_bytes()[: batch.nbytes] == b"\x07" * batch.nbytes
+    max_batch = remote.runner.max_batch_size
+    assert byte_size == max_batch * size[0] * size[1] * 3
+    assert seen == [seen[0]] * 3  # one region, registered once, for every batch size
+    assert not own_regions()  # gone with the detector
+    client.close()
 
 
 def test_a_remote_url_on_the_bundled_servers_port_is_another_server(triton_server):
