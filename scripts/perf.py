@@ -480,6 +480,7 @@ def host(ctx: Context) -> list[Step | Served]:
                                              ctx.settings.frames, "--readers", "1,2,4", "--json",
                                              ctx.result("decode_bench.json"))),
         Step("cli_startup", 300, ctx.script("cli_startup")),
+        Step("formatter_threads", 120, ctx.script("formatter_threads", "--json", ctx.result("formatter_threads.json"))),
     ]
 
 
@@ -528,7 +529,8 @@ SUITES = {
         "queue delay, detect of a 1080p clip",
         triton, {"cameras": "1,4,16", "iters": 1000, "warmup": 100, "frames": 300}),
     "detect": Suite("detect of one 640x640 and one --size clip, end to end", detect, {"frames": 300}),
-    "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory",
+    "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory, "
+                  "the formatting process's threads",
                   host, {"frames": 120}),
 }
 
