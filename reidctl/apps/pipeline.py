@@ -352,10 +352,16 @@ class _Run:
         for item, detections in frames:
             item.camera.record(done - item.decoded_at, len(detections), done)
 
-    def batch_loop(self, ended: threading.Event) -> None:
+    def batch_loop(self, ready: threading.Event, ended: threading.Event) -> None:
         """One detect step over the newest frame of every camera that has one (through a server: one request),
-        until the run stops or every camera has ended; ``ended`` is set on the way out."""
+        until the run stops or every camera has ended; ``ended`` is set on the way out.
+
+        First an untimed step of the largest batch, then ``ready``: what a thread pays once (a server connection's
+        and shared memory region's set-up, a GPU library's handles) is paid before the cameras start, not by the
+        first second's frames."""
         try:
+            self.detector.detect_canvases(*warm_up_batch(self.detector, self.max_batch))
+            ready.set()
             while not self.hub.stopping.is_set():
                 batch = self.hub.take_batch(self.max_batch)
                 if not batch:
@@ -525,14 +531,19 @@ def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
     }
 
 
+def warm_up_batch(detector: Detector | DetectorPool, size: int) -> tuple[list[np.ndarray], list[float]]:
+    """``size`` letterboxed synthetic canvases and their ratios, for an untimed call."""
+    canvas, ratio = letterbox_frame(synthetic_frame(0, detector.input_size), detector.input_size)
+    return [canvas] * size, [ratio] * size
+
+
 def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) -> None:
     """Run once on every device, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning,
     connections, the pinned staging buffer), through the call the run makes."""
-    canvas, ratio = letterbox_frame(synthetic_frame(0, detector.input_size), detector.input_size)
     on_gpu = detector.runner.device.type == "cuda"
     for one in detector.members:
         for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
-            one.detect_canvases([canvas] * size, [ratio] * size)
+            one.detect_canvases(*warm_up_batch(detector, size))
 
 
 # Room above a frame's pixels for what an allocator adds to such a block (alignment, its header).
@@ -684,15 +695,21 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     workers: list[threading.Thread] = []
     stopped = None
     try:
-        run.start()
-        hub.letterbox_size = detector.input_size  # the readers letterbox their frames, in parallel
-        loops_ended = [threading.Event() for _ in range(batch_loops(detector))]
-        workers = [threading.Thread(target=run.batch_loop, args=(ended,), name=f"detect-batches-{i}", daemon=True)
-                   for i, ended in enumerate(loops_ended)]
-        for camera in cameras:
-            camera.start()
+        loops_ready = [threading.Event() for _ in range(batch_loops(detector))]
+        loops_ended = [threading.Event() for _ in loops_ready]
+        workers = [threading.Thread(target=run.batch_loop, args=(ready, ended), name=f"detect-batches-{i}",
+                                    daemon=True)
+                   for i, (ready, ended) in enumerate(zip(loops_ready, loops_ended))]
         for worker in workers:
             worker.start()
+        for ready, ended in zip(loops_ready, loops_ended):  # each loop's own warm-up step, or its failure
+            while not (ready.wait(UPDATE_INTERVAL_S) or ended.is_set()):
+                pass
+        run.start()
+        hub.letterbox_size = detector.input_size  # the readers letterbox their frames, in parallel
+        if not hub.stopping.is_set():
+            for camera in cameras:
+                camera.start()
         while not all(ended.is_set() for ended in loops_ended):
             deadline = time.monotonic() + UPDATE_INTERVAL_S
             for ended in loops_ended:  # back as soon as the last batch loop ends: the run's wall time has no idle tail

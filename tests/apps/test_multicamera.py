@@ -174,8 +174,8 @@ def test_short_lock_turns_and_a_frozen_setup_while_detect_runs_and_python_defaul
 
 def test_ctrl_c_while_the_cameras_start_ends_the_run_without_waiting_for_batch_loops_never_begun(
         tmp_path, small_config, monkeypatch):
-    """Ctrl-C between two cameras' starts: the second reader and the batch loops never began, so the run waits for
-    none of them (joining a thread never started raises) and does not keep the model as if a step still ran on it."""
+    """Ctrl-C between two cameras' starts: the second reader never began, so the run does not wait for it (joining a
+    thread never started raises), and does not keep the model as if a step still ran on it."""
     from reidctl.apps import pipeline
 
     started, start = [], Camera.start
@@ -200,6 +200,34 @@ def test_ctrl_c_while_the_cameras_start_ends_the_run_without_waiting_for_batch_l
         detector.close()
         cameras[1].source.close()  # never started: its reader did not close it
     assert result.stopped == "interrupted" and not left_running
+
+
+def test_each_batch_loop_runs_a_step_of_the_largest_batch_before_the_cameras_start(tmp_path, small_config,
+                                                                                  monkeypatch):
+    """What a thread pays once (a server's connection and shared memory region, a GPU library's handles) is paid by
+    an untimed step of the largest batch on each batch loop before the first camera starts, not by the first
+    second's frames; the run's own figures count its steps only."""
+    from reidctl.apps import pipeline
+
+    clips = [str(write_video(tmp_path / f"c{i}.avi", frames=8, size=(120, 160))) for i in range(3)]
+    config = load_config(small_config)
+    served_at_start, start = [], Camera.start
+
+    def start_recording_served(camera):
+        served_at_start.append(detector.served)
+        start(camera)
+
+    monkeypatch.setattr(Camera, "start", start_recording_served)
+    with create_detector(config) as detector:
+        loops = pipeline.batch_loops(detector)
+        result = run_detect(config, camera_specs(clips), OutputRequest(no_output=True), DetectOptions(max_batch=2),
+                            warn=lambda line: None, detector=detector)
+        served_after = detector.served
+    sizes = {int(size): count for size, count in result.summary["batch_sizes"].items()}
+    # before the first camera: the run's warm-up on this thread (one frame on a CPU), then each loop's 2 frames
+    assert served_at_start[0] == (1 + loops, 1 + 2 * loops)
+    assert served_after == (1 + loops + sum(sizes.values()), 1 + 2 * loops + sum(s * n for s, n in sizes.items()))
+    assert result.summary["frames"] == 24 == sum(s * n for s, n in sizes.items())
 
 
 def test_a_long_run_keeps_its_newest_records_and_counts_every_frame(tmp_path, small_config, monkeypatch):
