@@ -447,6 +447,7 @@ def triton(ctx: Context) -> list[Step | Served]:
                          "--cameras", ctx.settings.cameras)
 
     delay = ctx.config("queue_delay_2ms", triton={"max_queue_delay_ms": 2.0})
+    two = ctx.config("instances_2", triton={"instances": 2})
     clip = ctx.clips(1, suffix=".avi")
     return [
         ctx.triton("triton", [
@@ -458,6 +459,10 @@ def triton(ctx: Context) -> list[Step | Served]:
                    "--max-batch-size", 16),
         ctx.triton("triton_queue_delay_2ms", [bench("bench_triton_queue_delay_2ms", "-c", delay)], "-c", delay,
                    *ctx.detection),
+        # the server model without torch.compile, then with two instances on the GPU (server_compiles, instances)
+        ctx.triton("triton_no_compile", [bench("bench_triton_no_compile")], *ctx.detection, "--no-compile"),
+        ctx.triton("triton_instances_2_no_compile", [bench("bench_triton_instances_2_no_compile")], "-c", two,
+                   *ctx.detection, "--no-compile"),
     ]
 
 
@@ -525,8 +530,8 @@ SUITES = {
         "PyTorch compiled, ONNX Runtime on the CPU, recommend for 4 and 16 cameras", backends,
         {"cameras": "1,4,16", "iters": 1000, "warmup": 100}),
     "triton": Suite(
-        "the bundled server: bench at max_batch_size 8 (from one client process and from 4) and 16 and a 2 ms "
-        "queue delay, detect of a 1080p clip",
+        "the bundled server: bench at max_batch_size 8 (from one client process and from 4) and 16, a 2 ms "
+        "queue delay, without torch.compile, two instances; detect of a 1080p clip",
         triton, {"cameras": "1,4,16", "iters": 1000, "warmup": 100, "frames": 300}),
     "detect": Suite("detect of one 640x640 and one --size clip, end to end", detect, {"frames": 300}),
     "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory, "
