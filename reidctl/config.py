@@ -108,7 +108,7 @@ class DetectionConfig:
     batches_in_flight: int = 2
     # Niceness added to the cameras' reader threads and their decoders (Linux): on a busy host the batch loops, the
     # outputs and a local server finish the frames already read before new ones are decoded. 0 (the default) runs
-    # them alike: on one H200 with 16 cameras, 10 was no better (docs/PERFORMANCE.md)
+    # them alike: 10 did not drop fewer frames in process (docs/PERFORMANCE.md, figures behind choices)
     reader_niceness: int = 0
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
