@@ -541,9 +541,11 @@ def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) ->
     """Run once on every device, untimed, what pays one-off costs (CUDA-graph capture per batch size, autotuning,
     connections, the pinned staging buffer), through the call the run makes."""
     on_gpu = detector.runner.device.type == "cuda"
+    largest = min(max_batch, cameras) if on_gpu else 1
+    canvases, ratios = warm_up_batch(detector, largest)
     for one in detector.members:
-        for size in range(1, (min(max_batch, cameras) if on_gpu else 1) + 1):
-            one.detect_canvases(*warm_up_batch(detector, size))
+        for size in range(1, largest + 1):
+            one.detect_canvases(canvases[:size], ratios[:size])
 
 
 # Room above a frame's pixels for what an allocator adds to such a block (alignment, its header).

@@ -246,7 +246,7 @@ class Detector:
 
         if self._staging is not None:
             return self._staging.to_device(len(canvases), lambda slots: fill(slots.numpy()))[0]
-        batch = self.runner.input_array(len(canvases)) if self.runner.input_format == "canvas" else None
+        batch = self.runner.input_array(len(canvases))
         if batch is None:
             batch = np.empty((len(canvases), *self.input_size, 3), dtype=np.uint8)
         fill(batch)
