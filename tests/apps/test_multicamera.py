@@ -306,14 +306,17 @@ def test_stream_that_fails_reconnects_while_other_cameras_go_on(tmp_path, small_
         street, hall = stats["cameras"]
         if progress["faulted_at"] is None and street["frames"] >= 8:
             if fault == "killed":
-                servers[0].process.kill()
+                servers[-1].process.kill()
             else:
-                servers[0].process.send_signal(signal.SIGSTOP)  # the stream stalls: the read timeout must notice
+                servers[-1].process.send_signal(signal.SIGSTOP)  # the stream stalls: the read timeout must notice
             progress["faulted_at"] = hall["frames"]
-        elif progress["restarted_at"] is None and street["state"] == "reconnecting":
-            servers[0].stop()
+        elif street["state"] == "reconnecting" and (
+                servers[-1].process.poll() is not None  # gone: the fault, or the server dropped its client early
+                or progress["faulted_at"] is not None and progress["restarted_at"] is None):  # the stalled one
+            servers[-1].stop()
             servers.append(StreamServer(stream_port))
-            progress["restarted_at"] = hall["frames"]
+            if progress["faulted_at"] is not None:  # the restart that answers the fault
+                progress["restarted_at"] = hall["frames"]
 
     warnings = []
     options = DetectOptions(realtime=True, max_frames=40, timeout_s=0.5)
