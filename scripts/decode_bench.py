@@ -28,17 +28,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from reidctl.io.synthetic import synthetic_frame
+from reidctl.io.synthetic import SCENES, write_synthetic_video
 
 EXTENSIONS = {"mp4v": ".mp4", "MJPG": ".avi"}
 
 
-def write_clip(path: Path, frames: int, size: tuple[int, int], codec: str, fps: float = 30.0) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (size[1], size[0]))
-    for i in range(frames):
-        writer.write(synthetic_frame(i, size))
-    writer.release()
-    return path
+def bitrate_mbit_s(path: Path) -> float:
+    """The clip's bits per second of video, from its size, frame count and frame rate."""
+    capture = cv2.VideoCapture(str(path))
+    seconds = capture.get(cv2.CAP_PROP_FRAME_COUNT) / capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return path.stat().st_size * 8 / seconds / 1e6
 
 
 def decode_opencv(path: str):
@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--size", default="1080x1920", help="generated clip's HEIGHTxWIDTH")
     parser.add_argument("--frames", type=int, default=240, help="generated clip's frame count")
     parser.add_argument("--codec", default="mp4v", choices=sorted(EXTENSIONS), help="generated clip's codec")
+    parser.add_argument("--scene", choices=SCENES, default="noise", help="generated clip's scene")
     parser.add_argument("--readers", default="1,4,16", help="reader counts, comma-separated")
     parser.add_argument("--decoders", default="opencv,pyav", help="opencv, pyav (skipped where `av` is missing)")
     parser.add_argument("--workers", default="thread,process", help="thread, process")
@@ -164,9 +165,11 @@ def main() -> None:
         clip = args.clip
         if clip is None:
             height, width = (int(v) for v in args.size.lower().split("x"))
-            clip = write_clip(Path(scratch) / f"clip{EXTENSIONS[args.codec]}", args.frames, (height, width), args.codec)
-        results = []
-        print(f"{clip}: {platform.node()}, {os.cpu_count()} CPUs, OpenCV {cv2.__version__}", flush=True)
+            clip = write_synthetic_video(Path(scratch) / f"clip{EXTENSIONS[args.codec]}", args.frames, (height, width),
+                                         scene=args.scene)
+        results, bitrate = [], bitrate_mbit_s(clip)
+        print(f"{clip} ({bitrate:.1f} Mbit/s): {platform.node()}, {os.cpu_count()} CPUs, OpenCV {cv2.__version__}",
+              flush=True)
         for readers in (int(n) for n in args.readers.split(",")):
             for decoder in decoders:
                 for workers in args.workers.split(","):
@@ -176,8 +179,8 @@ def main() -> None:
                     print(f"{readers:3d} readers  {decoder:6s}  {workers:7s}  {frames:6d} frames  "
                           f"{frames / seconds:8.1f} FPS", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"clip": str(clip), "cpus": os.cpu_count(), "opencv": cv2.__version__,
-                                         "results": results}, indent=2))
+        args.json.write_text(json.dumps({"clip": str(clip), "clip_mbit_s": bitrate, "cpus": os.cpu_count(),
+                                         "opencv": cv2.__version__, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

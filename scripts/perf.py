@@ -77,6 +77,7 @@ class Settings:
     cameras: str = "16"  # camera counts of bench's runs, comma-separated; the generated clips: the largest
     frames: int = 240  # frames per generated clip, at 30 FPS
     size: str = "1080x1920"  # generated clips' HEIGHTxWIDTH
+    scene: str = "noise"  # generated clips' scene (reidctl.io.synthetic.SCENES)
     device: str = "cuda"
     model_args: str = "--model-type mot17"
     loads: str = "idle,crowd,worst"
@@ -137,14 +138,15 @@ class Context:
     def clips(self, count: int, size: str | None = None, suffix: str = ".mp4") -> list[Path]:
         """``count`` copies of a generated clip (.mp4 MPEG-4, .avi MJPG), written unless a run before left them."""
         size = size or self.settings.size
-        directory = self.work_dir / "clips" / f"{count}_{size}_{self.settings.frames}f{suffix.replace('.', '_')}"
+        directory = self.work_dir / "clips" / (f"{count}_{size}_{self.settings.frames}f_{self.settings.scene}"
+                                               f"{suffix.replace('.', '_')}")
         paths = [directory / f"cam{i:02d}{suffix}" for i in range(1, count + 1)]
         if not all(path.is_file() for path in paths):
             target = paths[0] if count == 1 else directory / f"cam{suffix}"  # make_clip numbers several copies
             self.fixtures.setdefault(directory.name, Step(
                 f"clips_{directory.name}", 240, self.script(
                     "make_clip", target, "--size", size, "--fps", 30, "--frames", self.settings.frames,
-                    "--count", count)))
+                    "--scene", self.settings.scene, "--count", count)))
         return paths
 
     def checkpoint(self, load: str) -> Path:
@@ -176,13 +178,15 @@ class Context:
         return self.config("compile", compile=self.compiles)
 
     def detect(self, name: str, clips: list[Path], *options, outputs: tuple[str, ...] = ("mot",),
-               timeout_s: int = 150, needs_gpus: int | None = None) -> Step:
-        """`reidctl detect` of the clips as cameras, its summary in OUT_DIR/NAME.json; ``outputs``: mot, jsonl."""
+               timeout_s: int = 150, needs_gpus: int | None = None, turned_back: tuple[str, ...] = ()) -> Step:
+        """`reidctl detect` of the clips as cameras, its summary in OUT_DIR/NAME.json; ``outputs``: mot, jsonl;
+        ``turned_back``: options of scripts/detect_variant.py, which runs detect with a choice of the code undone."""
         written = self.work_dir / "outputs" / name
         paths = {"mot": written / ("mot" if len(clips) > 1 else "mot.txt"), "jsonl": written / "detections.jsonl"}
         output_args = [arg for kind in outputs for arg in (f"--{kind}", paths[kind])] or ["--no-output"]
         summary = self.result(f"{name}.json")
-        argv = self.reidctl("detect", *clips, *options, *output_args, "--no-progress", "--summary-json", summary)
+        detect = self.script("detect_variant", *turned_back, "--") if turned_back else self.reidctl("detect")
+        argv = [*detect, *map(str, [*clips, *options, *output_args, "--no-progress", "--summary-json", summary])]
         return Step(name, timeout_s, argv, output=summary, needs_gpus=self.needs(needs_gpus))
 
     def timeline(self, name: str, clips: list[Path], *options) -> Step:
@@ -217,6 +221,11 @@ class Context:
 # pipeline-pytorch's real-time runs per load: without tracking, and at the crowd load with --track too (the worst
 # load's row for every anchor is more than real time can write).
 REAL_TIME_TRACKING = {"idle": ((),), "crowd": ((), ("--track",))}
+# pipeline-pytorch's real-time runs with a choice of the code undone (scripts/detect_variant.py), per load: name, the
+# variant's options, tracking; each is the pair of the same run with the defaults
+TURNED_BACK = {"idle": (("setup_collected", ("--setup-collected",), ()),),
+               "crowd": (("switch_interval_5ms", ("--switch-interval-ms", 5), ()),
+                         ("sleeping_waits", ("--sleeping-waits",), ("--track",)))}
 
 
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
@@ -247,6 +256,10 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                 steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
                                         "--model", ctx.checkpoint(load), "--realtime", *tracking,
                                         outputs=("mot", "jsonl")))
+        for name, turned_back, tracking in TURNED_BACK.get(load, ()):
+            name = f"detect_pytorch_rt_{load}{'_track' if tracking else ''}_{name}"
+            steps.append(ctx.detect(name, cameras, *detect, "--realtime", *tracking, outputs=("mot", "jsonl"),
+                                    turned_back=turned_back))
         if load in REAL_TIME_TRACKING:  # the same real-time run, its first seconds traced
             steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
         steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
@@ -482,8 +495,8 @@ def host(ctx: Context) -> list[Step | Served]:
         Step("hub_bench", 300, ctx.script("hub_bench", "--step-ms", 5), stdout=ctx.result("hub_bench.json")),
         Step("track_bench", 300, ctx.script("track_bench")),
         Step("decode_bench", 300, ctx.script("decode_bench", "--size", ctx.settings.size, "--frames",
-                                             ctx.settings.frames, "--readers", "1,2,4", "--json",
-                                             ctx.result("decode_bench.json"))),
+                                             ctx.settings.frames, "--scene", ctx.settings.scene, "--readers", "1,2,4",
+                                             "--json", ctx.result("decode_bench.json"))),
         Step("cli_startup", 300, ctx.script("cli_startup")),
         Step("formatter_threads", 120, ctx.script("formatter_threads", "--json", ctx.result("formatter_threads.json"))),
     ]
@@ -782,6 +795,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cameras", help="camera counts of bench's runs, comma-separated (the clips: the largest)")
     parser.add_argument("--frames", type=int, help="frames per generated clip")
     parser.add_argument("--size", help="generated clips' HEIGHTxWIDTH (default 1080x1920)")
+    parser.add_argument("--scene", choices=("noise", "camera"), help="generated clips' scene (default noise: a fresh "
+                        "noisy background every frame; camera: a still background, far cheaper to decode)")
     parser.add_argument("--device", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--model-args", help="model options for every command (default \"--model-type mot17\"); "
                                              "one option alone as --model-args=--fp32")

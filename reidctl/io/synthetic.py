@@ -21,10 +21,19 @@ def video_fourcc(path: Path) -> str:
     return fourcc
 
 
-def synthetic_frame(index: int, size: tuple[int, int]) -> np.ndarray:
-    """A uint8 BGR frame of ``size`` (height, width): noisy background, two moving person-sized shapes."""
+# A generated clip's scene: "noise" draws a fresh noisy background every frame, so every pixel changes and the clip
+# takes several times the bits, and the decoding time, of a camera's; "camera" keeps the first frame's background
+# still, as a fixed camera sees its scene, and only the shapes move (docs/PERFORMANCE.md has both clips' figures).
+SCENES = ("noise", "camera")
+
+
+def synthetic_frame(index: int, size: tuple[int, int], scene: str = "noise") -> np.ndarray:
+    """A uint8 BGR frame of ``size`` (height, width) of ``scene`` (see SCENES): a noisy background, two moving
+    person-sized shapes."""
+    if scene not in SCENES:
+        raise ReidctlError(f"unknown scene '{scene}' (use {', '.join(SCENES)})")
     h, w = size
-    rng = np.random.default_rng(index)
+    rng = np.random.default_rng(index if scene == "noise" else 0)
     frame = (rng.integers(70, 110, size=(h, w, 3))).astype(np.uint8)
     box_w, box_h = max(w // 8, 4), max(h // 3, 8)
     x = (10 + 8 * index) % max(w - box_w, 1)
@@ -33,8 +42,9 @@ def synthetic_frame(index: int, size: tuple[int, int]) -> np.ndarray:
     return frame
 
 
-def write_synthetic_video(path: Path, frames: int = 30, size: tuple[int, int] = (640, 640), fps: float = 30.0) -> Path:
-    """Write a real video file (MJPG .avi, mp4v .mp4) with OpenCV, atomically."""
+def write_synthetic_video(path: Path, frames: int = 30, size: tuple[int, int] = (640, 640), fps: float = 30.0,
+                          scene: str = "noise") -> Path:
+    """Write a real video file (MJPG .avi, mp4v .mp4) of ``scene`` with OpenCV, atomically."""
     path = Path(path)
     fourcc = video_fourcc(path)
     with atomic_path(path) as tmp:
@@ -43,7 +53,7 @@ def write_synthetic_video(path: Path, frames: int = 30, size: tuple[int, int] = 
             raise ReidctlError(f"OpenCV cannot write {fourcc} video to {path}")
         try:
             for i in range(frames):
-                writer.write(synthetic_frame(i, size))
+                writer.write(synthetic_frame(i, size, scene))
         finally:
             writer.release()
     return path

@@ -179,3 +179,18 @@ def test_conflicting_outputs_are_refused_in_one_line(tmp_path, small_config, vid
     filled = [a.format(tmp=tmp_path, video=video_file) for a in args]
     expect_one_line_error(invoke("detect", video_file, *filled, "-c", small_config), message.format(tmp=tmp_path))
     assert not (tmp_path / "x.txt").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_camera_scene_clip_keeps_its_background_still_and_takes_a_fraction_of_the_noise_scenes_bits(tmp_path):
+    """The benchmark clips of a fixed camera: only the shapes move, so the encoder sends little after the first frame;
+    the noise scene changes every pixel every frame."""
+    size = (120, 160)
+    first, later = (synthetic_frame(i, size, "camera") for i in (0, 5))
+    moved = np.any(first != later, axis=2)
+    assert 0 < moved.mean() < 0.2  # the shapes moved; the background did not
+    assert np.any(synthetic_frame(0, size) != synthetic_frame(5, size), axis=2).mean() > 0.9
+    noise, camera = (write_synthetic_video(tmp_path / f"{scene}.mp4", 30, size, scene=scene).stat().st_size
+                     for scene in ("noise", "camera"))
+    assert camera < noise / 3
+    with pytest.raises(ReidctlError, match=r"^unknown scene 'street' \(use noise, camera\)$"):
+        synthetic_frame(0, size, "street")

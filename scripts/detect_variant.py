@@ -1,0 +1,75 @@
+"""`reidctl detect` with a choice of the code turned back, to measure what that choice gives (docs/PERFORMANCE.md,
+figures behind choices). The rest of the run is `reidctl detect` with the arguments after --.
+
+  --switch-interval-ms MS  the interpreter's thread switch interval during the run instead of reidctl's
+                           (reidctl.apps.pipeline.SWITCH_INTERVAL_S); 5 is Python's own
+  --setup-collected        the objects made before the run stay in the garbage collector's passes, not frozen out
+                           of them (reidctl.apps.pipeline.setup_frozen_out_of_collection)
+  --sleeping-waits         host threads sleep while they wait for the GPU (CUDA's blocking synchronisation, set on
+                           every device's primary context before the process touches CUDA) instead of spinning,
+                           CUDA's default
+
+    PYTHONPATH=$PWD python scripts/detect_variant.py --switch-interval-ms 5 -- \\
+        cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --no-progress
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import sys
+
+import reidctl.apps.pipeline as pipeline
+from reidctl.cli import app
+
+CU_CTX_SCHED_BLOCKING_SYNC = 0x04
+
+
+def sleep_in_gpu_waits() -> None:
+    """Every device's primary context (the one PyTorch's runtime takes) made with blocking synchronisation; it must
+    not be active yet, or the flag would not apply."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        sys.exit("error: --sleeping-waits needs NVIDIA's driver (libcuda.so.1)")
+
+    def call(name: str, *args) -> None:
+        result = getattr(cuda, name)(*args)
+        if result != 0:
+            sys.exit(f"error: {name} failed with CUDA error {result}")
+
+    call("cuInit", 0)
+    count = ctypes.c_int()
+    call("cuDeviceGetCount", ctypes.byref(count))
+    for ordinal in range(count.value):
+        device, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+        call("cuDeviceGet", ctypes.byref(device), ordinal)
+        call("cuDevicePrimaryCtxSetFlags_v2", device, CU_CTX_SCHED_BLOCKING_SYNC)
+        call("cuDevicePrimaryCtxGetState", device, ctypes.byref(flags), ctypes.byref(active))
+        if active.value or flags.value & 0x07 != CU_CTX_SCHED_BLOCKING_SYNC:
+            sys.exit(f"error: device {ordinal}'s context did not take blocking synchronisation")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--switch-interval-ms", type=float, help="the thread switch interval during the run")
+    parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
+    parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
+    parser.epilog = "then --, then the arguments of reidctl detect"
+    own, detect_args = (sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]) \
+        if "--" in sys.argv else (sys.argv[1:], [])
+    args = parser.parse_args(own)
+    if not detect_args:
+        parser.error("give reidctl detect's arguments after --")
+    if args.switch_interval_ms is not None:
+        pipeline.SWITCH_INTERVAL_S = args.switch_interval_ms / 1000
+    if args.setup_collected:
+        pipeline.setup_frozen_out_of_collection = contextlib.nullcontext
+    if args.sleeping_waits:
+        sleep_in_gpu_waits()
+    app(["detect", *detect_args], prog_name="reidctl")
+
+
+if __name__ == "__main__":
+    main()
