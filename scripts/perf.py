@@ -485,6 +485,18 @@ def detect(ctx: Context) -> list[Step | Served]:
             for size in sizes]
 
 
+# What one full pass of the garbage collector over detect's imports holds the interpreter lock for, before and after
+# they are frozen out of the passes (reidctl.apps.pipeline.setup_frozen_out_of_collection)
+COLLECTOR_PASS = """
+import gc, time, reidctl.apps.pipeline, torch, cv2
+def timed():
+    start = time.perf_counter(); gc.collect(); return round(1000 * (time.perf_counter() - start), 2)
+print("full pass, ms:", [timed() for _ in range(3)])
+gc.freeze()
+print("after gc.freeze(), ms:", [timed() for _ in range(3)])
+"""
+
+
 def host(ctx: Context) -> list[Step | Served]:
     return [
         Step("writer_bench", 300, ctx.script("writer_bench", "--json"), stdout=ctx.result("writer_bench.json")),
@@ -498,6 +510,7 @@ def host(ctx: Context) -> list[Step | Served]:
                                              ctx.settings.frames, "--scene", ctx.settings.scene, "--readers", "1,2,4",
                                              "--json", ctx.result("decode_bench.json"))),
         Step("cli_startup", 300, ctx.script("cli_startup")),
+        Step("collector_pass", 120, [sys.executable, "-c", COLLECTOR_PASS]),
         Step("formatter_threads", 120, ctx.script("formatter_threads", "--json", ctx.result("formatter_threads.json"))),
     ]
 
@@ -548,7 +561,7 @@ SUITES = {
         triton, {"cameras": "1,4,16", "iters": 1000, "warmup": 100, "frames": 300}),
     "detect": Suite("detect of one 640x640 and one --size clip, end to end", detect, {"frames": 300}),
     "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory, "
-                  "the formatting process's threads",
+                  "the formatting process's threads, a collector pass over detect's imports",
                   host, {"frames": 120}),
 }
 
