@@ -100,14 +100,16 @@ class CameraPlan:
         height, width = self.resolution
         clip = Path(directory) / f"camera-{height}x{width}-{fps:g}fps.mp4"
         if not clip.exists():
-            write_synthetic_video(clip, math.ceil(self.seconds * fps), self.resolution, fps)
+            # every pixel changes every frame: the readers decode more than a fixed camera's clip asks of them
+            write_synthetic_video(clip, math.ceil(self.seconds * fps), self.resolution, fps, scene="noise")
         return camera_specs([f"cam{i + 1}={clip}" for i in range(cameras)])
 
     def describe(self, cameras: int, fps: float) -> str:
         if self.sources:
             return f"{cameras} camera(s) from the given sources"
         height, width = self.resolution
-        return f"{cameras} generated {height}x{width} clip(s) at {fps:g} FPS, {self.seconds:g} s each"
+        return (f"{cameras} generated {height}x{width} clip(s) at {fps:g} FPS, {self.seconds:g} s each, new noise in "
+                f"every frame: costlier to decode than a fixed camera's; --sources plays yours")
 
 
 @dataclass

@@ -199,6 +199,7 @@ def test_verify_passes_and_fails_on_the_two_sides_of_this_machines_capacity(
     assert line.startswith(f"{verdict}: pytorch (detect's pipeline, outputs on) served {cameras} camera(s) at {fps} "
                            f"FPS on this machine ({cameras} generated 120x160 clip(s) at {fps} FPS")  # fmt: skip
     assert "P99" in line and "busiest: " in line and "detection load: " in line
+    assert "new noise in every frame: costlier to decode than a fixed camera's; --sources plays yours" in line
     late, dropped = (int(line.split(f" {word}")[0].rsplit(" ", 1)[1]) for word in ("late", "dropped"))
     assert (late, dropped) == (0, 0) if verdict == "PASS" else dropped > 0
 
