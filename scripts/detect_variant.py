@@ -51,6 +51,13 @@ def sleep_in_gpu_waits() -> None:
             sys.exit(f"error: device {ordinal}'s context did not take blocking synchronisation")
 
 
+def undo(name: str, value) -> None:
+    """The pipeline's ``name`` replaced for this run; a name the pipeline no longer has is an error, not a no-op."""
+    if not hasattr(pipeline, name):
+        sys.exit(f"error: reidctl.apps.pipeline has no {name} to undo")
+    setattr(pipeline, name, value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--switch-interval-ms", type=float, help="the thread switch interval during the run")
@@ -63,9 +70,9 @@ def main() -> None:
     if not detect_args:
         parser.error("give reidctl detect's arguments after --")
     if args.switch_interval_ms is not None:
-        pipeline.SWITCH_INTERVAL_S = args.switch_interval_ms / 1000
+        undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
     if args.setup_collected:
-        pipeline.setup_frozen_out_of_collection = contextlib.nullcontext
+        undo("setup_frozen_out_of_collection", contextlib.nullcontext)
     if args.sleeping_waits:
         sleep_in_gpu_waits()
     app(["detect", *detect_args], prog_name="reidctl")

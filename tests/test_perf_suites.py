@@ -1,5 +1,6 @@
 """scripts/perf.py: every declared suite builds its steps, and a detect summary's headline says where drops fell."""
 
+import ctypes
 import json
 import os
 import subprocess
@@ -92,3 +93,26 @@ def test_the_start_timeline_traces_a_real_time_detect_tenth_by_tenth(tmp_path, s
     assert sum(row["dropped"] for row in rows) == len(timeline["dropped_s"]) == summary["dropped"]
     assert sum(row["decodes"] for row in rows) == len(timeline["decodes"]) >= summary["frames"]
     assert timeline["host_busy"] and all(0.0 <= share <= 1.0 for _, share in timeline["host_busy"])
+
+
+def test_a_variant_run_is_detect_with_a_choice_undone_and_refuses_what_it_cannot_undo(tmp_path, small_config,
+                                                                                      video_file):
+    """scripts/detect_variant.py runs detect itself: with the switch interval and the freeze undone it writes
+    detect's summary; asking for sleeping GPU waits on a machine without NVIDIA's driver is a one-line error."""
+    def variant(*options, summary=tmp_path / "summary.json"):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "detect_variant.py"), *options, "--", str(video_file),
+             "-c", str(small_config), "--device", "cpu", "--no-output", "--no-progress", "--summary-json",
+             str(summary)],
+            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    run = variant("--switch-interval-ms", "5", "--setup-collected")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["frames"] > 0
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:  # no NVIDIA driver here
+        run = variant("--sleeping-waits", summary=tmp_path / "none.json")
+        assert run.returncode != 0
+        assert run.stderr.strip() == "error: --sleeping-waits needs NVIDIA's driver (libcuda.so.1)"
+        assert not (tmp_path / "none.json").exists()
