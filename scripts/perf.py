@@ -118,7 +118,11 @@ class Context:
         self.fixtures: dict[str, Step] = {}  # made before the suite's steps, once each
 
     @staticmethod
-    def reidctl(*args) -> list[str]:
+    def reidctl(*args, undone: tuple[str, ...] = ()) -> list[str]:
+        """A reidctl command; ``undone``: options of scripts/reidctl_variant.py, which runs it with a choice of the
+        code undone."""
+        if undone:
+            return Context.script("reidctl_variant", *undone, "--", *args)
         return [sys.executable, "-m", "reidctl", *map(str, args)]
 
     @staticmethod
@@ -178,15 +182,14 @@ class Context:
         return self.config("compile", compile=self.compiles)
 
     def detect(self, name: str, clips: list[Path], *options, outputs: tuple[str, ...] = ("mot",),
-               timeout_s: int = 150, needs_gpus: int | None = None, turned_back: tuple[str, ...] = ()) -> Step:
-        """`reidctl detect` of the clips as cameras, its summary in OUT_DIR/NAME.json; ``outputs``: mot, jsonl;
-        ``turned_back``: options of scripts/detect_variant.py, which runs detect with a choice of the code undone."""
+               timeout_s: int = 150, needs_gpus: int | None = None, undone: tuple[str, ...] = ()) -> Step:
+        """`reidctl detect` of the clips as cameras, its summary in OUT_DIR/NAME.json; ``outputs``: mot, jsonl."""
         written = self.work_dir / "outputs" / name
         paths = {"mot": written / ("mot" if len(clips) > 1 else "mot.txt"), "jsonl": written / "detections.jsonl"}
         output_args = [arg for kind in outputs for arg in (f"--{kind}", paths[kind])] or ["--no-output"]
         summary = self.result(f"{name}.json")
-        detect = self.script("detect_variant", *turned_back, "--") if turned_back else self.reidctl("detect")
-        argv = [*detect, *map(str, [*clips, *options, *output_args, "--no-progress", "--summary-json", summary])]
+        argv = self.reidctl("detect", *clips, *options, *output_args, "--no-progress", "--summary-json", summary,
+                            undone=undone)
         return Step(name, timeout_s, argv, output=summary, needs_gpus=self.needs(needs_gpus))
 
     def timeline(self, name: str, clips: list[Path], *options) -> Step:
@@ -199,10 +202,11 @@ class Context:
         return Step(name, 150, argv, output=out / "summary.json", stdout=self.result(f"{name}.txt"),
                     needs_gpus=self.needs(None))
 
-    def bench(self, name: str, *options, timeout_s: int = 200, needs_gpus: int | None = None) -> Step:
+    def bench(self, name: str, *options, timeout_s: int = 200, needs_gpus: int | None = None,
+              undone: tuple[str, ...] = ()) -> Step:
         """`reidctl bench`, its report in OUT_DIR/NAME.json."""
         report = self.result(f"{name}.json")
-        argv = self.reidctl("bench", *options, "--output", report, "--no-progress")
+        argv = self.reidctl("bench", *options, "--output", report, "--no-progress", undone=undone)
         return Step(name, timeout_s, argv, output=report, needs_gpus=self.needs(needs_gpus))
 
     def recommend(self, name: str, *options, timeout_s: int = 60, needs_gpus: int = 0) -> Step:
@@ -221,9 +225,9 @@ class Context:
 # pipeline-pytorch's real-time runs per load: without tracking, and at the crowd load with --track too (the worst
 # load's row for every anchor is more than real time can write).
 REAL_TIME_TRACKING = {"idle": ((),), "crowd": ((), ("--track",))}
-# pipeline-pytorch's real-time runs with a choice of the code undone (scripts/detect_variant.py), per load: name, the
+# pipeline-pytorch's real-time runs with a choice of the code undone (scripts/reidctl_variant.py), per load: name, the
 # variant's options, tracking; each is the pair of the same run with the defaults
-TURNED_BACK = {"idle": (("setup_collected", ("--setup-collected",), ()),),
+UNDONE = {"idle": (("setup_collected", ("--setup-collected",), ()),),
                "crowd": (("switch_interval_5ms", ("--switch-interval-ms", 5), ()),
                          ("sleeping_waits", ("--sleeping-waits",), ("--track",)))}
 
@@ -256,10 +260,10 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                 steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
                                         "--model", ctx.checkpoint(load), "--realtime", *tracking,
                                         outputs=("mot", "jsonl")))
-        for name, turned_back, tracking in TURNED_BACK.get(load, ()):
+        for name, undone, tracking in UNDONE.get(load, ()):
             name = f"detect_pytorch_rt_{load}{'_track' if tracking else ''}_{name}"
             steps.append(ctx.detect(name, cameras, *detect, "--realtime", *tracking, outputs=("mot", "jsonl"),
-                                    turned_back=turned_back))
+                                    undone=undone))
         if load in REAL_TIME_TRACKING:  # the same real-time run, its first seconds traced
             steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
         steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
@@ -515,6 +519,32 @@ def host(ctx: Context) -> list[Step | Served]:
     ]
 
 
+def cpu_threads(ctx: Context) -> list[Step | Served]:
+    """The model on the CPU beside the cameras' readers: each run as shipped (the model gets the cores the readers
+    leave) and with that choice undone (torch's own thread count); bench at one camera also with one thread."""
+    cameras = ctx.clips(ctx.camera_count)
+    crowd = ["--device", ctx.settings.device, *ctx.model, "--model", ctx.checkpoint("crowd")]
+    # an untrained model at 416x416 (configs/cpu.yaml's size): the idle load, a larger model step
+    idle = ["--device", ctx.settings.device, "--model-type", option_value(ctx.model, "--model-type") or "nano",
+            "--test-size", "416x416"]
+    one_camera = ["--backends", "pytorch", "--source", cameras[0], "--cameras", 1, "--iters", 60, "--warmup", 5, *idle]
+    runs: dict[str, Callable[[str, tuple[str, ...]], Step]] = {
+        "detect_crowd": lambda name, undone: ctx.detect(name, cameras, *crowd, outputs=("mot", "jsonl"),
+                                                        undone=undone),
+        "detect_idle_416": lambda name, undone: ctx.detect(name, cameras, *idle, outputs=("mot", "jsonl"),
+                                                           undone=undone),
+        "bench_crowd": lambda name, undone: ctx.bench(name, "--backends", "pytorch", "--source", cameras[0],
+                                                      "--cameras", ctx.settings.cameras, *ctx.iterations, *crowd,
+                                                      undone=undone),
+        "bench_idle_416_one_camera": lambda name, undone: ctx.bench(name, *one_camera, undone=undone)}
+    variants = (("", ()), ("_model_threads_as_is", ("--model-threads-as-is",)))  # each run as shipped, then undone
+    steps: list[Step | Served] = [make(name + suffix, undone) for name, make in runs.items()
+                                  for suffix, undone in variants]
+    one_thread = ctx.bench("bench_idle_416_one_camera_omp_1", *one_camera)
+    steps.append(dataclasses.replace(one_thread, argv=["env", "OMP_NUM_THREADS=1", *one_thread.argv]))
+    return steps
+
+
 @dataclass
 class Suite:
     about: str  # what it measures; docs/PERFORMANCE.md names the suite beside each figure it reproduces
@@ -560,6 +590,11 @@ SUITES = {
         "queue delay, without torch.compile, two instances; detect of a 1080p clip",
         triton, {"cameras": "1,4,16", "iters": 1000, "warmup": 100, "frames": 300}),
     "detect": Suite("detect of one 640x640 and one --size clip, end to end", detect, {"frames": 300}),
+    "cpu-threads": Suite(
+        "a model on the CPU beside 2 cameras' readers: detect and bench as shipped and with the model's threads "
+        "left as torch sets them; bench at one camera with one thread", cpu_threads,
+        {"device": "cpu", "cameras": "2", "frames": 200, "size": "120x160", "loads": "crowd", "iters": 200,
+         "warmup": 10, "model_args": "--model-type nano --test-size 128x160"}),
     "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory, "
                   "the formatting process's threads, a collector pass over detect's imports",
                   host, {"frames": 120}),

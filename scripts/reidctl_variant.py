@@ -1,16 +1,18 @@
-"""`reidctl detect` with a choice of the code turned back, to measure what that choice gives (docs/PERFORMANCE.md,
-figures behind choices). The rest of the run is `reidctl detect` with the arguments after --.
+"""`reidctl` with a choice of the code undone, to measure what that choice gives (docs/PERFORMANCE.md, figures behind
+choices, and the CPU section). The rest of the run is the `reidctl` command after --, detect or bench.
 
   --switch-interval-ms MS  the interpreter's thread switch interval during the run instead of reidctl's
                            (reidctl.apps.pipeline.SWITCH_INTERVAL_S); 5 is Python's own
+  --model-threads-as-is    a model on the CPU computes with torch's own thread count, not with the cores the
+                           cameras' readers leave (reidctl.apps.pipeline.model_threads_beside_readers)
   --setup-collected        the objects made before the run stay in the garbage collector's passes, not frozen out
                            of them (reidctl.apps.pipeline.setup_frozen_out_of_collection)
   --sleeping-waits         host threads sleep while they wait for the GPU (CUDA's blocking synchronisation, set on
                            every device's primary context before the process touches CUDA) instead of spinning,
                            CUDA's default
 
-    PYTHONPATH=$PWD python scripts/detect_variant.py --switch-interval-ms 5 -- \\
-        cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --no-progress
+    PYTHONPATH=$PWD python scripts/reidctl_variant.py --switch-interval-ms 5 -- \\
+        detect cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --no-progress
 """
 
 from __future__ import annotations
@@ -61,21 +63,24 @@ def undo(name: str, value) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--switch-interval-ms", type=float, help="the thread switch interval during the run")
+    parser.add_argument("--model-threads-as-is", action="store_true", help="torch's own thread count on the CPU")
     parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
-    parser.epilog = "then --, then the arguments of reidctl detect"
-    own, detect_args = (sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]) \
+    parser.epilog = "then --, then a reidctl command and its arguments"
+    own, command = (sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]) \
         if "--" in sys.argv else (sys.argv[1:], [])
     args = parser.parse_args(own)
-    if not detect_args:
-        parser.error("give reidctl detect's arguments after --")
+    if not command:
+        parser.error("give a reidctl command and its arguments after --")
     if args.switch_interval_ms is not None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
+    if args.model_threads_as_is:
+        undo("model_threads_beside_readers", lambda detector, cameras: contextlib.nullcontext())
     if args.setup_collected:
         undo("setup_frozen_out_of_collection", contextlib.nullcontext)
     if args.sleeping_waits:
         sleep_in_gpu_waits()
-    app(["detect", *detect_args], prog_name="reidctl")
+    app(command, prog_name="reidctl")
 
 
 if __name__ == "__main__":
