@@ -85,6 +85,17 @@ class Settings:
     warmup: int = 30
 
 
+def parse_wrapper_args(parser: argparse.ArgumentParser, passed: str) -> tuple[argparse.Namespace, list[str]]:
+    """A wrapper script's own options, and the command line after -- that it passes on (``passed`` names it)."""
+    parser.epilog = f"then --, then {passed}"
+    own, rest = (sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]) \
+        if "--" in sys.argv else (sys.argv[1:], [])
+    args = parser.parse_args(own)
+    if not rest:
+        parser.error(f"give {passed} after --")
+    return args, rest
+
+
 def option_value(args: list[str], name: str) -> str | None:
     """The value of ``name VALUE`` or ``name=VALUE`` in a command line."""
     for index, arg in enumerate(args):

@@ -23,6 +23,7 @@ import ctypes
 import sys
 
 import reidctl.apps.pipeline as pipeline
+from perf import parse_wrapper_args  # this folder's measurement runner
 from reidctl.cli import app
 
 CU_CTX_SCHED_BLOCKING_SYNC = 0x04
@@ -66,12 +67,7 @@ def main() -> None:
     parser.add_argument("--model-threads-as-is", action="store_true", help="torch's own thread count on the CPU")
     parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
-    parser.epilog = "then --, then a reidctl command and its arguments"
-    own, command = (sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]) \
-        if "--" in sys.argv else (sys.argv[1:], [])
-    args = parser.parse_args(own)
-    if not command:
-        parser.error("give a reidctl command and its arguments after --")
+    args, command = parse_wrapper_args(parser, "a reidctl command and its arguments")
     if args.switch_interval_ms is not None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
     if args.model_threads_as_is:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import reidctl.apps.cameras as cameras
 import reidctl.apps.pipeline as pipeline
-from perf import gpu_trace  # this folder's measurement runner: its nvidia-smi trace of a GPU step
+from perf import gpu_trace, parse_wrapper_args  # this folder's measurement runner (its nvidia-smi trace of a GPU step)
 from reidctl.cli import app
 
 SAMPLE_S = 0.05
@@ -102,12 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for timeline.json (and gpu.csv where nvidia-smi exists)")
     parser.add_argument("--seconds", type=float, default=1.5, help="the first seconds printed, a row per 100 ms")
-    parser.epilog = "then --, then the arguments of reidctl detect"
-    own, detect_args = (sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]) \
-        if "--" in sys.argv else (sys.argv[1:], [])
-    args = parser.parse_args(own)
-    if not detect_args:
-        parser.error("give reidctl detect's arguments after --")
+    args, detect_args = parse_wrapper_args(parser, "the arguments of reidctl detect")
     args.out.mkdir(parents=True, exist_ok=True)
     recorder = Recorder()
     recorder.install()
