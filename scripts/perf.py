@@ -526,6 +526,8 @@ def host(ctx: Context) -> list[Step | Served]:
                                              "--json", ctx.result("decode_bench.json"))),
         Step("cli_startup", 300, ctx.script("cli_startup")),
         Step("collector_pass", 120, [sys.executable, "-c", COLLECTOR_PASS]),
+        Step("frame_mappings", 300, ctx.script("frame_mappings", "--size", ctx.settings.size, "--json",
+                                               ctx.result("frame_mappings.json"))),
         Step("formatter_threads", 120, ctx.script("formatter_threads", "--json", ctx.result("formatter_threads.json"))),
     ]
 
@@ -607,7 +609,8 @@ SUITES = {
         {"device": "cpu", "cameras": "2", "frames": 200, "size": "120x160", "loads": "crowd", "iters": 200,
          "warmup": 10, "model_args": "--model-type nano --test-size 128x160"}),
     "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory, "
-                  "the formatting process's threads, a collector pass over detect's imports",
+                  "the formatting process's threads, a collector pass over detect's imports, frame-sized mappings "
+                  "(strace)",
                   host, {"frames": 120}),
 }
 

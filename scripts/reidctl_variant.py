@@ -5,6 +5,8 @@ choices, and the CPU section). The rest of the run is the `reidctl` command afte
                            (reidctl.apps.pipeline.SWITCH_INTERVAL_S); 5 is Python's own
   --model-threads-as-is    a model on the CPU computes with torch's own thread count, not with the cores the
                            cameras' readers leave (reidctl.apps.pipeline.model_threads_beside_readers)
+  --frames-mapped          the cameras' first frames are mapped and unmapped on their own by the allocator, not taken
+                           from its heaps (reidctl.apps.pipeline.frames_from_the_heap)
   --setup-collected        the objects made before the run stay in the garbage collector's passes, not frozen out
                            of them (reidctl.apps.pipeline.setup_frozen_out_of_collection)
   --sleeping-waits         host threads sleep while they wait for the GPU (CUDA's blocking synchronisation, set on
@@ -65,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--switch-interval-ms", type=float, help="the thread switch interval during the run")
     parser.add_argument("--model-threads-as-is", action="store_true", help="torch's own thread count on the CPU")
+    parser.add_argument("--frames-mapped", action="store_true", help="no block of a frame's size freed first")
     parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
     args, command = parse_wrapper_args(parser, "a reidctl command and its arguments")
@@ -72,6 +75,8 @@ def main() -> None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
     if args.model_threads_as_is:
         undo("model_threads_beside_readers", lambda detector, cameras: contextlib.nullcontext())
+    if args.frames_mapped:
+        undo("frames_from_the_heap", lambda sources: None)
     if args.setup_collected:
         undo("setup_frozen_out_of_collection", contextlib.nullcontext)
     if args.sleeping_waits:
