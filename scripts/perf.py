@@ -715,21 +715,27 @@ class Runner:
     def __init__(self, suite: str, settings: Settings, out_dir: Path, work_dir: Path, dry_run: bool):
         self.out_dir = out_dir
         self.dry_run = dry_run
-        self.gpus = visible_gpus()
         self.results: list[dict] = []
         self.summary = {"suite": suite, "about": SUITES[suite].about, "command": shlex.join(sys.argv),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "interrupted": False,
                         "settings": dataclasses.asdict(settings), "work_dir": str(work_dir),
                         "machine": {"host": platform.node(), "python": platform.python_version(),
-                                    "cpus": os.cpu_count(), "gpus": self.gpus},
+                                    "cpus": os.cpu_count(), "gpus": None if dry_run else visible_gpus()},
                         "steps": self.results}
 
     def missing(self, step: Step) -> str | None:
         if step.needs_module and not importable(step.needs_module):
             return f"needs {step.needs_module}, not installed here"
-        if step.needs_gpus > len(self.gpus):
-            return f"needs {step.needs_gpus} GPU(s), {len(self.gpus)} here"
+        if step.needs_gpus and step.needs_gpus > len(self.gpu_names()):
+            return f"needs {step.needs_gpus} GPU(s), {len(self.gpu_names())} here"
         return None
+
+    def gpu_names(self) -> list[str]:
+        """The GPUs here, probed once by a child that imports torch: when a run starts; in a dry run, only once a
+        step needs one."""
+        if self.summary["machine"]["gpus"] is None:
+            self.summary["machine"]["gpus"] = visible_gpus()
+        return self.summary["machine"]["gpus"]
 
     def record(self, step: Step, status: str, exit_code: int | None = None, seconds: float = 0.0,
                reason: str | None = None) -> dict:
