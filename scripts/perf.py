@@ -220,6 +220,12 @@ class Context:
         argv = self.reidctl("bench", *options, "--output", report, "--no-progress", undone=undone)
         return Step(name, timeout_s, argv, output=report, needs_gpus=self.needs(needs_gpus))
 
+    def detect_frames(self, cameras: list[Path]) -> list[str]:
+        """bench's options to play the first camera's clip as many cameras, as many frames as detect reads of them
+        all, so that flat out both are timed as long."""
+        return ["--source", str(cameras[0]), "--iters", str(len(cameras) * self.settings.frames), "--warmup",
+                str(self.settings.warmup), "--cameras", str(len(cameras))]
+
     def recommend(self, name: str, *options, timeout_s: int = 60, needs_gpus: int = 0) -> Step:
         """`reidctl recommend`, its answer in OUT_DIR/NAME.json."""
         answer = self.result(f"{name}.json")
@@ -251,8 +257,6 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                 "_in_flight_1": ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1),
                 "_readers_niceness_10": ctx.config("compile_readers_niceness_10", compile=ctx.compiles,
                                                    reader_niceness=10)}
-    # bench plays as many frames as detect reads (every camera's clip), so that flat out both are timed as long
-    same_frames = ["--iters", str(ctx.camera_count * ctx.settings.frames), "--warmup", str(ctx.settings.warmup)]
     # what the host's cores decode with nothing else running: the cameras' readers on one clip, threads as detect's
     steps: list[Step | Served] = [
         Step("decode_readers", 300, ctx.script("decode_bench", "--clip", cameras[0], "--readers", ctx.camera_count,
@@ -261,8 +265,7 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
     for load in ctx.loads:
         detection = ["-c", ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load)]
         detect = ["--backend", "pytorch", *detection]
-        steps.append(ctx.bench(f"bench_{load}", "--backends", "pytorch", *detection, "--source", cameras[0],
-                               *same_frames, "--cameras", ctx.settings.cameras))
+        steps.append(ctx.bench(f"bench_{load}", "--backends", "pytorch", *detection, *ctx.detect_frames(cameras)))
         if load == "worst":  # a row for every anchor: writing them is the limit, so this one runs without outputs
             steps.append(ctx.detect(f"detect_pytorch_fast_{load}_nooutput", cameras, *detect, outputs=()))
         for tracking in REAL_TIME_TRACKING.get(load, ()):
@@ -287,7 +290,10 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
     for load in ctx.loads:
         model = [*ctx.model, "--model", ctx.checkpoint(load)]
         detect = ["--backend", "triton", "--device", ctx.settings.device, *model]
-        steps = [ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
+        # bench through the server on detect's frames, its cameras spread over 4 client processes (the most it got)
+        steps = [ctx.bench(f"bench_triton_{load}", "--backends", "triton", *model, *ctx.detect_frames(cameras),
+                           "--client-processes", min(4, ctx.camera_count)),
+                 ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
         # more and fewer requests in flight from detect's batch loops than its default 2, and the readers yielding
         # the CPU (niceness 10)
         variants = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n}) for n in (4, 1)}
@@ -572,8 +578,8 @@ SUITES = {
         "each real-time load's first seconds traced (scripts/start_timeline.py)",
         pipeline_pytorch),
     "pipeline-triton": Suite(
-        "the same cameras through the bundled server per load: real time (max_in_flight 2, 4, 1; the readers at "
-        "niceness 10) and flat out",
+        "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
+        "(max_in_flight 2, 4, 1; the readers at niceness 10) and flat out",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",
