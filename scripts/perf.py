@@ -245,8 +245,8 @@ REAL_TIME_TRACKING = {"idle": ((),), "crowd": ((), ("--track",))}
 # pipeline-pytorch's real-time runs with a choice of the code undone (scripts/reidctl_variant.py), per load: name, the
 # variant's options, tracking; each is the pair of the same run with the defaults
 UNDONE = {"idle": (("setup_collected", ("--setup-collected",), ()),),
-               "crowd": (("switch_interval_5ms", ("--switch-interval-ms", 5), ()),
-                         ("sleeping_waits", ("--sleeping-waits",), ("--track",)))}
+          "crowd": (("switch_interval_5ms", ("--switch-interval-ms", 5), ()),
+                    ("sleeping_waits", ("--sleeping-waits",), ("--track",)))}
 
 
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
@@ -274,8 +274,8 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                 steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
                                         "--model", ctx.checkpoint(load), "--realtime", *tracking,
                                         outputs=("mot", "jsonl")))
-        for name, undone, tracking in UNDONE.get(load, ()):
-            name = f"detect_pytorch_rt_{load}{'_track' if tracking else ''}_{name}"
+        for variant, undone, tracking in UNDONE.get(load, ()):
+            name = f"detect_pytorch_rt_{load}{'_track' if tracking else ''}_{variant}"
             steps.append(ctx.detect(name, cameras, *detect, "--realtime", *tracking, outputs=("mot", "jsonl"),
                                     undone=undone))
         if load in REAL_TIME_TRACKING:  # the same real-time run, its first seconds traced
