@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Step:
     stdout: Path | None = None  # the command prints its result: stdout goes here, stderr to the log
     needs_gpus: int = 0
     needs_module: str | None = None  # e.g. tensorrt, which cannot be installed on every machine
+    needs_program: str | None = None  # e.g. py-spy, a measuring tool that reidctl does not need
 
 
 @dataclass
@@ -110,6 +112,11 @@ def importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def find_program(name: str) -> str | None:
+    """A program on PATH or among this interpreter's scripts (where pip installs a wheel's programs)."""
+    return shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
+
+
 class Context:
     """What a suite's steps are made of: the settings, the result and work directories, and the fixtures."""
 
@@ -129,11 +136,11 @@ class Context:
         self.fixtures: dict[str, Step] = {}  # made before the suite's steps, once each
 
     @staticmethod
-    def reidctl(*args, undone: tuple[str, ...] = ()) -> list[str]:
-        """A reidctl command; ``undone``: options of scripts/reidctl_variant.py, which runs it with a choice of the
-        code undone."""
-        if undone:
-            return Context.script("reidctl_variant", *undone, "--", *args)
+    def reidctl(*args, wrapper: tuple = ()) -> list[str]:
+        """A reidctl command; ``wrapper``: a script of scripts/ and its options, which runs the command itself
+        (reidctl_variant: with a choice of the code undone; gil_profile: sampled for the interpreter lock)."""
+        if wrapper:
+            return Context.script(*wrapper, "--", *args)
         return [sys.executable, "-m", "reidctl", *map(str, args)]
 
     @staticmethod
@@ -193,14 +200,14 @@ class Context:
         return self.config("compile", compile=self.compiles)
 
     def detect(self, name: str, clips: list[Path], *options, outputs: tuple[str, ...] = ("mot",),
-               timeout_s: int = 150, needs_gpus: int | None = None, undone: tuple[str, ...] = ()) -> Step:
+               timeout_s: int = 150, needs_gpus: int | None = None, wrapper: tuple = ()) -> Step:
         """`reidctl detect` of the clips as cameras, its summary in OUT_DIR/NAME.json; ``outputs``: mot, jsonl."""
         written = self.work_dir / "outputs" / name
         paths = {"mot": written / ("mot" if len(clips) > 1 else "mot.txt"), "jsonl": written / "detections.jsonl"}
         output_args = [arg for kind in outputs for arg in (f"--{kind}", paths[kind])] or ["--no-output"]
         summary = self.result(f"{name}.json")
         argv = self.reidctl("detect", *clips, *options, *output_args, "--no-progress", "--summary-json", summary,
-                            undone=undone)
+                            wrapper=wrapper)
         return Step(name, timeout_s, argv, output=summary, needs_gpus=self.needs(needs_gpus))
 
     def timeline(self, name: str, clips: list[Path], *options) -> Step:
@@ -214,10 +221,10 @@ class Context:
                     needs_gpus=self.needs(None))
 
     def bench(self, name: str, *options, timeout_s: int = 200, needs_gpus: int | None = None,
-              undone: tuple[str, ...] = ()) -> Step:
+              wrapper: tuple = ()) -> Step:
         """`reidctl bench`, its report in OUT_DIR/NAME.json."""
         report = self.result(f"{name}.json")
-        argv = self.reidctl("bench", *options, "--output", report, "--no-progress", undone=undone)
+        argv = self.reidctl("bench", *options, "--output", report, "--no-progress", wrapper=wrapper)
         return Step(name, timeout_s, argv, output=report, needs_gpus=self.needs(needs_gpus))
 
     def detect_frames(self, cameras: list[Path]) -> list[str]:
@@ -247,6 +254,14 @@ REAL_TIME_TRACKING = {"idle": ((),), "crowd": ((), ("--track",))}
 UNDONE = {"idle": (("setup_collected", ("--setup-collected",), ()),),
           "crowd": (("switch_interval_5ms", ("--switch-interval-ms", 5), ()),
                     ("sleeping_waits", ("--sleeping-waits",), ("--track",)))}
+# pipeline-pytorch's runs sampled for the interpreter lock (scripts/gil_profile.py) once the cameras have started:
+# mode, detect's options, the sampled window in seconds (a flat-out run of the clips lasts ~4 s on an H200)
+LOCK_PROFILED = (("rt", ("--realtime",), 5), ("fast", (), 2))
+
+
+def undone_by(*options) -> tuple:
+    """The wrapper that runs a reidctl command with these scripts/reidctl_variant.py options; none: as shipped."""
+    return ("reidctl_variant", *options) if options else ()
 
 
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
@@ -277,9 +292,14 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
         for variant, undone, tracking in UNDONE.get(load, ()):
             name = f"detect_pytorch_rt_{load}{'_track' if tracking else ''}_{variant}"
             steps.append(ctx.detect(name, cameras, *detect, "--realtime", *tracking, outputs=("mot", "jsonl"),
-                                    undone=undone))
+                                    wrapper=undone_by(*undone)))
         if load in REAL_TIME_TRACKING:  # the same real-time run, its first seconds traced
             steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
+            for mode, options, seconds in LOCK_PROFILED:
+                name = f"lock_profile_{mode}_{load}"
+                profile = ("gil_profile", "--seconds", seconds, "--json", ctx.result(f"{name}_lock.json"))
+                step = ctx.detect(name, cameras, *detect, *options, outputs=("mot", "jsonl"), wrapper=profile)
+                steps.append(dataclasses.replace(step, output=ctx.result(f"{name}_lock.json"), needs_program="py-spy"))
         steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
     return steps
 
@@ -548,17 +568,18 @@ def cpu_threads(ctx: Context) -> list[Step | Served]:
             "--test-size", "416x416"]
     one_camera = ["--backends", "pytorch", "--source", cameras[0], "--cameras", 1, "--iters", 60, "--warmup", 5, *idle]
     runs: dict[str, Callable[[str, tuple[str, ...]], Step]] = {
-        "detect_crowd": lambda name, undone: ctx.detect(name, cameras, *crowd, outputs=("mot", "jsonl"),
-                                                        undone=undone),
-        "detect_idle_416": lambda name, undone: ctx.detect(name, cameras, *idle, outputs=("mot", "jsonl"),
-                                                           undone=undone),
-        "bench_crowd": lambda name, undone: ctx.bench(name, "--backends", "pytorch", "--source", cameras[0],
-                                                      "--cameras", ctx.settings.cameras, *ctx.iterations, *crowd,
-                                                      undone=undone),
-        "bench_idle_416_one_camera": lambda name, undone: ctx.bench(name, *one_camera, undone=undone)}
-    variants = (("", ()), ("_model_threads_as_is", ("--model-threads-as-is",)))  # each run as shipped, then undone
-    steps: list[Step | Served] = [make(name + suffix, undone) for name, make in runs.items()
-                                  for suffix, undone in variants]
+        "detect_crowd": lambda name, wrapper: ctx.detect(name, cameras, *crowd, outputs=("mot", "jsonl"),
+                                                         wrapper=wrapper),
+        "detect_idle_416": lambda name, wrapper: ctx.detect(name, cameras, *idle, outputs=("mot", "jsonl"),
+                                                            wrapper=wrapper),
+        "bench_crowd": lambda name, wrapper: ctx.bench(name, "--backends", "pytorch", "--source", cameras[0],
+                                                       "--cameras", ctx.settings.cameras, *ctx.iterations, *crowd,
+                                                       wrapper=wrapper),
+        "bench_idle_416_one_camera": lambda name, wrapper: ctx.bench(name, *one_camera, wrapper=wrapper)}
+    # each run as shipped, then undone
+    variants = (("", undone_by()), ("_model_threads_as_is", undone_by("--model-threads-as-is")))
+    steps: list[Step | Served] = [make(name + suffix, wrapper) for name, make in runs.items()
+                                  for suffix, wrapper in variants]
     one_thread = ctx.bench("bench_idle_416_one_camera_omp_1", *one_camera)
     steps.append(dataclasses.replace(one_thread, argv=["env", "OMP_NUM_THREADS=1", *one_thread.argv]))
     return steps
@@ -633,6 +654,9 @@ def figures(path: Path | None) -> list[str]:
         return []
     if not isinstance(data, dict):
         return []
+    if "held" in data:  # scripts/gil_profile.py
+        groups = ", ".join(f"{row['group']} {100 * row['share']:.1f} %" for row in data["groups"][:4])
+        return [f"interpreter lock held {100 * data['held']:.1f} % of {data['seconds']} s: {groups}"]
     if "limiting_stage" in data:  # detect --summary-json
         load, latency = data.get("detection_load") or {}, data.get("latency_ms") or {}
         dropped = f"{data.get('dropped')} dropped"
@@ -732,6 +756,8 @@ class Runner:
     def missing(self, step: Step) -> str | None:
         if step.needs_module and not importable(step.needs_module):
             return f"needs {step.needs_module}, not installed here"
+        if step.needs_program and not find_program(step.needs_program):
+            return f"needs the program {step.needs_program}, not installed here"
         if step.needs_gpus and step.needs_gpus > len(self.gpu_names()):
             return f"needs {step.needs_gpus} GPU(s), {len(self.gpu_names())} here"
         return None
