@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -116,3 +117,47 @@ def test_a_variant_run_is_detect_with_a_choice_undone_and_refuses_what_it_cannot
         assert run.returncode != 0
         assert run.stderr.strip() == "error: --sleeping-waits needs NVIDIA's driver (libcuda.so.1)"
         assert not (tmp_path / "none.json").exists()
+
+
+def py_spy_attaches() -> bool:
+    """py-spy can read another process's stacks here (a container may forbid ptrace)."""
+    program = perf.find_program("py-spy")
+    if program is None:
+        return False
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        return subprocess.run([program, "dump", "--pid", str(sleeper.pid), "--nonblocking"], capture_output=True,
+                              timeout=30, check=False).returncode == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.skipif(not py_spy_attaches(), reason="py-spy (a dev dependency) cannot attach to a process here: "
+                                                  "ptrace is not permitted")
+def test_the_lock_profile_samples_detect_once_its_cameras_run_and_refuses_a_window_past_the_run(tmp_path,
+                                                                                                small_config):
+    """scripts/gil_profile.py samples a real-time detect of two cameras for 1 s after their readers started: the
+    batch loop (the model on the CPU) is among the threads that held the lock, and the groups' shares add up to the
+    share held. A window longer than the run is an error, not shares of a shorter run."""
+    clips = [str(write_video(tmp_path / f"cam{n}.avi", frames=30)) for n in (1, 2)]  # 3 s at 10 FPS
+
+    def profile(seconds: int, result: Path):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "gil_profile.py"), "--seconds", str(seconds), "--json",
+             str(result), "--", "detect", *clips, "-c", str(small_config), "--realtime", "--no-output",
+             "--no-progress"],
+            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    run = profile(1, tmp_path / "lock.json")
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((tmp_path / "lock.json").read_text())
+    groups = {row["group"]: row for row in result["groups"]}
+    assert result["ticks"] == 200 and 0 < result["held"] <= 1
+    assert groups["batch loops"]["threads"] == 1 and groups["batch loops"]["samples"] > 0
+    assert sum(row["share"] for row in groups.values()) == pytest.approx(result["held"], abs=0.01)
+    assert perf.figures(tmp_path / "lock.json")[0].startswith(f"interpreter lock held {100 * result['held']:.1f} %")
+    run = profile(10, tmp_path / "none.json")
+    assert run.returncode != 0 and "the run ended within the 10 s window" in run.stderr
+    assert not (tmp_path / "none.json").exists()

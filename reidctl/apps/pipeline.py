@@ -258,10 +258,14 @@ class Outputs:
         return self.stage.tracks()
 
     def statistics(self, recent: bool = False) -> dict:
-        """The output stage's figures: frames and rows written, per-frame write time (ms), the frames queued and
-        the queue's capacity, and the seconds the detection loops waited on a full queue."""
+        """The output stage's figures: frames and rows written, per-frame write time (ms) and what it went to (ms per
+        frame written, by writer label, "tracking" and "handover": to the formatting process and back), the frames
+        queued and the queue's capacity, and the seconds the detection loops waited on a full queue."""
         stats = self.stage.statistics(recent)
+        frames = max(stats["frames"], 1)
         return {"frames": stats["frames"], "rows": stats["rows"], "write_ms": _latency(stats["write_seconds"]),
+                "ms_per_frame_by_output": {label: round(1000.0 * seconds / frames, 3)
+                                           for label, seconds in sorted(stats["seconds_by_output"].items())},
                 "write_busy_seconds": float(stats["write_seconds"].sum()), "queue_depth": stats["queue_depth"],
                 "queue_capacity": stats["queue_capacity"], "producer_wait_seconds": stats["wait_seconds"],
                 "producer_waits": stats["waits"]}
@@ -418,7 +422,8 @@ class _Run:
             sizes = dict(Counter(self.recent_batches))
         batches = sum(sizes.values()) if sizes else 0
         shares = self.detector.device_shares(since=self.shares_before)
-        stages, busy = self._stages(wall, frames, self.outputs.statistics())
+        outputs = self.outputs.statistics()
+        stages, busy = self._stages(wall, frames, outputs)
         tracks = self.outputs.tracks() if self.outputs.tracking else None
         total_tracks = {}
         if tracks is not None:
@@ -442,6 +447,7 @@ class _Run:
             **({"per_device": shares} if shares is not None else {}),
             **({"servers": servers} if (servers := self.detector.describe().get("servers")) else {}),
             "stages_ms_per_frame": stages,
+            "write_ms_by_output": outputs["ms_per_frame_by_output"],  # which output the write stage's time goes to
             "busy": busy,
             "limiting_stage": max(busy, key=busy.get) if frames else None,
             **total_tracks,

@@ -55,7 +55,10 @@ def statistics_table(stats: dict, title: str) -> Table:
     batch = f"mean batch {stats['mean_batch']:.2f}" if stats["mean_batch"] else "batches: -"
     busy = ", ".join(f"{name} {share:.0%}" for name, share in stats["busy"].items())
     limit = f"; busiest: {stats['limiting_stage']} ({busy})" if stats["limiting_stage"] else ""
-    stages = ", ".join(f"{name} {ms:.2f}" for name, ms in stats["stages_ms_per_frame"].items() if ms is not None)
+    by_output = ", ".join(f"{label} {ms:.2f}" for label, ms in sorted(
+        stats["write_ms_by_output"].items(), key=lambda pair: -pair[1]))
+    stages = ", ".join(f"{name} {ms:.2f}" + (f" ({by_output})" if name == "write" and by_output else "")
+                       for name, ms in stats["stages_ms_per_frame"].items() if ms is not None)
     servers = "".join(f"\nserver {server['url']}: {'live' if server['live'] else 'DOWN'}, {server['cameras']} sending, "
                       f"{server['cameras_moved_away']} moved away" for server in stats.get("servers", ()))
     tracks = stats.get("tracks")

@@ -28,6 +28,8 @@ import signal
 import struct
 import subprocess
 import sys
+import time
+from collections import Counter
 from typing import Any
 
 from reidctl.errors import ReidctlError
@@ -57,18 +59,28 @@ class StepResult:
     texts: list[list[bytes | int]]
     tracks: list[Any] | None  # per frame, its tracks, where tracked
     counts: dict[str, Any]  # per tracked camera, its track counts after the step
+    # Seconds each part of the work took: "tracking", and each writer kind's label (making its text, and appending
+    # it where the process wrote it), so that a run can say which output costs it most.
+    seconds: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
 def track_and_format(items: list, jobs: Jobs, trackers: dict[str, Any] | None) -> StepResult:
     """Track the step's frames (each camera's in order) where ``trackers`` are given, then format each job."""
     counts = {}
+    seconds: Counter[str] = Counter()
     if trackers:
+        started = time.perf_counter()
         for item in items:
             tracker = trackers[item.camera]
             item.tracks = tracker.update(item.detections, item.frame.index)
             counts[item.camera] = tracker.counts
-    texts = [kind.texts([items[i] for i in positions]) for kind, positions, _ in jobs]
-    return StepResult(texts, [item.tracks for item in items] if trackers else None, counts)
+        seconds["tracking"] = time.perf_counter() - started
+    texts = []
+    for kind, positions, _ in jobs:
+        started = time.perf_counter()
+        texts.append(kind.texts([items[i] for i in positions]))
+        seconds[kind.label] += time.perf_counter() - started
+    return StepResult(texts, [item.tracks for item in items] if trackers else None, counts, seconds)
 
 
 def write_texts(result: StepResult, jobs: Jobs, targets: Targets, files: dict[str, int]) -> None:
@@ -77,15 +89,19 @@ def write_texts(result: StepResult, jobs: Jobs, targets: Targets, files: dict[st
     at a time over what was appended here, and so fails at the frame the disk cannot take (a text writer cuts its
     file to the frames it took, on a failure and before publishing)."""
     by_writer: dict[int, list[bytes]] = {}
-    for (_, _, keys), texts in zip(jobs, result.texts):
+    labels: dict[int, str] = {}
+    for (kind, _, keys), texts in zip(jobs, result.texts):
         for key, text in zip(keys, texts):
             by_writer.setdefault(key, []).append(text)
+            labels[key] = kind.label
     try:
         for key, texts in by_writer.items():
+            started = time.perf_counter()
             path, offset = targets[key]
             if path not in files:
                 files[path] = os.open(path, os.O_WRONLY)
             write_all(files[path], b"".join(texts), offset)
+            result.seconds[labels[key]] += time.perf_counter() - started
     except OSError:
         return
     result.texts = [[len(text) for text in texts] for texts in result.texts]

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -72,6 +72,7 @@ class OutputStage:
         self.frames = 0  # written to every output
         self.rows = 0
         self._write_seconds = array("d")  # per frame: formatting and writing it to all its outputs
+        self._seconds_by_output: Counter[str] = Counter()  # per writer label (and "tracking"): what it took in all
         self.wait_seconds = 0.0  # producers blocked on a full queue
         self.waits = 0
         self._pool: ThreadPoolExecutor | None = None
@@ -128,6 +129,7 @@ class OutputStage:
         with self._condition:
             samples = np.array(self._write_seconds[-RECENT_SAMPLES:] if recent else self._write_seconds)
             return {"frames": self.frames, "rows": self.rows, "write_seconds": samples,
+                    "seconds_by_output": dict(self._seconds_by_output),
                     "queue_depth": self._queued, "queue_capacity": self.capacity,
                     "wait_seconds": self.wait_seconds, "waits": self.waits, "failure": self.failure}
 
@@ -183,21 +185,27 @@ class OutputStage:
         for pairs, entries in zip(by_kind.values(), result.texts):
             for (writer, _), entry in zip(pairs, entries):
                 writer.formatted.append(entry)
-        if result.counts:
-            with self._condition:
-                self.track_counts.update(result.counts)
-        return (time.perf_counter() - started) / max(len(step), 1)
+        took = time.perf_counter() - started
+        # what the work itself did not take: the request to the formatting process and its answer (pickled, piped)
+        result.seconds["handover"] = max(took - sum(result.seconds.values()), 0.0)
+        with self._condition:
+            self.track_counts.update(result.counts)
+            self._seconds_by_output.update(result.seconds)
+        return took / max(len(step), 1)
 
     def _write_step(self, step: list[FinishedFrame]) -> None:
         formatting = self._prepare_step(step)
         seconds = []
+        spent: Counter[str] = Counter()  # per writer label
         failure = None
         for item in step:  # outputs that can take a frame back, a frame at a time
             started = time.perf_counter() - formatting
             taken = []
             try:
                 for writer in self._undoable[item.camera]:
+                    began = time.perf_counter()
                     writer.write(item)
+                    spent[writer.label] += time.perf_counter() - began
                     taken.append(writer)
             except Exception as exc:  # noqa: BLE001  the others give the frame back; the frames before it stay
                 for writer in taken:
@@ -207,19 +215,21 @@ class OutputStage:
             seconds.append(time.perf_counter() - started)
         written = step[:len(seconds)]
         try:
-            seconds = [s + v for s, v in zip(seconds, self._write_last(written))]
+            seconds = [s + v for s, v in zip(seconds, self._write_last(written, spent))]
         except Exception as exc:  # noqa: BLE001  the failed video is not published: the others hold these frames
             failure = exc
         with self._condition:
             self.frames += len(written)
             self.rows += sum(len(item.detections) for item in written)
             self._write_seconds.extend(seconds)
+            self._seconds_by_output.update(spent)
         if failure is not None:
             raise failure
 
-    def _write_last(self, step: list[FinishedFrame]) -> list[float]:
+    def _write_last(self, step: list[FinishedFrame], spent: Counter[str]) -> list[float]:
         """The videos of the step's frames (each camera's frames in order, the cameras at once); per frame the
-        seconds it took. A video that fails is not published."""
+        seconds it took, and each writer's seconds added to ``spent`` by its label. A video that fails is not
+        published."""
         by_writer: dict[int, list[int]] = {}
         for position, item in enumerate(step):
             for writer in self._last[item.camera]:
@@ -229,21 +239,26 @@ class OutputStage:
             return seconds
         writers = {id(w): w for w in self.writers}
 
-        def write(writer: OutputWriter, positions: list[int]) -> None:
+        def write(writer: OutputWriter, positions: list[int]) -> float:
+            total = 0.0
             for position in positions:
                 started = time.perf_counter()
                 writer.write(step[position])
-                seconds[position] += time.perf_counter() - started
+                took = time.perf_counter() - started
+                seconds[position] += took
+                total += took
+            return total
 
         jobs = [(writers[key], positions) for key, positions in by_writer.items()]
         if len(jobs) == 1:
-            write(*jobs[0])
+            totals = [write(*jobs[0])]
         else:
             if self._pool is None:
                 videos = sum(map(len, self._last.values()))
                 self._pool = ThreadPoolExecutor(min(videos, os.cpu_count() or 1), thread_name_prefix=THREAD_NAME)
             futures = [self._pool.submit(write, *job) for job in jobs]
             wait(futures)
-            for future in futures:
-                future.result()  # the first failure, once every video had its turn
+            totals = [future.result() for future in futures]  # the first failure, once every video had its turn
+        for (writer, _), total in zip(jobs, totals):
+            spent[writer.label] += total
         return seconds

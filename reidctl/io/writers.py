@@ -48,6 +48,7 @@ class OutputWriter:
 
     undoable = True
     draws = False  # needs the frame's image
+    label = "output"  # its kind, as the output stage's time per output names it
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -161,6 +162,8 @@ class TextWriter(FileWriter):
 class MOTWriter(TextWriter):
     """MOT17 detection format: frame,-1,x,y,w,h,score,-1,-1,-1 (1-based frames, score = obj x class)."""
 
+    label = "mot"
+
     @staticmethod
     def texts(items):
         return mot_texts([(item.frame.index, item.detections) for item in items])
@@ -169,6 +172,8 @@ class MOTWriter(TextWriter):
 class JSONLWriter(TextWriter):
     """One JSON object per frame: its camera, 0-based frame index, name and the raw (N, 7) rows; when tracked, its
     tracks as [id, x, y, w, h, score] too."""
+
+    label = "jsonl"
 
     @staticmethod
     def texts(items):
@@ -222,6 +227,7 @@ class VideoWriter(FileWriter):
 
     undoable = False  # written after every other output of its frame took it
     draws = True
+    label = "video"
 
     def __init__(self, path: Path, fps: float | None):
         fourcc = video_fourcc(path)
@@ -269,6 +275,7 @@ class ImageDirWriter(OutputWriter):
     created them and they hold nothing else."""
 
     draws = True
+    label = "images"
 
     def __init__(self, directory: Path):
         super().__init__(directory)

@@ -221,6 +221,8 @@ class MOTTrackTextWriter(TextWriter):
     """``MOTTrackWriter``'s file and seqinfo.ini for the output stage (`detect --track`): a text output, whose last
     frame can be taken back."""
 
+    label = "mot"
+
     def __init__(self, path: Path, seqinfo_path: Path, info: SequenceInfo):
         super().__init__(path)
         self.seqinfo_path, self.info = Path(seqinfo_path), info
@@ -252,6 +254,7 @@ class CropsOutput(OutputWriter):
 
     undoable = False
     draws = True
+    label = "crops"
 
     def __init__(self, crops: CropsWriter):
         super().__init__(crops.directory)

@@ -61,6 +61,12 @@ def test_video_to_mot_jsonl_and_annotated_video(tmp_path, small_config, video_fi
     stats = json.loads(summary.read_text())
     assert stats["frames"] == 12 and stats["latency_ms"]["p50"] > 0 and stats["detections"] == len(lines)
     assert "Detection summary" in result.output
+    # the write stage's time, output by output: the summary and the table say which output costs the most
+    by_output = stats["write_ms_by_output"]
+    assert set(by_output) == {"mot", "jsonl", "video", "handover"} and all(ms > 0 for ms in by_output.values())
+    assert sum(by_output.values()) <= stats["stages_ms_per_frame"]["write"] * 1.01
+    costliest = max(by_output, key=by_output.get)
+    assert f"({costliest} {by_output[costliest]:.2f}, " in " ".join(result.output.split())
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 
