@@ -96,12 +96,11 @@ def main() -> int:
         wait_for_thread(tool, run, args.after_thread, args.start_timeout)
         with tempfile.TemporaryDirectory() as scratch:
             raw_path = args.raw or Path(scratch) / "samples.txt"
-            started = time.monotonic()
             record = subprocess.run([tool, "record", "--pid", str(run.pid), "--gil", "--threads", "--nonblocking",
                                      "--rate", str(args.rate), "--duration", str(args.seconds), "--format", "raw",
                                      "--output", str(raw_path)], capture_output=True, text=True)
-            # py-spy stops sampling when the run ends, and the run may end a moment after that
-            if run.poll() is not None or time.monotonic() - started < args.seconds:
+            # py-spy stops sampling when the run ends (and says so), and the run may end a moment after that
+            if run.poll() is not None or "process exited" in record.stdout + record.stderr:
                 sys.exit(f"error: the run ended within the {args.seconds} s window: shorten --seconds")
             if record.returncode != 0:
                 sys.exit(f"error: py-spy record failed: {record.stderr.strip().splitlines()[-1:]}")

@@ -171,22 +171,25 @@ class Context:
                     "--scene", self.settings.scene, "--count", count)))
         return paths
 
-    def checkpoint(self, load: str) -> Path:
-        """The ByteTrack-format checkpoint that puts ``load`` on NMS: from --checkpoints, or written once."""
-        if self.checkpoints_dir:
+    def checkpoint(self, load: str, model: list[str] | None = None) -> Path:
+        """The ByteTrack-format checkpoint that puts ``load`` on NMS: from --checkpoints, or written once; ``model``:
+        model options other than the settings' (--model-type, --test-size)."""
+        if self.checkpoints_dir and model is None:  # the given checkpoints are of the settings' model
             found = sorted(self.checkpoints_dir.glob(f"*_{load}.pth.tar"))
             if not found:
                 sys.exit(f"error: {self.checkpoints_dir} has no *_{load}.pth.tar")
             return found[0]
         # make_load_checkpoints.py takes the model's type and input size as --model-type and --size H W.
-        model_type = option_value(self.model, "--model-type") or "mot17"
-        test_size = option_value(self.model, "--test-size") or "640x640"
+        model = self.model if model is None else model
+        model_type = option_value(model, "--model-type") or "mot17"
+        test_size = option_value(model, "--test-size") or "640x640"
         directory = self.work_dir / "loads" / f"{model_type}_{test_size}"
         path = directory / f"{model_type.lower()}_{load}.pth.tar"
         if not path.is_file():
-            self.fixtures.setdefault("load_checkpoints", Step("load_checkpoints", 300, self.script(
+            fixture = Step(f"load_checkpoints_{directory.name}", 300, self.script(
                 "make_load_checkpoints", "--output-dir", directory, "--model-type", model_type,
-                "--size", *test_size.lower().split("x"))))
+                "--size", *test_size.lower().split("x")))
+            self.fixtures.setdefault(directory.name, fixture)
         return path
 
     def config(self, name: str, **detection) -> Path:
@@ -539,7 +542,14 @@ print("after gc.freeze(), ms:", [timed() for _ in range(3)])
 
 
 def host(ctx: Context) -> list[Step | Served]:
+    # the worst load's 8,400 rows a frame (YOLOX's 640x640 anchors) from the smallest model on the CPU: what each of
+    # detect's outputs takes of the write stage when writing limits the run
+    worst = ["--model-type", "nano", "--test-size", "640x640"]
+    worst_outputs = ctx.detect("detect_worst_outputs", ctx.clips(2, size="240x320"), "--device", "cpu", *worst,
+                               "--model", ctx.checkpoint("worst", worst), outputs=("mot", "jsonl"), timeout_s=300,
+                               needs_gpus=0)
     return [
+        worst_outputs,
         Step("writer_bench", 300, ctx.script("writer_bench", "--json"), stdout=ctx.result("writer_bench.json")),
         Step("writer_bench_busy", 300, ctx.script("writer_bench", "--json", "--busy-threads", 1, "--frames", 320,
                                                   "--repeats", 3), stdout=ctx.result("writer_bench_busy.json")),
@@ -635,9 +645,9 @@ SUITES = {
         "left as torch sets them; bench at one camera with one thread", cpu_threads,
         {"device": "cpu", "cameras": "2", "frames": 200, "size": "120x160", "loads": "crowd", "iters": 200,
          "warmup": 10, "model_args": "--model-type nano --test-size 128x160"}),
-    "host": Suite("the CPU's parts: output writers, tracker update, decoding, CLI start-up, a client process's memory, "
-                  "the formatting process's threads, a collector pass over detect's imports, frame-sized mappings "
-                  "(strace)",
+    "host": Suite("the CPU's parts: detect's outputs at the worst load (a small model on the CPU), output writers, "
+                  "tracker update, decoding, CLI start-up, a client process's memory, the formatting process's "
+                  "threads, a collector pass over detect's imports, frame-sized mappings (strace)",
                   host, {"frames": 120}),
 }
 
@@ -662,9 +672,12 @@ def figures(path: Path | None) -> list[str]:
         dropped = f"{data.get('dropped')} dropped"
         if data.get("dropped") and "by_second" in data:  # where a run's drops bunch (a summary before it has none)
             dropped += f" ({data['by_second'].get('0', {}).get('dropped', 0)} in second 0)"
+        by_output = sorted((data.get("write_ms_by_output") or {}).items(), key=lambda pair: -pair[1])
+        written = ("; write, ms a frame: " + ", ".join(f"{label} {ms:.2f}" for label, ms in by_output)
+                   if by_output else "")
         return [f"{number(data.get('fps'))} FPS, {dropped}, P99 {number(latency.get('p99'))} ms, "
                 f"batch {number(data.get('mean_batch'), '.2f')}, "
-                f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}"]
+                f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}{written}"]
     if "backends" in data:  # bench --output
         lines = []
         for backend in data["backends"]:
