@@ -53,7 +53,8 @@ def wait_for_thread(tool: str, run: subprocess.Popen, prefix: str, timeout_s: fl
 
 
 def shares(raw: str, ticks: int) -> dict:
-    """Samples per thread group (with its threads and the functions it held the lock in most) over ``ticks``."""
+    """Samples per thread group (with its threads and the functions it held the lock in most) over ``ticks``, the
+    sample ticks py-spy read."""
     samples: Counter[str] = Counter()
     threads: dict[str, set[str]] = {}
     functions: dict[str, Counter[str]] = {}
@@ -103,7 +104,8 @@ def main() -> int:
             if run.poll() is not None or "process exited" in record.stdout + record.stderr:
                 sys.exit(f"error: the run ended within the {args.seconds} s window: shorten --seconds")
             if record.returncode != 0:
-                sys.exit(f"error: py-spy record failed: {record.stderr.strip().splitlines()[-1:]}")
+                said = (record.stderr.strip().splitlines() or [f"exit status {record.returncode}"])[-1]
+                sys.exit(f"error: py-spy record failed: {said}")
             raw = raw_path.read_text()
         exit_code = run.wait()
     except BaseException:  # an error or Ctrl-C here must not leave the run behind
