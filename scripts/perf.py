@@ -300,9 +300,10 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
             steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
             for mode, options, seconds in LOCK_PROFILED:
                 name = f"lock_profile_{mode}_{load}"
-                profile = ("gil_profile", "--seconds", seconds, "--json", ctx.result(f"{name}_lock.json"))
+                shares = ctx.result(f"{name}_lock.json")
+                profile = ("gil_profile", "--seconds", seconds, "--json", shares)
                 step = ctx.detect(name, cameras, *detect, *options, outputs=("mot", "jsonl"), wrapper=profile)
-                steps.append(dataclasses.replace(step, output=ctx.result(f"{name}_lock.json"), needs_program="py-spy"))
+                steps.append(dataclasses.replace(step, output=shares, needs_program="py-spy"))
         steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
     return steps
 

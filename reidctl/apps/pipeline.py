@@ -264,7 +264,7 @@ class Outputs:
         stats = self.stage.statistics(recent)
         frames = max(stats["frames"], 1)
         return {"frames": stats["frames"], "rows": stats["rows"], "write_ms": _latency(stats["write_seconds"]),
-                "ms_per_frame_by_output": {label: round(1000.0 * seconds / frames, 3)
+                "write_ms_by_output": {label: round(1000.0 * seconds / frames, 3)
                                            for label, seconds in sorted(stats["seconds_by_output"].items())},
                 "write_busy_seconds": float(stats["write_seconds"].sum()), "queue_depth": stats["queue_depth"],
                 "queue_capacity": stats["queue_capacity"], "producer_wait_seconds": stats["wait_seconds"],
@@ -447,7 +447,7 @@ class _Run:
             **({"per_device": shares} if shares is not None else {}),
             **({"servers": servers} if (servers := self.detector.describe().get("servers")) else {}),
             "stages_ms_per_frame": stages,
-            "write_ms_by_output": outputs["ms_per_frame_by_output"],  # which output the write stage's time goes to
+            "write_ms_by_output": outputs["write_ms_by_output"],  # which output the write stage's time goes to
             "busy": busy,
             "limiting_stage": max(busy, key=busy.get) if frames else None,
             **total_tracks,
