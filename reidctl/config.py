@@ -110,6 +110,10 @@ class DetectionConfig:
     # outputs and a local server finish the frames already read before new ones are decoded. 0 (the default) runs
     # them alike: 10 did not drop fewer frames in process (docs/PERFORMANCE.md, figures behind choices)
     reader_niceness: int = 0
+    # Frames a live or real-time camera holds for detection; a frame arriving to a full buffer drops the oldest.
+    # 1 keeps only the newest; 2 (the default) lets a step that ran one frame interval late catch up instead of
+    # losing a frame, at one interval more latency while it does (docs/PERFORMANCE.md, figures behind choices)
+    camera_buffer: int = 2
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
 
@@ -227,6 +231,8 @@ def validate(config: Config) -> Config:
             raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
     if d.batches_in_flight < 1:
         raise ReidctlError(f"config key 'detection.batches_in_flight': expected at least 1, got {d.batches_in_flight}")
+    if d.camera_buffer < 1:
+        raise ReidctlError(f"config key 'detection.camera_buffer': expected at least 1, got {d.camera_buffer}")
     if not 0 <= d.reader_niceness <= 19:
         raise ReidctlError(f"config key 'detection.reader_niceness': expected 0-19, got {d.reader_niceness}")
     if d.num_classes is not None and d.num_classes < 1:

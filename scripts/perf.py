@@ -270,11 +270,12 @@ def undone_by(*options) -> tuple:
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
     # each real-time run with the defaults, then with one batch in flight on the GPU, then with the readers yielding
-    # the CPU (niceness 10)
+    # the CPU (niceness 10), then with the cameras keeping only their newest frame
     variants = {"": ctx.compile_config(),
                 "_in_flight_1": ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1),
                 "_readers_niceness_10": ctx.config("compile_readers_niceness_10", compile=ctx.compiles,
-                                                   reader_niceness=10)}
+                                                   reader_niceness=10),
+                "_camera_buffer_1": ctx.config("compile_camera_buffer_1", compile=ctx.compiles, camera_buffer=1)}
     # what the host's cores decode with nothing else running: the cameras' readers on one clip, threads as detect's
     steps: list[Step | Served] = [
         Step("decode_readers", 300, ctx.script("decode_bench", "--clip", cameras[0], "--readers", ctx.camera_count,
@@ -318,10 +319,11 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         steps = [ctx.bench(f"bench_triton_{load}", "--backends", "triton", *model, *ctx.detect_frames(cameras),
                            "--client-processes", min(4, ctx.camera_count)),
                  ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
-        # more and fewer requests in flight from detect's batch loops than its default 2, and the readers yielding
-        # the CPU (niceness 10)
+        # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
+        # CPU (niceness 10), and the cameras keeping only their newest frame
         variants = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n}) for n in (4, 1)}
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
+        variants["_camera_buffer_1"] = ctx.config("triton_camera_buffer_1", camera_buffer=1)
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
@@ -893,6 +895,32 @@ def chosen(plan: list[Step | Served], patterns: list[str]) -> list[Step | Served
     return kept
 
 
+def in_rounds(plans: list[list[Step | Served]]) -> list[Step | Served]:
+    """One plan built once per round (each round's results in its own folder), its steps in turn: round 1's steps of
+    a stretch (a server group, or the steps between two), then round 2's, ... so that settings compared step by step
+    run as neighbours (A B A B); a server group is started once for all rounds. Each step's name ends in _rROUND."""
+    def stretches(plan: list[Step | Served]) -> list[list[Step] | Served]:
+        parts: list[list[Step] | Served] = []
+        for item in plan:
+            if isinstance(item, Served):
+                parts.append(item)
+            elif parts and isinstance(parts[-1], list):
+                parts[-1].append(item)
+            else:
+                parts.append([item])
+        return parts
+
+    interleaved: list[Step | Served] = []
+    for parts in zip(*map(stretches, plans)):
+        steps = [dataclasses.replace(step, name=f"{step.name}_r{number}")
+                 for number, part in enumerate(parts, 1) for step in (part.steps if isinstance(part, Served) else part)]
+        if isinstance(parts[0], Served):
+            interleaved.append(dataclasses.replace(parts[0], steps=steps))
+        else:
+            interleaved.extend(steps)
+    return interleaved
+
+
 def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: the server is stopped and the summary written
 
@@ -923,8 +951,12 @@ def parse_args() -> argparse.Namespace:
                         help="fixtures, reused by later runs (default: %(default)s)")
     parser.add_argument("--steps", help="only the steps whose names match one of these comma-separated patterns "
                                         "(e.g. 'detect_*_rt_crowd*'); the fixtures they need are still made")
+    parser.add_argument("--rounds", type=int, default=1, help="run the chosen steps this many times, in turn (A B A B "
+                        "...), each round's results in OUT_DIR/rN/ (default 1: once, in OUT_DIR)")
     parser.add_argument("--dry-run", action="store_true", help="print the steps' commands, run nothing")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     if args.loads and not set(args.loads.split(",")) <= set(LOADS):
         parser.error(f"--loads: a comma list of {', '.join(LOADS)}")
     return args
@@ -936,10 +968,18 @@ def main() -> int:
     settings = dataclasses.replace(Settings(), **{**SUITES[args.suite].defaults, **given})
     out_dir, work_dir = args.out_dir.resolve(), args.work_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    context = Context(settings, out_dir, work_dir, args.checkpoints and args.checkpoints.resolve())
-    plan = SUITES[args.suite].build(context)
-    if args.steps:
-        plan = chosen(plan, args.steps.split(","))
+    def plan_in(results_dir: Path) -> tuple[Context, list[Step | Served]]:
+        context = Context(settings, results_dir, work_dir, args.checkpoints and args.checkpoints.resolve())
+        plan = SUITES[args.suite].build(context)
+        return context, chosen(plan, args.steps.split(",")) if args.steps else plan
+
+    if args.rounds > 1:
+        rounds = [plan_in(out_dir / f"r{number}") for number in range(1, args.rounds + 1)]
+        for round_context, _ in rounds:
+            round_context.out_dir.mkdir(exist_ok=True)
+        context, plan = rounds[0][0], in_rounds([round_plan for _, round_plan in rounds])
+    else:
+        context, plan = plan_in(out_dir)
     runner = Runner(args.suite, settings, out_dir, work_dir, args.dry_run)
     if not args.dry_run:
         shutil.rmtree(work_dir / "outputs", ignore_errors=True)  # detect's outputs of a run before

@@ -7,8 +7,10 @@ docs/MULTICAMERA.md has the measurement behind this choice (scripts/decode_bench
 Two ways to hand frames on:
   lossless   (files read as fast as the detector goes) the reader waits until its last frame was taken: nothing is
              dropped, and the reader decodes the next frame while the detector works on the current one;
-  newest     (live sources, and files played at their frame rate with ``realtime``) the camera keeps only its newest
-             frame: a frame the detector did not take before the next one arrived is dropped and counted.
+  newest     (live sources, and files played at their frame rate with ``realtime``) the camera keeps its newest
+             frames, at most ``buffer`` (detection.camera_buffer): when a frame arrives to a full buffer, the oldest
+             waiting one is dropped and counted. The detector takes the oldest waiting frame, so frames stay in order;
+             a buffer of 2 lets a step that ran one frame interval late catch up instead of losing a frame.
 A live camera that fails (network error, stall past the read timeout, end of stream) reconnects with back-off while
 the other cameras go on; a file camera that ends, ends alone.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -57,7 +60,7 @@ class TimedFrame:
 
 
 class Hub:
-    """What the readers and the detection loops share: one lock over every camera's waiting frame. The batch loops
+    """What the readers and the detection loops share: one lock over every camera's waiting frames. The batch loops
     wait on ``condition`` (a frame ready, a camera released, the end); a reader that must not drop frames waits on
     its camera's own ``space``. Each change wakes only who it concerns: with one condition for all, every frame put,
     taken or released woke every reader too, each to take the interpreter lock and sleep again."""
@@ -98,16 +101,16 @@ class Hub:
 
     def done(self) -> bool:
         """Every camera has ended and no frame waits (call with the condition held)."""
-        return all(camera.ended and camera.waiting is None for camera in self.cameras)
+        return all(camera.ended and not camera.waiting for camera in self.cameras)
 
     def take_batch(self, max_batch: int, timeout_s: float = 0.1) -> list[TimedFrame]:
-        """Up to ``max_batch`` waiting frames, one per camera, the newest of each; [] if none came in time.
+        """Up to ``max_batch`` waiting frames, one per camera, the oldest of each; [] if none came in time.
 
         A camera whose last frame is still being detected (several devices run batches at once) gives none until
         ``release``: each camera's frames are finished in order."""
         with self.condition:
             def ready() -> bool:
-                return any(c.waiting is not None and not c.in_flight for c in self.cameras) \
+                return any(c.waiting and not c.in_flight for c in self.cameras) \
                     or self.stopping.is_set() or self.done()
 
             if not self.condition.wait_for(ready, timeout_s):
@@ -117,7 +120,7 @@ class Hub:
             count = len(self.cameras)
             order = [self.cameras[(self._next + i) % count] for i in range(count)]
             # Cameras first, then take: a frame taken beyond max_batch would be lost.
-            chosen = [camera for camera in order if camera.waiting is not None and not camera.in_flight][:max_batch]
+            chosen = [camera for camera in order if camera.waiting and not camera.in_flight][:max_batch]
             batch = [camera.take_locked() for camera in chosen]
             for item in batch:
                 item.camera.in_flight = True
@@ -139,7 +142,7 @@ class Camera:
     """A named source, its reader thread and its counters."""
 
     def __init__(self, spec: CameraSpec, source: FrameSource, hub: Hub, open_source: Callable[[], FrameSource],
-                 warn: Callable[[str], None], realtime: bool = False, max_frames: int | None = None):
+                 warn: Callable[[str], None], realtime: bool = False, max_frames: int | None = None, buffer: int = 1):
         self.name = spec.name
         self.spec = spec
         self.source = source
@@ -152,7 +155,9 @@ class Camera:
         self.max_frames = max_frames
         self._open_source = open_source
         self._warn = warn
-        self.waiting: TimedFrame | None = None
+        self.waiting: deque[TimedFrame] = deque()  # oldest first
+        # Frames a camera that drops may hold; a lossless one hands on the next only once the last was taken.
+        self.buffer = 1 if self.lossless else buffer
         self.space = threading.Condition(hub.lock)  # this camera's reader waits here for ``waiting`` to be taken
         self.in_flight = False  # a frame of this camera is being detected (Hub.take_batch until Hub.release)
         self.ended = False  # no frame will come any more
@@ -249,13 +254,14 @@ class Camera:
         """Hand one frame on; False once the camera or the run has stopped."""
         with self.hub.condition:
             if self.lossless:
-                self.space.wait_for(lambda: self.waiting is None or self._halted())
-            elif self.waiting is not None:
+                self.space.wait_for(lambda: not self.waiting or self._halted())
+            elif len(self.waiting) >= self.buffer:
+                self.waiting.popleft()
                 self.dropped += 1
                 append_kept(self.drop_times, time.perf_counter(), SAMPLES_KEPT)
             if self._halted():
                 return False
-            self.waiting = item
+            self.waiting.append(item)
             self.hub.condition.notify_all()
             return True
 
@@ -282,8 +288,7 @@ class Camera:
 
     # -- detection side ---------------------------------------------------------------------------------------
     def take_locked(self) -> TimedFrame:
-        item, self.waiting = self.waiting, None
-        return item
+        return self.waiting.popleft()
 
     def record(self, latency_s: float, detections: int, done: float) -> None:
         """One frame finished (written to every output); the camera ends at ``max_frames``."""
@@ -293,7 +298,8 @@ class Camera:
         self.last_done = done
         if self.max_frames is not None and self.frames >= self.max_frames:
             with self.hub.condition:
-                self.ended, self.waiting = True, None
+                self.ended = True
+                self.waiting.clear()
                 self.hub.condition.notify_all()
                 self.space.notify_all()
 

@@ -662,7 +662,7 @@ def run_detect(
     hub.reader_niceness = config.detection.reader_niceness
     cameras = [
         Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,
-               options.max_frames)
+               options.max_frames, config.detection.camera_buffer)
         for spec, source in zip(specs, sources)
     ]
     left_running = False

@@ -25,7 +25,7 @@ from reidctl.config import load_config
 from reidctl.core.detector import create_detector
 from reidctl.apps.pipeline import DetectOptions, OutputRequest, run_detect
 from reidctl.errors import ReidctlError
-from reidctl.io.sources import camera_specs, read_source_list
+from reidctl.io.sources import CameraSpec, MemorySource, camera_specs, read_source_list
 from reidctl.io.synthetic import synthetic_frame
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
@@ -148,6 +148,26 @@ def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
     frames = mot_frames(tmp_path / "d.txt")
     assert camera["dropped"] > 0 and camera["frames"] + camera["dropped"] <= 120
     assert len(frames) == camera["frames"] and frames[-1] > len(frames)  # frame numbers keep their place in the file
+
+
+@pytest.mark.parametrize("buffer", [1, 2, 3])
+def test_a_realtime_camera_keeps_its_newest_frames_up_to_its_buffer_and_hands_on_the_oldest_first(buffer):
+    """A camera whose frames nobody takes keeps the newest ``buffer`` of them (detection.camera_buffer) and counts the
+    rest dropped; the batches then get its frames oldest first, one per step, so a step that ran late loses none of
+    the frames its buffer held, and each camera's frames stay in order."""
+    hub = Hub()
+    image = np.zeros((48, 64, 3), np.uint8)
+    camera = Camera(CameraSpec("cam", "memory"), MemorySource([image], 6, fps=1000.0), hub, lambda: None,
+                    lambda line: None, realtime=True, buffer=buffer)
+    camera.start()
+    camera.join(5.0)
+    assert camera.state == "ended" and not hub.done()
+    taken = []
+    while batch := hub.take_batch(4, timeout_s=0):
+        assert len(batch) == 1  # one frame of a camera a step
+        taken.append(batch[0].frame.index)
+        hub.release(batch)
+    assert taken == list(range(6 - buffer, 6)) and camera.dropped == 6 - buffer and hub.done()
 
 
 def test_short_lock_turns_and_a_frozen_setup_while_detect_runs_and_python_defaults_after(tmp_path, small_config):
