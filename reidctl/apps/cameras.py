@@ -9,8 +9,9 @@ Two ways to hand frames on:
              dropped, and the reader decodes the next frame while the detector works on the current one;
   newest     (live sources, and files played at their frame rate with ``realtime``) the camera keeps its newest
              frames, at most ``buffer`` (detection.camera_buffer): when a frame arrives to a full buffer, the oldest
-             waiting one is dropped and counted. The detector takes the oldest waiting frame, so frames stay in order;
-             a buffer of 2 lets a step that ran one frame interval late catch up instead of losing a frame.
+             waiting one is dropped and counted. A batch takes a camera's waiting frames oldest first, so frames stay in
+             order; a buffer of 2 lets a step that ran one frame interval late catch up in the next step instead of
+             losing a frame.
 A live camera that fails (network error, stall past the read timeout, end of stream) reconnects with back-off while
 the other cameras go on; a file camera that ends, ends alone.
 """
@@ -104,9 +105,11 @@ class Hub:
         return all(camera.ended and not camera.waiting for camera in self.cameras)
 
     def take_batch(self, max_batch: int, timeout_s: float = 0.1) -> list[TimedFrame]:
-        """Up to ``max_batch`` waiting frames, one per camera, the oldest of each; [] if none came in time.
+        """Up to ``max_batch`` waiting frames, oldest first: each ready camera's oldest, then, where room is left,
+        the frames behind it (a camera that fell behind catches up in one step, not one frame a step); [] if none
+        came in time.
 
-        A camera whose last frame is still being detected (several devices run batches at once) gives none until
+        A camera whose last frames are still being detected (several devices run batches at once) gives none until
         ``release``: each camera's frames are finished in order."""
         with self.condition:
             def ready() -> bool:
@@ -122,11 +125,14 @@ class Hub:
             # Cameras first, then take: a frame taken beyond max_batch would be lost.
             chosen = [camera for camera in order if camera.waiting and not camera.in_flight][:max_batch]
             batch = [camera.take_locked() for camera in chosen]
-            for item in batch:
-                item.camera.in_flight = True
-                item.camera.space.notify()
-            if batch:
-                self._next = (self.cameras.index(batch[-1].camera) + 1) % count
+            for camera in chosen:  # after each camera's first: its later frames follow it in the batch
+                while camera.waiting and len(batch) < max_batch:
+                    batch.append(camera.take_locked())
+            for camera in chosen:
+                camera.in_flight = True
+                camera.space.notify()
+            if chosen:
+                self._next = (self.cameras.index(chosen[-1]) + 1) % count
             self.condition.notify_all()
             return batch
 

@@ -150,24 +150,46 @@ def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
     assert len(frames) == camera["frames"] and frames[-1] > len(frames)  # frame numbers keep their place in the file
 
 
-@pytest.mark.parametrize("buffer", [1, 2, 3])
-def test_a_realtime_camera_keeps_its_newest_frames_up_to_its_buffer_and_hands_on_the_oldest_first(buffer):
-    """A camera whose frames nobody takes keeps the newest ``buffer`` of them (detection.camera_buffer) and counts the
-    rest dropped; the batches then get its frames oldest first, one per step, so a step that ran late loses none of
-    the frames its buffer held, and each camera's frames stay in order."""
+def held_frames(buffer: int, frames: int, cameras: int = 1) -> Hub:
+    """Real-time cameras that played ``frames`` frames each with nobody taking them, each holding what its buffer
+    kept."""
     hub = Hub()
     image = np.zeros((48, 64, 3), np.uint8)
-    camera = Camera(CameraSpec("cam", "memory"), MemorySource([image], 6, fps=1000.0), hub, lambda: None,
-                    lambda line: None, realtime=True, buffer=buffer)
-    camera.start()
-    camera.join(5.0)
-    assert camera.state == "ended" and not hub.done()
-    taken = []
-    while batch := hub.take_batch(4, timeout_s=0):
-        assert len(batch) == 1  # one frame of a camera a step
-        taken.append(batch[0].frame.index)
+    for index in range(cameras):
+        camera = Camera(CameraSpec(f"cam{index}", "memory"), MemorySource([image], frames, fps=1000.0), hub,
+                        lambda: None, lambda line: None, realtime=True, buffer=buffer)
+        camera.start()
+        camera.join(5.0)
+        assert camera.state == "ended"
+    return hub
+
+
+def taken_frames(hub: Hub, max_batch: int) -> list[list[tuple[str, int]]]:
+    """Each batch's (camera, frame index), taking and releasing batches until none is left."""
+    batches = []
+    while batch := hub.take_batch(max_batch, timeout_s=0):
+        batches.append([(item.camera.name, item.frame.index) for item in batch])
         hub.release(batch)
-    assert taken == list(range(6 - buffer, 6)) and camera.dropped == 6 - buffer and hub.done()
+    return batches
+
+
+@pytest.mark.parametrize("buffer", [1, 2, 3])
+def test_a_realtime_camera_keeps_its_newest_frames_up_to_its_buffer_and_a_batch_takes_them_in_order(buffer):
+    """A camera whose frames nobody takes keeps the newest ``buffer`` of them (detection.camera_buffer) and counts the
+    rest dropped; the next batch takes them all, oldest first: a step that ran late loses none of the frames the
+    buffer held, and the camera catches up in one step. With room for one frame a step, one a step, in order."""
+    hub = held_frames(buffer, 6)
+    kept = [("cam0", index) for index in range(6 - buffer, 6)]
+    assert taken_frames(hub, 4) == [kept] and hub.cameras[0].dropped == 6 - buffer and hub.done()
+    assert taken_frames(held_frames(buffer, 6), 1) == [[frame] for frame in kept]
+
+
+def test_a_batch_takes_every_ready_cameras_oldest_frame_before_any_cameras_later_ones():
+    """Three cameras two frames behind, room for four: each camera's oldest first, then the first camera's next;
+    the camera that got one frame gives its other in the next batch (a camera with frames in flight gives none)."""
+    hub = held_frames(2, 5, cameras=3)
+    assert taken_frames(hub, 4) == [[("cam0", 3), ("cam1", 3), ("cam2", 3), ("cam0", 4)],
+                                    [("cam1", 4), ("cam2", 4)]]
 
 
 def test_short_lock_turns_and_a_frozen_setup_while_detect_runs_and_python_defaults_after(tmp_path, small_config):
