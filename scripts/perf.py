@@ -270,12 +270,12 @@ def undone_by(*options) -> tuple:
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
     # each real-time run with the defaults, then with one batch in flight on the GPU, then with the readers yielding
-    # the CPU (niceness 10), then with the cameras keeping only their newest frame
+    # the CPU (niceness 10), then with each camera holding two frames
     variants = {"": ctx.compile_config(),
                 "_in_flight_1": ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1),
                 "_readers_niceness_10": ctx.config("compile_readers_niceness_10", compile=ctx.compiles,
                                                    reader_niceness=10),
-                "_camera_buffer_1": ctx.config("compile_camera_buffer_1", compile=ctx.compiles, camera_buffer=1)}
+                "_camera_buffer_2": ctx.config("compile_camera_buffer_2", compile=ctx.compiles, camera_buffer=2)}
     # what the host's cores decode with nothing else running: the cameras' readers on one clip, threads as detect's
     steps: list[Step | Served] = [
         Step("decode_readers", 300, ctx.script("decode_bench", "--clip", cameras[0], "--readers", ctx.camera_count,
@@ -320,10 +320,10 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                            "--client-processes", min(4, ctx.camera_count)),
                  ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
-        # CPU (niceness 10), and the cameras keeping only their newest frame
+        # CPU (niceness 10), and each camera holding two frames
         variants = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n}) for n in (4, 1)}
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
-        variants["_camera_buffer_1"] = ctx.config("triton_camera_buffer_1", camera_buffer=1)
+        variants["_camera_buffer_2"] = ctx.config("triton_camera_buffer_2", camera_buffer=2)
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))

@@ -37,10 +37,30 @@ def test_pipeline_pytorch_runs_real_time_with_the_defaults_then_one_batch_in_fli
         return json.loads(Path(argv[argv.index("-c") + 1]).read_text())["detection"]
 
     for name in ("detect_pytorch_rt_idle", "detect_pytorch_rt_crowd", "detect_pytorch_rt_crowd_track"):
-        default, one, level = (steps[name + suffix].argv for suffix in ("", "_in_flight_1", "_readers_niceness_10"))
-        assert all("--realtime" in argv for argv in (default, one, level))
+        default, one, level, two = (steps[name + suffix].argv for suffix in
+                                    ("", "_in_flight_1", "_readers_niceness_10", "_camera_buffer_2"))
+        assert all("--realtime" in argv for argv in (default, one, level, two))
         assert detection(one)["batches_in_flight"] == 1 and detection(level)["reader_niceness"] == 10
-        assert not {"batches_in_flight", "reader_niceness"} & set(detection(default))
+        assert detection(two)["camera_buffer"] == 2
+        assert not {"batches_in_flight", "reader_niceness", "camera_buffer"} & set(detection(default))
+
+
+def test_rounds_run_the_chosen_steps_in_turn_each_round_in_its_own_folder_and_the_server_started_once(tmp_path):
+    """--rounds 2 of two settings: A B A B, with one start and stop of the server around all four."""
+    steps = "detect_triton_rt_crowd,detect_triton_rt_crowd_camera_buffer_2"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "perf.py"), "pipeline-triton", str(tmp_path / "out"),
+                          "--dry-run", "--device", "cpu", "--loads", "crowd", "--rounds", "2", "--work-dir",
+                          str(tmp_path / "work"), "--steps", steps],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    names = [step["name"] for step in json.loads((tmp_path / "out" / "summary.json").read_text())["steps"]]
+    assert names[-6:] == ["triton_crowd_start",
+                          "detect_triton_rt_crowd_r1", "detect_triton_rt_crowd_camera_buffer_2_r1",
+                          "detect_triton_rt_crowd_r2", "detect_triton_rt_crowd_camera_buffer_2_r2", "triton_crowd_stop"]
+    summaries = [line.split("--summary-json ")[1].split()[0] for line in run.stdout.splitlines()
+                 if line.startswith("$") and "--summary-json" in line]
+    assert summaries == [str(tmp_path / "out" / f"r{n}" / f"detect_triton_rt_crowd{variant}.json")
+                         for n in (1, 2) for variant in ("", "_camera_buffer_2")]
 
 
 def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second(tmp_path):
