@@ -968,6 +968,7 @@ def main() -> int:
     settings = dataclasses.replace(Settings(), **{**SUITES[args.suite].defaults, **given})
     out_dir, work_dir = args.out_dir.resolve(), args.work_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+
     def plan_in(results_dir: Path) -> tuple[Context, list[Step | Served]]:
         context = Context(settings, results_dir, work_dir, args.checkpoints and args.checkpoints.resolve())
         plan = SUITES[args.suite].build(context)
