@@ -327,6 +327,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
+        # each request a blocking call in its batch loop's thread (scripts/reidctl_variant.py)
+        steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests", cameras, *detect, "--realtime",
+                                outputs=("mot", "jsonl"), wrapper=undone_by("--blocking-requests")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
     return groups

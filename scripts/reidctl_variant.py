@@ -1,5 +1,6 @@
-"""`reidctl` with a choice of the code undone, to measure what that choice gives (docs/PERFORMANCE.md, figures behind
-choices, and the CPU section). The rest of the run is the `reidctl` command after --, detect or bench.
+"""`reidctl` with a choice of the code undone or made otherwise, to measure what that choice gives
+(docs/PERFORMANCE.md, figures behind choices, and the CPU section). The rest of the run is the `reidctl` command
+after --, detect or bench.
 
   --switch-interval-ms MS  the interpreter's thread switch interval during the run instead of reidctl's
                            (reidctl.apps.pipeline.SWITCH_INTERVAL_S); 5 is Python's own
@@ -12,6 +13,9 @@ choices, and the CPU section). The rest of the run is the `reidctl` command afte
   --sleeping-waits         host threads sleep while they wait for the GPU (CUDA's blocking synchronisation, set on
                            every device's primary context before the process touches CUDA) instead of spinning,
                            CUDA's default
+  --blocking-requests      each request to a Triton server is a blocking call in the thread that sends it, instead
+                           of an asynchronous one whose answer comes back through a gRPC thread
+                           (reidctl.triton.requests.TritonRequests._send)
 
     PYTHONPATH=$PWD python scripts/reidctl_variant.py --switch-interval-ms 5 -- \\
         detect cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --no-progress
@@ -27,6 +31,7 @@ import sys
 import reidctl.apps.pipeline as pipeline
 from perf import parse_wrapper_args  # this folder's measurement runner
 from reidctl.cli import app
+from reidctl.triton.requests import TritonRequests
 
 CU_CTX_SCHED_BLOCKING_SYNC = 0x04
 
@@ -56,6 +61,12 @@ def sleep_in_gpu_waits() -> None:
             sys.exit(f"error: device {ordinal}'s context did not take blocking synchronisation")
 
 
+def blocking_send(requests: TritonRequests, server, inputs: list, outputs: list, timeout: float) -> list:
+    """TritonRequests._send with one blocking call per input chunk, one after another."""
+    return [server.client.infer(requests.model_name, [item], requests.model_version, outputs=outputs,
+                                client_timeout=timeout) for item in inputs]
+
+
 def undo(name: str, value) -> None:
     """The pipeline's ``name`` replaced for this run; a name the pipeline no longer has is an error, not a no-op."""
     if not hasattr(pipeline, name):
@@ -70,6 +81,7 @@ def main() -> None:
     parser.add_argument("--frames-mapped", action="store_true", help="no block of a frame's size freed first")
     parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
+    parser.add_argument("--blocking-requests", action="store_true", help="Triton requests as blocking calls")
     args, command = parse_wrapper_args(parser, "a reidctl command and its arguments")
     if args.switch_interval_ms is not None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
@@ -81,6 +93,10 @@ def main() -> None:
         undo("setup_frozen_out_of_collection", contextlib.nullcontext)
     if args.sleeping_waits:
         sleep_in_gpu_waits()
+    if args.blocking_requests:
+        if not hasattr(TritonRequests, "_send"):
+            sys.exit("error: reidctl.triton.requests.TritonRequests has no _send to replace")
+        TritonRequests._send = blocking_send
     app(command, prog_name="reidctl")
 
 

@@ -465,10 +465,21 @@ class TritonRequests:
     def _infer_on(self, seat: _Seat, array: np.ndarray) -> np.ndarray | list[np.ndarray]:
         """The batch's requests to this thread's server (raises the client's error)."""
         server = seat.server
-        inputs = self._inputs_for(array, seat)
         outputs = [self._grpc.InferRequestedOutput(name) for name in self.output_names]
-        futures: list[Future] = []
         timeout = self.timeout if server.answered else max(self.timeout, FIRST_REQUEST_TIMEOUT)
+        results = self._send(server, self._inputs_for(array, seat), outputs, timeout)
+        server.answered = True
+        if self.returns_detections:  # zero-padded rows per frame and each frame's count
+            return [
+                rows[:count]
+                for result in results
+                for rows, (count,) in zip(result.as_numpy(PYTHON_OUTPUT), result.as_numpy(PYTHON_COUNT_OUTPUT))
+            ]
+        return np.concatenate([result.as_numpy(self.output_names[0]) for result in results])
+
+    def _send(self, server: _Server, inputs: list, outputs: list, timeout: float) -> list:
+        """One request per input chunk, their results in order (raises the client's error)."""
+        futures: list[Future] = []
         # Chunks of a large batch go out together, at most max_in_flight at a time, so the batcher sees them at once.
         window = threading.BoundedSemaphore(self.max_in_flight)
         for item in inputs:
@@ -490,15 +501,7 @@ class TritonRequests:
                 window.release()
                 future.set_exception(exc)
             futures.append(future)
-        results = [future.result() for future in futures]
-        server.answered = True
-        if self.returns_detections:  # zero-padded rows per frame and each frame's count
-            return [
-                rows[:count]
-                for result in results
-                for rows, (count,) in zip(result.as_numpy(PYTHON_OUTPUT), result.as_numpy(PYTHON_COUNT_OUTPUT))
-            ]
-        return np.concatenate([result.as_numpy(self.output_names[0]) for result in results])
+        return [future.result() for future in futures]
 
     def batch_counts(self) -> dict[int, int] | None:
         """Batches run per size, on the servers that answer: the python model's own counter (it forms its batches

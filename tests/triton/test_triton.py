@@ -52,6 +52,7 @@ from reidctl.triton.server import Ports, running_server, start_server, stop_serv
 
 # Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
 # left in the server cache never meets another test's server mid-run.
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server")]
 
 BROKEN_MODEL = "bytetrack_broken"
@@ -546,6 +547,27 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     assert data["frames"] == 18 and [camera["frames"] for camera in data["cameras"]] == [6, 6, 6]
     # the model's own batches (its counter on the metrics port), every frame of the run in one of them
     assert sum(int(size) * count for size, count in data["batch_sizes"].items()) == 18
+
+
+def test_detect_with_blocking_requests_finds_what_the_runner_finds(triton_server, nano_checkpoint, tmp_path):
+    """scripts/reidctl_variant.py --blocking-requests (each request a blocking call, the variant measured against
+    the runner's asynchronous requests) detects the same rows in every frame through the same server."""
+    clips = [write_video(tmp_path / f"{name}.avi", frames=6, size=(120, 160)) for name in "ab"]
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{triton_server.grpc_port}"})
+    found = {}
+    for name, wrapper in (("runner", []), ("blocking", ["scripts/reidctl_variant.py", "--blocking-requests", "--"])):
+        jsonl = tmp_path / f"{name}.jsonl"
+        command = [sys.executable, *(wrapper or ["-m", "reidctl"]), "detect", *map(str, clips), "-c", str(config),
+                   "--backend", "triton", "--jsonl", str(jsonl), "--no-progress"]
+        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 0, run.stderr[-2000:]
+        lines = map(json.loads, jsonl.read_text().splitlines())
+        found[name] = {(line["camera"], line["frame"]): line["detections"] for line in lines}
+    assert len(found["runner"]) == 12 and found["blocking"].keys() == found["runner"].keys()
+    for key, rows in found["runner"].items():
+        assert rows  # an untrained model still finds candidates at the default threshold
+        assert_same_detections(found["blocking"][key], rows, box_px=1e-3, score=1e-3, rtol=1e-4)
 
 
 def test_setup_triton_cli_start_twice_status_stop(tmp_path, triton_cache, nano_config):
