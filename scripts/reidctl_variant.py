@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import ctypes
 import sys
+import types
 
 import reidctl.apps.pipeline as pipeline
 from perf import parse_wrapper_args  # this folder's measurement runner
@@ -67,11 +68,13 @@ def blocking_send(requests: TritonRequests, server, inputs: list, outputs: list,
                                 client_timeout=timeout) for item in inputs]
 
 
-def undo(name: str, value) -> None:
-    """The pipeline's ``name`` replaced for this run; a name the pipeline no longer has is an error, not a no-op."""
-    if not hasattr(pipeline, name):
-        sys.exit(f"error: reidctl.apps.pipeline has no {name} to undo")
-    setattr(pipeline, name, value)
+def undo(name: str, value, owner=pipeline) -> None:
+    """``owner``'s ``name`` (the pipeline's, by default) replaced for this run; a name it no longer has is an error,
+    not a no-op."""
+    if not hasattr(owner, name):
+        where = owner.__name__ if isinstance(owner, types.ModuleType) else f"{owner.__module__}.{owner.__qualname__}"
+        sys.exit(f"error: {where} has no {name} to undo")
+    setattr(owner, name, value)
 
 
 def main() -> None:
@@ -94,9 +97,7 @@ def main() -> None:
     if args.sleeping_waits:
         sleep_in_gpu_waits()
     if args.blocking_requests:
-        if not hasattr(TritonRequests, "_send"):
-            sys.exit("error: reidctl.triton.requests.TritonRequests has no _send to replace")
-        TritonRequests._send = blocking_send
+        undo("_send", blocking_send, owner=TritonRequests)
     app(command, prog_name="reidctl")
 
 
