@@ -616,7 +616,7 @@ SUITES = {
         pipeline_pytorch),
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
-        "(max_in_flight 2, 4, 1; the readers at niceness 10) and flat out",
+        "(max_in_flight 2, 4, 1; the readers at niceness 10; two frames a camera; blocking requests) and flat out",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",
