@@ -24,7 +24,7 @@ def thread_niceness() -> dict[int, int]:
         try:
             with open(f"/proc/self/task/{thread}/stat") as stat:
                 found[int(thread)] = int(stat.read().rsplit(")", 1)[1].split()[16])
-        except FileNotFoundError:  # ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile: gone from the listing, or its stat unread
             pass
     return found
 
