@@ -321,7 +321,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                  ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
         # CPU (niceness 10), and each camera holding two frames
-        variants = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n}) for n in (4, 1)}
+        in_flight = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n})
+                     for n in (4, 3, 1)}
+        variants = dict(in_flight)
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
         variants["_camera_buffer_2"] = ctx.config("triton_camera_buffer_2", camera_buffer=2)
         for suffix, config in variants.items():
@@ -331,6 +333,10 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests", cameras, *detect, "--realtime",
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--blocking-requests")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
+        # flat out with more and fewer requests in flight, where the cameras do not pace the run
+        for suffix, config in in_flight.items():
+            steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
+                                    outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
     return groups
 
@@ -616,7 +622,8 @@ SUITES = {
         pipeline_pytorch),
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
-        "(max_in_flight 2, 4, 1; the readers at niceness 10; two frames a camera; blocking requests) and flat out",
+        "(max_in_flight 2, 4, 3, 1; the readers at niceness 10; two frames a camera; blocking requests) and flat out "
+        "(max_in_flight 2, 4, 3, 1)",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

@@ -45,6 +45,22 @@ def test_pipeline_pytorch_runs_real_time_with_the_defaults_then_one_batch_in_fli
         assert not {"batches_in_flight", "reader_niceness", "camera_buffer"} & set(detection(default))
 
 
+def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_path):
+    """The in-flight variants change detection.triton.max_in_flight alone, in real time and flat out alike."""
+    context = perf.Context(perf.Settings(loads="crowd"), tmp_path, tmp_path, None)
+    (served,) = perf.pipeline_triton(context)
+    steps = {step.name: step.argv for step in served.steps}
+
+    def triton(argv: list[str]) -> dict:
+        return json.loads(Path(argv[argv.index("-c") + 1]).read_text())["detection"].get("triton", {})
+
+    for count in (4, 3, 1):
+        real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_in_flight_{count}"] for mode in ("rt", "fast"))
+        assert "--realtime" in real_time and "--realtime" not in flat_out
+        assert triton(real_time) == triton(flat_out) == {"max_in_flight": count}
+    assert "-c" not in steps["detect_triton_fast_crowd"] and "--realtime" in steps["detect_triton_rt_crowd"]
+
+
 def test_rounds_run_the_chosen_steps_in_turn_each_round_in_its_own_folder_and_the_server_started_once(tmp_path):
     """--rounds 2 of two settings: A B A B, with one start and stop of the server around all four."""
     steps = "detect_triton_rt_crowd,detect_triton_rt_crowd_camera_buffer_2"
