@@ -72,8 +72,8 @@ class TritonConfig:
     # The key of a server not started here (its restricted APIs, e.g. shared memory): the bare key, or the .env
     # that setup-triton writes beside docker-compose.yml. A server started here is found by its port.
     key_file: str | None = None
-    # Requests one client keeps in flight: detect's batch loops through the server (docs/PERFORMANCE.md, figures
-    # behind choices: 3 had the lower latency at the crowd load than 2, and 1 or 4 dropped more frames)
+    # Requests detect keeps in flight to each server, a batch loop each (docs/PERFORMANCE.md, figures behind
+    # choices: 3 had the lower latency at the crowd load than 2, and 1 or 4 dropped more frames)
     max_in_flight: int = 3
 
     @property

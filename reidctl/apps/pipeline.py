@@ -3,8 +3,8 @@
 One reader thread per camera decodes on the CPU and letterboxes right after (reidctl/apps/cameras.py). Every
 backend gets one ``detect_canvases`` call per step holding the newest frame of every camera that has one, as
 DeepStream's stream muxer does. Several steps run at once: in process one batch loop per device (a DetectorPool);
-through a server one per request its client keeps in flight (detection.triton.max_in_flight), each step one
-request that the server joins into its own batches. A camera gives its next frame only once its last one is
+through servers one per request their client keeps in flight (detection.triton.max_in_flight to each), each step
+one request that the server joins into its own batches. A camera gives its next frame only once its last one is
 finished.
 
 Outputs are written off the detection path: a step's frames are handed to the output stage's writer thread
@@ -619,9 +619,9 @@ def model_threads_beside_readers(detector: Detector | DetectorPool, cameras: int
 
 
 def batch_loops(detector: Detector | DetectorPool) -> int:
-    """Steps that run at once: one per device in process; through a server, the requests its client keeps in
-    flight (the server joins them into its own batches)."""
-    return detector.runner.max_in_flight if detector.runner.batches_remotely else detector.concurrency
+    """Steps that run at once: one per device in process; through servers, the requests their client keeps in
+    flight, detection.triton.max_in_flight to each (a server joins its requests into its own batches)."""
+    return detector.runner.requests_in_flight if detector.runner.batches_remotely else detector.concurrency
 
 
 def default_max_batch(cameras: int, loops: int) -> int:

@@ -220,6 +220,12 @@ class TritonRequests:
             )
 
     @property
+    def requests_in_flight(self) -> int:
+        """Requests a caller that batches for the servers (detect's batch loops, one request each) keeps going:
+        max_in_flight for each server of detection.triton.url, which the pool spreads evenly over them."""
+        return self.max_in_flight * len(self.servers)
+
+    @property
     def artifact_name(self) -> str:
         return f"model '{self.model_name}'"
 

@@ -1,6 +1,7 @@
 """Several real Triton servers: one client spreads the cameras (calling threads) over them, and moves the cameras of
 a server that dies to the one left, every frame answered and the failures counted (CPU, YOLOX-nano)."""
 
+import json
 import os
 import signal
 import socket
@@ -9,8 +10,10 @@ import time
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from helpers import free_ports, read_frames, start_test_server, write_config
+from helpers import free_ports, read_frames, start_test_server, write_config, write_video
+from reidctl.cli import app
 from reidctl.config import load_config
 from reidctl.core.detector import create_detector
 from reidctl.errors import ReidctlError
@@ -113,6 +116,26 @@ def test_cameras_spread_over_two_servers_and_move_when_one_is_killed(tmp_path, n
     assert len(late) == 1
     assert [server["cameras"] for server in after_newcomer] == [0, 0]  # the newcomer ended too
     assert after_newcomer[1]["cameras_assigned"] == 5 and after_newcomer[0]["live"] is False
+
+
+def test_detect_keeps_max_in_flight_requests_going_to_each_server(tmp_path, nano_checkpoint, two_servers):
+    """detect's batch loops are detection.triton.max_in_flight for each server, so the pool gives each server as
+    many: with several servers, none is left with fewer requests in flight than one server alone gets."""
+    _, (a, b) = two_servers
+    urls = [f"localhost:{a.grpc_port}", f"localhost:{b.grpc_port}"]
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": urls, "max_in_flight": 2})
+    clips = [write_video(tmp_path / f"{name}.avi", frames=6, size=(120, 160)) for name in "ab"]
+    summary = tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["detect", *map(str, clips), "-c", str(config), "--backend", "triton",
+                                      "--no-output", "--summary-json", str(summary), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(summary.read_text())
+    assert data["frames"] == 12
+    servers = data["servers"]
+    assert [server["url"] for server in servers] == urls
+    # the four batch loops, two each; the first server also seated the thread of detect's warm-up, which ran first
+    assert [server["cameras_assigned"] for server in servers] == [1 + 2, 2]
+    assert all(server["requests"] >= 2 and not server["failed_requests"] for server in servers)  # a warm-up each
 
 
 def wait_until_free(ports: Ports, timeout: float = 30.0) -> None:
