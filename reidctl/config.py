@@ -232,10 +232,11 @@ def validate(config: Config) -> Config:
     for key in ("conf_threshold", "nms_threshold"):
         if not 0.0 <= getattr(d, key) <= 1.0:
             raise ReidctlError(f"config key 'detection.{key}': expected a value in [0, 1], got {getattr(d, key)}")
-    if d.batches_in_flight < 1:
-        raise ReidctlError(f"config key 'detection.batches_in_flight': expected at least 1, got {d.batches_in_flight}")
-    if d.camera_buffer < 1:
-        raise ReidctlError(f"config key 'detection.camera_buffer': expected at least 1, got {d.camera_buffer}")
+    counts = {"batches_in_flight": d.batches_in_flight, "camera_buffer": d.camera_buffer,
+              "triton.max_in_flight": d.triton.max_in_flight}
+    for key, count in counts.items():
+        if count < 1:
+            raise ReidctlError(f"config key 'detection.{key}': expected at least 1, got {count}")
     if not 0 <= d.reader_niceness <= 19:
         raise ReidctlError(f"config key 'detection.reader_niceness': expected 0-19, got {d.reader_niceness}")
     if d.num_classes is not None and d.num_classes < 1:

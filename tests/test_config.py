@@ -81,6 +81,8 @@ def test_the_onnx_files_keys_have_their_own_place_and_the_old_ones_still_read_wi
         ("detection:\n  batches_in_flight: 0\n", "config key 'detection.batches_in_flight': expected at least 1"),
         ("detection:\n  reader_niceness: 20\n", "config key 'detection.reader_niceness': expected 0-19"),
         ("detection:\n  camera_buffer: 0\n", "config key 'detection.camera_buffer': expected at least 1"),
+        ("detection:\n  triton:\n    max_in_flight: 0\n",
+         "config key 'detection.triton.max_in_flight': expected at least 1"),
         ("detection: [1, 2\n", "is not valid YAML at line"),
         ("- 1\n- 2\n", "expected a mapping"),
     ],

@@ -158,7 +158,7 @@ class TritonRequests:
         self.model_version = triton.model_version
         self.configured_timeout = self.timeout = triton.timeout
         self.metrics_port = triton.metrics_port
-        self.max_in_flight = max(1, triton.max_in_flight)
+        self.max_in_flight = triton.max_in_flight
         self._warn, self._verbose = warn, triton.verbose
         self.servers = [
             _Server(i, url, grpcclient.InferenceServerClient(url, verbose=triton.verbose), triton.shared_memory,
