@@ -287,6 +287,7 @@ class TritonRequests:
             else f"predictions {self.output_datatype}",
             "server_model": server_model,
             "shared_memory": any(server.use_shared_memory for server in self.servers),
+            "requests_in_flight": self.requests_in_flight,
             **servers,
         }
 

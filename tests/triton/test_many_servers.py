@@ -130,7 +130,7 @@ def test_detect_keeps_max_in_flight_requests_going_to_each_server(tmp_path, nano
                                       "--no-output", "--summary-json", str(summary), "--no-progress"])
     assert result.exit_code == 0, result.output
     data = json.loads(summary.read_text())
-    assert data["frames"] == 12
+    assert data["frames"] == 12 and data["requests_in_flight"] == 4
     servers = data["servers"]
     assert [server["url"] for server in servers] == urls
     # the four batch loops, two each; the first server also seated the thread of detect's warm-up, which ran first
