@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reidctl.config import check_regular_file
 from reidctl.apps.clients import check_client_processes
-from reidctl.apps.stats import LatencySummary
+from reidctl.apps.stats import LatencySummary, mean_size
 from reidctl.errors import ReidctlError
 
 # 2: open-loop runs (cameras on their own clock) beside the closed-loop ones, and the parity check.
@@ -145,9 +145,7 @@ class StreamResult:
 
     @property
     def mean_batch(self) -> float | None:
-        if not self.batch_sizes:
-            return None
-        return sum(size * count for size, count in self.batch_sizes.items()) / sum(self.batch_sizes.values())
+        return mean_size(self.batch_sizes)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self) | {"latency": self.latency.to_dict(), "mean_batch": self.mean_batch}

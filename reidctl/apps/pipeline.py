@@ -42,7 +42,7 @@ from reidctl.config import DEFAULT_TIMEOUT_S, TrackingConfig
 from reidctl.apps.cameras import SAMPLES_KEPT, STAGE_SAMPLES_KEPT, Camera, Hub, TimedFrame, append_kept
 from reidctl.core.detector import DetectionLoad, Detector, DetectorPool, StageTimes, create_detector
 from reidctl.core.preprocess import letterbox_frame
-from reidctl.apps.stats import LatencySummary
+from reidctl.apps.stats import LatencySummary, mean_size
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
 from reidctl.io.sources import CameraSpec, FrameSource, UnopenedSource, lower_thread_priority, open_source
@@ -417,10 +417,10 @@ class _Run:
         all_latencies = [s for camera in self.hub.cameras
                          for s in (camera.recent_latencies() if recent else camera.latencies)]
         frames = sum(camera.frames for camera in self.hub.cameras)
-        sizes = self.server_batches() if self.detector.runner.batches_remotely else dict(self.batch_sizes)
-        if recent and not self.detector.runner.batches_remotely:
-            sizes = dict(Counter(self.recent_batches))
-        batches = sum(sizes.values()) if sizes else 0
+        # detect's steps by their frames (copied in one call: the batch loops count on while this reads)
+        steps = Counter(self.recent_batches) if recent else dict(self.batch_sizes)
+        # the batches the model ran: through a server its own, which may join several steps' requests
+        sizes = self.server_batches() if self.detector.runner.batches_remotely else steps
         shares = self.detector.device_shares(since=self.shares_before)
         outputs = self.outputs.statistics()
         stages, busy = self._stages(wall, frames, outputs)
@@ -443,7 +443,8 @@ class _Run:
             "step_ms": _latency(self.step_seconds[-512:] if recent else self.step_seconds),
             "wall_seconds": wall,
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,
-            "mean_batch": sum(int(s) * c for s, c in sizes.items()) / batches if batches else None,
+            "mean_batch": mean_size(sizes),
+            "mean_step_frames": mean_size(steps),
             **({"per_device": shares} if shares is not None else {}),
             **({"servers": servers} if (servers := self.detector.describe().get("servers")) else {}),
             "stages_ms_per_frame": stages,

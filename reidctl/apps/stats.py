@@ -1,4 +1,4 @@
-"""Latency statistics shared by the benchmark and the recommender.
+"""Latency and batch statistics shared by the benchmark, the recommender and detect.
 
 Conventions, fixed so that numbers compare across runs and machines:
   percentiles: ``numpy.percentile`` with linear interpolation between the two nearest ranks
@@ -10,7 +10,7 @@ Conventions, fixed so that numbers compare across runs and machines:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,3 +54,9 @@ class LatencySummary:
     @classmethod
     def from_dict(cls, data: dict) -> LatencySummary:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def mean_size(counts: Mapping[int, int] | None) -> float | None:
+    """The mean size of batches counted as {size: how many}; None without any."""
+    total = sum(counts.values()) if counts else 0
+    return sum(int(size) * count for size, count in counts.items()) / total if total else None

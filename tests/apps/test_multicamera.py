@@ -99,6 +99,7 @@ def test_three_cameras_batched_into_per_camera_outputs(tmp_path, small_config):
     assert summary["frames"] == 37 and summary["detections"] == sum(len(r["detections"]) for r in records)
     # The cameras' frames went through the model together: batches of up to 3 frames, 20 steps for 37 frames.
     assert summary["mean_batch"] > 1.5 and set(summary["batch_sizes"]) <= {"1", "2", "3"}
+    assert summary["mean_step_frames"] == summary["mean_batch"]  # in process each step is one batch of the model
     assert "3" in summary["batch_sizes"]
     assert not list(out.rglob(".*"))
 

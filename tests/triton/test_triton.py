@@ -546,6 +546,7 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     data = json.loads(summary.read_text())
     assert data["frames"] == 18 and [camera["frames"] for camera in data["cameras"]] == [6, 6, 6]
     assert data["requests_in_flight"] == 3  # detection.triton.max_in_flight's default, one server
+    assert data["mean_step_frames"] == 1.0  # 3 cameras shared by 3 batch loops: a frame a step (a request each)
     # the model's own batches (its counter on the metrics port), every frame of the run in one of them
     assert sum(int(size) * count for size, count in data["batch_sizes"].items()) == 18
 
