@@ -193,18 +193,19 @@ def test_the_child_starts_no_thread_pool_that_would_spin_beside_the_cameras(monk
         process.close()
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["formatting process", "this thread"])
-def test_the_stage_counts_what_each_output_and_the_tracking_took(tmp_path, monkeypatch, in_process):
+@pytest.mark.parametrize("in_formatting_process", [True, False], ids=["formatting process", "this thread"])
+def test_the_stage_counts_what_each_output_and_the_tracking_took(tmp_path, monkeypatch, in_formatting_process):
     """The seconds of each output (by its writer's label), of tracking and of the handover to the formatting process
     and back, wherever the work was done: what a run's summary divides its write stage by."""
-    if not in_process:
+    if not in_formatting_process:
         monkeypatch.setattr(formatter, "ROWS_WORTH_A_REQUEST", 10**9)  # every step formatted in the calling thread
     writers = {camera: [MOTWriter(tmp_path / f"{camera}.txt"), ImageDirWriter(tmp_path / camera)]
                for camera in CAMERAS}
-    stage = OutputStage(writers, [JSONLWriter(tmp_path / "all.jsonl")], trackers=trackers() if in_process else None)
+    stage = OutputStage(writers, [JSONLWriter(tmp_path / "all.jsonl")],
+                        trackers=trackers() if in_formatting_process else None)
     for index in range(3):
         assert stage.submit(step(index))
     assert stage.close()[1] == []
     seconds = stage.statistics()["seconds_by_output"]
-    assert set(seconds) == {"mot", "jsonl", "images", "handover"} | ({"tracking"} if in_process else set())
+    assert set(seconds) == {"mot", "jsonl", "images", "handover"} | ({"tracking"} if in_formatting_process else set())
     assert all(value > 0 for value in seconds.values())
