@@ -254,8 +254,10 @@ class Context:
 REAL_TIME_TRACKING = {"idle": ((),), "crowd": ((), ("--track",))}
 # pipeline-pytorch's real-time runs with a choice of the code undone (scripts/reidctl_variant.py), per load: name, the
 # variant's options, tracking; each is the pair of the same run with the defaults
-UNDONE = {"idle": (("setup_collected", ("--setup-collected",), ()),),
-          "crowd": (("switch_interval_5ms", ("--switch-interval-ms", 5), ()),
+UNDONE = {"idle": (("setup_collected", ("--setup-collected",), ()),
+                   ("opencv_threads_as_is", ("--opencv-threads-as-is",), ())),
+          "crowd": (("opencv_threads_as_is", ("--opencv-threads-as-is",), ()),
+                    ("switch_interval_5ms", ("--switch-interval-ms", 5), ()),
                     ("sleeping_waits", ("--sleeping-waits",), ("--track",)))}
 # pipeline-pytorch's runs sampled for the interpreter lock (scripts/gil_profile.py) once the cameras have started:
 # mode, detect's options, the sampled window in seconds (a flat-out run of the clips lasts ~4 s on an H200)
@@ -329,10 +331,15 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
-        # each request a blocking call in its batch loop's thread (scripts/reidctl_variant.py)
+        # each request a blocking call in its batch loop's thread; OpenCV's own thread counts in the readers
+        # (scripts/reidctl_variant.py)
         steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests", cameras, *detect, "--realtime",
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--blocking-requests")))
+        steps.append(ctx.detect(f"detect_triton_rt_{load}_opencv_threads_as_is", cameras, *detect, "--realtime",
+                                outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
+        steps.append(ctx.detect(f"detect_triton_fast_{load}_opencv_threads_as_is", cameras, *detect,
+                                outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
         # flat out with more and fewer requests in flight, where the cameras do not pace the run
         for suffix, config in in_flight.items():
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
@@ -622,8 +629,8 @@ SUITES = {
         pipeline_pytorch),
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
-        "(max_in_flight 3, 4, 2, 1; the readers at niceness 10; two frames a camera; blocking requests) and flat out "
-        "(max_in_flight 3, 4, 2, 1)",
+        "(max_in_flight 3, 4, 2, 1; the readers at niceness 10; two frames a camera; blocking requests; OpenCV's own "
+        "threads) and flat out (max_in_flight 3, 4, 2, 1; OpenCV's own threads)",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

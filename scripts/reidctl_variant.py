@@ -6,6 +6,9 @@ after --, detect or bench.
                            (reidctl.apps.pipeline.SWITCH_INTERVAL_S); 5 is Python's own
   --model-threads-as-is    a model on the CPU computes with torch's own thread count, not with the cores the
                            cameras' readers leave (reidctl.apps.pipeline.model_threads_beside_readers)
+  --opencv-threads-as-is   each camera's video decoder, and OpenCV's threads that split the readers' letterbox, at
+                           OpenCV's own count (one per core) instead of the reader's share of the cores
+                           (reidctl.io.sources.cores_per_reader)
   --frames-mapped          the cameras' first frames are mapped and unmapped on their own by the allocator, not taken
                            from its heaps (reidctl.apps.pipeline.frames_from_the_heap)
   --setup-collected        the objects made before the run stay in the garbage collector's passes, not frozen out
@@ -81,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--switch-interval-ms", type=float, help="the thread switch interval during the run")
     parser.add_argument("--model-threads-as-is", action="store_true", help="torch's own thread count on the CPU")
+    parser.add_argument("--opencv-threads-as-is", action="store_true",
+                        help="OpenCV's own thread counts for decoding and letterbox")
     parser.add_argument("--frames-mapped", action="store_true", help="no block of a frame's size freed first")
     parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
@@ -90,6 +95,8 @@ def main() -> None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
     if args.model_threads_as_is:
         undo("model_threads_beside_readers", lambda detector, cameras: contextlib.nullcontext())
+    if args.opencv_threads_as_is:
+        undo("cores_per_reader", lambda readers: 0)  # 0: OpenCV's choice, for the decoders and the letterbox
     if args.frames_mapped:
         undo("frames_from_the_heap", lambda sources: None)
     if args.setup_collected:

@@ -23,7 +23,6 @@ import gc
 import heapq
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -35,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -45,7 +45,15 @@ from reidctl.core.preprocess import letterbox_frame
 from reidctl.apps.stats import LatencySummary, mean_size
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
-from reidctl.io.sources import CameraSpec, FrameSource, UnopenedSource, lower_thread_priority, open_source
+from reidctl.io.sources import (
+    CameraSpec,
+    FrameSource,
+    UnopenedSource,
+    cores_per_reader,
+    lower_thread_priority,
+    open_source,
+    usable_cores,
+)
 from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage
 from reidctl.io.paths import refuse_shared_paths
@@ -289,15 +297,16 @@ def _signals_held() -> Iterator[None]:
 
 
 def open_cameras(specs: list[CameraSpec], timeout_s: float, warn: Warn | None,
-                 strict: bool = False, reader_niceness: int = 0) -> list[FrameSource]:
+                 strict: bool = False, reader_niceness: int = 0, decoder_threads: int = 0) -> list[FrameSource]:
     """Open every source at once (network sources wait up to the timeout each). A live source that cannot be opened
     while another camera can is retried with back-off once the run starts (said in a warning line); a file or
     folder that cannot be opened, every source failing, or ``strict`` is a one-line error naming the first, and the
     others are closed again. The opening threads run at ``reader_niceness``, so the decoder threads a video starts
-    there inherit it (see ``lower_thread_priority``)."""
+    there inherit it (see ``lower_thread_priority``). Each video's decoder runs ``decoder_threads`` threads (0:
+    OpenCV's choice)."""
     with ThreadPoolExecutor(max_workers=min(16, len(specs)), thread_name_prefix="open",
                             initializer=lower_thread_priority, initargs=(reader_niceness,)) as pool:
-        futures = [pool.submit(open_source, spec.source, timeout_s, warn) for spec in specs]
+        futures = [pool.submit(open_source, spec.source, timeout_s, warn, decoder_threads) for spec in specs]
     sources: list[FrameSource | None] = []
     failures: list[tuple[CameraSpec, str]] = []
     for spec, future in zip(specs, futures):
@@ -611,12 +620,26 @@ def model_threads_beside_readers(detector: Detector | DetectorPool, cameras: int
         yield
         return
     previous = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(min(previous, max(1, (cores - cameras) // detector.concurrency)))
+    torch.set_num_threads(min(previous, max(1, (usable_cores() - cameras) // detector.concurrency)))
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def opencv_threads(count: int) -> Iterator[None]:
+    """OpenCV's threads, which split each resize of the readers' letterbox, at ``count`` for the duration (0: leave
+    OpenCV's, one per core), then what they were."""
+    if count <= 0:
+        yield
+        return
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def batch_loops(detector: Detector | DetectorPool) -> int:
@@ -656,13 +679,14 @@ def run_detect(
         warn(f"warning: detection.conf_threshold {config.detection.conf_threshold:g} is above tracking.low_thresh "
              f"{config.tracking.low_thresh:g}: the second association (low-score boxes) gets no detections")
     input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
+    reader_cores = cores_per_reader(len(specs))  # each reader's decoder and letterbox on its share of the cores
     if sources is None:
         sources = open_cameras(specs, options.timeout_s, input_warn, options.strict,
-                               config.detection.reader_niceness)
+                               config.detection.reader_niceness, reader_cores)
     hub = Hub()
     hub.reader_niceness = config.detection.reader_niceness
     cameras = [
-        Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn), warn, options.realtime,
+        Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn, reader_cores), warn, options.realtime,
                options.max_frames, config.detection.camera_buffer)
         for spec, source in zip(specs, sources)
     ]
@@ -677,7 +701,7 @@ def run_detect(
         except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
             raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
         frames_from_the_heap(sources)
-        with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)), \
+        with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)), opencv_threads(reader_cores), \
                 setup_frozen_out_of_collection():
             result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
         return result
@@ -690,8 +714,8 @@ def run_detect(
             detector.close()
 
 
-def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None) -> Callable[[], FrameSource]:
-    return lambda: open_source(spec.source, timeout_s, warn)
+def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None, decoder_threads: int) -> Callable[[], FrameSource]:
+    return lambda: open_source(spec.source, timeout_s, warn, decoder_threads)
 
 
 def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,

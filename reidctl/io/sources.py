@@ -140,17 +140,33 @@ class ImageSource(FrameSource):
             yield Frame(index, image, path.name)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cores_per_reader(readers: int) -> int:
+    """Each of ``readers`` camera readers' share of the cores, at least one: the threads its video's decoder and its
+    letterbox may use. OpenCV gives each decoder, and each resize, a thread per core of the machine: with 16 cameras
+    on 16 cores that is 256 decoder threads, and a resize split over every core waits for its slowest part on a busy
+    host (docs/PERFORMANCE.md has what it cost)."""
+    return max(1, usable_cores() // max(1, readers))
+
+
 class VideoSource(FrameSource):
-    """A video file, camera or network stream through OpenCV."""
+    """A video file, camera or network stream through OpenCV; a file's or stream's decoder runs ``decoder_threads``
+    threads (0: OpenCV's choice, one per core)."""
 
     def __init__(self, target: str | int, description: str, live: bool, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 warn: Warn = None):
+                 warn: Warn = None, decoder_threads: int = 0):
         self.live = live
-        if isinstance(target, str) and live:
-            timeout_ms = int(timeout_s * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
-        else:  # files need no timeout; a local camera's driver has its own
+        if isinstance(target, str):
+            params = [cv2.CAP_PROP_N_THREADS, decoder_threads] if decoder_threads > 0 else []
+            if live:  # files need no timeout
+                timeout_ms = int(timeout_s * 1000)
+                params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG if live else cv2.CAP_ANY, params)
+        else:  # a local camera's driver has its own timeout and decodes nothing
             capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             kind = "" if isinstance(target, int) else ("stream " if live else "video ")
@@ -187,18 +203,20 @@ def is_live(spec: str) -> bool:
     return spec.isdigit() or spec.lower().startswith(STREAM_PREFIXES)
 
 
-def open_source(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S, warn: Warn = None) -> FrameSource:
+def open_source(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S, warn: Warn = None,
+                decoder_threads: int = 0) -> FrameSource:
     """Open what the user named; every failure is a one-line ReidctlError.
 
     ``warn`` takes what can be read around (an unreadable image in a folder, a video shorter than it says);
-    without it (None) those are errors too.
+    without it (None) those are errors too. A video's or stream's decoder runs ``decoder_threads`` threads (0:
+    OpenCV's choice).
     """
     if not spec.strip():
         raise ReidctlError("empty source: name an image, folder, video, camera index or URL")
     if spec.isdigit():
         return VideoSource(int(spec), f"camera {spec}", live=True, timeout_s=timeout_s)
     if spec.lower().startswith(STREAM_PREFIXES):
-        return VideoSource(spec, spec, live=True, timeout_s=timeout_s)
+        return VideoSource(spec, spec, live=True, timeout_s=timeout_s, decoder_threads=decoder_threads)
     path = Path(spec)
     if not path.exists():
         raise ReidctlError(f"source not found: {spec}")
@@ -212,7 +230,7 @@ def open_source(spec: str, timeout_s: float = DEFAULT_TIMEOUT_S, warn: Warn = No
         return ImageSource([path], spec, warn)
     if not os.access(path, os.R_OK):
         raise ReidctlError(f"video not readable: {spec}")
-    return VideoSource(str(path), spec, live=False, warn=warn)
+    return VideoSource(str(path), spec, live=False, warn=warn, decoder_threads=decoder_threads)
 
 
 # -- cameras -----------------------------------------------------------------------------------------------------
