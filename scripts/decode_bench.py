@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from reidctl.io.sources import cores_per_reader, open_source
 from reidctl.io.synthetic import SCENES, write_synthetic_video
 
 EXTENSIONS = {"mp4v": ".mp4", "MJPG": ".avi"}
@@ -41,17 +42,14 @@ def bitrate_mbit_s(path: Path) -> float:
     return path.stat().st_size * 8 / seconds / 1e6
 
 
-def decode_opencv(path: str):
-    capture = cv2.VideoCapture(path)
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        yield frame
-    capture.release()
+def decode_opencv(path: str, readers: int):
+    """As a camera reader of detect's opens the clip: its decoder on the reader's share of the cores."""
+    with open_source(path, decoder_threads=cores_per_reader(readers)) as source:
+        for frame in source:
+            yield frame.image
 
 
-def decode_pyav(path: str):
+def decode_pyav(path: str, readers: int):
     import av
 
     with av.open(path) as container:
@@ -85,9 +83,9 @@ class SteadyRate:
         return self.frames, time.perf_counter() - self.started
 
 
-def _thread_reader(decoder: str, reader: int, path: str, out: queue.SimpleQueue) -> None:
+def _thread_reader(decoder: str, reader: int, path: str, readers: int, out: queue.SimpleQueue) -> None:
     try:
-        for frame in DECODERS[decoder](path):
+        for frame in DECODERS[decoder](path, readers):
             out.put((reader, frame))
     finally:
         out.put((reader, None))
@@ -95,7 +93,7 @@ def _thread_reader(decoder: str, reader: int, path: str, out: queue.SimpleQueue)
 
 def run_threads(decoder: str, paths: list[str]) -> tuple[int, float]:
     out: queue.SimpleQueue = queue.SimpleQueue()
-    threads = [threading.Thread(target=_thread_reader, args=(decoder, i, p, out), daemon=True)
+    threads = [threading.Thread(target=_thread_reader, args=(decoder, i, p, len(paths), out), daemon=True)
                for i, p in enumerate(paths)]
     for thread in threads:
         thread.start()
@@ -109,8 +107,8 @@ def run_threads(decoder: str, paths: list[str]) -> tuple[int, float]:
     return rate.result()
 
 
-def _process_reader(decoder: str, path: str, connection) -> None:
-    for frame in DECODERS[decoder](path):
+def _process_reader(decoder: str, path: str, readers: int, connection) -> None:
+    for frame in DECODERS[decoder](path, readers):
         connection.send_bytes(np.ascontiguousarray(frame).data.cast("B"))  # the frame's bytes to the main process
     connection.close()
 
@@ -118,7 +116,7 @@ def _process_reader(decoder: str, path: str, connection) -> None:
 def run_processes(decoder: str, paths: list[str]) -> tuple[int, float]:
     context = multiprocessing.get_context("spawn")
     pipes = [context.Pipe(duplex=False) for _ in paths]
-    workers = [context.Process(target=_process_reader, args=(decoder, p, sender), daemon=True)
+    workers = [context.Process(target=_process_reader, args=(decoder, p, len(paths), sender), daemon=True)
                for p, (_, sender) in zip(paths, pipes)]
     for worker in workers:
         worker.start()
