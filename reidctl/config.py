@@ -73,8 +73,8 @@ class TritonConfig:
     # that setup-triton writes beside docker-compose.yml. A server started here is found by its port.
     key_file: str | None = None
     # Requests detect keeps in flight to each server, a batch loop each (docs/PERFORMANCE.md, figures behind
-    # choices: 3 had the lower latency at the crowd load than 2, and 1 or 4 dropped more frames)
-    max_in_flight: int = 3
+    # choices: on two H200 machines of three 2 dropped fewer frames in real time than 3, and 1 or 4 more)
+    max_in_flight: int = 2
 
     @property
     def urls(self) -> list[str]:

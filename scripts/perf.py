@@ -321,10 +321,10 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         steps = [ctx.bench(f"bench_triton_{load}", "--backends", "triton", *model, *ctx.detect_frames(cameras),
                            "--client-processes", min(4, ctx.camera_count)),
                  ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
-        # more and fewer requests in flight from detect's batch loops than its default 3, the readers yielding the
+        # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
         # CPU (niceness 10), and each camera holding two frames
         in_flight = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n})
-                     for n in (4, 2, 1)}
+                     for n in (3, 4, 1)}
         variants = dict(in_flight)
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
         variants["_camera_buffer_2"] = ctx.config("triton_camera_buffer_2", camera_buffer=2)
@@ -629,8 +629,8 @@ SUITES = {
         pipeline_pytorch),
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
-        "(max_in_flight 3, 4, 2, 1; the readers at niceness 10; two frames a camera; blocking requests; OpenCV's own "
-        "threads) and flat out (max_in_flight 3, 4, 2, 1; OpenCV's own threads)",
+        "(max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a camera; blocking requests; OpenCV's own "
+        "threads) and flat out (max_in_flight 2, 3, 4, 1; OpenCV's own threads)",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

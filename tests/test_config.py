@@ -18,7 +18,7 @@ def test_shipped_config_matches_reference_schema():
     assert det.test_size == [640, 640] and det.fp16 and det.fuse
     assert det.tensorrt.engine_path == "models/bytetrack_x_mot17_fp16.trt" and det.tensorrt.workspace == 4096
     assert det.triton.url == "localhost:8101" and det.triton.preferred_batch_sizes == [1, 2, 4, 8]
-    assert det.triton.max_queue_delay_ms == 0.5 and det.triton.max_in_flight == 3
+    assert det.triton.max_queue_delay_ms == 0.5 and det.triton.max_in_flight == 2
 
 
 def test_defaults_without_a_file(tmp_path, monkeypatch):

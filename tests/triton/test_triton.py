@@ -539,13 +539,14 @@ def reidctl(*args):
 
 def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nano_checkpoint, tmp_path):
     clips = [write_video(tmp_path / f"{name}.avi", frames=6, size=(120, 160)) for name in "abc"]
-    config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{triton_server.grpc_port}"})
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint,
+                          triton={"url": f"localhost:{triton_server.grpc_port}", "max_in_flight": 3})
     summary = tmp_path / "summary.json"
     result = reidctl("detect", *clips, "-c", config, "--backend", "triton", "--summary-json", summary, "--no-progress")
     assert result.returncode == 0, result.output
     data = json.loads(summary.read_text())
     assert data["frames"] == 18 and [camera["frames"] for camera in data["cameras"]] == [6, 6, 6]
-    assert data["requests_in_flight"] == 3  # detection.triton.max_in_flight's default, one server
+    assert data["requests_in_flight"] == 3  # detection.triton.max_in_flight, one server
     assert data["mean_step_frames"] == 1.0  # 3 cameras shared by 3 batch loops: a frame a step (a request each)
     # the model's own batches (its counter on the metrics port), every frame of the run in one of them
     assert sum(int(size) * count for size, count in data["batch_sizes"].items()) == 18
