@@ -586,14 +586,19 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 @contextlib.contextmanager
-def short_lock_turns() -> Iterator[None]:
-    """Python's thread switch interval at SWITCH_INTERVAL_S for the duration, then back to what it was."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+def _held(get: Callable[[], object], put: Callable[[object], None], value) -> Iterator[None]:
+    """A process-wide setting at ``value`` (``put``) for the duration, then back to what ``get`` read before."""
+    previous = get()
+    put(value)
     try:
         yield
     finally:
-        sys.setswitchinterval(previous)
+        put(previous)
+
+
+def short_lock_turns() -> contextlib.AbstractContextManager:
+    """Python's thread switch interval at SWITCH_INTERVAL_S for the duration, then back to what it was."""
+    return _held(sys.getswitchinterval, sys.setswitchinterval, SWITCH_INTERVAL_S)
 
 
 @contextlib.contextmanager
@@ -610,36 +615,21 @@ def setup_frozen_out_of_collection() -> Iterator[None]:
         gc.unfreeze()
 
 
-@contextlib.contextmanager
-def model_threads_beside_readers(detector: Detector | DetectorPool, cameras: int) -> Iterator[None]:
+def model_threads_beside_readers(detector: Detector | DetectorPool, cameras: int) -> contextlib.AbstractContextManager:
     """A model on the CPU computes with at most the cores the cameras' readers leave (one each, at least one for
     the model) for the duration, then with what it had. Its threads wait for each other at every layer: one that
     a reader or the writer took its core from stalls them all, and a crowded run went at a third of its speed
     (docs/PERFORMANCE.md)."""
     if detector.runner.device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, max(1, (usable_cores() - cameras) // detector.concurrency)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+        return contextlib.nullcontext()
+    threads = min(torch.get_num_threads(), max(1, (usable_cores() - cameras) // detector.concurrency))
+    return _held(torch.get_num_threads, torch.set_num_threads, threads)
 
 
-@contextlib.contextmanager
-def opencv_threads(count: int) -> Iterator[None]:
+def opencv_threads(count: int) -> contextlib.AbstractContextManager:
     """OpenCV's threads, which split each resize of the readers' letterbox, at ``count`` for the duration (0: leave
     OpenCV's, one per core), then what they were."""
-    if count <= 0:
-        yield
-        return
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(count)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(previous)
+    return _held(cv2.getNumThreads, cv2.setNumThreads, count) if count > 0 else contextlib.nullcontext()
 
 
 def batch_loops(detector: Detector | DetectorPool) -> int:
