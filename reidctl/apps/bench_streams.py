@@ -10,13 +10,12 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from reidctl.apps.bench_report import BenchSettings, CameraStats, StreamResult
-from reidctl.apps.clients import ClientProcesses, Tick, closed_loop
+from reidctl.apps.clients import ClientProcesses, Tick, cameras_together, closed_loop
 from reidctl.apps.pipeline import DetectOptions, DetectResult, OutputRequest, run_detect
 from reidctl.apps.stats import LatencySummary
 from reidctl.config import Config
@@ -250,11 +249,9 @@ def open_loop(
     Frames whose send time falls in the measured window (after the warm-up, ``seconds`` long) are recorded.
     Returns each camera's statistics and every recorded latency (seconds).
     """
-    barrier = threading.Barrier(load.cameras + 1)
     stop = threading.Event()  # a failing camera stops the others
 
     def camera(index: int) -> tuple[CameraStats, list[float]]:
-        barrier.wait()
         start = epoch[0]
         window_start, window_end = start + load.warmup_s, start + load.warmup_s + load.seconds
         clock = _camera_clock(load, index, start)
@@ -287,15 +284,12 @@ def open_loop(
         return _camera_stats(index, due_in_window, latencies, lags, dropped, load), latencies
 
     epoch = [0.0]
-    with ThreadPoolExecutor(max_workers=load.cameras, thread_name_prefix="camera") as pool:
-        futures = [pool.submit(camera, i) for i in range(load.cameras)]
-        epoch[0] = time.perf_counter() + 0.01  # every camera's clock starts from the same instant
-        barrier.wait()
-        try:
-            results = [future.result() for future in futures]
-        except BaseException:  # Ctrl-C: the cameras stop too, instead of running their window out
-            stop.set()
-            raise
+
+    def set_epoch() -> None:  # every camera's clock starts from the same instant
+        epoch[0] = time.perf_counter() + 0.01
+
+    # Ctrl-C: the cameras stop too, instead of running their window out
+    results, _ = cameras_together(camera, load.cameras, stop.set, before_start=set_epoch)
     return [stats for stats, _ in results], [sample for _, samples in results for sample in samples]
 
 

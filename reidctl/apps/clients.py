@@ -16,12 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
 from reidctl.errors import ReidctlError, describe_error, first_line
 
 Tick = Callable[[], None]  # called once per answered request (a progress bar's advance)
+T = TypeVar("T")
 READY_TIMEOUT_S = 300.0  # a process's start: imports, the connection and its first request
 # What one client process may take: room for one that needs torch (a server model whose NMS runs on the client),
 # the largest kind (docs/PERFORMANCE.md)
@@ -49,6 +51,31 @@ class _Tickets:
             self.remaining = 0
 
 
+def cameras_together(camera: Callable[[int], T], cameras: int, stop: Callable[[], None],
+                     before_start: Callable[[], None] = lambda: None) -> tuple[list[T], float]:
+    """``camera(index)`` on ``cameras`` threads that start at once, once every thread is up (``before_start`` runs
+    just before); their results in order and when they started. Whatever ends the wait early (Ctrl-C, a camera's
+    error) calls ``stop``, for the cameras to stop too, and releases those not started yet: a camera left waiting
+    for the start would hold the run forever."""
+    barrier = threading.Barrier(cameras + 1)
+
+    def started(index: int) -> T:
+        barrier.wait()
+        return camera(index)
+
+    with ThreadPoolExecutor(max_workers=cameras, thread_name_prefix="camera") as pool:
+        try:
+            futures = [pool.submit(started, i) for i in range(cameras)]
+            before_start()
+            barrier.wait()
+            start = time.perf_counter()
+            return [future.result() for future in futures], start
+        except BaseException:
+            stop()
+            barrier.abort()
+            raise
+
+
 def closed_loop(
     serve: Callable[[np.ndarray], object], frames: Sequence[np.ndarray], cameras: int, requests: int, tick: Tick
 ) -> tuple[list[float], float]:
@@ -57,10 +84,8 @@ def closed_loop(
     Returns every request's latency (seconds) and the wall time from the common start to the last result.
     """
     tickets = _Tickets(requests)
-    barrier = threading.Barrier(cameras + 1)
 
     def camera(index: int) -> list[float]:
-        barrier.wait()
         latencies = []
         try:
             while tickets.take():
@@ -74,17 +99,9 @@ def closed_loop(
             raise
         return latencies
 
-    with ThreadPoolExecutor(max_workers=cameras, thread_name_prefix="camera") as pool:
-        futures = [pool.submit(camera, i) for i in range(cameras)]
-        barrier.wait()
-        start = time.perf_counter()
-        try:
-            latencies = [sample for future in futures for sample in future.result()]
-        except BaseException:  # Ctrl-C: the cameras stop too, instead of serving the requests left
-            tickets.stop()
-            raise
-        wall = time.perf_counter() - start
-    return latencies, wall
+    # Ctrl-C: the cameras stop too, instead of serving the requests left
+    results, start = cameras_together(camera, cameras, tickets.stop)
+    return [sample for latencies in results for sample in latencies], time.perf_counter() - start
 
 
 def _shares(total: int, parts: int) -> list[int]:

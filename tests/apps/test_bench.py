@@ -22,7 +22,7 @@ from reidctl.config import load_config
 from reidctl.apps.bench import run_bench, stream_modes
 from reidctl.apps.bench_streams import measure_concurrent
 from reidctl.apps.bench_report import BENCH_SCHEMA_VERSION, BenchSettings, load_report
-from reidctl.apps.clients import ClientProcesses, closed_loop
+from reidctl.apps.clients import ClientProcesses, cameras_together, closed_loop
 from reidctl.core.detector import create_detector
 from reidctl.core.registry import available_backends, get_backend
 from reidctl.apps.pipeline import OutputRequest, run_detect
@@ -314,6 +314,26 @@ def test_concurrent_clients_share_one_detector_and_a_failure_stops_them_all(smal
     assert len(served) == 2  # the other cameras stopped instead of serving the remaining requests
 
 
+def test_ctrl_c_before_the_cameras_start_releases_them_instead_of_hanging():
+    """Ctrl-C while the camera threads wait for their common start (a busy host starts threads slowly): they are
+    released and never run, the run stops, and the interrupt reaches the caller instead of a wait forever."""
+    ran, stopped = [], threading.Event()
+
+    def interrupt() -> None:  # runs where the caller waits for the cameras to be up: Ctrl-C lands there
+        raise KeyboardInterrupt
+
+    done = threading.Event()
+
+    def run() -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            cameras_together(ran.append, 4, stopped.set, before_start=interrupt)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout=10), "the camera threads were left waiting for their start"
+    assert stopped.is_set() and ran == []
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("triton-server")
 def test_triton_requests_may_take_as_long_as_this_machine_needs(tmp_path, nano_checkpoint):
@@ -398,7 +418,11 @@ def bench_in_a_terminal(args: list, until: bytes, stop, timeout: float = 240.0) 
             if not signalled and until in printed:
                 stop(process)
                 signalled = True
-        code = process.wait(timeout=120)  # a stop closes client processes and writes the plot: slow on a busy host
+        try:
+            code = process.wait(timeout=120)  # a stop closes client processes and writes the plot: slow on a busy host
+        except subprocess.TimeoutExpired:
+            stage = f"did not end 120 s after {'the signal' if signalled else f'{timeout:g} s without {until!r}'}"
+            pytest.fail(f"bench {stage}; it printed: {printed.decode(errors='replace')[-2000:]}")
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
