@@ -4,6 +4,7 @@ and the marks of tests that need a GPU or TensorRT."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
 from pathlib import Path
@@ -20,7 +21,15 @@ from reidctl.io.synthetic import write_synthetic_video
 from reidctl.models.checkpoint import load_model, save_checkpoint
 from reidctl.core.untrained import lively_yolox
 
+ROOT = Path(__file__).resolve().parents[1]  # the project: what a test's child process runs reidctl and scripts from
 SMALL_TEST_SIZE = (128, 160)
+
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the project as PYTHONPATH (a child runs this tree's reidctl), and ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 # The marks of a test that needs a GPU or TensorRT: the marker selects it (`pytest -m gpu`, `pytest -m tensorrt`),

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import write_video
+from helpers import ROOT, project_env, write_video
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import perf  # noqa: E402
 
@@ -120,7 +119,7 @@ def test_the_start_timeline_traces_a_real_time_detect_tenth_by_tenth(tmp_path, s
         [sys.executable, str(ROOT / "scripts" / "start_timeline.py"), str(out), "--seconds", "20", "--",
          str(video_file), str(video_file), "-c", str(small_config), "--device", "cpu", "--realtime",
          "--mot", str(tmp_path / "mot"), "--no-progress", "--summary-json", str(out / "summary.json")],
-        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        capture_output=True, text=True, timeout=120, check=False, env=project_env())
     assert run.returncode == 0, run.stderr[-2000:]
     timeline = json.loads((out / "timeline.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
@@ -141,7 +140,7 @@ def test_a_variant_run_is_detect_with_a_choice_undone_and_refuses_what_it_cannot
             [sys.executable, str(ROOT / "scripts" / "reidctl_variant.py"), *options, "--", "detect",
              str(video_file), "-c", str(small_config), "--device", "cpu", "--no-output", "--no-progress",
              "--summary-json", str(summary)],
-            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            capture_output=True, text=True, timeout=120, check=False, env=project_env())
 
     run = variant("--switch-interval-ms", "5", "--setup-collected", "--model-threads-as-is")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -184,7 +183,7 @@ def test_the_lock_profile_samples_detect_once_its_cameras_run_and_refuses_a_wind
             [sys.executable, str(ROOT / "scripts" / "gil_profile.py"), "--seconds", str(seconds), "--json",
              str(result), "--", "detect", *clips, "-c", str(small_config), "--realtime", "--no-output",
              "--no-progress"],
-            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            capture_output=True, text=True, timeout=120, check=False, env=project_env())
 
     run = profile(1, tmp_path / "lock.json")
     assert run.returncode == 0, run.stderr[-2000:]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import (TENSORRT_MARKS, assert_same_detections, free_ports, start_test_server, take_sigint,
+from helpers import (TENSORRT_MARKS, assert_same_detections, free_ports, project_env, start_test_server, take_sigint,
                      write_config)
 from reidctl.cli import app
 from reidctl.config import load_config
@@ -32,7 +32,6 @@ from reidctl.io.synthetic import synthetic_frame
 from reidctl.triton.requests import frame_sender
 
 runner = CliRunner()
-ROOT = str(Path(__file__).resolve().parents[2])
 SUMMARY_KEYS = {"count", "avg_ms", "min_ms", "max_ms", "std_ms", "p50_ms", "p95_ms", "p99_ms", "fps"}
 
 
@@ -200,7 +199,7 @@ def test_a_named_backend_that_cannot_be_measured_is_an_error_and_the_others_are_
     output = tmp_path / "bench.json"
     command = [sys.executable, "-m", "reidctl", "bench", "--backends", "pytorch,triton", "--iters", "2",
                "--warmup", "0", "--cameras", "1", "-c", str(config), "-o", str(output), "--no-progress"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": ROOT})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=project_env())
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f"error: not measured: triton unavailable: Triton server at localhost:{port} is "
@@ -401,7 +400,7 @@ def bench_in_a_terminal(args: list, until: bytes, stop, timeout: float = 240.0) 
 
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "reidctl", "bench", *map(str, args)], stdin=subprocess.DEVNULL,
-                               stdout=slave, stderr=slave, env=os.environ | {"PYTHONPATH": ROOT, "COLUMNS": "200"},
+                               stdout=slave, stderr=slave, env=project_env(COLUMNS="200"),
                                start_new_session=True, preexec_fn=take_sigint)  # fmt: skip
     os.close(slave)
     printed, signalled, deadline = b"", False, time.monotonic() + timeout

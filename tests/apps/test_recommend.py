@@ -1,16 +1,15 @@
 """`reidctl recommend` on crafted bench results (every branch) and on the reference decision tree."""
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import project_env
 from reidctl.cli import app
 from reidctl.config import Config, to_dict
 from reidctl.apps.bench_report import BackendResult, BenchReport, StreamResult
@@ -18,7 +17,6 @@ from reidctl.apps.recommend import Need, recommend
 from reidctl.apps.stats import LatencySummary
 
 runner = CliRunner()
-ROOT = str(Path(__file__).resolve().parents[2])
 ALL_HERE = {"pytorch": None, "onnxruntime": None, "tensorrt": None, "triton": None}
 NO_TENSORRT = ALL_HERE | {"tensorrt": "TensorRT is not installed"}
 
@@ -261,7 +259,8 @@ def test_tables_in_a_pipe_keep_every_number_and_name_whole(tmp_path):
     """Rich assumes 80 columns where stdout is no terminal and cut cells ('165.…', 'Camer…'): a log keeps them."""
     bench = write_bench(tmp_path / "b.json", backend("pytorch", ("pipeline", 16, 123456789.125, 98765.4321)))
     command = [sys.executable, "-m", "reidctl", "recommend", "--cameras", "16", "--bench", str(bench)]
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONPATH": ROOT}
+    env = project_env()
+    env.pop("COLUMNS", None)
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)  # stdout: a pipe
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("│ pytorch"))

@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-from helpers import needs_gpu
+from helpers import ROOT, needs_gpu
 from reidctl.core.postprocess import select_detections
 
-ROOT = Path(__file__).resolve().parents[2]
 
 # The interpreter walks reductions element by element: 4-word chunks keep it quick and still exercise the scan's
 # loop over chunks (the GPU default, 128 words, runs in one case and in the CUDA tests).

@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from helpers import write_config
+from helpers import ROOT, write_config
 
 from reidctl.config import load_config
 from reidctl.core.detector import create_detector
 from reidctl.io.synthetic import synthetic_frame
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = (128, 160)  # 420 anchors
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_ports, start_test_server
+from helpers import free_ports, project_env, start_test_server
 from reidctl.config import load_config
 from reidctl.triton import watchdog
 from reidctl.triton.repository import write_repository
@@ -21,7 +21,6 @@ from reidctl.triton.server import stop_server
 # groups may run on two workers at once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server-lifecycle")]
 
-ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,7 +99,7 @@ def test_stop_ends_the_stubs_a_dead_server_left(repository):
     stubs = orphan_a_stub(repository)
     config = repository.parent / "config.yaml"
     command = [sys.executable, "-m", "reidctl", "setup-triton", "--stop", "-r", str(repository), "-c", str(config)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": ROOT})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=project_env())
     assert result.returncode == 0, result.stderr
     assert "no Triton server is running" in result.stdout
     assert not left_behind(stubs)

@@ -26,8 +26,8 @@ from tritonclient.utils import InferenceServerException
 import yaml
 from typer.testing import CliRunner
 
-from helpers import (SMALL_TEST_SIZE, assert_same_detections, free_ports, make_checkpoint, own_warnings, write_config,
-                     write_video)
+from helpers import (ROOT, SMALL_TEST_SIZE, assert_same_detections, free_ports, make_checkpoint, own_warnings,
+                     project_env, write_config, write_video)
 from reidctl.cli import app
 from reidctl.config import Config, load_config, override
 from reidctl.core.detector import create_detector
@@ -52,7 +52,6 @@ from reidctl.triton.server import Ports, running_server, start_server, stop_serv
 
 # Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
 # left in the server cache never meets another test's server mid-run.
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton-server")]
 
 BROKEN_MODEL = "bytetrack_broken"
@@ -563,7 +562,7 @@ def test_detect_with_blocking_requests_finds_what_the_runner_finds(triton_server
         command = [sys.executable, *(wrapper or ["-m", "reidctl"]), "detect", *map(str, clips), "-c", str(config),
                    "--backend", "triton", "--jsonl", str(jsonl), "--no-progress"]
         run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             env=project_env())
         assert run.returncode == 0, run.stderr[-2000:]
         lines = map(json.loads, jsonl.read_text().splitlines())
         found[name] = {(line["camera"], line["frame"]): line["detections"] for line in lines}
