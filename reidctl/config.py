@@ -75,6 +75,9 @@ class TritonConfig:
     # Requests detect keeps in flight to each server, a batch loop each (docs/PERFORMANCE.md, figures behind
     # choices: on two H200 machines of three 2 dropped fewer frames in real time than 3, and 1 or 4 more)
     max_in_flight: int = 2
+    # CPU cores (a Linux CPU list, e.g. "0-3") the bundled server started here runs on, all of its threads; detect
+    # through it keeps to the other cores. None: every core, shared (docs/PERFORMANCE.md, machine I)
+    server_cpus: str | None = None
 
     @property
     def urls(self) -> list[str]:

@@ -264,6 +264,10 @@ UNDONE = {"idle": (("setup_collected", ("--setup-collected",), ()),
 LOCK_PROFILED = (("rt", ("--realtime",), 5), ("fast", (), 2))
 
 
+# pipeline-triton's runs with the bundled server moved onto this many whole cores of its own (the highest numbered)
+SERVER_CORES = (4, 2)
+
+
 def undone_by(*options) -> tuple:
     """The wrapper that runs a reidctl command with these scripts/reidctl_variant.py options; none: as shipped."""
     return ("reidctl_variant", *options) if options else ()
@@ -337,9 +341,16 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--blocking-requests")))
         steps.append(ctx.detect(f"detect_triton_rt_{load}_opencv_threads_as_is", cameras, *detect, "--realtime",
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
+        # the server on whole cores of its own, detect on the others (setup-triton --start --cpus)
+        for cores in SERVER_CORES:
+            steps.append(ctx.detect(f"detect_triton_rt_{load}_server_cores_{cores}", cameras, *detect, "--realtime",
+                                    outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}_opencv_threads_as_is", cameras, *detect,
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
+        for cores in SERVER_CORES:
+            steps.append(ctx.detect(f"detect_triton_fast_{load}_server_cores_{cores}", cameras, *detect,
+                                    outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
         # flat out with more and fewer requests in flight, where the cameras do not pace the run
         for suffix, config in in_flight.items():
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
@@ -695,9 +706,15 @@ def figures(path: Path | None) -> list[str]:
         by_output = sorted((data.get("write_ms_by_output") or {}).items(), key=lambda pair: -pair[1])
         written = ("; write, ms a frame: " + ", ".join(f"{label} {ms:.2f}" for label, ms in by_output)
                    if by_output else "")
+        busy = data.get("cpu_cores_busy") or {}
+        cores = (f"; cores busy: detect {number(busy.get('detect'))}"
+                 + (f", server {number(busy['server'])}" if busy.get("server") is not None else "")
+                 + (f" (server on {data['cpus']['server']})" if (data.get("cpus") or {}).get("server") else "")
+                 if busy else "")
         return [f"{number(data.get('fps'))} FPS, {dropped}, P99 {number(latency.get('p99'))} ms, "
                 f"batch {number(data.get('mean_batch'), '.2f')}, "
-                f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}{written}"]
+                f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}{written}"
+                f"{cores}"]
     if "backends" in data:  # bench --output
         lines = []
         for backend in data["backends"]:

@@ -19,6 +19,9 @@ after --, detect or bench.
   --blocking-requests      each request to a Triton server is a blocking call in the thread that sends it, instead
                            of an asynchronous one whose answer comes back through a gRPC thread
                            (reidctl.triton.requests.TritonRequests._send)
+  --server-cores N         the bundled servers started here moved, every thread, onto N whole cores of their own
+                           (the highest numbered) for the run, and back onto every core after it: detect keeps to
+                           the others, as with `setup-triton --start --cpus`
 
     PYTHONPATH=$PWD python scripts/reidctl_variant.py --switch-interval-ms 5 -- \\
         detect cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --no-progress
@@ -35,7 +38,10 @@ import types
 import reidctl.apps.pipeline as pipeline
 from perf import parse_wrapper_args  # this folder's measurement runner
 from reidctl.cli import app
+from reidctl.io.cores import whole_cores_from_the_top
+from reidctl.io.sources import usable_cores
 from reidctl.triton.requests import TritonRequests
+from reidctl.triton.server import all_running_servers, move_server
 
 CU_CTX_SCHED_BLOCKING_SYNC = 0x04
 
@@ -71,6 +77,24 @@ def blocking_send(requests: TritonRequests, server, inputs: list, outputs: list,
                                 client_timeout=timeout) for item in inputs]
 
 
+@contextlib.contextmanager
+def servers_on_cores_of_their_own(count: int):
+    """Every bundled server started here on ``count`` whole cores for the duration, then on every core again."""
+    servers = all_running_servers()
+    if not servers:
+        sys.exit("error: --server-cores needs a bundled server started here (reidctl setup-triton --start)")
+    cpus = whole_cores_from_the_top(count)
+    if len(cpus) >= usable_cores():
+        sys.exit(f"error: --server-cores {count} leaves no core for detect")
+    for server in servers:
+        move_server(server, cpus)
+    try:
+        yield
+    finally:
+        for server in servers:
+            move_server(server, None)
+
+
 def undo(name: str, value, owner=pipeline) -> None:
     """``owner``'s ``name`` (the pipeline's, by default) replaced for this run; a name it no longer has is an error,
     not a no-op."""
@@ -90,6 +114,7 @@ def main() -> None:
     parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
     parser.add_argument("--blocking-requests", action="store_true", help="Triton requests as blocking calls")
+    parser.add_argument("--server-cores", type=int, help="the local servers on this many cores of their own")
     args, command = parse_wrapper_args(parser, "a reidctl command and its arguments")
     if args.switch_interval_ms is not None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
@@ -105,7 +130,8 @@ def main() -> None:
         sleep_in_gpu_waits()
     if args.blocking_requests:
         undo("_send", blocking_send, owner=TritonRequests)
-    app(command, prog_name="reidctl")
+    with servers_on_cores_of_their_own(args.server_cores) if args.server_cores else contextlib.nullcontext():
+        app(command, prog_name="reidctl")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ from reidctl.core.preprocess import letterbox_frame
 from reidctl.apps.stats import LatencySummary, mean_size
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
+from reidctl.io.cores import (
+    available_cpus,
+    cpu_list_text,
+    own_cpu_seconds,
+    process_tree,
+    processes_cpu_seconds,
+    thread_on,
+)
 from reidctl.io.sources import (
     CameraSpec,
     FrameSource,
@@ -61,6 +69,7 @@ from reidctl.io.writers import ImageDirWriter, JSONLWriter, MOTWriter, VideoWrit
 from reidctl.tracking import ByteTracker, TrackCounts
 from reidctl.tracking.outputs import CropsOutput, CropsWriter, MOTTrackTextWriter, SequenceInfo
 from reidctl.tracking.run import DEFAULT_FPS, mot_paths
+from reidctl.triton.client import local_servers
 
 DEFAULT_OUTPUT_DIR = Path("runs/detect")
 CAMERA_VIDEO_SUFFIX = ".mp4"  # one annotated video per camera in --save-video DIR (mp4v: writes faster than MJPG)
@@ -643,6 +652,41 @@ def default_max_batch(cameras: int, loops: int) -> int:
     return min(math.ceil(cameras / loops), MAX_DEFAULT_BATCH)
 
 
+@dataclass
+class RunCores:
+    """A run's CPU cores: detect's, and those of a bundled server started here on cores of its own
+    (``setup-triton --start --cpus``); and the CPU time detect and the local servers it uses spent in the run."""
+
+    detect: list[int]
+    server: list[int]
+    server_pids: list[int]  # the processes of the bundled servers started here that the run goes through
+    used_before: tuple[float, float] | None = None  # at the run's start
+
+    @classmethod
+    def of(cls, config, backend: str | None) -> RunCores:
+        mine = available_cpus()
+        servers = local_servers(config.detection.triton.urls) if (backend or config.detection.backend) == "triton" \
+            else []
+        server = {cpu for state in servers for cpu in state.cpus} & mine
+        return cls(sorted(mine - server or mine), sorted(server),
+                   [pid for state in servers for pid in process_tree(state.pid)])
+
+    def start(self) -> None:
+        self.used_before = self._used()
+
+    def _used(self) -> tuple[float, float]:
+        return own_cpu_seconds(), processes_cpu_seconds(self.server_pids)
+
+    def summary(self, wall: float) -> dict:
+        """Each side's cores (detect's as its thread has them now) and the cores it kept busy on average since
+        ``start`` (the server's: None without one started here)."""
+        busy = [None, None]
+        if self.used_before is not None and wall > 0:
+            busy = [(after - before) / wall for after, before in zip(self._used(), self.used_before)]
+        return {"cpus": {"detect": cpu_list_text(available_cpus()), "server": cpu_list_text(self.server) or None},
+                "cpu_cores_busy": {"detect": busy[0], "server": busy[1] if self.server_pids else None}}
+
+
 def run_detect(
     config,
     specs: list[CameraSpec],
@@ -665,43 +709,47 @@ def run_detect(
     owned = detector is None
     options = options or DetectOptions()
     plan = plan_outputs([spec.name for spec in specs], request)
-    if plan.track and config.detection.conf_threshold > config.tracking.low_thresh:
-        warn(f"warning: detection.conf_threshold {config.detection.conf_threshold:g} is above tracking.low_thresh "
-             f"{config.tracking.low_thresh:g}: the second association (low-score boxes) gets no detections")
-    input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
-    reader_cores = cores_per_reader(len(specs))  # each reader's decoder and letterbox on its share of the cores
-    if sources is None:
-        sources = open_cameras(specs, options.timeout_s, input_warn, options.strict,
-                               config.detection.reader_niceness, reader_cores)
-    hub = Hub()
-    hub.reader_niceness = config.detection.reader_niceness
-    cameras = [
-        Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn, reader_cores), warn, options.realtime,
-               options.max_frames, config.detection.camera_buffer)
-        for spec, source in zip(specs, sources)
-    ]
-    left_running = False
-    try:
-        detector = detector or create_detector(config, backend, warn)
-        max_batch = options.max_batch or default_max_batch(len(cameras), batch_loops(detector))
+    cores = RunCores.of(config, backend)
+    with thread_on(cores.detect if cores.server else None):  # threads started from here on inherit it
+        if plan.track and config.detection.conf_threshold > config.tracking.low_thresh:
+            warn(f"warning: detection.conf_threshold {config.detection.conf_threshold:g} is above "
+                 f"tracking.low_thresh {config.tracking.low_thresh:g}: the second association (low-score boxes) "
+                 "gets no detections")
+        input_warn = None if options.strict else warn  # None: an unreadable image or a truncated video is an error
+        reader_cores = cores_per_reader(len(specs))  # each reader's decoder and letterbox on its share of the cores
+        if sources is None:
+            sources = open_cameras(specs, options.timeout_s, input_warn, options.strict,
+                                   config.detection.reader_niceness, reader_cores)
+        hub = Hub()
+        hub.reader_niceness = config.detection.reader_niceness
+        cameras = [
+            Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn, reader_cores), warn,
+                   options.realtime, options.max_frames, config.detection.camera_buffer)
+            for spec, source in zip(specs, sources)
+        ]
+        left_running = False
         try:
-            _warm_up(detector, len(cameras), max_batch)
-        except (ReidctlError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
-            raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
-        frames_from_the_heap(sources)
-        with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)), opencv_threads(reader_cores), \
-                setup_frozen_out_of_collection():
-            result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking)
-        return result
-    finally:
-        hub.stop()
-        for camera in cameras:
-            if not camera.started:
-                camera.source.close()
-        if owned and detector is not None and not left_running:  # never free a model that a stuck step still uses
-            detector.close()
+            detector = detector or create_detector(config, backend, warn)
+            max_batch = options.max_batch or default_max_batch(len(cameras), batch_loops(detector))
+            try:
+                _warm_up(detector, len(cameras), max_batch)
+            except (ReidctlError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001  e.g. a CUDA error: the backend cannot run here
+                raise ReidctlError(f"{detector.name} cannot run here: {describe_error(exc)}") from exc
+            frames_from_the_heap(sources)
+            with short_lock_turns(), model_threads_beside_readers(detector, len(cameras)), \
+                    opencv_threads(reader_cores), setup_frozen_out_of_collection():
+                result, left_running = _run(detector, hub, cameras, plan, max_batch, on_update, config.tracking,
+                                            cores)
+            return result
+        finally:
+            hub.stop()
+            for camera in cameras:
+                if not camera.started:
+                    camera.source.close()
+            if owned and detector is not None and not left_running:  # never free a model that a stuck step still uses
+                detector.close()
 
 
 def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None, decoder_threads: int) -> Callable[[], FrameSource]:
@@ -709,7 +757,8 @@ def _reopen(spec: CameraSpec, timeout_s: float, warn: Warn | None, decoder_threa
 
 
 def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], plan: OutputPlan, max_batch: int,
-         on_update: Callable[[dict], None] | None, tracking: TrackingConfig) -> tuple[DetectResult, bool]:
+         on_update: Callable[[dict], None] | None, tracking: TrackingConfig,
+         cores: RunCores) -> tuple[DetectResult, bool]:
     outputs = Outputs(plan, cameras, on_failure=hub.stop, tracking=tracking)
     run = _Run(detector, hub, outputs, max_batch)
     # The main thread waits on events, not Thread.join: before Python 3.13, a join that Ctrl-C interrupts marks a
@@ -729,6 +778,7 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
             while not (ready.wait(UPDATE_INTERVAL_S) or ended.is_set()):
                 pass
         run.start()
+        cores.start()
         hub.letterbox_size = detector.input_size  # the readers letterbox their frames, in parallel
         if not hub.stopping.is_set():
             for camera in cameras:
@@ -760,7 +810,8 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     failures = list(dict.fromkeys(f for f in (hub.failure, outputs.failure, *publish_errors) if f))
     stopped = "; ".join(failures) if failures else stopped
     load = detector.load
-    summary = {**detector.describe(), **run.statistics(recent=False), "outputs": outputs.statistics(),
+    summary = {**detector.describe(), **run.statistics(recent=False),
+               **cores.summary(time.perf_counter() - run.started), "outputs": outputs.statistics(),
                "detection_load": {"candidates_per_frame": load.candidates_per_frame,
                                   "kept_per_frame": load.kept_per_frame}}
     peak = detector.peak_memory_bytes()

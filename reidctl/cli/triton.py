@@ -19,8 +19,11 @@ from reidctl.triton.compose import DEFAULT_IMAGE
 
 
 def _endpoints(state) -> str:
+    from reidctl.io.cores import cpu_list_text
+
+    cores = f"; on CPUs {cpu_list_text(state.cpus)}" if state.cpus else ""
     return (f"gRPC {state.host}:{state.grpc_port}, HTTP {state.host}:{state.http_port}, metrics "
-            f"{state.host}:{state.metrics_port} (listening on {state.listen})")
+            f"{state.host}:{state.metrics_port} (listening on {state.listen}{cores})")
 
 
 def _print_status(status, as_json: bool) -> None:
@@ -152,6 +155,16 @@ def setup_triton_command(
             "(said with a warning); loading models and shared memory still need the server's key.",
         ),
     ] = None,
+    cpus: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cpus",
+            metavar="LIST",
+            help="With --start: CPU cores the bundled server runs on, every thread of it (a Linux CPU list such as "
+            "0-3; default: detection.triton.server_cpus, none: every core). detect through it keeps to the other "
+            "cores, so the cameras' decoding does not delay its requests (docs/PERFORMANCE.md).",
+        ),
+    ] = None,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,
     compile_model: Annotated[
         Optional[bool],
@@ -179,7 +192,7 @@ def setup_triton_command(
     if sum((start, stop, status)) > 1:
         raise ReidctlError("choose one of --start, --stop and --status")
     ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
-    triton = {"max_batch_size": max_batch_size, "gpus": gpus, "listen": listen, **ports}
+    triton = {"max_batch_size": max_batch_size, "gpus": gpus, "listen": listen, "server_cpus": cpus, **ports}
     cfg = model_options.load(inference, triton=triton)
     action = "status" if status else "stop" if stop else "start" if start else None
     spinner = console.status("starting Triton server")  # shown once the start reports progress

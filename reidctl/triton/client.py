@@ -21,7 +21,8 @@ from pathlib import Path
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
 from reidctl.triton.repository import BATCH_METRIC, PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
 from reidctl.triton.access import key_headers, read_key
-from reidctl.triton.server import START_COMMAND, ServerState, all_running_servers, process_tree, reason_line
+from reidctl.io.cores import process_tree
+from reidctl.triton.server import START_COMMAND, ServerState, all_running_servers, reason_line
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 SUPPORTED_INPUTS = ("UINT8", "FP16", "FP32")
@@ -126,6 +127,12 @@ def _started_here(url: str) -> ServerState | None:
                  if str(state.grpc_port) == port and _reaches(host, state.listen)), None)
 
 
+def local_servers(urls: list[str]) -> list[ServerState]:
+    """The bundled servers started here that ``urls`` reach, each once."""
+    found = {server.pid: server for url in urls if (server := _started_here(url)) is not None}
+    return list(found.values())
+
+
 def _reaches(host: str, listen: str) -> bool:
     """Whether a URL's ``host`` names the address a server here listens on: that address itself, or a loopback name
     where it listens on loopback or on every interface (a server bound to one other address is not on loopback)."""
@@ -171,7 +178,7 @@ def local_servers_gpu_memory(urls: list[str]) -> int | None:
     """GPU memory that the bundled servers started here among ``urls`` hold now, with their python stubs, from
     nvidia-smi; None where none of them is started here, there is no nvidia-smi, or it lists none of their
     processes."""
-    servers = [server for url in urls if (server := _started_here(url)) is not None]
+    servers = local_servers(urls)
     if not servers or shutil.which("nvidia-smi") is None:
         return None
     query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
@@ -179,7 +186,7 @@ def local_servers_gpu_memory(urls: list[str]) -> int | None:
         lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         return None
-    pids = {pid for server in servers for pid in process_tree(server.pid)}  # a server reached by two URLs counts once
+    pids = {pid for server in servers for pid in process_tree(server.pid)}
     used = [int(mib) * 2**20 for pid, mib in (line.split(", ") for line in lines if ", " in line) if int(pid) in pids]
     return sum(used) if used else None
 

@@ -21,11 +21,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from reidctl.errors import ReidctlError
 from reidctl.io.atomic import ensure_writable_dir, write_secret, write_text_atomic
+from reidctl.io.cores import available_cpus, move_processes, process_tree, thread_on
 from reidctl.triton import watchdog
 from reidctl.triton.access import (
     LOCAL_ADDRESS,
@@ -67,6 +68,7 @@ class ServerState:
     models: list[str]
     listen: str = LOCAL_ADDRESS
     key_file: str = ""  # the restricted APIs' key (mode 0600), sent by reidctl's own clients
+    cpus: list[int] = field(default_factory=list)  # the cores all its threads run on; none: every core
 
     @property
     def ports(self) -> Ports:
@@ -305,13 +307,15 @@ def start_server(
     on_progress: Callable[[str], None] | None = None,
     warn: Callable[[str], None] = print,
     listen: str = LOCAL_ADDRESS,
+    cpus: list[int] | None = None,
 ) -> ServerState:
     """Start tritonserver on ``repository``'s python-backend models in the background and wait until it is ready.
 
     It listens on ``listen`` only (this host by default; anything else is warned about), loads its models at start
     and accepts no model loading afterwards; the APIs in RESTRICTED_APIS need the key written (mode 0600) into its
     state directory. Models that fail to load are reported (one warning each); if none loads, the server is stopped
-    and the first model's reason is the error.
+    and the first model's reason is the error. With ``cpus`` the server, its stubs and every thread they start run
+    on those cores only.
     """
     listen = check_listen_address(listen)
     repository = Path(repository).resolve()
@@ -362,7 +366,7 @@ def start_server(
     if on_progress:
         on_progress(f"starting tritonserver (log: {log})")
     log.unlink(missing_ok=True)  # a new log, created for this user only
-    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as log_file:
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as log_file, thread_on(cpus):
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=server_environment(files), cwd=directory, start_new_session=True,
@@ -370,8 +374,8 @@ def start_server(
         )  # fmt: skip
     _start_watchdog(process.pid)
     state = ServerState(process.pid, ports.http, ports.grpc, ports.metrics, str(repository), str(log), models,
-                        listen, str(key_file))
-    write_text_atomic(_state_file(repository, cache), json.dumps(asdict(state), indent=2))
+                        listen, str(key_file), sorted(cpus or []))
+    _write_state(state, cache)
     try:
         _wait_until_ready(state, process, timeout, on_progress, warn)
     except BaseException:  # Ctrl-C or failure: leave no half-started server behind
@@ -379,6 +383,19 @@ def start_server(
         _state_file(repository, cache).unlink(missing_ok=True)
         raise
     return state
+
+
+def _write_state(state: ServerState, cache: Path | None) -> None:
+    write_text_atomic(_state_file(Path(state.repository), cache), json.dumps(asdict(state), indent=2))
+
+
+def move_server(state: ServerState, cpus: list[int] | None, cache: Path | None = None) -> ServerState:
+    """The running server's processes, every thread, onto ``cpus`` (None: every core this process may use), and its
+    state file saying so: detect through it keeps off those cores from its next run."""
+    move_processes(process_tree(state.pid), cpus or available_cpus())
+    moved = replace(state, cpus=sorted(cpus or []))
+    _write_state(moved, cache)
+    return moved
 
 
 def _wait_until_ready(state: ServerState, process: subprocess.Popen, timeout: float, on_progress, warn) -> None:
@@ -426,16 +443,3 @@ def stop_server(repository: Path, cache: Path | None = None, timeout: float = 30
     end_orphaned_stubs(cache)
     remove_orphaned_regions()
     return state
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the server and its python backend stubs)."""
-    tree, frontier = [pid], [pid]
-    while frontier:
-        parent = frontier.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                children = [int(c) for c in (task / "children").read_text().split()]
-                tree.extend(children)
-                frontier.extend(children)
-    return tree

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from reidctl.config import Config, override
+from reidctl.io.cores import parse_cpu_list
 from reidctl.triton.compose import DEFAULT_IMAGE
 from reidctl.triton.repository import WrittenFile, server_compiles, write_repository
 from reidctl.triton.server import (
@@ -83,10 +84,14 @@ def setup_triton(
     running = running_server(repository) if action == "start" else None
     if running:
         return Setup("running", repository, server=running)
+    triton = config.detection.triton
+    cpus = None  # checked before anything is written
+    if action == "start" and triton.server_cpus:
+        cpus = parse_cpu_list(triton.server_cpus, "--cpus (detection.triton.server_cpus)")
     on_written(repository, write_repository(config, repository, engine, image, warn=warn, replicas=replicas))
     if action != "start":
         return Setup("written", repository)
-    triton = config.detection.triton
     ports = Ports(triton.http_port, triton.grpc_port, triton.metrics_port)
-    state = start_server(repository, ports, timeout=timeout, on_progress=on_progress, warn=warn, listen=triton.listen)
+    state = start_server(repository, ports, timeout=timeout, on_progress=on_progress, warn=warn, listen=triton.listen,
+                         cpus=cpus)
     return Setup("started", repository, server=state)

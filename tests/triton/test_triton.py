@@ -34,6 +34,7 @@ from reidctl.core.detector import create_detector
 from reidctl.core.frames import letterbox_frame
 from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import BackendUnavailable, ReidctlError
+from reidctl.io.cores import cpu_list_text, process_tree
 from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
 from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_batch_counts
 from reidctl.triton.watchdog import python_stubs
@@ -48,7 +49,7 @@ from reidctl.triton.repository import (
     write_repository,
 )
 from reidctl.triton.install import install_server_files, python_backend_dir
-from reidctl.triton.server import Ports, running_server, start_server, stop_server
+from reidctl.triton.server import Ports, move_server, running_server, start_server, stop_server
 
 # Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
 # left in the server cache never meets another test's server mid-run.
@@ -606,6 +607,58 @@ def test_setup_triton_cli_start_twice_status_stop(tmp_path, triton_cache, nano_c
         assert after.returncode == 0 and "no Triton server is running" in after.stdout
     finally:
         stop_server(repository, cache=triton_cache)
+
+
+def thread_cpus(pids: list[int]) -> set[frozenset[int]]:
+    """The distinct CPU sets the threads of ``pids`` may run on."""
+    return {frozenset(os.sched_getaffinity(int(task.name)))
+            for pid in pids for task in Path(f"/proc/{pid}/task").glob("*")}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="keeping the server apart needs two CPUs to share")
+def test_server_on_cores_of_its_own_and_detect_on_the_others(tmp_path, triton_cache, nano_checkpoint):
+    """`setup-triton --start --cpus` runs every thread of the server and its stubs on those cores; detect through
+    it runs on the rest, says so with the cores each side kept busy, and gives its thread back its cores after."""
+    mine = os.sched_getaffinity(0)
+    server_cpu = max(mine)
+    repository = tmp_path / "repo"
+    http, grpc, metrics = free_ports()
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{grpc}"})
+    common = ["-c", config, "-r", repository, "--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics]
+    try:
+        started = reidctl("setup-triton", *common, "--start", "--cpus", server_cpu)
+        assert started.returncode == 0, started.stderr
+        assert f"on CPUs {server_cpu})" in started.stdout
+        state = running_server(repository, triton_cache)
+        tree = process_tree(state.pid)
+        assert len(tree) > 1 and state.cpus == [server_cpu]  # the server and its model's stub
+        assert thread_cpus(tree) == {frozenset({server_cpu})}
+
+        clips = [write_video(tmp_path / f"{name}.avi", frames=4, size=(120, 160)) for name in "ab"]
+        summary = tmp_path / "summary.json"
+        ran = reidctl("detect", *clips, "-c", config, "--backend", "triton", "--summary-json", summary,
+                      "--no-output", "--no-progress")
+        assert ran.returncode == 0, ran.output
+        data = json.loads(summary.read_text())
+        assert data["frames"] == 8
+        assert data["cpus"] == {"detect": cpu_list_text(mine - {server_cpu}), "server": str(server_cpu)}
+        assert data["cpu_cores_busy"]["detect"] > 0 and data["cpu_cores_busy"]["server"] > 0
+        assert os.sched_getaffinity(0) == mine  # this thread's cores back as they were
+
+        moved = move_server(state, None)  # every core again, and said so for the next run
+        assert moved.cpus == [] and running_server(repository, triton_cache).cpus == []
+        assert thread_cpus(process_tree(state.pid)) == {frozenset(mine)}
+    finally:
+        stop_server(repository, cache=triton_cache)
+
+
+def test_setup_triton_start_on_cores_it_may_not_use_is_one_line_error(tmp_path, nano_config):
+    for cpus, expected in (("99", "CPU 99 is not among the CPUs this process may use"),
+                           ("2-1", "'2-1' is not a CPU list such as 0-3")):
+        result = reidctl("setup-triton", "-c", nano_config, "-r", tmp_path / "repo", "--start", "--cpus", cpus)
+        assert result.returncode != 0 and result.stderr.strip().count("\n") == 0
+        assert expected in result.stderr and "--cpus" in result.stderr
+        assert not (tmp_path / "repo").exists()  # checked before anything is written
 
 
 def test_setup_triton_cli_rejects_conflicting_actions(nano_config, tmp_path):

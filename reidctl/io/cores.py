@@ -1,0 +1,128 @@
+"""CPU cores kept apart: a Linux CPU list ("0-3,8"), and processes or threads held to the cores it names.
+
+A local Triton server on cores of its own (``detection.triton.server_cpus``) and `detect` on the others keep the
+server's request handling from waiting behind the cameras' decoders on a busy host (docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from reidctl.errors import ReidctlError
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def available_cpus() -> set[int]:
+    """The CPUs this thread may run on (what its children start with)."""
+    return set(os.sched_getaffinity(0))
+
+
+def parse_cpu_list(text: str, what: str) -> list[int]:
+    """The CPUs a list such as "0-3,8,10-11" names, each one this process may use; ``what`` names the setting in
+    the one-line error."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise ReidctlError(f"{what}: keeping processes to CPU cores needs Linux")
+    cpus = _cpu_set(text)
+    if cpus is None:
+        raise ReidctlError(f"{what}: '{text}' is not a CPU list such as 0-3 or 0,2,4-7")
+    unusable = cpus - available_cpus()
+    if unusable:
+        raise ReidctlError(f"{what}: CPU {cpu_list_text(unusable)} is not among the CPUs this process may use "
+                           f"({cpu_list_text(available_cpus())})")
+    return sorted(cpus)
+
+
+def _cpu_set(text: str) -> set[int] | None:
+    """The CPUs of a CPU list, None if it is not one."""
+    cpus: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        match = _RANGE.fullmatch(part)
+        if match is None or int(match[2] or match[1]) < int(match[1]):
+            return None
+        cpus.update(range(int(match[1]), int(match[2] or match[1]) + 1))
+    return cpus
+
+
+def whole_cores_from_the_top(count: int) -> list[int]:
+    """At least ``count`` of this process's CPUs, the highest numbered first, each with the other hardware threads
+    of its core (sharing a core with the rest would share its time too)."""
+    mine, chosen = available_cpus(), set()
+    for cpu in sorted(mine, reverse=True):
+        if len(chosen) >= count:
+            break
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        with contextlib.suppress(OSError):
+            chosen |= (_cpu_set(siblings.read_text().strip()) or set()) & mine
+        chosen.add(cpu)
+    return sorted(chosen)
+
+
+def cpu_list_text(cpus: Iterable[int]) -> str:
+    """The CPU list of ``cpus`` in ranges: [0, 1, 2, 3, 8] is "0-3,8"."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+@contextlib.contextmanager
+def thread_on(cpus: Iterable[int] | None) -> Iterator[None]:
+    """The calling thread, and every thread or process it starts meanwhile (they inherit it), on ``cpus`` for the
+    duration, then back on what it had; None: left as it is."""
+    if not cpus:
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def move_processes(pids: Iterable[int], cpus: Iterable[int]) -> None:
+    """Every thread of every process in ``pids`` onto ``cpus`` (the threads they start later inherit it); a thread
+    or process that ended meanwhile is skipped."""
+    cpus = set(cpus)
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                os.sched_setaffinity(int(task.name), cpus)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server and its python backend stubs)."""
+    tree, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                children = [int(c) for c in (task / "children").read_text().split()]
+                tree.extend(children)
+                frontier.extend(children)
+    return tree
+
+
+def own_cpu_seconds() -> float:
+    """The CPU time of this process's threads and of its child processes that ended."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def processes_cpu_seconds(pids: Iterable[int]) -> float:
+    """The CPU time the processes ``pids`` have used, every thread (those that ended count nothing)."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks

@@ -1,0 +1,85 @@
+"""CPU lists and the cores a server or detect is kept to (reidctl.io.cores)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reidctl.errors import ReidctlError
+from reidctl.io.cores import (
+    available_cpus,
+    cpu_list_text,
+    parse_cpu_list,
+    processes_cpu_seconds,
+    thread_on,
+    whole_cores_from_the_top,
+)
+
+
+def test_cpu_lists_read_and_write_as_linux_writes_them():
+    assert cpu_list_text([8, 0, 1, 2, 3, 10, 11]) == "0-3,8,10-11"
+    assert cpu_list_text([]) == ""
+    lowest = min(available_cpus())
+    assert parse_cpu_list(f"{lowest}", "--cpus") == [lowest]
+    assert parse_cpu_list(cpu_list_text(available_cpus()), "--cpus") == sorted(available_cpus())
+
+
+@pytest.mark.parametrize("text", ["", "a", "2-1", "1,", "-1", "0-"])
+def test_what_is_not_a_cpu_list_is_one_line_error(text):
+    with pytest.raises(ReidctlError, match=r"^--cpus: '.*' is not a CPU list such as 0-3"):
+        parse_cpu_list(text, "--cpus")
+
+
+def test_a_cpu_this_process_may_not_use_is_named():
+    beyond = max(available_cpus()) + 1
+    with pytest.raises(ReidctlError) as caught:
+        parse_cpu_list(f"0-{beyond}", "--cpus")
+    assert f"CPU {beyond} is not among the CPUs this process may use ({cpu_list_text(available_cpus())})" in str(
+        caught.value)
+
+
+def test_whole_cores_come_from_the_top_with_their_hardware_threads():
+    mine = available_cpus()
+    chosen = whole_cores_from_the_top(1)
+    assert max(mine) in chosen and set(chosen) <= mine
+    siblings = Path(f"/sys/devices/system/cpu/cpu{max(mine)}/topology/thread_siblings_list")
+    if siblings.exists():  # the highest CPU's core: every thread of it that this process may use
+        assert set(_cpus(siblings.read_text())) & mine <= set(chosen)
+    assert set(whole_cores_from_the_top(len(mine))) == mine
+
+
+def _cpus(text: str) -> list[int]:
+    """The CPUs of a list as the kernel writes it."""
+    out = []
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+def test_a_thread_held_to_cores_starts_processes_there_and_gets_its_own_back():
+    mine = available_cpus()
+    one = {max(mine)}
+    with thread_on(one):
+        assert os.sched_getaffinity(0) == one
+        child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                               capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == str(sorted(one))
+    assert os.sched_getaffinity(0) == mine
+
+
+def test_a_processes_cpu_time_counts_every_thread_of_it():
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                             "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while processes_cpu_seconds([busy.pid]) < 0.4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0.4 <= processes_cpu_seconds([busy.pid]) < 5
+        assert processes_cpu_seconds([busy.pid, 2**22 + 7]) == processes_cpu_seconds([busy.pid])  # gone: nothing
+    finally:
+        busy.kill()
+        busy.wait()
