@@ -48,9 +48,10 @@ from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_tex
 from reidctl.io.cores import (
     available_cpus,
     cpu_list_text,
+    cpu_seconds_between,
+    cpu_seconds_by_process,
     own_cpu_seconds,
     process_tree,
-    processes_cpu_seconds,
     thread_on,
 )
 from reidctl.io.sources import (
@@ -660,7 +661,7 @@ class RunCores:
     detect: list[int]
     server: list[int]
     server_pids: list[int]  # the processes of the bundled servers started here that the run goes through
-    used_before: tuple[float, float] | None = None  # at the run's start
+    used_before: tuple[float, dict[int, float]] | None = None  # at the run's start
 
     @classmethod
     def of(cls, config, backend: str | None) -> RunCores:
@@ -672,17 +673,16 @@ class RunCores:
                    [pid for state in servers for pid in process_tree(state.pid)])
 
     def start(self) -> None:
-        self.used_before = self._used()
-
-    def _used(self) -> tuple[float, float]:
-        return own_cpu_seconds(), processes_cpu_seconds(self.server_pids)
+        self.used_before = own_cpu_seconds(), cpu_seconds_by_process(self.server_pids)
 
     def summary(self, wall: float) -> dict:
         """Each side's cores (detect's as its thread has them now) and the cores it kept busy on average since
         ``start`` (the server's: None without one started here)."""
         busy = [None, None]
         if self.used_before is not None and wall > 0:
-            busy = [(after - before) / wall for after, before in zip(self._used(), self.used_before)]
+            own, servers = self.used_before
+            busy = [(own_cpu_seconds() - own) / wall,
+                    cpu_seconds_between(servers, cpu_seconds_by_process(self.server_pids)) / wall]
         return {"cpus": {"detect": cpu_list_text(available_cpus()), "server": cpu_list_text(self.server) or None},
                 "cpu_cores_busy": {"detect": busy[0], "server": busy[1] if self.server_pids else None}}
 

@@ -118,11 +118,16 @@ def own_cpu_seconds() -> float:
                for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def processes_cpu_seconds(pids: Iterable[int]) -> float:
-    """The CPU time the processes ``pids`` have used, every thread (those that ended count nothing)."""
-    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+def cpu_seconds_by_process(pids: Iterable[int]) -> dict[int, float]:
+    """The CPU time each of the processes ``pids`` has used, every thread of it; one that has ended is left out."""
+    ticks, used = os.sysconf("SC_CLK_TCK"), {}
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            used[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return used
+
+
+def cpu_seconds_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """The CPU time the processes read both times used in between (one that ended meanwhile counts nothing)."""
+    return sum(seconds - before[pid] for pid, seconds in after.items() if pid in before)

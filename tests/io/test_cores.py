@@ -13,7 +13,8 @@ from reidctl.io.cores import (
     available_cpus,
     cpu_list_text,
     parse_cpu_list,
-    processes_cpu_seconds,
+    cpu_seconds_between,
+    cpu_seconds_by_process,
     thread_on,
     whole_cores_from_the_top,
 )
@@ -71,15 +72,21 @@ def test_a_thread_held_to_cores_starts_processes_there_and_gets_its_own_back():
     assert os.sched_getaffinity(0) == mine
 
 
-def test_a_processes_cpu_time_counts_every_thread_of_it():
+def test_a_processes_cpu_time_is_read_and_one_that_ended_counts_nothing():
     busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
+        before = cpu_seconds_by_process([busy.pid, short.pid, 2**22 + 7])  # beyond the largest pid: never there
+        assert set(before) == {busy.pid, short.pid}
         deadline = time.monotonic() + 20
-        while processes_cpu_seconds([busy.pid]) < 0.4 and time.monotonic() < deadline:
+        while cpu_seconds_by_process([busy.pid])[busy.pid] < 0.4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert 0.4 <= processes_cpu_seconds([busy.pid]) < 5
-        assert processes_cpu_seconds([busy.pid, 2**22 + 7]) == processes_cpu_seconds([busy.pid])  # gone: nothing
+        short.kill()
+        short.wait()
+        after = cpu_seconds_by_process([busy.pid, short.pid])
+        assert set(after) == {busy.pid}
+        assert 0.4 - before[busy.pid] <= cpu_seconds_between(before, after) < 5
     finally:
         busy.kill()
         busy.wait()
