@@ -238,7 +238,8 @@ def test_ctrl_c_while_the_cameras_start_ends_the_run_without_waiting_for_batch_l
                for spec, source in zip(specs, pipeline.open_cameras(specs, 5.0, None))]
     try:
         plan = pipeline.plan_outputs([spec.name for spec in specs], OutputRequest(no_output=True))
-        result, left_running = pipeline._run(detector, hub, cameras, plan, 2, None, config.tracking)
+        result, left_running = pipeline._run(detector, hub, cameras, plan, 2, None, config.tracking,
+                                             pipeline.RunCores.of(config, None))
     finally:
         detector.close()
         cameras[1].source.close()  # never started: its reader did not close it
