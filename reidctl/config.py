@@ -76,7 +76,8 @@ class TritonConfig:
     # choices: on two H200 machines of three 2 dropped fewer frames in real time than 3, and 1 or 4 more)
     max_in_flight: int = 2
     # CPU cores (a Linux CPU list, e.g. "0-3") the bundled server started here runs on, all of its threads; detect
-    # through it keeps to the other cores. None: every core, shared (docs/PERFORMANCE.md, machine I)
+    # through it keeps to the other cores. None (the default): every core, shared; 4 or 2 cores of its own dropped
+    # more frames on an H200's 16-core host (docs/PERFORMANCE.md, machines I and J)
     server_cpus: str | None = None
 
     @property

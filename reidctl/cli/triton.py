@@ -162,7 +162,8 @@ def setup_triton_command(
             metavar="LIST",
             help="With --start: CPU cores the bundled server runs on, every thread of it (a Linux CPU list such as "
             "0-3; default: detection.triton.server_cpus, none: every core). detect through it keeps to the other "
-            "cores, so the cameras' decoding does not delay its requests (docs/PERFORMANCE.md).",
+            "cores. For a host where other work must stay off the server's cores: on a 16-core GPU host sharing "
+            "every core dropped fewer frames (docs/PERFORMANCE.md).",
         ),
     ] = None,
     image: Annotated[str, typer.Option("--image", help="NGC Triton image for docker-compose.yml.")] = DEFAULT_IMAGE,

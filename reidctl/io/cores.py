@@ -1,7 +1,7 @@
 """CPU cores kept apart: a Linux CPU list ("0-3,8"), and processes or threads held to the cores it names.
 
-A local Triton server on cores of its own (``detection.triton.server_cpus``) and `detect` on the others keep the
-server's request handling from waiting behind the cameras' decoders on a busy host (docs/PERFORMANCE.md).
+A local Triton server on cores of its own (``detection.triton.server_cpus``) with `detect` on the others keeps
+other work off the server's cores; on a 16-core GPU host it dropped more frames than sharing (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
