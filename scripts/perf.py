@@ -711,10 +711,13 @@ def figures(path: Path | None) -> list[str]:
                  + (f", server {number(busy['server'])}" if busy.get("server") is not None else "")
                  + (f" (server on {data['cpus']['server']})" if (data.get("cpus") or {}).get("server") else "")
                  if busy else "")
+        served = data.get("server_ms_per_frame") or {}
+        server = ("; server, ms a frame: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in served.items())
+                  if served else "")
         return [f"{number(data.get('fps'))} FPS, {dropped}, P99 {number(latency.get('p99'))} ms, "
                 f"batch {number(data.get('mean_batch'), '.2f')}, "
                 f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}{written}"
-                f"{cores}"]
+                f"{cores}{server}"]
     if "backends" in data:  # bench --output
         lines = []
         for backend in data["backends"]:

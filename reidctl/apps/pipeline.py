@@ -355,6 +355,7 @@ class _Run:
         self.recent_batches: deque[int] = deque(maxlen=64)
         self.started = time.perf_counter()
         self.server_batches_before: dict[int, int] | None = None
+        self.server_stages_before: dict[str, float] | None = None
         self.shares_before: list[dict] | None = None
 
     def start(self) -> None:
@@ -364,6 +365,7 @@ class _Run:
         self.shares_before = self.detector.device_shares()
         if self.detector.runner.batches_remotely:
             self.server_batches_before = self.detector.runner.batch_counts()
+            self.server_stages_before = self.detector.runner.stage_seconds()
 
     def finish(self, items: list[TimedFrame], results: list) -> None:
         """Hand a step's frames to the outputs' writer thread and return: it writes them while the next step runs."""
@@ -428,6 +430,19 @@ class _Run:
         before = self.server_batches_before
         return {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
 
+    def server_stages(self, sizes: dict[int, int] | None) -> dict[str, float] | None:
+        """Through a server that says so, ms a frame of each stage of its work since the start: each stage's time
+        over the frames of the batches it ran (``sizes``), as the step's stages are counted."""
+        before = self.server_stages_before
+        frames = sum(size * count for size, count in (sizes or {}).items())
+        if before is None or not frames:
+            return None
+        try:
+            after = self.detector.runner.stage_seconds()
+        except Exception:  # noqa: BLE001  a server that has gone away says nothing more; the run says why it stopped
+            return None
+        return {stage: 1000.0 * (seconds - before.get(stage, 0.0)) / frames for stage, seconds in (after or {}).items()}
+
     def statistics(self, recent: bool) -> dict:
         """Per camera and in total: the live table's figures (recent=True: the last frames) or the summary's."""
         now = time.perf_counter()
@@ -455,7 +470,8 @@ class _Run:
             "frames": frames,
             "detections": sum(camera.detections for camera in self.hub.cameras),
             "dropped": sum(camera.dropped for camera in self.hub.cameras),
-            **({} if recent else {"by_second": self._by_second(), "slowest_steps": self._slowest_steps()}),
+            **({} if recent else {"by_second": self._by_second(), "slowest_steps": self._slowest_steps(),
+                                  "server_ms_per_frame": self.server_stages(sizes)}),
             "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
             "fps": frames / wall if wall > 0 else None,
             "latency_ms": _latency(all_latencies),

@@ -153,10 +153,12 @@ def grpc_key_headers(url: str, key_file: str | None) -> dict[str, str]:
     return key_headers(key, "grpc")
 
 
-def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: float) -> dict[int, int] | None:
-    """Batches per size that the python model ``model_name`` ran on the server at gRPC ``url``, from its BATCH_METRIC
-    counter on the server's metrics port: a bundled server's own (started here), else ``metrics_port`` on the URL's
-    host. None when that endpoint does not answer (a server with its metrics off or on another port)."""
+def model_metric(url: str, metrics_port: int, model_name: str, metric: str, label: str,
+                 timeout: float) -> dict[str, float] | None:
+    """The counter ``metric`` of the python model ``model_name`` on the server at gRPC ``url``, summed by the value of
+    its label ``label`` (BATCH_METRIC by "frames", STAGE_METRIC by "stage"), from the server's metrics port: a
+    bundled server's own (started here), else ``metrics_port`` on the URL's host. None when that endpoint does not
+    answer (a server with its metrics off or on another port)."""
     host = url.rpartition(":")[0]
     if (server := _started_here(url)) is not None:
         metrics_port = server.metrics_port
@@ -165,13 +167,18 @@ def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: f
             text = response.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
-    counts: dict[int, int] = {}
-    for labels, value in re.findall(rf"^{BATCH_METRIC}{{(.*)}} (\S+)$", text, flags=re.MULTILINE):
-        label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        if label.get("model") == model_name and label.get("frames", "").isdigit():
-            size = int(label["frames"])
-            counts[size] = counts.get(size, 0) + int(float(value))
-    return counts
+    sums: dict[str, float] = {}
+    for labels, value in re.findall(rf"^{metric}{{(.*)}} (\S+)$", text, flags=re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if found.get("model") == model_name and label in found:
+            sums[found[label]] = sums.get(found[label], 0.0) + float(value)
+    return sums
+
+
+def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: float) -> dict[int, int] | None:
+    """Batches per size that the python model ``model_name`` ran on the server at gRPC ``url`` (its BATCH_METRIC)."""
+    sums = model_metric(url, metrics_port, model_name, BATCH_METRIC, "frames", timeout)
+    return None if sums is None else {int(size): int(count) for size, count in sums.items() if size.isdigit()}
 
 
 def local_servers_gpu_memory(urls: list[str]) -> int | None:

@@ -44,6 +44,12 @@ PYTHON_COUNT_OUTPUT = "num_detections"
 # The python model's counter of the batches it runs, labelled by their frames, on the server's metrics port: Triton's
 # own statistics count the model's execute calls, which only hand frames over to its batches.
 BATCH_METRIC = "reidctl_batches"
+# Its counter of the seconds each stage of its work took, labelled by stage: "staging" (an execute call: the requests'
+# frames into pinned memory and onto the GPU), "waiting" (each request, from staged to its batch's start), "model"
+# (each batch's model, on the GPU) and "finishing" (each batch, the rest of its start to its last response: waiting
+# for the GPU, NMS, the responses).
+STAGE_METRIC = "reidctl_stage_seconds"
+SERVER_STAGES = ("staging", "waiting", "model", "finishing")
 
 TEMPLATE_DIR = Path(reidctl.__file__).resolve().parents[1] / "model_repository"
 PYTHON_MODEL_SOURCE = TEMPLATE_DIR / PYTHON_MODEL / "1" / "model.py"

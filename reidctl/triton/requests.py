@@ -36,9 +36,10 @@ from reidctl.triton.client import (
     grpc_key_headers,
     message_of,
     metric_batch_counts,
+    model_metric,
     served_model,
 )
-from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
+from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT, STAGE_METRIC
 from reidctl.triton.watchdog import SHM_DIR
 
 # A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
@@ -532,6 +533,18 @@ class TritonRequests:
             for size, count in (served or {}).items():
                 counts[size] = counts.get(size, 0) + count
         return counts
+
+    def stage_seconds(self) -> dict[str, float] | None:
+        """Seconds of each stage of the python model's work (STAGE_METRIC) on the servers that answer; None for a
+        model without them (a TensorRT engine) or where none answers."""
+        if not self.returns_detections:
+            return None
+        sums: dict[str, float] = {}
+        for server in self.servers:
+            for stage, seconds in (model_metric(server.url, self.metrics_port, self.model_name, STAGE_METRIC, "stage",
+                                                self.timeout) or {}).items():
+                sums[stage] = sums.get(stage, 0.0) + seconds
+        return sums or None
 
     def allow_latency(self, seconds: float) -> None:
         """Requests may take LATENCY_MARGIN x ``seconds`` where that is longer than detection.triton.timeout,

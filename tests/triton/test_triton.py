@@ -550,6 +550,10 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     assert data["mean_step_frames"] == 1.0  # 3 cameras shared by 3 batch loops: a frame a step (a request each)
     # the model's own batches (its counter on the metrics port), every frame of the run in one of them
     assert sum(int(size) * count for size, count in data["batch_sizes"].items()) == 18
+    # where a frame's time went on the server, stage by stage (its counter on the metrics port)
+    stages = data["server_ms_per_frame"]
+    assert set(stages) == {"staging", "waiting", "model", "finishing"} and min(stages.values()) >= 0
+    assert stages["model"] > 0
 
 
 def test_detect_with_blocking_requests_finds_what_the_runner_finds(triton_server, nano_checkpoint, tmp_path):

@@ -18,7 +18,7 @@ does no GPU work (a second process on the GPU would time-slice it with this one)
   of one frame start as fast as they come.
 One CUDA graph per batch size on the GPU (fp16 there, optionally torch.compile'd), fp32 on the CPU. Triton's own
 statistics count `execute` calls, which only hand frames over: the batches run are the counter BATCH_METRIC on
-the server's metrics port, labelled by their frames.
+the server's metrics port, labelled by their frames; STAGE_METRIC counts the seconds of each stage of the work.
 `reidctl setup-triton` copies this file into the repository and writes config.pbtxt, whose parameters name the
 checkpoint, model type, test size, device, precision and thresholds.
 """
@@ -31,6 +31,7 @@ import queue
 import site
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -62,6 +63,8 @@ from reidctl.triton.repository import (  # noqa: E402
     PYTHON_COUNT_OUTPUT,
     PYTHON_INPUT,
     PYTHON_OUTPUT,
+    SERVER_STAGES,
+    STAGE_METRIC,
     config_from_parameters,
 )
 
@@ -77,26 +80,33 @@ class _Waiting:
     sender: object
     frames: torch.Tensor
     copied: torch.cuda.Event | None  # their copy to the GPU (None on the CPU)
+    staged_at: float  # perf_counter seconds
 
 
-class _BatchCounter:
-    """Batches run per size, as the server's metric BATCH_METRIC."""
+class _Counters:
+    """Batches run per size (the server's metric BATCH_METRIC) and the seconds of each stage (STAGE_METRIC)."""
 
     def __init__(self, model_name: str, instance: str):
-        self.family = pb_utils.MetricFamily(
-            name=BATCH_METRIC, description="batches run, by frames", kind=pb_utils.MetricFamily.COUNTER
-        )
+        counter = pb_utils.MetricFamily.COUNTER
+        self.batch_family = pb_utils.MetricFamily(name=BATCH_METRIC, description="batches run, by frames", kind=counter)
+        stage_family = pb_utils.MetricFamily(name=STAGE_METRIC, description="seconds of each stage", kind=counter)
         self.labels = {"model": model_name, "instance": instance}
-        self.metrics: dict[int, object] = {}
+        self.batches: dict[int, object] = {}
+        self.stages = {stage: stage_family.Metric(labels={**self.labels, "stage": stage}) for stage in SERVER_STAGES}
+        self.families = [self.batch_family, stage_family]
 
     def count(self, frames: int) -> None:
-        if frames not in self.metrics:
-            self.metrics[frames] = self.family.Metric(labels={**self.labels, "frames": str(frames)})
-        self.metrics[frames].increment(1)
+        if frames not in self.batches:
+            self.batches[frames] = self.batch_family.Metric(labels={**self.labels, "frames": str(frames)})
+        self.batches[frames].increment(1)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage].increment(max(0.0, seconds))
 
     def close(self) -> None:
-        self.metrics.clear()  # Triton wants a family's metrics gone before the family
-        self.family = None
+        self.batches.clear()  # Triton wants a family's metrics gone before the family
+        self.stages.clear()
+        self.families.clear()
 
 
 class TritonPythonModel:
@@ -130,7 +140,7 @@ class TritonPythonModel:
             # inside a request would stall the whole batch.
             for size in range(1, self.max_batch + 1):
                 self.runner.infer(torch.zeros((size, height, width, 3), dtype=torch.uint8, device=device))
-        self.batches = _BatchCounter(args["model_name"], args["model_instance_name"])
+        self.counters = _Counters(args["model_name"], args["model_instance_name"])
         self.waiting: collections.deque[_Waiting] = collections.deque()
         self.waiting_frames = 0
         self.changed = threading.Condition()  # guards waiting, waiting_frames and closing
@@ -153,6 +163,7 @@ class TritonPythonModel:
     def execute(self, requests):
         """Stage the requests' frames for the next batch (started here when the GPU and a slot are free, else by the
         launcher) and return; the finisher answers each request."""
+        called = time.perf_counter()
         senders = [request.get_response_sender() for request in requests]
         try:
             # DLPack in and out: with numpy >= 2 the stub returns empty tensors built from ndarrays.
@@ -171,10 +182,12 @@ class TritonPythonModel:
         except Exception as exc:  # every request gets the failure instead of the server seeing a crash
             _fail(senders, exc)
             return None
+        staged_at = time.perf_counter()
+        self.counters.add("staging", staged_at - called)
         with self.changed:
             first = 0
             for sender, request_frames in zip(senders, frames):
-                self.waiting.append(_Waiting(sender, staged[first : first + len(request_frames)], copied))
+                self.waiting.append(_Waiting(sender, staged[first : first + len(request_frames)], copied, staged_at))
                 first += len(request_frames)
             self.waiting_frames += first
             self.changed.notify_all()
@@ -221,32 +234,41 @@ class TritonPythonModel:
 
     def _launch(self, taken: list[_Waiting]) -> None:
         senders = [waiting.sender for waiting in taken]
+        launched = time.perf_counter()
+        for waiting in taken:
+            self.counters.add("waiting", launched - waiting.staged_at)
         try:
             with torch.inference_mode(), torch.cuda.stream(self.model_stream):
                 for copied in {id(w.copied): w.copied for w in taken if w.copied is not None}.values():
                     self.model_stream.wait_event(copied)
                 batch = torch.cat([waiting.frames for waiting in taken])
+                model = None  # the model's time: on the GPU, between two timing events read by the finisher
                 if self.model_stream is not None:
                     for waiting in taken:  # read on this stream: not reused before that is done
                         waiting.frames.record_stream(self.model_stream)
+                    model = torch.cuda.Event(enable_timing=True)
+                    model.record(self.model_stream)
                 predictions = self.runner.infer(batch)
                 done = None
-                if self.model_stream is not None:
-                    done = self.model_done = self.model_stream.record_event()
+                if self.model_stream is None:
+                    model = time.perf_counter() - launched
+                else:
+                    done = self.model_done = torch.cuda.Event(enable_timing=True)
+                    done.record(self.model_stream)
                     predictions.record_stream(self.finish_stream)
         except Exception as exc:  # noqa: BLE001  the thread must go on launching the next batches
             self.in_flight.release()
             _fail(senders, exc)
             return
-        self.batches.count(len(batch))
-        self.started.put((senders, [len(w.frames) for w in taken], predictions, done))
+        self.counters.count(len(batch))
+        self.started.put((senders, [len(w.frames) for w in taken], predictions, done, launched, model))
 
     def _finish_batches(self):
         """NMS and responses, batch after batch, in the order the batches started."""
         if self.gpu is not None:
             torch.cuda.set_device(self.gpu)
         while (started := self.started.get()) is not None:
-            senders, sizes, predictions, done = started
+            senders, sizes, predictions, done, launched, model = started
             try:
                 with torch.inference_mode(), torch.cuda.stream(self.finish_stream):
                     if done is not None:
@@ -256,6 +278,9 @@ class TritonPythonModel:
                 for sender, size in zip(senders, sizes):
                     sender.send(_response(rows[first : first + size]), flags=FINAL)
                     first += size
+                model_seconds = model if done is None else model.elapsed_time(done) / 1000.0  # done: rows read
+                self.counters.add("model", model_seconds)
+                self.counters.add("finishing", time.perf_counter() - launched - model_seconds)
             except Exception as exc:  # noqa: BLE001  the thread must go on serving the next batches
                 _fail(senders, exc)
             finally:
@@ -269,7 +294,7 @@ class TritonPythonModel:
         self.started.put(None)
         self.threads[1].join()
         _fail([waiting.sender for waiting in self.waiting], RuntimeError("the model is being unloaded"))
-        self.batches.close()
+        self.counters.close()
         self.runner.close()
 
 
