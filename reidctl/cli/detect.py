@@ -63,8 +63,14 @@ def statistics_table(stats: dict, title: str) -> Table:
                       f"{server['cameras_moved_away']} moved away" for server in stats.get("servers", ()))
     tracks = stats.get("tracks")
     tracked = f"; tracks {tracks['active']} active, {tracks['lost']} lost, {tracks['total']} total" if tracks else ""
+    # the run's summary only: the bundled server's own stages, and the cores each side kept busy
+    served = stats.get("server_ms_per_frame")
+    server_stages = ("\nserver ms per frame: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in served.items())
+                     if served else "")
+    cores = {side: used for side, used in (stats.get("cpu_cores_busy") or {}).items() if used is not None}
+    cores_busy = ("\ncores busy: " + ", ".join(f"{side} {used:.1f}" for side, used in cores.items())) if cores else ""
     table.caption = (f"{batch}; {stats['detections']} detections{tracked}{limit}\nms per frame: {stages or '-'}"
-                     f"{servers}")
+                     f"{server_stages}{cores_busy}{servers}")
     return table
 
 

@@ -554,6 +554,7 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     stages = data["server_ms_per_frame"]
     assert set(stages) == {"staging", "waiting", "model", "finishing"} and min(stages.values()) >= 0
     assert stages["model"] > 0
+    assert "server ms per frame: " in result.output and "cores busy: detect " in result.output
 
 
 def test_detect_with_blocking_requests_finds_what_the_runner_finds(triton_server, nano_checkpoint, tmp_path):
