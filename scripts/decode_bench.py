@@ -28,7 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from reidctl.io.sources import cores_per_reader, open_source
+from reidctl.io.cores import cores_per_reader
+from reidctl.io.sources import open_source
 from reidctl.io.synthetic import SCENES, write_synthetic_video
 
 EXTENSIONS = {"mp4v": ".mp4", "MJPG": ".avi"}

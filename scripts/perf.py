@@ -641,7 +641,8 @@ SUITES = {
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
         "(max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a camera; blocking requests; OpenCV's own "
-        "threads) and flat out (max_in_flight 2, 3, 4, 1; OpenCV's own threads)",
+        "threads; the server on 4 or 2 cores of its own) and flat out (max_in_flight 2, 3, 4, 1; OpenCV's own "
+        "threads; the server on its own cores)",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

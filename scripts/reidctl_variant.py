@@ -8,7 +8,7 @@ after --, detect or bench.
                            cameras' readers leave (reidctl.apps.pipeline.model_threads_beside_readers)
   --opencv-threads-as-is   each camera's video decoder, and OpenCV's threads that split the readers' letterbox, at
                            OpenCV's own count (one per core) instead of the reader's share of the cores
-                           (reidctl.io.sources.cores_per_reader)
+                           (reidctl.io.cores.cores_per_reader)
   --frames-mapped          the cameras' first frames are mapped and unmapped on their own by the allocator, not taken
                            from its heaps (reidctl.apps.pipeline.frames_from_the_heap)
   --setup-collected        the objects made before the run stay in the garbage collector's passes, not frozen out
@@ -38,8 +38,7 @@ import types
 import reidctl.apps.pipeline as pipeline
 from perf import parse_wrapper_args  # this folder's measurement runner
 from reidctl.cli import app
-from reidctl.io.cores import whole_cores_from_the_top
-from reidctl.io.sources import usable_cores
+from reidctl.io.cores import usable_cores, whole_cores_from_the_top
 from reidctl.triton.requests import TritonRequests
 from reidctl.triton.server import all_running_servers, move_server
 

@@ -47,21 +47,21 @@ from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
 from reidctl.io.cores import (
     available_cpus,
+    cores_per_reader,
     cpu_list_text,
     cpu_seconds_between,
     cpu_seconds_by_process,
     own_cpu_seconds,
     process_tree,
     thread_on,
+    usable_cores,
 )
 from reidctl.io.sources import (
     CameraSpec,
     FrameSource,
     UnopenedSource,
-    cores_per_reader,
     lower_thread_priority,
     open_source,
-    usable_cores,
 )
 from reidctl.io.synthetic import synthetic_frame, video_fourcc
 from reidctl.io.output_stage import OutputStage

@@ -1,4 +1,5 @@
-"""CPU cores kept apart: a Linux CPU list ("0-3,8"), and processes or threads held to the cores it names.
+"""CPU cores: those this process may use and each camera reader's share of them; a Linux CPU list ("0-3,8"), and
+processes or threads held to the cores it names.
 
 A local Triton server on cores of its own (``detection.triton.server_cpus``) with `detect` on the others keeps
 other work off the server's cores; on a 16-core GPU host it dropped more frames than sharing (docs/PERFORMANCE.md).
@@ -19,8 +20,23 @@ _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
 
 def available_cpus() -> set[int]:
-    """The CPUs this thread may run on (what its children start with)."""
-    return set(os.sched_getaffinity(0))
+    """The CPUs this thread may run on (what its children start with); where that cannot be read, every CPU."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """The CPU cores this thread may run on."""
+    return len(available_cpus())
+
+
+def cores_per_reader(readers: int) -> int:
+    """Each of ``readers`` camera readers' share of the cores, at least one: the threads its video's decoder and its
+    letterbox may use. OpenCV gives each decoder, and each resize, a thread per core of the machine: with 16 cameras
+    on 16 cores that is 256 decoder threads, and a resize split over every core waits for its slowest part on a busy
+    host (docs/PERFORMANCE.md has what it cost)."""
+    return max(1, usable_cores() // max(1, readers))
 
 
 def parse_cpu_list(text: str, what: str) -> list[int]:

@@ -140,19 +140,6 @@ class ImageSource(FrameSource):
             yield Frame(index, image, path.name)
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def cores_per_reader(readers: int) -> int:
-    """Each of ``readers`` camera readers' share of the cores, at least one: the threads its video's decoder and its
-    letterbox may use. OpenCV gives each decoder, and each resize, a thread per core of the machine: with 16 cameras
-    on 16 cores that is 256 decoder threads, and a resize split over every core waits for its slowest part on a busy
-    host (docs/PERFORMANCE.md has what it cost)."""
-    return max(1, usable_cores() // max(1, readers))
-
-
 class VideoSource(FrameSource):
     """A video file, camera or network stream through OpenCV; a file's or stream's decoder runs ``decoder_threads``
     threads (0: OpenCV's choice, one per core)."""

@@ -8,7 +8,8 @@ import pytest
 from helpers import write_video
 from reidctl.apps.pipeline import DetectOptions, OutputRequest, open_cameras, run_detect
 from reidctl.config import load_config
-from reidctl.io.sources import MemorySource, camera_specs, cores_per_reader, usable_cores
+from reidctl.io.cores import cores_per_reader, usable_cores
+from reidctl.io.sources import MemorySource, camera_specs
 
 
 def test_each_reader_gets_an_even_share_of_the_cores_and_at_least_one():
