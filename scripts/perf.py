@@ -356,6 +356,15 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
                                     outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
+        # the python model's process at detect's own 0.5 ms thread switch interval instead of Python's 5 ms
+        # (detection.triton.server_switch_interval_ms): a server of its own, in real time and flat out
+        switch = ctx.config("triton_server_switch_interval_0_5ms", triton={"server_switch_interval_ms": 0.5})
+        suffix = "_server_switch_interval_0_5ms"
+        switched = [ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "--realtime",
+                               outputs=("mot", "jsonl")),
+                    ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, outputs=("mot", "jsonl"))]
+        groups.append(ctx.triton(f"triton_{load}{suffix}", switched, "--device", ctx.settings.device, *model,
+                                 "-c", switch))
     return groups
 
 

@@ -350,8 +350,11 @@ class _Run:
         self.step_frames = array("i")  # each step's batch size
         self.steps = 0
         self.step_busy_seconds = 0.0
-        # Per frame, from the steps timed stage by stage (one in STAGE_SAMPLE_EVERY): upload, model, NMS + rescale.
+        # The steps timed stage by stage (one in STAGE_SAMPLE_EVERY): each stage's seconds in a step and that step's
+        # frames, appended together, so that a stage's time per frame is a ratio of sums (a mean of each step's ratio
+        # would weigh a batch of one frame as much as one of eight, and it costs more a frame).
         self.stage_seconds: dict[str, array] = {stage: array("d") for stage in DETECT_STAGES}
+        self.stage_frames: dict[str, array] = {stage: array("i") for stage in DETECT_STAGES}
         self.recent_batches: deque[int] = deque(maxlen=64)
         self.started = time.perf_counter()
         self.server_batches_before: dict[int, int] | None = None
@@ -409,8 +412,9 @@ class _Run:
                     self.batch_sizes[len(batch)] += 1
                     self.recent_batches.append(len(batch))
                     for stage, field_name in DETECT_STAGES.items():
-                        for stage_seconds in getattr(timed, field_name, ()):
-                            append_kept(self.stage_seconds[stage], stage_seconds / len(batch), STAGE_SAMPLES_KEPT)
+                        if stage_seconds := getattr(timed, field_name, ()):
+                            append_kept(self.stage_seconds[stage], sum(stage_seconds), STAGE_SAMPLES_KEPT)
+                            append_kept(self.stage_frames[stage], len(batch), STAGE_SAMPLES_KEPT)
                 self.finish(batch, results)
                 self.hub.release(batch)
         except Exception as exc:  # noqa: BLE001  the run stops and says why; finished frames are published
@@ -533,7 +537,8 @@ class _Run:
         per_frame = {
             "decode": _mean_ms([s for c in cameras for s in c.decode_seconds[-STAGE_SAMPLES_KEPT:]]),
             "letterbox": _mean_ms([s for c in cameras for s in c.letterbox_seconds[-STAGE_SAMPLES_KEPT:]]),
-            **{stage: _mean_ms(seconds[-STAGE_SAMPLES_KEPT:]) for stage, seconds in self.stage_seconds.items()},
+            **{stage: _ms_per_frame(seconds[-STAGE_SAMPLES_KEPT:], self.stage_frames[stage][-STAGE_SAMPLES_KEPT:])
+               for stage, seconds in self.stage_seconds.items()},
             "detect_step": (self.step_busy_seconds * 1000.0 / frames) if frames else None,
             "write": outputs["write_ms"]["mean"],
         }
@@ -548,6 +553,10 @@ class _Run:
 
 def _mean_ms(seconds) -> float | None:
     return 1000.0 * sum(seconds) / len(seconds) if len(seconds) else None
+
+
+def _ms_per_frame(seconds, frames) -> float | None:
+    return 1000.0 * sum(seconds) / sum(frames) if len(frames) else None
 
 
 def _latency(seconds) -> dict:

@@ -153,22 +153,25 @@ def grpc_key_headers(url: str, key_file: str | None) -> dict[str, str]:
     return key_headers(key, "grpc")
 
 
-def model_metric(url: str, metrics_port: int, model_name: str, metric: str, label: str,
-                 timeout: float) -> dict[str, float] | None:
-    """The counter ``metric`` of the python model ``model_name`` on the server at gRPC ``url``, summed by the value of
-    its label ``label`` (BATCH_METRIC by "frames", STAGE_METRIC by "stage"), from the server's metrics port: a
-    bundled server's own (started here), else ``metrics_port`` on the URL's host. None when that endpoint does not
-    answer (a server with its metrics off or on another port)."""
+def metrics_page(url: str, metrics_port: int, timeout: float) -> str | None:
+    """The metrics page of the server at gRPC ``url``: a bundled server's own port (started here), else
+    ``metrics_port`` on the URL's host. None when that endpoint does not answer (a server with its metrics off or on
+    another port)."""
     host = url.rpartition(":")[0]
     if (server := _started_here(url)) is not None:
         metrics_port = server.metrics_port
     try:
         with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=timeout) as response:
-            text = response.read().decode("utf-8", "replace")
+            return response.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
+
+
+def model_metric(page: str, model_name: str, metric: str, label: str) -> dict[str, float]:
+    """The counter ``metric`` of the model ``model_name`` on a metrics page, summed by the value of its label
+    ``label`` (BATCH_METRIC by "frames", STAGE_METRIC by "stage", Triton's own counters by "version")."""
     sums: dict[str, float] = {}
-    for labels, value in re.findall(rf"^{metric}{{(.*)}} (\S+)$", text, flags=re.MULTILINE):
+    for labels, value in re.findall(rf"^{metric}{{(.*)}} (\S+)$", page, flags=re.MULTILINE):
         found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         if found.get("model") == model_name and label in found:
             sums[found[label]] = sums.get(found[label], 0.0) + float(value)
@@ -177,8 +180,10 @@ def model_metric(url: str, metrics_port: int, model_name: str, metric: str, labe
 
 def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: float) -> dict[int, int] | None:
     """Batches per size that the python model ``model_name`` ran on the server at gRPC ``url`` (its BATCH_METRIC)."""
-    sums = model_metric(url, metrics_port, model_name, BATCH_METRIC, "frames", timeout)
-    return None if sums is None else {int(size): int(count) for size, count in sums.items() if size.isdigit()}
+    if (page := metrics_page(url, metrics_port, timeout)) is None:
+        return None
+    sums = model_metric(page, model_name, BATCH_METRIC, "frames")
+    return {int(size): int(count) for size, count in sums.items() if size.isdigit()}
 
 
 def local_servers_gpu_memory(urls: list[str]) -> int | None:

@@ -36,10 +36,11 @@ from reidctl.triton.client import (
     grpc_key_headers,
     message_of,
     metric_batch_counts,
+    metrics_page,
     model_metric,
     served_model,
 )
-from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT, STAGE_METRIC
+from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT, SERVER_STAGES, STAGE_METRIC
 from reidctl.triton.watchdog import SHM_DIR
 
 # A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
@@ -51,6 +52,9 @@ FIRST_REQUEST_TIMEOUT = 300.0
 # How long a server that failed a request may take to say it is live before it counts as down; and how long a
 # region's unregistering may take (the server may be hung).
 HEALTH_TIMEOUT = 2.0
+# Triton's own counters (microseconds, every request) of a request's time before the python model's stages: in the
+# queue (until the model's execute is free to take it) and the copy of its inputs for the model's process.
+TRITON_STAGES = {"queue": "nv_inference_queue_duration_us", "input": "nv_inference_compute_input_duration_us"}
 _region_ids = itertools.count()
 _camera_ids = itertools.count()
 
@@ -535,16 +539,22 @@ class TritonRequests:
         return counts
 
     def stage_seconds(self) -> dict[str, float] | None:
-        """Seconds of each stage of the python model's work (STAGE_METRIC) on the servers that answer; None for a
-        model without them (a TensorRT engine) or where none answers."""
+        """Seconds of each stage of a request's way through the python model on the servers that answer: Triton's
+        own counters first (TRITON_STAGES: in its queue, its copy of the inputs), then the model's (STAGE_METRIC);
+        None for a model without them (a TensorRT engine) or where none answers."""
         if not self.returns_detections:
             return None
         sums: dict[str, float] = {}
         for server in self.servers:
-            for stage, seconds in (model_metric(server.url, self.metrics_port, self.model_name, STAGE_METRIC, "stage",
-                                                self.timeout) or {}).items():
+            if (page := metrics_page(server.url, self.metrics_port, self.timeout)) is None:
+                continue
+            stages = {stage: sum(model_metric(page, self.model_name, counter, "version").values()) / 1e6
+                      for stage, counter in TRITON_STAGES.items()}
+            stages.update(model_metric(page, self.model_name, STAGE_METRIC, "stage"))
+            for stage, seconds in stages.items():
                 sums[stage] = sums.get(stage, 0.0) + seconds
-        return sums or None
+        # in the order a request meets them
+        return {stage: sums[stage] for stage in (*TRITON_STAGES, *SERVER_STAGES) if stage in sums} or None
 
     def allow_latency(self, seconds: float) -> None:
         """Requests may take LATENCY_MARGIN x ``seconds`` where that is longer than detection.triton.timeout,

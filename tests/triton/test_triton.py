@@ -40,6 +40,7 @@ from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_bat
 from reidctl.triton.watchdog import python_stubs
 from reidctl.triton.repository import (
     PYTHON_MODEL,
+    SWITCH_INTERVAL_PARAMETER,
     TENSORRT_MODEL,
     batch_input_bytes,
     config_from_parameters,
@@ -188,6 +189,13 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     ]
     rebuilt = config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection
     assert rebuilt.model_path == str(nano_checkpoint.resolve())
+    # the model's process keeps Python's thread switch interval unless the config names one
+    assert SWITCH_INTERVAL_PARAMETER not in python.parameters
+    switched = load_config(write_config(tmp_path / "switched.yaml", nano_checkpoint,
+                                        triton={**triton, "server_switch_interval_ms": 0.5}))
+    write_repository(switched, tmp_path / "switched", warn=lambda message: None)
+    parameters = read_model_config(tmp_path / "switched" / PYTHON_MODEL / "config.pbtxt").parameters
+    assert parameters[SWITCH_INTERVAL_PARAMETER].string_value == "0.5"
     assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == (
         "nano",
         list(SMALL_TEST_SIZE),
@@ -550,10 +558,11 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     assert data["mean_step_frames"] == 1.0  # 3 cameras shared by 3 batch loops: a frame a step (a request each)
     # the model's own batches (its counter on the metrics port), every frame of the run in one of them
     assert sum(int(size) * count for size, count in data["batch_sizes"].items()) == 18
-    # where a frame's time went on the server, stage by stage (its counter on the metrics port)
+    # where a frame's time went on the server, stage by stage: Triton's queue and input copy (its own counters),
+    # then the model's (its counter on the metrics port)
     stages = data["server_ms_per_frame"]
-    assert set(stages) == {"staging", "waiting", "model", "finishing"} and min(stages.values()) >= 0
-    assert stages["model"] > 0
+    assert set(stages) == {"queue", "input", "staging", "waiting", "model", "finishing"} and min(stages.values()) >= 0
+    assert stages["model"] > 0 and stages["input"] > 0
     assert "server ms per frame: " in result.output and "cores busy: detect " in result.output
 
 
