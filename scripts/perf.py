@@ -356,15 +356,18 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
                                     outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
-        # the python model's process at detect's own 0.5 ms thread switch interval instead of Python's 5 ms
-        # (detection.triton.server_switch_interval_ms): a server of its own, in real time and flat out
-        switch = ctx.config("triton_server_switch_interval_0_5ms", triton={"server_switch_interval_ms": 0.5})
-        suffix = "_server_switch_interval_0_5ms"
-        switched = [ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "--realtime",
-                               outputs=("mot", "jsonl")),
-                    ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, outputs=("mot", "jsonl"))]
-        groups.append(ctx.triton(f"triton_{load}{suffix}", switched, "--device", ctx.settings.device, *model,
-                                 "-c", switch))
+        # servers set otherwise, each of its own, in real time and flat out: the python model's process at detect's
+        # own 0.5 ms thread switch interval instead of Python's 5 ms (detection.triton.server_switch_interval_ms);
+        # Triton handing requests over at once instead of holding one up to 0.5 ms for a preferred batch size
+        # (max_queue_delay_ms: the python model forms its own batches)
+        for suffix, triton in {"_server_switch_interval_0_5ms": {"server_switch_interval_ms": 0.5},
+                               "_queue_delay_0": {"max_queue_delay_ms": 0}}.items():
+            config = ctx.config(f"triton{suffix}", triton=triton)
+            served = [ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "--realtime",
+                                 outputs=("mot", "jsonl")),
+                      ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, outputs=("mot", "jsonl"))]
+            groups.append(ctx.triton(f"triton_{load}{suffix}", served, "--device", ctx.settings.device, *model,
+                                     "-c", config))
     return groups
 
 

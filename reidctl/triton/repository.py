@@ -46,10 +46,10 @@ PYTHON_COUNT_OUTPUT = "num_detections"
 BATCH_METRIC = "reidctl_batches"
 # Its counter of the seconds each stage of its work took, labelled by stage: "staging" (an execute call: the requests'
 # frames into pinned memory and onto the GPU), "waiting" (each request, from staged to its batch's start), "model"
-# (each batch's model, on the GPU) and "finishing" (each batch, the rest of its start to its last response: waiting
-# for the GPU, NMS, the responses).
+# (each batch's model, on the GPU), "nms" (each batch, the rest of its start to its rows on the host: the GPU busy
+# before the model, NMS, the rows' copy) and "responding" (each batch, its requests' responses built and sent).
 STAGE_METRIC = "reidctl_stage_seconds"
-SERVER_STAGES = ("staging", "waiting", "model", "finishing")
+SERVER_STAGES = ("staging", "waiting", "model", "nms", "responding")
 # The config.pbtxt parameter of the python model's thread switch interval (detection.triton.server_switch_interval_ms)
 SWITCH_INTERVAL_PARAMETER = "switch_interval_ms"
 

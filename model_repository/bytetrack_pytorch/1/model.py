@@ -277,13 +277,15 @@ class TritonPythonModel:
                     if done is not None:
                         self.finish_stream.wait_event(done)
                     rows = select_detections(predictions, self.conf_threshold, self.nms_threshold).rows
+                read_at = time.perf_counter()
                 first = 0
                 for sender, size in zip(senders, sizes):
                     sender.send(_response(rows[first : first + size]), flags=FINAL)
                     first += size
                 model_seconds = model if done is None else model.elapsed_time(done) / 1000.0  # done: rows read
                 self.counters.add("model", model_seconds)
-                self.counters.add("finishing", time.perf_counter() - launched - model_seconds)
+                self.counters.add("nms", read_at - launched - model_seconds)
+                self.counters.add("responding", time.perf_counter() - read_at)
             except Exception as exc:  # noqa: BLE001  the thread must go on serving the next batches
                 _fail(senders, exc)
             finally:
