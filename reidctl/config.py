@@ -79,9 +79,6 @@ class TritonConfig:
     # through it keeps to the other cores. None (the default): every core, shared; 4 or 2 cores of its own dropped
     # more frames on an H200's 16-core host (docs/PERFORMANCE.md, machines I and J)
     server_cpus: str | None = None
-    # The thread switch interval (ms) of the python model's process, where its threads (Triton's hand-over of
-    # requests, execute, the launcher, the finisher) take turns at one interpreter lock. None: Python's own, 5 ms.
-    server_switch_interval_ms: float | None = None
 
     @property
     def urls(self) -> list[str]:

@@ -356,18 +356,15 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
                                     outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
-        # servers set otherwise, each of its own, in real time and flat out: the python model's process at detect's
-        # own 0.5 ms thread switch interval instead of Python's 5 ms (detection.triton.server_switch_interval_ms);
-        # Triton handing requests over at once instead of holding one up to 0.5 ms for a preferred batch size
-        # (max_queue_delay_ms: the python model forms its own batches)
-        for suffix, triton in {"_server_switch_interval_0_5ms": {"server_switch_interval_ms": 0.5},
-                               "_queue_delay_0": {"max_queue_delay_ms": 0}}.items():
-            config = ctx.config(f"triton{suffix}", triton=triton)
-            served = [ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "--realtime",
-                                 outputs=("mot", "jsonl")),
-                      ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, outputs=("mot", "jsonl"))]
-            groups.append(ctx.triton(f"triton_{load}{suffix}", served, "--device", ctx.settings.device, *model,
-                                     "-c", config))
+        # a server of its own that hands requests over at once instead of holding one up to 0.5 ms for a preferred
+        # batch size (detection.triton.max_queue_delay_ms 0: the python model forms its own batches), in real time
+        # and flat out
+        no_delay = ctx.config("triton_queue_delay_0", triton={"max_queue_delay_ms": 0})
+        served = [ctx.detect(f"detect_triton_rt_{load}_queue_delay_0", cameras, *detect, "--realtime",
+                             outputs=("mot", "jsonl")),
+                  ctx.detect(f"detect_triton_fast_{load}_queue_delay_0", cameras, *detect, outputs=("mot", "jsonl"))]
+        groups.append(ctx.triton(f"triton_{load}_queue_delay_0", served, "--device", ctx.settings.device, *model,
+                                 "-c", no_delay))
     return groups
 
 
@@ -654,7 +651,7 @@ SUITES = {
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
         "(max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a camera; blocking requests; OpenCV's own "
         "threads; the server on 4 or 2 cores of its own) and flat out (max_in_flight 2, 3, 4, 1; OpenCV's own "
-        "threads; the server on its own cores)",
+        "threads; the server on its own cores); then a server with no queue delay, in real time and flat out",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

@@ -47,11 +47,17 @@ def test_pipeline_pytorch_runs_real_time_with_the_defaults_then_one_batch_in_fli
 def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_path):
     """The in-flight variants change detection.triton.max_in_flight alone, in real time and flat out alike."""
     context = perf.Context(perf.Settings(loads="crowd"), tmp_path, tmp_path, None)
-    (served,) = perf.pipeline_triton(context)
+    served, no_delay = perf.pipeline_triton(context)
     steps = {step.name: step.argv for step in served.steps}
 
     def triton(argv: list[str]) -> dict:
         return json.loads(Path(argv[argv.index("-c") + 1]).read_text())["detection"].get("triton", {})
+
+    # a server of its own with no queue delay: the setting goes to setup-triton, detect runs as with the defaults
+    assert triton(no_delay.setup_args) == {"max_queue_delay_ms": 0} and "-c" not in served.setup_args
+    assert [step.name for step in no_delay.steps] == ["detect_triton_rt_crowd_queue_delay_0",
+                                                      "detect_triton_fast_crowd_queue_delay_0"]
+    assert all("-c" not in step.argv for step in no_delay.steps)
 
     for count in (3, 4, 1):
         real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_in_flight_{count}"] for mode in ("rt", "fast"))

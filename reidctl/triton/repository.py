@@ -50,8 +50,6 @@ BATCH_METRIC = "reidctl_batches"
 # before the model, NMS, the rows' copy) and "responding" (each batch, its requests' responses built and sent).
 STAGE_METRIC = "reidctl_stage_seconds"
 SERVER_STAGES = ("staging", "waiting", "model", "nms", "responding")
-# The config.pbtxt parameter of the python model's thread switch interval (detection.triton.server_switch_interval_ms)
-SWITCH_INTERVAL_PARAMETER = "switch_interval_ms"
 
 TEMPLATE_DIR = Path(reidctl.__file__).resolve().parents[1] / "model_repository"
 PYTHON_MODEL_SOURCE = TEMPLATE_DIR / PYTHON_MODEL / "1" / "model.py"
@@ -256,9 +254,6 @@ def python_model_config(detection: DetectionConfig):
     _add_tensors(config.output, [rows, TensorSpec(PYTHON_COUNT_OUTPUT, (1,), "INT32")])
     for key, value in python_model_parameters(detection).items():
         config.parameters[key].string_value = value
-    if detection.triton.server_switch_interval_ms is not None:
-        config.parameters[SWITCH_INTERVAL_PARAMETER].string_value = json.dumps(
-            detection.triton.server_switch_interval_ms)
     return config
 
 

@@ -40,7 +40,6 @@ from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_bat
 from reidctl.triton.watchdog import python_stubs
 from reidctl.triton.repository import (
     PYTHON_MODEL,
-    SWITCH_INTERVAL_PARAMETER,
     TENSORRT_MODEL,
     batch_input_bytes,
     config_from_parameters,
@@ -189,13 +188,6 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     ]
     rebuilt = config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection
     assert rebuilt.model_path == str(nano_checkpoint.resolve())
-    # the model's process keeps Python's thread switch interval unless the config names one
-    assert SWITCH_INTERVAL_PARAMETER not in python.parameters
-    switched = load_config(write_config(tmp_path / "switched.yaml", nano_checkpoint,
-                                        triton={**triton, "server_switch_interval_ms": 0.5}))
-    write_repository(switched, tmp_path / "switched", warn=lambda message: None)
-    parameters = read_model_config(tmp_path / "switched" / PYTHON_MODEL / "config.pbtxt").parameters
-    assert parameters[SWITCH_INTERVAL_PARAMETER].string_value == "0.5"
     assert (rebuilt.model_type, rebuilt.test_size, rebuilt.device, rebuilt.fp16) == (
         "nano",
         list(SMALL_TEST_SIZE),

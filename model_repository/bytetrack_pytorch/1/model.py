@@ -65,7 +65,6 @@ from reidctl.triton.repository import (  # noqa: E402
     PYTHON_OUTPUT,
     SERVER_STAGES,
     STAGE_METRIC,
-    SWITCH_INTERVAL_PARAMETER,
     config_from_parameters,
 )
 
@@ -115,8 +114,6 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
         config = config_from_parameters(parameters)
-        if SWITCH_INTERVAL_PARAMETER in parameters:  # else Python's own
-            sys.setswitchinterval(float(parameters[SWITCH_INTERVAL_PARAMETER]) / 1000.0)
         device = instance_device(config.detection.device, args["model_instance_kind"], args["model_instance_device_id"])
         config = override(config, device=device)
         # Made current before any CUDA work: pinned buffers, side streams and graph capture otherwise start on
