@@ -357,8 +357,8 @@ class _Run:
         self.stage_frames: dict[str, array] = {stage: array("i") for stage in DETECT_STAGES}
         self.recent_batches: deque[int] = deque(maxlen=64)
         self.started = time.perf_counter()
-        self.server_batches_before: dict[int, int] | None = None
-        self.server_stages_before: dict[str, float] | None = None
+        # through a server: its batches and its stages' seconds at the start (Runner.server_counters)
+        self.server_before: tuple[dict[int, int] | None, dict[str, float] | None] = (None, None)
         self.shares_before: list[dict] | None = None
 
     def start(self) -> None:
@@ -367,8 +367,7 @@ class _Run:
         self.detector.load = DetectionLoad()  # this run's frames, not the warm-up's
         self.shares_before = self.detector.device_shares()
         if self.detector.runner.batches_remotely:
-            self.server_batches_before = self.detector.runner.batch_counts()
-            self.server_stages_before = self.detector.runner.stage_seconds()
+            self.server_before = self.detector.runner.server_counters()
 
     def finish(self, items: list[TimedFrame], results: list) -> None:
         """Hand a step's frames to the outputs' writer thread and return: it writes them while the next step runs."""
@@ -422,30 +421,26 @@ class _Run:
         finally:
             ended.set()
 
-    def server_batches(self) -> dict[int, int] | None:
-        if self.server_batches_before is None:
-            return None
+    def server_since_start(self) -> tuple[dict[int, int] | None, dict[str, float] | None]:
+        """Through a server, since the start (one read of its counters): the batches it ran by size, and ms a frame
+        of each stage of its work where it says (each stage's time over those batches' frames, as the step's stages
+        are counted). None each where it does not say, or has gone away (the run says why it stopped)."""
+        batches_before, stages_before = self.server_before
+        if batches_before is None:
+            return None, None
         try:
-            after = self.detector.runner.batch_counts()
-        except Exception:  # noqa: BLE001  a server that has gone away has no statistics; the run says why it stopped
-            return None
-        if after is None:
-            return None
-        before = self.server_batches_before
-        return {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
-
-    def server_stages(self, sizes: dict[int, int] | None) -> dict[str, float] | None:
-        """Through a server that says so, ms a frame of each stage of its work since the start: each stage's time
-        over the frames of the batches it ran (``sizes``), as the step's stages are counted."""
-        before = self.server_stages_before
-        frames = sum(size * count for size, count in (sizes or {}).items())
-        if before is None or not frames:
-            return None
-        try:
-            after = self.detector.runner.stage_seconds()
-        except Exception:  # noqa: BLE001  a server that has gone away says nothing more; the run says why it stopped
-            return None
-        return {stage: 1000.0 * (seconds - before.get(stage, 0.0)) / frames for stage, seconds in (after or {}).items()}
+            batches, stages = self.detector.runner.server_counters()
+        except Exception:  # noqa: BLE001  a server that has gone away has no statistics
+            return None, None
+        if batches is None:
+            return None, None
+        sizes = {size: count - batches_before.get(size, 0) for size, count in batches.items()
+                 if count > batches_before.get(size, 0)}
+        frames = sum(size * count for size, count in sizes.items())
+        if stages_before is None or stages is None or not frames:
+            return sizes, None
+        return sizes, {stage: 1000.0 * (seconds - stages_before.get(stage, 0.0)) / frames
+                       for stage, seconds in stages.items()}
 
     def statistics(self, recent: bool) -> dict:
         """Per camera and in total: the live table's figures (recent=True: the last frames) or the summary's."""
@@ -458,7 +453,7 @@ class _Run:
         # detect's steps by their frames (copied in one call: the batch loops count on while this reads)
         steps = Counter(self.recent_batches) if recent else dict(self.batch_sizes)
         # the batches the model ran: through a server its own, which may join several steps' requests
-        sizes = self.server_batches() if self.detector.runner.batches_remotely else steps
+        sizes, server_stages = self.server_since_start() if self.detector.runner.batches_remotely else (steps, None)
         shares = self.detector.device_shares(since=self.shares_before)
         outputs = self.outputs.statistics()
         stages, busy = self._stages(wall, frames, outputs)
@@ -475,7 +470,7 @@ class _Run:
             "detections": sum(camera.detections for camera in self.hub.cameras),
             "dropped": sum(camera.dropped for camera in self.hub.cameras),
             **({} if recent else {"by_second": self._by_second(), "slowest_steps": self._slowest_steps(),
-                                  "server_ms_per_frame": self.server_stages(sizes)}),
+                                  "server_ms_per_frame": server_stages}),
             "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
             "fps": frames / wall if wall > 0 else None,
             "latency_ms": _latency(all_latencies),

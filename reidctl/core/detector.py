@@ -75,9 +75,10 @@ class Runner(ABC):
         """Batches the serving side has executed so far, by batch size (None where no server batches)."""
         return None
 
-    def stage_seconds(self) -> dict[str, float] | None:
-        """Seconds the serving side has spent so far in each stage of its work (None where it does not say)."""
-        return None
+    def server_counters(self) -> tuple[dict[int, int] | None, dict[str, float] | None]:
+        """``batch_counts`` and the seconds the serving side has spent so far in each stage of its work (None where
+        it does not say), read together."""
+        return self.batch_counts(), None
 
     def check_config(self, detection) -> None:
         """Raise where the artifact cannot serve ``detection`` for a reason of its own, beyond its input size."""

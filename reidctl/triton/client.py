@@ -178,10 +178,8 @@ def model_metric(page: str, model_name: str, metric: str, label: str) -> dict[st
     return sums
 
 
-def metric_batch_counts(url: str, metrics_port: int, model_name: str, timeout: float) -> dict[int, int] | None:
-    """Batches per size that the python model ``model_name`` ran on the server at gRPC ``url`` (its BATCH_METRIC)."""
-    if (page := metrics_page(url, metrics_port, timeout)) is None:
-        return None
+def metric_batch_counts(page: str, model_name: str) -> dict[int, int]:
+    """Batches per size that the python model ``model_name`` ran, from its BATCH_METRIC on a metrics page."""
     sums = model_metric(page, model_name, BATCH_METRIC, "frames")
     return {int(size): int(count) for size, count in sums.items() if size.isdigit()}
 

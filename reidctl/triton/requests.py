@@ -22,6 +22,7 @@ import mmap
 import os
 import threading
 import weakref
+from collections import Counter
 from concurrent.futures import Future
 
 import numpy as np
@@ -518,43 +519,43 @@ class TritonRequests:
     def batch_counts(self) -> dict[int, int] | None:
         """Batches run per size, on the servers that answer: the python model's own counter (it forms its batches
         from the requests Triton hands over), else Triton's statistics (what its dynamic batcher formed)."""
-        counts: dict[int, int] = {}
+        if self.returns_detections:
+            return self.server_counters()[0]
+        counts: Counter[int] = Counter()
         for server in self.servers:
-            if self.returns_detections:
-                served = metric_batch_counts(server.url, self.metrics_port, self.model_name, self.timeout)
-                if served is None and self._pool is None:
-                    return None
-            else:
-                try:
-                    statistics = server.client.get_inference_statistics(
-                        self.model_name, self.model_version, as_json=True, client_timeout=self.timeout
-                    )
-                except self._server_error as exc:
-                    if self._pool is None:
-                        raise self._fail(exc, server.url) from None
-                    continue
-                served = batch_counts(statistics)
-            for size, count in (served or {}).items():
-                counts[size] = counts.get(size, 0) + count
-        return counts
+            try:
+                statistics = server.client.get_inference_statistics(
+                    self.model_name, self.model_version, as_json=True, client_timeout=self.timeout
+                )
+            except self._server_error as exc:
+                if self._pool is None:
+                    raise self._fail(exc, server.url) from None
+                continue
+            counts.update(batch_counts(statistics))
+        return dict(counts)
 
-    def stage_seconds(self) -> dict[str, float] | None:
-        """Seconds of each stage of a request's way through the python model on the servers that answer: Triton's
-        own counters first (TRITON_STAGES: in its queue, its copy of the inputs), then the model's (STAGE_METRIC);
-        None for a model without them (a TensorRT engine) or where none answers."""
+    def server_counters(self) -> tuple[dict[int, int] | None, dict[str, float] | None]:
+        """The batches run per size and the seconds of each stage of a request's way, on the servers that answer,
+        from one read of each server's metrics page. The stages are the python model's: Triton's own counters first
+        (TRITON_STAGES: in its queue, its copy of the inputs), then the model's (STAGE_METRIC); None for a model
+        without them (a TensorRT engine) or where none answers. Batches are None where the only server does not
+        answer."""
         if not self.returns_detections:
-            return None
-        sums: dict[str, float] = {}
+            return self.batch_counts(), None
+        batches: Counter[int] = Counter()
+        stages: Counter[str] = Counter()
         for server in self.servers:
             if (page := metrics_page(server.url, self.metrics_port, self.timeout)) is None:
+                if self._pool is None:
+                    return None, None
                 continue
-            stages = {stage: sum(model_metric(page, self.model_name, counter, "version").values()) / 1e6
-                      for stage, counter in TRITON_STAGES.items()}
+            batches.update(metric_batch_counts(page, self.model_name))
+            stages.update({stage: sum(model_metric(page, self.model_name, counter, "version").values()) / 1e6
+                           for stage, counter in TRITON_STAGES.items()})
             stages.update(model_metric(page, self.model_name, STAGE_METRIC, "stage"))
-            for stage, seconds in stages.items():
-                sums[stage] = sums.get(stage, 0.0) + seconds
         # in the order a request meets them
-        return {stage: sums[stage] for stage in (*TRITON_STAGES, *SERVER_STAGES) if stage in sums} or None
+        return dict(batches), {stage: stages[stage] for stage in (*TRITON_STAGES, *SERVER_STAGES)
+                               if stage in stages} or None
 
     def allow_latency(self, seconds: float) -> None:
         """Requests may take LATENCY_MARGIN x ``seconds`` where that is longer than detection.triton.timeout,

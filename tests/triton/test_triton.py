@@ -36,7 +36,7 @@ from reidctl.core.device import TORCH_DTYPES
 from reidctl.errors import BackendUnavailable, ReidctlError
 from reidctl.io.cores import cpu_list_text, process_tree
 from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
-from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_batch_counts
+from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_batch_counts, metrics_page
 from reidctl.triton.watchdog import python_stubs
 from reidctl.triton.repository import (
     PYTHON_MODEL,
@@ -418,11 +418,12 @@ def test_the_models_batches_are_read_from_the_servers_metrics_port(triton_server
     with create_detector(triton_config(nano_config, triton_server.grpc_port), "triton") as detector:
         detector.detect_batch(video_frames(video_file)[:3])
     # A server started here is found by its gRPC port, whatever metrics port the config names.
-    ran = metric_batch_counts(url, metrics_port=1, model_name=PYTHON_MODEL, timeout=5.0)
+    page = metrics_page(url, metrics_port=1, timeout=5.0)
+    ran = metric_batch_counts(page, PYTHON_MODEL)
     assert ran and sum(size * count for size, count in ran.items()) >= 3
-    assert metric_batch_counts(url, 1, "another_model", 5.0) == {}
+    assert metric_batch_counts(page, "another_model") == {}
     port = free_ports()[0]  # nothing listens there: the sizes are unknown, not an error
-    assert metric_batch_counts(f"localhost:{port}", port, PYTHON_MODEL, 1.0) is None
+    assert metrics_page(f"localhost:{port}", port, 1.0) is None
 
 
 def test_unreachable_server_says_how_to_start_it(nano_config):
