@@ -26,6 +26,8 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_NESTING = 32  # the YAML composer recurses once per level: 100,000 levels overflow the stack
 MAX_ALIASES = 32  # aliases share nodes, so a few dozen can stand for billions of values ("billion laughs")
 MAX_TEST_SIDE = 4096
+# How frames may reach a Triton server on this host (detection.triton.shared_memory)
+INPUT_MEMORY = ("system", "cuda", "none")
 DEFAULT_TIMEOUT_S = 5.0  # how long a network source may take to open or to give its next frame
 # Values quoted in errors: a bounded repr (a shared-alias structure's full repr would never finish).
 _QUOTE = reprlib.Repr()
@@ -65,7 +67,10 @@ class TritonConfig:
     # Also where the client reads the batches the bundled model ran, on a server not started here
     metrics_port: int = 8102
     repository: str = "model_repository"
-    shared_memory: bool = True  # system shared memory for inputs when the server is on this host
+    # How detect's frames reach a server on this host: "system" (its shared memory; true says the same), "cuda" (a
+    # region in the server's GPU memory, uploaded here: the server skips its two host copies of every frame; needs
+    # a GPU and cuda-python here, else system) or "none" (false: in the gRPC request, as for a server elsewhere)
+    shared_memory: bool | str = True
     # The address the bundled server (setup-triton --start) and docker-compose.yml's ports listen on: this host only
     # by default; 0.0.0.0 serves every network this host is on
     listen: str = "127.0.0.1"
@@ -79,6 +84,13 @@ class TritonConfig:
     # through it keeps to the other cores. None (the default): every core, shared; 4 or 2 cores of its own dropped
     # more frames on an H200's 16-core host (docs/PERFORMANCE.md, machines I and J)
     server_cpus: str | None = None
+
+    @property
+    def input_memory(self) -> str:
+        """shared_memory as one of INPUT_MEMORY."""
+        if isinstance(self.shared_memory, bool):
+            return "system" if self.shared_memory else "none"
+        return self.shared_memory
 
     @property
     def urls(self) -> list[str]:
@@ -253,6 +265,11 @@ def validate(config: Config) -> Config:
         raise ReidctlError(
             "config keys 'detection.triton.http_port', 'grpc_port' and 'metrics_port' (--http-port, --grpc-port, "
             f"--metrics-port): the HTTP, gRPC and metrics ports must differ, got {list(ports.values())}"
+        )
+    if d.triton.shared_memory not in (True, False, *INPUT_MEMORY):
+        raise ReidctlError(
+            "config key 'detection.triton.shared_memory': expected system, cuda or none (or true / false), "
+            f"got {_quote(d.triton.shared_memory)}"
         )
     urls = d.triton.urls
     if not urls or not all(map(_is_endpoint, urls)) or len(set(urls)) < len(urls):

@@ -332,6 +332,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         variants = dict(in_flight)
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
         variants["_camera_buffer_2"] = ctx.config("triton_camera_buffer_2", camera_buffer=2)
+        # frames uploaded by detect into the server's GPU memory (CUDA shared memory) instead of the host's
+        cuda_inputs = ctx.config("triton_cuda_inputs", triton={"shared_memory": "cuda"})
+        variants["_cuda_inputs"] = cuda_inputs
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
@@ -352,7 +355,7 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
             steps.append(ctx.detect(f"detect_triton_fast_{load}_server_cores_{cores}", cameras, *detect,
                                     outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
         # flat out with more and fewer requests in flight, where the cameras do not pace the run
-        for suffix, config in in_flight.items():
+        for suffix, config in {**in_flight, "_cuda_inputs": cuda_inputs}.items():
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
                                     outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))

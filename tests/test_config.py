@@ -83,6 +83,8 @@ def test_the_onnx_files_keys_have_their_own_place_and_the_old_ones_still_read_wi
         ("detection:\n  camera_buffer: 0\n", "config key 'detection.camera_buffer': expected at least 1"),
         ("detection:\n  triton:\n    max_in_flight: 0\n",
          "config key 'detection.triton.max_in_flight': expected at least 1"),
+        ("detection:\n  triton:\n    shared_memory: gpu\n",
+         "config key 'detection.triton.shared_memory': expected system, cuda or none \\(or true / false\\), got 'gpu'"),
         ("detection: [1, 2\n", "is not valid YAML at line"),
         ("- 1\n- 2\n", "expected a mapping"),
     ],
@@ -170,3 +172,11 @@ def test_what_a_config_path_is_when_not_a_file(tmp_path):
                           (tmp_path / "missing.yaml", "config file not found")]:
         with pytest.raises(ReidctlError, match=re.escape(message)):
             load_config(path)  # a FIFO would block the read, /dev/zero never end it
+
+
+@pytest.mark.parametrize(("value", "kind"), [("true", "system"), ("false", "none"), ("cuda", "cuda"),
+                                             ("system", "system"), ("none", "none")])
+def test_how_frames_reach_a_local_server_reads_from_a_kind_or_a_bool(tmp_path, value, kind):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"detection:\n  triton:\n    shared_memory: {value}\n")
+    assert load_config(path).detection.triton.input_memory == kind

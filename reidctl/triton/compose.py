@@ -91,9 +91,9 @@ def _compose_service(triton, repository: Path, image: str, model: str, ports: di
                   for name in ("http", "grpc", "metrics")],
         "volumes": [f"{repository.resolve()}:/models:ro"],
     }
-    if triton.shared_memory:
-        # Clients on this host pass frames through system shared memory (detection.triton.shared_memory): the
-        # container must see this host's /dev/shm.
+    if triton.input_memory != "none":
+        # Clients on this host pass frames through shared memory (detection.triton.shared_memory): the container
+        # must share this host's IPC namespace, for /dev/shm and for CUDA's handles alike.
         service["ipc"] = "host"
     return service | {
         "deploy": {"resources": {"reservations": {"devices": [{"driver": "nvidia", **gpu, "capabilities": ["gpu"]}]}}},

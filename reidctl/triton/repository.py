@@ -50,6 +50,9 @@ BATCH_METRIC = "reidctl_batches"
 # before the model, NMS, the rows' copy) and "responding" (each batch, its requests' responses built and sent).
 STAGE_METRIC = "reidctl_stage_seconds"
 SERVER_STAGES = ("staging", "waiting", "model", "nms", "responding")
+# The python backend's parameter that lets an input stay in GPU memory (CUDA shared memory) instead of being copied to
+# the host for the model: "no" lets it stay.
+HOST_INPUTS_PARAMETER = "FORCE_CPU_ONLY_INPUT_TENSORS"
 
 TEMPLATE_DIR = Path(reidctl.__file__).resolve().parents[1] / "model_repository"
 PYTHON_MODEL_SOURCE = TEMPLATE_DIR / PYTHON_MODEL / "1" / "model.py"
@@ -254,6 +257,8 @@ def python_model_config(detection: DetectionConfig):
     _add_tensors(config.output, [rows, TensorSpec(PYTHON_COUNT_OUTPUT, (1,), "INT32")])
     for key, value in python_model_parameters(detection).items():
         config.parameters[key].string_value = value
+    # Frames a client put in the GPU's memory reach the model there (it copies them to its own device either way).
+    config.parameters[HOST_INPUTS_PARAMETER].string_value = "no"
     return config
 
 

@@ -5,7 +5,8 @@ and so import no torch.
 Several streams reach the server's dynamic batcher at once when they call one TritonRequests from several threads
 (each call is its own request; the gRPC client is thread safe). Frames travel as uint8 canvases to a model that
 normalises on the server (the python model), or as normalised tensors to one that takes float input (a TensorRT
-engine). On the server's host, inputs can go through system shared memory.
+engine). On the server's host, inputs can go through system shared memory, or through CUDA shared memory: a region
+in the server's GPU memory that this process uploads each batch into (detection.triton.shared_memory).
 
 With several servers (detection.triton.url a list), each calling thread is a camera: its first request gives it to
 the live server with the fewest cameras, where it stays. A request that fails because its server is gone moves the
@@ -16,6 +17,7 @@ books).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import itertools
 import mmap
@@ -41,7 +43,13 @@ from reidctl.triton.client import (
     model_metric,
     served_model,
 )
-from reidctl.triton.repository import PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT, SERVER_STAGES, STAGE_METRIC
+from reidctl.triton.repository import (
+    HOST_INPUTS_PARAMETER,
+    PYTHON_COUNT_OUTPUT,
+    PYTHON_OUTPUT,
+    SERVER_STAGES,
+    STAGE_METRIC,
+)
 from reidctl.triton.watchdog import SHM_DIR
 
 # A request may take this many times the latency a caller expects (allow_latency) before it counts as hung: wide,
@@ -66,6 +74,14 @@ def availability() -> str | None:
     except Exception as exc:  # protobuf version clashes raise more than ImportError
         return f"tritonclient[grpc] cannot be imported ({type(exc).__name__}: {first_line(exc, 120)})"
     return None
+
+
+def _input_gpu(parameters: dict[str, str]) -> int:
+    """The GPU a CUDA shared memory region goes on: the python model's device ("cuda:N"; "cuda" or "auto" is GPU 0,
+    where Triton places a single GPU's instance). Its model copies a batch from there to its own GPU if they differ."""
+    device = parameters.get("device", "")
+    index = device.removeprefix("cuda:")
+    return int(index) if device.startswith("cuda:") and index.isdigit() else 0
 
 
 def _gone_status(exc: Exception) -> bool:
@@ -125,13 +141,105 @@ class _SharedInput:
         self.mapping, self.size, self.address = None, 0, 0
 
 
-class _Server:
-    """One endpoint: its gRPC client and the system shared memory regions of the threads that send to it."""
+    def publish(self, byte_size: int) -> None:
+        """The batch written into the region is what the server reads: nothing to send."""
 
-    def __init__(self, index: int, url: str, client, shared_memory: bool, headers: dict[str, str]):
+
+class RegionUnavailable(Exception):
+    """A shared memory region cannot be made or filled on this host (e.g. CUDA's, without a GPU here)."""
+
+
+class _CudaInput:
+    """One thread's CUDA shared memory region for input batches: device memory on the server's GPU, which the
+    server maps (CUDA IPC) and hands to the model without a host copy, and a pinned host buffer of the same size
+    that a batch is written into (``view``, as for a system region) and copied up from in one transfer
+    (``publish``). Created on the first batch, grown on demand.
+
+    The host buffer is freed with its last view (a request that moves to another server copies its batch from the
+    old region's buffer)."""
+
+    def __init__(self, client, headers: dict[str, str], device_id: int):
+        try:
+            from tritonclient.utils import cuda_shared_memory
+        except Exception as exc:  # tritonclient raises RuntimeError without cuda-python
+            raise RegionUnavailable(f"it needs cuda-python here: {first_line(exc, 120)}") from None
+        self.cuda_shared_memory = cuda_shared_memory
+        self.runtime = cuda_shared_memory.cudart
+        self.client, self.headers, self.device_id = client, headers, device_id
+        self.region = None  # tritonclient's CudaSharedMemoryRegion
+        self.host: ctypes.Array | None = None
+        self.stream = None
+        self.name = ""
+        self.size = 0  # set once the server has the region
+
+    def _call(self, function, *args):
+        error, *results = function(*args)
+        if error != self.runtime.cudaError_t.cudaSuccess:
+            raise RegionUnavailable(f"{function.__name__}: {self.runtime.cudaGetErrorString(error)[1].decode()}")
+        return results[0] if results else None
+
+    def ensure(self, byte_size: int) -> None:
+        if byte_size <= self.size:
+            return
+        self.release()
+        self.name = f"reidctl_cuda_{os.getpid()}_{next(_region_ids)}"
+        try:
+            self._call(self.runtime.cudaSetDevice, self.device_id)
+            self.region = self.cuda_shared_memory.create_shared_memory_region(self.name, byte_size, self.device_id)
+            address = int(self._call(self.runtime.cudaMallocHost, byte_size))
+            self.host = (ctypes.c_uint8 * byte_size).from_address(address)
+            weakref.finalize(self.host, self.runtime.cudaFreeHost, address)
+            self.stream = self._call(self.runtime.cudaStreamCreateWithFlags, self.runtime.cudaStreamNonBlocking)
+        except Exception as exc:
+            self.release()
+            raise RegionUnavailable(first_line(exc, 160)) from None
+        try:
+            self.client.register_cuda_shared_memory(
+                self.name, self.cuda_shared_memory.get_raw_handle(self.region), self.device_id, byte_size,
+                headers=self.headers,
+            )
+        except Exception:
+            self.release()
+            raise
+        self.size = byte_size
+
+    def view(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        return np.ndarray(shape, dtype, buffer=self.host)
+
+    def holds(self, array: np.ndarray) -> bool:
+        """``array`` is a view of this region's host buffer from its start (a batch written in place)."""
+        return (self.host is not None and array.ctypes.data == ctypes.addressof(self.host)
+                and array.nbytes <= self.size)
+
+    def publish(self, byte_size: int) -> None:
+        """The batch written into the host buffer, up to the server's GPU (returns once it is there)."""
+        self._call(self.runtime.cudaMemcpyAsync, self.region._base_addr, ctypes.addressof(self.host), byte_size,
+                   self.runtime.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream)
+        self._call(self.runtime.cudaStreamSynchronize, self.stream)
+
+    def release(self) -> None:
+        if self.size:
+            with contextlib.suppress(Exception):  # the server may be gone; the local memory goes regardless
+                self.client.unregister_cuda_shared_memory(self.name, headers=self.headers,
+                                                          client_timeout=HEALTH_TIMEOUT)
+        if self.stream is not None:
+            self.runtime.cudaStreamDestroy(self.stream)
+        if self.region is not None:
+            with contextlib.suppress(Exception):
+                self.cuda_shared_memory.destroy_shared_memory_region(self.region)
+        self.region, self.host, self.stream, self.size = None, None, None, 0
+
+
+class _Server:
+    """One endpoint: its gRPC client and the shared memory regions of the threads that send to it.
+
+    ``input_memory`` is how inputs reach it: "cuda" or "system" shared memory (a server on this host), or "none"
+    (the request's bytes). A kind that fails steps down, said once: cuda to system, system to none."""
+
+    def __init__(self, index: int, url: str, client, input_memory: str, headers: dict[str, str]):
         self.index, self.url, self.client, self.headers = index, url, client, headers  # headers: its key
-        self.use_shared_memory = shared_memory and url.rsplit(":", 1)[0] in LOCAL_HOSTS
-        self.regions: list[_SharedInput] = []
+        self.input_memory = input_memory if url.rsplit(":", 1)[0] in LOCAL_HOSTS else "none"
+        self.regions: list[_SharedInput | _CudaInput] = []
         self.answered = False  # until a first request succeeds, requests get FIRST_REQUEST_TIMEOUT
 
 
@@ -140,7 +248,7 @@ class _Seat:
 
     def __init__(self, server: _Server, camera: int | None = None):
         self.server, self.camera = server, camera
-        self.regions: dict[int, _SharedInput] = {}
+        self.regions: dict[int, _SharedInput | _CudaInput] = {}
 
 
 class _EndMark:
@@ -167,7 +275,7 @@ class TritonRequests:
         self.max_in_flight = triton.max_in_flight
         self._warn, self._verbose = warn, triton.verbose
         self.servers = [
-            _Server(i, url, grpcclient.InferenceServerClient(url, verbose=triton.verbose), triton.shared_memory,
+            _Server(i, url, grpcclient.InferenceServerClient(url, verbose=triton.verbose), triton.input_memory,
                     grpc_key_headers(url, triton.key_file))
             for i, url in enumerate(urls)
         ]
@@ -186,6 +294,11 @@ class TritonRequests:
         self.returns_detections, self.output_names = model.returns_detections, model.output_names
         self.output_datatype, self.parameters = model.output_datatype, model.parameters
         self.server_version = model.server_version
+        self.input_gpu = _input_gpu(self.parameters)
+        if any(server.input_memory == "cuda" for server in self.servers) and (refusal := self._cuda_refusal()):
+            for server in self.servers:
+                server.input_memory = "system" if server.input_memory == "cuda" else server.input_memory
+            warn(f"warning: Triton CUDA shared memory unused: {refusal}; sending inputs through system shared memory")
         self._local = threading.local()
         self._lock = threading.Lock()
         self._closed = False
@@ -224,6 +337,19 @@ class TritonRequests:
                 f"Triton servers at {server.url} and {other.url} serve different '{self.model_name}' models "
                 "(inputs, outputs, batching or parameters): give every server the same model repository"
             )
+
+    def _cuda_refusal(self) -> str | None:
+        """Why the served python model would not take inputs in the GPU's memory as they are (None: it would; a
+        TensorRT engine reads them where they are)."""
+        if not self.returns_detections:
+            return None
+        where = f"model '{self.model_name}' on Triton at {self.url}"
+        if self.parameters.get("device") == "cpu":
+            return f"{where} runs on the CPU"
+        if self.parameters.get(HOST_INPUTS_PARAMETER) != "no":
+            return (f"{where} copies its inputs to the host (a config.pbtxt from before GPU inputs): rewrite it with "
+                    "`reidctl setup-triton` and restart the server")
+        return None
 
     @property
     def requests_in_flight(self) -> int:
@@ -292,7 +418,7 @@ class TritonRequests:
             if self.returns_detections
             else f"predictions {self.output_datatype}",
             "server_model": server_model,
-            "shared_memory": any(server.use_shared_memory for server in self.servers),
+            "shared_memory": ", ".join(sorted({server.input_memory for server in self.servers})),
             "requests_in_flight": self.requests_in_flight,
             **servers,
         }
@@ -365,11 +491,7 @@ class TritonRequests:
         if self._pool.mark_down(seat.server.index):
             self._warn(f"warning: Triton server {seat.server.url} stopped answering: its cameras move to the other "
                        "servers of detection.triton.url until it answers again")
-        region = seat.regions.pop(seat.server.index, None)
-        if region is not None:  # the server is gone; a region on it is no use, even if it comes back
-            with self._lock:
-                seat.server.regions.remove(region)
-            region.release()
+        self._drop_region(seat)  # the server is gone; a region on it is no use, even if it comes back
         self._recheck_down_servers()
         index = self._pool.move(seat.camera)
         if index is None:
@@ -378,14 +500,43 @@ class TritonRequests:
         return True
 
     # -- inference ------------------------------------------------------------------------------------------
-    def _region(self, seat: _Seat) -> _SharedInput:
+    def _region(self, seat: _Seat) -> _SharedInput | _CudaInput:
+        """This thread's region on its server, of the kind the server takes now."""
         server = seat.server
         region = seat.regions.get(server.index)
-        if region is None:
-            region = seat.regions[server.index] = _SharedInput(server.client, server.headers)
+        kind = _CudaInput if server.input_memory == "cuda" else _SharedInput
+        if not isinstance(region, kind):
+            self._drop_region(seat)
+            if kind is _CudaInput:
+                region = _CudaInput(server.client, server.headers, self.input_gpu)
+            else:
+                region = _SharedInput(server.client, server.headers)
+            seat.regions[server.index] = region
             with self._lock:
                 server.regions.append(region)
         return region
+
+    def _drop_region(self, seat: _Seat) -> None:
+        region = seat.regions.pop(seat.server.index, None)
+        if region is not None:
+            with self._lock:
+                seat.server.regions.remove(region)
+            region.release()
+
+    def _step_down(self, seat: _Seat, exc: Exception, tried: str) -> None:
+        """Inputs of ``tried`` shared memory failed on this thread's server: it takes the next kind down (cuda to
+        system, system to the request's bytes), said once."""
+        server = seat.server
+        with self._lock:
+            stepped = server.input_memory == tried
+            if stepped:
+                server.input_memory = "system" if tried == "cuda" else "none"
+        self._drop_region(seat)
+        if stepped:
+            # e.g. no GPU here, or a server in a container without the host's IPC namespace
+            then = "through system shared memory" if tried == "cuda" else "over gRPC"
+            what = "CUDA shared memory" if tried == "cuda" else "shared memory"
+            self._warn(f"warning: Triton {what} unavailable ({message_of(exc)}); sending inputs {then}")
 
     def _region_bytes(self, frames: int, frame_bytes: int) -> int:
         """A region holds the model's largest batch from the start: a larger batch would replace it (unregister,
@@ -398,13 +549,13 @@ class TritonRequests:
         if self._closed or self.input_format != "canvas" or self.input_size is None:
             return None
         seat = self._seat()
-        if not seat.server.use_shared_memory:
+        if seat.server.input_memory == "none":
             return None
         shape = (frames, *self.input_size, 3)
-        region = self._region(seat)
         try:
+            region = self._region(seat)
             region.ensure(self._region_bytes(frames, int(np.prod(shape[1:]))))
-        except (self._server_error, OSError):
+        except (self._server_error, OSError, RegionUnavailable):
             return None  # the request meets the same failure, and handles it (_inputs_for)
         return region.view(shape, np.uint8)
 
@@ -413,23 +564,22 @@ class TritonRequests:
         chunk = self.max_batch_size if self.max_batch_size > 0 else len(array)
         parts = [array[i : i + chunk] for i in range(0, len(array), chunk)]
         inputs = [self._grpc.InferInput(self.input_name, list(part.shape), self.input_datatype) for part in parts]
-        if seat.server.use_shared_memory:
+        while (tried := seat.server.input_memory) != "none":
             try:
                 region = self._region(seat)
                 if not region.holds(array):
                     region.ensure(self._region_bytes(len(array), array.nbytes // max(1, len(array))))
                     np.copyto(region.view(array.shape, array.dtype), array)
+                region.publish(array.nbytes)
                 offset = 0
                 for item, part in zip(inputs, parts):
                     item.set_shared_memory(region.name, part.nbytes, offset)
                     offset += part.nbytes
                 return inputs
-            except (self._server_error, OSError) as exc:
+            except (self._server_error, OSError, RegionUnavailable) as exc:
                 if _gone_status(exc):  # the server, not its shared memory: infer decides what follows
                     raise
-                # e.g. a server in a container without the host's IPC namespace: send the bytes instead
-                seat.server.use_shared_memory = False
-                self._warn(f"warning: Triton shared memory unavailable ({message_of(exc)}); sending inputs over gRPC")
+                self._step_down(seat, exc, tried)
         for item, part in zip(inputs, parts):
             item.set_data_from_numpy(part)
         return inputs

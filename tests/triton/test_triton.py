@@ -39,6 +39,7 @@ from reidctl.triton.access import GRPC_KEY_HEADER, KEY_HEADER
 from reidctl.triton.client import SUPPORTED_INPUTS, grpc_key_headers, metric_batch_counts, metrics_page
 from reidctl.triton.watchdog import python_stubs
 from reidctl.triton.repository import (
+    HOST_INPUTS_PARAMETER,
     PYTHON_MODEL,
     TENSORRT_MODEL,
     batch_input_bytes,
@@ -202,6 +203,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert (
         batch_input_bytes(repository, PYTHON_MODEL) == 4 * 128 * 160 * 3
     )  # what the server sizes its shared memory by
+    assert python.parameters[HOST_INPUTS_PARAMETER].string_value == "no"  # frames in the GPU's memory stay there
     assert (repository / PYTHON_MODEL / "1" / "model.py").read_text() == (
         Path(__file__).parents[2] / "model_repository" / PYTHON_MODEL / "1" / "model.py"
     ).read_text()
@@ -359,6 +361,44 @@ def test_letterboxed_batches_go_through_one_region_written_in_place(triton_serve
     assert seen == [seen[0]] * 3  # one region, registered once, for every batch size
     assert not own_regions()  # gone with the detector
     client.close()
+
+
+def test_cuda_inputs_for_a_model_on_the_cpu_go_through_system_shared_memory_said_once(triton_server, nano_config,
+                                                                                       video_file):
+    frames = video_frames(video_file)[:3]
+    warnings = []
+    cuda = triton_config(nano_config, triton_server.grpc_port, shared_memory="cuda")
+    with create_detector(triton_config(nano_config, triton_server.grpc_port), "triton", warn=pytest.fail) as plain, \
+            create_detector(cuda, "triton", warn=warnings.append) as remote:
+        expected = plain.detect_batch(frames)
+        got = remote.detect_batch(frames) + remote.detect_batch(frames)
+        assert remote.runner.servers[0].input_memory == "system"
+        assert remote.runner.describe()["shared_memory"] == "system"
+    (warning,) = warnings
+    assert "CUDA shared memory unused" in one_line(Exception(warning)) and "runs on the CPU" in warning
+    for rows, want in zip(got, expected * 2):
+        assert_same_rows(rows, want)
+
+
+def test_cuda_inputs_without_a_gpu_here_step_down_to_system_shared_memory_said_once(triton_server, nano_config,
+                                                                                    video_file):
+    """A server whose model would take frames in the GPU's memory, and a client host that cannot put them there (no
+    GPU here): the client says so once and sends through system shared memory, with the same detections. The
+    server here runs its model on the CPU, so the client's server is told to try CUDA as one on a GPU would be."""
+    frames = video_frames(video_file)[:3]
+    warnings = []
+    config = triton_config(nano_config, triton_server.grpc_port)
+    with create_detector(config, "triton", warn=pytest.fail) as plain, \
+            create_detector(config, "triton", warn=warnings.append) as remote:
+        expected = plain.detect_batch(frames)
+        remote.runner.servers[0].input_memory = "cuda"
+        got = remote.detect_batch(frames) + remote.detect_batch(frames)
+        assert remote.runner.servers[0].input_memory == "system"
+    (warning,) = warnings
+    assert one_line(Exception(warning)).startswith("warning: Triton CUDA shared memory unavailable (")
+    assert warning.endswith("; sending inputs through system shared memory")
+    for rows, want in zip(got, expected * 2):
+        assert_same_rows(rows, want)
 
 
 def test_a_remote_url_on_the_bundled_servers_port_is_another_server(triton_server):
@@ -727,7 +767,7 @@ def test_shared_memory_needs_the_key_which_reidctls_client_sends(triton_server, 
     client.close()
     with create_detector(triton_config(nano_config, triton_server.grpc_port), "triton", warn=pytest.fail) as detector:
         detector.detect(video_frames(video_file)[0])
-        assert detector.runner.servers[0].use_shared_memory  # registered with the key, not fallen back to gRPC bytes
+        assert detector.runner.servers[0].input_memory == "system"  # registered with the key, not gRPC bytes
         regions = list(Path("/dev/shm").glob(f"reidctl_{os.getpid()}_*"))
         assert regions and all(mode(region) == 0o600 for region in regions)
 

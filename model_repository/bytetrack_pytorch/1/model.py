@@ -7,8 +7,9 @@ Output "num_detections": int32 (B, 1), the real rows of each frame.
 
 The whole detector but the letterbox runs here, so a response is a few rows instead of every anchor and a client
 does no GPU work (a second process on the GPU would time-slice it with this one). Three threads share the work:
-- `execute` copies the requests' frames to the GPU (a copy stream) and returns: the frames wait here, not in
-  Triton's queue, and Triton hands over the next requests at once.
+- `execute` copies the requests' frames to the GPU (a copy stream; from the GPU's own memory where a client put
+  them in CUDA shared memory) and returns: the frames wait here, not in Triton's queue, and Triton hands over the
+  next requests at once.
 - A batch of every frame waiting (up to max_batch_size) starts when the GPU's previous batch is done with the
   model and fewer than BATCHES_IN_FLIGHT batches are between their start and their last response: at once in
   `execute` when both hold (an idle server adds no hand-over), else from the launcher thread. The requests that
@@ -173,7 +174,13 @@ class TritonPythonModel:
             # Copied before returning: Triton frees the request tensors when execute returns.
             with torch.inference_mode():
                 if self.staging is None:
-                    staged, copied = torch.cat(frames), None
+                    staged, copied = torch.cat([f.cpu() for f in frames]), None
+                elif any(f.is_cuda for f in frames):  # a client's CUDA shared memory: one copy on the GPU
+                    with torch.cuda.stream(self.copy_stream):
+                        staged = torch.cat([f.to(self.runner.device) for f in frames])
+                        copied = torch.cuda.Event()
+                        copied.record(self.copy_stream)
+                    copied.synchronize()
                 else:
                     with torch.cuda.stream(self.copy_stream):
                         staged, copied = self.staging.to_device(
