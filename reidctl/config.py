@@ -27,7 +27,7 @@ MAX_NESTING = 32  # the YAML composer recurses once per level: 100,000 levels ov
 MAX_ALIASES = 32  # aliases share nodes, so a few dozen can stand for billions of values ("billion laughs")
 MAX_TEST_SIDE = 4096
 # How frames may reach a Triton server on this host (detection.triton.shared_memory)
-INPUT_MEMORY = ("system", "cuda", "none")
+INPUT_MEMORY = ("auto", "cuda", "system", "none")
 DEFAULT_TIMEOUT_S = 5.0  # how long a network source may take to open or to give its next frame
 # Values quoted in errors: a bounded repr (a shared-alias structure's full repr would never finish).
 _QUOTE = reprlib.Repr()
@@ -67,10 +67,11 @@ class TritonConfig:
     # Also where the client reads the batches the bundled model ran, on a server not started here
     metrics_port: int = 8102
     repository: str = "model_repository"
-    # How detect's frames reach a server on this host: "system" (its shared memory; true says the same), "cuda" (a
-    # region in the server's GPU memory, uploaded here: the server skips its two host copies of every frame; needs
-    # a GPU and cuda-python here, else system) or "none" (false: in the gRPC request, as for a server elsewhere)
-    shared_memory: bool | str = True
+    # How frames reach a server on this host: "cuda" (a region in the server's GPU memory, uploaded here: the server
+    # skips its two host copies of every frame; needs a GPU and cuda-python here, else system, said), "system" (the
+    # host's shared memory; true says the same), "none" (false: in the gRPC request, as for a server elsewhere) or
+    # "auto" (the default): cuda for the bundled python model on a GPU where this host can, else system
+    shared_memory: bool | str = "auto"
     # The address the bundled server (setup-triton --start) and docker-compose.yml's ports listen on: this host only
     # by default; 0.0.0.0 serves every network this host is on
     listen: str = "127.0.0.1"
@@ -268,7 +269,7 @@ def validate(config: Config) -> Config:
         )
     if d.triton.shared_memory not in (True, False, *INPUT_MEMORY):
         raise ReidctlError(
-            "config key 'detection.triton.shared_memory': expected system, cuda or none (or true / false), "
+            "config key 'detection.triton.shared_memory': expected auto, cuda, system or none (or true / false), "
             f"got {_quote(d.triton.shared_memory)}"
         )
     urls = d.triton.urls

@@ -332,9 +332,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         variants = dict(in_flight)
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
         variants["_camera_buffer_2"] = ctx.config("triton_camera_buffer_2", camera_buffer=2)
-        # frames uploaded by detect into the server's GPU memory (CUDA shared memory) instead of the host's
-        cuda_inputs = ctx.config("triton_cuda_inputs", triton={"shared_memory": "cuda"})
-        variants["_cuda_inputs"] = cuda_inputs
+        # frames through the host's shared memory instead of the server's GPU memory (the default, "auto")
+        system_inputs = ctx.config("triton_system_inputs", triton={"shared_memory": "system"})
+        variants["_system_inputs"] = system_inputs
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
@@ -355,7 +355,7 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
             steps.append(ctx.detect(f"detect_triton_fast_{load}_server_cores_{cores}", cameras, *detect,
                                     outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
         # flat out with more and fewer requests in flight, where the cameras do not pace the run
-        for suffix, config in {**in_flight, "_cuda_inputs": cuda_inputs}.items():
+        for suffix, config in {**in_flight, "_system_inputs": system_inputs}.items():
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
                                     outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
@@ -652,9 +652,10 @@ SUITES = {
         pipeline_pytorch),
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
-        "(max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a camera; blocking requests; OpenCV's own "
-        "threads; the server on 4 or 2 cores of its own) and flat out (max_in_flight 2, 3, 4, 1; OpenCV's own "
-        "threads; the server on its own cores); then a server with no queue delay, in real time and flat out",
+        "(max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a camera; frames through the host's shared "
+        "memory instead of the GPU's; blocking requests; OpenCV's own threads; the server on 4 or 2 cores of its "
+        "own) and flat out (max_in_flight 2, 3, 4, 1; the host's shared memory; OpenCV's own threads; the server on "
+        "its own cores); then a server with no queue delay, in real time and flat out",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

@@ -84,7 +84,8 @@ def test_the_onnx_files_keys_have_their_own_place_and_the_old_ones_still_read_wi
         ("detection:\n  triton:\n    max_in_flight: 0\n",
          "config key 'detection.triton.max_in_flight': expected at least 1"),
         ("detection:\n  triton:\n    shared_memory: gpu\n",
-         "config key 'detection.triton.shared_memory': expected system, cuda or none \\(or true / false\\), got 'gpu'"),
+         "config key 'detection.triton.shared_memory': expected auto, cuda, system or none \\(or true / false\\), "
+         "got 'gpu'"),
         ("detection: [1, 2\n", "is not valid YAML at line"),
         ("- 1\n- 2\n", "expected a mapping"),
     ],
@@ -175,7 +176,7 @@ def test_what_a_config_path_is_when_not_a_file(tmp_path):
 
 
 @pytest.mark.parametrize(("value", "kind"), [("true", "system"), ("false", "none"), ("cuda", "cuda"),
-                                             ("system", "system"), ("none", "none")])
+                                             ("system", "system"), ("none", "none"), ("auto", "auto")])
 def test_how_frames_reach_a_local_server_reads_from_a_kind_or_a_bool(tmp_path, value, kind):
     path = tmp_path / "config.yaml"
     path.write_text(f"detection:\n  triton:\n    shared_memory: {value}\n")

@@ -45,8 +45,8 @@ def test_pipeline_pytorch_runs_real_time_with_the_defaults_then_one_batch_in_fli
 
 
 def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_path):
-    """The in-flight and CUDA input variants change one detection.triton setting alone, in real time and flat out
-    alike."""
+    """The in-flight and system shared memory variants change one detection.triton setting alone, in real time and
+    flat out alike."""
     context = perf.Context(perf.Settings(loads="crowd"), tmp_path, tmp_path, None)
     served, no_delay = perf.pipeline_triton(context)
     steps = {step.name: step.argv for step in served.steps}
@@ -65,10 +65,10 @@ def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_p
         assert "--realtime" in real_time and "--realtime" not in flat_out
         assert triton(real_time) == triton(flat_out) == {"max_in_flight": count}
     assert "-c" not in steps["detect_triton_fast_crowd"] and "--realtime" in steps["detect_triton_rt_crowd"]
-    # frames through the server's GPU memory: detect's setting alone, on the default server
-    real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_cuda_inputs"] for mode in ("rt", "fast"))
+    # frames through the host's shared memory: detect's setting alone, on the default server
+    real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_system_inputs"] for mode in ("rt", "fast"))
     assert "--realtime" in real_time and "--realtime" not in flat_out
-    assert triton(real_time) == triton(flat_out) == {"shared_memory": "cuda"}
+    assert triton(real_time) == triton(flat_out) == {"shared_memory": "system"}
 
 
 def test_rounds_run_the_chosen_steps_in_turn_each_round_in_its_own_folder_and_the_server_started_once(tmp_path):

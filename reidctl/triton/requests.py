@@ -234,7 +234,8 @@ class _Server:
     """One endpoint: its gRPC client and the shared memory regions of the threads that send to it.
 
     ``input_memory`` is how inputs reach it: "cuda" or "system" shared memory (a server on this host), or "none"
-    (the request's bytes). A kind that fails steps down, said once: cuda to system, system to none."""
+    (the request's bytes). A kind that fails steps down: cuda to system, system to none (said once; cuda's only
+    where it was asked for by name)."""
 
     def __init__(self, index: int, url: str, client, input_memory: str, headers: dict[str, str]):
         self.index, self.url, self.client, self.headers = index, url, client, headers  # headers: its key
@@ -295,10 +296,8 @@ class TritonRequests:
         self.output_datatype, self.parameters = model.output_datatype, model.parameters
         self.server_version = model.server_version
         self.input_gpu = _input_gpu(self.parameters)
-        if any(server.input_memory == "cuda" for server in self.servers) and (refusal := self._cuda_refusal()):
-            for server in self.servers:
-                server.input_memory = "system" if server.input_memory == "cuda" else server.input_memory
-            warn(f"warning: Triton CUDA shared memory unused: {refusal}; sending inputs through system shared memory")
+        self._cuda_asked = triton.input_memory == "cuda"
+        self._choose_input_memory(triton.input_memory, warn)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._closed = False
@@ -337,6 +336,20 @@ class TritonRequests:
                 f"Triton servers at {server.url} and {other.url} serve different '{self.model_name}' models "
                 "(inputs, outputs, batching or parameters): give every server the same model repository"
             )
+
+    def _choose_input_memory(self, asked: str, warn) -> None:
+        """The servers on this host take what detection.triton.shared_memory asks. "auto" is CUDA shared memory
+        where the python model runs on a GPU (measured: docs/PERFORMANCE.md, machine N), else system shared memory;
+        "cuda" that the model would not take as it is goes to system shared memory, said."""
+        chosen = asked
+        if asked == "auto":
+            chosen = "cuda" if self.returns_detections and self._cuda_refusal() is None else "system"
+        elif asked == "cuda" and (refusal := self._cuda_refusal()):
+            warn(f"warning: Triton CUDA shared memory unused: {refusal}; sending inputs through system shared memory")
+            chosen = "system"
+        for server in self.servers:
+            if server.input_memory != "none":  # a server on this host
+                server.input_memory = chosen
 
     def _cuda_refusal(self) -> str | None:
         """Why the served python model would not take inputs in the GPU's memory as they are (None: it would; a
@@ -532,7 +545,7 @@ class TritonRequests:
             if stepped:
                 server.input_memory = "system" if tried == "cuda" else "none"
         self._drop_region(seat)
-        if stepped:
+        if stepped and (tried == "system" or self._cuda_asked):  # "auto" found no CUDA here: nothing to say
             # e.g. no GPU here, or a server in a container without the host's IPC namespace
             then = "through system shared memory" if tried == "cuda" else "over gRPC"
             what = "CUDA shared memory" if tried == "cuda" else "shared memory"

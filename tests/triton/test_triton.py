@@ -380,23 +380,29 @@ def test_cuda_inputs_for_a_model_on_the_cpu_go_through_system_shared_memory_said
         assert_same_rows(rows, want)
 
 
-def test_cuda_inputs_without_a_gpu_here_step_down_to_system_shared_memory_said_once(triton_server, nano_config,
-                                                                                    video_file):
+@pytest.mark.parametrize("asked", ["auto", "cuda"])
+def test_cuda_inputs_without_a_gpu_here_step_down_to_system_shared_memory(triton_server, nano_config, video_file,
+                                                                           asked):
     """A server whose model would take frames in the GPU's memory, and a client host that cannot put them there (no
-    GPU here): the client says so once and sends through system shared memory, with the same detections. The
-    server here runs its model on the CPU, so the client's server is told to try CUDA as one on a GPU would be."""
+    GPU here): the client sends through system shared memory, with the same detections, and says so once where
+    CUDA was asked for by name ("auto" says nothing). The server here runs its model on the CPU, so the client's
+    server is told after the start to try CUDA, as one whose model is on a GPU would be."""
     frames = video_frames(video_file)[:3]
     warnings = []
-    config = triton_config(nano_config, triton_server.grpc_port)
-    with create_detector(config, "triton", warn=pytest.fail) as plain, \
-            create_detector(config, "triton", warn=warnings.append) as remote:
+    with create_detector(triton_config(nano_config, triton_server.grpc_port), "triton", warn=pytest.fail) as plain, \
+            create_detector(triton_config(nano_config, triton_server.grpc_port, shared_memory=asked), "triton",
+                            warn=warnings.append) as remote:
         expected = plain.detect_batch(frames)
+        warnings.clear()  # "cuda": the model on the CPU, said at the start (the test above)
         remote.runner.servers[0].input_memory = "cuda"
         got = remote.detect_batch(frames) + remote.detect_batch(frames)
         assert remote.runner.servers[0].input_memory == "system"
-    (warning,) = warnings
-    assert one_line(Exception(warning)).startswith("warning: Triton CUDA shared memory unavailable (")
-    assert warning.endswith("; sending inputs through system shared memory")
+    if asked == "auto":
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert one_line(Exception(warning)).startswith("warning: Triton CUDA shared memory unavailable (")
+        assert warning.endswith("; sending inputs through system shared memory")
     for rows, want in zip(got, expected * 2):
         assert_same_rows(rows, want)
 
