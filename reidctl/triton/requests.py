@@ -140,7 +140,6 @@ class _SharedInput:
             os.unlink(f"{SHM_DIR}/{self.name}")
         self.mapping, self.size, self.address = None, 0, 0
 
-
     def publish(self, byte_size: int) -> None:
         """The batch written into the region is what the server reads: nothing to send."""
 
@@ -339,7 +338,7 @@ class TritonRequests:
 
     def _choose_input_memory(self, asked: str, warn) -> None:
         """The servers on this host take what detection.triton.shared_memory asks. "auto" is CUDA shared memory
-        where the python model runs on a GPU (measured: docs/PERFORMANCE.md, machine N), else system shared memory;
+        where the python model runs on a GPU (docs/PERFORMANCE.md, machines N, O and P), else system shared memory;
         "cuda" that the model would not take as it is goes to system shared memory, said."""
         chosen = asked
         if asked == "auto":
