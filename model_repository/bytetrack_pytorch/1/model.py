@@ -6,7 +6,8 @@ Output "detections":     float32 (B, N, 7) rows x1, y1, x2, y2 (input-canvas pix
 Output "num_detections": int32 (B, 1), the real rows of each frame.
 
 The whole detector but the letterbox runs here, so a response is a few rows instead of every anchor and a client
-does no GPU work (a second process on the GPU would time-slice it with this one). Three threads share the work:
+runs no kernels (a second process's kernels would time-slice the GPU with this one); at most it copies its frames
+into the GPU's memory. Three threads share the work:
 - `execute` copies the requests' frames to the GPU (a copy stream; from the GPU's own memory where a client put
   them in CUDA shared memory) and returns: the frames wait here, not in Triton's queue, and Triton hands over the
   next requests at once.
@@ -178,8 +179,7 @@ class TritonPythonModel:
                 elif any(f.is_cuda for f in frames):  # a client's CUDA shared memory: one copy on the GPU
                     with torch.cuda.stream(self.copy_stream):
                         staged = torch.cat([f.to(self.runner.device) for f in frames])
-                        copied = torch.cuda.Event()
-                        copied.record(self.copy_stream)
+                    copied = self.copy_stream.record_event()
                     copied.synchronize()
                 else:
                     with torch.cuda.stream(self.copy_stream):
