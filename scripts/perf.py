@@ -321,9 +321,14 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
     for load in ctx.loads:
         model = [*ctx.model, "--model", ctx.checkpoint(load)]
         detect = ["--backend", "triton", "--device", ctx.settings.device, *model]
-        # bench through the server on detect's frames, its cameras spread over 4 client processes (the most it got)
-        steps = [ctx.bench(f"bench_triton_{load}", "--backends", "triton", *model, *ctx.detect_frames(cameras),
-                           "--client-processes", min(4, ctx.camera_count)),
+        # frames through the host's shared memory instead of the server's GPU memory (the default, "auto")
+        system_inputs = ctx.config("triton_system_inputs", triton={"shared_memory": "system"})
+        # bench through the server on detect's frames, its cameras spread over 4 client processes (the most it got),
+        # by the default and through the host's shared memory
+        bench = ["--backends", "triton", *model, *ctx.detect_frames(cameras),
+                 "--client-processes", min(4, ctx.camera_count)]
+        steps = [ctx.bench(f"bench_triton_{load}", *bench),
+                 ctx.bench(f"bench_triton_{load}_system_inputs", *bench, "-c", system_inputs),
                  ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
         # CPU (niceness 10), and each camera holding two frames
@@ -332,8 +337,6 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         variants = dict(in_flight)
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
         variants["_camera_buffer_2"] = ctx.config("triton_camera_buffer_2", camera_buffer=2)
-        # frames through the host's shared memory instead of the server's GPU memory (the default, "auto")
-        system_inputs = ctx.config("triton_system_inputs", triton={"shared_memory": "system"})
         variants["_system_inputs"] = system_inputs
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
