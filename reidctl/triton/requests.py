@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import mmap
 import os
+import re
 import threading
 import weakref
 from collections import Counter
@@ -66,6 +67,40 @@ HEALTH_TIMEOUT = 2.0
 TRITON_STAGES = {"queue": "nv_inference_queue_duration_us", "input": "nv_inference_compute_input_duration_us"}
 _region_ids = itertools.count()
 _camera_ids = itertools.count()
+# A region's name says which process made it: reidctl_[cuda_]PID_NAMESPACE_N, NAMESPACE the PID namespace (its
+# inode) that PID is counted in. A killed process cannot unregister its regions, so the next client on this host
+# finds them by a PID gone from its own namespace and removes them (a region of a live process, or of another
+# namespace, is never touched).
+_REGION_NAME = re.compile(r"reidctl_(?:cuda_)?(\d+)_(\d+)_\d+")
+
+
+def _pid_namespace() -> int:
+    """This process's PID namespace (0: not known here, so no region is judged by its PID)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+_PID_NAMESPACE = _pid_namespace()
+
+
+def _region_name(kind: str = "") -> str:
+    return f"reidctl_{kind}{os.getpid()}_{_PID_NAMESPACE}_{next(_region_ids)}"
+
+
+def left_by_an_ended_process(name: str) -> bool:
+    """The region ``name`` was made by a process of this PID namespace that no longer exists."""
+    made_by = _REGION_NAME.fullmatch(name)
+    if made_by is None or not _PID_NAMESPACE or int(made_by[2]) != _PID_NAMESPACE:
+        return False
+    try:
+        os.kill(int(made_by[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's live process
+        return False
+    return False
 
 
 def availability() -> str | None:
@@ -109,7 +144,7 @@ class _SharedInput:
         if byte_size <= self.size:
             return
         self.release()
-        self.name = f"reidctl_{os.getpid()}_{next(_region_ids)}"
+        self.name = _region_name()
         path = f"{SHM_DIR}/{self.name}"
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)  # this user's only
         try:
@@ -181,7 +216,7 @@ class _CudaInput:
         if byte_size <= self.size:
             return
         self.release()
-        self.name = f"reidctl_cuda_{os.getpid()}_{next(_region_ids)}"
+        self.name = _region_name("cuda_")
         try:
             self._call(self.runtime.cudaSetDevice, self.device_id)
             self.region = self.cuda_shared_memory.create_shared_memory_region(self.name, byte_size, self.device_id)
@@ -243,6 +278,34 @@ class _Server:
         self.answered = False  # until a first request succeeds, requests get FIRST_REQUEST_TIMEOUT
 
 
+def _remove_ended_processes_regions(server: _Server, warn) -> None:
+    """Unregister the shared memory regions that ended (killed) reidctl processes of this host left on ``server``,
+    which otherwise hold their memory (the host's, or the server's GPU's) until the server stops, and remove their
+    files in /dev/shm (left there even after the server stops); said once."""
+    client, headers = server.client, server.headers
+    removed = 0
+    for status, unregister in (
+        (client.get_system_shared_memory_status, client.unregister_system_shared_memory),
+        (client.get_cuda_shared_memory_status, client.unregister_cuda_shared_memory),
+    ):
+        try:
+            regions = status(headers=headers, as_json=True, client_timeout=HEALTH_TIMEOUT).get("regions", {})
+            for name in filter(left_by_an_ended_process, regions):
+                unregister(name, headers=headers, client_timeout=HEALTH_TIMEOUT)
+                removed += 1
+        except Exception:  # noqa: BLE001  a server that cannot say or do it keeps them; the run goes on
+            continue
+    files = []
+    with contextlib.suppress(OSError), os.scandir(SHM_DIR) as entries:
+        files = [entry.name for entry in entries if left_by_an_ended_process(entry.name)]
+    for name in files:
+        with contextlib.suppress(OSError):  # another user's, or removed meanwhile
+            os.unlink(f"{SHM_DIR}/{name}")
+    if removed:
+        warn(f"warning: removed {removed} shared memory region(s) that ended reidctl processes left on Triton at "
+             f"{server.url}")
+
+
 class _Seat:
     """A calling thread's place: its server and its shared memory region on each server it has sent to."""
 
@@ -297,6 +360,9 @@ class TritonRequests:
         self.input_gpu = _input_gpu(self.parameters)
         self._cuda_asked = triton.input_memory == "cuda"
         self._choose_input_memory(triton.input_memory, warn)
+        for server in self.servers:
+            if server.input_memory != "none" and (self._pool is None or self._pool.shares[server.index].live):
+                _remove_ended_processes_regions(server, warn)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._closed = False

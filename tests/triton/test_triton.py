@@ -50,6 +50,7 @@ from reidctl.triton.repository import (
     write_repository,
 )
 from reidctl.triton.install import install_server_files, python_backend_dir
+from reidctl.triton.requests import left_by_an_ended_process
 from reidctl.triton.server import Ports, move_server, running_server, start_server, stop_server
 
 # Real Triton servers start here: these tests share one test worker, so that one server's clean-up of stubs
@@ -457,6 +458,70 @@ def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config,
     assert sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions) >= 9
     left = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
     assert not [name for name in left if name.startswith(f"reidctl_{os.getpid()}_")]
+
+
+# A client that holds a shared memory region on the server until its stdin closes.
+REGION_HOLDER = """
+import sys
+import numpy as np
+from reidctl.config import load_config
+from reidctl.core.detector import create_detector
+detector = create_detector(load_config(sys.argv[1]), "triton")
+detector.detect(np.zeros((120, 160, 3), np.uint8))
+print("sent", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_regions_of_a_killed_client_are_removed_by_the_next_one(triton_server, nano_checkpoint, tmp_path):
+    """A client killed mid-run cannot unregister its shared memory region: the next client on this host unregisters
+    it from the server and removes its /dev/shm file, says so once, and leaves a live client's region alone."""
+    config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{triton_server.grpc_port}"})
+    holders = [subprocess.Popen([sys.executable, "-c", REGION_HOLDER, str(config)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=project_env())
+               for _ in range(2)]
+    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
+    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
+
+    def regions_of(process) -> list[str]:
+        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
+        return [name for name in regions if name.startswith(f"reidctl_{process.pid}_")]
+
+    try:
+        for holder in holders:
+            assert holder.stdout.readline() == "sent\n"
+        killed, live = holders
+        (region,) = regions_of(killed)
+        assert regions_of(live) and (Path("/dev/shm") / region).exists()
+        killed.kill()
+        killed.wait(timeout=10)
+        assert regions_of(killed) == [region]  # nobody unregistered it
+        warnings = []
+        with create_detector(load_config(config), "triton", warn=warnings.append) as detector:
+            assert detector.detect(np.zeros((120, 160, 3), np.uint8)) is not None
+            assert regions_of(killed) == [] and not (Path("/dev/shm") / region).exists()
+            assert regions_of(live)
+        assert warnings == [f"warning: removed 1 shared memory region(s) that ended reidctl processes left on "
+                            f"Triton at localhost:{triton_server.grpc_port}"]
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(timeout=10)
+            holder.stdin.close()
+            holder.stdout.close()
+        client.close()
+
+
+def test_only_regions_of_ended_processes_of_this_pid_namespace_count_as_left_behind():
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    assert left_by_an_ended_process(f"reidctl_{ended.pid}_{namespace}_0")
+    assert left_by_an_ended_process(f"reidctl_cuda_{ended.pid}_{namespace}_3")
+    assert not left_by_an_ended_process(f"reidctl_{os.getpid()}_{namespace}_0")  # alive
+    assert not left_by_an_ended_process(f"reidctl_{ended.pid}_{namespace + 1}_0")  # its PID means another process
+    assert not left_by_an_ended_process(f"reidctl_{ended.pid}_0")  # named by an earlier reidctl: whose is unknown
+    assert not left_by_an_ended_process("triton_python_backend_shm_region_1")
 
 
 def test_the_models_batches_are_read_from_the_servers_metrics_port(triton_server, nano_config, video_file):
