@@ -26,6 +26,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_NESTING = 32  # the YAML composer recurses once per level: 100,000 levels overflow the stack
 MAX_ALIASES = 32  # aliases share nodes, so a few dozen can stand for billions of values ("billion laughs")
 MAX_TEST_SIDE = 4096
+MAX_BATCH_WINDOW_MS = 100.0  # a frame held longer for a fuller batch would miss any real-time latency target
 # How frames may reach a Triton server on this host (detection.triton.shared_memory)
 INPUT_MEMORY = ("auto", "cuda", "system", "none")
 DEFAULT_TIMEOUT_S = 5.0  # how long a network source may take to open or to give its next frame
@@ -134,6 +135,10 @@ class DetectionConfig:
     # up instead of losing the frame, which then counts in the latency; over both targets (0 dropped, P99 <= 50 ms)
     # neither won (docs/PERFORMANCE.md, figures behind choices)
     camera_buffer: int = 1
+    # A batch loop that finds fewer frames waiting than a full batch waits for more, up to this long after the
+    # oldest was ready: fewer, fuller steps (through a server, fewer requests) for at most this much latency.
+    # 0 takes what is ready at once
+    batch_window_ms: float = 0.0
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
 
@@ -254,6 +259,9 @@ def validate(config: Config) -> Config:
     for key, count in counts.items():
         if count < 1:
             raise ReidctlError(f"config key 'detection.{key}': expected at least 1, got {count}")
+    if not 0 <= d.batch_window_ms <= MAX_BATCH_WINDOW_MS:
+        raise ReidctlError(f"config key 'detection.batch_window_ms': expected 0-{MAX_BATCH_WINDOW_MS:g} ms, "
+                           f"got {d.batch_window_ms}")
     if not 0 <= d.reader_niceness <= 19:
         raise ReidctlError(f"config key 'detection.reader_niceness': expected 0-19, got {d.reader_niceness}")
     if d.num_classes is not None and d.num_classes < 1:

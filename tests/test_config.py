@@ -80,6 +80,7 @@ def test_the_onnx_files_keys_have_their_own_place_and_the_old_ones_still_read_wi
         ("detection:\n  fp16: 1\n", "config key 'detection.fp16': expected bool"),
         ("detection:\n  batches_in_flight: 0\n", "config key 'detection.batches_in_flight': expected at least 1"),
         ("detection:\n  reader_niceness: 20\n", "config key 'detection.reader_niceness': expected 0-19"),
+        ("detection:\n  batch_window_ms: -1\n", "config key 'detection.batch_window_ms': expected 0-100 ms"),
         ("detection:\n  camera_buffer: 0\n", "config key 'detection.camera_buffer': expected at least 1"),
         ("detection:\n  triton:\n    max_in_flight: 0\n",
          "config key 'detection.triton.max_in_flight': expected at least 1"),

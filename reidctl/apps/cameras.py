@@ -58,6 +58,7 @@ class TimedFrame:
     decoded_at: float  # time.perf_counter() when the reader had it decoded
     canvas: np.ndarray | None = None  # the frame letterboxed to the network input, where the hub asks for it
     ratio: float = 1.0  # the canvas's scale ratio
+    ready_at: float = 0.0  # time.perf_counter() when the reader handed it on (letterboxed)
 
 
 class Hub:
@@ -79,6 +80,10 @@ class Hub:
         # Added to each reader's niceness: under a busy host, a frame being detected or written goes first, and
         # new frames are decoded on what is left (detection.reader_niceness).
         self.reader_niceness = 0
+        # A batch loop that finds fewer frames than a full batch waits for more, up to this long after the oldest
+        # was handed on (detection.batch_window_ms): fewer, fuller steps (through a server, fewer requests, each
+        # with its fixed cost) for at most this much latency. 0: it takes what is ready at once.
+        self.batch_window_s = 0.0
         self._next = 0  # round-robin start, so that no camera waits behind the others when batches are full
 
     def stop(self, failure: str | None = None) -> None:
@@ -118,6 +123,8 @@ class Hub:
 
             if not self.condition.wait_for(ready, timeout_s):
                 return []
+            if self.batch_window_s > 0:
+                self._wait_for_a_fuller_batch(max_batch)
             if self.stopping.is_set():
                 return []
             count = len(self.cameras)
@@ -135,6 +142,21 @@ class Hub:
                 self._next = (self.cameras.index(chosen[-1]) + 1) % count
             self.condition.notify_all()
             return batch
+
+    def _wait_for_a_fuller_batch(self, max_batch: int) -> None:
+        """(condition held) Wait until ``max_batch`` frames can be taken, the run closes, or the oldest that can be
+        taken has waited ``batch_window_s``. The deadline is the frame's, not the loop's: loops waiting at once
+        wait for the same frame, and no frame waits longer than the window for company."""
+        def takeable() -> list[Camera]:
+            return [c for c in self.cameras if c.waiting and not c.in_flight]
+
+        def full_or_closing() -> bool:
+            return sum(len(c.waiting) for c in takeable()) >= max_batch or self.closing.is_set()
+
+        if cameras := takeable():
+            oldest = min(camera.waiting[0].ready_at for camera in cameras)
+            if (remaining := oldest + self.batch_window_s - time.perf_counter()) > 0:
+                self.condition.wait_for(full_or_closing, remaining)
 
     def release(self, batch: list[TimedFrame]) -> None:
         """The batch's frames are finished: their cameras may give frames again."""
@@ -267,6 +289,7 @@ class Camera:
                 append_kept(self.drop_times, time.perf_counter(), SAMPLES_KEPT)
             if self._halted():
                 return False
+            item.ready_at = time.perf_counter()
             self.waiting.append(item)
             self.hub.condition.notify_all()
             return True

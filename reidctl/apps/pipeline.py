@@ -742,6 +742,7 @@ def run_detect(
                                    config.detection.reader_niceness, reader_cores)
         hub = Hub()
         hub.reader_niceness = config.detection.reader_niceness
+        hub.batch_window_s = config.detection.batch_window_ms / 1000
         cameras = [
             Camera(spec, source, hub, _reopen(spec, options.timeout_s, input_warn, reader_cores), warn,
                    options.realtime, options.max_frames, config.detection.camera_buffer)

@@ -193,6 +193,42 @@ def test_a_batch_takes_every_ready_cameras_oldest_frame_before_any_cameras_later
                                     [("cam1", 4), ("cam2", 4)]]
 
 
+def one_frame_camera(hub: Hub, name: str) -> Camera:
+    """A real-time camera of one frame; its reader hands it on once started."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    return Camera(CameraSpec(name, "memory"), MemorySource([image], 1, fps=1000.0), hub, lambda: None,
+                  lambda line: None, realtime=True)
+
+
+def test_a_batch_window_waits_for_more_frames_until_the_batch_is_full():
+    """detection.batch_window_ms: a loop that finds one frame of a batch of two waits, and takes both as soon as
+    the second camera's frame is handed on, well before the window ends."""
+    hub = Hub()
+    hub.batch_window_s = 30.0
+    first, second = one_frame_camera(hub, "cam0"), one_frame_camera(hub, "cam1")
+    first.start()
+    first.join(5.0)
+    threading.Timer(0.2, second.start).start()
+    batch = hub.take_batch(2, timeout_s=5.0)
+    assert [item.camera.name for item in batch] == ["cam0", "cam1"]
+    assert time.perf_counter() < batch[0].ready_at + 10.0
+
+
+@pytest.mark.parametrize("window_s", [0.0, 0.3])
+def test_a_batch_window_holds_a_lone_frame_for_the_window_from_when_it_was_ready(window_s):
+    """No second frame comes: the lone frame is taken once it has waited the window (counted from when its reader
+    handed it on, the same deadline for every loop), and at once without a window."""
+    hub = Hub()
+    hub.batch_window_s = window_s
+    camera = one_frame_camera(hub, "cam0")
+    camera.start()
+    camera.join(5.0)
+    batch = hub.take_batch(4, timeout_s=5.0)
+    taken = time.perf_counter()
+    assert [item.camera.name for item in batch] == ["cam0"]
+    assert batch[0].ready_at + window_s <= taken < batch[0].ready_at + window_s + 5.0
+
+
 def test_short_lock_turns_and_a_frozen_setup_while_detect_runs_and_python_defaults_after(tmp_path, small_config):
     """16 readers, the batch loops and the writer hand the interpreter lock around: at Python's 5 ms interval a
     thread back from a native call waits too long for it (frames dropped on a 16-core GPU host). A full collection
