@@ -137,9 +137,9 @@ class DetectionConfig:
     camera_buffer: int = 1
     # A batch loop that finds fewer frames waiting than a full batch waits for more, up to this long after the
     # oldest was ready: fewer, fuller steps (through a server, fewer requests, each with its fixed cost) for at most
-    # this much latency. 0 takes what is ready at once. 2 ms: 16 cameras through the server kept detection 58-61 %
-    # busy instead of 65-77 % (docs/PERFORMANCE.md, figures behind choices)
-    batch_window_ms: float = 2.0
+    # this much latency. 0 (the default) takes what is ready at once: 2 ms made steps fuller and detection less busy
+    # through the server, but dropped more frames on one machine of two (docs/PERFORMANCE.md, machines T and U)
+    batch_window_ms: float = 0.0
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
 

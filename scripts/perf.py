@@ -276,13 +276,13 @@ def undone_by(*options) -> tuple:
 def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
     # each real-time run with the defaults, then with one batch in flight on the GPU, then with the readers yielding
-    # the CPU (niceness 10), then with each camera holding two frames, then without the window for fuller batches
+    # the CPU (niceness 10), then with each camera holding two frames, then with a 2 ms window for fuller batches
     variants = {"": ctx.compile_config(),
                 "_in_flight_1": ctx.config("compile_in_flight_1", compile=ctx.compiles, batches_in_flight=1),
                 "_readers_niceness_10": ctx.config("compile_readers_niceness_10", compile=ctx.compiles,
                                                    reader_niceness=10),
                 "_camera_buffer_2": ctx.config("compile_camera_buffer_2", compile=ctx.compiles, camera_buffer=2),
-                "_batch_window_0": ctx.config("compile_batch_window_0", compile=ctx.compiles, batch_window_ms=0)}
+                "_batch_window_2": ctx.config("compile_batch_window_2", compile=ctx.compiles, batch_window_ms=2)}
     # what the host's cores decode with nothing else running: the cameras' readers on one clip, threads as detect's
     steps: list[Step | Served] = [
         Step("decode_readers", 300, ctx.script("decode_bench", "--clip", cameras[0], "--readers", ctx.camera_count,
@@ -332,15 +332,15 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                  ctx.bench(f"bench_triton_{load}_system_inputs", *bench, "-c", system_inputs),
                  ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
-        # CPU (niceness 10), each camera holding two frames, and no window for fuller requests (a loop takes what is ready)
+        # CPU (niceness 10), each camera holding two frames, and a 2 ms window for fuller requests
         in_flight = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n})
                      for n in (3, 4, 1)}
         variants = dict(in_flight)
         variants["_readers_niceness_10"] = ctx.config("triton_readers_niceness_10", reader_niceness=10)
         variants["_camera_buffer_2"] = ctx.config("triton_camera_buffer_2", camera_buffer=2)
         variants["_system_inputs"] = system_inputs
-        no_window = ctx.config("triton_batch_window_0", batch_window_ms=0)
-        variants["_batch_window_0"] = no_window
+        window = ctx.config("triton_batch_window_2", batch_window_ms=2)
+        variants["_batch_window_2"] = window
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
@@ -361,7 +361,7 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
             steps.append(ctx.detect(f"detect_triton_fast_{load}_server_cores_{cores}", cameras, *detect,
                                     outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
         # flat out with more and fewer requests in flight, where the cameras do not pace the run
-        for suffix, config in {**in_flight, "_system_inputs": system_inputs, "_batch_window_0": no_window}.items():
+        for suffix, config in {**in_flight, "_system_inputs": system_inputs, "_batch_window_2": window}.items():
             steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
                                     outputs=("mot", "jsonl")))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))

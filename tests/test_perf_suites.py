@@ -37,10 +37,10 @@ def test_pipeline_pytorch_runs_real_time_with_the_defaults_then_one_batch_in_fli
 
     for name in ("detect_pytorch_rt_idle", "detect_pytorch_rt_crowd", "detect_pytorch_rt_crowd_track"):
         default, one, level, two, window = (steps[name + suffix].argv for suffix in (
-            "", "_in_flight_1", "_readers_niceness_10", "_camera_buffer_2", "_batch_window_0"))
+            "", "_in_flight_1", "_readers_niceness_10", "_camera_buffer_2", "_batch_window_2"))
         assert all("--realtime" in argv for argv in (default, one, level, two, window))
         assert detection(one)["batches_in_flight"] == 1 and detection(level)["reader_niceness"] == 10
-        assert detection(two)["camera_buffer"] == 2 and detection(window)["batch_window_ms"] == 0
+        assert detection(two)["camera_buffer"] == 2 and detection(window)["batch_window_ms"] == 2
         assert not {"batches_in_flight", "reader_niceness", "camera_buffer", "batch_window_ms"} & set(
             detection(default))
 
@@ -70,10 +70,10 @@ def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_p
     real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_system_inputs"] for mode in ("rt", "fast"))
     assert "--realtime" in real_time and "--realtime" not in flat_out
     assert triton(real_time) == triton(flat_out) == {"shared_memory": "system"}
-    # no window for fuller requests: a detect setting, in real time and flat out
-    real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_batch_window_0"] for mode in ("rt", "fast"))
+    # a 2 ms window for fuller requests: a detect setting, in real time and flat out
+    real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_batch_window_2"] for mode in ("rt", "fast"))
     assert "--realtime" in real_time and "--realtime" not in flat_out and triton(real_time) == triton(flat_out) == {}
-    assert all(json.loads(Path(argv[argv.index("-c") + 1]).read_text())["detection"]["batch_window_ms"] == 0
+    assert all(json.loads(Path(argv[argv.index("-c") + 1]).read_text())["detection"]["batch_window_ms"] == 2
                for argv in (real_time, flat_out))
 
 
