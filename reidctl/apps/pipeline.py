@@ -592,6 +592,7 @@ def _warm_up(detector: Detector | DetectorPool, cameras: int, max_batch: int) ->
     for one in detector.members:
         for size in range(1, largest + 1):
             one.detect_canvases(canvases[:size], ratios[:size])
+        one.runner.leave_thread()  # the batch loops send from threads of their own; this one sends no more
 
 
 # Room above a frame's pixels for what an allocator adds to such a block (alignment, its header).

@@ -83,6 +83,10 @@ class Runner(ABC):
     def check_config(self, detection) -> None:
         """Raise where the artifact cannot serve ``detection`` for a reason of its own, beyond its input size."""
 
+    def leave_thread(self) -> None:
+        """The calling thread makes no more calls: free what the runner keeps for that thread alone (a server
+        client's seat and shared memory regions)."""
+
     def close(self) -> None:
         """Free what the runner holds; safe to call twice."""
 

@@ -523,8 +523,21 @@ class TritonRequests:
         # When the thread ends its thread-local values go, and its server has a camera fewer. The mark is an object
         # of its own: the seat may outlive the thread a while (an error's traceback holds it until collected).
         self._local.end_mark = end_mark = _EndMark()
-        weakref.finalize(end_mark, self._pool.leave, camera)
+        self._local.leave = weakref.finalize(end_mark, self._pool.leave, camera)  # runs once: here or leave_thread
         return _Seat(self.servers[index], camera)
+
+    def leave_thread(self) -> None:
+        """The calling thread sends no more: its shared memory regions go now, and its seat (a camera fewer on its
+        server), instead of when the runner closes (a run's main thread after its warm-up: detect's batch loops
+        send from threads of their own)."""
+        seat = getattr(self._local, "seat", None)
+        if seat is None:
+            return
+        for index in list(seat.regions):
+            self._drop_region(seat, index)
+        if (leave := getattr(self._local, "leave", None)) is not None:
+            leave()
+        self._local.__dict__.clear()
 
     def _recheck_down_servers(self) -> None:
         """Down servers whose back-off has passed take cameras again if they serve the model (the same one).
@@ -594,11 +607,13 @@ class TritonRequests:
                 server.regions.append(region)
         return region
 
-    def _drop_region(self, seat: _Seat) -> None:
-        region = seat.regions.pop(seat.server.index, None)
+    def _drop_region(self, seat: _Seat, index: int | None = None) -> None:
+        """Free the thread's region on server ``index`` (None: its own server's)."""
+        server = seat.server if index is None else self.servers[index]
+        region = seat.regions.pop(server.index, None)
         if region is not None:
             with self._lock:
-                seat.server.regions.remove(region)
+                server.regions.remove(region)
             region.release()
 
     def _step_down(self, seat: _Seat, exc: Exception, tried: str) -> None:

@@ -670,6 +670,56 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     assert "server ms per frame: " in result.output and "cores busy: detect " in result.output
 
 
+def test_a_runs_regions_on_the_server_are_its_batch_loops_alone(triton_server, nano_config, tmp_path):
+    """detect's warm-up runs in the main thread, which then sends nothing: while the cameras run, the server holds
+    one shared memory region per batch loop (detection.triton.max_in_flight), none of the main thread's; none after."""
+    from reidctl.apps.pipeline import DetectOptions, OutputRequest, run_detect
+    from reidctl.io.sources import camera_specs
+
+    config = triton_config(nano_config, triton_server.grpc_port, max_in_flight=2)
+    clips = [write_video(tmp_path / f"{name}.avi", frames=15, size=(120, 160), fps=10.0) for name in "ab"]
+    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
+    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
+
+    def own_regions() -> int:
+        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
+        return sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions)
+
+    seen = []
+    result = run_detect(config, camera_specs([str(clip) for clip in clips]), OutputRequest(no_output=True),
+                        DetectOptions(realtime=True), backend="triton", warn=lambda line: None,
+                        on_update=lambda stats: seen.append(own_regions()))
+    assert result.summary["frames"] > 0 and not result.failed
+    assert seen and set(seen) == {2}
+    assert own_regions() == 0
+
+
+def test_a_thread_that_leaves_gives_back_its_seat_and_region(triton_server, nano_config):
+    """Runner.leave_thread: the calling thread's region goes from the server, and with several servers its seat
+    (the camera it counted as), at once; a later request of the same thread joins again."""
+    port = triton_server.grpc_port
+    config = load_config(nano_config)
+    config = override(config, triton=dataclasses.replace(config.detection.triton,
+                                                         url=f"localhost:{port},127.0.0.1:{port}"))
+    client = grpcclient.InferenceServerClient(f"localhost:{port}")
+    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
+
+    def own_regions() -> int:
+        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
+        return sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions)
+
+    frame = np.zeros((120, 160, 3), np.uint8)
+    with create_detector(config, "triton") as remote:
+        seated = lambda: sum(server["cameras"] for server in remote.runner.describe()["servers"])  # noqa: E731
+        remote.detect(frame)
+        assert (own_regions(), seated()) == (1, 1)
+        remote.runner.leave_thread()
+        assert (own_regions(), seated()) == (0, 0)
+        remote.detect(frame)
+        assert (own_regions(), seated()) == (1, 1)
+    assert own_regions() == 0
+
+
 def test_detect_with_blocking_requests_finds_what_the_runner_finds(triton_server, nano_checkpoint, tmp_path):
     """scripts/reidctl_variant.py --blocking-requests (each request a blocking call, the variant measured against
     the runner's asynchronous requests) detects the same rows in every frame through the same server."""
