@@ -735,7 +735,10 @@ def figures(path: Path | None) -> list[str]:
         served = data.get("server_ms_per_frame") or {}
         server = ("; server, ms a frame: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in served.items())
                   if served else "")
-        return [f"{number(data.get('fps'))} FPS, {dropped}, P99 {number(latency.get('p99'))} ms, "
+        waits = data.get("wait_ms") or {}
+        waited = (f", waits P99 {number((waits.get('behind_its_camera') or {}).get('p99'))} behind the camera / "
+                  f"{number((waits.get('for_a_loop') or {}).get('p99'))} for a loop ms" if waits else "")
+        return [f"{number(data.get('fps'))} FPS, {dropped}, P99 {number(latency.get('p99'))} ms{waited}, "
                 f"batch {number(data.get('mean_batch'), '.2f')}, "
                 f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}{written}"
                 f"{cores}{server}"]

@@ -98,11 +98,12 @@ def test_rounds_run_the_chosen_steps_in_turn_each_round_in_its_own_folder_and_th
 def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second(tmp_path):
     summary = {"limiting_stage": "detection", "fps": 470.0, "dropped": 36, "latency_ms": {"p99": 52.4},
                "mean_batch": 2.27, "detection_load": {"kept_per_frame": 0.0},
-               "by_second": {"0": {"dropped": 30}, "1": {"dropped": 6}}}
+               "by_second": {"0": {"dropped": 30}, "1": {"dropped": 6}},
+               "wait_ms": {"behind_its_camera": {"p99": 12.5}, "for_a_loop": {"p99": 21.0}}}
     path = tmp_path / "detect.json"
     path.write_text(json.dumps(summary))
-    assert perf.figures(path) == ["470.0 FPS, 36 dropped (30 in second 0), P99 52.4 ms, batch 2.27, kept 0/frame, "
-                                  "busiest detection"]
+    assert perf.figures(path) == ["470.0 FPS, 36 dropped (30 in second 0), P99 52.4 ms, waits P99 12.5 behind the "
+                                  "camera / 21.0 for a loop ms, batch 2.27, kept 0/frame, busiest detection"]
 
 
 def test_a_gpu_step_is_traced_by_nvidia_smi_while_it_runs_and_the_sampler_ends_with_it(tmp_path, monkeypatch):

@@ -84,6 +84,11 @@ class Hub:
         # was handed on (detection.batch_window_ms): fewer, fuller steps (through a server, fewer requests, each
         # with its fixed cost) for at most this much latency. 0: it takes what is ready at once.
         self.batch_window_s = 0.0
+        # Each taken frame's wait from its reader's hand-on, in two parts (seconds): behind its camera's frames still
+        # in a step (a camera's frames are finished in order), then for a batch loop to take it (the window
+        # included). A long first part points at long steps, a long second at loops all busy.
+        self.waits_behind_camera = array("d")
+        self.waits_for_a_loop = array("d")
         self._next = 0  # round-robin start, so that no camera waits behind the others when batches are full
 
     def stop(self, failure: str | None = None) -> None:
@@ -135,6 +140,7 @@ class Hub:
             for camera in chosen:  # after each camera's first: its later frames follow it in the batch
                 while camera.waiting and len(batch) < max_batch:
                     batch.append(camera.take_locked())
+            self._record_waits(batch)
             for camera in chosen:
                 camera.in_flight = True
                 camera.space.notify()
@@ -142,6 +148,20 @@ class Hub:
                 self._next = (self.cameras.index(chosen[-1]) + 1) % count
             self.condition.notify_all()
             return batch
+
+    def _record_waits(self, batch: list[TimedFrame]) -> None:
+        """(condition held) Each frame's wait, split where its camera was released (see ``waits_behind_camera``)."""
+        now = time.perf_counter()
+        for item in batch:
+            free = max(item.ready_at, item.camera.released_at)
+            append_kept(self.waits_behind_camera, free - item.ready_at, SAMPLES_KEPT)
+            append_kept(self.waits_for_a_loop, now - free, SAMPLES_KEPT)
+
+    def waits(self, newest: int | None = None) -> dict[str, array]:
+        """Copies of the taken frames' waits (the ``newest`` of them; None: all kept), each part by its name."""
+        with self.lock:
+            return {"behind_its_camera": self.waits_behind_camera[-newest if newest else 0:],
+                    "for_a_loop": self.waits_for_a_loop[-newest if newest else 0:]}
 
     def _wait_for_a_fuller_batch(self, max_batch: int) -> None:
         """(condition held) Wait until ``max_batch`` frames can be taken, the run closes, or the oldest that can be
@@ -161,8 +181,10 @@ class Hub:
     def release(self, batch: list[TimedFrame]) -> None:
         """The batch's frames are finished: their cameras may give frames again."""
         with self.condition:
+            released = time.perf_counter()
             for item in batch:
                 item.camera.in_flight = False
+                item.camera.released_at = released
             self.condition.notify_all()
 
 
@@ -188,6 +210,7 @@ class Camera:
         self.buffer = 1 if self.lossless else buffer
         self.space = threading.Condition(hub.lock)  # this camera's reader waits here for ``waiting`` to be taken
         self.in_flight = False  # a frame of this camera is being detected (Hub.take_batch until Hub.release)
+        self.released_at = 0.0  # when its last frames in a step were finished (perf_counter seconds)
         self.ended = False  # no frame will come any more
         self.state = "running"  # running | reconnecting | ended | failed | stopped
         self.frames = 0  # detected and written

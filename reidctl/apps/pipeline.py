@@ -474,6 +474,9 @@ class _Run:
             "reconnects": sum(camera.reconnects for camera in self.hub.cameras),
             "fps": frames / wall if wall > 0 else None,
             "latency_ms": _latency(all_latencies),
+            # a frame's time from its reader's hand-on until a step took it: behind its camera's frames in a step,
+            # then for a batch loop (Hub.waits_behind_camera)
+            "wait_ms": {part: _latency(seconds) for part, seconds in self.hub.waits(512 if recent else None).items()},
             "step_ms": _latency(self.step_seconds[-512:] if recent else self.step_seconds),
             "wall_seconds": wall,
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,

@@ -69,8 +69,11 @@ def statistics_table(stats: dict, title: str) -> Table:
                      if served else "")
     cores = {side: used for side, used in (stats.get("cpu_cores_busy") or {}).items() if used is not None}
     cores_busy = ("\ncores busy: " + ", ".join(f"{side} {used:.1f}" for side, used in cores.items())) if cores else ""
+    waits = stats["wait_ms"]
+    waited = (f"\nwait for a step, P99 ms: behind its camera's frames {_ms(waits['behind_its_camera']['p99'])}, "
+              f"for a batch loop {_ms(waits['for_a_loop']['p99'])}")
     table.caption = (f"{batch}; {stats['detections']} detections{tracked}{limit}\nms per frame: {stages or '-'}"
-                     f"{server_stages}{cores_busy}{servers}")
+                     f"{waited}{server_stages}{cores_busy}{servers}")
     return table
 
 

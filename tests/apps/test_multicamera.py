@@ -193,6 +193,23 @@ def test_a_batch_takes_every_ready_cameras_oldest_frame_before_any_cameras_later
                                     [("cam1", 4), ("cam2", 4)]]
 
 
+def test_a_frames_wait_is_split_into_behind_its_cameras_frames_and_for_a_batch_loop():
+    """detect's wait_ms: a frame ready while its camera's earlier frame is still in a step waits behind it until
+    the release; a frame whose camera is free waits for a batch loop alone."""
+    hub = held_frames(2, 2)  # one camera holding frames 0 and 1
+    time.sleep(0.2)  # no loop takes frame 0 for a while: it waits for a loop
+    first = hub.take_batch(1, timeout_s=0)
+    time.sleep(0.3)  # frame 1 waits behind frame 0's step
+    hub.release(first)
+    second = hub.take_batch(1, timeout_s=0)
+    assert [item.frame.index for item in first + second] == [0, 1]
+    waits = hub.waits()
+    behind, for_a_loop = list(waits["behind_its_camera"]), list(waits["for_a_loop"])
+    assert behind[0] == 0.0 and for_a_loop[0] >= 0.2
+    assert behind[1] >= 0.5 and for_a_loop[1] < 0.2
+    assert [len(part) for part in hub.waits(1).values()] == [1, 1]
+
+
 def one_frame_camera(hub: Hub, name: str) -> Camera:
     """A real-time camera of one frame; its reader hands it on once started."""
     image = np.zeros((48, 64, 3), np.uint8)

@@ -333,4 +333,9 @@ def test_live_table_names_the_busiest_stage_and_a_server_that_is_down(tmp_path, 
                {"url": "b:8101", "live": True, "cameras": 4, "cameras_moved_away": 0}]
     caption = str(statistics_table({**stats, "servers": servers}, "detect").caption)
     assert f"busiest: {stats['limiting_stage']}" in caption and "ms per frame: decode " in caption
+    # each frame's wait for a step, in its two parts: every frame taken was counted in both
+    waits = stats["wait_ms"]
+    assert set(waits) == {"behind_its_camera", "for_a_loop"}
+    assert all(part["p99"] is not None and part["p99"] >= 0 for part in waits.values())
+    assert "wait for a step, P99 ms: behind its camera's frames " in caption
     assert "server a:8101: DOWN, 0 sending, 2 moved away" in caption and "server b:8101: live, 4 sending" in caption
