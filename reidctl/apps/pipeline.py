@@ -476,7 +476,7 @@ class _Run:
             "latency_ms": _latency(all_latencies),
             # a frame's time from its reader's hand-on until a step took it: behind its camera's frames in a step,
             # then for a batch loop (Hub.waits_behind_camera)
-            "wait_ms": {part: _latency(seconds) for part, seconds in self.hub.waits(512 if recent else None).items()},
+            "wait_ms": {part: _waits_ms(seconds) for part, seconds in self.hub.waits(512 if recent else None).items()},
             "step_ms": _latency(self.step_seconds[-512:] if recent else self.step_seconds),
             "wall_seconds": wall,
             "batch_sizes": {str(size): count for size, count in sorted(sizes.items())} if sizes is not None else None,
@@ -562,6 +562,15 @@ def _latency(seconds) -> dict:
         return dict.fromkeys(("p50", "p95", "p99", "mean"))
     stats = LatencySummary.from_samples(seconds)
     return {"p50": stats.p50_ms, "p95": stats.p95_ms, "p99": stats.p99_ms, "mean": stats.avg_ms}
+
+
+def _waits_ms(seconds) -> dict:
+    """P50, P99, the longest and the mean of waits (most are 0: a latency's summary would divide by them)."""
+    if len(seconds) == 0:
+        return dict.fromkeys(("p50", "p99", "max", "mean"))
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    return {"p50": float(p50), "p99": float(p99), "max": float(ms.max()), "mean": float(ms.mean())}
 
 
 def _camera_statistics(camera: Camera, started: float, recent: bool) -> dict:
