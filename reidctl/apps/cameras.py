@@ -123,7 +123,7 @@ class Hub:
         ``release``: each camera's frames are finished in order."""
         with self.condition:
             def ready() -> bool:
-                return any(c.waiting and not c.in_flight for c in self.cameras) \
+                return any(camera.gives_a_frame for camera in self.cameras) \
                     or self.stopping.is_set() or self.done()
 
             if not self.condition.wait_for(ready, timeout_s):
@@ -135,7 +135,7 @@ class Hub:
             count = len(self.cameras)
             order = [self.cameras[(self._next + i) % count] for i in range(count)]
             # Cameras first, then take: a frame taken beyond max_batch would be lost.
-            chosen = [camera for camera in order if camera.waiting and not camera.in_flight][:max_batch]
+            chosen = [camera for camera in order if camera.gives_a_frame][:max_batch]
             batch = [camera.take_locked() for camera in chosen]
             for camera in chosen:  # after each camera's first: its later frames follow it in the batch
                 while camera.waiting and len(batch) < max_batch:
@@ -168,10 +168,10 @@ class Hub:
         taken has waited ``batch_window_s``. The deadline is the frame's, not the loop's: loops waiting at once
         wait for the same frame, and no frame waits longer than the window for company."""
         def takeable() -> list[Camera]:
-            return [c for c in self.cameras if c.waiting and not c.in_flight]
+            return [camera for camera in self.cameras if camera.gives_a_frame]
 
         def full_or_closing() -> bool:
-            return sum(len(c.waiting) for c in takeable()) >= max_batch or self.closing.is_set()
+            return sum(len(camera.waiting) for camera in takeable()) >= max_batch or self.closing.is_set()
 
         if cameras := takeable():
             oldest = min(camera.waiting[0].ready_at for camera in cameras)
@@ -339,6 +339,12 @@ class Camera:
         return False
 
     # -- detection side ---------------------------------------------------------------------------------------
+    @property
+    def gives_a_frame(self) -> bool:
+        """(hub lock held) A batch may take a frame of this camera now: one waits, and none of its last is in a
+        step."""
+        return bool(self.waiting) and not self.in_flight
+
     def take_locked(self) -> TimedFrame:
         return self.waiting.popleft()
 
