@@ -732,6 +732,16 @@ def figures(path: Path | None) -> list[str]:
                  + (f", server {number(busy['server'])}" if busy.get("server") is not None else "")
                  + (f" (server on {data['cpus']['server']})" if (data.get("cpus") or {}).get("server") else "")
                  if busy else "")
+        host = data.get("host_cpu")
+        if host:  # the whole host's, and its worst second of each
+            seconds = list((host.get("by_second") or {}).values())
+            stolen = max((second["cores_stolen"] for second in seconds), default=None)
+            pressure = max((second["cpu_pressure"] or 0 for second in seconds), default=None)
+            cores += (f"; host: busy {number(host['cores_busy'])} of {host['cores']}, stolen "
+                      f"{number(host['cores_stolen'], '.2f')} (worst second {number(stolen, '.2f')})")
+            if host["cpu_pressure"] is not None:
+                cores += (f", CPU pressure {number(100 * host['cpu_pressure'])} % "
+                          f"(worst second {number(100 * pressure)} %)")
         served = data.get("server_ms_per_frame") or {}
         server = ("; server, ms a frame: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in served.items())
                   if served else "")

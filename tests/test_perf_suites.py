@@ -95,15 +95,22 @@ def test_rounds_run_the_chosen_steps_in_turn_each_round_in_its_own_folder_and_th
                          for n in (1, 2) for variant in ("", "_camera_buffer_2")]
 
 
-def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second(tmp_path):
+def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second_and_the_hosts_worst_second(tmp_path):
     summary = {"limiting_stage": "detection", "fps": 470.0, "dropped": 36, "latency_ms": {"p99": 52.4},
                "mean_batch": 2.27, "detection_load": {"kept_per_frame": 0.0},
                "by_second": {"0": {"dropped": 30}, "1": {"dropped": 6}},
                "wait_ms": {"behind_its_camera": {"p99": 12.5}, "for_a_loop": {"p99": 21.0}}}
     path = tmp_path / "detect.json"
     path.write_text(json.dumps(summary))
-    assert perf.figures(path) == ["470.0 FPS, 36 dropped (30 in second 0), P99 52.4 ms, waits P99 12.5 behind the "
-                                  "camera / 21.0 for a loop ms, batch 2.27, kept 0/frame, busiest detection"]
+    headline = ("470.0 FPS, 36 dropped (30 in second 0), P99 52.4 ms, waits P99 12.5 behind the camera / 21.0 for "
+                "a loop ms, batch 2.27, kept 0/frame, busiest detection")
+    assert perf.figures(path) == [headline]
+    host = {"cores": 16, "cores_busy": 9.5, "cores_stolen": 0.31, "cpu_pressure": 0.12,
+            "by_second": {"0": {"cores_busy": 9.0, "cores_stolen": 1.2, "cpu_pressure": 0.05},
+                          "1": {"cores_busy": 10.0, "cores_stolen": 0.0, "cpu_pressure": 0.2}}}
+    path.write_text(json.dumps({**summary, "host_cpu": host}))
+    assert perf.figures(path) == [headline + "; host: busy 9.5 of 16, stolen 0.31 (worst second 1.20), CPU pressure "
+                                             "12.0 % (worst second 20.0 %)"]
 
 
 def test_a_gpu_step_is_traced_by_nvidia_smi_while_it_runs_and_the_sampler_ends_with_it(tmp_path, monkeypatch):

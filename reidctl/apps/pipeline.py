@@ -46,6 +46,7 @@ from reidctl.apps.stats import LatencySummary, mean_size
 from reidctl.errors import ReidctlError, Terminated, describe_error
 from reidctl.io.atomic import check_writable_dir, ensure_writable_dir, write_text_atomic
 from reidctl.io.cores import (
+    HostCpuWatch,
     available_cpus,
     cores_per_reader,
     cpu_list_text,
@@ -689,12 +690,14 @@ def default_max_batch(cameras: int, loops: int) -> int:
 @dataclass
 class RunCores:
     """A run's CPU cores: detect's, and those of a bundled server started here on cores of its own
-    (``setup-triton --start --cpus``); and the CPU time detect and the local servers it uses spent in the run."""
+    (``setup-triton --start --cpus``); the CPU time detect and the local servers it uses spent in the run; and the
+    whole host's CPU, second by second (what else kept it busy, what the hypervisor stole)."""
 
     detect: list[int]
     server: list[int]
     server_pids: list[int]  # the processes of the bundled servers started here that the run goes through
     used_before: tuple[float, dict[int, float]] | None = None  # at the run's start
+    host: HostCpuWatch = field(default_factory=HostCpuWatch)
 
     @classmethod
     def of(cls, config, backend: str | None) -> RunCores:
@@ -707,17 +710,21 @@ class RunCores:
 
     def start(self) -> None:
         self.used_before = own_cpu_seconds(), cpu_seconds_by_process(self.server_pids)
+        self.host.start()
 
     def summary(self, wall: float) -> dict:
         """Each side's cores (detect's as its thread has them now) and the cores it kept busy on average since
-        ``start`` (the server's: None without one started here)."""
+        ``start`` (the server's: None without one started here); the host's CPU since ``start`` (None where it
+        cannot be read)."""
+        self.host.stop()
         busy = [None, None]
         if self.used_before is not None and wall > 0:
             own, servers = self.used_before
             busy = [(own_cpu_seconds() - own) / wall,
                     cpu_seconds_between(servers, cpu_seconds_by_process(self.server_pids)) / wall]
         return {"cpus": {"detect": cpu_list_text(available_cpus()), "server": cpu_list_text(self.server) or None},
-                "cpu_cores_busy": {"detect": busy[0], "server": busy[1] if self.server_pids else None}}
+                "cpu_cores_busy": {"detect": busy[0], "server": busy[1] if self.server_pids else None},
+                "host_cpu": self.host.summary()}
 
 
 def run_detect(
@@ -831,6 +838,7 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
     finally:
         with _signals_held():
             hub.stop()
+            cores.host.stop()  # the host's figures end with the run's frames, not after the outputs are published
             for worker, ended in zip(workers, loops_ended):
                 if worker.ident is None:  # never began (Ctrl-C while the run started): nothing to wait for
                     ended.set()

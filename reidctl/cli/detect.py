@@ -69,6 +69,11 @@ def statistics_table(stats: dict, title: str) -> Table:
                      if served else "")
     cores = {side: used for side, used in (stats.get("cpu_cores_busy") or {}).items() if used is not None}
     cores_busy = ("\ncores busy: " + ", ".join(f"{side} {used:.1f}" for side, used in cores.items())) if cores else ""
+    if host := stats.get("host_cpu"):  # every process on the host, and what its hypervisor took
+        cores_busy += (f"\nhost: {host['cores_busy']:.1f} of {host['cores']} cores busy, {host['cores_stolen']:.1f} "
+                       "stolen by the hypervisor" + ("" if host["cpu_pressure"] is None else
+                                                     f", a thread waiting for a core {host['cpu_pressure']:.0%} "
+                                                     "of the time"))
     waits = stats["wait_ms"]
     waited = (f"\nwait for a step, P99 ms: behind its camera's frames {_ms(waits['behind_its_camera']['p99'])}, "
               f"for a batch loop {_ms(waits['for_a_loop']['p99'])}")

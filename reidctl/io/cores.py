@@ -11,7 +11,11 @@ import contextlib
 import os
 import re
 import resource
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from reidctl.errors import ReidctlError
@@ -147,3 +151,89 @@ def cpu_seconds_by_process(pids: Iterable[int]) -> dict[int, float]:
 def cpu_seconds_between(before: dict[int, float], after: dict[int, float]) -> float:
     """The CPU time the processes read both times used in between (one that ended meanwhile counts nothing)."""
     return sum(seconds - before[pid] for pid, seconds in after.items() if pid in before)
+
+
+@dataclass(frozen=True)
+class HostCpuTimes:
+    """The whole host's CPU time so far, every core and every process, in seconds."""
+
+    busy: float  # running anything: user, system, interrupts
+    stolen: float  # taken by the hypervisor for other machines while this one had work
+    waited: float | None  # some runnable thread waited for a core (Linux's CPU pressure, "some"); None: not said
+
+
+def host_cpu_times() -> HostCpuTimes | None:
+    """The host's CPU time from /proc/stat and /proc/pressure/cpu; None where /proc/stat cannot be read (not Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ([int(v) / ticks for v in fields[1:9]] + [0.0] * 8)[:8]
+    waited = None
+    with contextlib.suppress(OSError, ValueError, IndexError):  # a kernel without pressure stall information
+        some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]  # "some avg10=... total=MICROSECONDS"
+        waited = int(some.rpartition("total=")[2]) / 1e6
+    return HostCpuTimes(user + nice + system + irq + softirq, steal, waited)
+
+
+def _host_rates(before: tuple[float, HostCpuTimes], after: tuple[float, HostCpuTimes]) -> dict:
+    (start, first), (end, last) = before, after
+    span = end - start
+    return {"cores_busy": round((last.busy - first.busy) / span, 2),
+            "cores_stolen": round((last.stolen - first.stolen) / span, 2),
+            "cpu_pressure": round((last.waited - first.waited) / span, 3)
+            if first.waited is not None and last.waited is not None else None}
+
+
+class HostCpuWatch:
+    """The host's CPU over a run, read at ``start``, every ``interval`` seconds after it on a thread of its own,
+    and at ``stop``: the cores kept busy by every process (the run's, a local server's, anyone else's), the cores
+    the hypervisor stole, and the share of the time some runnable thread waited for a core. A second whose frames
+    dropped with cores stolen or a high pressure points at the host rather than at the pipeline."""
+
+    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.perf_counter):
+        self._interval, self._clock = interval, clock
+        self._ticks: list[tuple[float, HostCpuTimes]] = []  # at start, then each interval
+        self._last: tuple[float, HostCpuTimes] | None = None  # at stop
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> tuple[float, HostCpuTimes] | None:
+        times = host_cpu_times()
+        return None if times is None else (self._clock(), times)
+
+    def start(self) -> None:
+        first = self._read()
+        if first is None:
+            return  # nothing to read here
+        self._ticks.append(first)
+        self._thread = threading.Thread(target=self._read_each_interval, name="reidctl-host-cpu", daemon=True)
+        self._thread.start()
+
+    def _read_each_interval(self) -> None:
+        started, count = self._ticks[0][0], 1
+        while not self._stopped.wait(max(0.0, started + count * self._interval - self._clock())):
+            if (reading := self._read()) is not None:
+                self._ticks.append(reading)
+            count += 1
+
+    def stop(self) -> None:
+        """The last reading (once: a second call changes nothing)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._last = self._read()
+
+    def summary(self) -> dict | None:
+        """The whole run's figures and each whole interval's (``by_second`` with the default interval of one
+        second, keyed as detect's by_second); None where nothing could be read."""
+        if not self._ticks or self._last is None or self._last[0] <= self._ticks[0][0]:
+            return None
+        return {"cores": os.cpu_count(), **_host_rates(self._ticks[0], self._last),
+                "by_second": {str(index): _host_rates(before, after)
+                              for index, (before, after) in enumerate(pairwise(self._ticks))}}

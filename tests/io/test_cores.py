@@ -10,11 +10,13 @@ import pytest
 
 from reidctl.errors import ReidctlError
 from reidctl.io.cores import (
+    HostCpuWatch,
     available_cpus,
     cpu_list_text,
     parse_cpu_list,
     cpu_seconds_between,
     cpu_seconds_by_process,
+    host_cpu_times,
     thread_on,
     whole_cores_from_the_top,
 )
@@ -90,3 +92,29 @@ def test_a_processes_cpu_time_is_read_and_one_that_ended_counts_nothing():
     finally:
         busy.kill()
         busy.wait()
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_the_host_cpu_watch_sees_a_busy_core_interval_by_interval():
+    """The host's CPU read at the start, each interval and the stop: a thread that spins through the watch keeps
+    at least half a core busy in its intervals, and in the whole."""
+    assert host_cpu_times().busy > 0
+    watch = HostCpuWatch(interval=0.1)
+    watch.start()
+    spin(0.45)
+    watch.stop()
+    watch.stop()  # a second stop changes nothing
+    summary = watch.summary()
+    assert summary["cores"] == os.cpu_count()
+    intervals = list(summary["by_second"].values())
+    assert len(intervals) >= 3 and list(summary["by_second"]) == [str(i) for i in range(len(intervals))]
+    assert max(interval["cores_busy"] for interval in intervals) >= 0.5 and summary["cores_busy"] >= 0.5
+    assert all(interval["cores_stolen"] >= 0 for interval in intervals)
+    if Path("/proc/pressure/cpu").exists():  # a kernel with pressure stall information
+        assert 0 <= summary["cpu_pressure"] <= 1
+    assert HostCpuWatch().summary() is None  # never started: nothing to say
