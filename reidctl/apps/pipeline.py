@@ -714,9 +714,8 @@ class RunCores:
 
     def summary(self, wall: float) -> dict:
         """Each side's cores (detect's as its thread has them now) and the cores it kept busy on average since
-        ``start`` (the server's: None without one started here); the host's CPU since ``start`` (None where it
-        cannot be read)."""
-        self.host.stop()
+        ``start`` (the server's: None without one started here); the host's CPU from ``start`` to its ``stop``
+        (None where it cannot be read)."""
         busy = [None, None]
         if self.used_before is not None and wall > 0:
             own, servers = self.used_before

@@ -71,6 +71,15 @@ def triton_config(config_path: Path, grpc_port: int, **triton):
     return override(config, triton=settings)
 
 
+def server_regions(server, pid: int | None = None) -> dict[str, int]:
+    """The shared memory regions process ``pid`` (default: this one) has registered on the server: name, bytes."""
+    with grpcclient.InferenceServerClient(f"localhost:{server.grpc_port}") as client:
+        key = {GRPC_KEY_HEADER: Path(server.key_file).read_text().strip()}
+        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
+    return {name: int(region["byte_size"]) for name, region in regions.items()
+            if name.startswith(f"reidctl_{pid or os.getpid()}_")}
+
+
 def video_frames(path: Path) -> list[np.ndarray]:
     capture = cv2.VideoCapture(str(path))
     frames = []
@@ -336,13 +345,6 @@ def test_letterboxed_batches_go_through_one_region_written_in_place(triton_serve
     frames = video_frames(video_file)[:9]
     size = config.detection.input_size
     canvases, ratios = zip(*(letterbox_frame(frame, size) for frame in frames))
-    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
-    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
-
-    def own_regions() -> dict:
-        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
-        return {name: int(region["byte_size"]) for name, region in regions.items()
-                if name.startswith(f"reidctl_{os.getpid()}_")}
 
     with create_detector(config, "pytorch") as reference, create_detector(config, "triton") as remote:
         expected = reference.detect_canvases(canvases, ratios)
@@ -351,7 +353,7 @@ def test_letterboxed_batches_go_through_one_region_written_in_place(triton_serve
             got = remote.detect_canvases(canvases[first : first + count], ratios[first : first + count])
             for rows, want in zip(got, expected[first : first + count]):
                 assert_same_rows(rows, want)
-            seen.append(own_regions())
+            seen.append(server_regions(triton_server))
             first += count
         batch = remote.runner.input_array(2)
         batch[:] = 7  # what the next request sends is what the server's region holds
@@ -360,8 +362,7 @@ def test_letterboxed_batches_go_through_one_region_written_in_place(triton_serve
     max_batch = remote.runner.max_batch_size
     assert byte_size == max_batch * size[0] * size[1] * 3
     assert seen == [seen[0]] * 3  # one region, registered once, for every batch size
-    assert not own_regions()  # gone with the detector
-    client.close()
+    assert not server_regions(triton_server)  # gone with the detector
 
 
 def test_cuda_inputs_for_a_model_on_the_cpu_go_through_system_shared_memory_said_once(triton_server, nano_config,
@@ -420,7 +421,6 @@ def test_a_remote_url_on_the_bundled_servers_port_is_another_server(triton_serve
 def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config, video_file):
     config = triton_config(nano_config, triton_server.grpc_port)
     frames = video_frames(video_file)[:6]
-    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
     with create_detector(config, "triton") as shared:
         expected = [shared.detect(frame) for frame in frames]
         before = shared.runner.batch_counts()
@@ -441,8 +441,7 @@ def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config,
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-        key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
-        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
+        regions = server_regions(triton_server)
         for detector in own:
             detector.close()
         assert not errors, errors
@@ -455,9 +454,8 @@ def test_concurrent_clients_reach_the_models_batches(triton_server, nano_config,
     assert sum(size * count for size, count in grown.items()) == len(results)
     assert any(count > 0 for size, count in grown.items() if size > 1), grown
     # shared memory: per-thread regions of this process while running, all gone once the detectors closed
-    assert sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions) >= 9
-    left = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
-    assert not [name for name in left if name.startswith(f"reidctl_{os.getpid()}_")]
+    assert len(regions) >= 9
+    assert not server_regions(triton_server)
 
 
 # A client that holds a shared memory region on the server until its stdin closes.
@@ -480,12 +478,9 @@ def test_regions_of_a_killed_client_are_removed_by_the_next_one(triton_server, n
     holders = [subprocess.Popen([sys.executable, "-c", REGION_HOLDER, str(config)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True, env=project_env())
                for _ in range(2)]
-    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
-    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
 
     def regions_of(process) -> list[str]:
-        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
-        return [name for name in regions if name.startswith(f"reidctl_{process.pid}_")]
+        return list(server_regions(triton_server, process.pid))
 
     try:
         for holder in holders:
@@ -509,7 +504,6 @@ def test_regions_of_a_killed_client_are_removed_by_the_next_one(triton_server, n
             holder.wait(timeout=10)
             holder.stdin.close()
             holder.stdout.close()
-        client.close()
 
 
 def test_only_regions_of_ended_processes_of_this_pid_namespace_count_as_left_behind():
@@ -678,12 +672,9 @@ def test_a_runs_regions_on_the_server_are_its_batch_loops_alone(triton_server, n
 
     config = triton_config(nano_config, triton_server.grpc_port, max_in_flight=2)
     clips = [write_video(tmp_path / f"{name}.avi", frames=15, size=(120, 160), fps=10.0) for name in "ab"]
-    client = grpcclient.InferenceServerClient(f"localhost:{triton_server.grpc_port}")
-    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
 
     def own_regions() -> int:
-        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
-        return sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions)
+        return len(server_regions(triton_server))
 
     seen = []
     result = run_detect(config, camera_specs([str(clip) for clip in clips]), OutputRequest(no_output=True),
@@ -701,12 +692,9 @@ def test_a_thread_that_leaves_gives_back_its_seat_and_region(triton_server, nano
     config = load_config(nano_config)
     config = override(config, triton=dataclasses.replace(config.detection.triton,
                                                          url=f"localhost:{port},127.0.0.1:{port}"))
-    client = grpcclient.InferenceServerClient(f"localhost:{port}")
-    key = {GRPC_KEY_HEADER: Path(triton_server.key_file).read_text().strip()}
 
     def own_regions() -> int:
-        regions = client.get_system_shared_memory_status(headers=key, as_json=True).get("regions", {})
-        return sum(name.startswith(f"reidctl_{os.getpid()}_") for name in regions)
+        return len(server_regions(triton_server))
 
     frame = np.zeros((120, 160, 3), np.uint8)
     with create_detector(config, "triton") as remote:
