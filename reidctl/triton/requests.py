@@ -24,6 +24,7 @@ import mmap
 import os
 import re
 import threading
+import time
 import weakref
 from collections import Counter
 from concurrent.futures import Future
@@ -72,6 +73,22 @@ _camera_ids = itertools.count()
 # finds them by a PID gone from its own namespace and removes them (a region of a live process, or of another
 # namespace, is never touched).
 _REGION_NAME = re.compile(r"reidctl_(?:cuda_)?(\d+)_(\d+)_\d+")
+
+
+def unregister_region(unregister, name: str, headers: dict[str, str]) -> None:
+    """Unregister region ``name`` with ``unregister`` (the client's call for its kind). The server refuses while a
+    request it still runs reads the region (one this client gave up on, e.g. timed out): wait for it, at most
+    HEALTH_TIMEOUT. Left registered where the server is gone or hung: the next client removes it once this process
+    has ended."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    while True:
+        try:
+            unregister(name, headers=headers, client_timeout=HEALTH_TIMEOUT)
+            return
+        except Exception as exc:  # noqa: BLE001  the local memory goes regardless
+            if "currently in use" not in message_of(exc) or time.monotonic() > deadline:
+                return
+        time.sleep(0.01)
 
 
 def _pid_namespace() -> int:
@@ -169,8 +186,7 @@ class _SharedInput:
     def release(self) -> None:
         if self.mapping is None:
             return
-        with contextlib.suppress(Exception):  # the server may be gone; the local region goes regardless
-            self.client.unregister_system_shared_memory(self.name, headers=self.headers, client_timeout=HEALTH_TIMEOUT)
+        unregister_region(self.client.unregister_system_shared_memory, self.name, self.headers)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{SHM_DIR}/{self.name}")
         self.mapping, self.size, self.address = None, 0, 0
@@ -253,9 +269,7 @@ class _CudaInput:
 
     def release(self) -> None:
         if self.size:
-            with contextlib.suppress(Exception):  # the server may be gone; the local memory goes regardless
-                self.client.unregister_cuda_shared_memory(self.name, headers=self.headers,
-                                                          client_timeout=HEALTH_TIMEOUT)
+            unregister_region(self.client.unregister_cuda_shared_memory, self.name, self.headers)
         if self.stream is not None:
             self.runtime.cudaStreamDestroy(self.stream)
         if self.region is not None:
