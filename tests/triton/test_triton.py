@@ -148,6 +148,15 @@ def triton_server(tmp_path_factory, triton_cache, nano_config):
     stop_server(repository, cache=triton_cache)
 
 
+@pytest.fixture(autouse=True)
+def no_regions_left_on_the_server(request):
+    """A test that used the bundled server leaves none of this process's shared memory regions registered on it, so
+    a client that leaks one fails its own test, not a later one that counts regions."""
+    yield
+    if "triton_server" in request.fixturenames:
+        assert not server_regions(request.getfixturevalue("triton_server"))
+
+
 # -- the repository ----------------------------------------------------------------------------------------------
 def test_every_input_type_the_client_accepts_has_a_torch_type():
     assert {name: TORCH_DTYPES.get(name) for name in SUPPORTED_INPUTS} == {
