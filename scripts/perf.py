@@ -748,6 +748,10 @@ def figures(path: Path | None) -> list[str]:
         waits = data.get("wait_ms") or {}
         waited = (f", waits P99 {number((waits.get('behind_its_camera') or {}).get('p99'))} behind the camera / "
                   f"{number((waits.get('for_a_loop') or {}).get('p99'))} for a loop ms" if waits else "")
+        if slowest := data.get("slowest_steps"):  # a stall's step, and through a server its model's part of it
+            longest = slowest[0]
+            in_server = "" if longest.get("server_ms") is None else f" ({number(longest['server_ms'])} in the server)"
+            waited += f", longest step {number(longest['ms'])} ms{in_server}"
         return [f"{number(data.get('fps'))} FPS, {dropped}, P99 {number(latency.get('p99'))} ms{waited}, "
                 f"batch {number(data.get('mean_batch'), '.2f')}, "
                 f"kept {number(load.get('kept_per_frame'), '.0f')}/frame, busiest {data['limiting_stage']}{written}"

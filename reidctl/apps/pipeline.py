@@ -349,6 +349,7 @@ class _Run:
         self.step_seconds = array("d")  # each detect step: upload, model, NMS and rescale of its batch
         self.step_ends = array("d")  # when each step ended (perf_counter seconds)
         self.step_frames = array("i")  # each step's batch size
+        self.step_server = array("d")  # each step's seconds in the server's model (NaN: no server says)
         self.steps = 0
         self.step_busy_seconds = 0.0
         # The steps timed stage by stage (one in STAGE_SAMPLE_EVERY): each stage's seconds in a step and that step's
@@ -404,10 +405,12 @@ class _Run:
                                                         timed)
                 with self.step_lock:
                     ended_at = time.perf_counter()
-                    # Appended and trimmed alike, so that the three stay aligned.
+                    # Appended and trimmed alike, so that they stay aligned.
                     append_kept(self.step_seconds, seconds := ended_at - started, SAMPLES_KEPT)
                     append_kept(self.step_ends, ended_at, SAMPLES_KEPT)
                     append_kept(self.step_frames, len(batch), SAMPLES_KEPT)
+                    server = self.detector.runner.last_server_seconds()
+                    append_kept(self.step_server, math.nan if server is None else server, SAMPLES_KEPT)
                     self.step_busy_seconds += seconds
                     self.batch_sizes[len(batch)] += 1
                     self.recent_batches.append(len(batch))
@@ -507,7 +510,7 @@ class _Run:
             for kind, times in (("dropped", camera.drop_times), ("late", camera.late_times)):
                 for at in times:
                     second(at)[kind] += 1
-        for step_seconds, ended, frames in self._step_records():
+        for step_seconds, ended, frames, _ in self._step_records():
             entry = second(ended)
             entry["steps"] += 1
             entry["frames"] += frames
@@ -519,15 +522,19 @@ class _Run:
         return {str(key): seconds[key] for key in sorted(seconds)}
 
     def _slowest_steps(self, count: int = 5) -> list[dict]:
-        """The run's longest detect steps: when each ended (seconds from the start), its time and frames. A stall
-        that ``by_second`` shows as one slow second is one step here, or many."""
-        return [{"ended_s": round(ended - self.started, 3), "ms": round(seconds * 1000.0, 2), "frames": frames}
-                for seconds, ended, frames in heapq.nlargest(count, self._step_records())]
+        """The run's longest detect steps: when each ended (seconds from the start), its time and frames, and through
+        a server that says it, the time its model spent on the step's request (``server_ms``; the rest was spent
+        elsewhere: this process, the network, Triton's queue). A stall that ``by_second`` shows as one slow second
+        is one step here, or many."""
+        return [{"ended_s": round(ended - self.started, 3), "ms": round(seconds * 1000.0, 2), "frames": frames,
+                 "server_ms": None if math.isnan(server) else round(server * 1000.0, 2)}
+                for seconds, ended, frames, server in heapq.nlargest(count, self._step_records())]
 
-    def _step_records(self) -> list[tuple[float, float, int]]:
-        """Each kept step's (seconds, when it ended, frames), copied under the lock the batch loops append under."""
+    def _step_records(self) -> list[tuple[float, float, int, float]]:
+        """Each kept step's (seconds, when it ended, frames, seconds in the server's model or NaN), copied under the
+        lock the batch loops append under."""
         with self.step_lock:
-            return list(zip(self.step_seconds, self.step_ends, self.step_frames))
+            return list(zip(self.step_seconds, self.step_ends, self.step_frames, self.step_server))
 
     def _stages(self, wall: float, frames: int, outputs: dict) -> tuple[dict, dict]:
         """Each host stage's mean time per frame (ms), and how busy each kind of worker was (its share of the run's

@@ -80,6 +80,10 @@ class Runner(ABC):
         it does not say), read together."""
         return self.batch_counts(), None
 
+    def last_server_seconds(self) -> float | None:
+        """Seconds the serving side spent on the calling thread's last ``infer`` (None where none says)."""
+        return None
+
     def check_config(self, detection) -> None:
         """Raise where the artifact cannot serve ``detection`` for a reason of its own, beyond its input size."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reidctl.errors import BackendUnavailable, ReidctlError, first_line
-from reidctl.triton.repository import BATCH_METRIC, PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT
+from reidctl.triton.repository import BATCH_METRIC, PYTHON_COUNT_OUTPUT, PYTHON_OUTPUT, PYTHON_SERVER_OUTPUT
 from reidctl.triton.access import key_headers, read_key
 from reidctl.io.cores import process_tree
 from reidctl.triton.server import START_COMMAND, ServerState, all_running_servers, reason_line
@@ -84,12 +84,14 @@ def served_model(client, url: str, name: str, version: str, timeout: float, serv
         raise ReidctlError(f"model '{name}' takes {model_input['datatype']} input; reidctl sends UINT8, FP16 or FP32")
     output_names = [output["name"] for output in metadata["outputs"]]
     returns_detections = {PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT} <= set(output_names)
+    # A repository written before the model said its time has no such output.
+    timed = [PYTHON_SERVER_OUTPUT] if returns_detections and PYTHON_SERVER_OUTPUT in output_names else []
     return ServedModel(
         input_name=model_input["name"],
         input_datatype=model_input["datatype"],
         input_shape=[int(d) for d in model_input["shape"]],
         max_batch_size=int(config.get("max_batch_size", 0)),
-        output_names=[PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT] if returns_detections else output_names[:1],
+        output_names=[PYTHON_OUTPUT, PYTHON_COUNT_OUTPUT, *timed] if returns_detections else output_names[:1],
         output_datatype=metadata["outputs"][0]["datatype"],
         returns_detections=returns_detections,
         server_version=server_version,

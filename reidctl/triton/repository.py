@@ -41,6 +41,7 @@ TENSORRT_MODEL = "bytetrack_tensorrt"
 PYTHON_INPUT = "frames"
 PYTHON_OUTPUT = "detections"
 PYTHON_COUNT_OUTPUT = "num_detections"
+PYTHON_SERVER_OUTPUT = "server_seconds"  # per frame: its request's seconds from the model's execute to its response
 # The python model's counter of the batches it runs, labelled by their frames, on the server's metrics port: Triton's
 # own statistics count the model's execute calls, which only hand frames over to its batches.
 BATCH_METRIC = "reidctl_batches"
@@ -254,7 +255,8 @@ def python_model_config(detection: DetectionConfig):
     height, width = detection.input_size
     _add_tensors(config.input, [TensorSpec(PYTHON_INPUT, (height, width, 3), "UINT8")])
     rows = TensorSpec(PYTHON_OUTPUT, (-1, len(DETECTION_COLUMNS)), "FP32")  # per frame: N rows, zero-padded
-    _add_tensors(config.output, [rows, TensorSpec(PYTHON_COUNT_OUTPUT, (1,), "INT32")])
+    _add_tensors(config.output, [rows, TensorSpec(PYTHON_COUNT_OUTPUT, (1,), "INT32"),
+                                 TensorSpec(PYTHON_SERVER_OUTPUT, (1,), "FP32")])
     for key, value in python_model_parameters(detection).items():
         config.parameters[key].string_value = value
     # Frames a client put in the GPU's memory reach the model there (it copies them to its own device either way).

@@ -49,6 +49,7 @@ from reidctl.triton.repository import (
     HOST_INPUTS_PARAMETER,
     PYTHON_COUNT_OUTPUT,
     PYTHON_OUTPUT,
+    PYTHON_SERVER_OUTPUT,
     SERVER_STAGES,
     STAGE_METRIC,
 )
@@ -540,6 +541,11 @@ class TritonRequests:
         self._local.leave = weakref.finalize(end_mark, self._pool.leave, camera)  # runs once: here or leave_thread
         return _Seat(self.servers[index], camera)
 
+    def last_server_seconds(self) -> float | None:
+        """The seconds the server's model spent on the calling thread's last batch, from its execute to its response
+        (the longest of the batch's requests); None where the model does not say."""
+        return getattr(self._local, "server_seconds", None)
+
     def leave_thread(self) -> None:
         """The calling thread sends no more: its shared memory regions go now, and its seat (a camera fewer on its
         server), instead of when the runner closes (a run's main thread after its warm-up: detect's batch loops
@@ -739,6 +745,8 @@ class TritonRequests:
         timeout = self.timeout if server.answered else max(self.timeout, FIRST_REQUEST_TIMEOUT)
         results = self._send(server, self._inputs_for(array, seat), outputs, timeout)
         server.answered = True
+        if PYTHON_SERVER_OUTPUT in self.output_names:  # its chunks ran side by side: the longest is the wait
+            self._local.server_seconds = max(float(result.as_numpy(PYTHON_SERVER_OUTPUT)[0, 0]) for result in results)
         if self.returns_detections:  # zero-padded rows per frame and each frame's count
             return [
                 rows[:count]

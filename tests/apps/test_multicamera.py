@@ -146,6 +146,7 @@ def test_realtime_drops_what_the_detector_cannot_take(tmp_path, small_config):
     times = [step["ms"] for step in slowest]
     assert 0 < len(slowest) <= 5 and times == sorted(times, reverse=True)
     assert slowest[0]["ms"] == pytest.approx(max(second["step_ms_max"] for second in by_second), abs=0.01)
+    assert all(step["server_ms"] is None for step in slowest)  # in process: no server
     frames = mot_frames(tmp_path / "d.txt")
     assert camera["dropped"] > 0 and camera["frames"] + camera["dropped"] <= 120
     assert len(frames) == camera["frames"] and frames[-1] > len(frames)  # frame numbers keep their place in the file

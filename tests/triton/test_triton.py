@@ -205,6 +205,7 @@ def test_generated_configs_parse_and_hold_configured_values(tmp_path, nano_check
     assert [(t.name, list(t.dims), t.data_type) for t in python.output] == [
         ("detections", [-1, 7], grpcclient.model_config_pb2.TYPE_FP32),
         ("num_detections", [1], grpcclient.model_config_pb2.TYPE_INT32),
+        ("server_seconds", [1], grpcclient.model_config_pb2.TYPE_FP32),
     ]
     rebuilt = config_from_parameters({k: v.string_value for k, v in python.parameters.items()}).detection
     assert rebuilt.model_path == str(nano_checkpoint.resolve())
@@ -673,6 +674,8 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     assert list(stages) == ["queue", "input", "staging", "waiting", "model", "nms", "responding"]
     assert min(stages.values()) >= 0 and stages["model"] > 0 and stages["input"] > 0 and stages["responding"] > 0
     assert "server ms per frame: " in result.output and "cores busy: detect " in result.output
+    # each of the longest steps with the part of it the server's model spent on its request (said in its response)
+    assert data["slowest_steps"] and all(0 < step["server_ms"] < step["ms"] for step in data["slowest_steps"])
 
 
 def test_a_runs_regions_on_the_server_are_its_batch_loops_alone(triton_server, nano_config, tmp_path):

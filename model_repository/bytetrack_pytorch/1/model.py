@@ -4,6 +4,9 @@ Input  "frames":         uint8 (B, H, W, 3) letterboxed BGR frames (the runner n
 Output "detections":     float32 (B, N, 7) rows x1, y1, x2, y2 (input-canvas pixels), obj_conf, class_conf,
                          class_id, after the configured conf_threshold and NMS; zero rows pad a frame's list.
 Output "num_detections": int32 (B, 1), the real rows of each frame.
+Output "server_seconds": float32 (B, 1), the seconds from `execute`'s call on the frame's request to its response
+                         (the same for a request's frames): a client tells a slow request's time here from its time
+                         elsewhere (the network, Triton's queue, its own process) without sharing a clock.
 
 The whole detector but the letterbox runs here, so a response is a few rows instead of every anchor and a client
 runs no kernels (a second process's kernels would time-slice the GPU with this one); at most it copies its frames
@@ -65,6 +68,7 @@ from reidctl.triton.repository import (  # noqa: E402
     PYTHON_COUNT_OUTPUT,
     PYTHON_INPUT,
     PYTHON_OUTPUT,
+    PYTHON_SERVER_OUTPUT,
     SERVER_STAGES,
     STAGE_METRIC,
     config_from_parameters,
@@ -82,7 +86,8 @@ class _Waiting:
     sender: object
     frames: torch.Tensor
     copied: torch.cuda.Event | None  # their copy to the GPU (None on the CPU)
-    staged_at: float  # perf_counter seconds
+    called_at: float  # perf_counter seconds: execute's call on the request
+    staged_at: float
 
 
 class _Counters:
@@ -194,7 +199,8 @@ class TritonPythonModel:
         with self.changed:
             first = 0
             for sender, request_frames in zip(senders, frames):
-                self.waiting.append(_Waiting(sender, staged[first : first + len(request_frames)], copied, staged_at))
+                self.waiting.append(_Waiting(sender, staged[first : first + len(request_frames)], copied, called,
+                                             staged_at))
                 first += len(request_frames)
             self.waiting_frames += first
             self.changed.notify_all()
@@ -268,14 +274,15 @@ class TritonPythonModel:
             _fail(senders, exc)
             return
         self.counters.count(len(batch))
-        self.started.put((senders, [len(w.frames) for w in taken], predictions, done, launched, model))
+        self.started.put((taken, predictions, done, launched, model))
 
     def _finish_batches(self):
         """NMS and responses, batch after batch, in the order the batches started."""
         if self.gpu is not None:
             torch.cuda.set_device(self.gpu)
         while (started := self.started.get()) is not None:
-            senders, sizes, predictions, done, launched, model = started
+            taken, predictions, done, launched, model = started
+            senders = [waiting.sender for waiting in taken]
             try:
                 with torch.inference_mode(), torch.cuda.stream(self.finish_stream):
                     if done is not None:
@@ -283,8 +290,10 @@ class TritonPythonModel:
                     rows = select_detections(predictions, self.conf_threshold, self.nms_threshold).rows
                 read_at = time.perf_counter()
                 first = 0
-                for sender, size in zip(senders, sizes):
-                    sender.send(_response(rows[first : first + size]), flags=FINAL)
+                for waiting in taken:
+                    size = len(waiting.frames)
+                    response = _response(rows[first : first + size], time.perf_counter() - waiting.called_at)
+                    waiting.sender.send(response, flags=FINAL)
                     first += size
                 model_seconds = model if done is None else model.elapsed_time(done) / 1000.0  # done: rows read
                 self.counters.add("model", model_seconds)
@@ -316,13 +325,15 @@ def _fail(senders, exc: Exception) -> None:
             pb_utils.Logger.log_error(f"bytetrack_pytorch: could not report {exc!r}: {send_error}")
 
 
-def _response(rows):
-    """One request's frames as zero-padded (frames, N, 7) rows and their counts (at least one row: no empty tensor)."""
+def _response(rows, server_seconds: float):
+    """One request's frames as zero-padded (frames, N, 7) rows and their counts (at least one row: no empty tensor),
+    and the seconds the request has spent here."""
     counts = np.array([[len(r)] for r in rows], dtype=np.int32)
     padded = np.zeros((len(rows), max(1, int(counts.max())), len(DETECTION_COLUMNS)), dtype=np.float32)
     for frame, frame_rows in enumerate(rows):
         padded[frame, : len(frame_rows)] = frame_rows
-    tensors = {PYTHON_OUTPUT: padded, PYTHON_COUNT_OUTPUT: counts}
+    seconds = np.full((len(rows), 1), server_seconds, dtype=np.float32)
+    tensors = {PYTHON_OUTPUT: padded, PYTHON_COUNT_OUTPUT: counts, PYTHON_SERVER_OUTPUT: seconds}
     return pb_utils.InferenceResponse(
         output_tensors=[
             pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(t))) for name, t in tensors.items()
