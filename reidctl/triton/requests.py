@@ -76,7 +76,7 @@ _camera_ids = itertools.count()
 _REGION_NAME = re.compile(r"reidctl_(?:cuda_)?(\d+)_(\d+)_\d+")
 
 
-def unregister_region(unregister, name: str, headers: dict[str, str]) -> None:
+def _unregister_region(unregister, name: str, headers: dict[str, str]) -> None:
     """Unregister region ``name`` with ``unregister`` (the client's call for its kind). The server refuses while a
     request it still runs reads the region (one this client gave up on, e.g. timed out): wait for it, at most
     HEALTH_TIMEOUT. Left registered where the server is gone or hung: the next client removes it once this process
@@ -187,7 +187,7 @@ class _SharedInput:
     def release(self) -> None:
         if self.mapping is None:
             return
-        unregister_region(self.client.unregister_system_shared_memory, self.name, self.headers)
+        _unregister_region(self.client.unregister_system_shared_memory, self.name, self.headers)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{SHM_DIR}/{self.name}")
         self.mapping, self.size, self.address = None, 0, 0
@@ -270,7 +270,7 @@ class _CudaInput:
 
     def release(self) -> None:
         if self.size:
-            unregister_region(self.client.unregister_cuda_shared_memory, self.name, self.headers)
+            _unregister_region(self.client.unregister_cuda_shared_memory, self.name, self.headers)
         if self.stream is not None:
             self.runtime.cudaStreamDestroy(self.stream)
         if self.region is not None:
