@@ -274,15 +274,17 @@ class TritonPythonModel:
             _fail(senders, exc)
             return
         self.counters.count(len(batch))
-        self.started.put((taken, predictions, done, launched, model))
+        # What answering needs, not the frames: their memory goes back as soon as the model has read them.
+        answers = [(waiting.sender, len(waiting.frames), waiting.called_at) for waiting in taken]
+        self.started.put((answers, predictions, done, launched, model))
 
     def _finish_batches(self):
         """NMS and responses, batch after batch, in the order the batches started."""
         if self.gpu is not None:
             torch.cuda.set_device(self.gpu)
         while (started := self.started.get()) is not None:
-            taken, predictions, done, launched, model = started
-            senders = [waiting.sender for waiting in taken]
+            answers, predictions, done, launched, model = started
+            senders = [sender for sender, _, _ in answers]
             try:
                 with torch.inference_mode(), torch.cuda.stream(self.finish_stream):
                     if done is not None:
@@ -290,10 +292,8 @@ class TritonPythonModel:
                     rows = select_detections(predictions, self.conf_threshold, self.nms_threshold).rows
                 read_at = time.perf_counter()
                 first = 0
-                for waiting in taken:
-                    size = len(waiting.frames)
-                    response = _response(rows[first : first + size], time.perf_counter() - waiting.called_at)
-                    waiting.sender.send(response, flags=FINAL)
+                for sender, size, called_at in answers:
+                    sender.send(_response(rows[first : first + size], time.perf_counter() - called_at), flags=FINAL)
                     first += size
                 model_seconds = model if done is None else model.elapsed_time(done) / 1000.0  # done: rows read
                 self.counters.add("model", model_seconds)
