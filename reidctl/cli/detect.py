@@ -77,6 +77,10 @@ def statistics_table(stats: dict, title: str) -> Table:
     waits = stats["wait_ms"]
     waited = (f"\nwait for a step, P99 ms: behind its camera's frames {_ms(waits['behind_its_camera']['p99'])}, "
               f"for a batch loop {_ms(waits['for_a_loop']['p99'])}")
+    if slowest := stats.get("slowest_steps"):  # the run's summary only: its longest step, and a server's part of it
+        longest = slowest[0]
+        waited += f"; longest step {_ms(longest['ms'])}" + (
+            "" if longest["server_ms"] is None else f" ({_ms(longest['server_ms'])} in the server)")
     table.caption = (f"{batch}; {stats['detections']} detections{tracked}{limit}\nms per frame: {stages or '-'}"
                      f"{waited}{server_stages}{cores_busy}{servers}")
     return table

@@ -338,6 +338,7 @@ def test_live_table_names_the_busiest_stage_and_a_server_that_is_down(tmp_path, 
     assert set(waits) == {"behind_its_camera", "for_a_loop"}
     assert all(part["p99"] is not None and part["p99"] >= 0 for part in waits.values())
     assert "wait for a step, P99 ms: behind its camera's frames " in caption
+    assert f"; longest step {stats['slowest_steps'][0]['ms']:.1f}\n" in caption  # in process: no server's part
     # the whole host's CPU over the run: this run's own work kept at least part of a core busy
     host = stats["host_cpu"]
     assert host["cores"] == os.cpu_count() and host["cores_busy"] > 0 and host["cores_stolen"] >= 0

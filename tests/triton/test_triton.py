@@ -676,6 +676,8 @@ def test_detect_through_the_server_reports_the_batches_it_ran(triton_server, nan
     assert "server ms per frame: " in result.output and "cores busy: detect " in result.output
     # each of the longest steps with the part of it the server's model spent on its request (said in its response)
     assert data["slowest_steps"] and all(0 < step["server_ms"] < step["ms"] for step in data["slowest_steps"])
+    assert f"longest step {data['slowest_steps'][0]['ms']:.1f} ({data['slowest_steps'][0]['server_ms']:.1f} in the " \
+           "server)" in result.output
 
 
 def test_a_runs_regions_on_the_server_are_its_batch_loops_alone(triton_server, nano_config, tmp_path):
