@@ -403,13 +403,13 @@ class _Run:
                 started = time.perf_counter()
                 results = self.detector.detect_canvases([item.canvas for item in batch], [item.ratio for item in batch],
                                                         timed)
+                server = self.detector.runner.last_server_seconds()  # this thread's own: read outside the lock
                 with self.step_lock:
                     ended_at = time.perf_counter()
                     # Appended and trimmed alike, so that they stay aligned.
                     append_kept(self.step_seconds, seconds := ended_at - started, SAMPLES_KEPT)
                     append_kept(self.step_ends, ended_at, SAMPLES_KEPT)
                     append_kept(self.step_frames, len(batch), SAMPLES_KEPT)
-                    server = self.detector.runner.last_server_seconds()
                     append_kept(self.step_server, math.nan if server is None else server, SAMPLES_KEPT)
                     self.step_busy_seconds += seconds
                     self.batch_sizes[len(batch)] += 1
