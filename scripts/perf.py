@@ -266,6 +266,8 @@ LOCK_PROFILED = (("rt", ("--realtime",), 5), ("fast", (), 2))
 
 # pipeline-triton's runs with the bundled server moved onto this many whole cores of its own (the highest numbered)
 SERVER_CORES = (4, 2)
+# real-time runs of both pipeline suites beside this many processes spinning on the CPU: a slow spell made on purpose
+BUSY_CORES = (8, 16)
 
 
 def undone_by(*options) -> tuple:
@@ -304,6 +306,12 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
             name = f"detect_pytorch_rt_{load}{'_track' if tracking else ''}_{variant}"
             steps.append(ctx.detect(name, cameras, *detect, "--realtime", *tracking, outputs=("mot", "jsonl"),
                                     wrapper=undone_by(*undone)))
+        if load in REAL_TIME_TRACKING:
+            for busy in BUSY_CORES:
+                steps.append(ctx.detect(f"detect_pytorch_rt_{load}_busy_cores_{busy}", cameras, "--backend",
+                                        "pytorch", "-c", ctx.compile_config(), *ctx.detection, "--model",
+                                        ctx.checkpoint(load), "--realtime", outputs=("mot", "jsonl"),
+                                        wrapper=undone_by("--busy-cores", busy)))
         if load in REAL_TIME_TRACKING:  # the same real-time run, its first seconds traced
             steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
             for mode, options, seconds in LOCK_PROFILED:
@@ -354,6 +362,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         for cores in SERVER_CORES:
             steps.append(ctx.detect(f"detect_triton_rt_{load}_server_cores_{cores}", cameras, *detect, "--realtime",
                                     outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
+        for busy in BUSY_CORES:
+            steps.append(ctx.detect(f"detect_triton_rt_{load}_busy_cores_{busy}", cameras, *detect, "--realtime",
+                                    outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}_opencv_threads_as_is", cameras, *detect,
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))

@@ -22,6 +22,9 @@ after --, detect or bench.
   --server-cores N         the bundled servers started here moved, every thread, onto N whole cores of their own
                            (the highest numbered) for the run, and back onto every core after it: detect keeps to
                            the others, as with `setup-triton --start --cpus`
+  --busy-cores N           N processes beside the run, each spinning on a core for as long as the command runs: a
+                           host whose other tenants want N of its cores, to see how a run and its summary's host_cpu
+                           and slowest_steps (server_ms) read in a slow spell made on purpose
 
     PYTHONPATH=$PWD python scripts/reidctl_variant.py --switch-interval-ms 5 -- \\
         detect cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --no-progress
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import subprocess
 import sys
 import types
 
@@ -94,6 +98,18 @@ def servers_on_cores_of_their_own(count: int):
             move_server(server, None)
 
 
+@contextlib.contextmanager
+def cores_kept_busy(count: int):
+    """``count`` processes spinning on the CPU for the duration, then ended."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def undo(name: str, value, owner=pipeline) -> None:
     """``owner``'s ``name`` (the pipeline's, by default) replaced for this run; a name it no longer has is an error,
     not a no-op."""
@@ -114,6 +130,7 @@ def main() -> None:
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
     parser.add_argument("--blocking-requests", action="store_true", help="Triton requests as blocking calls")
     parser.add_argument("--server-cores", type=int, help="the local servers on this many cores of their own")
+    parser.add_argument("--busy-cores", type=int, default=0, help="this many processes spinning beside the run")
     args, command = parse_wrapper_args(parser, "a reidctl command and its arguments")
     if args.switch_interval_ms is not None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
@@ -129,7 +146,8 @@ def main() -> None:
         sleep_in_gpu_waits()
     if args.blocking_requests:
         undo("_send", blocking_send, owner=TritonRequests)
-    with servers_on_cores_of_their_own(args.server_cores) if args.server_cores else contextlib.nullcontext():
+    with (servers_on_cores_of_their_own(args.server_cores) if args.server_cores else contextlib.nullcontext(),
+          cores_kept_busy(args.busy_cores)):
         app(command, prog_name="reidctl")
 
 
