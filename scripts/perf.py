@@ -365,6 +365,15 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         for busy in BUSY_CORES:
             steps.append(ctx.detect(f"detect_triton_rt_{load}_busy_cores_{busy}", cameras, *detect, "--realtime",
                                     outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
+        # beside the fewer busy cores, two settings that might weather a slow spell better: one thread less between a
+        # request and its answer (blocking requests), a late step costing latency instead of a frame (two frames)
+        busy = BUSY_CORES[0]
+        steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests_busy_cores_{busy}", cameras, *detect,
+                                "--realtime", outputs=("mot", "jsonl"),
+                                wrapper=undone_by("--blocking-requests", "--busy-cores", busy)))
+        steps.append(ctx.detect(f"detect_triton_rt_{load}_camera_buffer_2_busy_cores_{busy}", cameras, *detect, "-c",
+                                variants["_camera_buffer_2"], "--realtime", outputs=("mot", "jsonl"),
+                                wrapper=undone_by("--busy-cores", busy)))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}_opencv_threads_as_is", cameras, *detect,
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
