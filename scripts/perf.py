@@ -762,6 +762,8 @@ def figures(path: Path | None) -> list[str]:
             if host["cpu_pressure"] is not None:
                 cores += (f", CPU pressure {number(100 * host['cpu_pressure'])} % "
                           f"(worst second {number(100 * pressure)} %)")
+            if host.get("dropped_short_of_cores"):  # frames dropped in seconds the host was short of cores
+                cores += f", {host['dropped_short_of_cores']} dropped short of cores"
         served = data.get("server_ms_per_frame") or {}
         server = ("; server, ms a frame: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in served.items())
                   if served else "")

@@ -111,6 +111,8 @@ def test_a_detect_headline_says_how_many_drops_fell_in_the_first_second_and_the_
     path.write_text(json.dumps({**summary, "host_cpu": host}))
     assert perf.figures(path) == [headline + "; host: busy 9.5 of 16, stolen 0.31 (worst second 1.20), CPU pressure "
                                              "12.0 % (worst second 20.0 %)"]
+    path.write_text(json.dumps({**summary, "host_cpu": {**host, "dropped_short_of_cores": 6}}))
+    assert perf.figures(path)[0].endswith("CPU pressure 12.0 % (worst second 20.0 %), 6 dropped short of cores")
     # the longest step, and through a server the part its model spent on the step's request
     for server_ms, said in ((None, ""), (3.25, " (3.2 in the server)")):
         path.write_text(json.dumps({**summary, "slowest_steps": [{"ms": 48.0, "server_ms": server_ms}]}))

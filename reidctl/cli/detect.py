@@ -20,6 +20,7 @@ from reidctl.cli.app import (
     warn,
 )
 from reidctl.config import DEFAULT_TIMEOUT_S
+from reidctl.io.cores import short_of_cores_warning
 
 
 def _ms(value) -> str:
@@ -238,6 +239,8 @@ def detect(
     summary = result.summary
     console.print(f"{summary['backend']} ({summary.get('precision', '')} {summary['device']})".replace("( ", "("))
     console.print(statistics_table(summary, "Detection summary"))
+    if short := short_of_cores_warning(summary):
+        warn(f"warning: {short}")
     for path in result.written:
         console.print(f"wrote {path}")
     finished = summary["outputs"]["frames"]  # a frame is finished once every output holds it

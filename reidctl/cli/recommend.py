@@ -26,6 +26,7 @@ from reidctl.cli.app import (
 from reidctl.cli.tables import capacity_table, summary_table, verdict_table
 from reidctl.config import config_from_dict, load_config, to_dict
 from reidctl.io.atomic import write_text_atomic
+from reidctl.io.cores import short_of_cores_warning
 from reidctl.io.paths import refuse_foreign_files, refuse_shared_paths
 
 EXIT_VERIFY_FAILED = 1  # a measured FAIL; bad input exits 2
@@ -59,7 +60,8 @@ def _print_verdict(check) -> None:
         f"FPS on this machine ({check.cameras_from}): P99 {result.latency.p99_ms:.1f} ms "
         f"{'<=' if result.latency.p99_ms <= need.latency_ms else '>'} {need.latency_ms:g} ms, {result.late} late, "
         f"{result.dropped} dropped, {result.throughput_fps:.1f} of {need.total_fps:.1f} FPS; busiest: "
-        f"{summary['limiting_stage']} ({busy}); {_load_line(summary)}",
+        f"{summary['limiting_stage']} ({busy}); {_load_line(summary)}"
+        + (f"; {short}" if (short := short_of_cores_warning(summary)) else ""),
         soft_wrap=True,
     )
 

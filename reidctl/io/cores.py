@@ -188,6 +188,37 @@ def _host_rates(before: tuple[float, HostCpuTimes], after: tuple[float, HostCpuT
             if first.waited is not None and last.waited is not None else None}
 
 
+# A second of a run counts as short of cores when some runnable thread waited for one this share of it (Linux's CPU
+# pressure). Real-time runs with nothing else on a 16-core GPU host read 0.5-2 % in their worst second; beside
+# processes wanting 8 of its cores 5-13 %, and they dropped frames (docs/PERFORMANCE.md, machine Z).
+SHORT_OF_CORES_PRESSURE = 0.03
+
+
+def dropped_short_of_cores(dropped_by_second: dict[str, int], host: dict | None) -> int | None:
+    """Of a run's dropped frames (by the second they were dropped in), those dropped in a second when the host was
+    short of cores; None where the host's CPU pressure was not read."""
+    if host is None or host["cpu_pressure"] is None:
+        return None
+    seconds = host["by_second"]  # whole seconds only: a drop in the run's last part-second is not counted
+    return sum(count for index, count in dropped_by_second.items()
+               if index in seconds and seconds[index]["cpu_pressure"] >= SHORT_OF_CORES_PRESSURE)
+
+
+def short_of_cores_warning(summary: dict) -> str | None:
+    """One line when most of a run's dropped frames fell in seconds the host was short of cores, with the cores the
+    host and this run kept busy: the rest is other work (or a run with more threads than cores); None otherwise."""
+    host, dropped = summary.get("host_cpu"), summary["dropped"]
+    short = (host or {}).get("dropped_short_of_cores")
+    if not dropped or not short or 2 * short < dropped:
+        return None
+    own = " and ".join(f"{side} {used:.1f}" for side, used in (summary.get("cpu_cores_busy") or {}).items()
+                       if used is not None)
+    return (f"{short} of the {dropped} dropped frames fell in seconds when threads waited for a core over "
+            f"{SHORT_OF_CORES_PRESSURE:.0%} of the time (CPU pressure {host['cpu_pressure']:.0%} over the run; the "
+            f"host kept {host['cores_busy']:.1f} of {host['cores']} cores busy, {own} of them this run's): the host "
+            "was short of cores")
+
+
 class HostCpuWatch:
     """The host's CPU over a run, read at ``start``, every ``interval`` seconds after it on a thread of its own,
     and at ``stop``: the cores kept busy by every process (the run's, a local server's, anyone else's), the cores
