@@ -863,7 +863,7 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
                **cores.summary(time.perf_counter() - run.started), "outputs": outputs.statistics(),
                "detection_load": {"candidates_per_frame": load.candidates_per_frame,
                                   "kept_per_frame": load.kept_per_frame}}
-    if (host := summary["host_cpu"]) is not None:  # were the frames lost to other work on the host?
+    if (host := summary["host_cpu"]) is not None:  # were the frames lost to a shortage of cores?
         host["dropped_short_of_cores"] = dropped_short_of_cores(
             {second: counts["dropped"] for second, counts in summary["by_second"].items()}, host)
     peak = detector.peak_memory_bytes()

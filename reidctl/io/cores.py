@@ -189,8 +189,9 @@ def _host_rates(before: tuple[float, HostCpuTimes], after: tuple[float, HostCpuT
 
 
 # A second of a run counts as short of cores when some runnable thread waited for one this share of it (Linux's CPU
-# pressure). Real-time runs with nothing else on a 16-core GPU host read 0.5-2 % in their worst second; beside
-# processes wanting 8 of its cores 5-13 %, and they dropped frames (docs/PERFORMANCE.md, machine Z).
+# pressure). Real-time runs with nothing else on a 16-core GPU host read 1-2 % in their worst second; beside
+# processes spinning on 8 of its cores 6-13 %, and every one of those dropped frames (docs/PERFORMANCE.md, machines
+# Z1-Z3).
 SHORT_OF_CORES_PRESSURE = 0.03
 
 
