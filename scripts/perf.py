@@ -308,10 +308,8 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                                     wrapper=undone_by(*undone)))
         if load in REAL_TIME_TRACKING:  # the same real-time run beside busy cores, then its first seconds traced
             for busy in BUSY_CORES:
-                steps.append(ctx.detect(f"detect_pytorch_rt_{load}_busy_cores_{busy}", cameras, "--backend",
-                                        "pytorch", "-c", ctx.compile_config(), *ctx.detection, "--model",
-                                        ctx.checkpoint(load), "--realtime", outputs=("mot", "jsonl"),
-                                        wrapper=undone_by("--busy-cores", busy)))
+                steps.append(ctx.detect(f"detect_pytorch_rt_{load}_busy_cores_{busy}", cameras, *detect, "--realtime",
+                                        outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
             steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
             for mode, options, seconds in LOCK_PROFILED:
                 name = f"lock_profile_{mode}_{load}"
