@@ -25,6 +25,9 @@ after --, detect or bench.
   --busy-cores N           N processes beside the run, each spinning on a core for as long as the command runs: a
                            host whose other tenants want N of its cores, to see how a run and its summary's host_cpu
                            and slowest_steps (server_ms) read in a slow spell made on purpose
+  --niceness N             detect's process and the bundled servers started here, every thread, at niceness N for
+                           the run (negative: ahead of the host's other work; needs root or CAP_SYS_NICE), and the
+                           servers back at their own after it; the --busy-cores processes stay at their own
 
     PYTHONPATH=$PWD python scripts/reidctl_variant.py --switch-interval-ms 5 -- \\
         detect cam01.mp4 ... cam16.mp4 --realtime --mot out/mot --no-progress
@@ -35,14 +38,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import reidctl.apps.pipeline as pipeline
 from perf import parse_wrapper_args  # this folder's measurement runner
 from reidctl.cli import app
-from reidctl.io.cores import usable_cores, whole_cores_from_the_top
+from reidctl.io.cores import process_tree, usable_cores, whole_cores_from_the_top
 from reidctl.triton.requests import TritonRequests
 from reidctl.triton.server import all_running_servers, move_server
 
@@ -110,6 +115,37 @@ def cores_kept_busy(count: int):
             spinner.wait()
 
 
+def set_niceness(pids, niceness: int) -> dict[int, int]:
+    """Every thread of every process in ``pids`` at ``niceness`` (Linux keeps it per thread); each thread's niceness
+    before, by thread id. A thread that ended meanwhile is skipped."""
+    before = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                thread = int(task.name)
+                before[thread] = os.getpriority(os.PRIO_PROCESS, thread)
+                os.setpriority(os.PRIO_PROCESS, thread, niceness)
+    return before
+
+
+@contextlib.contextmanager
+def deployment_at_niceness(niceness: int):
+    """This process (the threads it starts later inherit it) and every bundled server started here at ``niceness``
+    for the duration; the servers' threads back at their own after it."""
+    servers = [pid for server in all_running_servers() for pid in process_tree(server.pid)]
+    try:
+        servers_before = set_niceness(servers, niceness)
+        set_niceness([os.getpid()], niceness)
+    except PermissionError:
+        sys.exit(f"error: --niceness {niceness} needs root or CAP_SYS_NICE")
+    try:
+        yield
+    finally:
+        for thread, niceness_before in servers_before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, thread, niceness_before)
+
+
 def undo(name: str, value, owner=pipeline) -> None:
     """``owner``'s ``name`` (the pipeline's, by default) replaced for this run; a name it no longer has is an error,
     not a no-op."""
@@ -131,6 +167,7 @@ def main() -> None:
     parser.add_argument("--blocking-requests", action="store_true", help="Triton requests as blocking calls")
     parser.add_argument("--server-cores", type=int, help="the local servers on this many cores of their own")
     parser.add_argument("--busy-cores", type=int, default=0, help="this many processes spinning beside the run")
+    parser.add_argument("--niceness", type=int, help="detect and the local servers at this niceness for the run")
     args, command = parse_wrapper_args(parser, "a reidctl command and its arguments")
     if args.switch_interval_ms is not None:
         undo("SWITCH_INTERVAL_S", args.switch_interval_ms / 1000)
@@ -146,8 +183,10 @@ def main() -> None:
         sleep_in_gpu_waits()
     if args.blocking_requests:
         undo("_send", blocking_send, owner=TritonRequests)
+    # the spinners start first, so they keep the niceness this process had
     with (servers_on_cores_of_their_own(args.server_cores) if args.server_cores else contextlib.nullcontext(),
-          cores_kept_busy(args.busy_cores)):
+          cores_kept_busy(args.busy_cores),
+          deployment_at_niceness(args.niceness) if args.niceness is not None else contextlib.nullcontext()):
         app(command, prog_name="reidctl")
 
 

@@ -165,7 +165,8 @@ def test_the_start_timeline_traces_a_real_time_detect_tenth_by_tenth(tmp_path, s
 def test_a_variant_run_is_detect_with_a_choice_undone_and_refuses_what_it_cannot_undo(tmp_path, small_config,
                                                                                       video_file):
     """scripts/reidctl_variant.py runs reidctl itself: detect with the switch interval, the freeze and the model's
-    threads undone writes its summary; asking for sleeping GPU waits without NVIDIA's driver is a one-line error."""
+    threads undone, at niceness 3, writes its summary; asking for sleeping GPU waits without NVIDIA's driver is a
+    one-line error."""
     def variant(*options, summary=tmp_path / "summary.json"):
         return subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "reidctl_variant.py"), *options, "--", "detect",
@@ -173,7 +174,7 @@ def test_a_variant_run_is_detect_with_a_choice_undone_and_refuses_what_it_cannot
              "--summary-json", str(summary)],
             capture_output=True, text=True, timeout=120, check=False, env=project_env())
 
-    run = variant("--switch-interval-ms", "5", "--setup-collected", "--model-threads-as-is")
+    run = variant("--switch-interval-ms", "5", "--setup-collected", "--model-threads-as-is", "--niceness", "3")
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads((tmp_path / "summary.json").read_text())["frames"] > 0
     try:
