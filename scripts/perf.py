@@ -355,10 +355,10 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         for suffix, config in variants.items():
             steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
                                     "--realtime", outputs=("mot", "jsonl")))
-        # each request answered through a gRPC thread instead of a blocking call in its batch loop's thread (how
-        # every request went until 2026-12-04); OpenCV's own thread counts in the readers (scripts/reidctl_variant.py)
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_async_requests", cameras, *detect, "--realtime",
-                                outputs=("mot", "jsonl"), wrapper=undone_by("--async-requests")))
+        # each request a blocking call in its batch loop's thread; OpenCV's own thread counts in the readers
+        # (scripts/reidctl_variant.py)
+        steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests", cameras, *detect, "--realtime",
+                                outputs=("mot", "jsonl"), wrapper=undone_by("--blocking-requests")))
         steps.append(ctx.detect(f"detect_triton_rt_{load}_opencv_threads_as_is", cameras, *detect, "--realtime",
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
         # the server on whole cores of its own, detect on the others (setup-triton --start --cpus)
@@ -368,13 +368,12 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         for busy in BUSY_CORES:
             steps.append(ctx.detect(f"detect_triton_rt_{load}_busy_cores_{busy}", cameras, *detect, "--realtime",
                                     outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
-        # beside the fewer busy cores, the settings measured against the defaults in a slow spell: one thread more
-        # between a request and its answer (asynchronous requests), a late step costing latency instead of a frame
-        # (two frames), the deployment ahead of the host's other work (a lower niceness)
+        # beside the fewer busy cores, two settings that might weather a slow spell better: one thread less between a
+        # request and its answer (blocking requests), a late step costing latency instead of a frame (two frames)
         busy = BUSY_CORES[0]
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_async_requests_busy_cores_{busy}", cameras, *detect,
+        steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests_busy_cores_{busy}", cameras, *detect,
                                 "--realtime", outputs=("mot", "jsonl"),
-                                wrapper=undone_by("--async-requests", "--busy-cores", busy)))
+                                wrapper=undone_by("--blocking-requests", "--busy-cores", busy)))
         steps.append(ctx.detect(f"detect_triton_rt_{load}_camera_buffer_2_busy_cores_{busy}", cameras, *detect, "-c",
                                 variants["_camera_buffer_2"], "--realtime", outputs=("mot", "jsonl"),
                                 wrapper=undone_by("--busy-cores", busy)))
@@ -686,7 +685,7 @@ SUITES = {
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
         "(max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a camera; frames through the host's shared "
-        "memory instead of the GPU's; a 2 ms window for fuller requests; asynchronous requests; OpenCV's own threads; "
+        "memory instead of the GPU's; a 2 ms window for fuller requests; blocking requests; OpenCV's own threads; "
         "the server on 4 or 2 cores of its own) and flat out (max_in_flight 2, 3, 4, 1; the host's shared memory; "
         "the 2 ms window; OpenCV's own threads; the server on its own cores); then a server with no queue delay, in "
         "real time and flat out",

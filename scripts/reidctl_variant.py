@@ -16,9 +16,9 @@ after --, detect or bench.
   --sleeping-waits         host threads sleep while they wait for the GPU (CUDA's blocking synchronisation, set on
                            every device's primary context before the process touches CUDA) instead of spinning,
                            CUDA's default
-  --async-requests         each request to a Triton server is an asynchronous one whose answer comes back through a
-                           gRPC thread, as several chunks of one batch are, instead of a blocking call in the thread
-                           that sends it (reidctl.triton.requests.TritonRequests._send)
+  --blocking-requests      each request to a Triton server is a blocking call in the thread that sends it, instead
+                           of an asynchronous one whose answer comes back through a gRPC thread
+                           (reidctl.triton.requests.TritonRequests._send)
   --server-cores N         the bundled servers started here moved, every thread, onto N whole cores of their own
                            (the highest numbered) for the run, and back onto every core after it: detect keeps to
                            the others, as with `setup-triton --start --cpus`
@@ -77,6 +77,12 @@ def sleep_in_gpu_waits() -> None:
         call("cuDevicePrimaryCtxGetState", device, ctypes.byref(flags), ctypes.byref(active))
         if active.value or flags.value & 0x07 != CU_CTX_SCHED_BLOCKING_SYNC:
             sys.exit(f"error: device {ordinal}'s context did not take blocking synchronisation")
+
+
+def blocking_send(requests: TritonRequests, server, inputs: list, outputs: list, timeout: float) -> list:
+    """TritonRequests._send with one blocking call per input chunk, one after another."""
+    return [server.client.infer(requests.model_name, [item], requests.model_version, outputs=outputs,
+                                client_timeout=timeout) for item in inputs]
 
 
 @contextlib.contextmanager
@@ -158,7 +164,7 @@ def main() -> None:
     parser.add_argument("--frames-mapped", action="store_true", help="no block of a frame's size freed first")
     parser.add_argument("--setup-collected", action="store_true", help="no freeze of the set-up's objects")
     parser.add_argument("--sleeping-waits", action="store_true", help="host threads sleep in their GPU waits")
-    parser.add_argument("--async-requests", action="store_true", help="Triton requests answered on a gRPC thread")
+    parser.add_argument("--blocking-requests", action="store_true", help="Triton requests as blocking calls")
     parser.add_argument("--server-cores", type=int, help="the local servers on this many cores of their own")
     parser.add_argument("--busy-cores", type=int, default=0, help="this many processes spinning beside the run")
     parser.add_argument("--niceness", type=int, help="detect and the local servers at this niceness for the run")
@@ -175,8 +181,8 @@ def main() -> None:
         undo("setup_frozen_out_of_collection", contextlib.nullcontext)
     if args.sleeping_waits:
         sleep_in_gpu_waits()
-    if args.async_requests:
-        undo("_send", TritonRequests._send_together, owner=TritonRequests)
+    if args.blocking_requests:
+        undo("_send", blocking_send, owner=TritonRequests)
     # the spinners start first, so they keep the niceness this process had
     with (servers_on_cores_of_their_own(args.server_cores) if args.server_cores else contextlib.nullcontext(),
           cores_kept_busy(args.busy_cores),

@@ -756,17 +756,7 @@ class TritonRequests:
         return np.concatenate([result.as_numpy(self.output_names[0]) for result in results])
 
     def _send(self, server: _Server, inputs: list, outputs: list, timeout: float) -> list:
-        """One request per input chunk, their results in order (raises the client's error). A batch of one chunk,
-        the usual one, is a blocking call: its answer comes back in this thread, not through a gRPC thread that
-        hands it over, a hand-over that waits for a core when the host is short of them (docs/PERFORMANCE.md,
-        machines Z3-Z6)."""
-        if len(inputs) == 1:
-            return [server.client.infer(self.model_name, inputs, self.model_version, outputs=outputs,
-                                        client_timeout=timeout)]
-        return self._send_together(server, inputs, outputs, timeout)
-
-    def _send_together(self, server: _Server, inputs: list, outputs: list, timeout: float) -> list:
-        """One asynchronous request per input chunk, their results in order (raises the client's error)."""
+        """One request per input chunk, their results in order (raises the client's error)."""
         futures: list[Future] = []
         # Chunks of a large batch go out together, at most max_in_flight at a time, so the batcher sees them at once.
         window = threading.BoundedSemaphore(self.max_in_flight)

@@ -724,13 +724,13 @@ def test_a_thread_that_leaves_gives_back_its_seat_and_region(triton_server, nano
     assert own_regions() == 0
 
 
-def test_detect_with_asynchronous_requests_finds_what_the_runner_finds(triton_server, nano_checkpoint, tmp_path):
-    """scripts/reidctl_variant.py --async-requests (each request answered through a gRPC thread, the variant measured
-    against the runner's blocking calls) detects the same rows in every frame through the same server."""
+def test_detect_with_blocking_requests_finds_what_the_runner_finds(triton_server, nano_checkpoint, tmp_path):
+    """scripts/reidctl_variant.py --blocking-requests (each request a blocking call, the variant measured against
+    the runner's asynchronous requests) detects the same rows in every frame through the same server."""
     clips = [write_video(tmp_path / f"{name}.avi", frames=6, size=(120, 160)) for name in "ab"]
     config = write_config(tmp_path / "c.yaml", nano_checkpoint, triton={"url": f"localhost:{triton_server.grpc_port}"})
     found = {}
-    for name, wrapper in (("runner", []), ("async", ["scripts/reidctl_variant.py", "--async-requests", "--"])):
+    for name, wrapper in (("runner", []), ("blocking", ["scripts/reidctl_variant.py", "--blocking-requests", "--"])):
         jsonl = tmp_path / f"{name}.jsonl"
         command = [sys.executable, *(wrapper or ["-m", "reidctl"]), "detect", *map(str, clips), "-c", str(config),
                    "--backend", "triton", "--jsonl", str(jsonl), "--no-progress"]
@@ -739,10 +739,10 @@ def test_detect_with_asynchronous_requests_finds_what_the_runner_finds(triton_se
         assert run.returncode == 0, run.stderr[-2000:]
         lines = map(json.loads, jsonl.read_text().splitlines())
         found[name] = {(line["camera"], line["frame"]): line["detections"] for line in lines}
-    assert len(found["runner"]) == 12 and found["async"].keys() == found["runner"].keys()
+    assert len(found["runner"]) == 12 and found["blocking"].keys() == found["runner"].keys()
     for key, rows in found["runner"].items():
         assert rows  # an untrained model still finds candidates at the default threshold
-        assert_same_detections(found["async"][key], rows, box_px=1e-3, score=1e-3, rtol=1e-4)
+        assert_same_detections(found["blocking"][key], rows, box_px=1e-3, score=1e-3, rtol=1e-4)
 
 
 def test_setup_triton_cli_start_twice_status_stop(tmp_path, triton_cache, nano_config):
