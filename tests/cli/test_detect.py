@@ -343,7 +343,6 @@ def test_live_table_names_the_busiest_stage_and_a_server_that_is_down(tmp_path, 
     host = stats["host_cpu"]
     assert host["cores"] == os.cpu_count() and host["cores_busy"] > 0 and host["cores_stolen"] >= 0
     assert f"host: {host['cores_busy']:.1f} of {host['cores']} cores busy" in caption
-    # its dropped frames that fell while the host was short of cores (None: a kernel without CPU pressure figures)
-    short = host["dropped_short_of_cores"]
-    assert (short is None) == (host["cpu_pressure"] is None) and (short is None or 0 <= short <= stats["dropped"])
+    # its dropped frames that fell while the host was short of cores
+    assert 0 <= host["dropped_short_of_cores"] <= stats["dropped"]
     assert "server a:8101: DOWN, 0 sending, 2 moved away" in caption and "server b:8101: live, 4 sending" in caption

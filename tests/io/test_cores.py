@@ -122,21 +122,25 @@ def test_the_host_cpu_watch_sees_a_busy_core_interval_by_interval():
     assert HostCpuWatch().summary() is None  # never started: nothing to say
 
 
-def _host(pressures: list[float | None]) -> dict:
-    seconds = {str(index): {"cores_busy": 12.6, "cores_stolen": 0.0, "cpu_pressure": pressure}
+def _host(pressures: list[float | None], stolen: list[float] | None = None) -> dict:
+    seconds = {str(index): {"cores_busy": 12.6, "cores_stolen": (stolen or [0.0] * len(pressures))[index],
+                            "cpu_pressure": pressure}
                for index, pressure in enumerate(pressures)}
     return {"cores": 16, "cores_busy": 12.6, "cores_stolen": 0.0, "cpu_pressure": 0.1, "by_second": seconds}
 
 
 def test_frames_dropped_while_the_host_was_short_of_cores_are_told_apart():
     """A dropped frame counts against the host when the second it was dropped in had threads waiting for a core
-    3 % of the time or more; one dropped in a calm second, or after the last second read, does not."""
-    host = _host([0.01, 0.03, 0.12, 0.02])
-    assert dropped_short_of_cores({"0": 5, "1": 2, "2": 7, "3": 1, "4": 9}, host) == 9
+    3 % of the time or more, or the hypervisor taking a quarter of a core or more; one dropped in a calm second, or
+    after the last second read, does not."""
+    host = _host([0.01, 0.03, 0.12, 0.02, 0.01, 0.01], stolen=[0.0, 0.0, 0.0, 0.0, 0.25, 0.24])
+    assert dropped_short_of_cores({"0": 5, "1": 2, "2": 7, "3": 1, "4": 4, "5": 6, "6": 9}, host) == 13
     assert dropped_short_of_cores({}, host) == 0
     assert dropped_short_of_cores({"0": 3}, {**host, "by_second": {}}) == 0  # a run shorter than a second
-    no_pressure = {**host, "cpu_pressure": None, "by_second": {"0": {**host["by_second"]["0"], "cpu_pressure": None}}}
-    assert dropped_short_of_cores({"0": 3}, no_pressure) is None  # a kernel without pressure figures
+    # a kernel without pressure figures: the stolen cores still tell
+    seconds = {index: {**second, "cpu_pressure": None} for index, second in host["by_second"].items()}
+    no_pressure = {**host, "cpu_pressure": None, "by_second": seconds}
+    assert dropped_short_of_cores({"0": 3, "2": 1, "4": 2}, no_pressure) == 2
     assert dropped_short_of_cores({"0": 1}, None) is None  # the host's CPU not read at all
 
 
@@ -144,8 +148,12 @@ def test_the_warning_names_the_host_only_when_most_drops_fell_while_it_was_short
     host = {**_host([0.12]), "dropped_short_of_cores": 48}
     summary = {"dropped": 72, "host_cpu": host, "cpu_cores_busy": {"detect": 4.0, "server": 0.7}}
     line = short_of_cores_warning(summary)
-    assert line.startswith("48 of the 72 dropped frames fell in seconds when threads waited for a core over 3%")
+    assert line.startswith("48 of the 72 dropped frames fell in seconds when threads waited for a core over 3% of "
+                           "the time or the hypervisor took 0.25 of a core or more (CPU pressure 10% and 0.00 cores "
+                           "stolen over the run;")
     assert "12.6 of 16 cores busy, detect 4.0 and server 0.7 of them this run's" in line
+    without_pressure = short_of_cores_warning({**summary, "host_cpu": {**host, "cpu_pressure": None}})
+    assert "more (0.00 cores stolen over the run;" in without_pressure  # a kernel without pressure figures
     assert short_of_cores_warning({**summary, "dropped": 97}) is None  # under half: the pipeline's own limit
     assert short_of_cores_warning({**summary, "dropped": 0}) is None
     assert short_of_cores_warning({**summary, "host_cpu": {**host, "dropped_short_of_cores": None}}) is None
