@@ -915,15 +915,19 @@ def reachable_from(namespace: str, address: str, port: int) -> bool:
 
 @pytest.fixture()
 def second_address():
-    """A network namespace joined to this host by a veth pair: (its name, this host's address as it sees it)."""
+    """A network namespace joined to this host by a veth pair: (its name, this host's address as it sees it). The
+    pair's /30 in 10.213.0.0/16 comes from the process id: two test runs at once on one machine (a clone's CI beside a
+    developer's run) must not put the same subnet on two links, or the host answers one namespace through the other."""
     name, host_end, other_end = f"reidctl-{os.getpid()}", f"rh{os.getpid()}", f"rn{os.getpid()}"
+    block = os.getpid() % 16384 * 4  # the /30's first address, counted from 10.213.0.0
+    host_address, other_address = (f"10.213.{(block + end) // 256}.{(block + end) % 256}" for end in (1, 2))
     steps = [
         ["ip", "netns", "add", name],
         ["ip", "link", "add", host_end, "type", "veth", "peer", "name", other_end],
         ["ip", "link", "set", other_end, "netns", name],
-        ["ip", "addr", "add", "10.213.7.1/30", "dev", host_end],
+        ["ip", "addr", "add", f"{host_address}/30", "dev", host_end],
         ["ip", "link", "set", host_end, "up"],
-        ["ip", "-n", name, "addr", "add", "10.213.7.2/30", "dev", other_end],
+        ["ip", "-n", name, "addr", "add", f"{other_address}/30", "dev", other_end],
         ["ip", "-n", name, "link", "set", other_end, "up"],
     ]
     try:
@@ -931,7 +935,7 @@ def second_address():
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode != 0:
                 pytest.skip(f"cannot make a second address here ({' '.join(step[:3])}: {done.stderr.strip()})")
-        yield name, "10.213.7.1"
+        yield name, host_address
     finally:
         subprocess.run(["ip", "link", "del", host_end], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
