@@ -42,12 +42,11 @@ import os
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import reidctl.apps.pipeline as pipeline
 from perf import parse_wrapper_args  # this folder's measurement runner
 from reidctl.cli import app
-from reidctl.io.cores import process_tree, usable_cores, whole_cores_from_the_top
+from reidctl.io.cores import process_tree, threads_of, usable_cores, whole_cores_from_the_top
 from reidctl.triton.requests import TritonRequests
 from reidctl.triton.server import all_running_servers, move_server
 
@@ -119,12 +118,10 @@ def set_niceness(pids, niceness: int) -> dict[int, int]:
     """Every thread of every process in ``pids`` at ``niceness`` (Linux keeps it per thread); each thread's niceness
     before, by thread id. A thread that ended meanwhile is skipped."""
     before = {}
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-                thread = int(task.name)
-                before[thread] = os.getpriority(os.PRIO_PROCESS, thread)
-                os.setpriority(os.PRIO_PROCESS, thread, niceness)
+    for thread in threads_of(pids):
+        with contextlib.suppress(ProcessLookupError):
+            before[thread] = os.getpriority(os.PRIO_PROCESS, thread)
+            os.setpriority(os.PRIO_PROCESS, thread, niceness)
     return before
 
 

@@ -109,14 +109,18 @@ def thread_on(cpus: Iterable[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, previous)
 
 
+def threads_of(pids: Iterable[int]) -> list[int]:
+    """The thread ids of every process in ``pids`` (Linux); a process that ended has none."""
+    return [int(task.name) for pid in pids for task in Path(f"/proc/{pid}/task").glob("*")]
+
+
 def move_processes(pids: Iterable[int], cpus: Iterable[int]) -> None:
     """Every thread of every process in ``pids`` onto ``cpus`` (the threads they start later inherit it); a thread
     or process that ended meanwhile is skipped."""
     cpus = set(cpus)
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-                os.sched_setaffinity(int(task.name), cpus)
+    for thread in threads_of(pids):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(thread, cpus)
 
 
 def process_tree(pid: int) -> list[int]:
