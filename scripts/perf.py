@@ -380,6 +380,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         steps.append(ctx.detect(f"detect_triton_rt_{load}_niceness_{DEPLOYMENT_NICENESS}_busy_cores_{busy}", cameras,
                                 *detect, "--realtime", outputs=("mot", "jsonl"),
                                 wrapper=undone_by("--niceness", DEPLOYMENT_NICENESS, "--busy-cores", busy)))
+        steps.append(ctx.detect(f"detect_triton_rt_{load}_in_flight_3_busy_cores_{busy}", cameras, *detect, "-c",
+                                in_flight["_in_flight_3"], "--realtime", outputs=("mot", "jsonl"),
+                                wrapper=undone_by("--busy-cores", busy)))
         steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
         steps.append(ctx.detect(f"detect_triton_fast_{load}_opencv_threads_as_is", cameras, *detect,
                                 outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
@@ -400,6 +403,16 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                   ctx.detect(f"detect_triton_fast_{load}_queue_delay_0", cameras, *detect, outputs=("mot", "jsonl"))]
         groups.append(ctx.triton(f"triton_{load}_queue_delay_0", served, "--device", ctx.settings.device, *model,
                                  "-c", no_delay))
+        # a server of two model instances, each its own process of the python model: one whose core stalls holds up
+        # its own requests only; with detect's 2 requests in flight and with 3, in real time, also beside busy cores
+        served = []
+        for suffix, options in {"": (), "_in_flight_3": ("-c", in_flight["_in_flight_3"])}.items():
+            name = f"detect_triton_rt_{load}_instances_2{suffix}"
+            served.append(ctx.detect(name, cameras, *detect, *options, "--realtime", outputs=("mot", "jsonl")))
+            served.append(ctx.detect(f"{name}_busy_cores_{busy}", cameras, *detect, *options, "--realtime",
+                                     outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
+        groups.append(ctx.triton(f"triton_{load}_instances_2", served, "--device", ctx.settings.device, *model,
+                                 "-c", ctx.config("triton_instances_2", triton={"instances": 2})))
     return groups
 
 
@@ -688,7 +701,8 @@ SUITES = {
         "memory instead of the GPU's; a 2 ms window for fuller requests; blocking requests; OpenCV's own threads; "
         "the server on 4 or 2 cores of its own) and flat out (max_in_flight 2, 3, 4, 1; the host's shared memory; "
         "the 2 ms window; OpenCV's own threads; the server on its own cores); then a server with no queue delay, in "
-        "real time and flat out",
+        "real time and flat out; then a server of two model instances in real time (2 and 3 in flight, also beside "
+        "busy cores)",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",

@@ -49,7 +49,7 @@ def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_p
     """The in-flight and system shared memory variants change one detection.triton setting alone, in real time and
     flat out alike."""
     context = perf.Context(perf.Settings(loads="crowd"), tmp_path, tmp_path, None)
-    served, no_delay = perf.pipeline_triton(context)
+    served, no_delay, two_instances = perf.pipeline_triton(context)
     steps = {step.name: step.argv for step in served.steps}
 
     def triton(argv: list[str]) -> dict:
@@ -60,6 +60,13 @@ def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_p
     assert [step.name for step in no_delay.steps] == ["detect_triton_rt_crowd_queue_delay_0",
                                                       "detect_triton_fast_crowd_queue_delay_0"]
     assert all("-c" not in step.argv for step in no_delay.steps)
+    # a server of two instances: the setting goes to setup-triton; detect runs with 2 and 3 requests in flight
+    assert triton(two_instances.setup_args) == {"instances": 2}
+    two = {step.name: step.argv for step in two_instances.steps}
+    assert "-c" not in two["detect_triton_rt_crowd_instances_2"]
+    assert triton(two["detect_triton_rt_crowd_instances_2_in_flight_3"]) == {"max_in_flight": 3}
+    assert all("--realtime" in argv for argv in two.values())
+    assert "--busy-cores" in two["detect_triton_rt_crowd_instances_2_in_flight_3_busy_cores_8"]
 
     for count in (3, 4, 1):
         real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_in_flight_{count}"] for mode in ("rt", "fast"))
