@@ -341,7 +341,12 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                  "--client-processes", min(4, ctx.camera_count)]
         steps = [ctx.bench(f"bench_triton_{load}", *bench),
                  ctx.bench(f"bench_triton_{load}_system_inputs", *bench, "-c", system_inputs),
-                 ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl"))]
+                 ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl")),
+                 # the same cameras in process (compiled) while the server idles: with --rounds, the neighbour of each
+                 # run through the server, so that both meet the same spell of the host
+                 ctx.detect(f"detect_pytorch_rt_{load}_beside_idle_server", cameras, "--backend", "pytorch", "-c",
+                            ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load), "--realtime",
+                            outputs=("mot", "jsonl"))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
         # CPU (niceness 10), each camera holding two frames, and a 2 ms window for fuller requests
         in_flight = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n})

@@ -73,6 +73,10 @@ def test_pipeline_triton_runs_each_request_count_in_real_time_and_flat_out(tmp_p
         assert "--realtime" in real_time and "--realtime" not in flat_out
         assert triton(real_time) == triton(flat_out) == {"max_in_flight": count}
     assert "-c" not in steps["detect_triton_fast_crowd"] and "--realtime" in steps["detect_triton_rt_crowd"]
+    # in process beside the idle server: pipeline-pytorch's real-time run of the load, as is
+    pytorch_suite = {step.name: step.argv for step in perf.pipeline_pytorch(context) if isinstance(step, perf.Step)}
+    beside, alone = steps["detect_pytorch_rt_crowd_beside_idle_server"], pytorch_suite["detect_pytorch_rt_crowd"]
+    assert beside[:beside.index("--mot")] == alone[:alone.index("--mot")] and "--jsonl" in beside
     # frames through the host's shared memory: detect's setting alone, on the default server
     real_time, flat_out = (steps[f"detect_triton_{mode}_crowd_system_inputs"] for mode in ("rt", "fast"))
     assert "--realtime" in real_time and "--realtime" not in flat_out
