@@ -702,12 +702,12 @@ SUITES = {
         pipeline_pytorch),
     "pipeline-triton": Suite(
         "the same cameras through the bundled server per load: bench on their frames (4 client processes), real time "
-        "(max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a camera; frames through the host's shared "
-        "memory instead of the GPU's; a 2 ms window for fuller requests; blocking requests; OpenCV's own threads; "
-        "the server on 4 or 2 cores of its own) and flat out (max_in_flight 2, 3, 4, 1; the host's shared memory; "
-        "the 2 ms window; OpenCV's own threads; the server on its own cores); then a server with no queue delay, in "
-        "real time and flat out; then a server of two model instances in real time (2 and 3 in flight, also beside "
-        "busy cores)",
+        "(in process too, beside the idle server; max_in_flight 2, 3, 4, 1; the readers at niceness 10; two frames a "
+        "camera; frames through the host's shared memory instead of the GPU's; a 2 ms window for fuller requests; "
+        "blocking requests; OpenCV's own threads; the server on 4 or 2 cores of its own) and flat out (max_in_flight "
+        "2, 3, 4, 1; the host's shared memory; the 2 ms window; OpenCV's own threads; the server on its own cores); "
+        "then a server with no queue delay, in real time and flat out; then a server of two model instances in real "
+        "time (2 and 3 in flight, also beside busy cores)",
         pipeline_triton, {"loads": "idle,crowd"}),
     "loads": Suite(
         "bench at each load: PyTorch with CUDA graphs, then PyTorch compiled and the server in one run per load",
