@@ -202,6 +202,10 @@ class Context:
     def compile_config(self) -> Path:
         return self.config("compile", compile=self.compiles)
 
+    def compiled(self, load: str) -> list:
+        """The model options of an in-process run at ``load``: compiled where there is a GPU, its load checkpoint."""
+        return ["-c", self.compile_config(), *self.detection, "--model", self.checkpoint(load)]
+
     def detect(self, name: str, clips: list[Path], *options, outputs: tuple[str, ...] = ("mot",),
                timeout_s: int = 150, needs_gpus: int | None = None, wrapper: tuple = ()) -> Step:
         """`reidctl detect` of the clips as cameras, its summary in OUT_DIR/NAME.json; ``outputs``: mot, jsonl."""
@@ -293,7 +297,7 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                                                "--decoders", "opencv", "--workers", "thread",
                                                "--json", ctx.result("decode_readers.json")))]
     for load in ctx.loads:
-        detection = ["-c", ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load)]
+        detection = ctx.compiled(load)
         detect = ["--backend", "pytorch", *detection]
         steps.append(ctx.bench(f"bench_{load}", "--backends", "pytorch", *detection, *ctx.detect_frames(cameras)))
         if load == "worst":  # a row for every anchor: writing them is the limit, so this one runs without outputs
@@ -344,9 +348,8 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                  ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl")),
                  # the same cameras in process (compiled) while the server idles: with --rounds, the neighbour of each
                  # run through the server, so that both meet the same spell of the host
-                 ctx.detect(f"detect_pytorch_rt_{load}_beside_idle_server", cameras, "--backend", "pytorch", "-c",
-                            ctx.compile_config(), *ctx.detection, "--model", ctx.checkpoint(load), "--realtime",
-                            outputs=("mot", "jsonl"))]
+                 ctx.detect(f"detect_pytorch_rt_{load}_beside_idle_server", cameras, "--backend", "pytorch",
+                            *ctx.compiled(load), "--realtime", outputs=("mot", "jsonl"))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
         # CPU (niceness 10), each camera holding two frames, and a 2 ms window for fuller requests
         in_flight = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n})
