@@ -61,7 +61,8 @@ def _print_verdict(check) -> None:
         f"{'<=' if result.latency.p99_ms <= need.latency_ms else '>'} {need.latency_ms:g} ms, {result.late} late, "
         f"{result.dropped} dropped, {result.throughput_fps:.1f} of {need.total_fps:.1f} FPS; busiest: "
         f"{summary['limiting_stage']} ({busy}); {_load_line(summary)}"
-        + (f"; {short}" if (short := short_of_cores_warning(summary)) else ""),
+        + (f"; {short}" if (short := short_of_cores_warning(
+            summary, latency_missed=result.latency.p99_ms > need.latency_ms)) else ""),
         soft_wrap=True,
     )
 

@@ -221,17 +221,38 @@ def dropped_short_of_cores(dropped_by_second: dict[str, int], host: dict | None)
                if index in seconds and short_of_cores(seconds[index]))
 
 
-def short_of_cores_warning(summary: dict) -> str | None:
-    """One line when most of a run's dropped frames fell in seconds the host was short of cores, with the cores the
-    host and this run kept busy: the rest is other work (or a run with more threads than cores); None otherwise."""
+def _longest_steps_short_of_cores(summary: dict) -> tuple[int, list[dict]]:
+    """Of a run's longest steps (``slowest_steps``), how many ended in a second when the host was short of cores,
+    and the steps."""
+    seconds, steps = summary["host_cpu"]["by_second"], summary.get("slowest_steps") or []
+    short = sum(1 for step in steps
+                if (second := seconds.get(str(int(step["ended_s"])))) is not None and short_of_cores(second))
+    return short, steps
+
+
+def short_of_cores_warning(summary: dict, latency_missed: bool = False) -> str | None:
+    """One line when most of a run's dropped frames fell in seconds the host was short of cores, or, for a run that
+    dropped none and missed its latency budget (``latency_missed``), when most of its longest steps ended in such
+    seconds; with the cores the host and this run kept busy: the rest is other work (or a run with more threads than
+    cores). None otherwise."""
     host, dropped = summary.get("host_cpu"), summary["dropped"]
     short = (host or {}).get("dropped_short_of_cores")
-    if not dropped or not short or 2 * short < dropped:
-        return None
+    if dropped:
+        if not short or 2 * short < dropped:
+            return None
+        what = f"{short} of the {dropped} dropped frames fell"
+    else:
+        if not latency_missed or host is None:
+            return None
+        short, steps = _longest_steps_short_of_cores(summary)
+        if not short or 2 * short < len(steps):
+            return None
+        what = (f"{short} of the run's {len(steps)} longest steps "
+                f"({min(s['ms'] for s in steps):.1f}-{max(s['ms'] for s in steps):.1f} ms) ended")
     own = " and ".join(f"{side} {used:.1f}" for side, used in (summary.get("cpu_cores_busy") or {}).items()
                        if used is not None)
     pressure = "" if host["cpu_pressure"] is None else f"CPU pressure {host['cpu_pressure']:.0%} and "
-    return (f"{short} of the {dropped} dropped frames fell in seconds when threads waited for a core over "
+    return (f"{what} in seconds when threads waited for a core over "
             f"{SHORT_OF_CORES_PRESSURE:.0%} of the time or the hypervisor took {SHORT_OF_CORES_STOLEN:g} of a core "
             f"or more ({pressure}{host['cores_stolen']:.2f} cores stolen over the run; the host kept "
             f"{host['cores_busy']:.1f} of {host['cores']} cores busy, {own} of them this run's): the host was short "

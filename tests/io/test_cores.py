@@ -158,3 +158,22 @@ def test_the_warning_names_the_host_only_when_most_drops_fell_while_it_was_short
     assert short_of_cores_warning({**summary, "dropped": 0}) is None
     assert short_of_cores_warning({**summary, "host_cpu": {**host, "dropped_short_of_cores": None}}) is None
     assert short_of_cores_warning({**summary, "host_cpu": None}) is None
+
+
+def test_a_run_that_dropped_nothing_and_missed_its_latency_names_the_host_when_its_longest_steps_fell_short():
+    """A run can miss its P99 budget in a spell of steal without dropping a frame: the warning then counts its
+    longest steps that ended in seconds short of cores, and says nothing for a run within its budget."""
+    host = _host([0.01, 0.01, 0.01, 0.01], stolen=[0.05, 1.26, 0.9, 0.02])
+    steps = [{"ended_s": ended, "ms": ms, "frames": 8, "server_ms": None}
+             for ended, ms in ((1.2, 70.6), (2.9, 58.2), (1.4, 51.6), (3.1, 39.3), (0.5, 37.0))]
+    summary = {"dropped": 0, "host_cpu": {**host, "dropped_short_of_cores": 0}, "slowest_steps": steps,
+               "cpu_cores_busy": {"detect": 5.1, "server": None}}
+    line = short_of_cores_warning(summary, latency_missed=True)
+    assert line.startswith("3 of the run's 5 longest steps (37.0-70.6 ms) ended in seconds when threads waited for "
+                           "a core over 3% of the time or the hypervisor took 0.25 of a core or more")
+    assert line.endswith("detect 5.1 of them this run's): the host was short of cores")
+    assert short_of_cores_warning(summary) is None  # within its budget: nothing to explain
+    calm = {**summary, "host_cpu": {**_host([0.01] * 4, stolen=[0.05, 0.3, 0.1, 0.02]), "dropped_short_of_cores": 0}}
+    assert short_of_cores_warning(calm, latency_missed=True) is None  # 2 of 5 steps: the pipeline's own limit
+    assert short_of_cores_warning({**summary, "host_cpu": None}, latency_missed=True) is None
+    assert short_of_cores_warning({**summary, "slowest_steps": []}, latency_missed=True) is None
