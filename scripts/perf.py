@@ -333,6 +333,15 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
 
 def pipeline_triton(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
+
+    def realtime(name: str, *options, wrapper: tuple = ()) -> Step:
+        """detect of the cameras in real time, MOT and JSONL on."""
+        return ctx.detect(name, cameras, *options, "--realtime", outputs=("mot", "jsonl"), wrapper=wrapper)
+
+    def flat_out(name: str, *options, wrapper: tuple = ()) -> Step:
+        """detect of the cameras as fast as they decode, MOT and JSONL on."""
+        return ctx.detect(name, cameras, *options, outputs=("mot", "jsonl"), wrapper=wrapper)
+
     groups: list[Step | Served] = []
     for load in ctx.loads:
         model = [*ctx.model, "--model", ctx.checkpoint(load)]
@@ -345,11 +354,10 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                  "--client-processes", min(4, ctx.camera_count)]
         steps = [ctx.bench(f"bench_triton_{load}", *bench),
                  ctx.bench(f"bench_triton_{load}_system_inputs", *bench, "-c", system_inputs),
-                 ctx.detect(f"detect_triton_rt_{load}", cameras, *detect, "--realtime", outputs=("mot", "jsonl")),
+                 realtime(f"detect_triton_rt_{load}", *detect),
                  # the same cameras in process (compiled) while the server idles: with --rounds, the neighbour of each
                  # run through the server, so that both meet the same spell of the host
-                 ctx.detect(f"detect_pytorch_rt_{load}_beside_idle_server", cameras, "--backend", "pytorch",
-                            *ctx.compiled(load), "--realtime", outputs=("mot", "jsonl"))]
+                 realtime(f"detect_pytorch_rt_{load}_beside_idle_server", "--backend", "pytorch", *ctx.compiled(load))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
         # CPU (niceness 10), each camera holding two frames, and a 2 ms window for fuller requests
         in_flight = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n})
@@ -361,54 +369,47 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         window = ctx.config("triton_batch_window_2", batch_window_ms=2)
         variants["_batch_window_2"] = window
         for suffix, config in variants.items():
-            steps.append(ctx.detect(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config,
-                                    "--realtime", outputs=("mot", "jsonl")))
+            steps.append(realtime(f"detect_triton_rt_{load}{suffix}", *detect, "-c", config))
         # each request a blocking call in its batch loop's thread; OpenCV's own thread counts in the readers
         # (scripts/reidctl_variant.py)
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests", cameras, *detect, "--realtime",
-                                outputs=("mot", "jsonl"), wrapper=undone_by("--blocking-requests")))
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_opencv_threads_as_is", cameras, *detect, "--realtime",
-                                outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
+        steps.append(realtime(f"detect_triton_rt_{load}_blocking_requests", *detect,
+                              wrapper=undone_by("--blocking-requests")))
+        steps.append(realtime(f"detect_triton_rt_{load}_opencv_threads_as_is", *detect,
+                              wrapper=undone_by("--opencv-threads-as-is")))
         # the server on whole cores of its own, detect on the others (setup-triton --start --cpus)
         for cores in SERVER_CORES:
-            steps.append(ctx.detect(f"detect_triton_rt_{load}_server_cores_{cores}", cameras, *detect, "--realtime",
-                                    outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
+            steps.append(realtime(f"detect_triton_rt_{load}_server_cores_{cores}", *detect,
+                                  wrapper=undone_by("--server-cores", cores)))
         for busy in BUSY_CORES:
-            steps.append(ctx.detect(f"detect_triton_rt_{load}_busy_cores_{busy}", cameras, *detect, "--realtime",
-                                    outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
+            steps.append(realtime(f"detect_triton_rt_{load}_busy_cores_{busy}", *detect,
+                                  wrapper=undone_by("--busy-cores", busy)))
         # beside the fewer busy cores, two settings that might weather a slow spell better: one thread less between a
         # request and its answer (blocking requests), a late step costing latency instead of a frame (two frames)
         busy = BUSY_CORES[0]
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_blocking_requests_busy_cores_{busy}", cameras, *detect,
-                                "--realtime", outputs=("mot", "jsonl"),
-                                wrapper=undone_by("--blocking-requests", "--busy-cores", busy)))
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_camera_buffer_2_busy_cores_{busy}", cameras, *detect, "-c",
-                                variants["_camera_buffer_2"], "--realtime", outputs=("mot", "jsonl"),
-                                wrapper=undone_by("--busy-cores", busy)))
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_niceness_{DEPLOYMENT_NICENESS}_busy_cores_{busy}", cameras,
-                                *detect, "--realtime", outputs=("mot", "jsonl"),
-                                wrapper=undone_by("--niceness", DEPLOYMENT_NICENESS, "--busy-cores", busy)))
-        steps.append(ctx.detect(f"detect_triton_rt_{load}_in_flight_3_busy_cores_{busy}", cameras, *detect, "-c",
-                                in_flight["_in_flight_3"], "--realtime", outputs=("mot", "jsonl"),
-                                wrapper=undone_by("--busy-cores", busy)))
-        steps.append(ctx.detect(f"detect_triton_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
-        steps.append(ctx.detect(f"detect_triton_fast_{load}_opencv_threads_as_is", cameras, *detect,
-                                outputs=("mot", "jsonl"), wrapper=undone_by("--opencv-threads-as-is")))
+        steps.append(realtime(f"detect_triton_rt_{load}_blocking_requests_busy_cores_{busy}", *detect,
+                              wrapper=undone_by("--blocking-requests", "--busy-cores", busy)))
+        steps.append(realtime(f"detect_triton_rt_{load}_camera_buffer_2_busy_cores_{busy}", *detect, "-c",
+                              variants["_camera_buffer_2"], wrapper=undone_by("--busy-cores", busy)))
+        steps.append(realtime(f"detect_triton_rt_{load}_niceness_{DEPLOYMENT_NICENESS}_busy_cores_{busy}", *detect,
+                              wrapper=undone_by("--niceness", DEPLOYMENT_NICENESS, "--busy-cores", busy)))
+        steps.append(realtime(f"detect_triton_rt_{load}_in_flight_3_busy_cores_{busy}", *detect, "-c",
+                              in_flight["_in_flight_3"], wrapper=undone_by("--busy-cores", busy)))
+        steps.append(flat_out(f"detect_triton_fast_{load}", *detect))
+        steps.append(flat_out(f"detect_triton_fast_{load}_opencv_threads_as_is", *detect,
+                              wrapper=undone_by("--opencv-threads-as-is")))
         for cores in SERVER_CORES:
-            steps.append(ctx.detect(f"detect_triton_fast_{load}_server_cores_{cores}", cameras, *detect,
-                                    outputs=("mot", "jsonl"), wrapper=undone_by("--server-cores", cores)))
+            steps.append(flat_out(f"detect_triton_fast_{load}_server_cores_{cores}", *detect,
+                                  wrapper=undone_by("--server-cores", cores)))
         # flat out with more and fewer requests in flight, where the cameras do not pace the run
         for suffix, config in {**in_flight, "_system_inputs": system_inputs, "_batch_window_2": window}.items():
-            steps.append(ctx.detect(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config,
-                                    outputs=("mot", "jsonl")))
+            steps.append(flat_out(f"detect_triton_fast_{load}{suffix}", *detect, "-c", config))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
         # a server of its own that hands requests over at once instead of holding one up to 0.5 ms for a preferred
         # batch size (detection.triton.max_queue_delay_ms 0: the python model forms its own batches), in real time
         # and flat out
         no_delay = ctx.config("triton_queue_delay_0", triton={"max_queue_delay_ms": 0})
-        served = [ctx.detect(f"detect_triton_rt_{load}_queue_delay_0", cameras, *detect, "--realtime",
-                             outputs=("mot", "jsonl")),
-                  ctx.detect(f"detect_triton_fast_{load}_queue_delay_0", cameras, *detect, outputs=("mot", "jsonl"))]
+        served = [realtime(f"detect_triton_rt_{load}_queue_delay_0", *detect),
+                  flat_out(f"detect_triton_fast_{load}_queue_delay_0", *detect)]
         groups.append(ctx.triton(f"triton_{load}_queue_delay_0", served, "--device", ctx.settings.device, *model,
                                  "-c", no_delay))
         # a server of two model instances, each its own process of the python model: one whose core stalls holds up
@@ -416,9 +417,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         served = []
         for suffix, options in {"": (), "_in_flight_3": ("-c", in_flight["_in_flight_3"])}.items():
             name = f"detect_triton_rt_{load}_instances_2{suffix}"
-            served.append(ctx.detect(name, cameras, *detect, *options, "--realtime", outputs=("mot", "jsonl")))
-            served.append(ctx.detect(f"{name}_busy_cores_{busy}", cameras, *detect, *options, "--realtime",
-                                     outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
+            served.append(realtime(name, *detect, *options))
+            served.append(realtime(f"{name}_busy_cores_{busy}", *detect, *options,
+                                   wrapper=undone_by("--busy-cores", busy)))
         groups.append(ctx.triton(f"triton_{load}_instances_2", served, "--device", ctx.settings.device, *model,
                                  "-c", ctx.config("triton_instances_2", triton={"instances": 2})))
     return groups
