@@ -393,35 +393,46 @@ def test_client_processes_split_the_cameras_and_the_server_serves_every_request(
 
 def bench_in_a_terminal(args: list, until: bytes, stop, timeout: float = 240.0) -> tuple[int, str]:
     """`reidctl bench ARGS` in a terminal of its own (a pty: its live progress shows each phase) and its own process
-    group; once ``until`` shows, ``stop(process)`` sends the signal. Returns the exit code and everything it printed."""
+    group; once ``until`` shows, ``stop(process)`` sends the signal. Returns the exit code and everything it printed.
+    A bench that does not end fails the test with its threads' stacks (Python's fault handler)."""
     import pty
     import select
     import time
 
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "reidctl", "bench", *map(str, args)], stdin=subprocess.DEVNULL,
-                               stdout=slave, stderr=slave, env=project_env(COLUMNS="200"),
+                               stdout=slave, stderr=slave, env=project_env(COLUMNS="200", PYTHONFAULTHANDLER="1"),
                                start_new_session=True, preexec_fn=take_sigint)  # fmt: skip
     os.close(slave)
     printed, signalled, deadline = b"", False, time.monotonic() + timeout
+
+    def read(seconds: float) -> bool:
+        """What it printed in up to ``seconds``; False once the terminal is closed (the command has ended)."""
+        nonlocal printed
+        if select.select([master], [], [], seconds)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return False
+            printed += chunk
+            return bool(chunk)
+        return True
+
     try:
-        while time.monotonic() < deadline:
-            if select.select([master], [], [], 0.5)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the terminal is closed: the command has ended
-                    break
-                if not chunk:
-                    break
-                printed += chunk
+        while time.monotonic() < deadline and read(0.5):  # read on: a terminal nobody reads blocks its writer
             if not signalled and until in printed:
                 stop(process)
                 signalled = True
-        try:
-            code = process.wait(timeout=120)  # a stop closes client processes and writes the plot: slow on a busy host
-        except subprocess.TimeoutExpired:
-            stage = f"did not end 120 s after {'the signal' if signalled else f'{timeout:g} s without {until!r}'}"
-            pytest.fail(f"bench {stage}; it printed: {printed.decode(errors='replace')[-2000:]}")
+                # a stop closes client processes and writes the plot: slow on a busy host
+                deadline = time.monotonic() + 120
+        if process.poll() is None and time.monotonic() >= deadline:
+            stage = "did not end 120 s after the signal" if signalled else f"showed no {until!r} in {timeout:g} s"
+            os.kill(process.pid, signal.SIGABRT)  # the fault handler prints every thread's stack
+            end = time.monotonic() + 10
+            while time.monotonic() < end and read(0.5):
+                pass
+            pytest.fail(f"bench {stage}; it printed: {printed.decode(errors='replace')[-6000:]}")
+        code = process.wait(timeout=60)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
