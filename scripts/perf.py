@@ -217,6 +217,15 @@ class Context:
                             wrapper=wrapper)
         return Step(name, timeout_s, argv, output=summary, needs_gpus=self.needs(needs_gpus))
 
+    def realtime(self, name: str, clips: list[Path], *options, **step) -> Step:
+        """`detect` of the clips as cameras at their frame rate, with the outputs a deployment writes (MOT, JSONL)."""
+        return self.detect(name, clips, *options, "--realtime", outputs=("mot", "jsonl"), **step)
+
+    def flat_out(self, name: str, clips: list[Path], *options, **step) -> Step:
+        """`detect` of the clips as cameras as fast as they decode, with the outputs a deployment writes (MOT and
+        JSONL)."""
+        return self.detect(name, clips, *options, outputs=("mot", "jsonl"), **step)
+
     def timeline(self, name: str, clips: list[Path], *options) -> Step:
         """`reidctl detect` of the clips with --mot and --jsonl through scripts/start_timeline.py: its first seconds
         tenth by tenth in OUT_DIR/NAME/timeline.json, its summary in OUT_DIR/NAME/summary.json."""
@@ -305,21 +314,19 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
         for tracking in REAL_TIME_TRACKING.get(load, ()):
             name = f"detect_pytorch_rt_{load}" + ("_track" if tracking else "")
             for suffix, config in variants.items():
-                steps.append(ctx.detect(name + suffix, cameras, "--backend", "pytorch", "-c", config, *ctx.detection,
-                                        "--model", ctx.checkpoint(load), "--realtime", *tracking,
-                                        outputs=("mot", "jsonl")))
+                steps.append(ctx.realtime(name + suffix, cameras, "--backend", "pytorch", "-c", config,
+                                          *ctx.detection, "--model", ctx.checkpoint(load), *tracking))
         for variant, undone, tracking in UNDONE.get(load, ()):
             name = f"detect_pytorch_rt_{load}{'_track' if tracking else ''}_{variant}"
-            steps.append(ctx.detect(name, cameras, *detect, "--realtime", *tracking, outputs=("mot", "jsonl"),
-                                    wrapper=undone_by(*undone)))
+            steps.append(ctx.realtime(name, cameras, *detect, *tracking, wrapper=undone_by(*undone)))
         if load in REAL_TIME_TRACKING:  # the same real-time run beside busy cores, then its first seconds traced
             for busy in BUSY_CORES:
-                steps.append(ctx.detect(f"detect_pytorch_rt_{load}_busy_cores_{busy}", cameras, *detect, "--realtime",
-                                        outputs=("mot", "jsonl"), wrapper=undone_by("--busy-cores", busy)))
+                steps.append(ctx.realtime(f"detect_pytorch_rt_{load}_busy_cores_{busy}", cameras, *detect,
+                                          wrapper=undone_by("--busy-cores", busy)))
             busy = BUSY_CORES[0]
-            steps.append(ctx.detect(f"detect_pytorch_rt_{load}_niceness_{DEPLOYMENT_NICENESS}_busy_cores_{busy}",
-                                    cameras, *detect, "--realtime", outputs=("mot", "jsonl"),
-                                    wrapper=undone_by("--niceness", DEPLOYMENT_NICENESS, "--busy-cores", busy)))
+            steps.append(ctx.realtime(f"detect_pytorch_rt_{load}_niceness_{DEPLOYMENT_NICENESS}_busy_cores_{busy}",
+                                      cameras, *detect,
+                                      wrapper=undone_by("--niceness", DEPLOYMENT_NICENESS, "--busy-cores", busy)))
             steps.append(ctx.timeline(f"timeline_pytorch_rt_{load}", cameras, *detect, "--realtime"))
             for mode, options, seconds in LOCK_PROFILED:
                 name = f"lock_profile_{mode}_{load}"
@@ -327,21 +334,12 @@ def pipeline_pytorch(ctx: Context) -> list[Step | Served]:
                 profile = ("gil_profile", "--seconds", seconds, "--json", shares)
                 step = ctx.detect(name, cameras, *detect, *options, outputs=("mot", "jsonl"), wrapper=profile)
                 steps.append(dataclasses.replace(step, output=shares, needs_program="py-spy"))
-        steps.append(ctx.detect(f"detect_pytorch_fast_{load}", cameras, *detect, outputs=("mot", "jsonl")))
+        steps.append(ctx.flat_out(f"detect_pytorch_fast_{load}", cameras, *detect))
     return steps
 
 
 def pipeline_triton(ctx: Context) -> list[Step | Served]:
     cameras = ctx.clips(ctx.camera_count)
-
-    def realtime(name: str, *options, wrapper: tuple = ()) -> Step:
-        """detect of the cameras in real time, MOT and JSONL on."""
-        return ctx.detect(name, cameras, *options, "--realtime", outputs=("mot", "jsonl"), wrapper=wrapper)
-
-    def flat_out(name: str, *options, wrapper: tuple = ()) -> Step:
-        """detect of the cameras as fast as they decode, MOT and JSONL on."""
-        return ctx.detect(name, cameras, *options, outputs=("mot", "jsonl"), wrapper=wrapper)
-
     groups: list[Step | Served] = []
     for load in ctx.loads:
         model = [*ctx.model, "--model", ctx.checkpoint(load)]
@@ -354,10 +352,11 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
                  "--client-processes", min(4, ctx.camera_count)]
         steps = [ctx.bench(f"bench_triton_{load}", *bench),
                  ctx.bench(f"bench_triton_{load}_system_inputs", *bench, "-c", system_inputs),
-                 realtime(f"detect_triton_rt_{load}", *detect),
+                 ctx.realtime(f"detect_triton_rt_{load}", cameras, *detect),
                  # the same cameras in process (compiled) while the server idles: with --rounds, the neighbour of each
                  # run through the server, so that both meet the same spell of the host
-                 realtime(f"detect_pytorch_rt_{load}_beside_idle_server", "--backend", "pytorch", *ctx.compiled(load))]
+                 ctx.realtime(f"detect_pytorch_rt_{load}_beside_idle_server", cameras, "--backend", "pytorch",
+                              *ctx.compiled(load))]
         # more and fewer requests in flight from detect's batch loops than its default 2, the readers yielding the
         # CPU (niceness 10), each camera holding two frames, and a 2 ms window for fuller requests
         in_flight = {f"_in_flight_{n}": ctx.config(f"triton_in_flight_{n}", triton={"max_in_flight": n})
@@ -369,47 +368,47 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         window = ctx.config("triton_batch_window_2", batch_window_ms=2)
         variants["_batch_window_2"] = window
         for suffix, config in variants.items():
-            steps.append(realtime(f"detect_triton_rt_{load}{suffix}", *detect, "-c", config))
+            steps.append(ctx.realtime(f"detect_triton_rt_{load}{suffix}", cameras, *detect, "-c", config))
         # each request a blocking call in its batch loop's thread; OpenCV's own thread counts in the readers
         # (scripts/reidctl_variant.py)
-        steps.append(realtime(f"detect_triton_rt_{load}_blocking_requests", *detect,
-                              wrapper=undone_by("--blocking-requests")))
-        steps.append(realtime(f"detect_triton_rt_{load}_opencv_threads_as_is", *detect,
-                              wrapper=undone_by("--opencv-threads-as-is")))
+        steps.append(ctx.realtime(f"detect_triton_rt_{load}_blocking_requests", cameras, *detect,
+                                  wrapper=undone_by("--blocking-requests")))
+        steps.append(ctx.realtime(f"detect_triton_rt_{load}_opencv_threads_as_is", cameras, *detect,
+                                  wrapper=undone_by("--opencv-threads-as-is")))
         # the server on whole cores of its own, detect on the others (setup-triton --start --cpus)
         for cores in SERVER_CORES:
-            steps.append(realtime(f"detect_triton_rt_{load}_server_cores_{cores}", *detect,
-                                  wrapper=undone_by("--server-cores", cores)))
+            steps.append(ctx.realtime(f"detect_triton_rt_{load}_server_cores_{cores}", cameras, *detect,
+                                      wrapper=undone_by("--server-cores", cores)))
         for busy in BUSY_CORES:
-            steps.append(realtime(f"detect_triton_rt_{load}_busy_cores_{busy}", *detect,
-                                  wrapper=undone_by("--busy-cores", busy)))
+            steps.append(ctx.realtime(f"detect_triton_rt_{load}_busy_cores_{busy}", cameras, *detect,
+                                      wrapper=undone_by("--busy-cores", busy)))
         # beside the fewer busy cores, two settings that might weather a slow spell better: one thread less between a
         # request and its answer (blocking requests), a late step costing latency instead of a frame (two frames)
         busy = BUSY_CORES[0]
-        steps.append(realtime(f"detect_triton_rt_{load}_blocking_requests_busy_cores_{busy}", *detect,
-                              wrapper=undone_by("--blocking-requests", "--busy-cores", busy)))
-        steps.append(realtime(f"detect_triton_rt_{load}_camera_buffer_2_busy_cores_{busy}", *detect, "-c",
-                              variants["_camera_buffer_2"], wrapper=undone_by("--busy-cores", busy)))
-        steps.append(realtime(f"detect_triton_rt_{load}_niceness_{DEPLOYMENT_NICENESS}_busy_cores_{busy}", *detect,
-                              wrapper=undone_by("--niceness", DEPLOYMENT_NICENESS, "--busy-cores", busy)))
-        steps.append(realtime(f"detect_triton_rt_{load}_in_flight_3_busy_cores_{busy}", *detect, "-c",
-                              in_flight["_in_flight_3"], wrapper=undone_by("--busy-cores", busy)))
-        steps.append(flat_out(f"detect_triton_fast_{load}", *detect))
-        steps.append(flat_out(f"detect_triton_fast_{load}_opencv_threads_as_is", *detect,
-                              wrapper=undone_by("--opencv-threads-as-is")))
+        steps.append(ctx.realtime(f"detect_triton_rt_{load}_blocking_requests_busy_cores_{busy}", cameras, *detect,
+                                  wrapper=undone_by("--blocking-requests", "--busy-cores", busy)))
+        steps.append(ctx.realtime(f"detect_triton_rt_{load}_camera_buffer_2_busy_cores_{busy}", cameras, *detect,
+                                  "-c", variants["_camera_buffer_2"], wrapper=undone_by("--busy-cores", busy)))
+        steps.append(ctx.realtime(f"detect_triton_rt_{load}_niceness_{DEPLOYMENT_NICENESS}_busy_cores_{busy}", cameras,
+                                  *detect, wrapper=undone_by("--niceness", DEPLOYMENT_NICENESS, "--busy-cores", busy)))
+        steps.append(ctx.realtime(f"detect_triton_rt_{load}_in_flight_3_busy_cores_{busy}", cameras, *detect, "-c",
+                                  in_flight["_in_flight_3"], wrapper=undone_by("--busy-cores", busy)))
+        steps.append(ctx.flat_out(f"detect_triton_fast_{load}", cameras, *detect))
+        steps.append(ctx.flat_out(f"detect_triton_fast_{load}_opencv_threads_as_is", cameras, *detect,
+                                  wrapper=undone_by("--opencv-threads-as-is")))
         for cores in SERVER_CORES:
-            steps.append(flat_out(f"detect_triton_fast_{load}_server_cores_{cores}", *detect,
-                                  wrapper=undone_by("--server-cores", cores)))
+            steps.append(ctx.flat_out(f"detect_triton_fast_{load}_server_cores_{cores}", cameras, *detect,
+                                      wrapper=undone_by("--server-cores", cores)))
         # flat out with more and fewer requests in flight, where the cameras do not pace the run
         for suffix, config in {**in_flight, "_system_inputs": system_inputs, "_batch_window_2": window}.items():
-            steps.append(flat_out(f"detect_triton_fast_{load}{suffix}", *detect, "-c", config))
+            steps.append(ctx.flat_out(f"detect_triton_fast_{load}{suffix}", cameras, *detect, "-c", config))
         groups.append(ctx.triton(f"triton_{load}", steps, "--device", ctx.settings.device, *model))
         # a server of its own that hands requests over at once instead of holding one up to 0.5 ms for a preferred
         # batch size (detection.triton.max_queue_delay_ms 0: the python model forms its own batches), in real time
         # and flat out
         no_delay = ctx.config("triton_queue_delay_0", triton={"max_queue_delay_ms": 0})
-        served = [realtime(f"detect_triton_rt_{load}_queue_delay_0", *detect),
-                  flat_out(f"detect_triton_fast_{load}_queue_delay_0", *detect)]
+        served = [ctx.realtime(f"detect_triton_rt_{load}_queue_delay_0", cameras, *detect),
+                  ctx.flat_out(f"detect_triton_fast_{load}_queue_delay_0", cameras, *detect)]
         groups.append(ctx.triton(f"triton_{load}_queue_delay_0", served, "--device", ctx.settings.device, *model,
                                  "-c", no_delay))
         # a server of two model instances, each its own process of the python model: one whose core stalls holds up
@@ -417,9 +416,9 @@ def pipeline_triton(ctx: Context) -> list[Step | Served]:
         served = []
         for suffix, options in {"": (), "_in_flight_3": ("-c", in_flight["_in_flight_3"])}.items():
             name = f"detect_triton_rt_{load}_instances_2{suffix}"
-            served.append(realtime(name, *detect, *options))
-            served.append(realtime(f"{name}_busy_cores_{busy}", *detect, *options,
-                                   wrapper=undone_by("--busy-cores", busy)))
+            served.append(ctx.realtime(name, cameras, *detect, *options))
+            served.append(ctx.realtime(f"{name}_busy_cores_{busy}", cameras, *detect, *options,
+                                       wrapper=undone_by("--busy-cores", busy)))
         groups.append(ctx.triton(f"triton_{load}_instances_2", served, "--device", ctx.settings.device, *model,
                                  "-c", ctx.config("triton_instances_2", triton={"instances": 2})))
     return groups
@@ -641,9 +640,8 @@ def host(ctx: Context) -> list[Step | Served]:
     # the worst load's 8,400 rows a frame (YOLOX's 640x640 anchors) from the smallest model on the CPU: what each of
     # detect's outputs takes of the write stage when writing limits the run
     worst = ["--model-type", "nano", "--test-size", "640x640"]
-    worst_outputs = ctx.detect("detect_worst_outputs", ctx.clips(2, size="240x320"), "--device", "cpu", *worst,
-                               "--model", ctx.checkpoint("worst", worst), outputs=("mot", "jsonl"), timeout_s=300,
-                               needs_gpus=0)
+    worst_outputs = ctx.flat_out("detect_worst_outputs", ctx.clips(2, size="240x320"), "--device", "cpu", *worst,
+                                 "--model", ctx.checkpoint("worst", worst), timeout_s=300, needs_gpus=0)
     return [
         worst_outputs,
         Step("writer_bench", 300, ctx.script("writer_bench", "--json"), stdout=ctx.result("writer_bench.json")),
@@ -674,10 +672,8 @@ def cpu_threads(ctx: Context) -> list[Step | Served]:
             "--test-size", "416x416"]
     one_camera = ["--backends", "pytorch", "--source", cameras[0], "--cameras", 1, "--iters", 60, "--warmup", 5, *idle]
     runs: dict[str, Callable[[str, tuple[str, ...]], Step]] = {
-        "detect_crowd": lambda name, wrapper: ctx.detect(name, cameras, *crowd, outputs=("mot", "jsonl"),
-                                                         wrapper=wrapper),
-        "detect_idle_416": lambda name, wrapper: ctx.detect(name, cameras, *idle, outputs=("mot", "jsonl"),
-                                                            wrapper=wrapper),
+        "detect_crowd": lambda name, wrapper: ctx.flat_out(name, cameras, *crowd, wrapper=wrapper),
+        "detect_idle_416": lambda name, wrapper: ctx.flat_out(name, cameras, *idle, wrapper=wrapper),
         "bench_crowd": lambda name, wrapper: ctx.bench(name, "--backends", "pytorch", "--source", cameras[0],
                                                        "--cameras", ctx.settings.cameras, *ctx.iterations, *crowd,
                                                        wrapper=wrapper),
