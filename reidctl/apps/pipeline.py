@@ -52,7 +52,7 @@ from reidctl.io.cores import (
     cpu_list_text,
     cpu_seconds_between,
     cpu_seconds_by_process,
-    dropped_short_of_cores,
+    counted_short_of_cores,
     own_cpu_seconds,
     process_tree,
     thread_on,
@@ -864,7 +864,7 @@ def _run(detector: Detector | DetectorPool, hub: Hub, cameras: list[Camera], pla
                "detection_load": {"candidates_per_frame": load.candidates_per_frame,
                                   "kept_per_frame": load.kept_per_frame}}
     if (host := summary["host_cpu"]) is not None:  # were the frames lost to a shortage of cores?
-        host["dropped_short_of_cores"] = dropped_short_of_cores(
+        host["dropped_short_of_cores"] = counted_short_of_cores(
             {second: counts["dropped"] for second, counts in summary["by_second"].items()}, host)
     peak = detector.peak_memory_bytes()
     summary.update(gpu_memory_peak_mib=peak / 2**20 if peak is not None else None,

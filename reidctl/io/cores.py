@@ -13,7 +13,8 @@ import re
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -211,23 +212,14 @@ def short_of_cores(second: dict) -> bool:
         second["cores_stolen"] >= SHORT_OF_CORES_STOLEN)
 
 
-def dropped_short_of_cores(dropped_by_second: dict[str, int], host: dict | None) -> int | None:
-    """Of a run's dropped frames (by the second they were dropped in), those dropped in a second when the host was
-    short of cores; None where the host's CPU was not read."""
+def counted_short_of_cores(counts_by_second: Mapping[str, int], host: dict | None) -> int | None:
+    """Of what a run counted by the second it fell in (its dropped frames, its longest steps), how much fell in a
+    second when the host was short of cores; None where the host's CPU was not read."""
     if host is None:
         return None
-    seconds = host["by_second"]  # whole seconds only: a drop in the run's last part-second is not counted
-    return sum(count for index, count in dropped_by_second.items()
+    seconds = host["by_second"]  # whole seconds only: what fell in the run's last part-second is not counted
+    return sum(count for index, count in counts_by_second.items()
                if index in seconds and short_of_cores(seconds[index]))
-
-
-def _longest_steps_short_of_cores(summary: dict) -> tuple[int, list[dict]]:
-    """Of a run's longest steps (``slowest_steps``), how many ended in a second when the host was short of cores,
-    and the steps."""
-    seconds, steps = summary["host_cpu"]["by_second"], summary.get("slowest_steps") or []
-    short = sum(1 for step in steps
-                if (second := seconds.get(str(int(step["ended_s"])))) is not None and short_of_cores(second))
-    return short, steps
 
 
 def short_of_cores_warning(summary: dict, latency_missed: bool = False) -> str | None:
@@ -242,9 +234,10 @@ def short_of_cores_warning(summary: dict, latency_missed: bool = False) -> str |
             return None
         what = f"{short} of the {dropped} dropped frames fell"
     else:
-        if not latency_missed or host is None:
+        steps = summary.get("slowest_steps") or []
+        if not latency_missed or not steps:
             return None
-        short, steps = _longest_steps_short_of_cores(summary)
+        short = counted_short_of_cores(Counter(str(int(step["ended_s"])) for step in steps), host)
         if not short or 2 * short < len(steps):
             return None
         what = (f"{short} of the run's {len(steps)} longest steps "

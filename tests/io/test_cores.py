@@ -16,7 +16,7 @@ from reidctl.io.cores import (
     parse_cpu_list,
     cpu_seconds_between,
     cpu_seconds_by_process,
-    dropped_short_of_cores,
+    counted_short_of_cores,
     host_cpu_times,
     short_of_cores_warning,
     thread_on,
@@ -134,14 +134,14 @@ def test_frames_dropped_while_the_host_was_short_of_cores_are_told_apart():
     3 % of the time or more, or the hypervisor taking a quarter of a core or more; one dropped in a calm second, or
     after the last second read, does not."""
     host = _host([0.01, 0.03, 0.12, 0.02, 0.01, 0.01], stolen=[0.0, 0.0, 0.0, 0.0, 0.25, 0.24])
-    assert dropped_short_of_cores({"0": 5, "1": 2, "2": 7, "3": 1, "4": 4, "5": 6, "6": 9}, host) == 13
-    assert dropped_short_of_cores({}, host) == 0
-    assert dropped_short_of_cores({"0": 3}, {**host, "by_second": {}}) == 0  # a run shorter than a second
+    assert counted_short_of_cores({"0": 5, "1": 2, "2": 7, "3": 1, "4": 4, "5": 6, "6": 9}, host) == 13
+    assert counted_short_of_cores({}, host) == 0
+    assert counted_short_of_cores({"0": 3}, {**host, "by_second": {}}) == 0  # a run shorter than a second
     # a kernel without pressure figures: the stolen cores still tell
     seconds = {index: {**second, "cpu_pressure": None} for index, second in host["by_second"].items()}
     no_pressure = {**host, "cpu_pressure": None, "by_second": seconds}
-    assert dropped_short_of_cores({"0": 3, "2": 1, "4": 2}, no_pressure) == 2
-    assert dropped_short_of_cores({"0": 1}, None) is None  # the host's CPU not read at all
+    assert counted_short_of_cores({"0": 3, "2": 1, "4": 2}, no_pressure) == 2
+    assert counted_short_of_cores({"0": 1}, None) is None  # the host's CPU not read at all
 
 
 def test_the_warning_names_the_host_only_when_most_drops_fell_while_it_was_short_of_cores():
